@@ -1,0 +1,229 @@
+"""``vnet``: the command line.  Validates topology files locally, talks to vnetd for the rest.
+
+Exit status: 0 on success, 1 when vnet refused (bad topology, error from vnetd), 2 on bad
+usage (argparse).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from vnet import jsonlines
+from vnet.daemon.main import DEFAULT_SOCKET, DEFAULT_STATE_DIR
+from vnet.errors import DaemonError, TopologyError, VnetError
+from vnet.host import netns
+from vnet.topology import load_topology
+
+DAEMON_START_TIMEOUT = 15.0
+
+
+class Client:
+    """Requests to one vnetd; starts it on demand for ``up``."""
+
+    def __init__(self, socket_path: str, state_dir: str, netns_name: str | None) -> None:
+        self.socket_path = socket_path
+        self.state_dir = state_dir
+        self.netns_name = netns_name
+
+    def call(self, op: str, **args: Any) -> Any:
+        try:
+            reply = jsonlines.call(self.socket_path, {"op": op, **args}, timeout=300)
+        except (FileNotFoundError, ConnectionRefusedError):
+            raise DaemonError(f"vnetd is not running (no answer on {self.socket_path}); "
+                              f"start it with 'systemctl start vnetd' or 'vnet up FILE'") from None
+        if not reply.get("ok"):
+            raise DaemonError(str(reply.get("error")))
+        return reply.get("result")
+
+    def reachable(self) -> bool:
+        try:
+            self.call("ping")
+            return True
+        except (DaemonError, OSError):
+            return False
+
+    def ensure_daemon(self) -> None:
+        if self.reachable():
+            return
+        state_dir = Path(self.state_dir)
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        command = [sys.executable, "-m", "vnet.daemon.main", "--socket", self.socket_path,
+                   "--state-dir", self.state_dir, "--exit-when-idle"]
+        if self.netns_name:
+            command += ["--netns", self.netns_name]
+        with open(state_dir / "vnetd.log", "ab") as log:
+            process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                       start_new_session=True)
+        deadline = time.monotonic() + DAEMON_START_TIMEOUT
+        while not self.reachable():
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise DaemonError(f"vnetd did not start; see {state_dir / 'vnetd.log'}")
+            time.sleep(0.05)
+
+
+def cmd_check(client: Client, args: argparse.Namespace) -> int:
+    for path in args.files:
+        load_topology(path)
+    print("ok")
+    return 0
+
+
+def cmd_up(client: Client, args: argparse.Namespace) -> int:
+    topology = load_topology(args.file)  # fail here, before any daemon starts, on a bad file
+    client.ensure_daemon()
+    source = str(Path(args.file).resolve())
+    result = client.call("up", text=Path(args.file).read_text(), source=source)
+    if result["changed"]:
+        print(f"lab {topology.name}: up (created {result['created']}, "
+              f"removed {result['removed']})")
+    else:
+        print(f"lab {topology.name}: already up, nothing changed")
+    return 0
+
+
+def cmd_down(client: Client, args: argparse.Namespace) -> int:
+    lab = args.lab or _lab_name_of(args.file)
+    result = client.call("down", lab=lab)
+    print(f"lab {lab}: down (removed {result['removed']})")
+    pid = result.get("daemon_exiting")
+    if pid:  # vnetd was started by `vnet up` and goes with its last lab: wait, leave no process
+        deadline = time.monotonic() + 10
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    return 0
+
+
+def _lab_name_of(path: str | None) -> str:
+    if path is None:
+        raise DaemonError("say which lab: vnet down FILE, or vnet down --lab NAME")
+    try:
+        return load_topology(path).name
+    except TopologyError as err:
+        raise DaemonError(f"{err}\n(to take a lab down whatever its file says, use "
+                          f"'vnet down --lab NAME')") from None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def cmd_status(client: Client, args: argparse.Namespace) -> int:
+    status = client.call("status", lab=args.lab)
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    rows = []
+    for lab in status["labs"]:
+        for node in lab["nodes"]:
+            for nic in node["nics"]:
+                counters = nic["counters"] or {}
+                drops = sum((counters.get("drops") or {}).values())
+                vlans = ",".join(str(v) for v in nic["vlans"])
+                if nic["mode"] == "trunk" and nic["native"]:
+                    vlans += f" (native {nic['native']})"
+                rows.append([lab["name"], node["name"], node["kind"], node["state"],
+                             nic["name"], nic["ifname"], nic["mode"] or "-", vlans,
+                             nic["mac"], ",".join(nic["ip"]) or "-",
+                             str(counters.get("rx_frames", "-")),
+                             str(counters.get("tx_frames", "-")), str(drops)])
+        if lab["pending"]:
+            print(f"lab {lab['name']}: unfinished changes: {', '.join(lab['pending'])}; "
+                  f"run vnet up or vnet down again", file=sys.stderr)
+    header = ["LAB", "NODE", "KIND", "STATE", "NIC", "PORT", "MODE", "VLANS", "MAC", "IP",
+              "RX", "TX", "DROPS"]
+    print(format_table(header, rows) if rows else "no labs are up")
+    return 0
+
+
+def cmd_fdb(client: Client, args: argparse.Namespace) -> int:
+    entries = client.call("fdb", lab=args.lab)
+    if args.json:
+        print(json.dumps(entries, indent=2))
+        return 0
+    rows = [[str(e["vlan"]), e["mac"], e["port"], f"{e['age']:.1f}",
+             "static" if e["static"] else "learned"] for e in entries]
+    print(format_table(["VLAN", "MAC", "PORT", "AGE", "TYPE"], rows))
+    return 0
+
+
+def cmd_exec(client: Client, args: argparse.Namespace) -> int:
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        raise DaemonError("say what to run: vnet exec NODE -- COMMAND [ARGS...]")
+    node = client.call("node", node=args.node, lab=args.lab)
+    netns.enter_for_good(node["netns"])
+    try:
+        os.execvp(command[0], command)
+    except FileNotFoundError:
+        raise DaemonError(f"{command[0]}: command not found in node {args.node}") from None
+
+
+def format_table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
+                     .rstrip() for row in [header, *rows])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vnet", description="virtual networks of namespace "
+                                     "and KVM nodes on a Python 802.1Q learning switch")
+    parser.add_argument("--socket", default=os.environ.get("VNET_SOCKET", DEFAULT_SOCKET),
+                        help="vnetd's API socket (default: $VNET_SOCKET or %(default)s)")
+    parser.add_argument("--state-dir", default=os.environ.get("VNET_STATE_DIR",
+                                                              DEFAULT_STATE_DIR),
+                        help="state directory for a vnetd that `up` starts")
+    parser.add_argument("--netns", help="network namespace for a vnetd that `up` starts")
+    sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("check", help="validate topology files: prints ok or the errors")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.set_defaults(func=cmd_check)
+    p = sub.add_parser("up", help="build a topology on this host (idempotent)")
+    p.add_argument("file", metavar="FILE")
+    p.set_defaults(func=cmd_up)
+    p = sub.add_parser("down", help="remove every kernel object a lab created")
+    p.add_argument("file", nargs="?", metavar="FILE")
+    p.add_argument("--lab", help="the lab's name, instead of its file")
+    p.set_defaults(func=cmd_down)
+    p = sub.add_parser("status", help="labs, nodes, NICs, ports, VLANs, counters")
+    p.add_argument("lab", nargs="?")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+    p = sub.add_parser("fdb", help="a lab's MAC table: VLAN, MAC, port, age, static/learned")
+    p.add_argument("lab")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_fdb)
+    p = sub.add_parser("exec", help="run a command inside a namespace node")
+    p.add_argument("--lab", help="the node's lab, when several labs have that node")
+    p.add_argument("node")
+    p.add_argument("command", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_exec)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    client = Client(args.socket, args.state_dir, args.netns)
+    try:
+        return int(args.func(client, args))
+    except VnetError as err:
+        print(f"vnet: {err}" if not isinstance(err, TopologyError) else str(err), file=sys.stderr)
+        return 1
+    except OSError as err:
+        print(f"vnet: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

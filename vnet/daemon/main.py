@@ -1,0 +1,60 @@
+"""Entry point of vnetd, the per-host daemon (a systemd service, or started by ``vnet up``)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from vnet.daemon.sdnotify import notify
+from vnet.daemon.service import Vnetd
+from vnet.errors import VnetError
+from vnet.host import netns
+
+DEFAULT_SOCKET = "/run/vnet/vnetd.sock"
+DEFAULT_STATE_DIR = "/var/lib/vnet"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="vnetd", description="vnet's per-host daemon")
+    parser.add_argument("--socket", default=DEFAULT_SOCKET, help="API socket (default %(default)s)")
+    parser.add_argument("--state-dir", default=DEFAULT_STATE_DIR,
+                        help="where lab records and logs live (default %(default)s)")
+    parser.add_argument("--netns", help="run inside this network namespace (a test 'host')")
+    parser.add_argument("--exit-when-idle", action="store_true",
+                        help="exit once the last lab is down (set when `vnet up` starts vnetd)")
+    parser.add_argument("--log-level", default="INFO")
+    return parser.parse_args(argv)
+
+
+async def serve(args: argparse.Namespace) -> None:
+    daemon = Vnetd(Path(args.socket), Path(args.state_dir), args.exit_when_idle)
+    await daemon.start()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, lambda: asyncio.ensure_future(daemon.stop()))
+    notify("READY=1")
+    await daemon.stopped.wait()
+    notify("STOPPING=1")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s vnetd %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.netns:
+            netns.enter_for_good(args.netns)  # before any thread exists, so all inherit it
+        Path(args.state_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+        asyncio.run(serve(args))
+    except VnetError as err:
+        print(f"vnetd: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""vnetd's record of what it created, one JSON file per lab, written before every change.
+
+The record is the proof of ownership: ``vnet down`` deletes exactly what a record names, and
+``vnet up`` refuses to take over a namespace or interface that no record names.  A resource
+is recorded as ``pending`` before it is created and ``ready`` after, so a crash half-way
+leaves a record from which the next ``up`` or ``down`` can finish the job.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from vnet.daemon.resources import Resource, from_dict, to_dict
+
+Status = Literal["pending", "ready"]
+
+
+@dataclass
+class LabRecord:
+    lab: str
+    source: str
+    topology: dict[str, Any]
+    resources: dict[Resource, Status] = field(default_factory=dict)
+
+    def ready(self) -> list[Resource]:
+        return [r for r, status in self.resources.items() if status == "ready"]
+
+    def pending(self) -> list[Resource]:
+        return [r for r, status in self.resources.items() if status == "pending"]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"lab": self.lab, "source": self.source, "topology": self.topology,
+                "resources": [{**to_dict(r), "status": s} for r, s in self.resources.items()]}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> LabRecord:
+        resources: dict[Resource, Status] = {}
+        for item in data["resources"]:
+            item = dict(item)
+            status = item.pop("status")
+            resources[from_dict(item)] = status
+        return cls(data["lab"], data["source"], data["topology"], resources)
+
+
+class StateStore:
+    """Lab records under ``STATE_DIR/labs/``, replaced atomically (write, fsync, rename)."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.dir = state_dir / "labs"
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def path(self, lab: str) -> Path:
+        return self.dir / f"{lab}.json"
+
+    def save(self, record: LabRecord) -> None:
+        tmp = self.path(record.lab).with_suffix(".tmp")
+        with open(tmp, "w") as f:
+            json.dump(record.to_json(), f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path(record.lab))
+
+    def load(self, lab: str) -> LabRecord | None:
+        try:
+            return LabRecord.from_json(json.loads(self.path(lab).read_text()))
+        except FileNotFoundError:
+            return None
+
+    def load_all(self) -> list[LabRecord]:
+        return [r for p in sorted(self.dir.glob("*.json")) if (r := self.load(p.stem))]
+
+    def remove(self, lab: str) -> None:
+        self.path(lab).unlink(missing_ok=True)

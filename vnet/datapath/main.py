@@ -1,0 +1,43 @@
+"""Entry point of the datapath process (spawned and supervised by vnetd)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from types import FrameType
+
+from vnet.datapath.engine import Datapath
+from vnet.errors import HostError
+from vnet.host import netns
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="vnet-datapath",
+                                     description="vnet's learning-switch datapath process")
+    parser.add_argument("--control", required=True, help="Unix socket path for vnetd's control")
+    parser.add_argument("--netns", help="network namespace to run in (default: the current one)")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s datapath %(levelname)s %(message)s")
+    try:
+        if args.netns:
+            netns.enter_for_good(args.netns)
+        datapath = Datapath(args.control)
+    except (HostError, OSError) as err:
+        print(f"vnet-datapath: {err}", file=sys.stderr)
+        return 1
+
+    def stop(_signum: int, _frame: FrameType | None) -> None:
+        datapath.running = False
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    datapath.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""AF_PACKET sockets bound to one netdev, with virtio-net headers and VLAN metadata.
+
+Two kernel facts shape this adapter (see docs/architecture.md):
+
+* The kernel strips the outer 802.1Q tag of every received frame into metadata before packet
+  sockets see it, so the tag comes back through ``PACKET_AUXDATA`` and is returned beside the
+  frame; frames we send keep their in-band tag.
+* veth and TAP netdevs hand over GSO super-frames with partial checksums.  With
+  ``PACKET_VNET_HDR`` every frame is preceded by a 10-byte ``virtio_net_hdr`` that describes
+  them, and the same header on send lets the kernel segment or pass them on, so TCP works with
+  the default offloads left on.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from dataclasses import dataclass
+
+from vnet.host import netns
+
+ETH_P_ALL = 0x0003
+SOL_PACKET = 263
+PACKET_ADD_MEMBERSHIP = 1
+PACKET_MR_PROMISC = 1
+PACKET_AUXDATA = 8
+PACKET_VNET_HDR = 15
+PACKET_IGNORE_OUTGOING = 23
+TP_STATUS_VLAN_VALID = 0x10
+SO_SNDBUFFORCE = 32  # not exported by the socket module on every Python
+SO_RCVBUFFORCE = 33
+
+VNET_HDR_LEN = 10
+NO_VNET_HDR = bytes(VNET_HDR_LEN)
+MAX_FRAME = 65536 + 64
+_AUXDATA = struct.Struct("=IIIHHHH")  # struct tpacket_auxdata
+_CMSG_SPACE = socket.CMSG_SPACE(_AUXDATA.size)
+
+
+@dataclass(frozen=True)
+class PacketOptions:
+    vnet_hdr: bool = True     # exchange virtio_net_hdr with the kernel (GSO, csum offload)
+    promiscuous: bool = True  # see frames for every MAC, as a bridge port must
+    rcvbuf: int = 4 << 20
+    sndbuf: int = 4 << 20
+
+
+def open_packet_socket(ifname: str, options: PacketOptions = PacketOptions(),
+                       netns_name: str | None = None) -> socket.socket:
+    """Open a non-blocking packet socket on ``ifname`` (inside ``netns_name`` if given)."""
+    with netns.entered(netns_name):
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+        try:
+            ifindex = socket.if_nametoindex(ifname)
+            if options.vnet_hdr:
+                sock.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
+            sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
+            sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
+            _force_buffer(sock, SO_RCVBUFFORCE, socket.SO_RCVBUF, options.rcvbuf)
+            _force_buffer(sock, SO_SNDBUFFORCE, socket.SO_SNDBUF, options.sndbuf)
+            sock.bind((ifname, ETH_P_ALL))
+            if options.promiscuous:
+                mreq = struct.pack("iHH8s", ifindex, PACKET_MR_PROMISC, 0, b"")
+                sock.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, mreq)
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+    return sock
+
+
+def _force_buffer(sock: socket.socket, force_opt: int, opt: int, size: int) -> None:
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, force_opt, size)
+    except PermissionError:
+        sock.setsockopt(socket.SOL_SOCKET, opt, size)
+
+
+def recv_frame(sock: socket.socket, vnet_hdr: bool = True) -> tuple[bytes, bytes, int | None]:
+    """Receive one frame: ``(vnet_hdr, frame, tci)``; raises BlockingIOError when empty.
+
+    ``frame`` is as the kernel delivered it (outer tag removed); ``tci`` is the removed
+    outer tag's TCI, or None if the frame came untagged.
+    """
+    data, ancdata, _flags, _addr = sock.recvmsg(MAX_FRAME, _CMSG_SPACE)
+    tci = aux_tci(ancdata)
+    if vnet_hdr:
+        return data[:VNET_HDR_LEN], data[VNET_HDR_LEN:], tci
+    return NO_VNET_HDR, data, tci
+
+
+def aux_tci(ancdata: list[tuple[int, int, bytes]]) -> int | None:
+    for level, kind, payload in ancdata:
+        if level == SOL_PACKET and kind == PACKET_AUXDATA and len(payload) >= _AUXDATA.size:
+            status, _len, _snap, _mac, _net, tci, _tpid = _AUXDATA.unpack_from(payload)
+            if status & TP_STATUS_VLAN_VALID:
+                return int(tci)
+    return None
