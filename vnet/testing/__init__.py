@@ -1,0 +1,18 @@
+"""Packet tests for vnet labs, on scapy, in the vocabulary of p4lang PTF.
+
+    with TestHost() as host:
+        lab = host.up("topologies/vlans.yaml")
+        dp = lab.dataplane                      # every NIC captured from here on
+        dp.send("c1:eth0", Ether(dst=BROADCAST, src=...) / ...)
+        dp.verify_packet(expected, "c2:eth0")   # arrives there
+        dp.verify_no_packet(expected, "c3:eth0")  # not in another VLAN
+        dp.verify_no_other_packets()
+
+The pytest plugin (``vnet.testing.pytest_plugin``) offers the same as fixtures.
+"""
+
+from vnet.testing.dataplane import Dataplane
+from vnet.testing.lab import Lab, TestHost, run_in_netns
+from vnet.testing.mask import Mask
+
+__all__ = ["Dataplane", "Lab", "Mask", "TestHost", "run_in_netns"]

@@ -1,0 +1,194 @@
+"""Labs brought up for a test: a private "host" namespace with its own vnetd.
+
+A test never uses the machine's root namespace: ``TestHost`` creates a namespace that plays a
+host, starts a ``vnetd`` inside it with its own socket and state directory, and removes all
+of it on ``close()``, also when the test failed.  ``Lab`` is one topology brought up there,
+with its nodes' places (namespace, interface) for sending, capturing and running commands.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from vnet import jsonlines
+from vnet.errors import DaemonError
+from vnet.host import netns
+from vnet.testing.dataplane import Dataplane
+
+START_TIMEOUT = 15.0
+
+
+class TestHost:
+    """A namespace playing a host, with a vnetd of its own (see module docstring)."""
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, name: str | None = None) -> None:
+        self.name = name or f"vnt-{secrets.token_hex(3)}"
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"{self.name}-"))
+        self.socket = str(self.workdir / "vnetd.sock")
+        self.state_dir = str(self.workdir / "state")
+        self.labs: dict[str, Lab] = {}
+        self.process: subprocess.Popen[bytes] | None = None
+        netns.create(self.name)
+        try:
+            with netns.entered(self.name):
+                subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+            self._start_daemon()
+        except BaseException:
+            self.close()
+            raise
+
+    def _start_daemon(self) -> None:
+        log = open(self.workdir / "vnetd.log", "ab")  # noqa: SIM115 - handed to the child
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "vnet.daemon.main", "--socket", self.socket,
+             "--state-dir", self.state_dir, "--netns", self.name, "--log-level", "DEBUG"],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        log.close()
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            try:
+                self.call("ping")
+                return
+            except (OSError, DaemonError):
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise DaemonError(f"vnetd did not start in {self.name}:\n{self.log()}")
+                time.sleep(0.05)
+
+    def call(self, op: str, **args: Any) -> Any:
+        reply = jsonlines.call(self.socket, {"op": op, **args})
+        if not reply.get("ok"):
+            raise DaemonError(str(reply.get("error")))
+        return reply.get("result")
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run the ``vnet`` CLI against this host's vnetd."""
+        return subprocess.run(
+            [sys.executable, "-m", "vnet.cli", "--socket", self.socket, "--state-dir",
+             self.state_dir, "--netns", self.name, *args],
+            capture_output=True, text=True, check=check, timeout=300)
+
+    def up(self, path: str | Path) -> Lab:
+        path = Path(path).resolve()
+        result = self.call("up", text=path.read_text(), source=str(path))
+        lab = Lab(self, result["lab"])
+        self.labs[lab.name] = lab
+        return lab
+
+    def down(self, lab: str) -> None:
+        known = self.labs.pop(lab, None)
+        if known is not None:
+            known.close()
+        self.call("down", lab=lab)
+
+    def exec(self, command: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        """Run a command in the host namespace itself."""
+        return run_in_netns(self.name, command, **kwargs)
+
+    def log(self) -> str:
+        path = self.workdir / "vnetd.log"
+        return path.read_text(errors="replace")[-4000:] if path.exists() else ""
+
+    def close(self) -> None:
+        """Take every lab down, stop vnetd, remove the namespace and the files."""
+        try:
+            for lab in list(self.labs):
+                try:
+                    self.down(lab)
+                except (OSError, DaemonError):
+                    pass
+            if self.process is not None and self.process.poll() is None:
+                try:
+                    for record in self.call("status")["labs"]:
+                        self.call("down", lab=record["name"])
+                except (OSError, DaemonError):
+                    pass
+                self.process.terminate()
+                try:
+                    self.process.wait(10)
+                except subprocess.TimeoutExpired:
+                    self.process.kill()
+                    self.process.wait()
+        finally:
+            netns.remove(self.name)
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> TestHost:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Lab:
+    """A topology that is up on a ``TestHost``."""
+
+    __test__ = False
+
+    def __init__(self, host: TestHost, name: str) -> None:
+        self.host = host
+        self.name = name
+        self._dataplane: Dataplane | None = None
+
+    def status(self) -> dict[str, Any]:
+        labs: list[dict[str, Any]] = self.host.call("status", lab=self.name)["labs"]
+        return labs[0]
+
+    def nics(self) -> dict[str, tuple[str, str]]:
+        """``"node:nic"`` -> (namespace, interface name) for every namespace NIC."""
+        return {f"{node['name']}:{nic['name']}": (node["netns"], nic["name"])
+                for node in self.status()["nodes"] for nic in node["nics"]}
+
+    def netns(self, node: str) -> str:
+        return str(self.host.call("node", node=node, lab=self.name)["netns"])
+
+    def exec(self, node: str, command: Sequence[str], **kwargs: Any
+             ) -> subprocess.CompletedProcess[str]:
+        """Run ``command`` inside ``node`` (like ``vnet exec``), capturing its output."""
+        return run_in_netns(self.netns(node), command, **kwargs)
+
+    def fdb(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self.host.call("fdb", lab=self.name)
+        return result
+
+    def counters(self, port: str) -> dict[str, Any]:
+        """Switch counters of the port of NIC ``"node:nic"``."""
+        node, nic = port.split(":")
+        for n in self.status()["nodes"]:
+            for candidate in n["nics"]:
+                if n["name"] == node and candidate["name"] == nic:
+                    return dict(candidate["counters"])
+        raise KeyError(port)
+
+    @property
+    def dataplane(self) -> Dataplane:
+        if self._dataplane is None:
+            self._dataplane = Dataplane(self.nics())
+        return self._dataplane
+
+    def close(self) -> None:
+        if self._dataplane is not None:
+            self._dataplane.close()
+            self._dataplane = None
+
+
+def run_in_netns(name: str, command: Sequence[str], check: bool = False, timeout: float = 120,
+                 **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """Run ``command`` inside namespace ``name`` (setns in the child; no nsenter needed)."""
+    fd = os.open(netns.netns_path(name), os.O_RDONLY)
+    try:
+        return subprocess.run(list(command), preexec_fn=lambda: netns.setns_fd(fd),
+                              capture_output=True, text=True, check=check, timeout=timeout,
+                              pass_fds=(fd,), **kwargs)
+    finally:
+        os.close(fd)
