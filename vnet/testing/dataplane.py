@@ -12,10 +12,11 @@ import collections
 import select
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from scapy.layers.l2 import Ether
 from scapy.packet import Packet
 from scapy.utils import wrpcap
 
@@ -114,6 +115,23 @@ class Dataplane:
                                  f"{self._describe_queue(port)}")
         return frame
 
+    def receive(self, port: str, where: Callable[[Packet], bool] = lambda _p: True,
+                timeout: float = DEFAULT_TIMEOUT) -> Packet:
+        """Take the first frame at ``port`` for which ``where(Ether(frame))`` holds."""
+        target = self._port(port)
+        deadline = time.monotonic() + timeout
+        while True:
+            for frame in target.queue:
+                packet = Ether(frame)
+                if where(packet):
+                    target.queue.remove(frame)
+                    return packet
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no frame as wanted arrived on {port} within {timeout} s; "
+                                     f"there arrived: {self._describe_queue(port)}")
+            self.poll(min(remaining, 0.05))
+
     def verify_no_packet(self, expected: Expected, port: str,
                          timeout: float = DEFAULT_NEGATIVE_TIMEOUT) -> None:
         """Assert that ``expected`` does not arrive at ``port`` within ``timeout``."""
@@ -168,8 +186,6 @@ class Dataplane:
             if not port.seen:
                 continue
             path = directory / f"{port.name.replace(':', '_')}.pcap"
-            from scapy.layers.l2 import Ether
-
             packets = []
             for stamp, frame in port.seen:
                 packet = Ether(frame)
@@ -210,8 +226,6 @@ def _mask(expected: Expected) -> Mask:
 
 
 def _describe(frame: Expected) -> str:
-    from scapy.layers.l2 import Ether
-
     if isinstance(frame, Mask):
         return repr(frame)
     packet = frame if isinstance(frame, Packet) else Ether(frame)
