@@ -12,7 +12,7 @@ The pytest plugin (``vnet.testing.pytest_plugin``) offers the same as fixtures.
 """
 
 from vnet.testing.dataplane import Dataplane
-from vnet.testing.lab import Lab, TestHost, run_in_netns
+from vnet.testing.lab import Lab, TestHost, popen_in_netns, run_in_netns
 from vnet.testing.mask import Mask
 
-__all__ = ["Dataplane", "Lab", "Mask", "TestHost", "run_in_netns"]
+__all__ = ["Dataplane", "Lab", "Mask", "TestHost", "popen_in_netns", "run_in_netns"]

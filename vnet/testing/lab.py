@@ -192,3 +192,12 @@ def run_in_netns(name: str, command: Sequence[str], check: bool = False, timeout
                               pass_fds=(fd,), **kwargs)
     finally:
         os.close(fd)
+
+
+def popen_in_netns(name: str, command: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
+    """Start ``command`` inside namespace ``name`` in the background (a server, a capture)."""
+    path = netns.netns_path(name)
+    if not path.exists():
+        raise DaemonError(f"network namespace {name!r} does not exist")
+    return subprocess.Popen(list(command), preexec_fn=lambda: netns.enter_for_good(name),
+                            **kwargs)

@@ -1,0 +1,170 @@
+"""The CLI and vnetd on one host: check, up (idempotent, rolled back on failure), status, fdb,
+exec, down (removes exactly what the lab created), datapath restarts."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from pyroute2 import IPRoute
+
+from tests.conftest import needs_root
+from vnet.daemon import naming
+from vnet.host import netns
+from vnet.testing import TestHost
+
+pytestmark = needs_root
+HERE = Path(__file__).parent
+PAIR = HERE / "topologies" / "pair.yaml"
+OTHER = HERE / "topologies" / "other.yaml"
+BAD = """name: bad
+networks:
+  net: {vlan: 5000}
+nodes:
+  n1: {kind: netns, nics: [{name: eth0, network: nett}]}
+"""
+
+
+def links_in(host: TestHost) -> set[str]:
+    with IPRoute(netns=host.name) as ipr:
+        return {str(link.get("IFLA_IFNAME")) for link in ipr.get_links()}
+
+
+def lab_namespaces(lab: str) -> set[str]:
+    return {n for n in netns.list_names() if n.startswith(f"{naming.NETNS_PREFIX}-{lab}-")}
+
+
+@pytest.fixture
+def host():
+    with TestHost() as h:
+        yield h
+
+
+def test_check_prints_ok_or_the_errors(tmp_path: Path) -> None:
+    ok = subprocess.run([sys.executable, "-m", "vnet.cli", "check", str(PAIR)],
+                        capture_output=True, text=True)
+    assert (ok.returncode, ok.stdout, ok.stderr) == (0, "ok\n", "")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(BAD)
+    out = subprocess.run([sys.executable, "-m", "vnet.cli", "check", str(bad)],
+                         capture_output=True, text=True)
+    assert out.returncode == 1 and out.stdout == ""
+    assert f"{bad}:3:" in out.stderr and "5000" in out.stderr
+    assert f"{bad}:5:" in out.stderr and "nett" in out.stderr
+
+
+def test_up_is_idempotent_and_down_removes_everything(host: TestHost) -> None:
+    before_links = links_in(host)
+    first = host.cli("up", str(PAIR))
+    assert "up (created" in first.stdout
+    assert lab_namespaces("pair") == {"vnet-pair-left", "vnet-pair-right"}
+    created_links = links_in(host) - before_links
+    assert created_links == {naming.host_ifname("pair", n, "eth0") for n in ("left", "right")}
+    again = host.cli("up", str(PAIR))
+    assert "already up, nothing changed" in again.stdout
+    assert links_in(host) - before_links == created_links
+    down = host.cli("down", str(PAIR))
+    assert "down" in down.stdout
+    assert lab_namespaces("pair") == set()
+    assert links_in(host) == before_links
+    assert not list(Path(host.state_dir, "labs").iterdir())
+
+
+def test_status_table_and_json(host: TestHost) -> None:
+    host.cli("up", str(PAIR))
+    host.cli("exec", "left", "--", "ping", "-c", "1", "-W", "2", "10.2.0.2")
+    table = host.cli("status").stdout
+    assert table.splitlines()[0].split()[:5] == ["LAB", "NODE", "KIND", "STATE", "NIC"]
+    assert "left" in table and "right" in table and "100" in table
+    status = json.loads(host.cli("status", "--json").stdout)
+    (lab,) = status["labs"]
+    nodes = {n["name"]: n for n in lab["nodes"]}
+    nic = nodes["left"]["nics"][0]
+    assert nic["vlans"] == [100] and nic["mode"] == "access" and nic["ip"] == ["10.2.0.1/24"]
+    assert nic["counters"]["rx_frames"] >= 2 and nic["counters"]["tx_frames"] >= 2
+    fdb = host.cli("fdb", "pair").stdout
+    assert fdb.splitlines()[0].split() == ["VLAN", "MAC", "PORT", "AGE", "TYPE"]
+    assert nic["mac"] in fdb and "learned" in fdb
+    host.cli("down", str(PAIR))
+
+
+def test_exec_runs_inside_the_node(host: TestHost) -> None:
+    host.cli("up", str(PAIR))
+    out = host.cli("exec", "right", "--", "ip", "-o", "-4", "addr", "show", "eth0").stdout
+    assert "10.2.0.2/24" in out
+    failed = host.cli("exec", "nosuch", "--", "true", check=False)
+    assert failed.returncode == 1 and "no node 'nosuch'" in failed.stderr
+    host.cli("down", str(PAIR))
+
+
+def test_down_leaves_other_labs_and_strangers_alone(host: TestHost) -> None:
+    host.cli("up", str(PAIR))
+    host.cli("up", str(OTHER))
+    # A stranger's namespace and interface with names like ours.
+    netns.create("vnet-pair-leftover")
+    try:
+        with IPRoute(netns=host.name) as ipr:
+            ipr.link("add", ifname="vn0000000000", kind="veth", peer={"ifname": "vn0000000001"})
+        host.cli("down", str(PAIR))
+        assert lab_namespaces("pair") == {"vnet-pair-leftover"}
+        assert lab_namespaces("other") == {"vnet-other-o1"}
+        assert {"vn0000000000", "vn0000000001"} <= links_in(host)
+        assert host.cli("exec", "o1", "--", "true").returncode == 0
+        host.cli("down", str(OTHER))
+    finally:
+        netns.remove("vnet-pair-leftover")
+
+
+def test_failure_half_way_rolls_back(host: TestHost) -> None:
+    clash = naming.host_ifname("pair", "right", "eth0")
+    with IPRoute(netns=host.name) as ipr:  # somebody else's interface with the name we need
+        ipr.link("add", ifname=clash, kind="veth", peer={"ifname": "stranger1"})
+    before = links_in(host)
+    out = host.cli("up", str(PAIR), check=False)
+    assert out.returncode == 1
+    assert f"interface {clash} already exists" in out.stderr
+    assert lab_namespaces("pair") == set()          # left was created, then rolled back
+    assert links_in(host) == before                 # the stranger's link is still there
+    assert host.call("status")["labs"] == []
+
+
+def test_vnet_up_starts_a_vnetd_that_leaves_with_the_last_lab(tmp_path: Path) -> None:
+    host_ns = f"vnt-auto-{os.getpid()}"
+    netns.create(host_ns)
+    cli = [sys.executable, "-m", "vnet.cli", "--netns", host_ns, "--socket",
+           str(tmp_path / "s.sock"), "--state-dir", str(tmp_path / "state")]
+    try:
+        subprocess.run([*cli, "up", str(PAIR)], check=True, capture_output=True)
+        pid = json.loads(subprocess.run([*cli, "status", "--json"], check=True,
+                                        capture_output=True).stdout)["daemon"]["pid"]
+        subprocess.run([*cli, "down", str(PAIR)], check=True, capture_output=True)
+        assert not Path(f"/proc/{pid}").exists(), "vnetd stayed after the last lab went down"
+        assert not (tmp_path / "s.sock").exists()
+        assert lab_namespaces("pair") == set()
+    finally:
+        subprocess.run([*cli, "down", "--lab", "pair"], capture_output=True)
+        netns.remove(host_ns)
+
+
+def test_datapath_killed_is_restarted_and_ports_replayed(host: TestHost) -> None:
+    lab = host.up(PAIR)
+    assert lab.exec("left", ["ping", "-c", "1", "-W", "2", "10.2.0.2"]).returncode == 0
+    first = host.call("ping")
+    os.kill(first["datapath_pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while host.call("ping")["datapath_pid"] == first["datapath_pid"]:
+        assert time.monotonic() < deadline, "vnetd did not restart its datapath"
+        time.sleep(0.1)
+    assert host.call("ping")["datapath_restarts"] == 1
+    ok = False
+    for _ in range(20):  # the replay runs in the background right after the restart
+        if lab.exec("left", ["ping", "-c", "1", "-W", "1", "10.2.0.2"]).returncode == 0:
+            ok = True
+            break
+    assert ok, "no forwarding after the datapath restart"
