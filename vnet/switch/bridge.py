@@ -1,0 +1,196 @@
+"""The 802.1Q learning switch: a pure function of (frame, in-port, tag, now) and the tables.
+
+Behaves as an IEEE 802.1Q bridge does (and Open vSwitch's NORMAL action, and the Linux bridge
+with ``vlan_filtering``):
+
+* ingress: an access port takes untagged and priority-tagged (VID 0) frames into its VLAN and
+  drops every other tag, including a tag hidden behind a priority tag (no VLAN hopping); a
+  trunk takes tagged frames of its VLANs and untagged ones into its native VLAN, if any;
+* frames from group or all-zero source MACs are dropped and never learned, and frames to the
+  reserved group 01:80:C2:00:00:00-0F (STP, LACP, LLDP, 802.1X, ...) are not forwarded;
+* the source is learned per VLAN, up to a per-port limit (beyond it the frame is still
+  forwarded but its MAC is not learned, as the Linux bridge's ``fdb_max_learned`` does);
+* broadcast, multicast and unknown unicast flood to the VLAN's other ports; known unicast
+  goes to its port (never back out of the in-port);
+* egress: untagged on access ports and on a trunk's native VLAN, tagged elsewhere, keeping
+  the ingress priority.
+
+The caller hands over the frame *without* its outer tag and that tag's TCI (the kernel has
+already taken it off; see ``vnet.host.afpacket``) and applies the returned ``Forward``.
+"""
+
+from __future__ import annotations
+
+from vnet.packet.ethernet import TAG_ETHERTYPES, ZERO_MAC
+from vnet.switch.fdb import Fdb, LearnResult
+from vnet.switch.ports import PortConfig, PortCounters, VlanOptions
+
+RESERVED_PREFIX = b"\x01\x80\xc2\x00\x00"
+
+
+class Forward:
+    """A decision: send ``untagged`` as is, ``tagged`` with tag ``tci``; or ``drop``."""
+
+    __slots__ = ("drop", "tagged", "tci", "untagged", "vid")
+
+    def __init__(self, vid: int, untagged: tuple[int, ...], tagged: tuple[int, ...], tci: int,
+                 drop: str | None) -> None:
+        self.vid = vid
+        self.untagged = untagged
+        self.tagged = tagged
+        self.tci = tci
+        self.drop = drop
+
+    def __repr__(self) -> str:
+        if self.drop:
+            return f"Forward(drop={self.drop!r})"
+        return f"Forward(vid={self.vid}, untagged={self.untagged}, tagged={self.tagged})"
+
+
+def _dropped(reason: str) -> Forward:
+    return Forward(0, (), (), 0, reason)
+
+
+class _Port:
+    __slots__ = ("access_vid", "config", "counters", "members", "native")
+
+    def __init__(self, config: PortConfig) -> None:
+        self.config = config
+        self.counters = PortCounters()
+        self.access_vid = config.vlan if config.mode == "access" else None
+        self.native = config.native
+        self.members = config.members
+
+
+class Switch:
+    def __init__(self) -> None:
+        self.fdb = Fdb()
+        self._ports: dict[int, _Port] = {}
+        self._vlan_options: dict[int, VlanOptions] = {}
+        # (vid, in_port) -> (untagged ports, tagged ports): flood sets, built on first use
+        self._flood: dict[tuple[int, int], tuple[tuple[int, ...], tuple[int, ...]]] = {}
+        # (vid, out_port) -> does it leave tagged?  None: the port is not in the VLAN
+        self._egress: dict[tuple[int, int], bool | None] = {}
+
+    # ---- configuration ----------------------------------------------------------------------
+
+    def add_vlan(self, options: VlanOptions) -> None:
+        self._vlan_options[options.vid] = options
+        self.fdb.configure_vlan(options.vid, options.mac_aging, options.mac_limit)
+
+    def add_port(self, config: PortConfig) -> None:
+        if config.number in self._ports:
+            raise ValueError(f"port number {config.number} is already in use")
+        self._ports[config.number] = _Port(config)
+        for vid in config.members:
+            if vid not in self._vlan_options:
+                self.add_vlan(VlanOptions(vid))
+        self._invalidate()
+
+    def remove_port(self, number: int) -> None:
+        if self._ports.pop(number, None) is not None:
+            self.fdb.flush_port(number)
+            self._invalidate()
+
+    def _invalidate(self) -> None:
+        self._flood.clear()
+        self._egress.clear()
+
+    def ports(self) -> list[PortConfig]:
+        return [p.config for p in self._ports.values()]
+
+    def counters(self, number: int) -> PortCounters:
+        return self._ports[number].counters
+
+    # ---- the decision -------------------------------------------------------------------------
+
+    def receive(self, in_port: int, frame: bytes, tci: int | None, now: float) -> Forward:
+        port = self._ports.get(in_port)
+        if port is None:
+            return _dropped("unknown-port")
+        counters = port.counters
+        size = len(frame)
+        counters.rx_frames += 1
+        counters.rx_bytes += size if tci is None else size + 4
+        if size < 14:
+            counters.drop("runt")
+            return _dropped("runt")
+        src = frame[6:12]
+        if src[0] & 1 or src == ZERO_MAC:
+            counters.drop("bad-src-mac")
+            return _dropped("bad-src-mac")
+
+        vid = 0 if tci is None else tci & 0xFFF
+        pcp = 0 if tci is None else tci >> 13
+        if port.access_vid is not None:
+            if vid != 0 or frame[12:14] in TAG_ETHERTYPES:
+                counters.drop("tagged-on-access")
+                return _dropped("tagged-on-access")
+            vid = port.access_vid
+        elif vid == 0:
+            if port.native is None:
+                counters.drop("untagged-no-native")
+                return _dropped("untagged-no-native")
+            vid = port.native
+        elif vid not in port.members:
+            counters.drop("vlan-not-allowed")
+            return _dropped("vlan-not-allowed")
+
+        dst = frame[0:6]
+        if dst[0] & 1 and dst[:5] == RESERVED_PREFIX and dst[5] <= 0x0F:
+            counters.drop("reserved-group")
+            return _dropped("reserved-group")
+
+        learned = self.fdb.learn(vid, src, in_port, now)
+        if learned != LearnResult.REFRESHED:
+            if learned == LearnResult.LIMITED:
+                counters.learn_limited += 1
+            elif learned == LearnResult.MOVED:
+                counters.mac_moves += 1
+
+        out = None if dst[0] & 1 else self.fdb.lookup(vid, dst, now)
+        if out is None:
+            untagged, tagged = self._flood_set(vid, in_port)
+        elif out == in_port:
+            counters.drop("hairpin")
+            return _dropped("hairpin")
+        else:
+            tags = self._egress_tags(vid, out)
+            if tags is None:  # learned before the port left the VLAN: flood instead
+                untagged, tagged = self._flood_set(vid, in_port)
+            elif tags:
+                untagged, tagged = (), (out,)
+            else:
+                untagged, tagged = (out,), ()
+
+        ports = self._ports
+        for number in untagged:
+            c = ports[number].counters
+            c.tx_frames += 1
+            c.tx_bytes += size
+        for number in tagged:
+            c = ports[number].counters
+            c.tx_frames += 1
+            c.tx_bytes += size + 4
+        return Forward(vid, untagged, tagged, pcp << 13 | vid, None)
+
+    def _flood_set(self, vid: int, in_port: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        key = (vid, in_port)
+        cached = self._flood.get(key)
+        if cached is None:
+            members = [p for n, p in sorted(self._ports.items())
+                       if n != in_port and vid in p.members]
+            cached = (tuple(p.config.number for p in members if not p.config.tags(vid)),
+                      tuple(p.config.number for p in members if p.config.tags(vid)))
+            self._flood[key] = cached
+        return cached
+
+    def _egress_tags(self, vid: int, out: int) -> bool | None:
+        key = (vid, out)
+        try:
+            return self._egress[key]
+        except KeyError:
+            port = self._ports.get(out)
+            tags = None if port is None or vid not in port.members else port.config.tags(vid)
+            self._egress[key] = tags
+            return tags

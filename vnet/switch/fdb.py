@@ -1,0 +1,153 @@
+"""The forwarding database: per-VLAN MAC learning with aging, moves, static entries, limits.
+
+Aging is lazy and amortised: a lookup ignores an entry older than its VLAN's aging time, and
+``expire(now)`` walks a per-VLAN queue of learn times from the oldest, so each call costs in
+proportion to what actually expired, not to the table's size (1 M entries stay cheap).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import NamedTuple
+
+from vnet.packet.ethernet import mac_to_bytes, mac_to_str
+
+
+class FdbEntry(NamedTuple):
+    vid: int
+    mac: str
+    port: int
+    age: float
+    static: bool
+
+
+class _Entry:
+    __slots__ = ("port", "seen", "static")
+
+    def __init__(self, port: int, seen: float, static: bool) -> None:
+        self.port = port
+        self.seen = seen
+        self.static = static
+
+
+class _Vlan:
+    __slots__ = ("aging", "limit", "macs", "queue")
+
+    def __init__(self, aging: float, limit: int) -> None:
+        self.aging = aging
+        self.limit = limit
+        self.macs: dict[bytes, _Entry] = {}
+        self.queue: deque[tuple[float, bytes]] = deque()  # (time learned or re-queued, mac)
+
+
+class LearnResult:
+    """What ``learn`` did, for the port's counters (constants, so nothing is allocated)."""
+
+    REFRESHED, LEARNED, MOVED, LIMITED = range(4)
+
+
+class Fdb:
+    def __init__(self) -> None:
+        self._vlans: dict[int, _Vlan] = {}
+        self._learned: dict[tuple[int, int], int] = {}  # (port, vid) -> learned entries
+
+    def configure_vlan(self, vid: int, aging: float = 300.0, limit: int = 1024) -> None:
+        vlan = self._vlans.get(vid)
+        if vlan is None:
+            self._vlans[vid] = _Vlan(aging, limit)
+        else:
+            vlan.aging, vlan.limit = aging, limit
+
+    def _vlan(self, vid: int) -> _Vlan:
+        vlan = self._vlans.get(vid)
+        if vlan is None:
+            vlan = self._vlans[vid] = _Vlan(300.0, 1024)
+        return vlan
+
+    def learn(self, vid: int, mac: bytes, port: int, now: float) -> int:
+        """Note that ``mac`` was seen on ``port`` in ``vid``; returns a ``LearnResult``."""
+        vlan = self._vlan(vid)
+        entry = vlan.macs.get(mac)
+        if entry is not None:
+            if entry.port == port or entry.static:
+                entry.seen = now
+                return LearnResult.REFRESHED
+            old = (entry.port, vid)
+            self._learned[old] -= 1
+            if self._learned.get((port, vid), 0) >= vlan.limit:
+                del vlan.macs[mac]  # moved to a port that may learn no more: forget it
+                return LearnResult.LIMITED
+            self._learned[(port, vid)] = self._learned.get((port, vid), 0) + 1
+            entry.port, entry.seen = port, now
+            return LearnResult.MOVED
+        key = (port, vid)
+        count = self._learned.get(key, 0)
+        if count >= vlan.limit:
+            return LearnResult.LIMITED
+        self._learned[key] = count + 1
+        vlan.macs[mac] = _Entry(port, now, False)
+        vlan.queue.append((now, mac))
+        return LearnResult.LEARNED
+
+    def lookup(self, vid: int, mac: bytes, now: float) -> int | None:
+        vlan = self._vlans.get(vid)
+        if vlan is None:
+            return None
+        entry = vlan.macs.get(mac)
+        if entry is None or (not entry.static and now - entry.seen > vlan.aging):
+            return None
+        return entry.port
+
+    def expire(self, now: float) -> int:
+        """Remove entries idle for longer than their VLAN's aging time; returns how many."""
+        removed = 0
+        for vid, vlan in self._vlans.items():
+            queue, macs, cutoff = vlan.queue, vlan.macs, now - vlan.aging
+            while queue and queue[0][0] < cutoff:
+                _, mac = queue.popleft()
+                entry = macs.get(mac)
+                if entry is None or entry.static:
+                    continue
+                if entry.seen < cutoff:
+                    del macs[mac]
+                    self._learned[(entry.port, vid)] -= 1
+                    removed += 1
+                else:  # refreshed since: look again one aging time after its last sighting
+                    queue.append((entry.seen, mac))
+        return removed
+
+    def add_static(self, vid: int, mac: str | bytes, port: int) -> None:
+        key = mac_to_bytes(mac) if isinstance(mac, str) else mac
+        vlan = self._vlan(vid)
+        old = vlan.macs.get(key)
+        if old is not None and not old.static:
+            self._learned[(old.port, vid)] -= 1
+        vlan.macs[key] = _Entry(port, 0.0, True)
+
+    def remove_static(self, vid: int, mac: str | bytes) -> None:
+        key = mac_to_bytes(mac) if isinstance(mac, str) else mac
+        vlan = self._vlans.get(vid)
+        if vlan is not None and key in vlan.macs and vlan.macs[key].static:
+            del vlan.macs[key]
+
+    def flush_port(self, port: int) -> None:
+        """Forget everything on ``port`` (it went away or changed its VLANs)."""
+        for vid, vlan in self._vlans.items():
+            for mac in [m for m, e in vlan.macs.items() if e.port == port]:
+                del vlan.macs[mac]
+            self._learned.pop((port, vid), None)
+
+    def learned_count(self, port: int, vid: int) -> int:
+        return self._learned.get((port, vid), 0)
+
+    def entries(self, now: float) -> list[FdbEntry]:
+        result = []
+        for vid, vlan in sorted(self._vlans.items()):
+            for mac, e in vlan.macs.items():
+                if e.static or now - e.seen <= vlan.aging:
+                    result.append(FdbEntry(vid, mac_to_str(mac), e.port,
+                                           0.0 if e.static else now - e.seen, e.static))
+        return sorted(result, key=lambda e: (e.vid, e.mac))
+
+    def __len__(self) -> int:
+        return sum(len(v.macs) for v in self._vlans.values())
