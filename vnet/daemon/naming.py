@@ -32,3 +32,9 @@ def port_name(node: str, nic: str) -> str:
 def owner_alias(lab: str, node: str, nic: str) -> str:
     """The ``ifalias`` that marks an interface as created by vnet for this NIC."""
     return f"vnet:{lab}:{node}:{nic}"
+
+
+def gateway_owner(network: str) -> str:
+    """The pseudo-node that owns a NAT network's gateway interfaces (``@`` is not allowed in
+    node names, so it cannot clash with one)."""
+    return f"@gw-{network}"

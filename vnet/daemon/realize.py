@@ -9,13 +9,27 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from vnet.daemon.resources import NetnsNodeResource, VethSpec
+from vnet.daemon import forwarding, natrules
+from vnet.daemon.resources import (
+    DhcpResource,
+    GatewayResource,
+    NatResource,
+    NetnsNodeResource,
+    VethSpec,
+)
 from vnet.errors import HostError
 from vnet.host import netns
+from vnet.topology import Topology
 
 log = logging.getLogger("vnet.realize")
 
@@ -42,6 +56,9 @@ def create_netns_node(node: NetnsNodeResource) -> None:
         ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
         for nic in node.nics:
             _configure_nic(ns, nic)
+    for nic in node.nics:
+        if nic.dhcp:
+            run_dhcp_client(node.netns, nic.nic)
 
 
 def _configure_nic(ns: IPRoute, nic: VethSpec) -> None:
@@ -51,6 +68,8 @@ def _configure_nic(ns: IPRoute, nic: VethSpec) -> None:
         iface = ipaddress.ip_interface(address)
         ns.addr("add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
     ns.link("set", index=index, state="up")
+    if nic.gateway is not None:
+        ns.route("add", dst="0.0.0.0/0", gateway=nic.gateway, oif=index)
 
 
 def delete_netns_node(node: NetnsNodeResource) -> None:
@@ -78,3 +97,142 @@ def _delete_owned_link(ipr: IPRoute, ifname: str, alias: str) -> None:
 
 def netns_node_alive(node: NetnsNodeResource) -> bool:
     return netns.exists(node.netns)
+
+
+# ---- NAT networks: gateway, nftables, DHCP ----------------------------------------------------
+
+def create_gateway(gateway: GatewayResource) -> None:
+    with IPRoute() as ipr:
+        for ifname in (gateway.ifname, gateway.port_ifname):
+            if ipr.link_lookup(ifname=ifname):
+                raise HostError(f"interface {ifname} already exists and vnet's state does not "
+                                f"record it; remove it or rename the lab or network")
+        ipr.link("add", ifname=gateway.ifname, kind="veth", peer={"ifname": gateway.port_ifname})
+        iface = ipaddress.ip_interface(gateway.address)
+        for ifname in (gateway.ifname, gateway.port_ifname):
+            index = ipr.link_lookup(ifname=ifname)[0]
+            ipr.link("set", index=index, ifalias=gateway.alias, state="up")
+        index = ipr.link_lookup(ifname=gateway.ifname)[0]
+        ipr.addr("add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+
+
+def delete_gateway(gateway: GatewayResource) -> None:
+    with IPRoute() as ipr:
+        _delete_owned_link(ipr, gateway.ifname, gateway.alias)
+        _delete_owned_link(ipr, gateway.port_ifname, gateway.alias)
+
+
+def create_nat(nat: NatResource, state_dir: Path) -> None:
+    table = natrules.table_name(nat.lab)
+    # One transaction: make sure the (recorded, so ours) table is empty, then fill it.
+    nft(f"add table ip {table}\ndelete table ip {table}\n{nat.ruleset}")
+    forwarding.hold(state_dir, nat.lab)
+
+
+def delete_nat(nat: NatResource, state_dir: Path) -> None:
+    table = natrules.table_name(nat.lab)
+    nft(f"add table ip {table}\ndelete table ip {table}\n")
+    forwarding.release(state_dir, nat.lab)
+
+
+def nft(script: str) -> None:
+    try:
+        subprocess.run(["nft", "-f", "-"], input=script, text=True, check=True,
+                       capture_output=True)
+    except FileNotFoundError:
+        raise HostError("nft is not installed: install the nftables package") from None
+    except subprocess.CalledProcessError as err:
+        raise HostError(f"nft refused the lab's rules: {err.stderr.strip()}") from None
+
+
+def create_dhcp(dhcp: DhcpResource, state_dir: Path) -> None:
+    base = _dhcp_base(dhcp, state_dir)
+    subnet = ipaddress.ip_network(dhcp.subnet)
+    command = [
+        "dnsmasq", "--conf-file=/dev/null", "--bind-interfaces", f"--interface={dhcp.interface}",
+        "--except-interface=lo", f"--listen-address={dhcp.gateway}",
+        f"--pid-file={base}.pid", f"--dhcp-leasefile={base}.leases",
+        f"--dhcp-range={dhcp.range_start},{dhcp.range_end},{subnet.netmask},infinite",
+        f"--dhcp-option=option:router,{dhcp.gateway}", "--dhcp-authoritative",
+        f"--domain={dhcp.lab}.vnet", f"--local=/{dhcp.lab}.vnet/", "--no-hosts",
+        "--user=root", "--group=root"]
+    command += [f"--dhcp-host={mac},{ip},{name}" for mac, ip, name in dhcp.hosts]
+    try:
+        subprocess.run(command, check=True, capture_output=True, text=True)
+    except FileNotFoundError:
+        raise HostError("dnsmasq is not installed: install the dnsmasq-base package") from None
+    except subprocess.CalledProcessError as err:
+        raise HostError(f"dnsmasq did not start for network {dhcp.network}: "
+                        f"{err.stderr.strip()}") from None
+
+
+def delete_dhcp(dhcp: DhcpResource, state_dir: Path) -> None:
+    base = _dhcp_base(dhcp, state_dir)
+    pid_file = Path(f"{base}.pid")
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        pid = None
+    if pid is not None and _is_our_dnsmasq(pid, base):
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(100):
+            if not Path(f"/proc/{pid}").exists():
+                break
+            time.sleep(0.02)
+    for suffix in (".pid", ".leases"):
+        Path(f"{base}{suffix}").unlink(missing_ok=True)
+
+
+def _dhcp_base(dhcp: DhcpResource, state_dir: Path) -> Path:
+    return state_dir / f"dhcp-{dhcp.lab}-{dhcp.network}"
+
+
+def _is_our_dnsmasq(pid: int, base: Path) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except FileNotFoundError:
+        return False
+    return f"--pid-file={base}.pid".encode() in cmdline
+
+
+def run_dhcp_client(netns_name: str, nic: str) -> None:
+    """Get ``nic``'s address by DHCP inside the node (busybox udhcpc, one shot: the lab's
+    dnsmasq leases are infinite, so nothing has to renew)."""
+    script = Path(__file__).with_name("udhcpc.sh")
+    command = ["busybox", "udhcpc", "-i", nic, "-f", "-q", "-n", "-t", "10", "-T", "1",
+               "-s", str(script)]
+    fd = os.open(netns.netns_path(netns_name), os.O_RDONLY)
+    try:
+        result = subprocess.run(command, preexec_fn=lambda: netns.setns_fd(fd), pass_fds=(fd,),
+                                capture_output=True, text=True, timeout=30)
+    except FileNotFoundError:
+        raise HostError("busybox is not installed: install busybox-static (for ip: dhcp)") \
+            from None
+    finally:
+        os.close(fd)
+    if result.returncode != 0:
+        raise HostError(f"{netns_name}: no DHCP lease for {nic}: {result.stderr.strip()[-300:]}")
+
+
+# ---- checks against the host ----------------------------------------------------------------
+
+def check_host(topology: Topology) -> None:
+    """What only the host can tell: uplinks exist; NAT subnets do not overlap its addresses."""
+    problems = []
+    with IPRoute() as ipr:
+        for network in topology.networks:
+            if network.uplink and not ipr.link_lookup(ifname=network.uplink):
+                problems.append(f"network {network.name}: uplink {network.uplink} does not exist "
+                                f"on this host; name an existing interface (ip link)")
+        host_networks = [(a.get("IFA_LABEL") or str(a.get("index")),
+                          ipaddress.ip_interface(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}"))
+                         for a in ipr.get_addr(family=socket.AF_INET)]
+    for network in topology.networks:
+        if network.subnet is None:
+            continue
+        for label, iface in host_networks:
+            if network.mode == "nat" and iface.network.overlaps(network.subnet):
+                problems.append(f"network {network.name}: subnet {network.subnet} overlaps "
+                                f"{iface} on the host's {label}; choose another subnet")
+    if problems:
+        raise HostError("\n".join(problems))

@@ -21,6 +21,8 @@ from vnet.daemon import realize
 from vnet.daemon.resources import (
     KIND_ORDER,
     BridgeResource,
+    GatewayResource,
+    NatResource,
     NetnsNodeResource,
     PortResource,
     Resource,
@@ -118,6 +120,7 @@ class Vnetd:
 
     async def op_up(self, text: str, source: str) -> dict[str, Any]:
         topology = parse_topology(text, source=source, base_dir=Path(source).parent)
+        await asyncio.to_thread(realize.check_host, topology)
         async with self.lock:
             return await self._reconcile(topology)
 
@@ -225,21 +228,33 @@ class Vnetd:
             await self.datapath.call("add_bridge", bridge=resource.lab, vlans=[
                 {"vid": v.vid, "mac_aging": v.mac_aging, "mac_limit": v.mac_limit}
                 for v in resource.vlans])
-        elif isinstance(resource, NetnsNodeResource):
-            await asyncio.to_thread(realize.create_netns_node, resource)
-        else:
+        elif isinstance(resource, PortResource):
             await self.datapath.call("add_port", bridge=resource.lab, name=resource.name,
                                      ifname=resource.ifname, mode=resource.mode,
                                      vlan=resource.vlan, allowed=list(resource.allowed),
                                      native=resource.native)
+        elif isinstance(resource, NetnsNodeResource):
+            await asyncio.to_thread(realize.create_netns_node, resource)
+        elif isinstance(resource, GatewayResource):
+            await asyncio.to_thread(realize.create_gateway, resource)
+        elif isinstance(resource, NatResource):
+            await asyncio.to_thread(realize.create_nat, resource, self.state_dir)
+        else:
+            await asyncio.to_thread(realize.create_dhcp, resource, self.state_dir)
 
     async def _delete(self, resource: Resource) -> None:
         if isinstance(resource, BridgeResource):
             await self.datapath.call("del_bridge", bridge=resource.lab)
+        elif isinstance(resource, PortResource):
+            await self.datapath.call("del_port", bridge=resource.lab, name=resource.name)
         elif isinstance(resource, NetnsNodeResource):
             await asyncio.to_thread(realize.delete_netns_node, resource)
+        elif isinstance(resource, GatewayResource):
+            await asyncio.to_thread(realize.delete_gateway, resource)
+        elif isinstance(resource, NatResource):
+            await asyncio.to_thread(realize.delete_nat, resource, self.state_dir)
         else:
-            await self.datapath.call("del_port", bridge=resource.lab, name=resource.name)
+            await asyncio.to_thread(realize.delete_dhcp, resource, self.state_dir)
 
     # ---- status -----------------------------------------------------------------------------
 
@@ -263,8 +278,16 @@ class Vnetd:
                           "state": "running" if realize.netns_node_alive(res) else "missing",
                           "nics": nics})
         pending = [f"{r.kind}:{r.key[1]}" for r in record.pending()]
-        return {"name": record.lab, "source": record.source, "nodes": nodes,
-                "pending": pending}
+        gateways = {r.network: r for r in record.resources if isinstance(r, GatewayResource)}
+        networks = [{"name": n["name"], "vlan": n["vlan"], "mode": n.get("mode", "isolated"),
+                     "gateway": gateways[n["name"]].address if n["name"] in gateways else None,
+                     "uplink": n.get("uplink")}
+                    for n in record.topology.get("networks", [])]
+        uplinks = [{"port": p.name, "ifname": p.ifname, "vlans": _port_vlans(p),
+                    "counters": stats.get(p.name)}
+                   for p in ports.values() if p.name.startswith("uplink.")]
+        return {"name": record.lab, "source": record.source, "networks": networks,
+                "nodes": nodes, "uplinks": uplinks, "pending": pending}
 
 
 def _port_vlans(port: PortResource) -> list[int]:

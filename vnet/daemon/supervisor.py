@@ -50,7 +50,8 @@ class DatapathSupervisor:
             except (OSError, DatapathError):
                 if self.process.returncode is not None:
                     raise DatapathError(f"the datapath exited at start (status "
-                                        f"{self.process.returncode}); see {self.log_path}") from None
+                                        f"{self.process.returncode}); see {self.log_path}"
+                                        ) from None
                 if asyncio.get_running_loop().time() > deadline:
                     raise DatapathError(f"the datapath did not answer within {START_TIMEOUT} s; "
                                         f"see {self.log_path}") from None
