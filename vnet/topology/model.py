@@ -1,0 +1,187 @@
+"""The topology model: frozen, typed dataclasses that the rest of vnet codes against.
+
+A ``Topology`` is only ever built by the loader, after every check passed, so code that
+receives one may rely on its invariants: every network a NIC names exists, VLANs and MACs
+are unique, NAT networks have a subnet and a gateway, paths are resolved.  The objects are
+frozen and hashable so that they can be compared (reconcile: "did this change?") and used as
+dictionary keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Interface
+from pathlib import Path
+from typing import Literal
+
+Mode = Literal["isolated", "nat", "bridged"]
+Kind = Literal["netns", "vm"]
+Restart = Literal["no", "on-failure", "always"]
+Proto = Literal["tcp", "udp"]
+
+DEFAULT_MEMORY = 64 * 2**20
+DEFAULT_KERNEL = "builtin:tiny"
+DEFAULT_TOPIC_ROOT = "vnet/v1"
+
+
+class FrozenMap(Mapping[str, IPv4Address]):
+    """A read-only, hashable mapping: ``types.MappingProxyType`` is not hashable, and a
+    frozen dataclass that holds one could not be hashed either."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Mapping[str, IPv4Address] | None = None) -> None:
+        self._items: dict[str, IPv4Address] = dict(items or {})
+
+    def __getitem__(self, key: str) -> IPv4Address:
+        return self._items[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __hash__(self) -> int:
+        return hash(frozenset(self._items.items()))
+
+    def __repr__(self) -> str:
+        return f"FrozenMap({self._items!r})"
+
+
+@dataclass(frozen=True)
+class Dhcp:
+    """The DHCP service of a NAT network: a dynamic range and static leases by node name."""
+
+    range_start: IPv4Address
+    range_end: IPv4Address
+    leases: Mapping[str, IPv4Address] = FrozenMap()
+
+
+@dataclass(frozen=True)
+class Forward:
+    """A host port forwarded (DNAT) to ``node:node_port`` inside a NAT network."""
+
+    proto: Proto
+    port: int
+    node: str
+    node_port: int
+
+
+@dataclass(frozen=True)
+class Network:
+    """A network is one VLAN on the lab's switch; ``mode`` says what it reaches beyond it."""
+
+    name: str
+    vlan: int
+    mode: Mode = "isolated"
+    subnet: IPv4Network | None = None
+    gateway: IPv4Address | None = None
+    uplink: str | None = None
+    tagged: bool = False
+    dhcp: Dhcp | None = None
+    forwards: tuple[Forward, ...] = ()
+    mac_aging: float = 300.0
+    mac_limit: int = 1024
+
+
+@dataclass(frozen=True)
+class Nic:
+    """A node's NIC: an access port (``network``) or a trunk (``trunk`` + ``native``)."""
+
+    name: str
+    mac: str
+    network: str | None = None
+    trunk: tuple[str, ...] = ()
+    native: str | None = None
+    ip: IPv4Interface | IPv6Interface | None = None
+    dhcp: bool = False
+
+    @property
+    def is_trunk(self) -> bool:
+        return self.network is None
+
+    @property
+    def networks(self) -> tuple[str, ...]:
+        """Every network this NIC carries: the access network, or the trunk's networks plus
+        the native network when the trunk list does not already hold it."""
+        if self.network is not None:
+            return (self.network,)
+        if self.native is not None and self.native not in self.trunk:
+            return (*self.trunk, self.native)
+        return self.trunk
+
+
+@dataclass(frozen=True)
+class Disk:
+    """A guest's virtio-blk disk image."""
+
+    path: Path
+    readonly: bool = False
+
+
+@dataclass(frozen=True)
+class Node:
+    """A network-namespace container (``netns``) or a KVM guest (``vm``).
+
+    The VM fields keep their defaults on netns nodes (the loader refuses them there).
+    ``memory`` is in bytes; ``kernel`` is ``builtin:NAME`` or an absolute path when the
+    topology came from a file.
+    """
+
+    name: str
+    kind: Kind
+    nics: tuple[Nic, ...]
+    host: str | None = None
+    vcpus: int = 1
+    memory: int = DEFAULT_MEMORY
+    kernel: str = DEFAULT_KERNEL
+    cmdline: str | None = None
+    initrd: Path | None = None
+    disk: Disk | None = None
+    restart: Restart = "on-failure"
+
+
+@dataclass(frozen=True)
+class Host:
+    """A machine that runs vnetd (reserved for multi-host labs)."""
+
+    name: str
+    address: str | None = None
+    description: str | None = None
+
+
+@dataclass(frozen=True)
+class Bus:
+    """The MQTT broker that connects the hosts of a lab (reserved for multi-host labs)."""
+
+    broker: str
+    topic_root: str = DEFAULT_TOPIC_ROOT
+
+
+@dataclass(frozen=True)
+class Topology:
+    """A whole lab, as the file declared it, in the file's order."""
+
+    name: str
+    networks: tuple[Network, ...]
+    nodes: tuple[Node, ...]
+    hosts: tuple[Host, ...] = ()
+    bus: Bus | None = None
+    source: Path | None = None
+
+    def network(self, name: str) -> Network:
+        for network in self.networks:
+            if network.name == name:
+                return network
+        raise KeyError(f"lab {self.name!r} has no network {name!r}")
+
+    def node(self, name: str) -> Node:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise KeyError(f"lab {self.name!r} has no node {name!r}")
+
+    def vlan_of(self, network_name: str) -> int:
+        return self.network(network_name).vlan
