@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
@@ -30,7 +31,7 @@ from vnet.topology.model import (
     Node,
     Topology,
 )
-from vnet.topology.report import INVALID, KeyPath, Reporter
+from vnet.topology.report import INVALID, KeyPath, Reporter, format_path
 from vnet.topology.spec import Fields
 from vnet.topology.values import (
     derive_mac,
@@ -81,10 +82,11 @@ class _Port:
     path: KeyPath
 
 
-def _undefined(kind: str, name: str, defined: list[str]) -> str:
-    close = difflib.get_close_matches(name, defined, n=1)
+def _undefined(kind: str, name: str, defined: Iterable[str]) -> str:
+    names = sorted(defined)
+    close = difflib.get_close_matches(name, names, n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
-    return f"{kind} {name!r} is not defined (defined: {', '.join(sorted(defined)) or 'none'}){hint}"
+    return f"{kind} {name!r} is not defined (defined: {', '.join(names) or 'none'}){hint}"
 
 
 class _Builder:
@@ -96,6 +98,8 @@ class _Builder:
         self.net_fields: dict[str, Any] = top.get("networks") or {}
         self.node_fields: dict[str, Any] = top.get("nodes") or {}
         self.host_fields: dict[str, Any] = top.get("hosts") or {}
+        # A section that is itself wrong (reported) defines nothing we could check against.
+        self.sections_ok = {s: s not in top.bad for s in ("networks", "nodes", "hosts")}
         self.networks: dict[str, Network] = {}
         self.modes: dict[str, str | None] = {}  # None: the mode itself was wrong
         self.nodes: list[Node] = []
@@ -175,8 +179,7 @@ class _Builder:
             lease_path = (*path, "leases", node)
             if text is INVALID:
                 continue
-            if node not in self.node_fields:
-                self.rep.key_error(lease_path, _undefined("node", node, list(self.node_fields)))
+            self.reference("node", node, lease_path, key=True)
             address = self.parse_at(parse_ipv4, text, lease_path)
             if address is None:
                 continue
@@ -216,8 +219,7 @@ class _Builder:
         node_port = int(port_text)
         if not 1 <= node_port <= 65535:
             self.rep.error((*path, "to"), f"port {node_port} is out of range 1..65535")
-        if node not in self.node_fields:
-            self.rep.error((*path, "to"), _undefined("node", node, list(self.node_fields)))
+        self.reference("node", node, (*path, "to"))
         if f.get("proto") is None or f.get("port") is None:
             return None
         return Forward(f.get("proto"), f.get("port"), node, node_port)
@@ -227,8 +229,8 @@ class _Builder:
     def node(self, name: str, f: Fields) -> None:
         path = f.path
         host = f.get("host")
-        if host is not None and host not in self.host_fields:
-            self.rep.error((*path, "host"), _undefined("host", host, list(self.host_fields)))
+        if host is not None:
+            self.reference("host", host, (*path, "host"))
         nics = self.nics(name, f)
         kind = f.get("kind")
         if kind is None:
@@ -296,14 +298,13 @@ class _Builder:
     def nic(self, node: str, f: Fields) -> Nic | None:
         path = f.path
         network, trunk, native = f.get("network"), f.get("trunk") or [], f.get("native")
-        defined = list(self.net_fields)
-        if network is not None and network not in self.net_fields:
-            self.rep.error((*path, "network"), _undefined("network", network, defined))
+        if network is not None:
+            self.reference("network", network, (*path, "network"))
         for i, name in enumerate(trunk):
-            if name is not INVALID and name not in self.net_fields:
-                self.rep.error((*path, "trunk", i), _undefined("network", name, defined))
-        if native is not None and native not in self.net_fields:
-            self.rep.error((*path, "native"), _undefined("network", native, defined))
+            if name is not INVALID:
+                self.reference("network", name, (*path, "trunk", i))
+        if native is not None:
+            self.reference("network", native, (*path, "native"))
         ip_text, ip, dhcp = f.get("ip"), None, False
         if ip_text == "dhcp":
             dhcp = True
@@ -402,7 +403,7 @@ class _Builder:
                 ip = port.nic.ip
                 if ip is None or (port.nic.is_trunk and port.nic.native != name):
                     continue
-                where = f"nodes.{port.node} {port.nic.name}"
+                where = format_path(port.path)
                 ip_path = (*port.path, "ip")
                 if ip.ip in owner:
                     self.rep.error(ip_path, f"{ip.ip} is already used in network {name!r} by "
@@ -469,6 +470,16 @@ class _Builder:
                 owner.setdefault(key, f"networks.{net.name}.forward[{i}]")
 
     # -- helpers ----------------------------------------------------------------------------
+
+    def reference(self, kind: str, name: str, path: KeyPath, *, key: bool = False) -> None:
+        """Report ``name`` unless the ``kind`` section defines it (or is itself broken)."""
+        section = {"network": "networks", "node": "nodes", "host": "hosts"}[kind]
+        defined: dict[str, Any] = {"networks": self.net_fields, "nodes": self.node_fields,
+                                   "hosts": self.host_fields}[section]
+        if name in defined or not self.sections_ok[section]:
+            return
+        report = self.rep.key_error if key else self.rep.error
+        report(path, _undefined(kind, name, defined))
 
     def parse(self, parser: Any, f: Fields, key: str) -> Any:
         """``parser`` applied to a key's value or default; None if absent, wrong or refused."""

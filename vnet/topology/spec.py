@@ -209,7 +209,10 @@ class Enum(Spec):
     def check_value(self, value: Any, path: KeyPath, rep: Reporter) -> Any:
         if value not in self.values:
             hint = _suggest(str(value), [str(v) for v in self.values])
-            rep.error(path, f"{value!r} is not one of {self.choices}{hint}")
+            if len(self.values) == 1:
+                rep.error(path, f"{value!r} is not supported: the only value is {self.choices}")
+            else:
+                rep.error(path, f"{value!r} is not one of {self.choices}{hint}")
             return INVALID
         return value
 

@@ -43,7 +43,11 @@ def read_yaml(text: str, rep: Reporter) -> Any:
         line = mark.line + 1 if mark is not None else 1
         message = err.problem or "cannot parse"
         if err.context and err.context_mark is not None:
-            message += f" ({err.context} at line {err.context_mark.line + 1})"
+            where = f"line {err.context_mark.line + 1}"
+            if err.context.startswith("while"):  # "while parsing a flow mapping"
+                message += f" ({err.context} at {where})"
+            else:  # "expected a single document in the stream"
+                message = f"{err.context} ({where}), {message}"
         rep.at(line, (), f"invalid YAML: {message}")
         return INVALID
     except yaml.YAMLError as err:
