@@ -105,6 +105,7 @@ class _Builder:
         self.nodes: list[Node] = []
         self.ports: dict[str, list[_Port]] = {}  # network name -> NICs in it
         self.nic_paths: dict[tuple[str, str], KeyPath] = {}  # (node, NIC) -> its path
+        self.forward_index: dict[str, list[int]] = {}  # network -> file index of forwards[i]
 
     def build(self) -> Topology | None:
         for name, fields in self.net_fields.items():
@@ -143,13 +144,18 @@ class _Builder:
         if subnet is not None and mode == "nat":
             gateway = self.gateway(subnet, gateway, (*path, "gateway"))
         dhcp = self.dhcp(f.get("dhcp"), subnet, gateway) if f.ok("dhcp") else None
-        forwards = tuple(fw for i, item in enumerate(f.get("forward") or ())
-                         if isinstance(item, Fields)
-                         and (fw := self.forward(item, (*path, "forward", i))) is not None)
+        forwards: list[Forward] = []
+        indices = self.forward_index[name] = []
+        for i, item in enumerate(f.get("forward") or ()):
+            forward = self.forward(item, (*path, "forward", i)) if isinstance(
+                item, Fields) else None
+            if forward is not None:
+                forwards.append(forward)
+                indices.append(i)
         if f.ok("vlan") and mode is not None:
             self.networks[name] = Network(
                 name=name, vlan=f.get("vlan"), mode=mode, subnet=subnet, gateway=gateway,
-                uplink=f.get("uplink"), tagged=f.get("tagged"), dhcp=dhcp, forwards=forwards,
+                uplink=f.get("uplink"), tagged=f.get("tagged"), dhcp=dhcp, forwards=tuple(forwards),
                 mac_aging=float(f.get("mac_aging") or Network.mac_aging),
                 mac_limit=f.get("mac_limit") or Network.mac_limit)
 
@@ -217,9 +223,10 @@ class _Builder:
             return None
         node, _, port_text = to.partition(":")
         node_port = int(port_text)
+        self.reference("node", node, (*path, "to"))
         if not 1 <= node_port <= 65535:
             self.rep.error((*path, "to"), f"port {node_port} is out of range 1..65535")
-        self.reference("node", node, (*path, "to"))
+            return None
         if f.get("proto") is None or f.get("port") is None:
             return None
         return Forward(f.get("proto"), f.get("port"), node, node_port)
@@ -444,7 +451,7 @@ class _Builder:
 
     def check_forwards(self, net: Network) -> None:
         """A forward's node must have a known IPv4 address in the network."""
-        for i, fw in enumerate(net.forwards):
+        for fw, i in zip(net.forwards, self.forward_index[net.name], strict=True):
             path = ("networks", net.name, "forward", i, "to")
             if fw.node not in self.node_fields:
                 continue
@@ -461,7 +468,7 @@ class _Builder:
     def check_forward_ports(self) -> None:
         owner: dict[tuple[str, int], str] = {}
         for net in self.networks.values():
-            for i, fw in enumerate(net.forwards):
+            for fw, i in zip(net.forwards, self.forward_index[net.name], strict=True):
                 key = (fw.proto, fw.port)
                 if key in owner:
                     self.rep.error(("networks", net.name, "forward", i, "port"),

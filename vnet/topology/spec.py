@@ -242,13 +242,12 @@ class ListOf(Spec):
         if len(value) < self.min_items or (
                 self.max_items is not None and len(value) > self.max_items):
             if self.min_items == self.max_items:
-                count = f"exactly {self.min_items}"
+                count, last = f"exactly {self.min_items}", self.min_items
             elif self.max_items is None:
-                count = f"at least {self.min_items}"
+                count, last = f"at least {self.min_items}", self.min_items
             else:
-                count = f"{self.min_items} to {self.max_items}"
-            rep.error(path, f"needs {count} item{'s' if count != 'exactly 1' else ''}, "
-                      f"got {len(value)}")
+                count, last = f"{self.min_items} to {self.max_items}", self.max_items
+            rep.error(path, f"needs {count} item{'' if last == 1 else 's'}, got {len(value)}")
             return INVALID
         items = [self.item.check(v, (*path, i), rep) for i, v in enumerate(value)]
         if self.unique:
@@ -469,5 +468,7 @@ def _accepts(spec: Spec, value: Any) -> bool:
 
 
 def _suggest(word: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(word, choices, n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""
+    """``; did you mean 'vlan'?`` for a near miss (case-insensitive), else nothing."""
+    lower = {c.lower(): c for c in choices}
+    close = difflib.get_close_matches(word.lower(), list(lower), n=1)
+    return f"; did you mean {lower[close[0]]!r}?" if close else ""
