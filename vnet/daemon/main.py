@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s vnetd %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("pyroute2").setLevel(logging.WARNING)  # its DEBUG is every netlink message
     try:
         if args.netns:
             netns.enter_for_good(args.netns)  # before any thread exists, so all inherit it

@@ -50,8 +50,7 @@ def create_netns_node(node: NetnsNodeResource) -> None:
         for nic in node.nics:
             ipr.link("add", ifname=nic.host_ifname, kind="veth",
                      peer={"ifname": nic.nic, "net_ns_fd": node.netns})
-            index = ipr.link_lookup(ifname=nic.host_ifname)[0]
-            ipr.link("set", index=index, ifalias=nic.alias, state="up")
+            _bring_up_port_end(ipr, nic.host_ifname, nic.alias)
     with IPRoute(netns=node.netns) as ns:
         ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
         for nic in node.nics:
@@ -59,6 +58,14 @@ def create_netns_node(node: NetnsNodeResource) -> None:
     for nic in node.nics:
         if nic.dhcp:
             run_dhcp_client(node.netns, nic.nic)
+
+
+def _bring_up_port_end(ipr: IPRoute, ifname: str, alias: str) -> None:
+    """Mark a host-side end as ours and bring it up without IPv6: a switch port must not
+    speak (DAD probes and MLD reports would land on the node side of the veth)."""
+    netns.write_sysctl(None, f"net.ipv6.conf.{ifname}.disable_ipv6", "1")
+    index = ipr.link_lookup(ifname=ifname)[0]
+    ipr.link("set", index=index, ifalias=alias, state="up")
 
 
 def _configure_nic(ns: IPRoute, nic: VethSpec) -> None:
@@ -110,8 +117,7 @@ def create_gateway(gateway: GatewayResource) -> None:
         ipr.link("add", ifname=gateway.ifname, kind="veth", peer={"ifname": gateway.port_ifname})
         iface = ipaddress.ip_interface(gateway.address)
         for ifname in (gateway.ifname, gateway.port_ifname):
-            index = ipr.link_lookup(ifname=ifname)[0]
-            ipr.link("set", index=index, ifalias=gateway.alias, state="up")
+            _bring_up_port_end(ipr, ifname, gateway.alias)
         index = ipr.link_lookup(ifname=gateway.ifname)[0]
         ipr.addr("add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
 

@@ -279,10 +279,10 @@ class Vnetd:
                           "nics": nics})
         pending = [f"{r.kind}:{r.key[1]}" for r in record.pending()]
         gateways = {r.network: r for r in record.resources if isinstance(r, GatewayResource)}
-        networks = [{"name": n["name"], "vlan": n["vlan"], "mode": n.get("mode", "isolated"),
-                     "gateway": gateways[n["name"]].address if n["name"] in gateways else None,
+        networks = [{"name": name, "vlan": n["vlan"], "mode": n["mode"],
+                     "gateway": gateways[name].address if name in gateways else None,
                      "uplink": n.get("uplink")}
-                    for n in record.topology.get("networks", [])]
+                    for name, n in record.topology.get("networks", {}).items()]
         uplinks = [{"port": p.name, "ifname": p.ifname, "vlans": _port_vlans(p),
                     "counters": stats.get(p.name)}
                    for p in ports.values() if p.name.startswith("uplink.")]

@@ -88,8 +88,9 @@ class Datapath:
                     self._drain(port)
                 elif fd == self.listener.fileno():
                     self._accept()
-                else:
+                elif fd in self.controls:
                     self._serve(fd)
+                # else: an fd closed by an earlier event of this same batch (a deleted port)
             now = time.monotonic()
             if now >= next_expire:
                 for bridge in self.bridges.values():
@@ -182,6 +183,9 @@ class Datapath:
             return jsonlines.ok(handler(**request))
         except (DatapathError, jsonlines.ProtocolError, ValueError, TypeError, OSError) as err:
             return jsonlines.failed(str(err))
+        except Exception as err:  # a bug: report it, keep forwarding for everyone else
+            log.exception("control request failed")
+            return jsonlines.failed(f"internal error in the datapath: {err!r}")
 
     # Each op_* is one control operation; all are idempotent so vnetd can replay them.
 

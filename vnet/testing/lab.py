@@ -66,7 +66,11 @@ class TestHost:
                 time.sleep(0.05)
 
     def call(self, op: str, **args: Any) -> Any:
-        reply = jsonlines.call(self.socket, {"op": op, **args})
+        try:
+            reply = jsonlines.call(self.socket, {"op": op, **args})
+        except (OSError, jsonlines.ProtocolError) as err:
+            raise DaemonError(f"vnetd in {self.name} failed during {op!r}: {err}; "
+                              f"its log ends:\n{self.log()}") from err
         if not reply.get("ok"):
             raise DaemonError(str(reply.get("error")))
         return reply.get("result")
