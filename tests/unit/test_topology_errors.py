@@ -121,6 +121,13 @@ CASES: dict[str, tuple[str, list[str]]] = {
         """, ["t.yaml:2: networks: expected a mapping, got a list",
               "t.yaml:4: nodes.n.nics: expected a list, got a mapping",
               "t.yaml:5: nodes.m: expected a mapping, got a list"]),
+    "empty values suggest {} and []": ("""
+        name: x
+        networks:
+        nodes:
+          n: {kind: netns, nics: }
+        """, ["t.yaml:2: networks: expected a mapping, got nothing (null): write {} for none",
+              "t.yaml:4: nodes.n.nics: expected a list, got nothing (null): write [] for none"]),
     "mode and mac options": ("""
         name: x
         networks:

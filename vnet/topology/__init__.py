@@ -1,8 +1,26 @@
 """The topology file: format, checks and model.
 
 ``load_topology(path)`` reads a YAML topology file, checks it completely (every problem is
-reported with ``FILE:LINE: KEY.PATH:``) and returns a frozen ``Topology``.  The format is
-specified once, in ``fields.py``; ``json_schema()`` publishes it for editors.
+reported as ``FILE:LINE: KEY.PATH: message``) and returns a frozen ``Topology``.  The format
+is specified once, in ``fields.py``; ``json_schema()`` publishes it for editors
+(``topology.schema.json``).  In short::
+
+    version: 1                      # optional
+    name: LAB                       # ^[a-z][a-z0-9-]{0,15}$ (part of kernel object names)
+    networks:                       # one VLAN each; mode isolated (default) | nat | bridged
+      NET: {vlan: 1..4094, mode, subnet, gateway, uplink, tagged, dhcp, forward,
+            mac_aging: 300, mac_limit: 1024}
+    nodes:                          # kind netns | vm; vm-only: vcpus memory kernel cmdline
+      NODE:                         #                           initrd disk restart
+        kind: netns
+        nics: [{name: eth0, network: NET, ip: 10.0.0.1/24 | dhcp, mac: ...},
+               {name: eth1, trunk: [NET, ...], native: NET | null}]
+    hosts: {HOST: {address, description}}       # reserved: multi-host labs
+    bus: {broker: mqtt://..., topic_root: vnet/v1}  # reserved: multi-host labs
+
+A NIC without ``mac`` gets ``derive_mac(lab, node, nic)``: ``02`` then 5 bytes of
+blake2b, stable across runs, hosts and Python versions.  ``topology_to_dict`` gives the model
+back as a document of this same format, with every default spelled out.
 """
 
 from vnet.topology.export import topology_to_dict

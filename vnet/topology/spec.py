@@ -83,6 +83,8 @@ class Spec:
             raw = rep.raw.get(path)
             if raw is not None and "string" in self.types():
                 hint = f': quote it ("{raw}")'
+            elif value is None and self.types() & {"object", "array"}:  # `nodes:` and nothing
+                hint = f": write {'{}' if 'object' in self.types() else '[]'} for none"
             rep.error(path, f"expected {self.expected()}, got {describe(value)}{hint}")
             return INVALID
         return self.check_value(value, path, rep)
