@@ -10,6 +10,8 @@ from typing import Any
 import jsonschema  # type: ignore[import-untyped]  # no stubs in the venv
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from vnet.errors import TopologyError
 from vnet.topology import (
@@ -151,3 +153,68 @@ def test_optional_sections_validate() -> None:
     doc["nodes"]["c1"]["host"] = "hostA"
     VALIDATOR.validate(doc)
     parse_topology(json.dumps(doc))
+
+
+# -- the schema never accepts what the loader refuses for structural reasons -------------------
+
+def _paths(value: Any, prefix: tuple[str | int, ...] = ()) -> list[tuple[str | int, ...]]:
+    out = [prefix] if prefix else []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            out += _paths(item, (*prefix, key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            out += _paths(item, (*prefix, i))
+    return out
+
+
+RICH = json.loads(json.dumps(topology_to_dict(parse_topology("""
+name: rich
+networks:
+  a: {vlan: 10}
+  n: {vlan: 20, mode: nat, subnet: 10.0.0.0/24, uplink: eth1,
+      dhcp: {range: [10.0.0.100, 10.0.0.200], leases: {v1: 10.0.0.50}},
+      forward: [{proto: tcp, port: 2222, to: "v1:22"}]}
+  b: {vlan: 30, mode: bridged, uplink: eth2}
+nodes:
+  c1: {kind: netns, host: h1, nics: [{name: eth0, network: a, ip: 10.1.0.1/24}]}
+  t1: {kind: netns, nics: [{name: eth0, trunk: [a, b], native: n}]}
+  v1: {kind: vm, disk: {path: /d.img}, cmdline: x, initrd: /i,
+       nics: [{name: eth0, network: n, ip: dhcp}]}
+hosts: {h1: {address: 192.0.2.1, description: d}}
+bus: {broker: "mqtt://b:1883"}
+"""))))
+RICH_PATHS = _paths(RICH)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 70000) | st.floats(allow_nan=False)
+    | st.sampled_from(["", "a", "eth0", "nat", "10.0.0.7/24", "v1:22", "dhcp", "1G",
+                       "02:00:00:00:00:01", "builtin:tiny", "a" * 40]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+        st.sampled_from(["vlan", "name", "kind", "x", "path"]), inner, max_size=3),
+    max_leaves=6)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(RICH_PATHS), json_values)
+def test_a_document_the_schema_rejects_the_loader_rejects(
+        path: tuple[str | int, ...], value: Any) -> None:
+    doc: Any = json.loads(json.dumps(RICH))
+    target = doc
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    schema_ok = not list(VALIDATOR.iter_errors(doc))
+    try:
+        parse_topology(json.dumps(doc))
+    except TopologyError:
+        return  # the loader may be stricter than the schema (addresses, references)
+    assert schema_ok, f"the loader accepted what the schema refuses: {path} = {value!r}"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=200))
+def test_any_text_gives_a_topology_or_a_topology_error(text: str) -> None:
+    try:
+        parse_topology(text)
+    except TopologyError as err:
+        assert err.problems and all(p.startswith("<string>:") for p in err.problems)
