@@ -34,8 +34,15 @@ async def serve(args: argparse.Namespace) -> None:
     daemon = Vnetd(Path(args.socket), Path(args.state_dir), args.exit_when_idle)
     await daemon.start()
     loop = asyncio.get_running_loop()
+
+    def on_signal(_signum: int, _frame: object) -> None:
+        # Not loop.add_signal_handler: that routes signals through a wake-up socket which
+        # forked children (pyroute2 helpers, for one) share, so a signal sent to such a child
+        # would stop vnetd.  A plain handler runs only in the process that got the signal.
+        loop.call_soon_threadsafe(lambda: asyncio.ensure_future(daemon.stop()))
+
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, lambda: asyncio.ensure_future(daemon.stop()))
+        signal.signal(signum, on_signal)
     notify("READY=1")
     await daemon.stopped.wait()
     notify("STOPPING=1")

@@ -51,7 +51,7 @@ def create_netns_node(node: NetnsNodeResource) -> None:
             ipr.link("add", ifname=nic.host_ifname, kind="veth",
                      peer={"ifname": nic.nic, "net_ns_fd": node.netns})
             _bring_up_port_end(ipr, nic.host_ifname, nic.alias)
-    with IPRoute(netns=node.netns) as ns:
+    with netns.open_iproute(node.netns) as ns:
         ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
         for nic in node.nics:
             _configure_nic(ns, nic)

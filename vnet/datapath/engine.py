@@ -8,6 +8,7 @@ moves bytes and applies the decision.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -281,10 +282,8 @@ class Datapath:
             self._drop_control(fd)
         self.listener.close()
         self.epoll.close()
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(self.control_path)
-        except FileNotFoundError:
-            pass
 
 
 def _send(port: Port, data: bytes) -> None:

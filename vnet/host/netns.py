@@ -4,6 +4,12 @@ Namespaces are named bind mounts under /run/netns (the ``ip netns`` convention),
 ``ip netns exec``, ``nsenter`` and pyroute2 all see the ones vnet creates.  Entering one is
 per thread (``setns(2)`` on the calling thread), which is how a socket is opened inside a
 namespace: the socket keeps its namespace after the thread goes back.
+
+Nothing here forks a Python child: pyroute2's own namespace helpers fork the interpreter and
+stop the child with SIGTERM, and a forked child of an asyncio program shares its signal
+wake-up socket, so the parent (vnetd) would receive that SIGTERM as its own.  Creation and
+removal go through ``ip netns`` (fork and exec, which is safe), and netlink sockets are opened
+inside a namespace by entering it (``open_iproute``).
 """
 
 from __future__ import annotations
@@ -11,10 +17,11 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-from pyroute2 import netns as _pyroute2_netns
+from pyroute2 import IPRoute
 
 from vnet.errors import HostError
 
@@ -44,15 +51,30 @@ def create(name: str) -> None:
     if exists(name):
         raise HostError(f"network namespace {name!r} already exists and vnet did not create it; "
                         f"remove it with 'ip netns del {name}' or rename the lab or node")
-    _pyroute2_netns.create(name)
+    _ip_netns("add", name)
 
 
 def remove(name: str) -> bool:
     """Remove the named namespace; returns False if it was already gone."""
     if not exists(name):
         return False
-    _pyroute2_netns.remove(name)
+    _ip_netns("delete", name)
     return True
+
+
+def _ip_netns(verb: str, name: str) -> None:
+    try:
+        subprocess.run(["ip", "netns", verb, name], check=True, capture_output=True, text=True)
+    except FileNotFoundError:
+        raise HostError("the ip command is missing: install iproute2") from None
+    except subprocess.CalledProcessError as err:
+        raise HostError(f"ip netns {verb} {name}: {err.stderr.strip()}") from None
+
+
+def open_iproute(name: str | None) -> IPRoute:
+    """A pyroute2 ``IPRoute`` whose netlink socket lives in namespace ``name``."""
+    with entered(name):
+        return IPRoute()
 
 
 def setns_fd(fd: int) -> None:

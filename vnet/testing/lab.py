@@ -8,6 +8,7 @@ with its nodes' places (namespace, interface) for sending, capturing and running
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -62,7 +63,8 @@ class TestHost:
                 return
             except (OSError, DaemonError):
                 if self.process.poll() is not None or time.monotonic() > deadline:
-                    raise DaemonError(f"vnetd did not start in {self.name}:\n{self.log()}")
+                    raise DaemonError(
+                        f"vnetd did not start in {self.name}:\n{self.log()}") from None from None
                 time.sleep(0.05)
 
     def call(self, op: str, **args: Any) -> Any:
@@ -77,10 +79,14 @@ class TestHost:
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run the ``vnet`` CLI against this host's vnetd."""
-        return subprocess.run(
+        result = subprocess.run(
             [sys.executable, "-m", "vnet.cli", "--socket", self.socket, "--state-dir",
              self.state_dir, "--netns", self.name, *args],
-            capture_output=True, text=True, check=check, timeout=300)
+            capture_output=True, text=True, timeout=300)
+        if check and result.returncode != 0:
+            raise AssertionError(f"vnet {' '.join(args)} exited {result.returncode}: "
+                                 f"{result.stderr.strip()}\nvnetd's log ends:\n{self.log()}")
+        return result
 
     def up(self, path: str | Path) -> Lab:
         path = Path(path).resolve()
@@ -107,10 +113,8 @@ class TestHost:
         """Take every lab down, stop vnetd, remove the namespace and the files."""
         try:
             for lab in list(self.labs):
-                try:
+                with contextlib.suppress(OSError, DaemonError):
                     self.down(lab)
-                except (OSError, DaemonError):
-                    pass
             if self.process is not None and self.process.poll() is None:
                 try:
                     for record in self.call("status")["labs"]:
