@@ -123,7 +123,7 @@ def test_dhcp_gives_the_static_lease_and_a_route(nat_lab) -> None:
 
 
 def test_inbound_only_through_a_declared_forward(nat_lab) -> None:
-    host, lab, internet = nat_lab
+    _host, lab, internet = nat_lab
     # Give the Internet a route to the private subnet, so only the rules can stop it.
     internet.run("ip", "route", "add", "192.168.0.0/16", "via", "203.0.113.1")
     inside: list[subprocess.Popen[str]] = []
@@ -156,7 +156,7 @@ def test_two_nat_networks_cannot_reach_each_other(nat_lab) -> None:
 
 
 def test_isolated_network_leaks_nothing(nat_lab) -> None:
-    host, lab, internet = nat_lab
+    _host, lab, internet = nat_lab
     with Dataplane({"internet": (internet.name, "eth0"),
                     "i1": (lab.netns("i1"), "eth0")}) as dp:
         assert lab.exec("i1", ["ping", "-c", "1", "-W", "1", SERVER]).returncode != 0

@@ -64,7 +64,7 @@ class TestHost:
             except (OSError, DaemonError):
                 if self.process.poll() is not None or time.monotonic() > deadline:
                     raise DaemonError(
-                        f"vnetd did not start in {self.name}:\n{self.log()}") from None from None
+                        f"vnetd did not start in {self.name}:\n{self.log()}") from None
                 time.sleep(0.05)
 
     def call(self, op: str, **args: Any) -> Any:
