@@ -55,9 +55,6 @@ def create_netns_node(node: NetnsNodeResource) -> None:
         ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
         for nic in node.nics:
             _configure_nic(ns, nic)
-    for nic in node.nics:
-        if nic.dhcp:
-            run_dhcp_client(node.netns, nic.nic)
 
 
 def _bring_up_port_end(ipr: IPRoute, ifname: str, alias: str) -> None:

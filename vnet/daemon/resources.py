@@ -122,6 +122,21 @@ class DhcpResource:
 
 
 @dataclass(frozen=True)
+class DhcpLeaseResource:
+    """A node NIC's address from DHCP, asked for once its switch port exists."""
+
+    kind: ClassVar[str] = "dhcp-lease"
+    lab: str
+    node: str
+    netns: str
+    nic: str
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.kind, f"{self.lab}/{self.node}.{self.nic}")
+
+
+@dataclass(frozen=True)
 class PortResource:
     """A switch port on a host-side netdev, access (``vlan``) or trunk (``allowed``/``native``)."""
 
@@ -141,13 +156,14 @@ class PortResource:
 
 
 Resource = (BridgeResource | GatewayResource | NatResource | DhcpResource | NetnsNodeResource
-            | PortResource)
+            | PortResource | DhcpLeaseResource)
 # Creation order; deletion runs in reverse.
 KIND_ORDER = {BridgeResource.kind: 0, GatewayResource.kind: 1, NatResource.kind: 2,
-              DhcpResource.kind: 3, NetnsNodeResource.kind: 4, PortResource.kind: 5}
+              DhcpResource.kind: 3, NetnsNodeResource.kind: 4, PortResource.kind: 5,
+              DhcpLeaseResource.kind: 6}
 _CLASSES: dict[str, type[Resource]] = {
     c.kind: c for c in (BridgeResource, GatewayResource, NatResource, DhcpResource,
-                        NetnsNodeResource, PortResource)}
+                        NetnsNodeResource, PortResource, DhcpLeaseResource)}
 
 
 def desired_resources(topology: Topology) -> list[Resource]:
@@ -164,6 +180,8 @@ def desired_resources(topology: Topology) -> list[Resource]:
     for node in topology.nodes:
         if node.kind == "netns":
             resources.append(_netns_node(topology, node))
+            resources.extend(DhcpLeaseResource(lab, node.name, naming.netns_name(lab, node.name),
+                                               nic.name) for nic in node.nics if nic.dhcp)
         resources.extend(_port(topology, node, nic) for nic in node.nics)
     resources.extend(_uplink_ports(topology))
     return resources
@@ -286,17 +304,18 @@ class Plan:
 def plan(desired: list[Resource], realised: list[Resource]) -> Plan:
     """Delete what is realised but no longer desired (or changed), create what is missing.
 
-    A port lives on a node's netdev and in the lab's bridge: when either is re-created the
-    port must be too, even if the port itself did not change, or the datapath would hold a
-    socket on a dead netdev or lose the port with the old bridge.
+    Ports and leases live on a node's netdevs, and ports in the lab's bridge: when the node
+    or the bridge is re-created they must be too, even if they did not change themselves, or
+    the datapath would hold a socket on a dead netdev or lose the port with the old bridge.
     """
     desired_set = set(desired)
     to_delete = [r for r in realised if r not in desired_set]
     rebuilt_nodes = {(r.lab, r.node) for r in to_delete
                      if isinstance(r, NetnsNodeResource | GatewayResource)}
     rebuilt_bridges = {r.lab for r in to_delete if isinstance(r, BridgeResource)}
-    to_delete += [r for r in realised if isinstance(r, PortResource) and r in desired_set
-                  and ((r.lab, r.node) in rebuilt_nodes or r.lab in rebuilt_bridges)]
+    to_delete += [r for r in realised if isinstance(r, PortResource | DhcpLeaseResource)
+                  and r in desired_set and ((r.lab, r.node) in rebuilt_nodes or (
+                      isinstance(r, PortResource) and r.lab in rebuilt_bridges))]
     kept = set(realised) - set(to_delete)
     to_create = [r for r in desired if r not in kept]
     return Plan(delete=sorted(to_delete, key=lambda r: -KIND_ORDER[r.kind]),

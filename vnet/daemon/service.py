@@ -21,6 +21,7 @@ from vnet.daemon import realize
 from vnet.daemon.resources import (
     KIND_ORDER,
     BridgeResource,
+    DhcpLeaseResource,
     GatewayResource,
     NatResource,
     NetnsNodeResource,
@@ -239,6 +240,8 @@ class Vnetd:
             await asyncio.to_thread(realize.create_gateway, resource)
         elif isinstance(resource, NatResource):
             await asyncio.to_thread(realize.create_nat, resource, self.state_dir)
+        elif isinstance(resource, DhcpLeaseResource):
+            await asyncio.to_thread(realize.run_dhcp_client, resource.netns, resource.nic)
         else:
             await asyncio.to_thread(realize.create_dhcp, resource, self.state_dir)
 
@@ -253,6 +256,8 @@ class Vnetd:
             await asyncio.to_thread(realize.delete_gateway, resource)
         elif isinstance(resource, NatResource):
             await asyncio.to_thread(realize.delete_nat, resource, self.state_dir)
+        elif isinstance(resource, DhcpLeaseResource):
+            pass  # the address goes with the node's namespace; the lab's leases are infinite
         else:
             await asyncio.to_thread(realize.delete_dhcp, resource, self.state_dir)
 
