@@ -255,6 +255,16 @@ class Datapath:
                  "age": round(e.age, 1), "static": e.static}
                 for e in br.switch.fdb.entries(time.monotonic())]
 
+    def op_fdb_size(self, bridge: str) -> int:
+        """How many entries the bridge's MAC table holds (cheap, unlike ``fdb``)."""
+        return len(self._bridge(bridge).switch.fdb)
+
+    def op_flush_fdb(self, bridge: str) -> None:
+        """Forget every learned and static MAC of the bridge."""
+        br = self._bridge(bridge)
+        for port in br.ports.values():
+            br.switch.fdb.flush_port(port.number)
+
     def op_stats(self, bridge: str | None = None) -> dict[str, dict[str, Any]]:
         result: dict[str, dict[str, Any]] = {}
         for br in self.bridges.values():

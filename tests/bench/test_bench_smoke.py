@@ -1,0 +1,48 @@
+"""The benchmark runs end to end on a tiny setting (the Linux bridge and vnet's datapath).
+
+It is a benchmark, not a test: only that it runs, cleans up and writes its results is
+checked here, not any figure.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import needs_root
+from vnet.bench import main
+from vnet.bench.measure import have_trafgen
+
+
+def _namespaces() -> set[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return {line.split()[0] for line in out.splitlines() if line.strip()}
+
+
+@needs_root
+@pytest.mark.root
+@pytest.mark.slow
+def test_bench_runs_on_a_tiny_setting(tmp_path: Path) -> None:
+    before = _namespaces()
+    code = main(["--quick", "--seconds", "0.3", "--scale-entries", "500", "--systems",
+                 "bridge,vnet", "--out", str(tmp_path)])
+    assert code == 0
+    result = json.loads((tmp_path / "results.json").read_text())
+    assert set(result["summary"]) == {"bridge", "vnet"}
+    vnet = result["summary"]["vnet"]
+    assert vnet["tcp_1_gbps"]["median"] > 0
+    assert vnet["tcp_1_gbps"]["ratio"] is not None
+    assert vnet["rtt_idle_p50_us"]["median"] > 0
+    if have_trafgen():
+        assert vnet["frames_delivered_fps"]["median"] > 0
+        assert vnet["scale_entries"]["median"] >= 1
+    assert "| TCP, one stream |" in (tmp_path / "results.md").read_text()
+    assert not {n for n in _namespaces() - before if n.startswith("vb")}
+
+
+def test_bench_rejects_an_unknown_system() -> None:
+    with pytest.raises(SystemExit):
+        main(["--systems", "bridge,hub"])

@@ -1,0 +1,5 @@
+import sys
+
+from vnet.bench.run import main
+
+sys.exit(main())

@@ -1,0 +1,325 @@
+"""The measurements: 64-byte frames (full rate, zero-loss rate), TCP, latency, MAC-table scale.
+
+Each function takes a built ``Testbed`` with a started ``System`` and returns plain numbers.
+Counters are read from the node namespaces' own netdevs (``/proc/net/dev`` opened inside the
+namespace), so what counts is what the receiver's NIC got, whatever the switch claims.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from vnet.bench.testbed import (
+    ADDR_A,
+    ADDR_B,
+    MAC_A,
+    MAC_B,
+    BenchError,
+    System,
+    Testbed,
+    ns_cmd,
+    run,
+)
+from vnet.host import netns
+
+SCALE_MAC_BASE = "02:c0:00:00:00:00"
+SINK_ADDR = "10.254.0.200"  # nobody's: the receiver drops the frames silently (no ICMP)
+
+
+@dataclass(frozen=True)
+class Settings:
+    frame_seconds: float = 3.0       # each full-rate trial
+    search_seconds: float = 2.0      # each zero-loss trial
+    search_steps: int = 7
+    loss_tolerance: float = 0.0      # fraction of offered frames that may be lost in a trial
+    tcp_seconds: float = 5.0
+    tcp_streams: int = 4
+    pings: int = 1000
+    ping_interval: float = 0.002
+    scale_entries: int = 1_000_000
+    scale_learn_rate: int = 100_000  # frames/s while filling the table (slow enough to learn)
+    scale_seconds: float = 3.0
+
+    @classmethod
+    def quick(cls) -> Settings:
+        return cls(frame_seconds=1.0, search_seconds=0.5, search_steps=3, tcp_seconds=1.0,
+                   tcp_streams=2, pings=100, ping_interval=0.005, scale_entries=5000,
+                   scale_learn_rate=20_000, scale_seconds=1.0)
+
+
+def have_trafgen() -> bool:
+    return shutil.which("trafgen") is not None
+
+
+# ---- counters --------------------------------------------------------------------------------
+
+
+class NetdevCounters:
+    """``/proc/net/dev`` of a namespace, opened inside it once and re-read cheaply."""
+
+    def __init__(self, netns_name: str) -> None:
+        with netns.entered(netns_name):
+            self.file: IO[str] = open("/proc/thread-self/net/dev")  # noqa: SIM115
+
+    def read(self, ifname: str) -> tuple[int, int]:
+        """``(rx_packets, tx_packets)``."""
+        self.file.seek(0)
+        for line in self.file.read().splitlines()[2:]:
+            name, _, data = line.partition(":")
+            if name.strip() == ifname:
+                fields = data.split()
+                return int(fields[1]), int(fields[9])
+        raise BenchError(f"no netdev {ifname}")
+
+    def close(self) -> None:
+        self.file.close()
+
+
+@contextlib.contextmanager
+def counters(bed: Testbed) -> Iterator[tuple[NetdevCounters, NetdevCounters]]:
+    a, b = NetdevCounters(bed.node_a), NetdevCounters(bed.node_b)
+    try:
+        yield a, b
+    finally:
+        a.close()
+        b.close()
+
+
+# ---- traffic generation -----------------------------------------------------------------------
+
+
+def _trafgen_conf(bed: Testbed, name: str, body: str) -> Path:
+    path = bed.tmp / f"{name}.cfg"
+    path.write_text("{ " + body + " }\n")
+    return path
+
+
+def udp64(src_mac: str, dst_mac: str, src_ip: str, dst_ip: str) -> str:
+    """A 60-byte frame (64 on the wire with the FCS): Ethernet, IPv4, UDP, 18 bytes of data."""
+    return (f"eth(da={dst_mac}, sa={src_mac}), ipv4(sa={src_ip}, da={dst_ip}, ttl=64), "
+            f"udp(sp=9, dp=9), fill(0x00, 18)")
+
+
+def trafgen(bed: Testbed, netns_name: str, conf: Path, rate: int | None = None,
+            count: int | None = None) -> subprocess.Popen[Any]:
+    # leave the machine's socket-memory sysctls and IRQ affinity alone
+    cmd = ["trafgen", "--dev", "eth0", "--conf", str(conf), "--cpus", "1", "--no-sock-mem",
+           "--notouch-irq", "--no-cpu-stats"]
+    if rate is not None:
+        cmd += ["--rate", f"{max(rate, 1)}pps"]
+    if count is not None:
+        cmd += ["--num", str(count)]
+    return bed.spawn(cmd, netns=netns_name)
+
+
+def warm_up(bed: Testbed) -> None:
+    """Let the switch learn both nodes' MACs (and settle) before anything is measured."""
+    for src, dst in ((bed.node_a, ADDR_B), (bed.node_b, ADDR_A)):
+        run(ns_cmd(src, ["ping", "-n", "-q", "-c", "3", "-i", "0.05", "-W", "1", dst]),
+            check=False)
+
+
+def full_rate(bed: Testbed, s: Settings) -> dict[str, float]:
+    """Frames/s offered by trafgen at full speed and delivered at the receiver."""
+    conf = _trafgen_conf(bed, "udp64", udp64(MAC_A, MAC_B, ADDR_A, SINK_ADDR))
+    with counters(bed) as (a, b):
+        proc = trafgen(bed, bed.node_a, conf)
+        try:
+            time.sleep(0.5)  # trafgen's start-up, and the switch's warm-up at full load
+            tx0, rx0, t0 = a.read("eth0")[1], b.read("eth0")[0], time.monotonic()
+            time.sleep(s.frame_seconds)
+            tx1, rx1, t1 = a.read("eth0")[1], b.read("eth0")[0], time.monotonic()
+        finally:
+            bed.stop(proc, signal.SIGINT)
+        if proc.returncode not in (0, -signal.SIGINT, 130) and tx1 == tx0:
+            raise BenchError(f"trafgen failed (exit {proc.returncode})")
+    elapsed = t1 - t0
+    return {"offered_fps": (tx1 - tx0) / elapsed, "delivered_fps": (rx1 - rx0) / elapsed}
+
+
+def trial(bed: Testbed, conf: Path, rate: int, seconds: float) -> tuple[float, int, int]:
+    """Offer ``rate`` frames/s for ``seconds``: ``(achieved offered rate, sent, lost)``."""
+    count = max(int(rate * seconds), 1)
+    with counters(bed) as (a, b):
+        tx0, rx0 = a.read("eth0")[1], b.read("eth0")[0]
+        start = time.monotonic()
+        proc = trafgen(bed, bed.node_a, conf, rate=rate, count=count)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=seconds * 3 + 10)
+        elapsed = time.monotonic() - start
+        bed.stop(proc, signal.SIGINT)
+        time.sleep(0.2)  # let the switch drain its queues
+        tx1, rx1 = a.read("eth0")[1], b.read("eth0")[0]
+    sent = tx1 - tx0
+    return sent / max(elapsed, 1e-6), sent, max(sent - (rx1 - rx0), 0)
+
+
+def zero_loss_rate(bed: Testbed, s: Settings, ceiling: float) -> float:
+    """RFC 2544 style: binary search on trafgen's rate for the highest one with no loss."""
+    conf = _trafgen_conf(bed, "udp64", udp64(MAC_A, MAC_B, ADDR_A, SINK_ADDR))
+    lo, hi, best, rate = 0.0, ceiling, 0.0, ceiling
+    for step in range(s.search_steps):
+        achieved, sent, lost = trial(bed, conf, int(rate), s.search_seconds)
+        if sent and lost <= s.loss_tolerance * sent:
+            best, lo = max(best, achieved), rate
+            if step == 0:  # no loss even at the generator's full rate
+                break
+        else:
+            hi = rate
+        if hi - lo < ceiling * 0.01:
+            break
+        rate = (lo + hi) / 2
+    return best
+
+
+# ---- TCP ---------------------------------------------------------------------------------------
+
+
+def tcp(bed: Testbed, seconds: float, streams: int) -> float:
+    """iperf3 from node A to node B: Gbit/s received."""
+    server = bed.spawn(["iperf3", "-s", "-1", "-p", "5201"], netns=bed.node_b)
+    try:
+        result = None
+        for _ in range(50):
+            time.sleep(0.1)
+            result = run(ns_cmd(bed.node_a, ["iperf3", "-c", ADDR_B, "-p", "5201", "-J",
+                                             "-t", str(seconds), "-P", str(streams)]),
+                         check=False, timeout=seconds + 60)
+            if result.returncode == 0:
+                break
+            if "Connection refused" not in result.stdout + result.stderr:
+                break
+        assert result is not None
+        if result.returncode != 0:
+            raise BenchError(f"iperf3 failed: {(result.stdout + result.stderr)[-400:]}")
+        report = json.loads(result.stdout)
+        return float(report["end"]["sum_received"]["bits_per_second"]) / 1e9
+    finally:
+        bed.stop(server)
+
+
+# ---- latency -----------------------------------------------------------------------------------
+
+
+_PING_TIME = re.compile(r"time=([0-9.]+) ms")
+
+
+def ping_rtts(bed: Testbed, count: int, interval: float) -> list[float]:
+    """Round trips (µs) of ``count`` pings from node A to node B."""
+    result = run(ns_cmd(bed.node_a, ["ping", "-n", "-c", str(count), "-i", f"{interval:g}",
+                                     "-W", "1", ADDR_B]), check=False,
+                 timeout=count * (interval + 0.01) + 30)
+    return [float(m) * 1000.0 for m in _PING_TIME.findall(result.stdout)]
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    k = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[k]
+
+
+def latency(bed: Testbed, s: Settings, under_load: bool) -> dict[str, float]:
+    """p50/p99 round trip, idle or while one TCP stream runs at full speed from A to B."""
+    load = None
+    if under_load:
+        seconds = s.pings * s.ping_interval * 1.5 + 3
+        load_server = bed.spawn(["iperf3", "-s", "-1", "-p", "5202"], netns=bed.node_b)
+        time.sleep(0.3)
+        load = bed.spawn(["iperf3", "-c", ADDR_B, "-p", "5202", "-t", f"{seconds:.0f}"],
+                         netns=bed.node_a)
+        time.sleep(1.0)
+    try:
+        rtts = ping_rtts(bed, s.pings, s.ping_interval)
+    finally:
+        if load is not None:
+            bed.stop(load)
+            bed.stop(load_server)
+    lost = s.pings - len(rtts)
+    return {"p50_us": percentile(rtts, 50), "p99_us": percentile(rtts, 99),
+            "loss": lost / s.pings}
+
+
+# ---- MAC-table scale ----------------------------------------------------------------------------
+
+
+def scale(bed: Testbed, system: System, s: Settings) -> dict[str, float]:
+    """Fill the MAC table with ``scale_entries`` learned MACs; lookup rate and memory per entry.
+
+    Node A sends one frame from each of N source MACs (the switch learns them on A's port);
+    then node B sends at full rate to those N MACs in turn, so every frame's forwarding
+    decision is a lookup that hits one of the N entries; delivered at A per second is the
+    lookup rate.  Memory is the growth of the switch's resident memory (the forwarding
+    process's RSS; for the Linux bridge, its FDB slab) over the learned entries.
+    """
+    n = s.scale_entries
+    system.flush_table()
+    time.sleep(0.3)
+    warm_up(bed)
+    mem0 = system.table_memory()
+    mac = SCALE_MAC_BASE
+    learn = _trafgen_conf(bed, "learn", udp64(mac, MAC_B, ADDR_A, SINK_ADDR).replace(
+        f"sa={mac})", f"sa={mac}, sa[2:4]=dinc(0, {n - 1}))"))
+    proc = trafgen(bed, bed.node_a, learn, rate=s.scale_learn_rate, count=n)
+    try:
+        proc.wait(timeout=n / s.scale_learn_rate * 3 + 30)
+    except subprocess.TimeoutExpired as err:
+        raise BenchError("trafgen did not finish filling the MAC table") from err
+    time.sleep(1.0)
+    entries = system.table_entries()
+    mem1 = system.table_memory()
+    lookup = _trafgen_conf(bed, "lookup", udp64(MAC_B, mac, ADDR_B, SINK_ADDR).replace(
+        f"da={mac},", f"da={mac}, da[2:4]=dinc(0, {n - 1}),"))
+    with counters(bed) as (a, _b):
+        proc = trafgen(bed, bed.node_b, lookup)
+        try:
+            time.sleep(0.5)
+            rx0, t0 = a.read("eth0")[0], time.monotonic()
+            time.sleep(s.scale_seconds)
+            rx1, t1 = a.read("eth0")[0], time.monotonic()
+        finally:
+            bed.stop(proc, signal.SIGINT)
+    return {"entries": float(entries), "lookup_fps": (rx1 - rx0) / (t1 - t0),
+            "bytes_per_entry": (mem1 - mem0) / entries if entries else float("nan")}
+
+
+def median_spread(values: list[float]) -> dict[str, float]:
+    finite = [v for v in values if v == v]
+    if not finite:
+        return {"median": float("nan"), "min": float("nan"), "max": float("nan"), "n": 0}
+    return {"median": statistics.median(finite), "min": min(finite), "max": max(finite),
+            "n": len(finite)}
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+def machine() -> dict[str, Any]:
+    mem = 0
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                mem = int(line.split()[1]) * 1024
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "memory_gib": round(mem / 2**30, 1),
+            "kernel": os.uname().release, "hostname": os.uname().nodename}

@@ -1,0 +1,284 @@
+"""``python -m vnet.bench``: the Linux bridge, OVS userspace and vnet's datapath, one run.
+
+For each repeat and each system a fresh testbed is built (namespaces, veths, the switch),
+measured and removed; the systems take turns within a repeat so that the machine's noise
+falls on all of them alike.  Every figure is reported as the median over the repeats, its
+spread (min..max) and its ratio to the Linux bridge's median of the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import signal
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from vnet.bench import measure
+from vnet.bench.testbed import BenchError, Bridge, Ovs, System, Testbed, Vnet
+
+SYSTEMS: dict[str, type[System]] = {"bridge": Bridge, "ovs": Ovs, "vnet": Vnet}
+
+# metric -> (label, unit, higher is better)
+METRICS: dict[str, tuple[str, str, bool]] = {
+    "frames_delivered_fps": ("64 B frames/s delivered at full offered rate", "kfps", True),
+    "frames_offered_fps": ("64 B frames/s offered (trafgen)", "kfps", True),
+    "zero_loss_fps": ("64 B zero-loss rate (RFC 2544 search)", "kfps", True),
+    "tcp_multi_gbps": ("TCP, several streams", "Gbit/s", True),
+    "tcp_1_gbps": ("TCP, one stream", "Gbit/s", True),
+    "rtt_idle_p50_us": ("round trip idle p50", "µs", False),
+    "rtt_idle_p99_us": ("round trip idle p99", "µs", False),
+    "rtt_load_p50_us": ("round trip under TCP load p50", "µs", False),
+    "rtt_load_p99_us": ("round trip under TCP load p99", "µs", False),
+    "scale_entries": ("MAC entries learned (of the N sent)", "entries", True),
+    "scale_lookup_fps": ("frames/s to N learned MACs (lookup rate)", "kfps", True),
+    "scale_bytes_per_entry": ("resident memory per MAC entry", "bytes", False),
+}
+
+
+def measure_system(bed: Testbed, system: System, s: measure.Settings, what: set[str],
+                   log: Any) -> dict[str, float]:
+    out: dict[str, float] = {}
+    measure.warm_up(bed)
+    if "frames" in what:
+        if measure.have_trafgen():
+            full = measure.full_rate(bed, s)
+            out["frames_offered_fps"] = full["offered_fps"]
+            out["frames_delivered_fps"] = full["delivered_fps"]
+            log(f"  64 B frames: offered {full['offered_fps'] / 1e3:.0f} k/s, "
+                f"delivered {full['delivered_fps'] / 1e3:.0f} k/s")
+            if s.search_steps > 0:
+                out["zero_loss_fps"] = measure.zero_loss_rate(bed, s, full["offered_fps"])
+                log(f"  zero-loss rate {out['zero_loss_fps'] / 1e3:.0f} k/s")
+        else:
+            log("  64 B frames: skipped, trafgen is not installed (apt-get install netsniff-ng)")
+    if "tcp" in what:
+        out["tcp_multi_gbps"] = measure.tcp(bed, s.tcp_seconds, s.tcp_streams)
+        out["tcp_1_gbps"] = measure.tcp(bed, s.tcp_seconds, 1)
+        log(f"  TCP {s.tcp_streams} streams {out['tcp_multi_gbps']:.2f} Gbit/s, "
+            f"1 stream {out['tcp_1_gbps']:.2f} Gbit/s")
+    if "latency" in what:
+        for name, load in (("idle", False), ("load", True)):
+            lat = measure.latency(bed, s, load)
+            out[f"rtt_{name}_p50_us"] = lat["p50_us"]
+            out[f"rtt_{name}_p99_us"] = lat["p99_us"]
+            lost = f", {lat['loss']:.1%} lost" if lat["loss"] else ""
+            log(f"  RTT {name}: p50 {lat['p50_us']:.0f} µs, p99 {lat['p99_us']:.0f} µs{lost}")
+    if "scale" in what:
+        if measure.have_trafgen():
+            sc = measure.scale(bed, system, s)
+            out["scale_entries"] = sc["entries"]
+            out["scale_lookup_fps"] = sc["lookup_fps"]
+            out["scale_bytes_per_entry"] = sc["bytes_per_entry"]
+            log(f"  scale: {sc['entries']:.0f} entries, lookups {sc['lookup_fps'] / 1e3:.0f} k/s,"
+                f" {sc['bytes_per_entry']:.0f} B/entry")
+        else:
+            log("  scale: skipped, trafgen is not installed (apt-get install netsniff-ng)")
+    return out
+
+
+def summarize(runs: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, Any]]:
+    systems = sorted({name for r in runs for name in r}, key=list(SYSTEMS).index)
+    summary: dict[str, dict[str, Any]] = {}
+    for name in systems:
+        summary[name] = {}
+        for metric in METRICS:
+            values = [r[name][metric] for r in runs if name in r and metric in r[name]]
+            if values:
+                summary[name][metric] = measure.median_spread(values)
+    base = summary.get("bridge", {})
+    for figures in summary.values():
+        for metric, fig in figures.items():
+            ref = base.get(metric, {}).get("median")
+            fig["ratio"] = (fig["median"] / ref if ref and not math.isnan(ref)
+                            and not math.isnan(fig["median"]) else None)
+    return summary
+
+
+def _fmt(metric: str, value: float) -> str:
+    unit = METRICS[metric][1]
+    if math.isnan(value):
+        return "n/a"
+    if unit == "kfps":
+        return f"{value / 1e3:.0f} k"
+    if unit == "Gbit/s":
+        return f"{value:.2f}"
+    return f"{value:.0f}"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    summary = result["summary"]
+    systems = list(summary)
+    labels = {name: SYSTEMS[name].label for name in systems}
+    lines = ["| figure | unit | " + " | ".join(labels[n] for n in systems) + " |",
+             "|---|---|" + "---|" * len(systems)]
+    for metric, (label, unit, _) in METRICS.items():
+        if metric == "frames_offered_fps" or not any(metric in summary[n] for n in systems):
+            continue
+        cells = []
+        for name in systems:
+            fig = summary[name].get(metric)
+            if fig is None:
+                cells.append("—")
+                continue
+            cell = _fmt(metric, fig["median"])
+            if fig["n"] > 1:
+                cell += f" ({_fmt(metric, fig['min'])}..{_fmt(metric, fig['max'])})"
+            if name != "bridge" and fig.get("ratio") is not None:
+                cell += f" **x{fig['ratio']:.2f}**"
+            cells.append(cell)
+        lines.append(f"| {label} | {unit} | " + " | ".join(cells) + " |")
+    m = result["machine"]
+    mode = "quick" if result["settings"]["quick"] else "full"
+    lines += ["", f"Median of {result['settings']['repeat']} run(s) (min..max in brackets), "
+              f"**x ratio** to the Linux bridge of the same run. Machine: {m['cpu']}, "
+              f"{m['cores']} cores, {m['memory_gib']} GiB, kernel {m['kernel']}; "
+              f"{result['started']}; settings: {mode}, "
+              f"MAC table N = {result['settings']['scale_entries']}."]
+    for name, why in result.get("skipped", {}).items():
+        lines.append(f"{SYSTEMS[name].label} skipped: {why}.")
+    return "\n".join(lines) + "\n"
+
+
+def chart(result: dict[str, Any], path: Path) -> str | None:
+    """A PNG of every figure as a ratio to the Linux bridge; None, or why it was not drawn."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed (pip install matplotlib): no chart"
+    summary = result["summary"]
+    metrics = [m for m in METRICS if m not in ("frames_offered_fps", "scale_entries")
+               and any(m in summary[n] for n in summary)]
+    systems = list(summary)
+    fig, ax = plt.subplots(figsize=(max(8.0, 1.1 * len(metrics)), 4.8))
+    width = 0.8 / max(len(systems), 1)
+    for i, name in enumerate(systems):
+        ratios, lows, highs = [], [], []
+        for m in metrics:
+            f = summary[name].get(m)
+            ref = summary.get("bridge", {}).get(m, {}).get("median")
+            if f is None or not ref:
+                ratios.append(0.0)
+                lows.append(0.0)
+                highs.append(0.0)
+                continue
+            ratios.append(f["median"] / ref)
+            lows.append(max(f["median"] - f["min"], 0) / ref)
+            highs.append(max(f["max"] - f["median"], 0) / ref)
+        xs = [j + (i - (len(systems) - 1) / 2) * width for j in range(len(metrics))]
+        ax.bar(xs, ratios, width, yerr=[lows, highs], capsize=2,
+               label=SYSTEMS[name].label)
+    ax.axhline(1.0, color="grey", linewidth=0.8)
+    ax.set_xticks(range(len(metrics)))
+    ax.set_xticklabels([METRICS[m][0].replace(" (", "\n(") + ("\n(lower is better)"
+                        if not METRICS[m][2] else "") for m in metrics],
+                       rotation=30, ha="right", fontsize=7)
+    ax.set_ylabel("ratio to the Linux bridge (same run)")
+    ax.set_title(f"vnet bench — {result['machine']['cpu']}, {result['machine']['cores']} cores")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return None
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="vnet bench", description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="short trials and a small MAC table")
+    p.add_argument("--repeat", type=int, default=1, help="runs of every system (median, spread)")
+    p.add_argument("--systems", default="bridge,ovs,vnet",
+                   help="comma-separated subset of bridge,ovs,vnet")
+    p.add_argument("--measure", default="frames,tcp,latency,scale",
+                   help="comma-separated subset of frames,tcp,latency,scale")
+    p.add_argument("--out", default="bench-results", help="directory for results.json, .png, .md")
+    p.add_argument("--vnet-python", help="interpreter for vnet's datapath (e.g. pypy3)")
+    p.add_argument("--seconds", type=float, help="override every trial's duration")
+    p.add_argument("--scale-entries", type=int, help="MAC table size N (default 1000000)")
+    args = p.parse_args(argv)
+    args.systems = [x for x in args.systems.split(",") if x]
+    for name in args.systems:
+        if name not in SYSTEMS:
+            p.error(f"unknown system {name!r}: choose from {', '.join(SYSTEMS)}")
+    args.measure = {x for x in args.measure.split(",") if x}
+    unknown = args.measure - {"frames", "tcp", "latency", "scale"}
+    if unknown:
+        p.error(f"unknown measurement {sorted(unknown)}: choose from frames,tcp,latency,scale")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    s = measure.Settings.quick() if args.quick else measure.Settings()
+    if args.seconds:
+        from dataclasses import replace
+        s = replace(s, frame_seconds=args.seconds, search_seconds=args.seconds,
+                    tcp_seconds=max(1.0, args.seconds), scale_seconds=args.seconds)
+    if args.scale_entries:
+        from dataclasses import replace
+        s = replace(s, scale_entries=args.scale_entries)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+
+    skipped: dict[str, str] = {}
+    systems = []
+    for name in args.systems:
+        why = SYSTEMS[name].available()
+        if why:
+            log(f"{SYSTEMS[name].label}: skipped, {why}")
+            skipped[name] = why
+        else:
+            systems.append(name)
+
+    def interrupted(_signum: int, _frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupted)
+    started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    runs: list[dict[str, dict[str, float]]] = []
+    try:
+        for rep in range(args.repeat):
+            figures: dict[str, dict[str, float]] = {}
+            for name in systems:
+                log(f"[run {rep + 1}/{args.repeat}] {SYSTEMS[name].label}")
+                bed = Testbed()
+                try:
+                    bed.build()
+                    system = (Vnet(bed, args.vnet_python) if name == "vnet"
+                              else SYSTEMS[name](bed))
+                    system.start(s.scale_entries + 64)
+                    t0 = time.monotonic()
+                    figures[name] = measure_system(bed, system, s, args.measure, log)
+                    log(f"  ({time.monotonic() - t0:.0f} s)")
+                    system.stop()
+                finally:
+                    bed.close()
+            runs.append(figures)
+    except KeyboardInterrupt:
+        log("interrupted: everything the benchmark created has been removed")
+        return 130
+    except BenchError as err:
+        log(f"vnet bench: {err}")
+        return 1
+    settings = {**s.__dict__, "quick": args.quick, "repeat": args.repeat,
+                "vnet_python": args.vnet_python or sys.executable}
+    result = {"started": started, "machine": measure.machine(), "settings": settings,
+              "skipped": skipped, "runs": runs, "summary": summarize(runs)}
+    (out / "results.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    table = markdown(result)
+    (out / "results.md").write_text(table)
+    why = chart(result, out / "results.png")
+    log("")
+    log(table)
+    log(f"results: {out / 'results.json'}, {out / 'results.md'}"
+        + (f", {out / 'results.png'}" if why is None else f" ({why})"))
+    return 0
