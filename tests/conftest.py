@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Generator
 
 import pytest
 
@@ -12,7 +12,8 @@ needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs root (network namespa
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
+                              ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     """With VNET_NO_SKIP=1 (set by .ci/test on CI) a skipped test fails the run.
 
     A test skips only when the machine truly lacks a capability; CI machines have them all,
@@ -24,4 +25,4 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         report.outcome = "failed"
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
         report.longrepr = f"skipped on CI, where every capability must be present: {reason}"
-    return report  # type: ignore[return-value]
+    return report

@@ -9,6 +9,7 @@ from vnet.daemon.resources import (
     BridgeResource,
     NetnsNodeResource,
     PortResource,
+    Resource,
     VethSpec,
     VlanSpec,
     from_dict,
@@ -40,27 +41,28 @@ def test_names_fit_the_kernel_and_do_not_collide() -> None:
 
 
 def test_fresh_lab_creates_in_dependency_order() -> None:
-    desired = [port("n1"), node("n1"), BRIDGE]
+    desired: list[Resource] = [port("n1"), node("n1"), BRIDGE]
     work = plan(desired, [])
     assert work.delete == []
     assert [r.kind for r in work.create] == ["bridge", "netns-node", "port"]
 
 
 def test_same_resources_mean_an_empty_plan() -> None:
-    desired = [BRIDGE, node("n1"), port("n1")]
+    desired: list[Resource] = [BRIDGE, node("n1"), port("n1")]
     assert plan(desired, list(desired)).empty
 
 
 def test_changed_node_rebuilds_its_ports_even_if_they_did_not_change() -> None:
-    realised = [BRIDGE, node("n1"), port("n1"), node("n2"), port("n2")]
-    desired = [BRIDGE, node("n1", "10.0.0.9/24"), port("n1"), node("n2"), port("n2")]
+    realised: list[Resource] = [BRIDGE, node("n1"), port("n1"), node("n2"), port("n2")]
+    desired: list[Resource] = [BRIDGE, node("n1", "10.0.0.9/24"), port("n1"), node("n2"),
+                               port("n2")]
     work = plan(desired, realised)
     assert work.delete == [port("n1"), node("n1")]          # ports before their node
     assert work.create == [node("n1", "10.0.0.9/24"), port("n1")]
 
 
 def test_changed_bridge_rebuilds_every_port_of_the_lab() -> None:
-    realised = [BRIDGE, node("n1"), port("n1")]
+    realised: list[Resource] = [BRIDGE, node("n1"), port("n1")]
     new_bridge = BridgeResource("lab", (VlanSpec(10, 60.0, 1024),))
     work = plan([new_bridge, node("n1"), port("n1")], realised)
     assert work.delete == [port("n1"), BRIDGE]
@@ -68,7 +70,7 @@ def test_changed_bridge_rebuilds_every_port_of_the_lab() -> None:
 
 
 def test_removed_node_is_deleted_with_its_port() -> None:
-    realised = [BRIDGE, node("n1"), port("n1"), node("n2"), port("n2")]
+    realised: list[Resource] = [BRIDGE, node("n1"), port("n1"), node("n2"), port("n2")]
     work = plan([BRIDGE, node("n1"), port("n1")], realised)
     assert work.delete == [port("n2"), node("n2")] and work.create == []
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from vnet.host import netns
 
@@ -17,7 +18,7 @@ def _path(state_dir: Path) -> Path:
 
 def hold(state_dir: Path, lab: str) -> None:
     path = _path(state_dir)
-    record = json.loads(path.read_text()) if path.exists() else {
+    record: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {
         "original": netns.read_sysctl(None, KEY), "holders": []}
     if lab not in record["holders"]:
         record["holders"].append(lab)

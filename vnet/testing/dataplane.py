@@ -115,7 +115,7 @@ class Dataplane:
                                  f"{self._describe_queue(port)}")
         return frame
 
-    def receive(self, port: str, where: Callable[[Packet], bool] = lambda _p: True,
+    def receive(self, port: str, where: Callable[[Packet], object] = lambda _p: True,
                 timeout: float = DEFAULT_TIMEOUT) -> Packet:
         """Take the first frame at ``port`` for which ``where(Ether(frame))`` holds."""
         target = self._port(port)
