@@ -196,7 +196,7 @@ def tcp(bed: Testbed, seconds: float, streams: int) -> float:
             time.sleep(0.1)
             result = run(ns_cmd(bed.node_a, ["iperf3", "-c", ADDR_B, "-p", "5201", "-J",
                                              "-t", str(seconds), "-P", str(streams)]),
-                         check=False, timeout=seconds + 60)
+                         check=False, timeout=seconds + 20)
             if result.returncode == 0:
                 break
             if "Connection refused" not in result.stdout + result.stderr:

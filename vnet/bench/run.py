@@ -13,6 +13,7 @@ import datetime
 import json
 import math
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -45,41 +46,60 @@ def measure_system(bed: Testbed, system: System, s: measure.Settings, what: set[
                    log: Any) -> dict[str, float]:
     out: dict[str, float] = {}
     measure.warm_up(bed)
-    if "frames" in what:
-        if measure.have_trafgen():
-            full = measure.full_rate(bed, s)
-            out["frames_offered_fps"] = full["offered_fps"]
-            out["frames_delivered_fps"] = full["delivered_fps"]
-            log(f"  64 B frames: offered {full['offered_fps'] / 1e3:.0f} k/s, "
-                f"delivered {full['delivered_fps'] / 1e3:.0f} k/s")
-            if s.search_steps > 0:
-                out["zero_loss_fps"] = measure.zero_loss_rate(bed, s, full["offered_fps"])
-                log(f"  zero-loss rate {out['zero_loss_fps'] / 1e3:.0f} k/s")
-        else:
-            log("  64 B frames: skipped, trafgen is not installed (apt-get install netsniff-ng)")
-    if "tcp" in what:
-        out["tcp_multi_gbps"] = measure.tcp(bed, s.tcp_seconds, s.tcp_streams)
-        out["tcp_1_gbps"] = measure.tcp(bed, s.tcp_seconds, 1)
-        log(f"  TCP {s.tcp_streams} streams {out['tcp_multi_gbps']:.2f} Gbit/s, "
-            f"1 stream {out['tcp_1_gbps']:.2f} Gbit/s")
-    if "latency" in what:
-        for name, load in (("idle", False), ("load", True)):
-            lat = measure.latency(bed, s, load)
-            out[f"rtt_{name}_p50_us"] = lat["p50_us"]
-            out[f"rtt_{name}_p99_us"] = lat["p99_us"]
-            lost = f", {lat['loss']:.1%} lost" if lat["loss"] else ""
-            log(f"  RTT {name}: p50 {lat['p50_us']:.0f} µs, p99 {lat['p99_us']:.0f} µs{lost}")
-    if "scale" in what:
-        if measure.have_trafgen():
-            sc = measure.scale(bed, system, s)
-            out["scale_entries"] = sc["entries"]
-            out["scale_lookup_fps"] = sc["lookup_fps"]
-            out["scale_bytes_per_entry"] = sc["bytes_per_entry"]
-            log(f"  scale: {sc['entries']:.0f} entries, lookups {sc['lookup_fps'] / 1e3:.0f} k/s,"
-                f" {sc['bytes_per_entry']:.0f} B/entry")
-        else:
-            log("  scale: skipped, trafgen is not installed (apt-get install netsniff-ng)")
+    for part in ("frames", "tcp", "latency", "scale"):
+        if part not in what:
+            continue
+        if part in ("frames", "scale") and not measure.have_trafgen():
+            log(f"  {part}: skipped, trafgen is not installed (apt-get install netsniff-ng)")
+            continue
+        try:
+            PARTS[part](bed, system, s, out, log)
+        except (BenchError, subprocess.TimeoutExpired, OSError, ValueError) as err:
+            log(f"  {part}: failed: {err}")
     return out
+
+
+def _frames(bed: Testbed, system: System, s: measure.Settings, out: dict[str, float],
+            log: Any) -> None:
+    full = measure.full_rate(bed, s)
+    out["frames_offered_fps"] = full["offered_fps"]
+    out["frames_delivered_fps"] = full["delivered_fps"]
+    log(f"  64 B frames: offered {full['offered_fps'] / 1e3:.0f} k/s, "
+        f"delivered {full['delivered_fps'] / 1e3:.0f} k/s")
+    if s.search_steps > 0:
+        out["zero_loss_fps"] = measure.zero_loss_rate(bed, s, full["offered_fps"])
+        log(f"  zero-loss rate {out['zero_loss_fps'] / 1e3:.0f} k/s")
+
+
+def _tcp(bed: Testbed, system: System, s: measure.Settings, out: dict[str, float],
+         log: Any) -> None:
+    out["tcp_multi_gbps"] = measure.tcp(bed, s.tcp_seconds, s.tcp_streams)
+    out["tcp_1_gbps"] = measure.tcp(bed, s.tcp_seconds, 1)
+    log(f"  TCP {s.tcp_streams} streams {out['tcp_multi_gbps']:.2f} Gbit/s, "
+        f"1 stream {out['tcp_1_gbps']:.2f} Gbit/s")
+
+
+def _latency(bed: Testbed, system: System, s: measure.Settings, out: dict[str, float],
+             log: Any) -> None:
+    for name, load in (("idle", False), ("load", True)):
+        lat = measure.latency(bed, s, load)
+        out[f"rtt_{name}_p50_us"] = lat["p50_us"]
+        out[f"rtt_{name}_p99_us"] = lat["p99_us"]
+        lost = f", {lat['loss']:.1%} lost" if lat["loss"] else ""
+        log(f"  RTT {name}: p50 {lat['p50_us']:.0f} µs, p99 {lat['p99_us']:.0f} µs{lost}")
+
+
+def _scale(bed: Testbed, system: System, s: measure.Settings, out: dict[str, float],
+           log: Any) -> None:
+    sc = measure.scale(bed, system, s)
+    out["scale_entries"] = sc["entries"]
+    out["scale_lookup_fps"] = sc["lookup_fps"]
+    out["scale_bytes_per_entry"] = sc["bytes_per_entry"]
+    log(f"  scale: {sc['entries']:.0f} entries, lookups {sc['lookup_fps'] / 1e3:.0f} k/s, "
+        f"{sc['bytes_per_entry']:.0f} B/entry")
+
+
+PARTS = {"frames": _frames, "tcp": _tcp, "latency": _latency, "scale": _scale}
 
 
 def summarize(runs: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, Any]]:
