@@ -143,6 +143,11 @@ def cmd_status(client: Client, args: argparse.Namespace) -> int:
     header = ["LAB", "NODE", "KIND", "STATE", "NIC", "PORT", "MODE", "VLANS", "MAC", "IP",
               "RX", "TX", "DROPS"]
     print(format_table(header, rows) if rows else "no labs are up")
+    networks = [[lab["name"], n["name"], str(n["vlan"]), n["mode"], n["gateway"] or "-",
+                 n["uplink"] or "-"] for lab in status["labs"] for n in lab["networks"]]
+    if networks:
+        print()
+        print(format_table(["LAB", "NETWORK", "VLAN", "MODE", "GATEWAY", "UPLINK"], networks))
     return 0
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from vnet.daemon import forwarding, natrules
+from vnet.daemon import forwarding, naming, natrules
 from vnet.daemon.resources import (
     DhcpResource,
     GatewayResource,
@@ -230,10 +230,14 @@ def check_host(topology: Topology) -> None:
         host_networks = [(a.get("IFA_LABEL") or str(a.get("index")),
                           ipaddress.ip_interface(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}"))
                          for a in ipr.get_addr(family=socket.AF_INET)]
+    own = {naming.host_ifname(topology.name, naming.gateway_owner(n.name), "gw")
+           for n in topology.networks}  # this lab's gateways, from an earlier `up`
     for network in topology.networks:
         if network.subnet is None:
             continue
         for label, iface in host_networks:
+            if label in own:
+                continue
             if network.mode == "nat" and iface.network.overlaps(network.subnet):
                 problems.append(f"network {network.name}: subnet {network.subnet} overlaps "
                                 f"{iface} on the host's {label}; choose another subnet")

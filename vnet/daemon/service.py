@@ -273,7 +273,8 @@ class Vnetd:
             for nic in res.nics:
                 port = ports.get(f"{res.node}.{nic.nic}")
                 nics.append({
-                    "name": nic.nic, "mac": nic.mac, "ip": list(nic.addresses),
+                    "name": nic.nic, "mac": nic.mac,
+                    "ip": ["dhcp"] if nic.dhcp else list(nic.addresses),
                     "port": port.name if port else None, "ifname": nic.host_ifname,
                     "mode": port.mode if port else None,
                     "vlans": _port_vlans(port) if port else [],
