@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-import jsonschema  # type: ignore[import-untyped]  # no stubs in the venv
+import jsonschema
 import pytest
 import yaml
 from hypothesis import given, settings
