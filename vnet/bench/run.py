@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     def interrupted(_signum: int, _frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, interrupted)
+    previous_handler = signal.signal(signal.SIGTERM, interrupted)
     started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     runs: list[dict[str, dict[str, float]]] = []
     try:
@@ -289,6 +289,10 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as err:
         log(f"vnet bench: {err}")
         return 1
+    finally:
+        # Put the caller's handler back: a process forked later (pyroute2 forks helpers that
+        # it stops with SIGTERM) must not inherit ours and raise KeyboardInterrupt.
+        signal.signal(signal.SIGTERM, previous_handler)
     settings = {**s.__dict__, "quick": args.quick, "repeat": args.repeat,
                 "vnet_python": args.vnet_python or sys.executable}
     result = {"started": started, "machine": measure.machine(), "settings": settings,
