@@ -214,10 +214,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("node")
     p.add_argument("command", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_exec)
+    # `vnet bench ARGS` is handed whole to vnet.bench (see main); listed here for --help.
+    sub.add_parser("bench", help="benchmark the datapath against the Linux bridge and OVS "
+                   "(vnet bench --help)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:
+        from vnet.bench import main as bench  # heavy imports only when benchmarking
+
+        return bench(argv[1:])
     args = build_parser().parse_args(argv)
     client = Client(args.socket, args.state_dir, args.netns)
     try:
