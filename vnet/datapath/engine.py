@@ -21,6 +21,17 @@ from typing import Any
 from vnet import jsonlines
 from vnet.errors import DatapathError
 from vnet.host import afpacket
+from vnet.host.ring import (
+    RX_HDR,
+    STATUS,
+    TP_STATUS_COPY,
+    TP_STATUS_SEND_REQUEST,
+    TP_STATUS_USER,
+    TP_STATUS_VLAN_VALID,
+    TX_DATA_OFFSET,
+    TX_HDR,
+    PacketRing,
+)
 from vnet.packet import insert_tag, split_outer_tag
 from vnet.packet.vnethdr import shift_vnet_hdr
 from vnet.switch import PortConfig, Switch, VlanOptions
@@ -29,6 +40,7 @@ log = logging.getLogger("vnet.datapath")
 
 RX_BUDGET = 64  # frames drained from one port per wake-up, so one busy port cannot starve others
 EXPIRE_INTERVAL = 1.0
+IO_MODES = ("ring", "socket")
 
 
 @dataclass
@@ -37,7 +49,8 @@ class Port:
     bridge: str
     config: PortConfig
     ifname: str
-    sock: socket.socket
+    sock: socket.socket                   # receives (and sends what the ring cannot hold)
+    ring: PacketRing | None = None        # PACKET_MMAP receive and send rings (io="ring")
     tx_errors: dict[str, int] = field(default_factory=dict)
 
     def count_tx_error(self, reason: str) -> None:
@@ -58,7 +71,14 @@ class ControlConnection:
 
 
 class Datapath:
-    def __init__(self, control_path: str) -> None:
+    """The datapath; ``io`` is "ring" (PACKET_MMAP rings, the default) or "socket" (a
+    ``recvmsg``/``send`` per frame, kept as the reference and the fallback)."""
+
+    def __init__(self, control_path: str, io: str = "ring") -> None:
+        if io not in IO_MODES:
+            raise ValueError(f"io must be one of {IO_MODES}, not {io!r}")
+        self.io = io
+        self.dirty: list[PacketRing] = []  # rings with frames written but not yet flushed
         self.control_path = control_path
         self.epoll = select.epoll()
         self.bridges: dict[str, Bridge] = {}
@@ -86,12 +106,17 @@ class Datapath:
                 if port is not None:
                     if events & select.EPOLLERR:
                         self._clear_socket_error(port)
-                    self._drain(port)
+                    if port.ring is not None:
+                        self._drain_ring(port, port.ring)
+                    else:
+                        self._drain(port)
                 elif fd == self.listener.fileno():
                     self._accept()
                 elif fd in self.controls:
                     self._serve(fd)
                 # else: an fd closed by an earlier event of this same batch (a deleted port)
+            if self.dirty:
+                self._flush()
             now = time.monotonic()
             if now >= next_expire:
                 for bridge in self.bridges.values():
@@ -126,6 +151,109 @@ class Datapath:
                 data = shift_vnet_hdr(hdr, 4) + insert_tag(frame, decision.tci)
                 for number in decision.tagged:
                     _send(ports[number], data)
+
+    def _drain_ring(self, port: Port, ring: PacketRing) -> None:
+        """Forward up to RX_BUDGET frames from the receive ring, in place, no system call."""
+        switch = self.bridges[port.bridge].switch
+        ports = self.ports
+        m = ring.rx_map
+        assert m is not None
+        size, count, index = ring.rx_frame_size, ring.rx_frames, ring.rx_index
+        unpack, set_status = RX_HDR.unpack_from, STATUS.pack_into
+        receive, number_in = switch.receive, port.number
+        now = time.monotonic()
+        for taken in range(RX_BUDGET):
+            off = index * size
+            status, length, snaplen, mac, _n, _s, _ns, vtci, _tpid = unpack(m, off)
+            if not status & TP_STATUS_USER:
+                if taken == 0:
+                    index = self._rx_stalled(port, ring, index)
+                break
+            ring.rx_idle_wakes = 0
+            index += 1
+            if index == count:
+                index = 0
+            if status & TP_STATUS_COPY:  # larger than a slot: the whole frame is queued
+                set_status(m, off, 0)
+                try:
+                    hdr, frame, tci = afpacket.recv_frame(port.sock)
+                except OSError:
+                    port.count_tx_error("rx-copy-lost")
+                    continue
+            else:
+                start = off + mac
+                hdr = m[start - 10:start]
+                frame = m[start:start + snaplen]
+                set_status(m, off, 0)
+                if snaplen < length:
+                    port.count_tx_error("rx-truncated")
+                    continue
+                tci = vtci if status & TP_STATUS_VLAN_VALID else None
+            if tci is None and frame[12:14] == b"\x81\x00":
+                frame, tci = split_outer_tag(frame)
+                hdr = shift_vnet_hdr(hdr, -4)
+            decision = receive(number_in, frame, tci, now)
+            if decision.drop is not None:
+                continue
+            for number in decision.untagged:
+                self._emit(ports[number], hdr, frame)
+            if decision.tagged:
+                tagged_hdr = shift_vnet_hdr(hdr, 4)
+                tagged = insert_tag(frame, decision.tci)
+                for number in decision.tagged:
+                    self._emit(ports[number], tagged_hdr, tagged)
+        ring.rx_index = index
+
+    def _rx_stalled(self, port: Port, ring: PacketRing, index: int) -> int:
+        """Woken with nothing at our slot: twice in a row means the kernel left a hole (a
+        slot it took and gave up, e.g. a frame it could not describe in a virtio_net_hdr) and
+        fills elsewhere; resume at the oldest frame waiting, by its timestamp."""
+        ring.rx_idle_wakes += 1
+        if ring.rx_idle_wakes < 2:
+            return index
+        oldest = ring.oldest_ready()
+        if oldest is None or oldest == index:
+            return index
+        port.count_tx_error("rx-ring-resync")
+        ring.rx_idle_wakes = 0
+        return oldest
+
+    def _emit(self, port: Port, hdr: bytes, frame: bytes) -> None:
+        """Write one frame into the port's send ring (flushed after this wake-up's batch)."""
+        ring = port.ring
+        if ring is None:
+            _send(port, hdr + frame)
+            return
+        length = len(hdr) + len(frame)
+        if length > ring.tx_max:  # a super-frame: out through the plain socket, in order
+            if ring.tx_pending:
+                ring.flush()
+            _send(port, hdr + frame)
+            return
+        m = ring.tx_map
+        assert m is not None
+        off = ring.tx_index * ring.tx_frame_size
+        if STATUS.unpack_from(m, off)[0]:  # the kernel still holds this slot: the ring is full
+            if ring.tx_pending:
+                ring.flush()
+            if STATUS.unpack_from(m, off)[0]:
+                port.count_tx_error("tx-ring-full")
+                return
+        data = off + TX_DATA_OFFSET
+        m[data:data + 10] = hdr
+        m[data + 10:data + length] = frame
+        TX_HDR.pack_into(m, off, TP_STATUS_SEND_REQUEST, length, length)
+        index = ring.tx_index + 1
+        ring.tx_index = 0 if index == ring.tx_frames else index
+        ring.tx_pending += 1
+        if ring.tx_pending == 1:
+            self.dirty.append(ring)
+
+    def _flush(self) -> None:
+        for ring in self.dirty:
+            if ring.tx_pending:
+                ring.flush()
+        self.dirty.clear()
 
     def _clear_socket_error(self, port: Port) -> None:
         err = port.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
@@ -220,9 +348,14 @@ class Datapath:
             if existing.config == config and existing.ifname == ifname:
                 return {"number": number}
             self.op_del_port(bridge, name)
-        sock = afpacket.open_packet_socket(ifname)
+        ring = None
+        if self.io == "ring":
+            ring = PacketRing(ifname)
+            sock = ring.rx
+        else:
+            sock = afpacket.open_packet_socket(ifname)
         self.next_port_number = max(self.next_port_number, number + 1)
-        port = Port(number, bridge, config, ifname, sock)
+        port = Port(number, bridge, config, ifname, sock, ring)
         br.switch.add_port(config)
         br.ports[name] = port
         self.ports[number] = port
@@ -240,7 +373,12 @@ class Datapath:
         del self.ports[port.number]
         del self.port_by_fd[port.sock.fileno()]
         self.epoll.unregister(port.sock.fileno())
-        port.sock.close()
+        if port.ring is not None:
+            if port.ring in self.dirty:
+                self.dirty.remove(port.ring)
+            port.ring.close()
+        else:
+            port.sock.close()
 
     def op_add_static(self, bridge: str, vid: int, mac: str, port: str) -> None:
         br = self._bridge(bridge)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from types import FrameType
 
-from vnet.datapath.engine import Datapath
+from vnet.datapath.engine import IO_MODES, Datapath
 from vnet.errors import HostError
 from vnet.host import netns
 
@@ -19,13 +20,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--control", required=True, help="Unix socket path for vnetd's control")
     parser.add_argument("--netns", help="network namespace to run in (default: the current one)")
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--io", choices=IO_MODES, default=os.environ.get("VNET_DATAPATH_IO",
+                                                                      "ring"),
+                        help="ring: PACKET_MMAP rings (default); socket: a system call per frame")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s datapath %(levelname)s %(message)s")
     try:
         if args.netns:
             netns.enter_for_good(args.netns)
-        datapath = Datapath(args.control)
+        datapath = Datapath(args.control, io=args.io)
     except (HostError, OSError) as err:
         print(f"vnet-datapath: {err}", file=sys.stderr)
         return 1
