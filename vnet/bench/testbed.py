@@ -300,7 +300,11 @@ class Vnet(System):
         return reply.get("result")
 
     def start(self, mac_table: int) -> None:
-        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+        # another interpreter (PyPy) finds vnet and its pure-Python dependencies here too
+        paths = [str(Path(__file__).resolve().parents[2])]
+        if self.python != sys.executable:
+            paths += [p for p in sys.path if p.endswith("site-packages")]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
         log = open(self.bed.tmp / "datapath.log", "wb")  # noqa: SIM115 - lives with the process
         self.proc = self.bed.spawn([self.python, "-m", "vnet.datapath.main", "--control",
                                     self.control, "--netns", self.bed.host,

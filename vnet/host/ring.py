@@ -21,6 +21,7 @@ The outer 802.1Q tag comes back in ``tp_vlan_tci`` with ``TP_STATUS_VLAN_VALID``
 
 from __future__ import annotations
 
+import fcntl
 import mmap
 import socket
 import struct
@@ -37,6 +38,7 @@ from vnet.host.afpacket import (
     SOL_PACKET,
 )
 
+SIOCGIFINDEX = 0x8933
 PACKET_RX_RING = 5
 PACKET_COPY_THRESH = 7
 PACKET_VERSION = 10
@@ -91,7 +93,7 @@ class PacketRing:
         self.rx_map: mmap.mmap | None = None
         self.tx_map: mmap.mmap | None = None
         try:
-            ifindex = socket.if_nametoindex(ifname)
+            ifindex = _ifindex(self.rx, ifname)
             rx = self.rx
             rx.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
             rx.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
@@ -165,6 +167,13 @@ class PacketRing:
         self.rx_map = self.tx_map = None
         self.rx.close()
         self.tx.close()
+
+
+def _ifindex(sock: socket.socket, ifname: str) -> int:
+    """The netdev's index in the socket's namespace (SIOCGIFINDEX: PyPy's socket module has
+    no ``if_nametoindex``)."""
+    ifreq = struct.pack("16si12x", ifname.encode(), 0)
+    return int(struct.unpack_from("16si", fcntl.ioctl(sock.fileno(), SIOCGIFINDEX, ifreq))[1])
 
 
 def _force(sock: socket.socket, force_opt: int, opt: int, size: int) -> None:
