@@ -21,9 +21,10 @@ from types import FrameType
 from typing import Any
 
 from vnet.bench import measure
-from vnet.bench.testbed import BenchError, Bridge, Ovs, System, Testbed, Vnet
+from vnet.bench.testbed import BenchError, Bridge, Ovs, System, Testbed, Vnet, VnetPypy
 
-SYSTEMS: dict[str, type[System]] = {"bridge": Bridge, "ovs": Ovs, "vnet": Vnet}
+SYSTEMS: dict[str, type[System]] = {"bridge": Bridge, "ovs": Ovs, "vnet": Vnet,
+                                     "vnet-pypy": VnetPypy}
 
 # metric -> (label, unit, higher is better)
 METRICS: dict[str, tuple[str, str, bool]] = {
@@ -213,8 +214,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="vnet bench", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="short trials and a small MAC table")
     p.add_argument("--repeat", type=int, default=1, help="runs of every system (median, spread)")
-    p.add_argument("--systems", default="bridge,ovs,vnet",
-                   help="comma-separated subset of bridge,ovs,vnet")
+    p.add_argument("--systems", default="bridge,ovs,vnet,vnet-pypy",
+                   help="comma-separated subset of bridge,ovs,vnet,vnet-pypy")
     p.add_argument("--measure", default="frames,tcp,latency,scale",
                    help="comma-separated subset of frames,tcp,latency,scale")
     p.add_argument("--out", default="bench-results", help="directory for results.json, .png, .md")

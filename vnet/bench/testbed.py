@@ -349,3 +349,16 @@ def _wait_for(path: Path, what: str, proc: subprocess.Popen[Any] | None = None,
         if time.monotonic() > deadline:
             raise BenchError(f"{what} did not create {path} within {timeout:.0f} s")
         time.sleep(0.05)
+
+
+class VnetPypy(Vnet):
+    """vnet's datapath under PyPy (the datapath needs only the standard library)."""
+
+    name, label = "vnet-pypy", "vnet datapath (PyPy)"
+
+    def __init__(self, bed: Testbed, python: str | None = None) -> None:
+        super().__init__(bed, python or shutil.which("pypy3"))
+
+    @classmethod
+    def available(cls) -> str | None:
+        return None if shutil.which("pypy3") else "PyPy is not installed (apt-get install pypy3)"

@@ -41,6 +41,7 @@ log = logging.getLogger("vnet.datapath")
 RX_BUDGET = 64  # frames drained from one port per wake-up, so one busy port cannot starve others
 EXPIRE_INTERVAL = 1.0
 IO_MODES = ("ring", "socket")
+BUSY_POLL = 100e-6  # seconds of polling without sleeping after a wake-up that moved frames
 
 
 @dataclass
@@ -74,10 +75,12 @@ class Datapath:
     """The datapath; ``io`` is "ring" (PACKET_MMAP rings, the default) or "socket" (a
     ``recvmsg``/``send`` per frame, kept as the reference and the fallback)."""
 
-    def __init__(self, control_path: str, io: str = "ring") -> None:
+    def __init__(self, control_path: str, io: str = "ring",
+                 busy_poll: float = BUSY_POLL) -> None:
         if io not in IO_MODES:
             raise ValueError(f"io must be one of {IO_MODES}, not {io!r}")
         self.io = io
+        self.busy_poll = busy_poll
         self.dirty: list[PacketRing] = []  # rings with frames written but not yet flushed
         self.control_path = control_path
         self.epoll = select.epoll()
@@ -100,10 +103,17 @@ class Datapath:
 
     def run(self) -> None:
         next_expire = time.monotonic() + EXPIRE_INTERVAL
+        spin_until = 0.0
+        monotonic, poll = time.monotonic, self.epoll.poll
         while self.running:
-            for fd, events in self.epoll.poll(EXPIRE_INTERVAL):
+            # busy-poll for a moment after traffic: the reply to what was just forwarded is
+            # usually back within microseconds, sooner than a sleep-and-wake-up round trip
+            timeout = 0.0 if spin_until and monotonic() < spin_until else EXPIRE_INTERVAL
+            busy = False
+            for fd, events in poll(timeout):
                 port = self.port_by_fd.get(fd)
                 if port is not None:
+                    busy = True
                     if events & select.EPOLLERR:
                         self._clear_socket_error(port)
                     if port.ring is not None:
@@ -117,6 +127,8 @@ class Datapath:
                 # else: an fd closed by an earlier event of this same batch (a deleted port)
             if self.dirty:
                 self._flush()
+            if busy:
+                spin_until = monotonic() + self.busy_poll
             now = time.monotonic()
             if now >= next_expire:
                 for bridge in self.bridges.values():

@@ -9,7 +9,7 @@ import signal
 import sys
 from types import FrameType
 
-from vnet.datapath.engine import IO_MODES, Datapath
+from vnet.datapath.engine import BUSY_POLL, IO_MODES, Datapath
 from vnet.errors import HostError
 from vnet.host import netns
 
@@ -23,13 +23,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--io", choices=IO_MODES, default=os.environ.get("VNET_DATAPATH_IO",
                                                                       "ring"),
                         help="ring: PACKET_MMAP rings (default); socket: a system call per frame")
+    parser.add_argument("--busy-poll-us", type=float,
+                        default=float(os.environ.get("VNET_DATAPATH_BUSY_POLL_US",
+                                                     BUSY_POLL * 1e6)),
+                        help="after forwarding, poll this long before sleeping (0: never)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s datapath %(levelname)s %(message)s")
     try:
         if args.netns:
             netns.enter_for_good(args.netns)
-        datapath = Datapath(args.control, io=args.io)
+        datapath = Datapath(args.control, io=args.io,
+                            busy_poll=args.busy_poll_us / 1e6)
     except (HostError, OSError) as err:
         print(f"vnet-datapath: {err}", file=sys.stderr)
         return 1
