@@ -1,0 +1,41 @@
+"""The datapath's control protocol without root: operations that need no packet socket."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from vnet.datapath.engine import Datapath
+from vnet.host.ring import BLOCK_SIZE, _ring_request
+
+
+def _call(dp: Datapath, **request: object) -> dict[str, object]:
+    return dp.handle_line(json.dumps(request).encode())
+
+
+def test_fdb_size_and_flush_on_an_empty_bridge(tmp_path: Path) -> None:
+    dp = Datapath(str(tmp_path / "dp.sock"))
+    try:
+        assert _call(dp, op="add_bridge", bridge="lab", vlans=[{"vid": 10}])["ok"]
+        assert _call(dp, op="fdb_size", bridge="lab") == {"ok": True, "result": 0}
+        assert _call(dp, op="flush_fdb", bridge="lab") == {"ok": True, "result": None}
+        reply = _call(dp, op="fdb_size", bridge="nope")
+        assert not reply["ok"] and "no bridge 'nope'" in str(reply["error"])
+        assert not _call(dp, op="frobnicate")["ok"]
+    finally:
+        dp.close()
+
+
+def test_io_mode_is_checked(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="io must be one of"):
+        Datapath(str(tmp_path / "dp.sock"), io="dpdk")
+
+
+def test_ring_request_fills_whole_blocks() -> None:
+    req = _ring_request(2048, 1000)
+    block_size, blocks, frame_size, frames = (int.from_bytes(req[i:i + 4], "little")
+                                              for i in range(0, 16, 4))
+    assert block_size == BLOCK_SIZE and frame_size == 2048
+    assert frames == blocks * (BLOCK_SIZE // 2048) >= 1000
