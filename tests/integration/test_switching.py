@@ -14,7 +14,7 @@ from scapy.layers.l2 import ARP, Dot1Q, Ether
 from scapy.packet import Raw
 
 from tests.conftest import needs_root
-from vnet.testing import Lab
+from vnet.testing import Dataplane, Lab
 
 pytestmark = [needs_root, pytest.mark.vnet_topology("topologies/switch.yaml")]
 
@@ -32,6 +32,17 @@ def udp(src: str, dst: str, payload: bytes = b"vnet") -> Ether:
 def tagged(frame: Ether, vid: int, prio: int = 0) -> Ether:
     """``frame`` with an 802.1Q tag inserted after the MAC addresses."""
     return Ether(src=frame.src, dst=frame.dst) / Dot1Q(vlan=vid, prio=prio) / frame.payload
+
+
+def learn(dp: Dataplane, port: str, mac: str) -> None:
+    """Let the switch learn ``mac`` on ``port``: a broadcast from it, waited for until the
+    trunk t1 (a member of every VLAN here) has it, then every copy forgotten.  Waiting keeps
+    the order of events: the datapath owes no order to frames that enter on different ports."""
+    frame = udp(mac, BCAST, port.encode())
+    dp.send(port, frame)
+    dp.receive("t1:eth0", lambda p: bytes(p).endswith(port.encode()))
+    time.sleep(0.05)
+    dp.flush()
 
 
 def fdb_of(lab: Lab) -> dict[tuple[int, str], dict[str, object]]:
@@ -71,8 +82,7 @@ def test_learning_turns_flooding_into_unicast(vnet_lab: Lab) -> None:
 
 def test_learning_is_per_vlan(vnet_lab: Lab) -> None:
     dp = vnet_lab.dataplane
-    dp.send("a1:eth0", udp(M1, BCAST))  # M1 learned in VLAN 10 only
-    dp.flush()
+    learn(dp, "a1:eth0", M1)            # M1 learned in VLAN 10 only
     to_m1 = udp(M3, M1)
     dp.send("b1:eth0", to_m1)           # in VLAN 20 M1 is unknown: flooded in green only
     dp.verify_packet(tagged(to_m1, 20), "t1:eth0")
@@ -82,9 +92,8 @@ def test_learning_is_per_vlan(vnet_lab: Lab) -> None:
 
 def test_mac_move_follows_the_station(vnet_lab: Lab) -> None:
     dp = vnet_lab.dataplane
-    dp.send("a1:eth0", udp(M1, BCAST))
-    dp.send("a2:eth0", udp(M1, BCAST))   # the station moved to a2
-    dp.flush()
+    learn(dp, "a1:eth0", M1)
+    learn(dp, "a2:eth0", M1)             # the station moved to a2
     to_m1 = udp(M2, M1)
     dp.send("t2:eth0", to_m1)            # untagged on t2 = native blue
     dp.verify_packet(to_m1, "a2:eth0")
@@ -95,8 +104,7 @@ def test_mac_move_follows_the_station(vnet_lab: Lab) -> None:
 
 def test_entries_age_out(vnet_lab: Lab) -> None:
     dp = vnet_lab.dataplane
-    dp.send("a1:eth0", udp(M1, BCAST))
-    dp.flush()
+    learn(dp, "a1:eth0", M1)
     assert (10, M1) in fdb_of(vnet_lab)
     time.sleep(3 + 1.5)  # blue's mac_aging is 3 s; the datapath sweeps every second
     assert (10, M1) not in fdb_of(vnet_lab)
@@ -180,8 +188,7 @@ def test_reserved_group_is_not_forwarded(vnet_lab: Lab) -> None:
 
 def test_mac_flood_is_held_by_the_per_port_limit(vnet_lab: Lab) -> None:
     dp = vnet_lab.dataplane
-    dp.send("a2:eth0", udp(M2, BCAST))            # a victim station learned first
-    dp.flush()
+    learn(dp, "a2:eth0", M2)                      # a victim station learned first
     flood = [udp(f"02:66:00:00:{i >> 8:02x}:{i & 0xff:02x}", BCAST) for i in range(2000)]
     for frame in flood:
         dp.send("a1:eth0", frame)
