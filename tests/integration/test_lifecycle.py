@@ -168,3 +168,16 @@ def test_datapath_killed_is_restarted_and_ports_replayed(host: TestHost) -> None
             ok = True
             break
     assert ok, "no forwarding after the datapath restart"
+
+
+def test_up_with_a_changed_file_changes_only_what_changed(host: TestHost, tmp_path: Path) -> None:
+    changed = tmp_path / "pair.yaml"
+    changed.write_text(PAIR.read_text().replace("10.2.0.1/24", "10.2.0.11/24"))
+    host.cli("up", str(PAIR))
+    right_netns_inode = os.stat(netns.netns_path("vnet-pair-right")).st_ino
+    out = host.cli("up", str(changed)).stdout
+    assert "created 2, removed 2" in out     # left's node and its port, nothing else
+    assert os.stat(netns.netns_path("vnet-pair-right")).st_ino == right_netns_inode
+    ping = host.cli("exec", "right", "--", "ping", "-c", "1", "-W", "2", "10.2.0.11")
+    assert ping.returncode == 0
+    host.cli("down", str(changed))
