@@ -14,13 +14,16 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from vnet.daemon import forwarding, naming, natrules
 from vnet.daemon.resources import (
+    DhcpLeaseResource,
     DhcpResource,
     GatewayResource,
     NatResource,
@@ -34,7 +37,7 @@ from vnet.topology import Topology
 log = logging.getLogger("vnet.realize")
 
 
-def create_netns_node(node: NetnsNodeResource) -> None:
+def create_netns_node(node: NetnsNodeResource, state_dir: Path) -> None:
     with IPRoute() as ipr:
         for nic in node.nics:
             if ipr.link_lookup(ifname=nic.host_ifname):
@@ -76,7 +79,7 @@ def _configure_nic(ns: IPRoute, nic: VethSpec) -> None:
         ns.route("add", dst="0.0.0.0/0", gateway=nic.gateway, oif=index)
 
 
-def delete_netns_node(node: NetnsNodeResource) -> None:
+def delete_netns_node(node: NetnsNodeResource, state_dir: Path) -> None:
     with IPRoute() as ipr:
         for nic in node.nics:
             _delete_owned_link(ipr, nic.host_ifname, nic.alias)
@@ -105,7 +108,7 @@ def netns_node_alive(node: NetnsNodeResource) -> bool:
 
 # ---- NAT networks: gateway, nftables, DHCP ----------------------------------------------------
 
-def create_gateway(gateway: GatewayResource) -> None:
+def create_gateway(gateway: GatewayResource, state_dir: Path) -> None:
     with IPRoute() as ipr:
         for ifname in (gateway.ifname, gateway.port_ifname):
             if ipr.link_lookup(ifname=ifname):
@@ -119,7 +122,7 @@ def create_gateway(gateway: GatewayResource) -> None:
         ipr.addr("add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
 
 
-def delete_gateway(gateway: GatewayResource) -> None:
+def delete_gateway(gateway: GatewayResource, state_dir: Path) -> None:
     with IPRoute() as ipr:
         _delete_owned_link(ipr, gateway.ifname, gateway.alias)
         _delete_owned_link(ipr, gateway.port_ifname, gateway.alias)
@@ -198,6 +201,14 @@ def _is_our_dnsmasq(pid: int, base: Path) -> bool:
     return f"--pid-file={base}.pid".encode() in cmdline
 
 
+def create_dhcp_lease(lease: DhcpLeaseResource, state_dir: Path) -> None:
+    run_dhcp_client(lease.netns, lease.nic)
+
+
+def delete_dhcp_lease(lease: DhcpLeaseResource, state_dir: Path) -> None:
+    """Nothing to do: the address goes with the node's namespace, the lease is infinite."""
+
+
 def run_dhcp_client(netns_name: str, nic: str) -> None:
     """Get ``nic``'s address by DHCP inside the node (busybox udhcpc, one shot: the lab's
     dnsmasq leases are infinite, so nothing has to renew)."""
@@ -243,3 +254,12 @@ def check_host(topology: Topology) -> None:
                                 f"{iface} on the host's {label}; choose another subnet")
     if problems:
         raise HostError("\n".join(problems))
+
+
+# The kernel side of each host resource kind, for vnetd's reconciliation: (resource, state_dir).
+CREATE: dict[type, Callable[[Any, Path], None]] = {
+    NetnsNodeResource: create_netns_node, GatewayResource: create_gateway,
+    NatResource: create_nat, DhcpResource: create_dhcp, DhcpLeaseResource: create_dhcp_lease}
+DELETE: dict[type, Callable[[Any, Path], None]] = {
+    NetnsNodeResource: delete_netns_node, GatewayResource: delete_gateway,
+    NatResource: delete_nat, DhcpResource: delete_dhcp, DhcpLeaseResource: delete_dhcp_lease}

@@ -21,9 +21,7 @@ from vnet.daemon import realize
 from vnet.daemon.resources import (
     KIND_ORDER,
     BridgeResource,
-    DhcpLeaseResource,
     GatewayResource,
-    NatResource,
     NetnsNodeResource,
     PortResource,
     Resource,
@@ -225,6 +223,7 @@ class Vnetd:
         return len(resources)
 
     async def _create(self, resource: Resource) -> None:
+        """Datapath resources are control calls; the rest are kernel work, off the loop."""
         if isinstance(resource, BridgeResource):
             await self.datapath.call("add_bridge", bridge=resource.lab, vlans=[
                 {"vid": v.vid, "mac_aging": v.mac_aging, "mac_limit": v.mac_limit}
@@ -234,32 +233,16 @@ class Vnetd:
                                      ifname=resource.ifname, mode=resource.mode,
                                      vlan=resource.vlan, allowed=list(resource.allowed),
                                      native=resource.native)
-        elif isinstance(resource, NetnsNodeResource):
-            await asyncio.to_thread(realize.create_netns_node, resource)
-        elif isinstance(resource, GatewayResource):
-            await asyncio.to_thread(realize.create_gateway, resource)
-        elif isinstance(resource, NatResource):
-            await asyncio.to_thread(realize.create_nat, resource, self.state_dir)
-        elif isinstance(resource, DhcpLeaseResource):
-            await asyncio.to_thread(realize.run_dhcp_client, resource.netns, resource.nic)
         else:
-            await asyncio.to_thread(realize.create_dhcp, resource, self.state_dir)
+            await asyncio.to_thread(realize.CREATE[type(resource)], resource, self.state_dir)
 
     async def _delete(self, resource: Resource) -> None:
         if isinstance(resource, BridgeResource):
             await self.datapath.call("del_bridge", bridge=resource.lab)
         elif isinstance(resource, PortResource):
             await self.datapath.call("del_port", bridge=resource.lab, name=resource.name)
-        elif isinstance(resource, NetnsNodeResource):
-            await asyncio.to_thread(realize.delete_netns_node, resource)
-        elif isinstance(resource, GatewayResource):
-            await asyncio.to_thread(realize.delete_gateway, resource)
-        elif isinstance(resource, NatResource):
-            await asyncio.to_thread(realize.delete_nat, resource, self.state_dir)
-        elif isinstance(resource, DhcpLeaseResource):
-            pass  # the address goes with the node's namespace; the lab's leases are infinite
         else:
-            await asyncio.to_thread(realize.delete_dhcp, resource, self.state_dir)
+            await asyncio.to_thread(realize.DELETE[type(resource)], resource, self.state_dir)
 
     # ---- status -----------------------------------------------------------------------------
 
