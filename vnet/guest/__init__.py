@@ -1,0 +1,1 @@
+"""Guests that vnet builds itself (source in this package, built reproducibly with gcc)."""

@@ -1,0 +1,104 @@
+"""The VM runner: one process per guest (``python -m vnet.kvm.runner``).
+
+What exists today: guest memory, one vCPU entered directly in 64-bit mode at CPL 3, the
+16550 console written to a log file (and stdout), the paravirtual exit port 0x501, and the
+project's tiny guest.  Still to come (docs/kvm.md): virtio-mmio with virtio-net and
+virtio-blk, the in-kernel irqchip and PIT, the Linux boot protocol, several vCPUs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from vnet.errors import VnetError
+from vnet.guest.build import build_tiny_guest
+from vnet.kvm import layout
+from vnet.kvm.serial import Serial16550
+from vnet.kvm.vm import IoExit, KvmError, Vm
+
+EXIT_PORT = 0x501
+SIZES = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def parse_size(text: str) -> int:
+    unit = SIZES.get(text[-1:].upper())
+    try:
+        return int(text[:-1]) * unit if unit else int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (say 64M or 1G)") from None
+
+
+def run_tiny_guest(memory: int, cmdline: str, console: Path | None,
+                   echo: bool = False) -> int:
+    """Boot the tiny guest; returns the status it wrote to the exit port."""
+    image = build_tiny_guest().read_bytes()
+    vm = Vm(memory)
+    log = open(console, "ab") if console else None  # noqa: SIM115 - closed below
+    status = 0
+
+    def sink(data: bytes) -> None:
+        if log:
+            log.write(data)
+            log.flush()
+        if echo:
+            sys.stdout.buffer.write(data)
+            sys.stdout.flush()
+
+    serial = Serial16550(sink)
+
+    def on_io(io: IoExit) -> bytes | None:
+        nonlocal status
+        if io.port == EXIT_PORT and io.out:
+            status = io.data[0]
+            return b"stop"
+        if serial.owns(io.port):
+            if io.out:
+                serial.write(io.port, io.data[0])
+                return None
+            return bytes([serial.read(io.port)])
+        return None  # no device: writes vanish, reads see all ones, as on a bus
+
+    try:
+        mem = memoryview(vm.memory)
+        layout.write_page_tables(mem, memory)
+        gdt = layout.build_gdt()
+        mem[layout.GDT_ADDR:layout.GDT_ADDR + len(gdt)] = gdt
+        layout.write_tss(mem)
+        layout.write_boot_info(mem, cmdline)
+        layout.load_image(mem, image, memory)
+        del mem
+        vcpu = vm.create_vcpu()
+        vcpu.enter_long_mode_user(layout.IMAGE_ADDR, layout.STACK_TOP)
+        vcpu.run_until(on_io)
+    finally:
+        vm.close()
+        if log:
+            log.close()
+    return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="vnet-vm", description="run one guest on /dev/kvm")
+    parser.add_argument("--name", default="vm")
+    parser.add_argument("--memory", type=parse_size, default=64 << 20)
+    parser.add_argument("--kernel", default="builtin:tiny",
+                        help="builtin:tiny (the only kernel this runner boots so far)")
+    parser.add_argument("--cmdline", default="")
+    parser.add_argument("--console-log", type=Path)
+    parser.add_argument("--echo", action="store_true", help="copy the console to stdout")
+    args = parser.parse_args(argv)
+    if args.kernel != "builtin:tiny":
+        print(f"vnet-vm: kernel {args.kernel!r}: this runner boots only builtin:tiny so far",
+              file=sys.stderr)
+        return 2
+    try:
+        return run_tiny_guest(args.memory, args.cmdline, args.console_log, args.echo)
+    except (KvmError, VnetError, ValueError) as err:
+        print(f"vnet-vm {args.name}: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

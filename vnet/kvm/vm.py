@@ -1,0 +1,143 @@
+"""A KVM virtual machine: guest memory in a memory slot, vCPUs, and the run loop's exits.
+
+Thin over the ioctls in ``vnet.kvm.api``; what to put in memory comes from
+``vnet.kvm.layout``, what port I/O means from the devices.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from vnet.errors import VnetError
+from vnet.kvm import api, layout
+
+CR0_PE, CR0_MP, CR0_ET, CR0_NE, CR0_WP, CR0_PG = 1, 2, 0x10, 0x20, 0x10000, 0x80000000
+CR4_PAE, CR4_OSFXSR, CR4_OSXMMEXCPT = 0x20, 0x200, 0x400
+EFER_LME, EFER_LMA = 0x100, 0x400
+RFLAGS_RESERVED, RFLAGS_IOPL3 = 0x2, 0x3000
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                       ctypes.c_int, ctypes.c_long]
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+
+
+class KvmError(VnetError):
+    """/dev/kvm is missing, refused, or the guest did something the VMM cannot handle."""
+
+
+@dataclass
+class IoExit:
+    port: int
+    size: int
+    out: bool
+    data: bytes          # for out: the bytes written
+
+
+class Vm:
+    def __init__(self, memory_size: int) -> None:
+        if memory_size < layout.MIN_MEMORY:
+            raise KvmError(f"guest memory must be at least {layout.MIN_MEMORY >> 20} MiB")
+        try:
+            self.kvm = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
+        except OSError as err:
+            raise KvmError(f"cannot open /dev/kvm ({err.strerror}): KVM is not available "
+                           f"here, or needs root / the kvm group") from None
+        version = api.ioctl(self.kvm, api.KVM_GET_API_VERSION)
+        if version != api.KVM_API_VERSION:
+            raise KvmError(f"KVM API version {version}, expected {api.KVM_API_VERSION}")
+        self.fd = api.ioctl(self.kvm, api.KVM_CREATE_VM, 0)
+        api.ioctl(self.fd, api.KVM_SET_TSS_ADDR, 0xFFFBD000)
+        self.memory_size = memory_size
+        self.memory = mmap.mmap(-1, memory_size, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS,
+                                mmap.PROT_READ | mmap.PROT_WRITE)
+        host_address = ctypes.addressof(ctypes.c_char.from_buffer(self.memory))
+        api.ioctl(self.fd, api.KVM_SET_USER_MEMORY_REGION, api.UserspaceMemoryRegion(
+            slot=0, flags=0, guest_phys_addr=0, memory_size=memory_size,
+            userspace_addr=host_address))
+        self.vcpus: list[Vcpu] = []
+
+    def create_vcpu(self) -> Vcpu:
+        vcpu = Vcpu(self, len(self.vcpus))
+        self.vcpus.append(vcpu)
+        return vcpu
+
+    def close(self) -> None:
+        for vcpu in self.vcpus:
+            vcpu.close()
+        os.close(self.fd)
+        os.close(self.kvm)
+        self.vcpus.clear()
+
+
+class Vcpu:
+    def __init__(self, vm: Vm, index: int) -> None:
+        self.fd = api.ioctl(vm.fd, api.KVM_CREATE_VCPU, index)
+        self.run_size = api.ioctl(vm.kvm, api.KVM_GET_VCPU_MMAP_SIZE)
+        # Mapped through libc, not the mmap module: a ctypes view into an mmap object pins
+        # it (BufferError on close) for as long as any frame still references the view.
+        address = _libc.mmap(None, self.run_size, mmap.PROT_READ | mmap.PROT_WRITE,
+                             mmap.MAP_SHARED, self.fd, 0)
+        if address in (None, ctypes.c_void_p(-1).value):
+            raise KvmError(f"cannot map the vCPU's run page: {os.strerror(ctypes.get_errno())}")
+        self.run_address = int(address)
+        self.run = api.Run.from_address(self.run_address)
+
+    def enter_long_mode_user(self, entry: int, stack: int) -> None:
+        """Start at ``entry`` in 64-bit mode at CPL 3 with IOPL 3 (see docs/kvm.md)."""
+        sregs = api.Sregs()
+        api.ioctl(self.fd, api.KVM_GET_SREGS, sregs)
+        code = api.Segment(base=0, limit=0xFFFFFFFF, selector=layout.USER_CS, type=0xB,
+                           present=1, dpl=3, db=0, s=1, l=1, g=1)
+        data = api.Segment(base=0, limit=0xFFFFFFFF, selector=layout.USER_DS, type=0x3,
+                           present=1, dpl=3, db=1, s=1, l=0, g=1)
+        sregs.cs = code
+        sregs.ds = sregs.es = sregs.fs = sregs.gs = sregs.ss = data
+        sregs.tr = api.Segment(base=layout.TSS_ADDR, limit=layout.TSS_SIZE - 1,
+                               selector=layout.TSS_SELECTOR, type=0xB, present=1, s=0)
+        sregs.ldt = api.Segment(unusable=1)
+        sregs.gdt = api.DTable(base=layout.GDT_ADDR, limit=len(layout.build_gdt()) - 1)
+        sregs.idt = api.DTable(base=0, limit=0)
+        sregs.cr3 = layout.PML4_ADDR
+        sregs.cr4 = CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT
+        sregs.cr0 = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG
+        sregs.efer = EFER_LME | EFER_LMA
+        api.ioctl(self.fd, api.KVM_SET_SREGS, sregs)
+        regs = api.Regs(rip=entry, rsp=stack, rflags=RFLAGS_RESERVED | RFLAGS_IOPL3)
+        api.ioctl(self.fd, api.KVM_SET_REGS, regs)
+
+    def run_until(self, on_io: Callable[[IoExit], bytes | None]) -> str:
+        """Run until ``on_io`` asks to stop (returns b"stop") or the guest cannot go on;
+        returns why.  ``on_io`` returns the bytes an ``in`` reads, or None."""
+        run = self.run
+        base = self.run_address
+        while True:
+            api.ioctl(self.fd, api.KVM_RUN, 0)
+            reason = run.exit_reason
+            if reason == api.EXIT_IO:
+                io = run.exit.io
+                offset, width = io.data_offset, io.size * io.count
+                out = io.direction == api.IO_OUT
+                data = ctypes.string_at(base + offset, width) if out else b""
+                answer = on_io(IoExit(io.port, io.size, out, data))
+                if answer == b"stop":
+                    return "stopped"
+                if not out:
+                    value = (answer or b"")[:width].ljust(width, b"\xff")
+                    ctypes.memmove(base + offset, value, width)
+                continue
+            if reason == api.EXIT_HLT:
+                return "halted"
+            name = api.EXIT_NAMES.get(reason, str(reason))
+            regs = api.Regs()
+            api.ioctl(self.fd, api.KVM_GET_REGS, regs)
+            raise KvmError(f"the guest stopped with exit {name} at rip={regs.rip:#x}")
+
+    def close(self) -> None:
+        _libc.munmap(ctypes.c_void_p(self.run_address), self.run_size)
+        os.close(self.fd)
