@@ -57,8 +57,12 @@ def write_tss(memory: bytearray | memoryview) -> None:
 
 
 def write_page_tables(memory: bytearray | memoryview, memory_size: int) -> None:
-    """Identity-map ``memory_size`` bytes (rounded up to 1 GiB) with 2 MiB user pages."""
-    gib = max(1, min(4, -(-memory_size // (1 << 30))))
+    """Identity-map the first 4 GiB with 2 MiB user pages: guest RAM (at most 3 GiB here) and
+    the MMIO window of the devices at 0xd0000000, which lies outside every memory slot so
+    that the guest's accesses exit to the VMM."""
+    if memory_size > 3 << 30:
+        raise ValueError("the tiny guest's layout maps 4 GiB: at most 3 GiB of memory")
+    gib = 4
     flags = PTE_PRESENT | PTE_WRITE | PTE_USER
     struct.pack_into("<Q", memory, PML4_ADDR, PDPT_ADDR | flags)
     for g in range(gib):

@@ -1,24 +1,33 @@
 """The VM runner: one process per guest (``python -m vnet.kvm.runner``).
 
 What exists today: guest memory, one vCPU entered directly in 64-bit mode at CPL 3, the
-16550 console written to a log file (and stdout), the paravirtual exit port 0x501, and the
-project's tiny guest.  Still to come (docs/kvm.md): virtio-mmio with virtio-net and
-virtio-blk, the in-kernel irqchip and PIT, the Linux boot protocol, several vCPUs.
+16550 console written to a log file (and stdout), the paravirtual exit port 0x501 and wait
+port 0x502, one virtio-net NIC over virtio-mmio on a TAP, and the project's tiny guest.
+Still to come (docs/kvm.md): ioeventfd/irqfd, virtio-blk, the in-kernel irqchip and PIT, the
+Linux boot protocol, several vCPUs and NICs.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import select
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from vnet.errors import VnetError
 from vnet.guest.build import build_tiny_guest
 from vnet.kvm import layout
 from vnet.kvm.serial import Serial16550
+from vnet.kvm.virtio.mmio import MmioTransport
+from vnet.kvm.virtio.net import VirtioNet, open_tap
 from vnet.kvm.vm import IoExit, KvmError, Vm
 
 EXIT_PORT = 0x501
+WAIT_PORT = 0x502
+WAIT_TIMEOUT = 0.2
+NET_MMIO_BASE = 0xD0000000
 SIZES = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
 
@@ -30,12 +39,31 @@ def parse_size(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (say 64M or 1G)") from None
 
 
-def run_tiny_guest(memory: int, cmdline: str, console: Path | None,
+@dataclass(frozen=True)
+class NicArg:
+    tap: str
+    mac: str
+    ip: str | None
+
+
+def parse_nic(text: str) -> NicArg:
+    fields = dict(part.split("=", 1) for part in text.split(",") if "=" in part)
+    unknown = set(fields) - {"tap", "mac", "ip"}
+    if unknown or "tap" not in fields or "mac" not in fields:
+        raise argparse.ArgumentTypeError(
+            f"--nic {text!r}: say tap=NAME,mac=MAC[,ip=ADDR/PREFIX]")
+    return NicArg(fields["tap"], fields["mac"], fields.get("ip"))
+
+
+def run_tiny_guest(memory: int, cmdline: str, console: Path | None, nic: NicArg | None = None,
                    echo: bool = False) -> int:
     """Boot the tiny guest; returns the status it wrote to the exit port."""
     image = build_tiny_guest().read_bytes()
+    if nic is not None and nic.ip:
+        cmdline = f"{cmdline} ip={nic.ip}".strip()
     vm = Vm(memory)
     log = open(console, "ab") if console else None  # noqa: SIM115 - closed below
+    tap_fd = open_tap(nic.tap) if nic is not None else None
     status = 0
 
     def sink(data: bytes) -> None:
@@ -47,12 +75,19 @@ def run_tiny_guest(memory: int, cmdline: str, console: Path | None,
             sys.stdout.flush()
 
     serial = Serial16550(sink)
+    mem = memoryview(vm.memory)
+    net = VirtioNet(tap_fd, nic.mac) if tap_fd is not None and nic is not None else None
+    transport = MmioTransport(net, mem, NET_MMIO_BASE) if net is not None else None
 
     def on_io(io: IoExit) -> bytes | None:
         nonlocal status
         if io.port == EXIT_PORT and io.out:
             status = io.data[0]
             return b"stop"
+        if io.port == WAIT_PORT and net is not None and transport is not None:
+            select.select([net.tap_fd], [], [], WAIT_TIMEOUT)  # paravirtual idle
+            net.receive(transport)
+            return None
         if serial.owns(io.port):
             if io.out:
                 serial.write(io.port, io.data[0])
@@ -60,20 +95,28 @@ def run_tiny_guest(memory: int, cmdline: str, console: Path | None,
             return bytes([serial.read(io.port)])
         return None  # no device: writes vanish, reads see all ones, as on a bus
 
+    def on_mmio(address: int, length: int, data: bytes | None) -> bytes:
+        if transport is None or not transport.owns(address):
+            return b"\xff" * length
+        if data is None:
+            return transport.read(address, length)
+        transport.write(address, data)
+        return b""
+
     try:
-        mem = memoryview(vm.memory)
         layout.write_page_tables(mem, memory)
         gdt = layout.build_gdt()
         mem[layout.GDT_ADDR:layout.GDT_ADDR + len(gdt)] = gdt
         layout.write_tss(mem)
         layout.write_boot_info(mem, cmdline)
         layout.load_image(mem, image, memory)
-        del mem
         vcpu = vm.create_vcpu()
         vcpu.enter_long_mode_user(layout.IMAGE_ADDR, layout.STACK_TOP)
-        vcpu.run_until(on_io)
+        vcpu.run_until(on_io, on_mmio)
     finally:
         vm.close()
+        if tap_fd is not None:
+            os.close(tap_fd)
         if log:
             log.close()
     return status
@@ -86,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kernel", default="builtin:tiny",
                         help="builtin:tiny (the only kernel this runner boots so far)")
     parser.add_argument("--cmdline", default="")
+    parser.add_argument("--nic", type=parse_nic, help="tap=NAME,mac=MAC[,ip=ADDR/PREFIX]")
     parser.add_argument("--console-log", type=Path)
     parser.add_argument("--echo", action="store_true", help="copy the console to stdout")
     args = parser.parse_args(argv)
@@ -94,8 +138,8 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     try:
-        return run_tiny_guest(args.memory, args.cmdline, args.console_log, args.echo)
-    except (KvmError, VnetError, ValueError) as err:
+        return run_tiny_guest(args.memory, args.cmdline, args.console_log, args.nic, args.echo)
+    except (KvmError, VnetError, ValueError, OSError) as err:
         print(f"vnet-vm {args.name}: {err}", file=sys.stderr)
         return 1
 

@@ -111,9 +111,12 @@ class Vcpu:
         regs = api.Regs(rip=entry, rsp=stack, rflags=RFLAGS_RESERVED | RFLAGS_IOPL3)
         api.ioctl(self.fd, api.KVM_SET_REGS, regs)
 
-    def run_until(self, on_io: Callable[[IoExit], bytes | None]) -> str:
+    def run_until(self, on_io: Callable[[IoExit], bytes | None],
+                  on_mmio: Callable[[int, int, bytes | None], bytes] | None = None) -> str:
         """Run until ``on_io`` asks to stop (returns b"stop") or the guest cannot go on;
-        returns why.  ``on_io`` returns the bytes an ``in`` reads, or None."""
+        returns why.  ``on_io`` returns the bytes an ``in`` reads, or None; ``on_mmio``
+        gets (address, length, data written or None for a read) and returns what a read
+        reads."""
         run = self.run
         base = self.run_address
         while True:
@@ -130,6 +133,15 @@ class Vcpu:
                 if not out:
                     value = (answer or b"")[:width].ljust(width, b"\xff")
                     ctypes.memmove(base + offset, value, width)
+                continue
+            if reason == api.EXIT_MMIO and on_mmio is not None:
+                mmio = run.exit.mmio
+                length = min(mmio.len, 8)
+                if mmio.is_write:
+                    on_mmio(mmio.phys_addr, length, bytes(mmio.data)[:length])
+                else:
+                    value = on_mmio(mmio.phys_addr, length, None)[:length].ljust(length, b"\0")
+                    ctypes.memmove(ctypes.addressof(mmio.data), value, length)
                 continue
             if reason == api.EXIT_HLT:
                 return "halted"

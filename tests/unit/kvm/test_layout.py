@@ -33,7 +33,7 @@ def translate(memory: bytearray, virtual: int) -> tuple[int, int]:
 def test_identity_map_is_user_accessible() -> None:
     memory = bytearray(MEMORY)
     layout.write_page_tables(memory, MEMORY)
-    for address in (0, layout.IMAGE_ADDR, layout.BOOT_INFO_ADDR, 0x3FFFFFFF):
+    for address in (0, layout.IMAGE_ADDR, layout.BOOT_INFO_ADDR, 0x3FFFFFFF, 0xD0000000):
         physical, flags = translate(memory, address)
         assert physical == address
         assert flags & layout.PTE_USER and flags & layout.PTE_WRITE

@@ -1,36 +1,187 @@
-/* vnet's tiny guest: prints a banner and its command line on the 16550 UART at 0x3f8, then
- * reports its exit status on the paravirtual exit port.  Freestanding: no libc, no
- * interrupts, everything at CPL 3 so that it runs natively on nested KVM (docs/kvm.md). */
+/* vnet's tiny guest: a banner on the 16550 UART, then a virtio-net (virtio-mmio v2) driver
+ * that answers ARP for its address, ICMP echo, and UDP echo on port 7.  Its IP comes from
+ * the command line ("ip=A.B.C.D/N"), its MAC from the device's config space.
+ *
+ * Freestanding, no interrupts, everything at CPL 3 so that it runs natively on nested KVM:
+ * when there is nothing to do it writes to the paravirtual wait port, on which the VMM
+ * blocks until the NIC has work (docs/kvm.md describes the whole guest ABI). */
 
-#define BOOT_INFO ((const volatile char *)0x7000) /* the VMM puts the command line here */
+typedef unsigned char u8;
+typedef unsigned short u16;
+typedef unsigned int u32;
+typedef unsigned long u64;
+
+#define BOOT_INFO ((const volatile char *)0x7000)
 #define UART_THR 0x3f8
 #define UART_LSR 0x3fd
-#define LSR_THR_EMPTY 0x20
 #define EXIT_PORT 0x501
+#define WAIT_PORT 0x502
+#define MMIO_BASE 0xd0000000UL
 
-static inline void outb(unsigned short port, unsigned char value)
+/* virtio-mmio registers */
+#define R_MAGIC 0x000
+#define R_VERSION 0x004
+#define R_DEVICE_ID 0x008
+#define R_DEV_FEATURES 0x010
+#define R_DEV_FEATURES_SEL 0x014
+#define R_DRV_FEATURES 0x020
+#define R_DRV_FEATURES_SEL 0x024
+#define R_QUEUE_SEL 0x030
+#define R_QUEUE_NUM_MAX 0x034
+#define R_QUEUE_NUM 0x038
+#define R_QUEUE_READY 0x044
+#define R_QUEUE_NOTIFY 0x050
+#define R_STATUS 0x070
+#define R_QUEUE_DESC 0x080
+#define R_QUEUE_DRIVER 0x090
+#define R_QUEUE_DEVICE 0x0a0
+#define R_CONFIG 0x100
+
+#define S_ACK 1
+#define S_DRIVER 2
+#define S_DRIVER_OK 4
+#define S_FEATURES_OK 8
+#define F_MAC (1u << 5)
+#define F_VERSION_1_HI 1u /* bit 32 */
+
+#define QSIZE 8
+#define BUF_SIZE 2048
+#define NET_HDR 12
+#define RING_BASE 0x200000UL /* two queues, 16 KiB apart */
+#define BUF_BASE 0x210000UL  /* QSIZE receive buffers, then the transmit buffer */
+
+struct desc { u64 addr; u32 len; u16 flags; u16 next; };
+struct avail { u16 flags; u16 idx; u16 ring[QSIZE]; };
+struct used_elem { u32 id; u32 len; };
+struct used { u16 flags; u16 idx; struct used_elem ring[QSIZE]; };
+struct queue { volatile struct desc *desc; volatile struct avail *avail;
+               volatile struct used *used; u16 last_used; };
+
+static struct queue rxq, txq;
+static u8 my_mac[6];
+static u32 my_ip; /* network byte order, as it sits in packets */
+
+static inline void outb(u16 port, u8 v) { __asm__ volatile("outb %0, %1" : : "a"(v), "Nd"(port)); }
+static inline u8 inb(u16 port) { u8 v; __asm__ volatile("inb %1, %0" : "=a"(v) : "Nd"(port)); return v; }
+static inline u32 mmio_read(u32 off) { return *(volatile u32 *)(MMIO_BASE + off); }
+static inline void mmio_write(u32 off, u32 v) { *(volatile u32 *)(MMIO_BASE + off) = v; }
+static inline void barrier(void) { __asm__ volatile("" ::: "memory"); }
+
+static void putc(char c) { while (!(inb(UART_LSR) & 0x20)) ; outb(UART_THR, (u8)c); }
+static void puts(const volatile char *s) { for (int i = 0; s[i] && i < 4096; i++) putc(s[i]); }
+static void put_hex8(u8 b) { const char *h = "0123456789abcdef"; putc(h[b >> 4]); putc(h[b & 15]); }
+static void put_dec(u32 v) { char b[12]; int n = 0; do { b[n++] = (char)('0' + v % 10); v /= 10; } while (v); while (n) putc(b[--n]); }
+static void fail(const char *why) { puts("tiny guest: "); puts(why); puts("\n"); outb(EXIT_PORT, 1); for (;;) ; }
+
+static void copy(u8 *dst, const u8 *src, u32 n) { for (u32 i = 0; i < n; i++) dst[i] = src[i]; }
+static int same(const u8 *a, const u8 *b, u32 n) { for (u32 i = 0; i < n; i++) if (a[i] != b[i]) return 0; return 1; }
+static u16 be16(const u8 *p) { return (u16)(p[0] << 8 | p[1]); }
+static void put_be16(u8 *p, u16 v) { p[0] = (u8)(v >> 8); p[1] = (u8)v; }
+
+static u16 checksum(const u8 *p, u32 n)
 {
-    __asm__ volatile("outb %0, %1" : : "a"(value), "Nd"(port));
+    u32 sum = 0;
+    for (u32 i = 0; i + 1 < n; i += 2) sum += be16(p + i);
+    if (n & 1) sum += (u32)p[n - 1] << 8;
+    while (sum >> 16) sum = (sum & 0xffff) + (sum >> 16);
+    return (u16)~sum;
 }
 
-static inline unsigned char inb(unsigned short port)
+/* "ip=A.B.C.D" anywhere in the command line */
+static int parse_ip(const volatile char *s, u32 *out)
 {
-    unsigned char value;
-    __asm__ volatile("inb %1, %0" : "=a"(value) : "Nd"(port));
-    return value;
+    for (int i = 0; s[i] && i < 4000; i++) {
+        if (s[i] == 'i' && s[i + 1] == 'p' && s[i + 2] == '=' && (i == 0 || s[i - 1] == ' ')) {
+            u32 octets[4] = {0, 0, 0, 0};
+            int k = 0, j = i + 3, digits = 0;
+            for (; s[j] && s[j] != ' ' && s[j] != '/'; j++) {
+                if (s[j] == '.') { if (!digits || ++k > 3) return 0; digits = 0; continue; }
+                if (s[j] < '0' || s[j] > '9') return 0;
+                octets[k] = octets[k] * 10 + (u32)(s[j] - '0');
+                if (octets[k] > 255 || ++digits > 3) return 0;
+            }
+            if (k != 3 || !digits) return 0;
+            *out = octets[0] | octets[1] << 8 | octets[2] << 16 | octets[3] << 24;
+            return 1;
+        }
+    }
+    return 0;
 }
 
-static void putc(char c)
+static void setup_queue(u32 index, struct queue *q)
 {
-    while (!(inb(UART_LSR) & LSR_THR_EMPTY))
-        ;
-    outb(UART_THR, (unsigned char)c);
+    u64 base = RING_BASE + index * 0x4000;
+    q->desc = (volatile struct desc *)base;
+    q->avail = (volatile struct avail *)(base + 0x1000);
+    q->used = (volatile struct used *)(base + 0x2000);
+    q->last_used = 0;
+    mmio_write(R_QUEUE_SEL, index);
+    if (mmio_read(R_QUEUE_NUM_MAX) < QSIZE) fail("queue too small");
+    mmio_write(R_QUEUE_NUM, QSIZE);
+    mmio_write(R_QUEUE_DESC, (u32)base); mmio_write(R_QUEUE_DESC + 4, 0);
+    mmio_write(R_QUEUE_DRIVER, (u32)(base + 0x1000)); mmio_write(R_QUEUE_DRIVER + 4, 0);
+    mmio_write(R_QUEUE_DEVICE, (u32)(base + 0x2000)); mmio_write(R_QUEUE_DEVICE + 4, 0);
+    mmio_write(R_QUEUE_READY, 1);
 }
 
-static void puts(const volatile char *s)
+static void post_rx(u16 id)
 {
-    for (int i = 0; s[i] && i < 4096; i++)
-        putc(s[i]);
+    rxq.desc[id].addr = BUF_BASE + (u64)id * BUF_SIZE;
+    rxq.desc[id].len = BUF_SIZE;
+    rxq.desc[id].flags = 2; /* VIRTQ_DESC_F_WRITE */
+    rxq.desc[id].next = 0;
+    rxq.avail->ring[rxq.avail->idx % QSIZE] = id;
+    barrier();
+    rxq.avail->idx++;
+}
+
+static void transmit(const u8 *frame, u32 len)
+{
+    u8 *buf = (u8 *)(BUF_BASE + (u64)QSIZE * BUF_SIZE);
+    for (u32 i = 0; i < NET_HDR; i++) buf[i] = 0;
+    copy(buf + NET_HDR, frame, len);
+    txq.desc[0].addr = (u64)buf;
+    txq.desc[0].len = NET_HDR + len;
+    txq.desc[0].flags = 0;
+    txq.avail->ring[txq.avail->idx % QSIZE] = 0;
+    barrier();
+    txq.avail->idx++;
+    barrier();
+    mmio_write(R_QUEUE_NOTIFY, 1);
+    while (txq.used->idx == txq.last_used) ; /* the VMM completes it during the notify */
+    txq.last_used = txq.used->idx;
+}
+
+static void answer(u8 *f, u32 len)
+{
+    static const u8 bcast[6] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
+    if (len < 14 || (!same(f, my_mac, 6) && !same(f, bcast, 6))) return;
+    u16 type = be16(f + 12);
+    if (type == 0x0806 && len >= 42 && be16(f + 20) == 1 && same(f + 38, (u8 *)&my_ip, 4)) {
+        copy(f, f + 6, 6); copy(f + 6, my_mac, 6);        /* Ethernet back to the asker */
+        put_be16(f + 20, 2);                                /* ARP reply */
+        copy(f + 32, f + 22, 10);                           /* target = the asker */
+        copy(f + 22, my_mac, 6); copy(f + 28, (u8 *)&my_ip, 4);
+        transmit(f, 42);
+        return;
+    }
+    if (type != 0x0800 || len < 34 || (f[14] >> 4) != 4) return;
+    u32 ihl = (u32)(f[14] & 15) * 4, total = be16(f + 16);
+    if (ihl < 20 || total < ihl || 14 + total > len || !same(f + 30, (u8 *)&my_ip, 4)) return;
+    u8 *ip = f + 14, *l4 = ip + ihl;
+    u32 l4len = total - ihl;
+    if (ip[9] == 1 && l4len >= 8 && l4[0] == 8) {           /* ICMP echo request */
+        l4[0] = 0; put_be16(l4 + 2, 0); put_be16(l4 + 2, checksum(l4, l4len));
+    } else if (ip[9] == 17 && l4len >= 8 && be16(l4 + 2) == 7) { /* UDP echo */
+        u8 port[2]; copy(port, l4, 2); copy(l4, l4 + 2, 2); copy(l4 + 2, port, 2);
+        put_be16(l4 + 6, 0);                                /* no checksum: allowed in IPv4 */
+    } else {
+        return;
+    }
+    u8 addr[4]; copy(addr, ip + 12, 4); copy(ip + 12, ip + 16, 4); copy(ip + 16, addr, 4);
+    ip[8] = 64; put_be16(ip + 10, 0); put_be16(ip + 10, checksum(ip, ihl));
+    copy(f, f + 6, 6); copy(f + 6, my_mac, 6);
+    transmit(f, 14 + total);
 }
 
 void guest_main(void)
@@ -38,7 +189,38 @@ void guest_main(void)
     puts("vnet tiny guest 1: cmdline=");
     puts(BOOT_INFO);
     puts("\n");
-    outb(EXIT_PORT, 0);
-    for (;;)
-        ;
+    if (!parse_ip(BOOT_INFO, &my_ip)) { puts("tiny guest: no ip= on the command line, done\n"); outb(EXIT_PORT, 0); for (;;) ; }
+    if (mmio_read(R_MAGIC) != 0x74726976 || mmio_read(R_VERSION) != 2 || mmio_read(R_DEVICE_ID) != 1)
+        fail("no virtio-mmio v2 network device at 0xd0000000");
+    mmio_write(R_STATUS, 0);
+    mmio_write(R_STATUS, S_ACK | S_DRIVER);
+    mmio_write(R_DEV_FEATURES_SEL, 1);
+    if (!(mmio_read(R_DEV_FEATURES) & F_VERSION_1_HI)) fail("device lacks VIRTIO_F_VERSION_1");
+    mmio_write(R_DRV_FEATURES_SEL, 0); mmio_write(R_DRV_FEATURES, F_MAC);
+    mmio_write(R_DRV_FEATURES_SEL, 1); mmio_write(R_DRV_FEATURES, F_VERSION_1_HI);
+    mmio_write(R_STATUS, S_ACK | S_DRIVER | S_FEATURES_OK);
+    if (!(mmio_read(R_STATUS) & S_FEATURES_OK)) fail("features refused");
+    for (int i = 0; i < 6; i++) my_mac[i] = *(volatile u8 *)(MMIO_BASE + R_CONFIG + i);
+    setup_queue(0, &rxq);
+    setup_queue(1, &txq);
+    mmio_write(R_STATUS, S_ACK | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK);
+    for (u16 i = 0; i < QSIZE; i++) post_rx(i);
+    mmio_write(R_QUEUE_NOTIFY, 0);
+    puts("tiny guest: eth0 ");
+    for (int i = 0; i < 6; i++) { put_hex8(my_mac[i]); if (i < 5) putc(':'); }
+    puts(" ip ");
+    for (int i = 0; i < 4; i++) { put_dec((my_ip >> (8 * i)) & 255); if (i < 3) putc('.'); }
+    puts(" up\n");
+    for (;;) {
+        if (rxq.used->idx == rxq.last_used) { outb(WAIT_PORT, 0); continue; }
+        barrier();
+        volatile struct used_elem *e = &rxq.used->ring[rxq.last_used % QSIZE];
+        u16 id = (u16)(e->id % QSIZE);
+        u32 len = e->len;
+        rxq.last_used++;
+        if (len > NET_HDR && len <= BUF_SIZE)
+            answer((u8 *)(BUF_BASE + (u64)id * BUF_SIZE + NET_HDR), len - NET_HDR);
+        post_rx(id);
+        mmio_write(R_QUEUE_NOTIFY, 0);
+    }
 }

@@ -1,0 +1,1 @@
+"""virtio devices over the virtio-mmio transport (virtio 1.x, MMIO version 2)."""
