@@ -167,11 +167,43 @@ def cmd_exec(client: Client, args: argparse.Namespace) -> int:
     if not command:
         raise DaemonError("say what to run: vnet exec NODE -- COMMAND [ARGS...]")
     node = client.call("node", node=args.node, lab=args.lab)
+    if node["kind"] != "netns":
+        raise DaemonError(f"node {args.node} is a VM: use vnet console {args.node}")
     netns.enter_for_good(node["netns"])
     try:
         os.execvp(command[0], command)
     except FileNotFoundError:
         raise DaemonError(f"{command[0]}: command not found in node {args.node}") from None
+
+
+def cmd_vm(client: Client, args: argparse.Namespace) -> int:
+    result = client.call("vm", action=args.action, node=args.node, lab=args.lab)
+    print(f"vm {args.node}: {result['state']}")
+    return 0
+
+
+def cmd_console(client: Client, args: argparse.Namespace) -> int:
+    """Follow a VM's serial console (read-only so far: the tiny guest takes no input)."""
+    node = client.call("node", node=args.node, lab=args.lab)
+    if node["kind"] != "vm":
+        raise DaemonError(f"node {args.node} is a namespace node: use vnet exec")
+    path = Path(node["console"])
+    print(f"console of {args.node} ({path}); Ctrl-C detaches", file=sys.stderr)
+    try:
+        with open(path, "rb") as console:
+            while True:
+                data = console.read(65536)
+                if data:
+                    sys.stdout.buffer.write(data)
+                    sys.stdout.flush()
+                elif args.no_follow:
+                    return 0
+                else:
+                    time.sleep(0.2)
+    except FileNotFoundError:
+        raise DaemonError(f"no console log yet at {path}") from None
+    except KeyboardInterrupt:
+        return 0
 
 
 def format_table(header: list[str], rows: list[list[str]]) -> str:
@@ -214,6 +246,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("node")
     p.add_argument("command", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_exec)
+    p = sub.add_parser("vm", help="start, stop or restart a VM node")
+    p.add_argument("action", choices=["start", "stop", "restart"])
+    p.add_argument("node")
+    p.add_argument("--lab", help="the node's lab, when several labs have that node")
+    p.set_defaults(func=cmd_vm)
+    p = sub.add_parser("console", help="follow a VM's serial console")
+    p.add_argument("node")
+    p.add_argument("--lab", help="the node's lab, when several labs have that node")
+    p.add_argument("--no-follow", action="store_true", help="print what is there and exit")
+    p.set_defaults(func=cmd_console)
     # `vnet bench ARGS` is handed whole to vnet.bench (see main); listed here for --help.
     sub.add_parser("bench", help="benchmark the datapath against the Linux bridge and OVS "
                    "(vnet bench --help)")

@@ -29,9 +29,10 @@ from vnet.daemon.resources import (
     NatResource,
     NetnsNodeResource,
     VethSpec,
+    VmNodeResource,
 )
 from vnet.errors import HostError
-from vnet.host import netns
+from vnet.host import netns, tap
 from vnet.topology import Topology
 
 log = logging.getLogger("vnet.realize")
@@ -263,3 +264,27 @@ CREATE: dict[type, Callable[[Any, Path], None]] = {
 DELETE: dict[type, Callable[[Any, Path], None]] = {
     NetnsNodeResource: delete_netns_node, GatewayResource: delete_gateway,
     NatResource: delete_nat, DhcpResource: delete_dhcp, DhcpLeaseResource: delete_dhcp_lease}
+
+
+# ---- VM nodes: persistent TAPs --------------------------------------------------------------
+
+def create_vm_taps(vm: VmNodeResource, state_dir: Path) -> None:
+    if vm.kernel != "builtin:tiny":
+        raise HostError(f"node {vm.node}: this runner boots only kernel: builtin:tiny so far "
+                        f"(the Linux boot protocol is not implemented yet)")
+    if len(vm.taps) != 1:
+        raise HostError(f"node {vm.node}: this runner gives a VM exactly one NIC so far")
+    with IPRoute() as ipr:
+        for spec in vm.taps:
+            if ipr.link_lookup(ifname=spec.ifname):
+                raise HostError(f"interface {spec.ifname} already exists and vnet's state "
+                                f"does not record it; remove it or rename the lab or node")
+        for spec in vm.taps:
+            tap.create_persistent_tap(spec.ifname)
+            _bring_up_port_end(ipr, spec.ifname, spec.alias)
+
+
+def delete_vm_taps(vm: VmNodeResource, state_dir: Path) -> None:
+    with IPRoute() as ipr:
+        for spec in vm.taps:
+            _delete_owned_link(ipr, spec.ifname, spec.alias)

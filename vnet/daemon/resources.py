@@ -122,6 +122,34 @@ class DhcpResource:
 
 
 @dataclass(frozen=True)
+class TapSpec:
+    nic: str
+    ifname: str          # the persistent TAP in the host namespace: the runner's NIC
+    mac: str
+    ip: str | None
+    alias: str
+
+
+@dataclass(frozen=True)
+class VmNodeResource:
+    """A ``kind: vm`` node: its TAPs, and a runner process that vnetd supervises."""
+
+    kind: ClassVar[str] = "vm-node"
+    lab: str
+    node: str
+    taps: tuple[TapSpec, ...]
+    memory: int
+    vcpus: int
+    kernel: str
+    cmdline: str
+    restart: str
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.kind, f"{self.lab}/{self.node}")
+
+
+@dataclass(frozen=True)
 class DhcpLeaseResource:
     """A node NIC's address from DHCP, asked for once its switch port exists."""
 
@@ -156,14 +184,14 @@ class PortResource:
 
 
 Resource = (BridgeResource | GatewayResource | NatResource | DhcpResource | NetnsNodeResource
-            | PortResource | DhcpLeaseResource)
+            | VmNodeResource | PortResource | DhcpLeaseResource)
 # Creation order; deletion runs in reverse.
 KIND_ORDER = {BridgeResource.kind: 0, GatewayResource.kind: 1, NatResource.kind: 2,
-              DhcpResource.kind: 3, NetnsNodeResource.kind: 4, PortResource.kind: 5,
-              DhcpLeaseResource.kind: 6}
+              DhcpResource.kind: 3, NetnsNodeResource.kind: 4, VmNodeResource.kind: 4,
+              PortResource.kind: 5, DhcpLeaseResource.kind: 6}
 _CLASSES: dict[str, type[Resource]] = {
     c.kind: c for c in (BridgeResource, GatewayResource, NatResource, DhcpResource,
-                        NetnsNodeResource, PortResource, DhcpLeaseResource)}
+                        NetnsNodeResource, VmNodeResource, PortResource, DhcpLeaseResource)}
 
 
 def desired_resources(topology: Topology) -> list[Resource]:
@@ -182,6 +210,8 @@ def desired_resources(topology: Topology) -> list[Resource]:
             resources.append(_netns_node(topology, node))
             resources.extend(DhcpLeaseResource(lab, node.name, naming.netns_name(lab, node.name),
                                                nic.name) for nic in node.nics if nic.dhcp)
+        else:
+            resources.append(_vm_node(lab, node))
         resources.extend(_port(topology, node, nic) for nic in node.nics)
     resources.extend(_uplink_ports(topology))
     return resources
@@ -195,6 +225,14 @@ def _netns_node(topology: Topology, node: Node) -> NetnsNodeResource:
                  alias=naming.owner_alias(lab, node.name, nic.name),
                  gateway=_default_gateway(topology, nic), dhcp=nic.dhcp)
         for nic in node.nics))
+
+
+def _vm_node(lab: str, node: Node) -> VmNodeResource:
+    return VmNodeResource(lab, node.name, tuple(
+        TapSpec(nic.name, naming.host_ifname(lab, node.name, nic.name), nic.mac,
+                str(nic.ip) if nic.ip is not None else None,
+                naming.owner_alias(lab, node.name, nic.name)) for nic in node.nics),
+        node.memory, node.vcpus, node.kernel, node.cmdline or "", node.restart)
 
 
 def _default_gateway(topology: Topology, nic: Nic) -> str | None:
@@ -311,7 +349,7 @@ def plan(desired: list[Resource], realised: list[Resource]) -> Plan:
     desired_set = set(desired)
     to_delete = [r for r in realised if r not in desired_set]
     rebuilt_nodes = {(r.lab, r.node) for r in to_delete
-                     if isinstance(r, NetnsNodeResource | GatewayResource)}
+                     if isinstance(r, NetnsNodeResource | VmNodeResource | GatewayResource)}
     rebuilt_bridges = {r.lab for r in to_delete if isinstance(r, BridgeResource)}
     to_delete += [r for r in realised if isinstance(r, PortResource | DhcpLeaseResource)
                   and r in desired_set and ((r.lab, r.node) in rebuilt_nodes or (
@@ -340,4 +378,6 @@ def from_dict(data: dict[str, Any]) -> Resource:
         return PortResource(**{**data, "allowed": tuple(data.get("allowed", ()))})
     if cls is DhcpResource:
         return DhcpResource(**{**data, "hosts": tuple(tuple(h) for h in data["hosts"])})
+    if cls is VmNodeResource:
+        return VmNodeResource(**{**data, "taps": tuple(TapSpec(**t) for t in data["taps"])})
     return cls(**data)

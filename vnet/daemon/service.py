@@ -25,11 +25,13 @@ from vnet.daemon.resources import (
     NetnsNodeResource,
     PortResource,
     Resource,
+    VmNodeResource,
     desired_resources,
     plan,
 )
 from vnet.daemon.state import LabRecord, StateStore
 from vnet.daemon.supervisor import DatapathSupervisor
+from vnet.daemon.vms import VmSupervisor
 from vnet.errors import DaemonError, VnetError
 from vnet.topology import Topology, parse_topology, topology_to_dict
 
@@ -48,11 +50,12 @@ class Vnetd:
         self.stopped = asyncio.Event()
         self.datapath = DatapathSupervisor(state_dir / "datapath.sock",
                                            state_dir / "datapath.log", self.replay)
+        self.vms = VmSupervisor(state_dir)
         self.server: asyncio.AbstractServer | None = None
         self.ops: dict[str, Handler] = {
             "ping": self.op_ping, "up": self.op_up, "down": self.op_down,
             "status": self.op_status, "fdb": self.op_fdb, "node": self.op_node,
-            "shutdown": self.op_shutdown}
+            "vm": self.op_vm, "shutdown": self.op_shutdown}
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -68,16 +71,20 @@ class Vnetd:
                  self.state_dir)
 
     async def replay(self) -> None:
-        """Give a (new) datapath every bridge and port the records say are realised."""
+        """Give a (new) datapath every bridge and port the records say are realised, and
+        start the VM runners that are not running (at vnetd's start)."""
         for record in self.store.load_all():
             for resource in sorted(record.ready(), key=lambda r: KIND_ORDER[r.kind]):
                 if isinstance(resource, BridgeResource | PortResource):
                     await self._create(resource)
+                elif isinstance(resource, VmNodeResource):
+                    await self.vms.start(resource)
 
     async def stop(self) -> None:
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()
+        await self.vms.stop_all()
         await self.datapath.stop()
         self.socket_path.unlink(missing_ok=True)
         self.stopped.set()
@@ -149,18 +156,42 @@ class Vnetd:
         result: list[dict[str, Any]] = await self.datapath.call("fdb", bridge=lab)
         return result
 
-    async def op_node(self, node: str, lab: str | None = None) -> dict[str, Any]:
-        """Where a node lives, for ``vnet exec`` and the test helpers."""
-        found = [(r.lab, res) for r in self.store.load_all() if lab in (None, r.lab)
-                 for res in r.ready() if isinstance(res, NetnsNodeResource) and res.node == node]
+    def _find_node(self, node: str, lab: str | None) -> NetnsNodeResource | VmNodeResource:
+        found = [res for r in self.store.load_all() if lab in (None, r.lab) for res in r.ready()
+                 if isinstance(res, NetnsNodeResource | VmNodeResource) and res.node == node]
         if not found:
             raise DaemonError(f"no node {node!r} is up" + (f" in lab {lab!r}" if lab else ""))
         if len(found) > 1:
-            raise DaemonError(f"node {node!r} exists in labs {', '.join(f[0] for f in found)}; "
+            raise DaemonError(f"node {node!r} exists in labs {', '.join(f.lab for f in found)}; "
                               f"say which with --lab")
-        lab_name, res = found[0]
-        return {"lab": lab_name, "node": node, "kind": "netns", "netns": res.netns,
+        return found[0]
+
+    async def op_node(self, node: str, lab: str | None = None) -> dict[str, Any]:
+        """Where a node lives, for ``vnet exec``, ``vnet console`` and the test helpers."""
+        res = self._find_node(node, lab)
+        if isinstance(res, VmNodeResource):
+            process = self.vms.get(res.lab, res.node)
+            return {"lab": res.lab, "node": node, "kind": "vm",
+                    **(process.status() if process else {"state": "stopped"}),
+                    "nics": {t.nic: {"mac": t.mac, "host_ifname": t.ifname} for t in res.taps}}
+        return {"lab": res.lab, "node": node, "kind": "netns", "netns": res.netns,
                 "nics": {n.nic: {"mac": n.mac, "host_ifname": n.host_ifname} for n in res.nics}}
+
+    async def op_vm(self, action: str, node: str, lab: str | None = None) -> dict[str, Any]:
+        """``vnet vm start|stop|restart NODE``."""
+        res = self._find_node(node, lab)
+        if not isinstance(res, VmNodeResource):
+            raise DaemonError(f"node {node!r} is a namespace node, not a VM")
+        if action not in ("start", "stop", "restart"):
+            raise DaemonError(f"unknown VM action {action!r}: say start, stop or restart")
+        async with self.lock:
+            if action in ("stop", "restart"):
+                process = self.vms.get(res.lab, res.node)
+                if process is not None:
+                    await process.stop()
+            if action in ("start", "restart"):
+                await self.vms.start(res)
+        return await self.op_node(node, res.lab)
 
     async def op_shutdown(self) -> None:
         asyncio.get_running_loop().call_soon(lambda: asyncio.create_task(self.stop()))
@@ -233,6 +264,9 @@ class Vnetd:
                                      ifname=resource.ifname, mode=resource.mode,
                                      vlan=resource.vlan, allowed=list(resource.allowed),
                                      native=resource.native)
+        elif isinstance(resource, VmNodeResource):
+            await asyncio.to_thread(realize.create_vm_taps, resource, self.state_dir)
+            await self.vms.start(resource)
         else:
             await asyncio.to_thread(realize.CREATE[type(resource)], resource, self.state_dir)
 
@@ -241,6 +275,9 @@ class Vnetd:
             await self.datapath.call("del_bridge", bridge=resource.lab)
         elif isinstance(resource, PortResource):
             await self.datapath.call("del_port", bridge=resource.lab, name=resource.name)
+        elif isinstance(resource, VmNodeResource):
+            await self.vms.stop(resource)
+            await asyncio.to_thread(realize.delete_vm_taps, resource, self.state_dir)
         else:
             await asyncio.to_thread(realize.DELETE[type(resource)], resource, self.state_dir)
 
@@ -248,24 +285,31 @@ class Vnetd:
 
     def _lab_status(self, record: LabRecord, stats: dict[str, Any]) -> dict[str, Any]:
         ports = {r.name: r for r in record.resources if isinstance(r, PortResource)}
-        nodes = []
-        for res in record.resources:
-            if not isinstance(res, NetnsNodeResource):
-                continue
-            nics = []
-            for nic in res.nics:
-                port = ports.get(f"{res.node}.{nic.nic}")
-                nics.append({
-                    "name": nic.nic, "mac": nic.mac,
-                    "ip": ["dhcp"] if nic.dhcp else list(nic.addresses),
-                    "port": port.name if port else None, "ifname": nic.host_ifname,
-                    "mode": port.mode if port else None,
+
+        def nic(node: str, name: str, mac: str, ips: list[str], ifname: str) -> dict[str, Any]:
+            port = ports.get(f"{node}.{name}")
+            return {"name": name, "mac": mac, "ip": ips, "ifname": ifname,
+                    "port": port.name if port else None, "mode": port.mode if port else None,
                     "vlans": _port_vlans(port) if port else [],
                     "native": port.native if port else None,
-                    "counters": stats.get(port.name) if port else None})
-            nodes.append({"name": res.node, "kind": "netns", "netns": res.netns,
-                          "state": "running" if realize.netns_node_alive(res) else "missing",
-                          "nics": nics})
+                    "counters": stats.get(port.name) if port else None}
+
+        nodes: list[dict[str, Any]] = []
+        for res in record.resources:
+            if isinstance(res, VmNodeResource):
+                process = self.vms.get(res.lab, res.node)
+                nodes.append({
+                    "name": res.node, "kind": "vm",
+                    **(process.status() if process else {"state": "stopped"}),
+                    "nics": [nic(res.node, t.nic, t.mac, [t.ip] if t.ip else [], t.ifname)
+                             for t in res.taps]})
+            elif isinstance(res, NetnsNodeResource):
+                nodes.append({
+                    "name": res.node, "kind": "netns", "netns": res.netns,
+                    "state": "running" if realize.netns_node_alive(res) else "missing",
+                    "nics": [nic(res.node, n.nic, n.mac,
+                                 ["dhcp"] if n.dhcp else list(n.addresses), n.host_ifname)
+                             for n in res.nics]})
         pending = [f"{r.kind}:{r.key[1]}" for r in record.pending()]
         gateways = {r.network: r for r in record.resources if isinstance(r, GatewayResource)}
         networks = [{"name": name, "vlan": n["vlan"], "mode": n["mode"],

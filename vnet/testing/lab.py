@@ -153,9 +153,10 @@ class Lab:
         return labs[0]
 
     def nics(self) -> dict[str, tuple[str, str]]:
-        """``"node:nic"`` -> (namespace, interface name) for every namespace NIC."""
+        """``"node:nic"`` -> (namespace, interface name) for every namespace node's NIC."""
         return {f"{node['name']}:{nic['name']}": (node["netns"], nic["name"])
-                for node in self.status()["nodes"] for nic in node["nics"]}
+                for node in self.status()["nodes"] if node["kind"] == "netns"
+                for nic in node["nics"]}
 
     def netns(self, node: str) -> str:
         return str(self.host.call("node", node=node, lab=self.name)["netns"])

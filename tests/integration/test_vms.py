@@ -1,0 +1,90 @@
+"""KVM guests as lab nodes: the tiny guest on a TAP that is a port of the switch."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import needs_root
+from vnet.testing import Lab, TestHost
+
+pytestmark = [needs_root,
+              pytest.mark.skipif(not os.access("/dev/kvm", os.R_OK | os.W_OK),
+                                 reason="needs /dev/kvm"),
+              pytest.mark.vnet_topology("topologies/vms.yaml")]
+
+UDP_ECHO = ("import socket, sys; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM);"
+            "s.settimeout(2); s.sendto(b'vnet', (sys.argv[1], 7)); print(s.recvfrom(64)[0])")
+
+
+def ping(lab: Lab, node: str, address: str, count: int = 1) -> bool:
+    return lab.exec(node, ["ping", "-c", str(count), "-W", "1", address]).returncode == 0
+
+
+def wait_for(predicate, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def vm_status(lab: Lab, name: str) -> dict[str, object]:
+    return next(n for n in lab.status()["nodes"] if n["name"] == name)
+
+
+def test_vms_answer_ping_and_udp_echo_in_their_vlan_only(vnet_lab: Lab) -> None:
+    assert wait_for(lambda: ping(vnet_lab, "c1", "10.10.0.11"))
+    assert ping(vnet_lab, "c1", "10.10.0.12", count=2)
+    echo = vnet_lab.exec("c1", [sys.executable, "-c", UDP_ECHO, "10.10.0.11"])
+    assert echo.stdout.strip() == "b'vnet'", echo.stderr
+    assert not ping(vnet_lab, "c3", "10.10.0.11")    # same subnet, other VLAN
+    counters = vm_status(vnet_lab, "vm1")["nics"][0]["counters"]  # type: ignore[index]
+    assert counters["rx_frames"] > 0 and counters["tx_frames"] > 0
+
+
+def test_a_killed_runner_is_restarted_and_harms_nobody_else(vnet_lab: Lab) -> None:
+    assert wait_for(lambda: ping(vnet_lab, "c1", "10.10.0.11"))
+    first = vm_status(vnet_lab, "vm1")
+    os.kill(int(first["pid"]), signal.SIGKILL)       # type: ignore[call-overload]
+    assert ping(vnet_lab, "c1", "10.10.0.12")         # the other VM and the switch go on
+    assert wait_for(lambda: vm_status(vnet_lab, "vm1")["pid"] not in (None, first["pid"]))
+    again = vm_status(vnet_lab, "vm1")
+    assert again["state"] == "running" and again["restarts"] == 1
+    assert again["last_exit"] == "exit status -9"
+    assert wait_for(lambda: ping(vnet_lab, "c1", "10.10.0.11"))
+
+
+def test_restart_no_leaves_a_crashed_vm_until_started(vnet_lab: Lab) -> None:
+    assert wait_for(lambda: ping(vnet_lab, "c1", "10.10.0.12"))
+    os.kill(int(vm_status(vnet_lab, "vm2")["pid"]), signal.SIGKILL)  # type: ignore[call-overload]
+    assert wait_for(lambda: vm_status(vnet_lab, "vm2")["state"] == "crashed")
+    out = vnet_lab.host.cli("vm", "start", "vm2").stdout
+    assert "vm vm2: running" in out
+    assert wait_for(lambda: ping(vnet_lab, "c1", "10.10.0.12"))
+    assert "vm vm2: stopped" in vnet_lab.host.cli("vm", "stop", "vm2").stdout
+    assert not ping(vnet_lab, "c1", "10.10.0.12")
+
+
+def test_console_shows_the_guest_banner(vnet_lab: Lab) -> None:
+    assert wait_for(lambda: "up" in vnet_lab.host.cli("console", "vm1", "--no-follow").stdout)
+    console = vnet_lab.host.cli("console", "vm1", "--no-follow").stdout
+    assert "vnet tiny guest 1: cmdline=ip=10.10.0.11/24" in console
+    assert "tiny guest: eth0 " in console and "ip 10.10.0.11 up" in console
+
+
+def test_down_leaves_no_tap_and_no_runner(vnet_host: TestHost) -> None:
+    topology = Path(__file__).parent / "topologies" / "vms.yaml"
+    lab = vnet_host.up(topology)
+    pids = [vm_status(lab, n)["pid"] for n in ("vm1", "vm2")]
+    taps = {n["ifname"] for node in lab.status()["nodes"] for n in node["nics"]}
+    vnet_host.down(lab.name)
+    assert not [p for p in pids if Path(f"/proc/{p}").exists()]
+    out = vnet_host.exec(["ip", "-o", "link"]).stdout  # the host namespace's links
+    assert not [t for t in taps if f" {t}:" in out or f" {t}@" in out]

@@ -1,0 +1,120 @@
+"""vnetd's VM runners: one process per VM node, supervised with ``vmlifecycle``'s table.
+
+A runner is vnetd's child (it dies with vnetd, PR_SET_PDEATHSIG, and is started again from
+the lab records when vnetd comes back).  Its console goes to ``STATE_DIR/console-LAB-NODE.log``,
+which is kept after the VM stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+import time
+from pathlib import Path
+
+from vnet.daemon.resources import VmNodeResource
+from vnet.daemon.supervisor import _die_with_parent
+from vnet.daemon.vmlifecycle import VmEvent, VmLifecycle, VmState
+
+log = logging.getLogger("vnet.vms")
+STOP_TIMEOUT = 5.0
+
+
+class VmProcess:
+    def __init__(self, vm: VmNodeResource, state_dir: Path) -> None:
+        self.vm = vm
+        self.console = state_dir / f"console-{vm.lab}-{vm.node}.log"
+        self.lifecycle = VmLifecycle(vm.restart)  # type: ignore[arg-type]
+        self.process: asyncio.subprocess.Process | None = None
+        self._watch: asyncio.Task[None] | None = None
+
+    def command(self) -> list[str]:
+        command = [sys.executable, "-m", "vnet.kvm.runner", "--name", self.vm.node,
+                   "--memory", str(self.vm.memory), "--kernel", self.vm.kernel,
+                   "--cmdline", self.vm.cmdline, "--console-log", str(self.console)]
+        for tap in self.vm.taps:
+            command += ["--nic", f"tap={tap.ifname},mac={tap.mac}"
+                        + (f",ip={tap.ip}" if tap.ip else "")]
+        return command
+
+    async def start(self) -> None:
+        self.lifecycle.handle(VmEvent.START, time.monotonic())
+        await self._spawn()
+
+    async def _spawn(self) -> None:
+        with open(self.console.with_suffix(".err"), "ab") as errors:
+            self.process = await asyncio.create_subprocess_exec(
+                *self.command(), stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL, stderr=errors, preexec_fn=_die_with_parent)
+        self.lifecycle.handle(VmEvent.SPAWNED, time.monotonic())
+        log.info("VM %s/%s: runner started, pid %d", self.vm.lab, self.vm.node,
+                 self.process.pid)
+        self._watch = asyncio.create_task(self._watch_process(self.process))
+
+    async def _watch_process(self, process: asyncio.subprocess.Process) -> None:
+        status = await process.wait()
+        event = VmEvent.EXITED_OK if status == 0 else VmEvent.EXITED_FAIL
+        state = self.lifecycle.handle(event, time.monotonic(), f"exit status {status}")
+        log.warning("VM %s/%s: runner exited with status %s; now %s", self.vm.lab,
+                    self.vm.node, status, state.value)
+        if state == VmState.RESTARTING and self.lifecycle.restart_at is not None:
+            await asyncio.sleep(max(0.0, self.lifecycle.restart_at - time.monotonic()))
+            if self.lifecycle.state == VmState.RESTARTING:
+                self.lifecycle.handle(VmEvent.RESTART_DUE, time.monotonic())
+                await self._spawn()
+
+    async def stop(self) -> None:
+        if self.lifecycle.state in (VmState.STOPPED,):
+            return
+        self.lifecycle.handle(VmEvent.STOP, time.monotonic())
+        process = self.process
+        if process is not None and process.returncode is None:
+            process.terminate()
+            try:
+                await asyncio.wait_for(process.wait(), STOP_TIMEOUT)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+        if self.lifecycle.state == VmState.STOPPING:
+            self.lifecycle.handle(VmEvent.EXITED_OK, time.monotonic(), "stopped")
+
+    def status(self) -> dict[str, object]:
+        return {"state": self.lifecycle.state.value,
+                "pid": self.process.pid if self.process and self.process.returncode is None
+                else None,
+                "restarts": len(self.lifecycle.restarts), "last_exit": self.lifecycle.last_exit,
+                "console": str(self.console)}
+
+
+class VmSupervisor:
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.vms: dict[tuple[str, str], VmProcess] = {}
+
+    def get(self, lab: str, node: str) -> VmProcess | None:
+        return self.vms.get((lab, node))
+
+    async def start(self, vm: VmNodeResource) -> None:
+        process = self.vms.get((vm.lab, vm.node))
+        if process is None or process.vm != vm:
+            if process is not None:
+                await process.stop()
+            process = self.vms[(vm.lab, vm.node)] = VmProcess(vm, self.state_dir)
+        if process.lifecycle.state in (VmState.STOPPED, VmState.CRASHED, VmState.FAILED):
+            await process.start()
+
+    async def stop(self, vm: VmNodeResource) -> None:
+        process = self.vms.pop((vm.lab, vm.node), None)
+        if process is not None:
+            await process.stop()
+
+    async def stop_all(self) -> None:
+        for process in list(self.vms.values()):
+            await process.stop()
+        self.vms.clear()
