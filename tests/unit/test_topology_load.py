@@ -113,7 +113,7 @@ def test_trunk_example_native_joins_the_allowed_set() -> None:
 def test_demo_example_shows_every_network_mode() -> None:
     t = load_topology(ROOT / "topologies" / "demo.yaml")
     assert {n.mode for n in t.networks} == {"isolated", "nat", "bridged"}
-    assert {n.kind for n in t.nodes} == {"netns"}
+    assert {n.kind for n in t.nodes} == {"netns", "vm"}
     assert any(nic.is_trunk for n in t.nodes for nic in n.nics)
     assert any(nic.dhcp for n in t.nodes for nic in n.nics)
 
