@@ -85,6 +85,15 @@ class Run(ctypes.Structure):
                 ("cr8", ctypes.c_uint64), ("apic_base", ctypes.c_uint64), ("exit", RunExit)]
 
 
+class IoEventFd(ctypes.Structure):
+    _fields_ = [("datamatch", ctypes.c_uint64), ("addr", ctypes.c_uint64),
+                ("len", ctypes.c_uint32), ("fd", ctypes.c_int32), ("flags", ctypes.c_uint32),
+                ("pad", ctypes.c_uint8 * 36)]
+
+
+IOEVENTFD_FLAG_DATAMATCH = 1 << 0
+IOEVENTFD_FLAG_DEASSIGN = 1 << 2
+
 KVM_API_VERSION = 12
 KVM_GET_API_VERSION = _io(0x00)
 KVM_CREATE_VM = _io(0x01)
@@ -93,6 +102,7 @@ KVM_CREATE_VCPU = _io(0x41)
 KVM_SET_USER_MEMORY_REGION = _iow(0x46, ctypes.sizeof(UserspaceMemoryRegion))
 KVM_SET_TSS_ADDR = _io(0x47)
 KVM_RUN = _io(0x80)
+KVM_IOEVENTFD = _iow(0x79, ctypes.sizeof(IoEventFd))
 KVM_GET_REGS = _ior(0x81, ctypes.sizeof(Regs))
 KVM_SET_REGS = _iow(0x82, ctypes.sizeof(Regs))
 KVM_GET_SREGS = _ior(0x83, ctypes.sizeof(Sregs))

@@ -2,16 +2,15 @@
 
 What exists today: guest memory, one vCPU entered directly in 64-bit mode at CPL 3, the
 16550 console written to a log file (and stdout), the paravirtual exit port 0x501 and wait
-port 0x502, one virtio-net NIC over virtio-mmio on a TAP, and the project's tiny guest.
-Still to come (docs/kvm.md): ioeventfd/irqfd, virtio-blk, the in-kernel irqchip and PIT, the
-Linux boot protocol, several vCPUs and NICs.
+port 0x502, one virtio-net NIC over virtio-mmio on a TAP (queue kicks on ioeventfds, served
+by a device thread), and the project's tiny guest.  Still to come (docs/kvm.md): irqfd and
+the in-kernel irqchip and PIT, virtio-blk, the Linux boot protocol, several vCPUs and NICs.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import select
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +18,10 @@ from pathlib import Path
 from vnet.errors import VnetError
 from vnet.guest.build import build_tiny_guest
 from vnet.kvm import layout
+from vnet.kvm.iothread import NetIoThread
 from vnet.kvm.serial import Serial16550
-from vnet.kvm.virtio.mmio import MmioTransport
-from vnet.kvm.virtio.net import VirtioNet, open_tap
+from vnet.kvm.virtio.mmio import QUEUE_NOTIFY, MmioTransport
+from vnet.kvm.virtio.net import RX, TX, VirtioNet, open_tap
 from vnet.kvm.vm import IoExit, KvmError, Vm
 
 EXIT_PORT = 0x501
@@ -79,14 +79,20 @@ def run_tiny_guest(memory: int, cmdline: str, console: Path | None, nic: NicArg 
     net = VirtioNet(tap_fd, nic.mac) if tap_fd is not None and nic is not None else None
     transport = MmioTransport(net, mem, NET_MMIO_BASE) if net is not None else None
 
+    io_thread = None
+    if net is not None and transport is not None:
+        notify = NET_MMIO_BASE + QUEUE_NOTIFY
+        io_thread = NetIoThread(net, transport, vm.ioeventfd(notify, 4, RX),
+                                vm.ioeventfd(notify, 4, TX))
+
     def on_io(io: IoExit) -> bytes | None:
         nonlocal status
         if io.port == EXIT_PORT and io.out:
             status = io.data[0]
             return b"stop"
-        if io.port == WAIT_PORT and net is not None and transport is not None:
-            select.select([net.tap_fd], [], [], WAIT_TIMEOUT)  # paravirtual idle
-            net.receive(transport)
+        if io.port == WAIT_PORT and io_thread is not None:
+            io_thread.rx_delivered.wait(WAIT_TIMEOUT)  # paravirtual idle until a frame lands
+            io_thread.rx_delivered.clear()
             return None
         if serial.owns(io.port):
             if io.out:
@@ -112,8 +118,12 @@ def run_tiny_guest(memory: int, cmdline: str, console: Path | None, nic: NicArg 
         layout.load_image(mem, image, memory)
         vcpu = vm.create_vcpu()
         vcpu.enter_long_mode_user(layout.IMAGE_ADDR, layout.STACK_TOP)
+        if io_thread is not None:
+            io_thread.start()
         vcpu.run_until(on_io, on_mmio)
     finally:
+        if io_thread is not None and io_thread.is_alive():
+            io_thread.stop()
         vm.close()
         if tap_fd is not None:
             os.close(tap_fd)

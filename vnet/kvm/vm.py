@@ -62,6 +62,19 @@ class Vm:
             userspace_addr=host_address))
         self.vcpus: list[Vcpu] = []
 
+    def ioeventfd(self, address: int, length: int, datamatch: int) -> int:
+        """An eventfd that the kernel signals when the guest writes ``datamatch`` to the MMIO
+        ``address``: the write completes in the kernel, with no exit to this process."""
+        fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        try:
+            api.ioctl(self.fd, api.KVM_IOEVENTFD, api.IoEventFd(
+                datamatch=datamatch, addr=address, len=length, fd=fd,
+                flags=api.IOEVENTFD_FLAG_DATAMATCH))
+        except OSError:
+            os.close(fd)
+            raise
+        return fd
+
     def create_vcpu(self) -> Vcpu:
         vcpu = Vcpu(self, len(self.vcpus))
         self.vcpus.append(vcpu)

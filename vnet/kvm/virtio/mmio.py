@@ -23,6 +23,7 @@ F_VERSION_1 = 1 << 32
 S_ACK, S_DRIVER, S_DRIVER_OK, S_FEATURES_OK, S_NEEDS_RESET, S_FAILED = 1, 2, 4, 8, 64, 128
 QUEUE_MAX = 256
 CONFIG = 0x100
+QUEUE_NOTIFY = 0x050
 
 
 class VirtioDevice(Protocol):
@@ -152,6 +153,10 @@ class MmioTransport:
             if self.driver_features & ~offered or not self.driver_features & F_VERSION_1:
                 value &= ~S_FEATURES_OK  # refused: the driver reads the status back
         self.status = value | (self.status & S_NEEDS_RESET)
+
+    def notify(self, index: int) -> None:
+        """A kick of queue ``index`` (from a QueueNotify write or its ioeventfd)."""
+        self._notify(index)
 
     def _notify(self, index: int) -> None:
         if not self.driver_ok or self.queue(index) is None:
