@@ -143,6 +143,8 @@ class VmNodeResource:
     kernel: str
     cmdline: str
     restart: str
+    disk: str | None = None
+    disk_readonly: bool = False
 
     @property
     def key(self) -> tuple[str, str]:
@@ -232,7 +234,8 @@ def _vm_node(lab: str, node: Node) -> VmNodeResource:
         TapSpec(nic.name, naming.host_ifname(lab, node.name, nic.name), nic.mac,
                 str(nic.ip) if nic.ip is not None else None,
                 naming.owner_alias(lab, node.name, nic.name)) for nic in node.nics),
-        node.memory, node.vcpus, node.kernel, node.cmdline or "", node.restart)
+        node.memory, node.vcpus, node.kernel, node.cmdline or "", node.restart,
+        str(node.disk.path) if node.disk else None, node.disk.readonly if node.disk else False)
 
 
 def _default_gateway(topology: Topology, nic: Nic) -> str | None:

@@ -34,6 +34,8 @@ class VmProcess:
         command = [sys.executable, "-m", "vnet.kvm.runner", "--name", self.vm.node,
                    "--memory", str(self.vm.memory), "--kernel", self.vm.kernel,
                    "--cmdline", self.vm.cmdline, "--console-log", str(self.console)]
+        if self.vm.disk is not None:
+            command += ["--disk", self.vm.disk + (",ro" if self.vm.disk_readonly else "")]
         for tap in self.vm.taps:
             command += ["--nic", f"tap={tap.ifname},mac={tap.mac}"
                         + (f",ip={tap.ip}" if tap.ip else "")]

@@ -3,8 +3,9 @@
 What exists today: guest memory, one vCPU entered directly in 64-bit mode at CPL 3, the
 16550 console written to a log file (and stdout), the paravirtual exit port 0x501 and wait
 port 0x502, one virtio-net NIC over virtio-mmio on a TAP (queue kicks on ioeventfds, served
-by a device thread), and the project's tiny guest.  Still to come (docs/kvm.md): irqfd and
-the in-kernel irqchip and PIT, virtio-blk, the Linux boot protocol, several vCPUs and NICs.
+by a device thread), a virtio-blk disk on a raw image, and the project's tiny guest.  Still to
+come (docs/kvm.md): irqfd and the in-kernel irqchip and PIT, the Linux boot protocol, several
+vCPUs and NICs.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from vnet.guest.build import build_tiny_guest
 from vnet.kvm import layout
 from vnet.kvm.iothread import NetIoThread
 from vnet.kvm.serial import Serial16550
+from vnet.kvm.virtio.blk import VirtioBlk
 from vnet.kvm.virtio.mmio import QUEUE_NOTIFY, MmioTransport
 from vnet.kvm.virtio.net import RX, TX, VirtioNet, open_tap
 from vnet.kvm.vm import IoExit, KvmError, Vm
@@ -28,6 +30,7 @@ EXIT_PORT = 0x501
 WAIT_PORT = 0x502
 WAIT_TIMEOUT = 0.2
 NET_MMIO_BASE = 0xD0000000
+BLK_MMIO_BASE = 0xD0001000
 SIZES = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
 
@@ -55,8 +58,15 @@ def parse_nic(text: str) -> NicArg:
     return NicArg(fields["tap"], fields["mac"], fields.get("ip"))
 
 
+def parse_disk(text: str) -> tuple[str, bool]:
+    path, _, mode = text.partition(",")
+    if mode not in ("", "ro", "rw"):
+        raise argparse.ArgumentTypeError(f"--disk {text!r}: say PATH, PATH,ro or PATH,rw")
+    return path, mode == "ro"
+
+
 def run_tiny_guest(memory: int, cmdline: str, console: Path | None, nic: NicArg | None = None,
-                   echo: bool = False) -> int:
+                   echo: bool = False, disk: tuple[str, bool] | None = None) -> int:
     """Boot the tiny guest; returns the status it wrote to the exit port."""
     image = build_tiny_guest().read_bytes()
     if nic is not None and nic.ip:
@@ -79,6 +89,9 @@ def run_tiny_guest(memory: int, cmdline: str, console: Path | None, nic: NicArg 
     net = VirtioNet(tap_fd, nic.mac) if tap_fd is not None and nic is not None else None
     transport = MmioTransport(net, mem, NET_MMIO_BASE) if net is not None else None
 
+    blk = VirtioBlk(*disk) if disk is not None else None
+    transports = [t for t in (transport, MmioTransport(blk, mem, BLK_MMIO_BASE) if blk else None)
+                  if t is not None]
     io_thread = None
     if net is not None and transport is not None:
         notify = NET_MMIO_BASE + QUEUE_NOTIFY
@@ -102,11 +115,12 @@ def run_tiny_guest(memory: int, cmdline: str, console: Path | None, nic: NicArg 
         return None  # no device: writes vanish, reads see all ones, as on a bus
 
     def on_mmio(address: int, length: int, data: bytes | None) -> bytes:
-        if transport is None or not transport.owns(address):
+        owner = next((t for t in transports if t.owns(address)), None)
+        if owner is None:
             return b"\xff" * length
         if data is None:
-            return transport.read(address, length)
-        transport.write(address, data)
+            return owner.read(address, length)
+        owner.write(address, data)
         return b""
 
     try:
@@ -125,6 +139,8 @@ def run_tiny_guest(memory: int, cmdline: str, console: Path | None, nic: NicArg 
         if io_thread is not None and io_thread.is_alive():
             io_thread.stop()
         vm.close()
+        if blk is not None:
+            blk.close()
         if tap_fd is not None:
             os.close(tap_fd)
         if log:
@@ -140,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="builtin:tiny (the only kernel this runner boots so far)")
     parser.add_argument("--cmdline", default="")
     parser.add_argument("--nic", type=parse_nic, help="tap=NAME,mac=MAC[,ip=ADDR/PREFIX]")
+    parser.add_argument("--disk", type=parse_disk,
+                        help="PATH[,ro]: a raw image as virtio-blk at 0xd0001000")
     parser.add_argument("--console-log", type=Path)
     parser.add_argument("--echo", action="store_true", help="copy the console to stdout")
     args = parser.parse_args(argv)
@@ -148,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     try:
-        return run_tiny_guest(args.memory, args.cmdline, args.console_log, args.nic, args.echo)
+        return run_tiny_guest(args.memory, args.cmdline, args.console_log, args.nic, args.echo,
+                              args.disk)
     except (KvmError, VnetError, ValueError, OSError) as err:
         print(f"vnet-vm {args.name}: {err}", file=sys.stderr)
         return 1
