@@ -270,8 +270,8 @@ DELETE: dict[type, Callable[[Any, Path], None]] = {
 
 def create_vm_taps(vm: VmNodeResource, state_dir: Path) -> None:
     if vm.kernel != "builtin:tiny":
-        raise HostError(f"node {vm.node}: this runner boots only kernel: builtin:tiny so far "
-                        f"(the Linux boot protocol is not implemented yet)")
+        raise HostError(f"node {vm.node}: as a lab node only kernel: builtin:tiny runs so far "
+                        f"(vnet-vm --kernel boots Linux to its early console, without NICs)")
     if len(vm.taps) != 1:
         raise HostError(f"node {vm.node}: this runner gives a VM exactly one NIC so far")
     with IPRoute() as ipr:

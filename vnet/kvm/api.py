@@ -85,6 +85,21 @@ class Run(ctypes.Structure):
                 ("cr8", ctypes.c_uint64), ("apic_base", ctypes.c_uint64), ("exit", RunExit)]
 
 
+class CpuidEntry2(ctypes.Structure):
+    _fields_ = [("function", ctypes.c_uint32), ("index", ctypes.c_uint32),
+                ("flags", ctypes.c_uint32), ("eax", ctypes.c_uint32), ("ebx", ctypes.c_uint32),
+                ("ecx", ctypes.c_uint32), ("edx", ctypes.c_uint32),
+                ("padding", ctypes.c_uint32 * 3)]
+
+
+CPUID_MAX_ENTRIES = 256
+
+
+class Cpuid2(ctypes.Structure):
+    _fields_ = [("nent", ctypes.c_uint32), ("padding", ctypes.c_uint32),
+                ("entries", CpuidEntry2 * CPUID_MAX_ENTRIES)]
+
+
 class IoEventFd(ctypes.Structure):
     _fields_ = [("datamatch", ctypes.c_uint64), ("addr", ctypes.c_uint64),
                 ("len", ctypes.c_uint32), ("fd", ctypes.c_int32), ("flags", ctypes.c_uint32),
@@ -98,6 +113,8 @@ KVM_API_VERSION = 12
 KVM_GET_API_VERSION = _io(0x00)
 KVM_CREATE_VM = _io(0x01)
 KVM_GET_VCPU_MMAP_SIZE = _io(0x04)
+KVM_GET_SUPPORTED_CPUID = 3 << 30 | 8 << 16 | KVMIO << 8 | 0x05  # _IOWR, header size
+KVM_SET_CPUID2 = _iow(0x90, 8)
 KVM_CREATE_VCPU = _io(0x41)
 KVM_SET_USER_MEMORY_REGION = _iow(0x46, ctypes.sizeof(UserspaceMemoryRegion))
 KVM_SET_TSS_ADDR = _io(0x47)

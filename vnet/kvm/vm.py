@@ -124,6 +124,34 @@ class Vcpu:
         regs = api.Regs(rip=entry, rsp=stack, rflags=RFLAGS_RESERVED | RFLAGS_IOPL3)
         api.ioctl(self.fd, api.KVM_SET_REGS, regs)
 
+    def set_supported_cpuid(self, kvm_fd: int) -> None:
+        """Give the guest the CPUID that this host's KVM supports (KVM_GET_SUPPORTED_CPUID),
+        as a VMM must: a vCPU starts with none, and Linux checks for long mode and SSE."""
+        cpuid = api.Cpuid2(nent=api.CPUID_MAX_ENTRIES)
+        api.ioctl(kvm_fd, api.KVM_GET_SUPPORTED_CPUID, cpuid)
+        api.ioctl(self.fd, api.KVM_SET_CPUID2, cpuid)
+
+    def enter_long_mode_kernel(self, entry: int, gdt_limit: int, rsi: int) -> None:
+        """Start at ``entry`` in 64-bit mode at CPL 0, as the Linux 64-bit boot protocol
+        asks: flat __BOOT_CS (0x10) and __BOOT_DS (0x18), interrupts off, %rsi = zero page."""
+        sregs = api.Sregs()
+        api.ioctl(self.fd, api.KVM_GET_SREGS, sregs)
+        sregs.cs = api.Segment(base=0, limit=0xFFFFFFFF, selector=0x10, type=0xB, present=1,
+                               dpl=0, db=0, s=1, l=1, g=1)
+        data = api.Segment(base=0, limit=0xFFFFFFFF, selector=0x18, type=0x3, present=1,
+                           dpl=0, db=1, s=1, l=0, g=1)
+        sregs.ds = sregs.es = sregs.fs = sregs.gs = sregs.ss = data
+        sregs.tr = api.Segment(base=0, limit=0xFFFF, selector=0, type=0xB, present=1, s=0)
+        sregs.ldt = api.Segment(unusable=1)
+        sregs.gdt = api.DTable(base=layout.GDT_ADDR, limit=gdt_limit)
+        sregs.idt = api.DTable(base=0, limit=0)
+        sregs.cr3 = layout.PML4_ADDR
+        sregs.cr4 = CR4_PAE
+        sregs.cr0 = CR0_PE | CR0_ET | CR0_NE | CR0_PG
+        sregs.efer = EFER_LME | EFER_LMA
+        api.ioctl(self.fd, api.KVM_SET_SREGS, sregs)
+        api.ioctl(self.fd, api.KVM_SET_REGS, api.Regs(rip=entry, rsi=rsi, rflags=RFLAGS_RESERVED))
+
     def run_until(self, on_io: Callable[[IoExit], bytes | None],
                   on_mmio: Callable[[int, int, bytes | None], bytes] | None = None) -> str:
         """Run until ``on_io`` asks to stop (returns b"stop") or the guest cannot go on;

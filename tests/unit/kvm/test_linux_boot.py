@@ -1,0 +1,85 @@
+"""The Linux boot protocol's pure parts: bzImage payloads, LZ4 legacy frames, ELF, zero page."""
+
+from __future__ import annotations
+
+import struct
+
+import lz4.block
+import pytest
+
+from vnet.kvm.boot import linux
+
+
+def elf(entry: int, segments: list[tuple[int, bytes, int]]) -> bytes:
+    """A minimal 64-bit little-endian ELF with PT_LOAD program headers."""
+    phoff, count = 64, len(segments)
+    data_at = phoff + 56 * count
+    header = bytearray(64)
+    header[:6] = b"\x7fELF\x02\x01"
+    struct.pack_into("<QQ", header, 0x18, entry, phoff)
+    struct.pack_into("<HH", header, 0x36, 56, count)
+    headers, blobs = b"", b""
+    for paddr, data, memsz in segments:
+        headers += struct.pack("<IIQQQQQQ", 1, 5, data_at + len(blobs), 0, paddr, len(data),
+                               memsz, 0x1000)
+        blobs += data
+    return bytes(header) + headers + blobs
+
+
+def bzimage(payload: bytes) -> bytes:
+    image = bytearray(5 * 512 + len(payload))
+    image[0x1F1] = 4                                   # setup_sects
+    image[0x201] = 0x6A                                # the setup header ends at 0x202 + this
+    image[0x202:0x206] = b"HdrS"
+    struct.pack_into("<H", image, 0x206, 0x20F)
+    struct.pack_into("<II", image, 0x248, 0, len(payload))
+    image[5 * 512:] = payload
+    return bytes(image)
+
+
+def lz4_legacy(data: bytes, block: int = 1000) -> bytes:
+    out = struct.pack("<I", linux.LZ4_LEGACY_MAGIC)
+    for i in range(0, len(data), block):
+        chunk = lz4.block.compress(data[i:i + block], store_size=False)
+        out += struct.pack("<I", len(chunk)) + chunk
+    return out + struct.pack("<I", len(data))          # the trailer Linux's build appends
+
+
+def test_lz4_legacy_frames_decompress() -> None:
+    data = bytes(range(256)) * 40
+    assert linux.lz4_legacy_decompress(lz4_legacy(data)) == data
+
+
+def test_bzimage_with_lz4_vmlinux_is_unpacked_and_loaded() -> None:
+    kernel_elf = elf(0x1000000, [(0x1000000, b"\x90" * 64, 0x2000), (0x2000000, b"d" * 8, 8)])
+    vmlinux, header = linux.extract_vmlinux(bzimage(lz4_legacy(kernel_elf, 50)))
+    assert vmlinux == kernel_elf and header[:1] == b"\x04"
+    kernel = linux.parse_elf(vmlinux, header)
+    assert kernel.entry == 0x1000000
+    assert [(s.physical, len(s.data), s.memory_size) for s in kernel.segments] == [
+        (0x1000000, 64, 0x2000), (0x2000000, 8, 8)]
+
+
+def test_bad_images_say_what_is_wrong() -> None:
+    with pytest.raises(linux.BootError, match="not a bzImage"):
+        linux.extract_vmlinux(b"\0" * 4096)
+    with pytest.raises(linux.BootError, match="only an uncompressed or LZ4"):
+        linux.extract_vmlinux(bzimage(b"\x1f\x8b" + bytes(100)))  # gzip
+    with pytest.raises(linux.BootError, match="64-bit little-endian ELF"):
+        linux.parse_elf(b"MZ" + bytes(100))
+    broken = bytearray(elf(0, [(0x100000, b"x" * 16, 16)]))
+    struct.pack_into("<Q", broken, 64 + 8, 1 << 40)       # p_offset far past the file
+    with pytest.raises(linux.BootError, match="outside the file"):
+        linux.parse_elf(bytes(broken))
+
+
+def test_zero_page_carries_the_command_line_pointer_and_e820() -> None:
+    kernel = linux.parse_elf(elf(0x1000000, [(0x1000000, b"x", 1)]), b"\x04" + bytes(16))
+    page = linux.zero_page(kernel, "console=ttyS0", 256 << 20)
+    assert page[0x1F1] == 4 and page[0x210] == 0xFF
+    assert struct.unpack_from("<I", page, 0x228)[0] == linux.CMDLINE
+    entries = [struct.unpack_from("<QQI", page, 0x2D0 + 20 * n) for n in range(page[0x1E8])]
+    assert entries == linux.e820_map(256 << 20)
+    assert entries[-1] == (0x100000, (256 << 20) - 0x100000, linux.E820_RAM)
+    with pytest.raises(linux.BootError, match="longer than"):
+        linux.zero_page(kernel, "x" * linux.CMDLINE_MAX, 256 << 20)
