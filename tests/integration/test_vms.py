@@ -75,7 +75,7 @@ def test_restart_no_leaves_a_crashed_vm_until_started(vnet_lab: Lab) -> None:
 def test_console_shows_the_guest_banner(vnet_lab: Lab) -> None:
     assert wait_for(lambda: "up" in vnet_lab.host.cli("console", "vm1", "--no-follow").stdout)
     console = vnet_lab.host.cli("console", "vm1", "--no-follow").stdout
-    assert "vnet tiny guest 1: cmdline=ip=10.10.0.11/24" in console
+    assert "vnet tiny guest 1: cmdline=ping=10.10.0.12 ip=10.10.0.11/24" in console
     assert "tiny guest: eth0 " in console and "ip 10.10.0.11 up" in console
 
 
@@ -88,3 +88,22 @@ def test_down_leaves_no_tap_and_no_runner(vnet_host: TestHost) -> None:
     assert not [p for p in pids if Path(f"/proc/{p}").exists()]
     out = vnet_host.exec(["ip", "-o", "link"]).stdout  # the host namespace's links
     assert not [t for t in taps if f" {t}:" in out or f" {t}@" in out]
+
+
+def test_two_vms_reach_each_other(vnet_lab: Lab) -> None:
+    """vm1's command line tells the tiny guest to ping vm2; its console shows the replies."""
+    def replies() -> int:
+        return vnet_lab.host.cli("console", "vm1", "--no-follow").stdout.count(
+            "tiny guest: reply from 10.10.0.12 seq")
+    assert wait_for(lambda: replies() >= 3, timeout=15)
+
+
+def test_a_trunk_nic_on_a_vm_carries_tagged_frames(vnet_lab: Lab) -> None:
+    """vm3 sits on a trunk of VLAN 10 and speaks only 802.1Q-tagged frames: a namespace node
+    on the VLAN's access port reaches it, so the tags went both ways through the switch."""
+    assert wait_for(lambda: ping(vnet_lab, "c1", "10.10.0.13"))
+    console = vnet_lab.host.cli("console", "vm3", "--no-follow").stdout
+    assert "ip 10.10.0.13 vlan 10 up" in console
+    vm3 = vm_status(vnet_lab, "vm3")
+    assert vm3["nics"][0]["mode"] == "trunk"  # type: ignore[index]
+    assert not ping(vnet_lab, "c3", "10.10.0.13")

@@ -1,6 +1,8 @@
 /* vnet's tiny guest: a banner on the 16550 UART, then a virtio-net (virtio-mmio v2) driver
  * that answers ARP for its address, ICMP echo, and UDP echo on port 7.  Its IP comes from
- * the command line ("ip=A.B.C.D/N"), its MAC from the device's config space.
+ * the command line ("ip=A.B.C.D/N"), its MAC from the device's config space.  Optional:
+ * "vlan=N" makes it speak 802.1Q-tagged frames of VLAN N only (a trunk NIC), and
+ * "ping=A.B.C.D" makes it ping that address three times, printing each reply.
  *
  * Freestanding, no interrupts, everything at CPL 3 so that it runs natively on nested KVM:
  * when there is nothing to do it writes to the paravirtual wait port, on which the VMM
@@ -60,6 +62,11 @@ struct queue { volatile struct desc *desc; volatile struct avail *avail;
 static struct queue rxq, txq;
 static u8 my_mac[6];
 static u32 my_ip; /* network byte order, as it sits in packets */
+static u16 my_vlan; /* 0: untagged */
+static u32 peer_ip;
+static u8 peer_mac[6];
+static int peer_known, replies;
+static u16 ping_seq;
 
 static inline void outb(u16 port, u8 v) { __asm__ volatile("outb %0, %1" : : "a"(v), "Nd"(port)); }
 static inline u8 inb(u16 port) { u8 v; __asm__ volatile("inb %1, %0" : "=a"(v) : "Nd"(port)); return v; }
@@ -87,25 +94,40 @@ static u16 checksum(const u8 *p, u32 n)
     return (u16)~sum;
 }
 
-/* "ip=A.B.C.D" anywhere in the command line */
-static int parse_ip(const volatile char *s, u32 *out)
+/* The command line option KEY (e.g. "ip=") as a starting index, or -1 */
+static int option(const volatile char *s, const char *key)
 {
     for (int i = 0; s[i] && i < 4000; i++) {
-        if (s[i] == 'i' && s[i + 1] == 'p' && s[i + 2] == '=' && (i == 0 || s[i - 1] == ' ')) {
-            u32 octets[4] = {0, 0, 0, 0};
-            int k = 0, j = i + 3, digits = 0;
-            for (; s[j] && s[j] != ' ' && s[j] != '/'; j++) {
-                if (s[j] == '.') { if (!digits || ++k > 3) return 0; digits = 0; continue; }
-                if (s[j] < '0' || s[j] > '9') return 0;
-                octets[k] = octets[k] * 10 + (u32)(s[j] - '0');
-                if (octets[k] > 255 || ++digits > 3) return 0;
-            }
-            if (k != 3 || !digits) return 0;
-            *out = octets[0] | octets[1] << 8 | octets[2] << 16 | octets[3] << 24;
-            return 1;
-        }
+        if (i && s[i - 1] != ' ') continue;
+        int k = 0;
+        while (key[k] && s[i + k] == key[k]) k++;
+        if (!key[k]) return i + k;
     }
-    return 0;
+    return -1;
+}
+
+/* "A.B.C.D" at s[j], ended by space, '/' or the end */
+static int parse_ip(const volatile char *s, int j, u32 *out)
+{
+    u32 octets[4] = {0, 0, 0, 0};
+    int k = 0, digits = 0;
+    if (j < 0) return 0;
+    for (; s[j] && s[j] != ' ' && s[j] != '/'; j++) {
+        if (s[j] == '.') { if (!digits || ++k > 3) return 0; digits = 0; continue; }
+        if (s[j] < '0' || s[j] > '9') return 0;
+        octets[k] = octets[k] * 10 + (u32)(s[j] - '0');
+        if (octets[k] > 255 || ++digits > 3) return 0;
+    }
+    if (k != 3 || !digits) return 0;
+    *out = octets[0] | octets[1] << 8 | octets[2] << 16 | octets[3] << 24;
+    return 1;
+}
+
+static u32 parse_dec(const volatile char *s, int j)
+{
+    u32 v = 0;
+    for (; j >= 0 && s[j] >= '0' && s[j] <= '9' && v < 100000; j++) v = v * 10 + (u32)(s[j] - '0');
+    return v;
 }
 
 static void setup_queue(u32 index, struct queue *q)
@@ -139,7 +161,15 @@ static void transmit(const u8 *frame, u32 len)
 {
     u8 *buf = (u8 *)(BUF_BASE + (u64)QSIZE * BUF_SIZE);
     for (u32 i = 0; i < NET_HDR; i++) buf[i] = 0;
-    copy(buf + NET_HDR, frame, len);
+    if (my_vlan) { /* 802.1Q: the tag goes after the MAC addresses */
+        copy(buf + NET_HDR, frame, 12);
+        put_be16(buf + NET_HDR + 12, 0x8100);
+        put_be16(buf + NET_HDR + 14, my_vlan);
+        copy(buf + NET_HDR + 16, frame + 12, len - 12);
+        len += 4;
+    } else {
+        copy(buf + NET_HDR, frame, len);
+    }
     txq.desc[0].addr = (u64)buf;
     txq.desc[0].len = NET_HDR + len;
     txq.desc[0].flags = 0;
@@ -157,6 +187,12 @@ static void answer(u8 *f, u32 len)
     static const u8 bcast[6] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
     if (len < 14 || (!same(f, my_mac, 6) && !same(f, bcast, 6))) return;
     u16 type = be16(f + 12);
+    if (type == 0x0806 && len >= 42 && be16(f + 20) == 2 && peer_ip &&
+        same(f + 28, (u8 *)&peer_ip, 4)) {                 /* the peer's ARP reply */
+        copy(peer_mac, f + 22, 6);
+        peer_known = 1;
+        return;
+    }
     if (type == 0x0806 && len >= 42 && be16(f + 20) == 1 && same(f + 38, (u8 *)&my_ip, 4)) {
         copy(f, f + 6, 6); copy(f + 6, my_mac, 6);        /* Ethernet back to the asker */
         put_be16(f + 20, 2);                                /* ARP reply */
@@ -170,6 +206,14 @@ static void answer(u8 *f, u32 len)
     if (ihl < 20 || total < ihl || 14 + total > len || !same(f + 30, (u8 *)&my_ip, 4)) return;
     u8 *ip = f + 14, *l4 = ip + ihl;
     u32 l4len = total - ihl;
+    if (ip[9] == 1 && l4len >= 8 && l4[0] == 0 && peer_ip && same(ip + 12, (u8 *)&peer_ip, 4)
+        && be16(l4 + 4) == 0x7e57) {                         /* a reply to our ping */
+        replies++;
+        puts("tiny guest: reply from ");
+        for (int i = 0; i < 4; i++) { put_dec(ip[12 + i]); if (i < 3) putc('.'); }
+        puts(" seq "); put_dec(be16(l4 + 6)); puts("\n");
+        return;
+    }
     if (ip[9] == 1 && l4len >= 8 && l4[0] == 8) {           /* ICMP echo request */
         l4[0] = 0; put_be16(l4 + 2, 0); put_be16(l4 + 2, checksum(l4, l4len));
     } else if (ip[9] == 17 && l4len >= 8 && be16(l4 + 2) == 7) { /* UDP echo */
@@ -184,12 +228,36 @@ static void answer(u8 *f, u32 len)
     transmit(f, 14 + total);
 }
 
+/* One step of pinging the peer: ARP until it answers, then echo requests, three replies. */
+static void ping_step(void)
+{
+    static const u8 bcast[6] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
+    u8 f[64];
+    for (int i = 0; i < 64; i++) f[i] = 0;
+    if (!peer_ip || replies >= 3) return;
+    if (!peer_known) {
+        copy(f, bcast, 6); copy(f + 6, my_mac, 6); put_be16(f + 12, 0x0806);
+        put_be16(f + 14, 1); put_be16(f + 16, 0x0800); f[18] = 6; f[19] = 4; put_be16(f + 20, 1);
+        copy(f + 22, my_mac, 6); copy(f + 28, (u8 *)&my_ip, 4); copy(f + 38, (u8 *)&peer_ip, 4);
+        transmit(f, 42);
+        return;
+    }
+    u8 *ip = f + 14, *icmp = ip + 20;
+    copy(f, peer_mac, 6); copy(f + 6, my_mac, 6); put_be16(f + 12, 0x0800);
+    ip[0] = 0x45; put_be16(ip + 2, 20 + 16); ip[8] = 64; ip[9] = 1;
+    copy(ip + 12, (u8 *)&my_ip, 4); copy(ip + 16, (u8 *)&peer_ip, 4);
+    put_be16(ip + 10, checksum(ip, 20));
+    icmp[0] = 8; put_be16(icmp + 4, 0x7e57); put_be16(icmp + 6, ++ping_seq);
+    put_be16(icmp + 2, checksum(icmp, 16));
+    transmit(f, 14 + 20 + 16);
+}
+
 void guest_main(void)
 {
     puts("vnet tiny guest 1: cmdline=");
     puts(BOOT_INFO);
     puts("\n");
-    if (!parse_ip(BOOT_INFO, &my_ip)) { puts("tiny guest: no ip= on the command line, done\n"); outb(EXIT_PORT, 0); for (;;) ; }
+    if (!parse_ip(BOOT_INFO, option(BOOT_INFO, "ip="), &my_ip)) { puts("tiny guest: no ip= on the command line, done\n"); outb(EXIT_PORT, 0); for (;;) ; }
     if (mmio_read(R_MAGIC) != 0x74726976 || mmio_read(R_VERSION) != 2 || mmio_read(R_DEVICE_ID) != 1)
         fail("no virtio-mmio v2 network device at 0xd0000000");
     mmio_write(R_STATUS, 0);
@@ -210,16 +278,29 @@ void guest_main(void)
     for (int i = 0; i < 6; i++) { put_hex8(my_mac[i]); if (i < 5) putc(':'); }
     puts(" ip ");
     for (int i = 0; i < 4; i++) { put_dec((my_ip >> (8 * i)) & 255); if (i < 3) putc('.'); }
+    my_vlan = (u16)(parse_dec(BOOT_INFO, option(BOOT_INFO, "vlan=")) & 0xfff);
+    parse_ip(BOOT_INFO, option(BOOT_INFO, "ping="), &peer_ip);
+    if (my_vlan) { puts(" vlan "); put_dec(my_vlan); }
     puts(" up\n");
     for (;;) {
-        if (rxq.used->idx == rxq.last_used) { outb(WAIT_PORT, 0); continue; }
+        if (rxq.used->idx == rxq.last_used) { outb(WAIT_PORT, 0); ping_step(); continue; }
         barrier();
         volatile struct used_elem *e = &rxq.used->ring[rxq.last_used % QSIZE];
         u16 id = (u16)(e->id % QSIZE);
         u32 len = e->len;
         rxq.last_used++;
-        if (len > NET_HDR && len <= BUF_SIZE)
-            answer((u8 *)(BUF_BASE + (u64)id * BUF_SIZE + NET_HDR), len - NET_HDR);
+        u8 *frame = (u8 *)(BUF_BASE + (u64)id * BUF_SIZE + NET_HDR);
+        if (len > NET_HDR + 14 && len <= BUF_SIZE) {
+            len -= NET_HDR;
+            if (my_vlan) { /* a trunk: only our VLAN's tagged frames, the tag taken off */
+                if (be16(frame + 12) == 0x8100 && (be16(frame + 14) & 0xfff) == my_vlan) {
+                    for (int i = 11; i >= 0; i--) frame[i + 4] = frame[i];
+                    answer(frame + 4, len - 4);
+                }
+            } else if (be16(frame + 12) != 0x8100) {
+                answer(frame, len);
+            }
+        }
         post_rx(id);
         mmio_write(R_QUEUE_NOTIFY, 0);
     }
