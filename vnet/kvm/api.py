@@ -100,6 +100,10 @@ class Cpuid2(ctypes.Structure):
                 ("entries", CpuidEntry2 * CPUID_MAX_ENTRIES)]
 
 
+class PitConfig(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint32), ("pad", ctypes.c_uint32 * 15)]
+
+
 class IoEventFd(ctypes.Structure):
     _fields_ = [("datamatch", ctypes.c_uint64), ("addr", ctypes.c_uint64),
                 ("len", ctypes.c_uint32), ("fd", ctypes.c_int32), ("flags", ctypes.c_uint32),
@@ -118,6 +122,9 @@ KVM_SET_CPUID2 = _iow(0x90, 8)
 KVM_CREATE_VCPU = _io(0x41)
 KVM_SET_USER_MEMORY_REGION = _iow(0x46, ctypes.sizeof(UserspaceMemoryRegion))
 KVM_SET_TSS_ADDR = _io(0x47)
+KVM_SET_IDENTITY_MAP_ADDR = _iow(0x48, 8)
+KVM_CREATE_IRQCHIP = _io(0x60)
+KVM_CREATE_PIT2 = _iow(0x77, 64)
 KVM_RUN = _io(0x80)
 KVM_IOEVENTFD = _iow(0x79, ctypes.sizeof(IoEventFd))
 KVM_GET_REGS = _ior(0x81, ctypes.sizeof(Regs))

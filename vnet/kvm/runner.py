@@ -192,6 +192,7 @@ def run_linux(memory: int, kernel_path: Path, cmdline: str, console: Path | None
         mem[linux.CMDLINE:linux.CMDLINE + len(data)] = data
         for segment in kernel.segments:
             mem[segment.physical:segment.physical + len(segment.data)] = segment.data
+        vm.create_irqchip_and_pit()
         vcpu = vm.create_vcpu()
         vcpu.set_supported_cpuid(vm.kvm)
         vcpu.enter_long_mode_kernel(kernel.entry, len(gdt) - 1, linux.ZERO_PAGE)

@@ -75,6 +75,12 @@ class Vm:
             raise
         return fd
 
+    def create_irqchip_and_pit(self) -> None:
+        """The in-kernel PIC, IOAPIC and local APICs, and the i8254 PIT: what a PC guest
+        (Linux) expects, emulated by KVM rather than here.  Before any vCPU exists."""
+        api.ioctl(self.fd, api.KVM_CREATE_IRQCHIP, 0)
+        api.ioctl(self.fd, api.KVM_CREATE_PIT2, api.PitConfig())
+
     def create_vcpu(self) -> Vcpu:
         vcpu = Vcpu(self, len(self.vcpus))
         self.vcpus.append(vcpu)
