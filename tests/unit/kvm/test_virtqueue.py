@@ -89,8 +89,13 @@ class Sink:
     device_id, features, num_queues = 1, 0, 1
     notified = 0
 
+    negotiated_features = -1
+
     def config(self) -> bytes:
         return b"\x02\x00\x00\x00\x00\x01"
+
+    def negotiated(self, features: int) -> None:
+        self.negotiated_features = features
 
     def notify(self, transport: MmioTransport, index: int) -> None:
         q = transport.queue(index)
@@ -122,6 +127,7 @@ def test_transport_negotiates_and_a_hostile_ring_fails_the_device_until_reset() 
     t = MmioTransport(device, mem, 0xD0000000)
     assert t.read(0xD0000000, 4) == b"virt" and t.read(0xD0000100, 6) == device.config()
     bring_up(t)
+    assert device.negotiated_features == 1 << 32      # VERSION_1 only
     desc(mem, 0, 0x10000, 8)
     offer(mem, 0)
     reg(t, 0x50, 0)
@@ -144,3 +150,15 @@ def test_features_without_version_1_are_refused() -> None:
     reg(t, 0x70, 3)
     reg(t, 0x70, 3 | S_FEATURES_OK)
     assert not struct.unpack("<I", t.read(0xD0000070, 4))[0] & S_FEATURES_OK
+
+
+def test_offloads_follow_what_the_driver_accepted() -> None:
+    from vnet.kvm.virtio import net
+
+    assert net.tun_offloads(net.F_MAC) == 0
+    assert net.tun_offloads(net.F_GUEST_TSO4) == 0            # TSO without checksum: none
+    assert net.tun_offloads(net.F_GUEST_CSUM) == net.TUN_F_CSUM
+    full = net.F_GUEST_CSUM | net.F_GUEST_TSO4 | net.F_GUEST_TSO6 | net.F_GUEST_ECN
+    assert net.tun_offloads(full) == (net.TUN_F_CSUM | net.TUN_F_TSO4 | net.TUN_F_TSO6
+                                      | net.TUN_F_TSO_ECN)
+    assert net.OFFERED & net.F_HOST_TSO4 and net.OFFERED & net.F_CSUM

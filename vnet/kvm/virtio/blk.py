@@ -38,6 +38,9 @@ class VirtioBlk:
     def config(self) -> bytes:
         return struct.pack("<Q", self.size // SECTOR)
 
+    def negotiated(self, features: int) -> None:
+        """Nothing depends on what the driver took (RO and FLUSH are the device's facts)."""
+
     def notify(self, transport: MmioTransport, queue: int) -> None:
         q = transport.queue(queue)
         while q is not None and (chain := q.pop()) is not None:

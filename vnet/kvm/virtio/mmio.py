@@ -33,6 +33,8 @@ class VirtioDevice(Protocol):
 
     def config(self) -> bytes: ...
 
+    def negotiated(self, features: int) -> None: ...
+
     def notify(self, transport: MmioTransport, queue: int) -> None: ...
 
 
@@ -152,6 +154,8 @@ class MmioTransport:
             offered = self.device.features | F_VERSION_1
             if self.driver_features & ~offered or not self.driver_features & F_VERSION_1:
                 value &= ~S_FEATURES_OK  # refused: the driver reads the status back
+            else:
+                self.device.negotiated(self.driver_features)
         self.status = value | (self.status & S_NEEDS_RESET)
 
     def notify(self, index: int) -> None:

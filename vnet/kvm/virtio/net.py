@@ -2,8 +2,10 @@
 
 The TAP is opened with IFF_TAP | IFF_NO_PI | IFF_VNET_HDR and its header size set to the
 12 bytes of a VIRTIO_F_VERSION_1 ``virtio_net_hdr``, so a frame passes between guest buffers
-and the TAP with its header unchanged.  Offloads (CSUM, GSO) are not offered to the guest
-yet, so the kernel hands the TAP only whole, checksummed frames (TUNSETOFFLOAD 0).
+and the TAP with its header unchanged.  Offloads are negotiated, not assumed: the device
+offers checksum and TSO in both directions, and what the driver accepts for its receive side
+(GUEST_CSUM, GUEST_TSO4/6, GUEST_ECN) becomes the TAP's TUNSETOFFLOAD, so the kernel sends
+partial-checksum or GSO frames only to a guest that said it can take them.
 """
 
 from __future__ import annotations
@@ -16,7 +18,12 @@ from vnet.kvm.virtio.mmio import MmioTransport
 from vnet.packet.ethernet import mac_to_bytes
 
 DEVICE_ID = 1
-F_MAC = 1 << 5
+F_CSUM, F_GUEST_CSUM, F_MAC = 1 << 0, 1 << 1, 1 << 5
+F_GUEST_TSO4, F_GUEST_TSO6, F_GUEST_ECN = 1 << 7, 1 << 8, 1 << 9
+F_HOST_TSO4, F_HOST_TSO6, F_HOST_ECN = 1 << 11, 1 << 12, 1 << 13
+OFFERED = (F_CSUM | F_GUEST_CSUM | F_MAC | F_GUEST_TSO4 | F_GUEST_TSO6 | F_GUEST_ECN
+           | F_HOST_TSO4 | F_HOST_TSO6 | F_HOST_ECN)
+TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN = 0x01, 0x02, 0x04, 0x08
 NET_HDR_LEN = 12
 RX, TX = 0, 1
 TUNSETIFF = 0x400454CA
@@ -24,6 +31,21 @@ TUNSETOFFLOAD = 0x400454D0
 TUNSETVNETHDRSZ = 0x400454D8
 IFF_TAP, IFF_NO_PI, IFF_VNET_HDR = 0x0002, 0x1000, 0x4000
 MAX_FRAME = 65536 + NET_HDR_LEN
+
+
+def tun_offloads(features: int) -> int:
+    """TUNSETOFFLOAD flags for what the driver accepted on its receive side.  TSO needs
+    checksum offload, as the kernel requires."""
+    if not features & F_GUEST_CSUM:
+        return 0
+    flags = TUN_F_CSUM
+    if features & F_GUEST_TSO4:
+        flags |= TUN_F_TSO4
+    if features & F_GUEST_TSO6:
+        flags |= TUN_F_TSO6
+    if features & F_GUEST_ECN and flags & (TUN_F_TSO4 | TUN_F_TSO6):
+        flags |= TUN_F_TSO_ECN
+    return flags
 
 
 def open_tap(name: str) -> int:
@@ -42,7 +64,7 @@ def open_tap(name: str) -> int:
 
 class VirtioNet:
     device_id = DEVICE_ID
-    features = F_MAC
+    features = OFFERED
     num_queues = 2
 
     def __init__(self, tap_fd: int, mac: str) -> None:
@@ -53,6 +75,10 @@ class VirtioNet:
 
     def config(self) -> bytes:
         return self.mac + struct.pack("<H", 1)  # mac, status: link up
+
+    def negotiated(self, features: int) -> None:
+        self.offloads = tun_offloads(features)
+        fcntl.ioctl(self.tap_fd, TUNSETOFFLOAD, self.offloads)
 
     def notify(self, transport: MmioTransport, queue: int) -> None:
         if queue == TX:
