@@ -28,6 +28,9 @@ from vnet.kvm.virtio.net import RX, TX, VirtioNet, open_tap
 from vnet.kvm.vm import IoExit, KvmError, Vm
 
 EXIT_PORT = 0x501
+I8042_COMMAND = 0x64
+I8042_RESET = 0xFE
+REBOOT = -1  # run_tiny_guest's status when the guest pulsed the reset line
 WAIT_PORT = 0x502
 WAIT_TIMEOUT = 0.2
 NET_MMIO_BASE = 0xD0000000
@@ -104,6 +107,11 @@ def run_tiny_guest(memory: int, cmdline: str, console: Path | None, nic: NicArg 
         if io.port == EXIT_PORT and io.out:
             status = io.data[0]
             return b"stop"
+        if io.port == I8042_COMMAND:
+            if io.out and io.data[0] == I8042_RESET:
+                status = REBOOT
+                return b"stop"
+            return b"\0"  # status: both buffers empty
         if io.port == WAIT_PORT and io_thread is not None:
             io_thread.rx_delivered.wait(WAIT_TIMEOUT)  # paravirtual idle until a frame lands
             io_thread.rx_delivered.clear()
@@ -216,13 +224,20 @@ def main(argv: list[str] | None = None) -> int:
                         help="PATH[,ro]: a raw image as virtio-blk at 0xd0001000")
     parser.add_argument("--console-log", type=Path)
     parser.add_argument("--echo", action="store_true", help="copy the console to stdout")
+    parser.add_argument("--on-reboot", choices=["exit", "restart"], default="restart",
+                        help="when the guest resets itself (i8042): boot it again, or exit 0")
     args = parser.parse_args(argv)
     try:
         if args.kernel != "builtin:tiny":
             return run_linux(args.memory, Path(args.kernel), args.cmdline, args.console_log,
                              args.echo)
-        return run_tiny_guest(args.memory, args.cmdline, args.console_log, args.nic, args.echo,
-                              args.disk)
+        while True:
+            status = run_tiny_guest(args.memory, args.cmdline, args.console_log, args.nic,
+                                    args.echo, args.disk)
+            if status != REBOOT:
+                return status
+            if args.on_reboot == "exit":
+                return 0
     except (KvmError, VnetError, ValueError, OSError) as err:
         print(f"vnet-vm {args.name}: {err}", file=sys.stderr)
         return 1

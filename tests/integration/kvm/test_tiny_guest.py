@@ -101,3 +101,25 @@ def test_guest_answers_arp_ping_and_udp_echo(guest_on_tap) -> None:
         "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(1);"
         "s.sendto(b'vnet', ('10.20.0.2', 9)); s.recvfrom(64)")])
     assert other_port.returncode != 0                         # only port 7 echoes
+
+
+def test_a_guest_reset_exits_or_boots_again_per_policy(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "vnet.kvm.runner", "--memory", "16M", "--cmdline",
+               "reboot", "--console-log", str(tmp_path / "exit.log"), "--on-reboot", "exit"]
+    env = {**os.environ, "VNET_CACHE_DIR": str(tmp_path / "cache")}
+    assert subprocess.run(command, timeout=60, env=env).returncode == 0
+    assert (tmp_path / "exit.log").read_text().count("tiny guest: rebooting") == 1
+    restart = [*command[:-4], "--console-log", str(tmp_path / "again.log"), "--on-reboot",
+               "restart"]
+    runner = subprocess.Popen(restart, env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            log = tmp_path / "again.log"
+            if log.exists() and log.read_text().count("vnet tiny guest 1:") >= 3:
+                break
+            time.sleep(0.1)
+        assert (tmp_path / "again.log").read_text().count("vnet tiny guest 1:") >= 3
+    finally:
+        runner.kill()
+        runner.wait()

@@ -2,7 +2,8 @@
  * that answers ARP for its address, ICMP echo, and UDP echo on port 7.  Its IP comes from
  * the command line ("ip=A.B.C.D/N"), its MAC from the device's config space.  Optional:
  * "vlan=N" makes it speak 802.1Q-tagged frames of VLAN N only (a trunk NIC), and
- * "ping=A.B.C.D" makes it ping that address three times, printing each reply.
+ * "ping=A.B.C.D" makes it ping that address three times, printing each reply, and
+ * "reboot" makes it pulse the i8042 reset line right after its banner.
  *
  * Freestanding, no interrupts, everything at CPL 3 so that it runs natively on nested KVM:
  * when there is nothing to do it writes to the paravirtual wait port, on which the VMM
@@ -257,6 +258,10 @@ void guest_main(void)
     puts("vnet tiny guest 1: cmdline=");
     puts(BOOT_INFO);
     puts("\n");
+    if (option(BOOT_INFO, "reboot") >= 0) { /* the i8042 reset line, as a PC reboots */
+        puts("tiny guest: rebooting\n");
+        outb(0x64, 0xfe);
+    }
     if (!parse_ip(BOOT_INFO, option(BOOT_INFO, "ip="), &my_ip)) { puts("tiny guest: no ip= on the command line, done\n"); outb(EXIT_PORT, 0); for (;;) ; }
     if (mmio_read(R_MAGIC) != 0x74726976 || mmio_read(R_VERSION) != 2 || mmio_read(R_DEVICE_ID) != 1)
         fail("no virtio-mmio v2 network device at 0xd0000000");
