@@ -9,9 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import select
+import socket
 import subprocess
 import sys
+import termios
 import time
+import tty
 from pathlib import Path
 from typing import Any
 
@@ -182,28 +186,54 @@ def cmd_vm(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+DETACH = b"\x1d"  # Ctrl-], as virsh console
+
+
 def cmd_console(client: Client, args: argparse.Namespace) -> int:
-    """Follow a VM's serial console (read-only so far: the tiny guest takes no input)."""
+    """A VM's serial console: what it printed so far, then live output and typed input over
+    the runner's console socket, until Ctrl-] (or end of input)."""
     node = client.call("node", node=args.node, lab=args.lab)
     if node["kind"] != "vm":
         raise DaemonError(f"node {args.node} is a namespace node: use vnet exec")
-    path = Path(node["console"])
-    print(f"console of {args.node} ({path}); Ctrl-C detaches", file=sys.stderr)
-    try:
-        with open(path, "rb") as console:
-            while True:
-                data = console.read(65536)
-                if data:
-                    sys.stdout.buffer.write(data)
-                    sys.stdout.flush()
-                elif args.no_follow:
-                    return 0
-                else:
-                    time.sleep(0.2)
-    except FileNotFoundError:
-        raise DaemonError(f"no console log yet at {path}") from None
-    except KeyboardInterrupt:
+    log = Path(node["console"])
+    if log.exists():
+        sys.stdout.buffer.write(log.read_bytes())
+        sys.stdout.flush()
+    if args.no_follow:
         return 0
+    if node.get("state") != "running":
+        raise DaemonError(f"vm {args.node} is {node.get('state')}: start it with "
+                          f"vnet vm start {args.node}")
+    print(f"\r\n[attached to {args.node}; Ctrl-] detaches]\r", file=sys.stderr)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(node["console_socket"])
+        _relay(sock)
+    print("\r\n[detached]", file=sys.stderr)
+    return 0
+
+
+def _relay(sock: socket.socket) -> None:
+    stdin = sys.stdin.fileno()
+    saved = termios.tcgetattr(stdin) if os.isatty(stdin) else None
+    try:
+        if saved is not None:
+            tty.setraw(stdin)
+        while True:
+            ready, _, _ = select.select([sock, stdin], [], [])
+            if sock in ready:
+                data = sock.recv(65536)
+                if not data:
+                    return
+                os.write(sys.stdout.fileno(), data)
+            if stdin in ready:
+                typed = os.read(stdin, 1024)
+                if not typed or DETACH in typed:
+                    sock.sendall(typed.split(DETACH)[0])
+                    return
+                sock.sendall(typed)
+    finally:
+        if saved is not None:
+            termios.tcsetattr(stdin, termios.TCSADRAIN, saved)
 
 
 def format_table(header: list[str], rows: list[list[str]]) -> str:
@@ -251,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("node")
     p.add_argument("--lab", help="the node's lab, when several labs have that node")
     p.set_defaults(func=cmd_vm)
-    p = sub.add_parser("console", help="follow a VM's serial console")
+    p = sub.add_parser("console", help="a VM's serial console (Ctrl-] detaches)")
     p.add_argument("node")
     p.add_argument("--lab", help="the node's lab, when several labs have that node")
     p.add_argument("--no-follow", action="store_true", help="print what is there and exit")

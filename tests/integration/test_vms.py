@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -107,3 +108,22 @@ def test_a_trunk_nic_on_a_vm_carries_tagged_frames(vnet_lab: Lab) -> None:
     vm3 = vm_status(vnet_lab, "vm3")
     assert vm3["nics"][0]["mode"] == "trunk"  # type: ignore[index]
     assert not ping(vnet_lab, "c3", "10.10.0.13")
+
+
+def test_console_socket_carries_output_and_input(vnet_lab: Lab) -> None:
+    """What is typed on the console reaches the guest's UART (the tiny guest echoes it)."""
+    import socket
+
+    node = vnet_lab.host.call("node", node="vm2", lab=vnet_lab.name)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as console:
+        console.settimeout(5)
+        console.connect(node["console_socket"])
+        console.sendall(b"hello vm2")
+        seen = b""
+        while b"hello vm2" not in seen:
+            seen += console.recv(4096)
+    detach = subprocess.run([sys.executable, "-m", "vnet.cli", "--socket",
+                             vnet_lab.host.socket, "console", "vm2"], input=b"\x1d",
+                            capture_output=True, timeout=30)
+    assert detach.returncode == 0 and b"[detached]" in detach.stderr
+    assert b"vnet tiny guest 1:" in detach.stdout          # the log first, then live

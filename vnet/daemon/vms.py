@@ -26,6 +26,7 @@ class VmProcess:
     def __init__(self, vm: VmNodeResource, state_dir: Path) -> None:
         self.vm = vm
         self.console = state_dir / f"console-{vm.lab}-{vm.node}.log"
+        self.console_socket = state_dir / f"console-{vm.lab}-{vm.node}.sock"
         self.lifecycle = VmLifecycle(vm.restart)  # type: ignore[arg-type]
         self.process: asyncio.subprocess.Process | None = None
         self._watch: asyncio.Task[None] | None = None
@@ -33,7 +34,8 @@ class VmProcess:
     def command(self) -> list[str]:
         command = [sys.executable, "-m", "vnet.kvm.runner", "--name", self.vm.node,
                    "--memory", str(self.vm.memory), "--kernel", self.vm.kernel,
-                   "--cmdline", self.vm.cmdline, "--console-log", str(self.console)]
+                   "--cmdline", self.vm.cmdline, "--console-log", str(self.console),
+                   "--console-socket", str(self.console_socket)]
         if self.vm.disk is not None:
             command += ["--disk", self.vm.disk + (",ro" if self.vm.disk_readonly else "")]
         for tap in self.vm.taps:
@@ -91,7 +93,7 @@ class VmProcess:
                 "pid": self.process.pid if self.process and self.process.returncode is None
                 else None,
                 "restarts": len(self.lifecycle.restarts), "last_exit": self.lifecycle.last_exit,
-                "console": str(self.console)}
+                "console": str(self.console), "console_socket": str(self.console_socket)}
 
 
 class VmSupervisor:

@@ -20,6 +20,7 @@ from vnet.errors import VnetError
 from vnet.guest.build import build_tiny_guest
 from vnet.kvm import layout
 from vnet.kvm.boot import linux
+from vnet.kvm.console import ConsoleSocket
 from vnet.kvm.iothread import NetIoThread
 from vnet.kvm.serial import Serial16550
 from vnet.kvm.virtio.blk import VirtioBlk
@@ -69,26 +70,15 @@ def parse_disk(text: str) -> tuple[str, bool]:
     return path, mode == "ro"
 
 
-def run_tiny_guest(memory: int, cmdline: str, console: Path | None, nic: NicArg | None = None,
-                   echo: bool = False, disk: tuple[str, bool] | None = None) -> int:
+def run_tiny_guest(memory: int, cmdline: str, serial: Serial16550, nic: NicArg | None = None,
+                   disk: tuple[str, bool] | None = None) -> int:
     """Boot the tiny guest; returns the status it wrote to the exit port."""
     image = build_tiny_guest().read_bytes()
     if nic is not None and nic.ip:
         cmdline = f"{cmdline} ip={nic.ip}".strip()
     vm = Vm(memory)
-    log = open(console, "ab") if console else None  # noqa: SIM115 - closed below
     tap_fd = open_tap(nic.tap) if nic is not None else None
     status = 0
-
-    def sink(data: bytes) -> None:
-        if log:
-            log.write(data)
-            log.flush()
-        if echo:
-            sys.stdout.buffer.write(data)
-            sys.stdout.flush()
-
-    serial = Serial16550(sink)
     mem = memoryview(vm.memory)
     net = VirtioNet(tap_fd, nic.mac) if tap_fd is not None and nic is not None else None
     transport = MmioTransport(net, mem, NET_MMIO_BASE) if net is not None else None
@@ -152,13 +142,10 @@ def run_tiny_guest(memory: int, cmdline: str, console: Path | None, nic: NicArg 
             blk.close()
         if tap_fd is not None:
             os.close(tap_fd)
-        if log:
-            log.close()
     return status
 
 
-def run_linux(memory: int, kernel_path: Path, cmdline: str, console: Path | None,
-              echo: bool = False) -> int:
+def run_linux(memory: int, kernel_path: Path, cmdline: str, serial: Serial16550) -> int:
     """Boot a Linux bzImage or vmlinux with the 64-bit boot protocol.  On these machines
     (nested KVM, CPL 0 emulated) it prints its early console and then stops with an emulation
     failure (docs/kvm.md); on a host with VT-x/AMD-V this is the normal path."""
@@ -170,17 +157,6 @@ def run_linux(memory: int, kernel_path: Path, cmdline: str, console: Path | None
         raise KvmError(f"the kernel ends at {end >> 20} MiB: give the VM more than "
                        f"{(end >> 20) + 16} MiB of memory")
     vm = Vm(memory)
-    log = open(console, "ab") if console else None  # noqa: SIM115 - closed below
-
-    def sink(data: bytes) -> None:
-        if log:
-            log.write(data)
-            log.flush()
-        if echo:
-            sys.stdout.buffer.write(data)
-            sys.stdout.flush()
-
-    serial = Serial16550(sink)
 
     def on_io(io: IoExit) -> bytes | None:
         if serial.owns(io.port):
@@ -207,9 +183,36 @@ def run_linux(memory: int, kernel_path: Path, cmdline: str, console: Path | None
         vcpu.run_until(on_io)
     finally:
         vm.close()
-        if log:
-            log.close()
     return 0
+
+
+class Console:
+    """Where the guest's serial output goes: the log file, the console socket's clients and,
+    with --echo, stdout."""
+
+    def __init__(self, log: Path | None, socket_path: Path | None, echo: bool) -> None:
+        self.log = open(log, "ab") if log else None  # noqa: SIM115 - closed in close()
+        self.echo = echo
+        self.serial = Serial16550(self.write)
+        self.socket = ConsoleSocket(socket_path, self.serial) if socket_path else None
+        if self.socket:
+            self.socket.start()
+
+    def write(self, data: bytes) -> None:
+        if self.log:
+            self.log.write(data)
+            self.log.flush()
+        if self.socket:
+            self.socket.write(data)
+        if self.echo:
+            sys.stdout.buffer.write(data)
+            sys.stdout.flush()
+
+    def close(self) -> None:
+        if self.socket:
+            self.socket.close()
+        if self.log:
+            self.log.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -223,17 +226,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--disk", type=parse_disk,
                         help="PATH[,ro]: a raw image as virtio-blk at 0xd0001000")
     parser.add_argument("--console-log", type=Path)
+    parser.add_argument("--console-socket", type=Path,
+                        help="a Unix socket for `vnet console`: live output, typed input")
     parser.add_argument("--echo", action="store_true", help="copy the console to stdout")
     parser.add_argument("--on-reboot", choices=["exit", "restart"], default="restart",
                         help="when the guest resets itself (i8042): boot it again, or exit 0")
     args = parser.parse_args(argv)
+    console = None
     try:
+        console = Console(args.console_log, args.console_socket, args.echo)
         if args.kernel != "builtin:tiny":
-            return run_linux(args.memory, Path(args.kernel), args.cmdline, args.console_log,
-                             args.echo)
+            return run_linux(args.memory, Path(args.kernel), args.cmdline, console.serial)
         while True:
-            status = run_tiny_guest(args.memory, args.cmdline, args.console_log, args.nic,
-                                    args.echo, args.disk)
+            status = run_tiny_guest(args.memory, args.cmdline, console.serial, args.nic,
+                                    args.disk)
             if status != REBOOT:
                 return status
             if args.on_reboot == "exit":
@@ -241,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
     except (KvmError, VnetError, ValueError, OSError) as err:
         print(f"vnet-vm {args.name}: {err}", file=sys.stderr)
         return 1
+    finally:
+        if console is not None:
+            console.close()
 
 
 if __name__ == "__main__":

@@ -288,7 +288,12 @@ void guest_main(void)
     if (my_vlan) { puts(" vlan "); put_dec(my_vlan); }
     puts(" up\n");
     for (;;) {
-        if (rxq.used->idx == rxq.last_used) { outb(WAIT_PORT, 0); ping_step(); continue; }
+        if (rxq.used->idx == rxq.last_used) {
+            while (inb(UART_LSR) & 1) putc((char)inb(UART_THR)); /* echo the console's input */
+            outb(WAIT_PORT, 0);
+            ping_step();
+            continue;
+        }
         barrier();
         volatile struct used_elem *e = &rxq.used->ring[rxq.last_used % QSIZE];
         u16 id = (u16)(e->id % QSIZE);
