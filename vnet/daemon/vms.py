@@ -33,7 +33,8 @@ class VmProcess:
 
     def command(self) -> list[str]:
         command = [sys.executable, "-m", "vnet.kvm.runner", "--name", self.vm.node,
-                   "--memory", str(self.vm.memory), "--kernel", self.vm.kernel,
+                   "--memory", str(self.vm.memory), "--vcpus", str(self.vm.vcpus),
+                   "--kernel", self.vm.kernel,
                    "--cmdline", self.vm.cmdline, "--console-log", str(self.console),
                    "--console-socket", str(self.console_socket)]
         if self.vm.disk is not None:

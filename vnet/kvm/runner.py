@@ -13,13 +13,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from vnet.errors import VnetError
 from vnet.guest.build import build_tiny_guest
 from vnet.kvm import layout
-from vnet.kvm.boot import linux
+from vnet.kvm.boot import acpi, linux
 from vnet.kvm.console import ConsoleSocket
 from vnet.kvm.iothread import NetIoThread
 from vnet.kvm.serial import Serial16550
@@ -145,7 +146,8 @@ def run_tiny_guest(memory: int, cmdline: str, serial: Serial16550, nic: NicArg |
     return status
 
 
-def run_linux(memory: int, kernel_path: Path, cmdline: str, serial: Serial16550) -> int:
+def run_linux(memory: int, kernel_path: Path, cmdline: str, serial: Serial16550,
+              vcpus: int = 1) -> int:
     """Boot a Linux bzImage or vmlinux with the 64-bit boot protocol.  On these machines
     (nested KVM, CPL 0 emulated) it prints its early console and then stops with an emulation
     failure (docs/kvm.md); on a host with VT-x/AMD-V this is the normal path."""
@@ -176,9 +178,16 @@ def run_linux(memory: int, kernel_path: Path, cmdline: str, serial: Serial16550)
         mem[linux.CMDLINE:linux.CMDLINE + len(data)] = data
         for segment in kernel.segments:
             mem[segment.physical:segment.physical + len(segment.data)] = segment.data
+        tables = acpi.acpi_tables(vcpus)
+        mem[acpi.RSDP_ADDR:acpi.RSDP_ADDR + len(tables)] = tables
         vm.create_irqchip_and_pit()
         vcpu = vm.create_vcpu()
         vcpu.set_supported_cpuid(vm.kvm)
+        for _ in range(1, vcpus):  # application processors: they wait in KVM for INIT/SIPI
+            ap = vm.create_vcpu()
+            ap.set_supported_cpuid(vm.kvm)
+            threading.Thread(target=ap.run_until, args=(on_io,), daemon=True,
+                             name=f"vcpu{ap.index}").start()
         vcpu.enter_long_mode_kernel(kernel.entry, len(gdt) - 1, linux.ZERO_PAGE)
         vcpu.run_until(on_io)
     finally:
@@ -219,6 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vnet-vm", description="run one guest on /dev/kvm")
     parser.add_argument("--name", default="vm")
     parser.add_argument("--memory", type=parse_size, default=64 << 20)
+    parser.add_argument("--vcpus", type=int, default=1,
+                        help="vCPUs (Linux guests: announced in the ACPI MADT; the tiny guest "
+                        "uses one)")
     parser.add_argument("--kernel", default="builtin:tiny",
                         help="builtin:tiny, or a Linux bzImage or vmlinux")
     parser.add_argument("--cmdline", default="")
@@ -236,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         console = Console(args.console_log, args.console_socket, args.echo)
         if args.kernel != "builtin:tiny":
-            return run_linux(args.memory, Path(args.kernel), args.cmdline, console.serial)
+            return run_linux(args.memory, Path(args.kernel), args.cmdline, console.serial,
+                             args.vcpus)
         while True:
             status = run_tiny_guest(args.memory, args.cmdline, console.serial, args.nic,
                                     args.disk)

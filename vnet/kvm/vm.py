@@ -96,6 +96,7 @@ class Vm:
 
 class Vcpu:
     def __init__(self, vm: Vm, index: int) -> None:
+        self.index = index
         self.fd = api.ioctl(vm.fd, api.KVM_CREATE_VCPU, index)
         self.run_size = api.ioctl(vm.kvm, api.KVM_GET_VCPU_MMAP_SIZE)
         # Mapped through libc, not the mmap module: a ctypes view into an mmap object pins

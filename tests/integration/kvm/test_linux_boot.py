@@ -27,12 +27,13 @@ pytestmark = [
 ]
 
 
-def test_debian_kernel_prints_our_command_line_and_e820_map(tmp_path: Path) -> None:
+def test_debian_kernel_prints_our_command_line_e820_map_and_sees_two_vcpus(
+        tmp_path: Path) -> None:
     token = f"vnet-boot-test={secrets.token_hex(4)}"
     cmdline = f"console=ttyS0 earlyprintk=serial,ttyS0,115200 {token}"
     console = tmp_path / "console.log"
     subprocess.run([sys.executable, "-m", "vnet.kvm.runner", "--name", "linux", "--memory",
-                    str(MEMORY), "--kernel", KERNELS[-1], "--cmdline", cmdline,
+                    str(MEMORY), "--vcpus", "2", "--kernel", KERNELS[-1], "--cmdline", cmdline,
                     "--console-log", str(console)], capture_output=True, text=True,
                    timeout=300)
     text = console.read_text(errors="replace")
@@ -41,3 +42,5 @@ def test_debian_kernel_prints_our_command_line_and_e820_map(tmp_path: Path) -> N
         line = (f"BIOS-e820: [mem {address:#018x}-{address + size - 1:#018x}] "
                 f"{'usable' if kind == 1 else 'reserved'}")
         assert line in text, f"missing {line!r} in:\n{text[:2000]}"
+    assert "ACPI: Using ACPI (MADT) for SMP configuration information" in text
+    assert "smpboot: Allowing 2 CPUs, 0 hotplug CPUs" in text

@@ -83,3 +83,27 @@ def test_zero_page_carries_the_command_line_pointer_and_e820() -> None:
     assert entries[-1] == (0x100000, (256 << 20) - 0x100000, linux.E820_RAM)
     with pytest.raises(linux.BootError, match="longer than"):
         linux.zero_page(kernel, "x" * linux.CMDLINE_MAX, 256 << 20)
+
+
+def test_acpi_tables_checksum_and_list_every_vcpu() -> None:
+    from vnet.kvm.boot import acpi
+
+    tables = acpi.acpi_tables(3)
+    rsdp = tables[:36]
+    assert rsdp[:8] == b"RSD PTR " and sum(rsdp[:20]) % 256 == 0 and sum(rsdp) % 256 == 0
+    (xsdt_addr,) = struct.unpack_from("<Q", rsdp, 24)
+    xsdt = tables[xsdt_addr - acpi.RSDP_ADDR:][:44]
+    assert xsdt[:4] == b"XSDT" and sum(xsdt) % 256 == 0
+    (madt_addr,) = struct.unpack_from("<Q", xsdt, 36)
+    madt = tables[madt_addr - acpi.RSDP_ADDR:]
+    assert madt[:4] == b"APIC" and len(madt) == struct.unpack_from("<I", madt, 4)[0]
+    assert sum(madt) % 256 == 0
+    entries, i, cpus = madt[44:], 0, []
+    while i < len(entries):
+        kind, length = entries[i], entries[i + 1]
+        if kind == 0:
+            cpus.append(entries[i + 3])
+        i += length
+    assert cpus == [0, 1, 2]
+    with pytest.raises(ValueError, match="vcpus"):
+        acpi.acpi_tables(0)
