@@ -147,7 +147,7 @@ def run_tiny_guest(memory: int, cmdline: str, serial: Serial16550, nic: NicArg |
 
 
 def run_linux(memory: int, kernel_path: Path, cmdline: str, serial: Serial16550,
-              vcpus: int = 1) -> int:
+              vcpus: int = 1, initrd_path: Path | None = None) -> int:
     """Boot a Linux bzImage or vmlinux with the 64-bit boot protocol.  On these machines
     (nested KVM, CPL 0 emulated) it prints its early console and then stops with an emulation
     failure (docs/kvm.md); on a host with VT-x/AMD-V this is the normal path."""
@@ -173,7 +173,14 @@ def run_linux(memory: int, kernel_path: Path, cmdline: str, serial: Serial16550,
         layout.write_page_tables(mem, memory)
         gdt = linux.build_gdt()
         mem[layout.GDT_ADDR:layout.GDT_ADDR + len(gdt)] = gdt
-        mem[linux.ZERO_PAGE:linux.ZERO_PAGE + 4096] = linux.zero_page(kernel, cmdline, memory)
+        initrd = None
+        if initrd_path is not None:
+            ramdisk = initrd_path.read_bytes()
+            address = linux.initrd_address(kernel, len(ramdisk), memory)
+            mem[address:address + len(ramdisk)] = ramdisk
+            initrd = (address, len(ramdisk))
+        mem[linux.ZERO_PAGE:linux.ZERO_PAGE + 4096] = linux.zero_page(kernel, cmdline, memory,
+                                                                      initrd)
         data = cmdline.encode() + b"\0"
         mem[linux.CMDLINE:linux.CMDLINE + len(data)] = data
         for segment in kernel.segments:
@@ -234,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kernel", default="builtin:tiny",
                         help="builtin:tiny, or a Linux bzImage or vmlinux")
     parser.add_argument("--cmdline", default="")
+    parser.add_argument("--initrd", type=Path, help="an initramfs for a Linux kernel")
     parser.add_argument("--nic", type=parse_nic, help="tap=NAME,mac=MAC[,ip=ADDR/PREFIX]")
     parser.add_argument("--disk", type=parse_disk,
                         help="PATH[,ro]: a raw image as virtio-blk at 0xd0001000")
@@ -249,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         console = Console(args.console_log, args.console_socket, args.echo)
         if args.kernel != "builtin:tiny":
             return run_linux(args.memory, Path(args.kernel), args.cmdline, console.serial,
-                             args.vcpus)
+                             args.vcpus, args.initrd)
         while True:
             status = run_tiny_guest(args.memory, args.cmdline, console.serial, args.nic,
                                     args.disk)

@@ -85,6 +85,16 @@ def test_zero_page_carries_the_command_line_pointer_and_e820() -> None:
         linux.zero_page(kernel, "x" * linux.CMDLINE_MAX, 256 << 20)
 
 
+def test_initrd_goes_to_the_top_of_memory_and_into_the_zero_page() -> None:
+    kernel = linux.parse_elf(elf(0x1000000, [(0x1000000, b"x", 0x3000000)]))
+    address = linux.initrd_address(kernel, 5000, 256 << 20)
+    assert address % 4096 == 0 and address + 5000 <= 256 << 20 and address >= 0x4000000
+    page = linux.zero_page(kernel, "", 256 << 20, (address, 5000))
+    assert struct.unpack_from("<II", page, 0x218) == (address, 5000)
+    with pytest.raises(linux.BootError, match="does not fit"):
+        linux.initrd_address(kernel, 250 << 20, 256 << 20)
+
+
 def test_acpi_tables_checksum_and_list_every_vcpu() -> None:
     from vnet.kvm.boot import acpi
 

@@ -116,9 +116,21 @@ def e820_map(memory_size: int) -> list[tuple[int, int, int]]:
             (0x100000, memory_size - 0x100000, E820_RAM)]
 
 
-def zero_page(kernel: Kernel, cmdline: str, memory_size: int) -> bytes:
+def initrd_address(kernel: Kernel, initrd_size: int, memory_size: int) -> int:
+    """Where the initrd goes: page-aligned at the top of RAM (as boot loaders do), above the
+    kernel; BootError when it does not fit."""
+    kernel_end = max(s.physical + s.memory_size for s in kernel.segments)
+    address = (memory_size - initrd_size) & ~0xFFF
+    if address < kernel_end:
+        raise BootError(f"a {initrd_size >> 20} MiB initrd does not fit above the kernel in "
+                        f"{memory_size >> 20} MiB: give the VM more memory")
+    return address
+
+
+def zero_page(kernel: Kernel, cmdline: str, memory_size: int,
+              initrd: tuple[int, int] | None = None) -> bytes:
     """``struct boot_params`` for a 64-bit entry: the setup header, loader id, command line
-    pointer and the e820 map."""
+    pointer, the initrd's (address, size) and the e820 map."""
     if len(cmdline.encode()) >= CMDLINE_MAX:
         raise BootError(f"the command line is longer than {CMDLINE_MAX - 1} bytes")
     page = bytearray(4096)
@@ -127,6 +139,8 @@ def zero_page(kernel: Kernel, cmdline: str, memory_size: int) -> bytes:
     page[0x211] |= 0x01                                  # loadflags: LOADED_HIGH
     struct.pack_into("<I", page, 0x228, CMDLINE)         # cmd_line_ptr
     struct.pack_into("<I", page, 0x238, CMDLINE_MAX - 1)  # cmdline_size
+    if initrd is not None:
+        struct.pack_into("<II", page, 0x218, *initrd)     # ramdisk_image, ramdisk_size
     entries = e820_map(memory_size)
     page[0x1E8] = len(entries)
     for n, (address, size, kind) in enumerate(entries):
