@@ -89,6 +89,8 @@ def test_down_leaves_no_tap_and_no_runner(vnet_host: TestHost) -> None:
     assert not [p for p in pids if Path(f"/proc/{p}").exists()]
     out = vnet_host.exec(["ip", "-o", "link"]).stdout  # the host namespace's links
     assert not [t for t in taps if f" {t}:" in out or f" {t}@" in out]
+    assert not list(Path(vnet_host.state_dir).glob("console-*.sock"))  # no console socket
+    assert list(Path(vnet_host.state_dir).glob("console-vms-vm1.log"))  # the log is kept
 
 
 def test_two_vms_reach_each_other(vnet_lab: Lab) -> None:

@@ -88,6 +88,7 @@ class VmProcess:
                 await self._watch
         if self.lifecycle.state == VmState.STOPPING:
             self.lifecycle.handle(VmEvent.EXITED_OK, time.monotonic(), "stopped")
+        self.console_socket.unlink(missing_ok=True)  # a killed runner could not remove it
 
     def status(self) -> dict[str, object]:
         return {"state": self.lifecycle.state.value,

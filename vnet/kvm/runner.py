@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import threading
 from dataclasses import dataclass
@@ -252,6 +253,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--on-reboot", choices=["exit", "restart"], default="restart",
                         help="when the guest resets itself (i8042): boot it again, or exit 0")
     args = parser.parse_args(argv)
+    # SIGTERM: a clean shutdown.  The vCPU's KVM_RUN returns EINTR, the handler raises
+    # SystemExit on the main thread, and the finally blocks close the VM and the console.
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(0))
     console = None
     try:
         console = Console(args.console_log, args.console_socket, args.echo)
