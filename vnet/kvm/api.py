@@ -104,6 +104,11 @@ class PitConfig(ctypes.Structure):
     _fields_ = [("flags", ctypes.c_uint32), ("pad", ctypes.c_uint32 * 15)]
 
 
+class IrqFd(ctypes.Structure):
+    _fields_ = [("fd", ctypes.c_uint32), ("gsi", ctypes.c_uint32), ("flags", ctypes.c_uint32),
+                ("resamplefd", ctypes.c_uint32), ("pad", ctypes.c_uint8 * 16)]
+
+
 class IoEventFd(ctypes.Structure):
     _fields_ = [("datamatch", ctypes.c_uint64), ("addr", ctypes.c_uint64),
                 ("len", ctypes.c_uint32), ("fd", ctypes.c_int32), ("flags", ctypes.c_uint32),
@@ -127,6 +132,7 @@ KVM_CREATE_IRQCHIP = _io(0x60)
 KVM_CREATE_PIT2 = _iow(0x77, 64)
 KVM_RUN = _io(0x80)
 KVM_IOEVENTFD = _iow(0x79, ctypes.sizeof(IoEventFd))
+KVM_IRQFD = _iow(0x76, ctypes.sizeof(IrqFd))
 KVM_GET_REGS = _ior(0x81, ctypes.sizeof(Regs))
 KVM_SET_REGS = _iow(0x82, ctypes.sizeof(Regs))
 KVM_GET_SREGS = _ior(0x83, ctypes.sizeof(Sregs))

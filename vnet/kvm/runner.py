@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +39,12 @@ WAIT_PORT = 0x502
 WAIT_TIMEOUT = 0.2
 NET_MMIO_BASE = 0xD0000000
 BLK_MMIO_BASE = 0xD0001000
+NET_IRQ, BLK_IRQ = 5, 6  # GSIs, as a kernel command line would announce them
+
+
+def _irq(vm: Vm, gsi: int) -> Callable[[], None]:
+    fd = vm.irqfd(gsi)
+    return lambda: os.eventfd_write(fd, 1)
 SIZES = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
 
@@ -82,12 +89,14 @@ def run_tiny_guest(memory: int, cmdline: str, serial: Serial16550, nic: NicArg |
     tap_fd = open_tap(nic.tap) if nic is not None else None
     status = 0
     mem = memoryview(vm.memory)
+    vm.create_irqchip_and_pit()  # the interrupt lines the devices' irqfds raise
     net = VirtioNet(tap_fd, nic.mac) if tap_fd is not None and nic is not None else None
-    transport = MmioTransport(net, mem, NET_MMIO_BASE) if net is not None else None
+    transport = (MmioTransport(net, mem, NET_MMIO_BASE, _irq(vm, NET_IRQ))
+                 if net is not None else None)
 
     blk = VirtioBlk(*disk) if disk is not None else None
-    transports = [t for t in (transport, MmioTransport(blk, mem, BLK_MMIO_BASE) if blk else None)
-                  if t is not None]
+    blk_transport = MmioTransport(blk, mem, BLK_MMIO_BASE, _irq(vm, BLK_IRQ)) if blk else None
+    transports = [t for t in (transport, blk_transport) if t is not None]
     io_thread = None
     if net is not None and transport is not None:
         notify = NET_MMIO_BASE + QUEUE_NOTIFY

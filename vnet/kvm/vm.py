@@ -61,6 +61,7 @@ class Vm:
             slot=0, flags=0, guest_phys_addr=0, memory_size=memory_size,
             userspace_addr=host_address))
         self.vcpus: list[Vcpu] = []
+        self.eventfds: list[int] = []  # ioeventfds and irqfds, closed with the VM
 
     def ioeventfd(self, address: int, length: int, datamatch: int) -> int:
         """An eventfd that the kernel signals when the guest writes ``datamatch`` to the MMIO
@@ -73,6 +74,19 @@ class Vm:
         except OSError:
             os.close(fd)
             raise
+        self.eventfds.append(fd)
+        return fd
+
+    def irqfd(self, gsi: int) -> int:
+        """An eventfd that, written to, raises interrupt line ``gsi`` of the in-kernel irqchip:
+        a device's interrupt never passes through the vCPU thread."""
+        fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        try:
+            api.ioctl(self.fd, api.KVM_IRQFD, api.IrqFd(fd=fd, gsi=gsi))
+        except OSError:
+            os.close(fd)
+            raise
+        self.eventfds.append(fd)
         return fd
 
     def create_irqchip_and_pit(self) -> None:
@@ -89,6 +103,9 @@ class Vm:
     def close(self) -> None:
         for vcpu in self.vcpus:
             vcpu.close()
+        for fd in self.eventfds:
+            os.close(fd)
+        self.eventfds.clear()
         os.close(self.fd)
         os.close(self.kvm)
         self.vcpus.clear()

@@ -100,8 +100,9 @@ class Sink:
     def notify(self, transport: MmioTransport, index: int) -> None:
         q = transport.queue(index)
         assert q is not None
-        while q.pop() is not None:
+        while (chain := q.pop()) is not None:
             self.notified += 1
+            q.push_used(chain[0], 0)
 
 
 def reg(t: MmioTransport, offset: int, value: int) -> None:
@@ -162,3 +163,20 @@ def test_offloads_follow_what_the_driver_accepted() -> None:
     assert net.tun_offloads(full) == (net.TUN_F_CSUM | net.TUN_F_TSO4 | net.TUN_F_TSO6
                                       | net.TUN_F_TSO_ECN)
     assert net.OFFERED & net.F_HOST_TSO4 and net.OFFERED & net.F_CSUM
+
+
+def test_used_buffers_raise_the_interrupt_until_acknowledged() -> None:
+    mem = memory()
+    raised: list[int] = []
+    t = MmioTransport(Sink(), mem, 0xD0000000, lambda: raised.append(1))
+    bring_up(t)
+    desc(mem, 0, 0x10000, 8)
+    offer(mem, 0)
+    reg(t, 0x50, 0)
+    assert raised == [1] and struct.unpack("<I", t.read(0xD0000060, 4))[0] == 1
+    reg(t, 0x64, 1)                                    # InterruptACK
+    assert struct.unpack("<I", t.read(0xD0000060, 4))[0] == 0
+    struct.pack_into("<H", mem, AVAIL, 1)              # VIRTQ_AVAIL_F_NO_INTERRUPT: it polls
+    offer(mem, 0)
+    reg(t, 0x50, 0)
+    assert raised == [1]

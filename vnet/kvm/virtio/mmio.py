@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import struct
+from collections.abc import Callable
 from typing import Protocol
 
 from vnet.kvm.virtio.queue import QueueError, SplitQueue
@@ -47,11 +48,13 @@ class QueueRegs:
 
 
 class MmioTransport:
-    def __init__(self, device: VirtioDevice, memory: memoryview, base: int) -> None:
+    def __init__(self, device: VirtioDevice, memory: memoryview, base: int,
+                 interrupt: Callable[[], None] | None = None) -> None:
         self.device = device
         self.memory = memory
         self.base = base
         self.size = 0x200
+        self.interrupt = interrupt  # signals the device's irqfd
         self.reset()
 
     def reset(self) -> None:
@@ -62,6 +65,7 @@ class MmioTransport:
         self.queue_sel = 0
         self.queues = [QueueRegs() for _ in range(self.device.num_queues)]
         self.failure: str | None = None
+        self.interrupt_status = 0
 
     def owns(self, address: int) -> bool:
         return self.base <= address < self.base + self.size
@@ -100,7 +104,7 @@ class MmioTransport:
             if self.device_features_sel < 2 else 0,
             0x034: QUEUE_MAX if q else 0,
             0x044: q.ready if q else 0,
-            0x060: 0, 0x070: self.status, 0x0FC: 0}
+            0x060: self.interrupt_status, 0x070: self.status, 0x0FC: 0}
         return values.get(offset, 0)
 
     def write(self, address: int, data: bytes) -> None:
@@ -123,6 +127,8 @@ class MmioTransport:
             self._set_status(value)
         elif offset == 0x050:
             self._notify(value)
+        elif offset == 0x064:
+            self.interrupt_status &= ~value  # InterruptACK
         elif q is not None:
             self._queue_register(q, offset, value)
 
@@ -163,12 +169,19 @@ class MmioTransport:
         self._notify(index)
 
     def _notify(self, index: int) -> None:
-        if not self.driver_ok or self.queue(index) is None:
+        queue = self.queue(index)
+        if not self.driver_ok or queue is None:
             return
+        before = queue.pushed
         try:
             self.device.notify(self, index)
         except QueueError as err:
             self.fail(str(err))
+            return
+        if queue.pushed != before and queue.wants_interrupt():
+            self.interrupt_status |= 1  # used buffer notification
+            if self.interrupt is not None:
+                self.interrupt()
 
 
 def _set_half(current: int, high: bool, value: int) -> int:

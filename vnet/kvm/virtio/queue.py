@@ -35,6 +35,7 @@ class SplitQueue:
     avail: int
     used: int
     last_avail: int = 0
+    pushed: int = 0  # used entries returned so far (the transport interrupts on change)
 
     def check(self) -> None:
         if self.size == 0 or self.size > 32768 or self.size & (self.size - 1):
@@ -89,6 +90,11 @@ class SplitQueue:
         struct.pack_into("<II", self.memory, self.used + 4 + 8 * (used_idx % self.size),
                          head, written)
         struct.pack_into("<H", self.memory, self.used + 2, (used_idx + 1) & 0xFFFF)
+        self.pushed += 1
+
+    def wants_interrupt(self) -> bool:
+        """False when the driver set VIRTQ_AVAIL_F_NO_INTERRUPT (it polls)."""
+        return not struct.unpack_from("<H", self.memory, self.avail)[0] & 1
 
     def read(self, buffers: list[Buffer]) -> bytes:
         return b"".join(bytes(self.memory[b.address:b.address + b.length])
