@@ -1,11 +1,10 @@
 """The VM runner: one process per guest (``python -m vnet.kvm.runner``).
 
-What exists today: guest memory, one vCPU entered directly in 64-bit mode at CPL 3, the
-16550 console written to a log file (and stdout), the paravirtual exit port 0x501 and wait
-port 0x502, one virtio-net NIC over virtio-mmio on a TAP (queue kicks on ioeventfds, served
-by a device thread), a virtio-blk disk on a raw image, and the project's tiny guest.  Still to
-come (docs/kvm.md): irqfd and the in-kernel irqchip and PIT, the Linux boot protocol, several
-vCPUs and NICs.
+A ``Machine`` is the PC every guest gets: memory, the in-kernel irqchip and PIT, a 16550
+console, the i8042 reset line, and virtio-mmio devices (a NIC on a TAP, a disk on an image)
+whose kicks arrive on ioeventfds and whose interrupts leave through irqfds.  Two boot paths
+put a guest in it: the project's tiny guest (64-bit, CPL 3) and Linux's 64-bit boot protocol.
+See docs/kvm.md for what each does and does not do yet.
 """
 
 from __future__ import annotations
@@ -29,22 +28,17 @@ from vnet.kvm.serial import Serial16550
 from vnet.kvm.virtio.blk import VirtioBlk
 from vnet.kvm.virtio.mmio import QUEUE_NOTIFY, MmioTransport
 from vnet.kvm.virtio.net import RX, TX, VirtioNet, open_tap
-from vnet.kvm.vm import IoExit, KvmError, Vm
+from vnet.kvm.vm import IoExit, KvmError, Vcpu, Vm
 
 EXIT_PORT = 0x501
 I8042_COMMAND = 0x64
 I8042_RESET = 0xFE
-REBOOT = -1  # run_tiny_guest's status when the guest pulsed the reset line
+REBOOT = -1  # a boot's status when the guest pulsed the reset line
 WAIT_PORT = 0x502
 WAIT_TIMEOUT = 0.2
 NET_MMIO_BASE = 0xD0000000
 BLK_MMIO_BASE = 0xD0001000
-NET_IRQ, BLK_IRQ = 5, 6  # GSIs, as a kernel command line would announce them
-
-
-def _irq(vm: Vm, gsi: int) -> Callable[[], None]:
-    fd = vm.irqfd(gsi)
-    return lambda: os.eventfd_write(fd, 1)
+NET_IRQ, BLK_IRQ = 5, 6  # GSIs, as the kernel command line announces them
 SIZES = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
 
@@ -79,53 +73,70 @@ def parse_disk(text: str) -> tuple[str, bool]:
     return path, mode == "ro"
 
 
-def run_tiny_guest(memory: int, cmdline: str, serial: Serial16550, nic: NicArg | None = None,
-                   disk: tuple[str, bool] | None = None) -> int:
-    """Boot the tiny guest; returns the status it wrote to the exit port."""
-    image = build_tiny_guest().read_bytes()
-    if nic is not None and nic.ip:
-        cmdline = f"{cmdline} ip={nic.ip}".strip()
-    vm = Vm(memory)
-    tap_fd = open_tap(nic.tap) if nic is not None else None
-    status = 0
-    mem = memoryview(vm.memory)
-    vm.create_irqchip_and_pit()  # the interrupt lines the devices' irqfds raise
-    net = VirtioNet(tap_fd, nic.mac) if tap_fd is not None and nic is not None else None
-    transport = (MmioTransport(net, mem, NET_MMIO_BASE, _irq(vm, NET_IRQ))
-                 if net is not None else None)
+class Machine:
+    """One boot of a PC: create, ``run`` (until the guest exits, resets or fails), close."""
 
-    blk = VirtioBlk(*disk) if disk is not None else None
-    blk_transport = MmioTransport(blk, mem, BLK_MMIO_BASE, _irq(vm, BLK_IRQ)) if blk else None
-    transports = [t for t in (transport, blk_transport) if t is not None]
-    io_thread = None
-    if net is not None and transport is not None:
-        notify = NET_MMIO_BASE + QUEUE_NOTIFY
-        io_thread = NetIoThread(net, transport, vm.ioeventfd(notify, 4, RX),
-                                vm.ioeventfd(notify, 4, TX))
+    def __init__(self, memory: int, serial: Serial16550, nic: NicArg | None,
+                 disk: tuple[str, bool] | None) -> None:
+        self.vm = Vm(memory)
+        self.memory_size = memory
+        self.mem = memoryview(self.vm.memory)
+        self.serial = serial
+        self.status = 0
+        self.tap_fd: int | None = None
+        self.blk: VirtioBlk | None = None
+        self.io_thread: NetIoThread | None = None
+        self.transports: list[MmioTransport] = []
+        try:
+            self.vm.create_irqchip_and_pit()
+            if nic is not None:
+                self.tap_fd = open_tap(nic.tap)
+                net = VirtioNet(self.tap_fd, nic.mac)
+                transport = MmioTransport(net, self.mem, NET_MMIO_BASE, self._irq(NET_IRQ))
+                notify = NET_MMIO_BASE + QUEUE_NOTIFY
+                self.io_thread = NetIoThread(net, transport, self.vm.ioeventfd(notify, 4, RX),
+                                             self.vm.ioeventfd(notify, 4, TX))
+                self.transports.append(transport)
+            if disk is not None:
+                self.blk = VirtioBlk(*disk)
+                self.transports.append(MmioTransport(self.blk, self.mem, BLK_MMIO_BASE,
+                                                     self._irq(BLK_IRQ)))
+        except BaseException:
+            self.close()
+            raise
 
-    def on_io(io: IoExit) -> bytes | None:
-        nonlocal status
+    def _irq(self, gsi: int) -> Callable[[], None]:
+        fd = self.vm.irqfd(gsi)
+        return lambda: os.eventfd_write(fd, 1)
+
+    def virtio_cmdline(self) -> str:
+        """How Linux learns of virtio-mmio devices: ``virtio_mmio.device=SIZE@BASE:IRQ``."""
+        return " ".join(f"virtio_mmio.device=4K@{t.base:#x}:"
+                        f"{NET_IRQ if t.base == NET_MMIO_BASE else BLK_IRQ}"
+                        for t in self.transports)
+
+    def on_io(self, io: IoExit) -> bytes | None:
         if io.port == EXIT_PORT and io.out:
-            status = io.data[0]
+            self.status = io.data[0]
             return b"stop"
         if io.port == I8042_COMMAND:
             if io.out and io.data[0] == I8042_RESET:
-                status = REBOOT
+                self.status = REBOOT
                 return b"stop"
             return b"\0"  # status: both buffers empty
-        if io.port == WAIT_PORT and io_thread is not None:
-            io_thread.rx_delivered.wait(WAIT_TIMEOUT)  # paravirtual idle until a frame lands
-            io_thread.rx_delivered.clear()
+        if io.port == WAIT_PORT and self.io_thread is not None:
+            self.io_thread.rx_delivered.wait(WAIT_TIMEOUT)  # paravirtual idle: until a frame
+            self.io_thread.rx_delivered.clear()
             return None
-        if serial.owns(io.port):
+        if self.serial.owns(io.port):
             if io.out:
-                serial.write(io.port, io.data[0])
+                self.serial.write(io.port, io.data[0])
                 return None
-            return bytes([serial.read(io.port)])
+            return bytes([self.serial.read(io.port)])
         return None  # no device: writes vanish, reads see all ones, as on a bus
 
-    def on_mmio(address: int, length: int, data: bytes | None) -> bytes:
-        owner = next((t for t in transports if t.owns(address)), None)
+    def on_mmio(self, address: int, length: int, data: bytes | None) -> bytes:
+        owner = next((t for t in self.transports if t.owns(address)), None)
         if owner is None:
             return b"\xff" * length
         if data is None:
@@ -133,31 +144,47 @@ def run_tiny_guest(memory: int, cmdline: str, serial: Serial16550, nic: NicArg |
         owner.write(address, data)
         return b""
 
+    def run(self, vcpu: Vcpu) -> int:
+        if self.io_thread is not None:
+            self.io_thread.start()
+        vcpu.run_until(self.on_io, self.on_mmio)
+        return self.status
+
+    def close(self) -> None:
+        if self.io_thread is not None and self.io_thread.is_alive():
+            self.io_thread.stop()
+        self.vm.close()
+        if self.blk is not None:
+            self.blk.close()
+        if self.tap_fd is not None:
+            os.close(self.tap_fd)
+
+
+def run_tiny_guest(memory: int, cmdline: str, serial: Serial16550, nic: NicArg | None = None,
+                   disk: tuple[str, bool] | None = None) -> int:
+    """Boot the tiny guest; returns the status it wrote to the exit port (or REBOOT)."""
+    image = build_tiny_guest().read_bytes()
+    if nic is not None and nic.ip:
+        cmdline = f"{cmdline} ip={nic.ip}".strip()
+    machine = Machine(memory, serial, nic, disk)
     try:
+        mem = machine.mem
         layout.write_page_tables(mem, memory)
         gdt = layout.build_gdt()
         mem[layout.GDT_ADDR:layout.GDT_ADDR + len(gdt)] = gdt
         layout.write_tss(mem)
         layout.write_boot_info(mem, cmdline)
         layout.load_image(mem, image, memory)
-        vcpu = vm.create_vcpu()
+        vcpu = machine.vm.create_vcpu()
         vcpu.enter_long_mode_user(layout.IMAGE_ADDR, layout.STACK_TOP)
-        if io_thread is not None:
-            io_thread.start()
-        vcpu.run_until(on_io, on_mmio)
+        return machine.run(vcpu)
     finally:
-        if io_thread is not None and io_thread.is_alive():
-            io_thread.stop()
-        vm.close()
-        if blk is not None:
-            blk.close()
-        if tap_fd is not None:
-            os.close(tap_fd)
-    return status
+        machine.close()
 
 
 def run_linux(memory: int, kernel_path: Path, cmdline: str, serial: Serial16550,
-              vcpus: int = 1, initrd_path: Path | None = None) -> int:
+              vcpus: int = 1, initrd_path: Path | None = None, nic: NicArg | None = None,
+              disk: tuple[str, bool] | None = None) -> int:
     """Boot a Linux bzImage or vmlinux with the 64-bit boot protocol.  On these machines
     (nested KVM, CPL 0 emulated) it prints its early console and then stops with an emulation
     failure (docs/kvm.md); on a host with VT-x/AMD-V this is the normal path."""
@@ -168,18 +195,10 @@ def run_linux(memory: int, kernel_path: Path, cmdline: str, serial: Serial16550,
     if end + (16 << 20) > memory:
         raise KvmError(f"the kernel ends at {end >> 20} MiB: give the VM more than "
                        f"{(end >> 20) + 16} MiB of memory")
-    vm = Vm(memory)
-
-    def on_io(io: IoExit) -> bytes | None:
-        if serial.owns(io.port):
-            if io.out:
-                serial.write(io.port, io.data[0])
-                return None
-            return bytes([serial.read(io.port)])
-        return None  # no device there: reads see all ones
-
+    machine = Machine(memory, serial, nic, disk)
     try:
-        mem = memoryview(vm.memory)
+        mem = machine.mem
+        cmdline = f"{cmdline} {machine.virtio_cmdline()}".strip()
         layout.write_page_tables(mem, memory)
         gdt = linux.build_gdt()
         mem[layout.GDT_ADDR:layout.GDT_ADDR + len(gdt)] = gdt
@@ -197,19 +216,17 @@ def run_linux(memory: int, kernel_path: Path, cmdline: str, serial: Serial16550,
             mem[segment.physical:segment.physical + len(segment.data)] = segment.data
         tables = acpi.acpi_tables(vcpus)
         mem[acpi.RSDP_ADDR:acpi.RSDP_ADDR + len(tables)] = tables
-        vm.create_irqchip_and_pit()
-        vcpu = vm.create_vcpu()
-        vcpu.set_supported_cpuid(vm.kvm)
+        vcpu = machine.vm.create_vcpu()
+        vcpu.set_supported_cpuid(machine.vm.kvm)
         for _ in range(1, vcpus):  # application processors: they wait in KVM for INIT/SIPI
-            ap = vm.create_vcpu()
-            ap.set_supported_cpuid(vm.kvm)
-            threading.Thread(target=ap.run_until, args=(on_io,), daemon=True,
+            ap = machine.vm.create_vcpu()
+            ap.set_supported_cpuid(machine.vm.kvm)
+            threading.Thread(target=ap.run_until, args=(machine.on_io,), daemon=True,
                              name=f"vcpu{ap.index}").start()
         vcpu.enter_long_mode_kernel(kernel.entry, len(gdt) - 1, linux.ZERO_PAGE)
-        vcpu.run_until(on_io)
+        return machine.run(vcpu)
     finally:
-        vm.close()
-    return 0
+        machine.close()
 
 
 class Console:
@@ -270,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         console = Console(args.console_log, args.console_socket, args.echo)
         if args.kernel != "builtin:tiny":
             return run_linux(args.memory, Path(args.kernel), args.cmdline, console.serial,
-                             args.vcpus, args.initrd)
+                             args.vcpus, args.initrd, args.nic, args.disk)
         while True:
             status = run_tiny_guest(args.memory, args.cmdline, console.serial, args.nic,
                                     args.disk)

@@ -32,12 +32,15 @@ def test_debian_kernel_prints_our_command_line_e820_map_and_sees_two_vcpus(
     token = f"vnet-boot-test={secrets.token_hex(4)}"
     cmdline = f"console=ttyS0 earlyprintk=serial,ttyS0,115200 {token}"
     console = tmp_path / "console.log"
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(bytes(1 << 20))
     subprocess.run([sys.executable, "-m", "vnet.kvm.runner", "--name", "linux", "--memory",
                     str(MEMORY), "--vcpus", "2", "--kernel", KERNELS[-1], "--cmdline", cmdline,
-                    "--console-log", str(console)], capture_output=True, text=True,
-                   timeout=300)
+                    "--disk", f"{disk},ro", "--console-log", str(console)],
+                   capture_output=True, text=True, timeout=300)
     text = console.read_text(errors="replace")
-    assert f"Command line: {cmdline}" in text, text[:2000]
+    # The runner announces its virtio-mmio disk on the command line, as Linux expects.
+    assert f"Command line: {cmdline} virtio_mmio.device=4K@0xd0001000:6" in text, text[:2000]
     for address, size, kind in e820_map(MEMORY):
         line = (f"BIOS-e820: [mem {address:#018x}-{address + size - 1:#018x}] "
                 f"{'usable' if kind == 1 else 'reserved'}")
