@@ -42,6 +42,7 @@ RX_BUDGET = 64  # frames drained from one port per wake-up, so one busy port can
 EXPIRE_INTERVAL = 1.0
 IO_MODES = ("ring", "socket")
 BUSY_POLL = 100e-6  # seconds of polling without sleeping after a wake-up that moved frames
+HOLE_GRACE = 2e-3  # seconds a receive slot may stay empty while later slots hold frames
 
 
 @dataclass
@@ -82,6 +83,8 @@ class Datapath:
         self.io = io
         self.busy_poll = busy_poll
         self.dirty: list[PacketRing] = []  # rings with frames written but not yet flushed
+        self.holes: set[int] = set()       # ports whose reader waits at an empty slot
+        self.backlog: set[int] = set()     # ports whose last drain stopped at RX_BUDGET
         self.control_path = control_path
         self.epoll = select.epoll()
         self.bridges: dict[str, Bridge] = {}
@@ -108,7 +111,10 @@ class Datapath:
         while self.running:
             # busy-poll for a moment after traffic: the reply to what was just forwarded is
             # usually back within microseconds, sooner than a sleep-and-wake-up round trip
-            timeout = 0.0 if spin_until and monotonic() < spin_until else EXPIRE_INTERVAL
+            if self.backlog or (spin_until and monotonic() < spin_until):
+                timeout = 0.0
+            else:
+                timeout = HOLE_GRACE if self.holes else EXPIRE_INTERVAL
             busy = False
             for fd, events in poll(timeout):
                 port = self.port_by_fd.get(fd)
@@ -125,6 +131,8 @@ class Datapath:
                 elif fd in self.controls:
                     self._serve(fd)
                 # else: an fd closed by an earlier event of this same batch (a deleted port)
+            if self.holes or self.backlog:
+                self._revisit()
             if self.dirty:
                 self._flush()
             if busy:
@@ -133,6 +141,7 @@ class Datapath:
             if now >= next_expire:
                 for bridge in self.bridges.values():
                     bridge.switch.fdb.expire(now)
+                self._check_rings()
                 next_expire = now + EXPIRE_INTERVAL
         self.close()
 
@@ -165,7 +174,12 @@ class Datapath:
                     _send(ports[number], data)
 
     def _drain_ring(self, port: Port, ring: PacketRing) -> None:
-        """Forward up to RX_BUDGET frames from the receive ring, in place, no system call."""
+        """Forward up to RX_BUDGET frames from the receive ring, in place, no system call.
+
+        Frames are taken strictly in ring order, the order the kernel fills slots in: a
+        reader that took them out of order would leave free slots behind the kernel's
+        head, and the kernel wakes the reader only while the slot it filled last is
+        taken, so such a ring can stop waking its reader."""
         switch = self.bridges[port.bridge].switch
         ports = self.ports
         m = ring.rx_map
@@ -174,14 +188,17 @@ class Datapath:
         unpack, set_status = RX_HDR.unpack_from, STATUS.pack_into
         receive, number_in = switch.receive, port.number
         now = time.monotonic()
-        for taken in range(RX_BUDGET):
+        taken = 0
+        while taken < RX_BUDGET:
             off = index * size
             status, length, snaplen, mac, _n, _s, _ns, vtci, _tpid = unpack(m, off)
             if not status & TP_STATUS_USER:
-                if taken == 0:
-                    index = self._rx_stalled(port, ring, index)
-                break
-            ring.rx_idle_wakes = 0
+                skip_to = self._at_empty_slot(port, ring, index, now, woken_for_nothing=not taken)
+                if skip_to == index:
+                    break
+                index = skip_to
+                continue
+            taken += 1
             index += 1
             if index == count:
                 index = 0
@@ -215,20 +232,71 @@ class Datapath:
                 for number in decision.tagged:
                     self._emit(ports[number], tagged_hdr, tagged)
         ring.rx_index = index
+        if taken == RX_BUDGET:
+            self.backlog.add(number_in)
+        elif self.backlog:
+            self.backlog.discard(number_in)
+        if ring.hole_since and index != ring.hole_index:  # the late frame came: no hole
+            ring.hole_since = 0.0
+            self.holes.discard(port.number)
 
-    def _rx_stalled(self, port: Port, ring: PacketRing, index: int) -> int:
-        """Woken with nothing at our slot: twice in a row means the kernel left a hole (a
-        slot it took and gave up, e.g. a frame it could not describe in a virtio_net_hdr) and
-        fills elsewhere; resume at the oldest frame waiting, by its timestamp."""
-        ring.rx_idle_wakes += 1
-        if ring.rx_idle_wakes < 2:
+    def _at_empty_slot(self, port: Port, ring: PacketRing, index: int, now: float,
+                       woken_for_nothing: bool) -> int:
+        """Where to read next when the slot at ``index`` holds no frame.
+
+        Usually the kernel simply has nothing more.  If the slot after it holds a frame, the
+        kernel is either still writing ours (two CPUs can finish neighbouring slots out of
+        order, and a vCPU can be descheduled mid-copy) or gave the slot up.  The kernel wakes
+        the reader only while the slot it filled last is taken, so the loop comes back here
+        on a timer; if the slot is still empty HOLE_GRACE later, skip to the next frame in
+        ring order (the kernel reuses the slot on its next lap).  Holes can span several
+        slots: a wake-up that found nothing at all looks through the whole ring."""
+        if not ring.hole_since:
+            waiting = (ring.next_ready(index) is not None if woken_for_nothing
+                       else ring.ready_after(index))
+            if waiting:
+                ring.hole_since, ring.hole_index = now, index
+                self.holes.add(port.number)
             return index
-        oldest = ring.oldest_ready()
-        if oldest is None or oldest == index:
+        if now - ring.hole_since < HOLE_GRACE:
             return index
-        port.count_tx_error("rx-ring-resync")
-        ring.rx_idle_wakes = 0
-        return oldest
+        ring.hole_since = 0.0
+        self.holes.discard(port.number)
+        skip_to = ring.next_ready(index)
+        if skip_to is None:
+            return index
+        port.count_tx_error("rx-ring-skip")
+        return skip_to
+
+    def _revisit(self) -> None:
+        """Drain again the rings that may hold frames without the kernel waking us: a ring
+        left with frames when its budget ran out, a reader waiting at an empty slot.  (The
+        kernel signals a ring readable only while the slot it filled last is taken.)"""
+        for number in list(self.backlog | self.holes):
+            port = self.ports.get(number)
+            if port is None or port.ring is None:
+                self.holes.discard(number)
+                self.backlog.discard(number)
+            else:
+                self._drain_ring(port, port.ring)
+
+    def _check_rings(self) -> None:
+        """Once a second: a reader waiting at an empty slot with frames further on (a gap
+        wider than ``ready_after`` looks) starts its grace period, and a ring the kernel
+        stopped filling (see ``PacketRing.wedged``) is rebuilt."""
+        now = time.monotonic()
+        for port in list(self.ports.values()):
+            ring = port.ring
+            if ring is None:
+                continue
+            if not ring.hole_since and ring.next_ready(ring.rx_index) is not None:
+                ring.hole_since, ring.hole_index = now, ring.rx_index
+                self.holes.add(port.number)
+            if ring.wedged():
+                log.warning("port %s: the kernel stopped filling its receive ring; rebuilding it",
+                            port.ifname)
+                port.count_tx_error("rx-ring-rebuilt")
+                self._reopen(port)
 
     def _emit(self, port: Port, hdr: bytes, frame: bytes) -> None:
         """Write one frame into the port's send ring (flushed after this wake-up's batch)."""
@@ -392,6 +460,27 @@ class Datapath:
         else:
             port.sock.close()
 
+    def _reopen(self, port: Port) -> None:
+        """Replace a port's rings with fresh ones on the same netdev (the switch keeps its
+        port number, tables and counters)."""
+        old = port.ring
+        assert old is not None
+        try:
+            ring = PacketRing(port.ifname)
+        except OSError as err:  # the netdev is going away: vnetd removes the port
+            log.warning("port %s: cannot reopen its rings: %s", port.ifname, err)
+            return
+        if old in self.dirty:
+            old.flush()
+            self.dirty.remove(old)
+        del self.port_by_fd[old.fileno()]
+        self.epoll.unregister(old.fileno())
+        self.holes.discard(port.number)
+        old.close()
+        port.ring, port.sock = ring, ring.rx
+        self.port_by_fd[ring.fileno()] = port
+        self.epoll.register(ring.fileno(), select.EPOLLIN)
+
     def op_add_static(self, bridge: str, vid: int, mac: str, port: str) -> None:
         br = self._bridge(bridge)
         if port not in br.ports:
@@ -422,7 +511,8 @@ class Datapath:
                 continue
             result[br.name] = {
                 name: {**br.switch.counters(p.number).snapshot(), "ifname": p.ifname,
-                       "tx_errors": dict(p.tx_errors)}
+                       "tx_errors": dict(p.tx_errors),
+                       **({"ring": p.ring.health()} if p.ring is not None else {})}
                 for name, p in br.ports.items()}
         return result
 

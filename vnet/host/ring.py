@@ -44,6 +44,7 @@ PACKET_COPY_THRESH = 7
 PACKET_VERSION = 10
 PACKET_TX_RING = 13
 PACKET_LOSS = 14
+PACKET_STATISTICS = 6
 PACKET_QDISC_BYPASS = 20
 TPACKET_V2 = 1
 
@@ -131,21 +132,61 @@ class PacketRing:
         self.tx_pending = 0       # frames written to the TX ring since the last flush
         self.tx_max = self.tx_frame_size - TX_DATA_OFFSET
         self.flush_deferred = 0
-        self.rx_idle_wakes = 0    # consecutive wake-ups that found nothing at rx_index
+        self.hole_since = 0.0     # when the reader found rx_index empty with frames after it
+        self.hole_index = 0       # ... that slot
+        self.was_empty = False    # the ring was empty at the last wedge check
         self.flush_errors = 0
 
-    def oldest_ready(self) -> int | None:
-        """The slot of the oldest frame waiting for the reader (by kernel timestamp), if any."""
+    def _statuses(self) -> list[int]:
+        """Every receive slot's status word, in one pass (nonzero: the reader's)."""
+        assert self.rx_map is not None
+        with memoryview(self.rx_map) as whole, whole.cast("I") as words, \
+                words[::self.rx_frame_size // 4] as column:
+            return column.tolist()
+
+    def ready_after(self, index: int) -> bool:
+        """Whether one of the two slots after ``index`` holds a frame (cheap: no scan)."""
         m = self.rx_map
         assert m is not None
-        best: tuple[int, int] | None = None
-        slot = None
-        for i in range(self.rx_frames):
-            status, _l, _s, _m, _n, sec, nsec, _t, _p = RX_HDR.unpack_from(
-                m, i * self.rx_frame_size)
-            if status & TP_STATUS_USER and (best is None or (sec, nsec) < best):
-                best, slot = (sec, nsec), i
-        return slot
+        count, size = self.rx_frames, self.rx_frame_size
+        return any(STATUS.unpack_from(m, (index + step) % count * size)[0] & TP_STATUS_USER
+                   for step in (1, 2))
+
+    def next_ready(self, index: int) -> int | None:
+        """The first slot after ``index``, in ring order, holding a frame for the reader."""
+        statuses = self._statuses()
+        count: int = self.rx_frames
+        for step in range(1, count):
+            slot = (index + step) % count
+            if statuses[slot] & TP_STATUS_USER:
+                return slot
+        return None
+
+    def kernel_counts(self) -> tuple[int, int]:
+        """Frames the kernel saw and dropped on this ring since the last call (clear on read)."""
+        seen, dropped = struct.unpack("II", self.rx.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8))
+        return seen, dropped
+
+    def wedged(self) -> bool:
+        """True when the kernel has stopped filling the ring for good.
+
+        Linux (at least to 6.18) marks a V2 slot as being filled before it writes the frame's
+        ``virtio_net_hdr``; if the kernel cannot describe the frame in one, it drops the frame
+        but leaves the mark, and from then on drops every frame at that slot: the ring stays
+        empty while the kernel counts drops.  Checked from time to time: an empty ring twice
+        in a row with every frame seen in between dropped means that, and the ring must be
+        rebuilt."""
+        empty = not any(status & TP_STATUS_USER for status in self._statuses())
+        seen, dropped = self.kernel_counts()
+        suspicious = empty and dropped > 0 and dropped == seen
+        wedged = suspicious and self.was_empty
+        self.was_empty = empty
+        return wedged
+
+    def health(self) -> dict[str, int]:
+        """Where the reader is and how full the ring is (shown by ``vnet status --json``)."""
+        ready = sum(1 for status in self._statuses() if status & TP_STATUS_USER)
+        return {"rx_index": self.rx_index, "rx_ready": ready, "rx_slots": self.rx_frames}
 
     def fileno(self) -> int:
         return self.rx.fileno()
