@@ -20,11 +20,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--control", required=True, help="Unix socket path for vnetd's control")
     parser.add_argument("--netns", help="network namespace to run in (default: the current one)")
     parser.add_argument("--log-level", default="INFO")
-    # rings are faster but wedged once under heavy overload in the benchmark (see
-    # docs/benchmarks.md): the per-frame socket path stays the default until that is fixed
     parser.add_argument("--io", choices=IO_MODES, default=os.environ.get("VNET_DATAPATH_IO",
-                                                                      "socket"),
-                        help="socket: a system call per frame (default); ring: PACKET_MMAP rings")
+                                                                      "ring"),
+                        help="ring: PACKET_MMAP rings (default); socket: a system call per "
+                             "frame (the reference path)")
     parser.add_argument("--busy-poll-us", type=float,
                         default=float(os.environ.get("VNET_DATAPATH_BUSY_POLL_US",
                                                      BUSY_POLL * 1e6)),
