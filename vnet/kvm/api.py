@@ -100,6 +100,19 @@ class Cpuid2(ctypes.Structure):
                 ("entries", CpuidEntry2 * CPUID_MAX_ENTRIES)]
 
 
+class MsrEntry(ctypes.Structure):
+    _fields_ = [("index", ctypes.c_uint32), ("reserved", ctypes.c_uint32),
+                ("data", ctypes.c_uint64)]
+
+
+MSR_MAX_ENTRIES = 32
+
+
+class Msrs(ctypes.Structure):
+    _fields_ = [("nmsrs", ctypes.c_uint32), ("pad", ctypes.c_uint32),
+                ("entries", MsrEntry * MSR_MAX_ENTRIES)]
+
+
 class PitConfig(ctypes.Structure):
     _fields_ = [("flags", ctypes.c_uint32), ("pad", ctypes.c_uint32 * 15)]
 
@@ -124,6 +137,8 @@ KVM_CREATE_VM = _io(0x01)
 KVM_GET_VCPU_MMAP_SIZE = _io(0x04)
 KVM_GET_SUPPORTED_CPUID = 3 << 30 | 8 << 16 | KVMIO << 8 | 0x05  # _IOWR, header size
 KVM_SET_CPUID2 = _iow(0x90, 8)
+KVM_GET_MSRS = 3 << 30 | 8 << 16 | KVMIO << 8 | 0x88  # _IOWR, header size
+KVM_SET_MSRS = _iow(0x89, 8)
 KVM_CREATE_VCPU = _io(0x41)
 KVM_SET_USER_MEMORY_REGION = _iow(0x46, ctypes.sizeof(UserspaceMemoryRegion))
 KVM_SET_TSS_ADDR = _io(0x47)

@@ -175,7 +175,7 @@ def run_tiny_guest(memory: int, cmdline: str, serial: Serial16550, nic: NicArg |
         layout.write_tss(mem)
         layout.write_boot_info(mem, cmdline)
         layout.load_image(mem, image, memory)
-        vcpu = machine.vm.create_vcpu()
+        vcpu, = machine.vm.create_vcpus(1)
         vcpu.enter_long_mode_user(layout.IMAGE_ADDR, layout.STACK_TOP)
         return machine.run(vcpu)
     finally:
@@ -216,11 +216,8 @@ def run_linux(memory: int, kernel_path: Path, cmdline: str, serial: Serial16550,
             mem[segment.physical:segment.physical + len(segment.data)] = segment.data
         tables = acpi.acpi_tables(vcpus)
         mem[acpi.RSDP_ADDR:acpi.RSDP_ADDR + len(tables)] = tables
-        vcpu = machine.vm.create_vcpu()
-        vcpu.set_supported_cpuid(machine.vm.kvm)
-        for _ in range(1, vcpus):  # application processors: they wait in KVM for INIT/SIPI
-            ap = machine.vm.create_vcpu()
-            ap.set_supported_cpuid(machine.vm.kvm)
+        vcpu, *application_processors = machine.vm.create_vcpus(vcpus)
+        for ap in application_processors:  # they wait in KVM for INIT/SIPI
             threading.Thread(target=ap.run_until, args=(machine.on_io,), daemon=True,
                              name=f"vcpu{ap.index}").start()
         vcpu.enter_long_mode_kernel(kernel.entry, len(gdt) - 1, linux.ZERO_PAGE)

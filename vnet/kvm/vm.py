@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from vnet.errors import VnetError
-from vnet.kvm import api, layout
+from vnet.kvm import api, cpu, layout
 
 CR0_PE, CR0_MP, CR0_ET, CR0_NE, CR0_WP, CR0_PG = 1, 2, 0x10, 0x20, 0x10000, 0x80000000
 CR4_PAE, CR4_OSFXSR, CR4_OSXMMEXCPT = 0x20, 0x200, 0x400
@@ -95,10 +95,25 @@ class Vm:
         api.ioctl(self.fd, api.KVM_CREATE_IRQCHIP, 0)
         api.ioctl(self.fd, api.KVM_CREATE_PIT2, api.PitConfig())
 
-    def create_vcpu(self) -> Vcpu:
-        vcpu = Vcpu(self, len(self.vcpus))
-        self.vcpus.append(vcpu)
-        return vcpu
+    def supported_cpuid(self) -> list[cpu.CpuidEntry]:
+        """KVM_GET_SUPPORTED_CPUID: what this host's KVM can show a guest."""
+        table = api.Cpuid2(nent=api.CPUID_MAX_ENTRIES)
+        api.ioctl(self.kvm, api.KVM_GET_SUPPORTED_CPUID, table)
+        return [cpu.CpuidEntry(e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx)
+                for e in table.entries[:table.nent]]
+
+    def create_vcpus(self, count: int) -> list[Vcpu]:
+        """``count`` vCPUs with the CPU model of ``vnet.kvm.cpu``: vCPU i of ``count`` in
+        its CPUID, the boot MSRs set.  All at once: each one's CPUID names the total."""
+        supported = self.supported_cpuid()
+        created = []
+        for index in range(count):
+            vcpu = Vcpu(self, len(self.vcpus))
+            self.vcpus.append(vcpu)
+            vcpu.set_cpuid(cpu.guest_cpuid(supported, index, count))
+            vcpu.set_msrs(cpu.boot_msrs())
+            created.append(vcpu)
+        return created
 
     def close(self) -> None:
         for vcpu in self.vcpus:
@@ -148,12 +163,36 @@ class Vcpu:
         regs = api.Regs(rip=entry, rsp=stack, rflags=RFLAGS_RESERVED | RFLAGS_IOPL3)
         api.ioctl(self.fd, api.KVM_SET_REGS, regs)
 
-    def set_supported_cpuid(self, kvm_fd: int) -> None:
-        """Give the guest the CPUID that this host's KVM supports (KVM_GET_SUPPORTED_CPUID),
-        as a VMM must: a vCPU starts with none, and Linux checks for long mode and SSE."""
-        cpuid = api.Cpuid2(nent=api.CPUID_MAX_ENTRIES)
-        api.ioctl(kvm_fd, api.KVM_GET_SUPPORTED_CPUID, cpuid)
-        api.ioctl(self.fd, api.KVM_SET_CPUID2, cpuid)
+    def set_cpuid(self, entries: list[cpu.CpuidEntry]) -> None:
+        """KVM_SET_CPUID2: a vCPU starts with no CPUID, and Linux checks for long mode."""
+        if len(entries) > api.CPUID_MAX_ENTRIES:
+            raise KvmError(f"{len(entries)} CPUID entries, at most {api.CPUID_MAX_ENTRIES}")
+        table = api.Cpuid2(nent=len(entries))
+        for slot, entry in zip(table.entries, entries, strict=False):
+            for field in ("function", "index", "flags", "eax", "ebx", "ecx", "edx"):
+                setattr(slot, field, getattr(entry, field))
+        api.ioctl(self.fd, api.KVM_SET_CPUID2, table)
+
+    def set_msrs(self, values: list[tuple[int, int]]) -> None:
+        """KVM_SET_MSRS; it stops at the first MSR KVM refuses and says how many it set."""
+        table = api.Msrs(nmsrs=len(values))
+        for slot, (index, data) in zip(table.entries, values, strict=False):
+            slot.index, slot.data = index, data
+        done = api.ioctl(self.fd, api.KVM_SET_MSRS, table)
+        if done < len(values):
+            raise KvmError(f"KVM refused to set MSR {values[done][0]:#x} on vCPU {self.index}")
+
+    def get_msrs(self, indices: list[int]) -> dict[int, int]:
+        table = api.Msrs(nmsrs=len(indices))
+        for slot, index in zip(table.entries, indices, strict=False):
+            slot.index = index
+        done = api.ioctl(self.fd, api.KVM_GET_MSRS, table)
+        return {table.entries[i].index: table.entries[i].data for i in range(done)}
+
+    def regs(self) -> api.Regs:
+        regs = api.Regs()
+        api.ioctl(self.fd, api.KVM_GET_REGS, regs)
+        return regs
 
     def enter_long_mode_kernel(self, entry: int, gdt_limit: int, rsi: int) -> None:
         """Start at ``entry`` in 64-bit mode at CPL 0, as the Linux 64-bit boot protocol
@@ -211,9 +250,7 @@ class Vcpu:
             if reason == api.EXIT_HLT:
                 return "halted"
             name = api.EXIT_NAMES.get(reason, str(reason))
-            regs = api.Regs()
-            api.ioctl(self.fd, api.KVM_GET_REGS, regs)
-            raise KvmError(f"the guest stopped with exit {name} at rip={regs.rip:#x}")
+            raise KvmError(f"the guest stopped with exit {name} at rip={self.regs().rip:#x}")
 
     def close(self) -> None:
         _libc.munmap(ctypes.c_void_p(self.run_address), self.run_size)

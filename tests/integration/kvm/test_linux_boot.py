@@ -47,3 +47,7 @@ def test_debian_kernel_prints_our_command_line_e820_map_and_sees_two_vcpus(
         assert line in text, f"missing {line!r} in:\n{text[:2000]}"
     assert "ACPI: Using ACPI (MADT) for SMP configuration information" in text
     assert "smpboot: Allowing 2 CPUs, 0 hotplug CPUs" in text
+    # The boot MSRs turn MTRRs on (vnet.kvm.cpu), so Linux programs PAT with write-combining.
+    assert "MTRRs disabled" not in text
+    assert "x86/PAT: Configuration [0-7]: WB  WC  UC- UC" in text
+    assert "Hypervisor detected: KVM" in text
