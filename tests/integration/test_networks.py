@@ -4,14 +4,18 @@ like physical uplinks (eth1, eth2, eth3).  Nothing touches the machine's own net
 
 from __future__ import annotations
 
+import os
 import secrets
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from pyroute2 import IPRoute
+from scapy.layers.inet import ICMP, IP
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 
 from tests.conftest import needs_root
@@ -85,8 +89,10 @@ def connect(ns: str, address: str, port: int) -> subprocess.CompletedProcess[str
     return run_in_netns(ns, [sys.executable, "-c", CLIENT, address, str(port)])
 
 
-@pytest.fixture
-def nat_lab() -> Iterator[tuple[TestHost, Lab, External]]:
+@contextmanager
+def nat_host(topology: str) -> Iterator[tuple[TestHost, Lab, External]]:
+    """A host whose uplink eth1 (203.0.113.1) leads to the Internet (a server at SERVER),
+    with ``topology`` up on it."""
     with TestHost() as host:
         internet = External(host, "eth1", f"{SERVER}/24")
         try:
@@ -95,10 +101,16 @@ def nat_lab() -> Iterator[tuple[TestHost, Lab, External]]:
                          prefixlen=24)
             forward_before = netns.read_sysctl(host.name, "net.ipv4.ip_forward")
             assert forward_before == "0"
-            lab = host.up(TOPOLOGIES / "nat.yaml")
+            lab = host.up(TOPOLOGIES / topology)
             yield host, lab, internet
         finally:
             internet.close()
+
+
+@pytest.fixture
+def nat_lab() -> Iterator[tuple[TestHost, Lab, External]]:
+    with nat_host("nat.yaml") as setup:
+        yield setup
 
 
 def test_nat_node_reaches_the_internet_as_the_host(nat_lab) -> None:
@@ -147,12 +159,63 @@ def test_two_nat_networks_cannot_reach_each_other(nat_lab) -> None:
     inside: list[subprocess.Popen[str]] = []
     try:
         start_server(lab.netns("n1"), "0.0.0.0", 9000, inside)
+        start_server(lab.netns("n3"), "0.0.0.0", 9000, inside)
         assert connect(lab.netns("n2"), "192.168.20.10", 9000).returncode == 0  # same network
         assert connect(lab.netns("n3"), "192.168.20.10", 9000).returncode != 0  # other one
+        assert connect(lab.netns("n1"), "192.168.30.10", 9000).returncode != 0  # nor back
     finally:
         for p in inside:
             p.kill()
             p.wait()
+
+
+def test_reach_opens_one_nat_network_to_another_one_way(nat_lab) -> None:
+    """ops says reach: [inside]; ops has no uplink, so its "any way out" must not be a way
+    into the lab's other NAT networks."""
+    _host, lab, internet = nat_lab
+    inside: list[subprocess.Popen[str]] = []
+    try:
+        server = start_server(lab.netns("n1"), "0.0.0.0", 9001, inside)
+        start_server(lab.netns("n5"), "0.0.0.0", 9001, inside)
+        start_server(lab.netns("n3"), "0.0.0.0", 9001, inside)
+        out = connect(lab.netns("n5"), "192.168.20.10", 9001)
+        assert out.stdout.strip() == "hello", out.stderr
+        assert server.stdout is not None
+        assert server.stdout.readline().strip() == "192.168.40.10"  # routed, not masqueraded
+        assert connect(lab.netns("n1"), "192.168.40.10", 9001).returncode != 0  # one way
+        assert connect(lab.netns("n5"), "192.168.30.10", 9001).returncode != 0  # not listed
+        assert connect(lab.netns("n3"), "192.168.40.10", 9001).returncode != 0
+        outside = internet.serve(SERVER, 9002)
+        assert connect(lab.netns("n5"), SERVER, 9002).stdout.strip() == "hello"
+        assert outside.stdout is not None
+        assert outside.stdout.readline().strip() == "203.0.113.1"
+    finally:
+        for p in inside:
+            p.kill()
+            p.wait()
+
+
+UDP_CLIENT = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2)
+s.sendto(b"vnet-nat", (sys.argv[1], int(sys.argv[2]))); print(s.recvfrom(64)[0].decode())
+"""
+
+
+@pytest.mark.skipif(not os.access("/dev/kvm", os.R_OK | os.W_OK), reason="needs /dev/kvm")
+def test_a_vm_on_a_nat_network_goes_out_and_is_reached_through_a_forward() -> None:
+    with nat_host("natvm.yaml") as (host, lab, internet):
+        # The Internet has no route to 192.168.20.0/24: the guest's pings are answered only
+        # if they left masqueraded as the uplink's address.
+        deadline = time.monotonic() + 20
+        console = ""
+        while time.monotonic() < deadline and "reply from 203.0.113.2" not in console:
+            time.sleep(0.3)
+            console = host.cli("console", "vm1", "--no-follow").stdout
+        assert "gw=192.168.20.1" in console and "reply from 203.0.113.2" in console, console
+        assert lab.exec("n1", ["ping", "-c", "1", "-W", "2", "192.168.20.20"]).returncode == 0
+        echo = internet.run(sys.executable, "-c", UDP_CLIENT, "203.0.113.1", "7007")
+        assert echo.stdout.strip() == "vnet-nat", echo.stderr
 
 
 def test_isolated_network_leaks_nothing(nat_lab) -> None:
@@ -169,18 +232,34 @@ def test_isolated_network_leaks_nothing(nat_lab) -> None:
         i1_mac = next(n["nics"][0]["mac"] for n in lab.status()["nodes"] if n["name"] == "i1")
         assert not [f for _, f in dp.ports["internet"].seen if f[6:12] == bytes.fromhex(
             i1_mac.replace(":", ""))]
+        # A frame addressed to the MAC of the switch port's host end (the veth's other side)
+        # is the switch's, not the host's to route: before the ports were kept off the host's
+        # stack, this one went out of the uplink.
+        port = naming.host_ifname(lab.name, "i1", "eth0")
+        with IPRoute(netns=_host.name) as ipr:
+            port_mac = ipr.get_links(ipr.link_lookup(ifname=port)[0])[0].get("IFLA_ADDRESS")
+        dp.flush()
+        dp.send("i1", Ether(src=i1_mac, dst=port_mac) / IP(src="203.0.113.50", dst=SERVER)
+                / ICMP())
+        time.sleep(0.5)
+        dp.flush()  # polls: what arrived is in `seen`
+        source = bytes([203, 0, 113, 50])
+        assert not [f for _, f in dp.ports["internet"].seen if source in f], \
+            "the host routed an isolated node's frame out of the uplink"
 
 
 def test_down_removes_rules_forwarding_dhcp_and_gateways(nat_lab) -> None:
     host, lab, _internet = nat_lab
     table = f"vnet-{lab.name}"
     assert table in host.exec(["nft", "list", "tables"]).stdout
+    assert "table netdev vnet-port-" in host.exec(["nft", "list", "tables"]).stdout
     assert netns.read_sysctl(host.name, "net.ipv4.ip_forward") == "1"
     dnsmasq = subprocess.run(["pgrep", "-f", f"dhcp-{lab.name}-inside"], capture_output=True,
                              text=True).stdout.split()
     assert dnsmasq
     host.down(lab.name)
     assert table not in host.exec(["nft", "list", "tables"]).stdout
+    assert "vnet-port-" not in host.exec(["nft", "list", "tables"]).stdout
     assert netns.read_sysctl(host.name, "net.ipv4.ip_forward") == "0"
     assert not Path(f"/proc/{dnsmasq[0]}").exists()
     gw = naming.host_ifname(lab.name, naming.gateway_owner("inside"), "gw")

@@ -35,13 +35,36 @@ def test_forward_is_a_dnat_to_the_host_address_plus_a_matching_accept() -> None:
             "ct status dnat accept") in text
 
 
+def forward_chain(networks: list[NatNetwork]) -> list[str]:
+    lines = [line.strip() for line in ruleset("lab", networks).splitlines()]
+    return lines[lines.index("chain forward {") + 2:-2]
+
+
 def test_everything_else_to_or_from_a_nat_network_is_dropped_after_the_accepts() -> None:
-    lines = [line.strip() for line in ruleset("lab", [NET, OTHER]).splitlines()]
-    drops = [i for i, line in enumerate(lines) if line.endswith("drop")]
-    accepts = [i for i, line in enumerate(lines) if line.endswith("accept") and "policy" not in
-               line]
-    assert len(drops) == 4 and max(accepts) < min(drops)
-    assert 'iifname "vnbbbb" accept' in lines   # no uplink named: any way out
+    rules = forward_chain([NET, OTHER])
+    assert rules[-4:] == ['iifname "vnaaaa" drop', 'oifname "vnaaaa" drop',
+                          'iifname "vnbbbb" drop', 'oifname "vnbbbb" drop']
+    assert 'iifname "vnbbbb" accept' in rules   # no uplink named: any way out
+
+
+def test_two_nat_networks_do_not_reach_each_other_even_with_any_way_out() -> None:
+    rules = forward_chain([NET, OTHER])
+    between = rules.index('iifname { "vnaaaa", "vnbbbb" } oifname { "vnaaaa", "vnbbbb" } drop')
+    assert between < rules.index('iifname "vnbbbb" accept')
+    assert between < rules.index('iifname "vnaaaa" oifname "eth1" accept')
+
+
+def test_reach_lets_one_network_open_connections_to_another_unmasqueraded() -> None:
+    reaching = NatNetwork("inside", NET.subnet, "vnaaaa", "eth1", reach=("other",))
+    text = ruleset("lab", [reaching, OTHER])
+    rules = forward_chain([reaching, OTHER])
+    allow = 'iifname "vnaaaa" oifname "vnbbbb" ip daddr 192.168.30.0/24 accept'
+    assert rules.index(allow) < rules.index(next(r for r in rules if r.startswith("iifname {")))
+    assert not [r for r in rules if r.startswith('iifname "vnbbbb" oifname "vnaaaa"')], \
+        "one way: the other network's new connections stay dropped"
+    assert 'oifname "vnaaaa" ct state established,related accept' in rules  # the replies
+    no_nat = "ip saddr 192.168.20.0/24 ip daddr 192.168.30.0/24 accept"
+    assert text.index(no_nat) < text.index("masquerade")
 
 
 @pytest.mark.skipif(not (IS_ROOT and shutil.which("nft")), reason="needs root and nft")

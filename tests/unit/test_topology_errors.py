@@ -46,7 +46,8 @@ CASES: dict[str, tuple[str, list[str]]] = {
           a: {vlna: 10}
         nodes: {}
         """, ["t.yaml:3: networks.a.vlna: unknown key 'vlna'; did you mean 'vlan'? (allowed: "
-              "dhcp, forward, gateway, mac_aging, mac_limit, mode, subnet, tagged, uplink, vlan)",
+              "dhcp, forward, gateway, mac_aging, mac_limit, mode, reach, subnet, tagged, uplink, "
+              "vlan)",
               "t.yaml:3: networks.a.vlan: required key is missing"]),
     "unknown top-level key without suggestion": ("""
         name: x
@@ -474,6 +475,22 @@ NAT_CASES: dict[str, tuple[str, list[str]]] = {
               "^[a-z][a-z0-9_-]{0,30}:[0-9]{1,5}$ (NODE:PORT)",
               "t.yaml:16: networks.wan.forward[0].port: host port tcp/80 is already forwarded "
               "by networks.lab.forward[2]"]),
+    "reach": ("""
+        name: x
+        networks:
+          a: {vlan: 10, mode: nat, subnet: 192.168.10.0/24, reach: [a, b, c, d]}
+          b: {vlan: 20, mode: nat, subnet: 192.168.20.0/24, reach: [a]}
+          c: {vlan: 30}
+          e: {vlan: 40, reach: [a]}
+        nodes: {}
+        """, ["t.yaml:3: networks.a.reach[0]: network 'a' reaching itself: its nodes always "
+              "reach each other; list other NAT networks",
+              "t.yaml:3: networks.a.reach[2]: network 'c' is isolated, not nat: only NAT "
+              "networks have a gateway to route between",
+              "t.yaml:3: networks.a.reach[3]: network 'd' is not defined (defined: a, b, c, "
+              "e)",
+              "t.yaml:6: networks.e.reach: only allowed with mode: nat (this network has "
+              "mode: isolated)"]),
     "forward to a node outside the network": ("""
         name: x
         networks:

@@ -5,8 +5,10 @@ and nothing else, and two labs never edit each other's rules.  For every NAT net
 
 * outbound: traffic from the subnet leaving by the uplink is masqueraded;
 * inbound: only declared forwards (``dnat`` from the uplink's port to a node's port) get in;
-* isolation: nothing else may be forwarded into or out of the network's gateway interface, so
-  two NAT networks cannot reach each other unless the file says so.
+* isolation: nothing else may be forwarded into or out of the network's gateway interface.
+  Two NAT networks of the lab cannot reach each other unless the file says so (``reach``:
+  routed, not masqueraded, new connections one way, replies back); that rule comes before
+  the way out, so a network with no named uplink ("any way out") does not reach them either.
 
 The forward chain's policy is ``accept`` and its rules match only this lab's gateway
 interfaces: the host's other traffic is none of vnet's business.
@@ -33,6 +35,7 @@ class NatNetwork:
     gateway_ifname: str  # the host-side interface holding the gateway address
     uplink: str | None   # None: any interface the host routes through
     forwards: tuple[PortForward, ...] = ()
+    reach: tuple[str, ...] = ()  # names of the lab's NAT networks it may connect to
 
 
 def table_name(lab: str) -> str:
@@ -42,19 +45,28 @@ def table_name(lab: str) -> str:
 def ruleset(lab: str, networks: list[NatNetwork]) -> str:
     """The whole table for ``lab``, to load with ``nft -f`` (the table is created fresh)."""
     table = table_name(lab)
+    by_name = {net.name: net for net in networks}
+    gateways = ", ".join(f'"{net.gateway_ifname}"' for net in networks)
     pre, post, fwd = [], [], []
-    for net in networks:
-        out_if = f'oifname "{net.uplink}" ' if net.uplink else ""
+    for net in networks:    # forwards into a network, and replies to what it opened
         in_if = f'iifname "{net.uplink}" ' if net.uplink else ""
-        post.append(f"ip saddr {net.subnet} {out_if}ip daddr != {net.subnet} masquerade")
         for f in net.forwards:
             pre.append(f"{in_if}fib daddr type local {f.proto} dport {f.port} "
                        f"dnat to {f.to_address}:{f.to_port}")
             fwd.append(f'{in_if}oifname "{net.gateway_ifname}" ip daddr {f.to_address} '
                        f"{f.proto} dport {f.to_port} ct status dnat accept")
-        fwd.append(f'iifname "{net.gateway_ifname}" {out_if}accept')
         fwd.append(f'oifname "{net.gateway_ifname}" ct state established,related accept')
-    for net in networks:  # after every accept: the rest of the network's traffic stops here
+    for net in networks:    # between the lab's networks: only what ``reach`` allows
+        for other in (by_name[name] for name in net.reach if name in by_name):
+            post.append(f"ip saddr {net.subnet} ip daddr {other.subnet} accept")
+            fwd.append(f'iifname "{net.gateway_ifname}" oifname "{other.gateway_ifname}" '
+                       f"ip daddr {other.subnet} accept")
+    fwd.append(f"iifname {{ {gateways} }} oifname {{ {gateways} }} drop")
+    for net in networks:    # the way out, masqueraded
+        out_if = f'oifname "{net.uplink}" ' if net.uplink else ""
+        post.append(f"ip saddr {net.subnet} {out_if}ip daddr != {net.subnet} masquerade")
+        fwd.append(f'iifname "{net.gateway_ifname}" {out_if}accept')
+    for net in networks:    # after every accept: the rest of the network's traffic stops here
         fwd.append(f'iifname "{net.gateway_ifname}" drop')
         fwd.append(f'oifname "{net.gateway_ifname}" drop')
     lines = [f"table ip {table} {{",

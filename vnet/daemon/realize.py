@@ -55,6 +55,7 @@ def create_netns_node(node: NetnsNodeResource, state_dir: Path) -> None:
             ipr.link("add", ifname=nic.host_ifname, kind="veth",
                      peer={"ifname": nic.nic, "net_ns_fd": node.netns})
             _bring_up_port_end(ipr, nic.host_ifname, nic.alias)
+            _keep_host_stack_off(nic.host_ifname)
     with netns.open_iproute(node.netns) as ns:
         ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
         for nic in node.nics:
@@ -67,6 +68,26 @@ def _bring_up_port_end(ipr: IPRoute, ifname: str, alias: str) -> None:
     netns.write_sysctl(None, f"net.ipv6.conf.{ifname}.disable_ipv6", "1")
     index = ipr.link_lookup(ifname=ifname)[0]
     ipr.link("set", index=index, ifalias=alias, state="up")
+
+
+def port_table(ifname: str) -> str:
+    return f"vnet-port-{ifname}"
+
+
+def _keep_host_stack_off(ifname: str) -> None:
+    """A switch port's frames are the datapath's alone.  An nftables ingress hook on the port
+    drops every frame after AF_PACKET has seen it and before ARP or IP do, as a bridge port
+    keeps frames from its own stack.  Without it the host answered a node's ARP for the
+    gateway's address with the port's MAC, and routed frames sent to that MAC past the
+    switch, its VLANs and the NAT rules."""
+    nft(f"add table netdev {port_table(ifname)}\ndelete table netdev {port_table(ifname)}\n"
+        f"table netdev {port_table(ifname)} {{\n  chain ingress {{\n"
+        f'    type filter hook ingress device "{ifname}" priority -500; policy drop;\n'
+        "  }\n}\n")
+
+
+def _forget_port_table(ifname: str) -> None:
+    nft(f"add table netdev {port_table(ifname)}\ndelete table netdev {port_table(ifname)}\n")
 
 
 def _configure_nic(ns: IPRoute, nic: VethSpec) -> None:
@@ -83,6 +104,7 @@ def _configure_nic(ns: IPRoute, nic: VethSpec) -> None:
 def delete_netns_node(node: NetnsNodeResource, state_dir: Path) -> None:
     with IPRoute() as ipr:
         for nic in node.nics:
+            _forget_port_table(nic.host_ifname)
             _delete_owned_link(ipr, nic.host_ifname, nic.alias)
     netns.remove(node.netns)
 
@@ -119,6 +141,7 @@ def create_gateway(gateway: GatewayResource, state_dir: Path) -> None:
         iface = ipaddress.ip_interface(gateway.address)
         for ifname in (gateway.ifname, gateway.port_ifname):
             _bring_up_port_end(ipr, ifname, gateway.alias)
+        _keep_host_stack_off(gateway.port_ifname)
         index = ipr.link_lookup(ifname=gateway.ifname)[0]
         ipr.addr("add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
 
@@ -126,6 +149,7 @@ def create_gateway(gateway: GatewayResource, state_dir: Path) -> None:
 def delete_gateway(gateway: GatewayResource, state_dir: Path) -> None:
     with IPRoute() as ipr:
         _delete_owned_link(ipr, gateway.ifname, gateway.alias)
+        _forget_port_table(gateway.port_ifname)
         _delete_owned_link(ipr, gateway.port_ifname, gateway.alias)
 
 
@@ -282,9 +306,11 @@ def create_vm_taps(vm: VmNodeResource, state_dir: Path) -> None:
         for spec in vm.taps:
             tap.create_persistent_tap(spec.ifname)
             _bring_up_port_end(ipr, spec.ifname, spec.alias)
+            _keep_host_stack_off(spec.ifname)
 
 
 def delete_vm_taps(vm: VmNodeResource, state_dir: Path) -> None:
     with IPRoute() as ipr:
         for spec in vm.taps:
+            _forget_port_table(spec.ifname)
             _delete_owned_link(ipr, spec.ifname, spec.alias)

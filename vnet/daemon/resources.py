@@ -128,6 +128,7 @@ class TapSpec:
     mac: str
     ip: str | None
     alias: str
+    gateway: str | None = None   # the default route's next hop, on a NAT network
 
 
 @dataclass(frozen=True)
@@ -213,7 +214,7 @@ def desired_resources(topology: Topology) -> list[Resource]:
             resources.extend(DhcpLeaseResource(lab, node.name, naming.netns_name(lab, node.name),
                                                nic.name) for nic in node.nics if nic.dhcp)
         else:
-            resources.append(_vm_node(lab, node))
+            resources.append(_vm_node(topology, node))
         resources.extend(_port(topology, node, nic) for nic in node.nics)
     resources.extend(_uplink_ports(topology))
     return resources
@@ -229,11 +230,13 @@ def _netns_node(topology: Topology, node: Node) -> NetnsNodeResource:
         for nic in node.nics))
 
 
-def _vm_node(lab: str, node: Node) -> VmNodeResource:
+def _vm_node(topology: Topology, node: Node) -> VmNodeResource:
+    lab = topology.name
     return VmNodeResource(lab, node.name, tuple(
         TapSpec(nic.name, naming.host_ifname(lab, node.name, nic.name), nic.mac,
                 str(nic.ip) if nic.ip is not None else None,
-                naming.owner_alias(lab, node.name, nic.name)) for nic in node.nics),
+                naming.owner_alias(lab, node.name, nic.name), _default_gateway(topology, nic))
+        for nic in node.nics),
         node.memory, node.vcpus, node.kernel, node.cmdline or "", node.restart,
         str(node.disk.path) if node.disk else None, node.disk.readonly if node.disk else False)
 
@@ -267,7 +270,7 @@ def _nat_network(topology: Topology, network: Network) -> natrules.NatNetwork:
     owner = naming.gateway_owner(network.name)
     return natrules.NatNetwork(network.name, network.subnet,
                                naming.host_ifname(topology.name, owner, "gw"), network.uplink,
-                               forwards)
+                               forwards, network.reach)
 
 
 def _address_in(topology: Topology, node_name: str, network: Network) -> IPv4Address:

@@ -41,7 +41,8 @@ class VmProcess:
             command += ["--disk", self.vm.disk + (",ro" if self.vm.disk_readonly else "")]
         for tap in self.vm.taps:
             command += ["--nic", f"tap={tap.ifname},mac={tap.mac}"
-                        + (f",ip={tap.ip}" if tap.ip else "")]
+                        + (f",ip={tap.ip}" if tap.ip else "")
+                        + (f",gw={tap.gateway}" if tap.gateway else "")]
         return command
 
     async def start(self) -> None:

@@ -55,15 +55,18 @@ class NicArg:
     tap: str
     mac: str
     ip: str | None
+    gw: str | None = None   # the default gateway, for a guest on a NAT network
+
+
+NIC_SYNTAX = "tap=NAME,mac=MAC[,ip=ADDR/PREFIX][,gw=GATEWAY]"
 
 
 def parse_nic(text: str) -> NicArg:
     fields = dict(part.split("=", 1) for part in text.split(",") if "=" in part)
-    unknown = set(fields) - {"tap", "mac", "ip"}
+    unknown = set(fields) - {"tap", "mac", "ip", "gw"}
     if unknown or "tap" not in fields or "mac" not in fields:
-        raise argparse.ArgumentTypeError(
-            f"--nic {text!r}: say tap=NAME,mac=MAC[,ip=ADDR/PREFIX]")
-    return NicArg(fields["tap"], fields["mac"], fields.get("ip"))
+        raise argparse.ArgumentTypeError(f"--nic {text!r}: say {NIC_SYNTAX}")
+    return NicArg(fields["tap"], fields["mac"], fields.get("ip"), fields.get("gw"))
 
 
 def parse_disk(text: str) -> tuple[str, bool]:
@@ -166,6 +169,8 @@ def run_tiny_guest(memory: int, cmdline: str, serial: Serial16550, nic: NicArg |
     image = build_tiny_guest().read_bytes()
     if nic is not None and nic.ip:
         cmdline = f"{cmdline} ip={nic.ip}".strip()
+    if nic is not None and nic.gw:
+        cmdline = f"{cmdline} gw={nic.gw}"
     machine = Machine(memory, serial, nic, disk)
     try:
         mem = machine.mem
@@ -266,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="builtin:tiny, or a Linux bzImage or vmlinux")
     parser.add_argument("--cmdline", default="")
     parser.add_argument("--initrd", type=Path, help="an initramfs for a Linux kernel")
-    parser.add_argument("--nic", type=parse_nic, help="tap=NAME,mac=MAC[,ip=ADDR/PREFIX]")
+    parser.add_argument("--nic", type=parse_nic, help=NIC_SYNTAX)
     parser.add_argument("--disk", type=parse_disk,
                         help="PATH[,ro]: a raw image as virtio-blk at 0xd0001000")
     parser.add_argument("--console-log", type=Path)

@@ -82,6 +82,10 @@ NETWORK = Obj(noun="network", description="A network: one VLAN on the lab's swit
     "dhcp": Field(DHCP, "nat only: serve DHCP in the subnet.", only=("mode", NAT)),
     "forward": Field(ListOf(FORWARD), "nat only: host ports forwarded to nodes.",
                      only=("mode", NAT)),
+    "reach": Field(ListOf(name_ref, unique=True),
+                   "nat only: other NAT networks of the lab that this network's nodes may open "
+                   "connections to (routed, not masqueraded; replies come back).  NAT "
+                   "networks cannot reach each other otherwise.", only=("mode", NAT)),
     "mac_aging": Field(Number(above=0), "Seconds a learned MAC stays in the switch's table.",
                        default=300),
     "mac_limit": Field(Int(1), "Most MACs the switch learns per port in this network.",

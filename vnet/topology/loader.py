@@ -122,6 +122,7 @@ class _Builder:
         for network in self.networks.values():
             self.check_dhcp(network)
             self.check_forwards(network)
+            self.check_reach(network)
         self.check_forward_ports()
         hosts = tuple(self.host(n, f) for n, f in self.host_fields.items()
                       if isinstance(f, Fields))
@@ -156,6 +157,7 @@ class _Builder:
             self.networks[name] = Network(
                 name=name, vlan=f.get("vlan"), mode=mode, subnet=subnet, gateway=gateway,
                 uplink=f.get("uplink"), tagged=f.get("tagged"), dhcp=dhcp, forwards=tuple(forwards),
+                reach=tuple(r for r in f.get("reach") or () if r is not INVALID),
                 mac_aging=float(f.get("mac_aging") or Network.mac_aging),
                 mac_limit=f.get("mac_limit") or Network.mac_limit)
 
@@ -464,6 +466,21 @@ class _Builder:
                     net.dhcp is None or fw.node not in net.dhcp.leases):
                 self.rep.error(path, f"node {fw.node!r} has no fixed address in network "
                                f"{net.name!r}: give it a static ip or a dhcp lease")
+
+    def check_reach(self, net: Network) -> None:
+        """``reach`` names other NAT networks of this lab."""
+        for i, name in enumerate(self.net_fields[net.name].get("reach") or ()):
+            path = ("networks", net.name, "reach", i)
+            if name is INVALID:
+                continue
+            if name == net.name:
+                self.rep.error(path, f"network {name!r} reaching itself: its nodes always "
+                               "reach each other; list other NAT networks")
+            elif name not in self.net_fields:
+                self.reference("network", name, path)
+            elif self.modes.get(name) not in ("nat", None):
+                self.rep.error(path, f"network {name!r} is {self.modes[name]}, not nat: only "
+                               "NAT networks have a gateway to route between")
 
     def check_forward_ports(self) -> None:
         owner: dict[tuple[str, int], str] = {}

@@ -82,6 +82,7 @@ class Network:
     tagged: bool = False
     dhcp: Dhcp | None = None
     forwards: tuple[Forward, ...] = ()
+    reach: tuple[str, ...] = ()   # NAT networks this one may open connections to
     mac_aging: float = 300.0
     mac_limit: int = 1024
 

@@ -2,7 +2,8 @@
  * that answers ARP for its address, ICMP echo, and UDP echo on port 7.  Its IP comes from
  * the command line ("ip=A.B.C.D/N"), its MAC from the device's config space.  Optional:
  * "vlan=N" makes it speak 802.1Q-tagged frames of VLAN N only (a trunk NIC), and
- * "ping=A.B.C.D" makes it ping that address three times, printing each reply, and
+ * "ping=A.B.C.D" makes it ping that address three times, printing each reply (through
+ * "gw=A.B.C.D", its default gateway, when the address is outside its ip=/N subnet), and
  * "reboot" makes it pulse the i8042 reset line right after its banner.
  *
  * Freestanding, no interrupts, everything at CPL 3 so that it runs natively on nested KVM:
@@ -64,7 +65,9 @@ static struct queue rxq, txq;
 static u8 my_mac[6];
 static u32 my_ip; /* network byte order, as it sits in packets */
 static u16 my_vlan; /* 0: untagged */
-static u32 peer_ip;
+static u32 my_mask; /* the ip=/N subnet's mask, in packet byte order */
+static u32 peer_ip, gw_ip;
+static u32 hop_ip; /* whose MAC the pings go to: the peer, or the gateway on its behalf */
 static u8 peer_mac[6];
 static int peer_known, replies;
 static u16 ping_seq;
@@ -188,8 +191,8 @@ static void answer(u8 *f, u32 len)
     static const u8 bcast[6] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
     if (len < 14 || (!same(f, my_mac, 6) && !same(f, bcast, 6))) return;
     u16 type = be16(f + 12);
-    if (type == 0x0806 && len >= 42 && be16(f + 20) == 2 && peer_ip &&
-        same(f + 28, (u8 *)&peer_ip, 4)) {                 /* the peer's ARP reply */
+    if (type == 0x0806 && len >= 42 && be16(f + 20) == 2 && hop_ip &&
+        same(f + 28, (u8 *)&hop_ip, 4)) {                  /* the next hop's ARP reply */
         copy(peer_mac, f + 22, 6);
         peer_known = 1;
         return;
@@ -239,7 +242,7 @@ static void ping_step(void)
     if (!peer_known) {
         copy(f, bcast, 6); copy(f + 6, my_mac, 6); put_be16(f + 12, 0x0806);
         put_be16(f + 14, 1); put_be16(f + 16, 0x0800); f[18] = 6; f[19] = 4; put_be16(f + 20, 1);
-        copy(f + 22, my_mac, 6); copy(f + 28, (u8 *)&my_ip, 4); copy(f + 38, (u8 *)&peer_ip, 4);
+        copy(f + 22, my_mac, 6); copy(f + 28, (u8 *)&my_ip, 4); copy(f + 38, (u8 *)&hop_ip, 4);
         transmit(f, 42);
         return;
     }
@@ -285,6 +288,13 @@ void guest_main(void)
     for (int i = 0; i < 4; i++) { put_dec((my_ip >> (8 * i)) & 255); if (i < 3) putc('.'); }
     my_vlan = (u16)(parse_dec(BOOT_INFO, option(BOOT_INFO, "vlan=")) & 0xfff);
     parse_ip(BOOT_INFO, option(BOOT_INFO, "ping="), &peer_ip);
+    parse_ip(BOOT_INFO, option(BOOT_INFO, "gw="), &gw_ip);
+    int slash = option(BOOT_INFO, "ip=");
+    while (BOOT_INFO[slash] && BOOT_INFO[slash] != ' ' && BOOT_INFO[slash] != '/') slash++;
+    u32 prefix = BOOT_INFO[slash] == '/' ? parse_dec(BOOT_INFO, slash + 1) : 32;
+    u32 mask = prefix >= 32 ? 0xffffffffu : prefix ? ~(0xffffffffu >> prefix) : 0;
+    my_mask = mask >> 24 | (mask >> 8 & 0xff00) | (mask << 8 & 0xff0000) | mask << 24;
+    hop_ip = gw_ip && ((peer_ip ^ my_ip) & my_mask) ? gw_ip : peer_ip;
     if (my_vlan) { puts(" vlan "); put_dec(my_vlan); }
     puts(" up\n");
     for (;;) {
