@@ -146,6 +146,7 @@ class VmNodeResource:
     restart: str
     disk: str | None = None
     disk_readonly: bool = False
+    initrd: str | None = None
 
     @property
     def key(self) -> tuple[str, str]:
@@ -238,7 +239,8 @@ def _vm_node(topology: Topology, node: Node) -> VmNodeResource:
                 naming.owner_alias(lab, node.name, nic.name), _default_gateway(topology, nic))
         for nic in node.nics),
         node.memory, node.vcpus, node.kernel, node.cmdline or "", node.restart,
-        str(node.disk.path) if node.disk else None, node.disk.readonly if node.disk else False)
+        str(node.disk.path) if node.disk else None, node.disk.readonly if node.disk else False,
+        str(node.initrd) if node.initrd else None)
 
 
 def _default_gateway(topology: Topology, nic: Nic) -> str | None:

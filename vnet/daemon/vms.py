@@ -37,6 +37,8 @@ class VmProcess:
                    "--kernel", self.vm.kernel,
                    "--cmdline", self.vm.cmdline, "--console-log", str(self.console),
                    "--console-socket", str(self.console_socket)]
+        if self.vm.initrd is not None:
+            command += ["--initrd", self.vm.initrd]
         if self.vm.disk is not None:
             command += ["--disk", self.vm.disk + (",ro" if self.vm.disk_readonly else "")]
         for tap in self.vm.taps:

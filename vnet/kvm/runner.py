@@ -112,11 +112,16 @@ class Machine:
         fd = self.vm.irqfd(gsi)
         return lambda: os.eventfd_write(fd, 1)
 
+    def virtio_devices(self) -> list[tuple[int, int]]:
+        """(register base, GSI) of each virtio-mmio transport."""
+        return [(t.base, NET_IRQ if t.base == NET_MMIO_BASE else BLK_IRQ)
+                for t in self.transports]
+
     def virtio_cmdline(self) -> str:
-        """How Linux learns of virtio-mmio devices: ``virtio_mmio.device=SIZE@BASE:IRQ``."""
-        return " ".join(f"virtio_mmio.device=4K@{t.base:#x}:"
-                        f"{NET_IRQ if t.base == NET_MMIO_BASE else BLK_IRQ}"
-                        for t in self.transports)
+        """How a microVM kernel (CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES) learns of virtio-mmio
+        devices: ``virtio_mmio.device=SIZE@BASE:IRQ``.  Stock kernels read the DSDT."""
+        return " ".join(f"virtio_mmio.device=4K@{base:#x}:{gsi}"
+                        for base, gsi in self.virtio_devices())
 
     def on_io(self, io: IoExit) -> bytes | None:
         if io.port == EXIT_PORT and io.out:
@@ -219,7 +224,7 @@ def run_linux(memory: int, kernel_path: Path, cmdline: str, serial: Serial16550,
         mem[linux.CMDLINE:linux.CMDLINE + len(data)] = data
         for segment in kernel.segments:
             mem[segment.physical:segment.physical + len(segment.data)] = segment.data
-        tables = acpi.acpi_tables(vcpus)
+        tables = acpi.acpi_tables(vcpus, machine.virtio_devices())
         mem[acpi.RSDP_ADDR:acpi.RSDP_ADDR + len(tables)] = tables
         vcpu, *application_processors = machine.vm.create_vcpus(vcpus)
         for ap in application_processors:  # they wait in KVM for INIT/SIPI

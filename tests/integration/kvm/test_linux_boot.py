@@ -46,6 +46,9 @@ def test_debian_kernel_prints_our_command_line_e820_map_and_sees_two_vcpus(
                 f"{'usable' if kind == 1 else 'reserved'}")
         assert line in text, f"missing {line!r} in:\n{text[:2000]}"
     assert "ACPI: Using ACPI (MADT) for SMP configuration information" in text
+    # The FADT and the DSDT that describes the virtio-mmio disk are found, checksums valid.
+    assert "ACPI: FACP 0x" in text and "ACPI: DSDT 0x" in text
+    assert "Incorrect checksum" not in text
     assert "smpboot: Allowing 2 CPUs, 0 hotplug CPUs" in text
     # The boot MSRs turn MTRRs on (vnet.kvm.cpu), so Linux programs PAT with write-combining.
     assert "MTRRs disabled" not in text

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
 import struct
+import subprocess
+from pathlib import Path
 
 import lz4.block
 import pytest
@@ -95,19 +98,35 @@ def test_initrd_goes_to_the_top_of_memory_and_into_the_zero_page() -> None:
         linux.initrd_address(kernel, 250 << 20, 256 << 20)
 
 
+def acpi_table_map(tables: bytes, base: int) -> dict[bytes, bytes]:
+    """Follow RSDP -> XSDT -> each table (and FADT -> DSDT), checking every checksum."""
+    rsdp = tables[:36]
+    assert rsdp[:8] == b"RSD PTR " and sum(rsdp[:20]) % 256 == 0 and sum(rsdp) % 256 == 0
+    found = {}
+
+    def table_at(address: int) -> bytes:
+        offset = address - base
+        length = struct.unpack_from("<I", tables, offset + 4)[0]
+        table = tables[offset:offset + length]
+        assert len(table) == length and sum(table) % 256 == 0, table[:4]
+        found[table[:4]] = table
+        return table
+
+    xsdt = table_at(struct.unpack_from("<Q", rsdp, 24)[0])
+    for (address,) in struct.iter_unpack("<Q", xsdt[36:]):
+        table_at(address)
+    fadt = found[b"FACP"]
+    assert struct.unpack_from("<I", fadt, 40)[0] == struct.unpack_from("<Q", fadt, 140)[0]
+    table_at(struct.unpack_from("<Q", fadt, 140)[0])
+    return found
+
+
 def test_acpi_tables_checksum_and_list_every_vcpu() -> None:
     from vnet.kvm.boot import acpi
 
-    tables = acpi.acpi_tables(3)
-    rsdp = tables[:36]
-    assert rsdp[:8] == b"RSD PTR " and sum(rsdp[:20]) % 256 == 0 and sum(rsdp) % 256 == 0
-    (xsdt_addr,) = struct.unpack_from("<Q", rsdp, 24)
-    xsdt = tables[xsdt_addr - acpi.RSDP_ADDR:][:44]
-    assert xsdt[:4] == b"XSDT" and sum(xsdt) % 256 == 0
-    (madt_addr,) = struct.unpack_from("<Q", xsdt, 36)
-    madt = tables[madt_addr - acpi.RSDP_ADDR:]
-    assert madt[:4] == b"APIC" and len(madt) == struct.unpack_from("<I", madt, 4)[0]
-    assert sum(madt) % 256 == 0
+    tables = acpi_table_map(acpi.acpi_tables(3, [(0xD0000000, 5)]), acpi.RSDP_ADDR)
+    assert set(tables) == {b"XSDT", b"FACP", b"DSDT", b"APIC"}
+    madt = tables[b"APIC"]
     entries, i, cpus = madt[44:], 0, []
     while i < len(entries):
         kind, length = entries[i], entries[i + 1]
@@ -115,5 +134,37 @@ def test_acpi_tables_checksum_and_list_every_vcpu() -> None:
             cpus.append(entries[i + 3])
         i += length
     assert cpus == [0, 1, 2]
+    flags = struct.unpack_from("<I", tables[b"FACP"], 112)[0]
+    assert flags & acpi.FADT_HW_REDUCED_ACPI
     with pytest.raises(ValueError, match="vcpus"):
         acpi.acpi_tables(0)
+
+
+@pytest.mark.parametrize("content,encoded", [(0, b"\x01"), (62, b"\x3f"), (63, b"\x41\x04"),
+                                             (4093, b"\x4f\xff"), (4094, b"\x81\x00\x01")])
+def test_aml_package_lengths_count_themselves(content: int, encoded: bytes) -> None:
+    from vnet.kvm.boot.acpi import pkg_length
+
+    assert pkg_length(content) == encoded
+
+
+@pytest.mark.skipif(not shutil.which("iasl"), reason="needs iasl (apt-get install "
+                    "acpica-tools; .ci/install does)")
+def test_acpica_reads_the_dsdt_as_virtio_mmio_devices(tmp_path: Path) -> None:
+    """ACPICA (the interpreter Linux uses) disassembles the DSDT into what we meant."""
+    from vnet.kvm.boot import acpi
+
+    aml = tmp_path / "dsdt.aml"
+    aml.write_bytes(acpi.dsdt([(0xD0000000, 5), (0xD0001000, 6)]))
+    result = subprocess.run(["iasl", "-d", str(aml)], capture_output=True, text=True,
+                            cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    text = " ".join((tmp_path / "dsdt.dsl").read_text().split())
+    for index, (base, gsi) in enumerate([(0xD0000000, 5), (0xD0001000, 6)]):
+        device = (f'Device (VR{index:02X}) {{ Name (_HID, "LNRO0005") // _HID: Hardware ID '
+                  f'Name (_UID, {"Zero" if index == 0 else "One"}) // _UID: Unique ID '
+                  "Name (_CRS, ResourceTemplate () // _CRS: Current Resource Settings { "
+                  f"Memory32Fixed (ReadWrite, 0x{base:08X}, // Address Base 0x00001000, "
+                  "// Address Length ) Interrupt (ResourceConsumer, Edge, ActiveHigh, "
+                  f"Exclusive, ,, ) {{ 0x{gsi:08X}, }} }}) }}")
+        assert device in text, text
