@@ -476,6 +476,8 @@ class Datapath:
         del self.port_by_fd[old.fileno()]
         self.epoll.unregister(old.fileno())
         self.holes.discard(port.number)
+        old.kernel_counts()
+        ring.kernel_drops = old.kernel_drops
         old.close()
         port.ring, port.sock = ring, ring.rx
         self.port_by_fd[ring.fileno()] = port
@@ -509,12 +511,18 @@ class Datapath:
         for br in self.bridges.values():
             if bridge is not None and br.name != bridge:
                 continue
-            result[br.name] = {
-                name: {**br.switch.counters(p.number).snapshot(), "ifname": p.ifname,
-                       "tx_errors": dict(p.tx_errors),
-                       **({"ring": p.ring.health()} if p.ring is not None else {})}
-                for name, p in br.ports.items()}
+            result[br.name] = {name: self._port_stats(br, p) for name, p in br.ports.items()}
         return result
+
+    @staticmethod
+    def _port_stats(br: Bridge, port: Port) -> dict[str, Any]:
+        stats = {**br.switch.counters(port.number).snapshot(), "ifname": port.ifname,
+                 "tx_errors": dict(port.tx_errors)}
+        if port.ring is not None:
+            stats["ring"] = port.ring.health()
+            if port.ring.kernel_drops:  # the ring was full: the kernel had nowhere to put them
+                stats["drops"] = {**stats["drops"], "rx-ring-full": port.ring.kernel_drops}
+        return stats
 
     def op_shutdown(self) -> None:
         self.running = False

@@ -135,6 +135,7 @@ class PacketRing:
         self.hole_since = 0.0     # when the reader found rx_index empty with frames after it
         self.hole_index = 0       # ... that slot
         self.was_empty = False    # the ring was empty at the last wedge check
+        self.kernel_drops = 0     # frames the kernel found no free slot for, so far
         self.flush_errors = 0
 
     def _statuses(self) -> list[int]:
@@ -163,8 +164,10 @@ class PacketRing:
         return None
 
     def kernel_counts(self) -> tuple[int, int]:
-        """Frames the kernel saw and dropped on this ring since the last call (clear on read)."""
+        """Frames the kernel saw and dropped on this ring since the last call (clear on read);
+        the drops also add up in ``kernel_drops``."""
         seen, dropped = struct.unpack("II", self.rx.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8))
+        self.kernel_drops += dropped
         return seen, dropped
 
     def wedged(self) -> bool:
