@@ -6,7 +6,10 @@ Topology ``topologies/switch.yaml``: a1, a2 access in blue (VLAN 10); b1 access 
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
+from collections.abc import Iterator
 
 import pytest
 from scapy.layers.inet import ICMP, IP, UDP
@@ -14,9 +17,25 @@ from scapy.layers.l2 import ARP, Dot1Q, Ether
 from scapy.packet import Raw
 
 from tests.conftest import needs_root
-from vnet.testing import Dataplane, Lab
+from vnet.testing import Dataplane, Lab, TestHost
 
 pytestmark = [needs_root, pytest.mark.vnet_topology("topologies/switch.yaml")]
+
+
+@pytest.fixture(params=["cpython", "pypy"])
+def vnet_host(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+              ) -> Iterator[TestHost]:
+    """Every switch rule twice: the datapath under vnetd's CPython, and under PyPy
+    (``vnetd --datapath-python``)."""
+    if request.param == "pypy":
+        if shutil.which("pypy3") is None:
+            pytest.skip("needs pypy3: apt-get install pypy3 (.ci/install does)")
+        monkeypatch.setenv("VNET_DATAPATH_PYTHON", "pypy3")
+    with TestHost() as host:
+        if request.param == "pypy":
+            pid = host.call("ping")["datapath_pid"]
+            assert "pypy" in os.readlink(f"/proc/{pid}/exe")
+        yield host
 
 BCAST = "ff:ff:ff:ff:ff:ff"
 M1, M2, M3 = "02:00:00:00:01:01", "02:00:00:00:01:02", "02:00:00:00:01:03"

@@ -39,3 +39,14 @@ def test_ring_request_fills_whole_blocks() -> None:
                                               for i in range(0, 16, 4))
     assert block_size == BLOCK_SIZE and frame_size == 2048
     assert frames == blocks * (BLOCK_SIZE // 2048) >= 1000
+
+
+def test_vnetd_refuses_a_datapath_interpreter_that_is_not_there() -> None:
+    import sys
+
+    from vnet.daemon.main import datapath_python
+    from vnet.errors import VnetError
+
+    assert datapath_python(None) == sys.executable
+    with pytest.raises(VnetError, match="no such interpreter; install it"):
+        datapath_python("no-such-python-3000")

@@ -300,11 +300,8 @@ class Vnet(System):
         return reply.get("result")
 
     def start(self, mac_table: int) -> None:
-        # another interpreter (PyPy) finds vnet and its pure-Python dependencies here too
-        paths = [str(Path(__file__).resolve().parents[2])]
-        if self.python != sys.executable:
-            paths += [p for p in sys.path if p.endswith("site-packages")]
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+        # another interpreter (PyPy) finds vnet here; the datapath needs nothing else
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
         log = open(self.bed.tmp / "datapath.log", "wb")  # noqa: SIM115 - lives with the process
         self.proc = self.bed.spawn([self.python, "-m", "vnet.datapath.main", "--control",
                                     self.control, "--netns", self.bed.host,

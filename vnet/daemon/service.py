@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,8 @@ Handler = Callable[..., Coroutine[Any, Any, Any]]
 
 
 class Vnetd:
-    def __init__(self, socket_path: Path, state_dir: Path, exit_when_idle: bool = False) -> None:
+    def __init__(self, socket_path: Path, state_dir: Path, exit_when_idle: bool = False,
+                 datapath_python: str = sys.executable) -> None:
         self.socket_path = socket_path
         self.state_dir = state_dir
         self.exit_when_idle = exit_when_idle
@@ -49,7 +51,8 @@ class Vnetd:
         self.lock = asyncio.Lock()
         self.stopped = asyncio.Event()
         self.datapath = DatapathSupervisor(state_dir / "datapath.sock",
-                                           state_dir / "datapath.log", self.replay)
+                                           state_dir / "datapath.log", self.replay,
+                                           datapath_python)
         self.vms = VmSupervisor(state_dir)
         self.server: asyncio.AbstractServer | None = None
         self.ops: dict[str, Handler] = {

@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import vnet
 from vnet import jsonlines
 from vnet.errors import DatapathError
 
@@ -25,10 +27,15 @@ START_TIMEOUT = 10.0
 
 
 class DatapathSupervisor:
+    """``python`` runs the datapath: this interpreter, or another such as PyPy (the datapath
+    needs only the standard library and vnet's own pure-Python modules)."""
+
     def __init__(self, control_path: Path, log_path: Path,
-                 on_restart: Callable[[], Awaitable[None]]) -> None:
+                 on_restart: Callable[[], Awaitable[None]], python: str = sys.executable
+                 ) -> None:
         self.control_path = control_path
         self.log_path = log_path
+        self.python = python
         self.on_restart = on_restart
         self.process: asyncio.subprocess.Process | None = None
         self.restarts = 0
@@ -37,10 +44,13 @@ class DatapathSupervisor:
 
     async def start(self) -> None:
         self.control_path.unlink(missing_ok=True)
+        env = None
+        if self.python != sys.executable:  # it finds vnet where this interpreter does
+            env = {**os.environ, "PYTHONPATH": str(Path(vnet.__file__).resolve().parents[1])}
         with open(self.log_path, "ab") as logfile:
             self.process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "vnet.datapath.main", "--control", str(self.control_path),
-                stdin=asyncio.subprocess.DEVNULL, stdout=logfile, stderr=logfile,
+                self.python, "-m", "vnet.datapath.main", "--control", str(self.control_path),
+                stdin=asyncio.subprocess.DEVNULL, stdout=logfile, stderr=logfile, env=env,
                 preexec_fn=_die_with_parent)
         deadline = asyncio.get_running_loop().time() + START_TIMEOUT
         while True:

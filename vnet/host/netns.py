@@ -20,10 +20,12 @@ import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-
-from pyroute2 import IPRoute
+from typing import TYPE_CHECKING
 
 from vnet.errors import HostError
+
+if TYPE_CHECKING:  # imported where used: the datapath needs only the standard library
+    from pyroute2 import IPRoute
 
 NETNS_RUN_DIR = Path("/run/netns")
 CLONE_NEWNET = 0x40000000
@@ -73,6 +75,8 @@ def _ip_netns(verb: str, name: str) -> None:
 
 def open_iproute(name: str | None) -> IPRoute:
     """A pyroute2 ``IPRoute`` whose netlink socket lives in namespace ``name``."""
+    from pyroute2 import IPRoute
+
     with entered(name):
         return IPRoute()
 
