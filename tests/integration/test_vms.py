@@ -80,6 +80,17 @@ def test_console_shows_the_guest_banner(vnet_lab: Lab) -> None:
     assert "tiny guest: eth0 " in console and "ip 10.10.0.11 up" in console
 
 
+def test_a_vm_with_two_nics_has_two_switch_ports_and_answers_on_the_first(
+        vnet_lab: Lab) -> None:
+    vm2 = vm_status(vnet_lab, "vm2")
+    nics = vm2["nics"]
+    assert [(n["name"], n["vlans"]) for n in nics] == [("eth0", [10]), ("eth1", [20])]  # type: ignore[attr-defined]
+    assert all(n["counters"] is not None for n in nics)  # type: ignore[attr-defined]
+    assert wait_for(lambda: ping(vnet_lab, "c1", "10.10.0.12"))
+    out = vnet_lab.host.exec(["ip", "-o", "link"]).stdout
+    assert all(f" {n['ifname']}:" in out for n in nics)  # type: ignore[attr-defined]
+
+
 def test_down_leaves_no_tap_and_no_runner(vnet_host: TestHost) -> None:
     topology = Path(__file__).parent / "topologies" / "vms.yaml"
     lab = vnet_host.up(topology)
@@ -144,10 +155,10 @@ def test_a_linux_node_boots_under_vnetd_with_its_nic_announced(vnet_host: TestHo
     first emulation failure, docs/kvm.md; on a VT-x/AMD-V host it boots on.)"""
     topology = tmp_path / "linux.yaml"
     topology.write_text(
-        "name: linuxvm\nnetworks: {office: {vlan: 10}}\nnodes:\n"
+        "name: linuxvm\nnetworks: {office: {vlan: 10}, lab: {vlan: 20}}\nnodes:\n"
         f"  lx: {{kind: vm, memory: 256M, vcpus: 2, kernel: {LINUX_KERNELS[-1]}, restart: "
         '"no", cmdline: "console=ttyS0 earlyprintk=serial,ttyS0,115200 vnet-node=lx",\n'
-        "       nics: [{name: eth0, network: office}]}\n")
+        "       nics: [{name: eth0, network: office}, {name: eth1, network: lab}]}\n")
     lab = vnet_host.up(topology)
     console = ""
 
@@ -157,9 +168,10 @@ def test_a_linux_node_boots_under_vnetd_with_its_nic_announced(vnet_host: TestHo
         return "smpboot: Allowing 2 CPUs" in console
 
     assert wait_for(booted, timeout=90), console[-2000:]
-    assert "vnet-node=lx virtio_mmio.device=4K@0xd0000000:5" in console
+    assert ("vnet-node=lx virtio_mmio.device=4K@0xd0000000:5 "
+            "virtio_mmio.device=4K@0xd0002000:16") in console  # two NICs
     lx = vm_status(lab, "lx")
-    assert lx["nics"][0]["counters"] is not None  # type: ignore[index]  # a switch port
+    assert [n["counters"] is not None for n in lx["nics"]] == [True, True]  # type: ignore[attr-defined]
     taps = {n["ifname"] for n in lx["nics"]}  # type: ignore[attr-defined]
     vnet_host.down(lab.name)
     out = vnet_host.exec(["ip", "-o", "link"]).stdout

@@ -617,3 +617,14 @@ def test_a_broken_section_does_not_cause_undefined_reference_errors() -> None:
         nodes:
           n: {kind: netns, nics: [{name: e0, network: office}]}
         """) == ["t.yaml:2: networks: expected a mapping, got a list"]
+
+
+def test_a_vm_has_at_most_nine_nics() -> None:
+    nics = ", ".join(f"{{name: e{i}, network: a}}" for i in range(10))
+    assert problems(f"""
+        name: x
+        networks: {{a: {{vlan: 10}}}}
+        nodes:
+          v: {{kind: vm, nics: [{nics}]}}
+        """) == ["t.yaml:4: nodes.v.nics: 10 NICs: a VM has at most 9 (carry several "
+                 "networks on a trunk NIC)"]

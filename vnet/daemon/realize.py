@@ -293,9 +293,6 @@ DELETE: dict[type, Callable[[Any, Path], None]] = {
 # ---- VM nodes: persistent TAPs --------------------------------------------------------------
 
 def create_vm_taps(vm: VmNodeResource, state_dir: Path) -> None:
-    if len(vm.taps) > 1:
-        raise HostError(f"node {vm.node}: this runner gives a VM one NIC so far; put the "
-                        f"others on a trunk NIC (trunk: [...]) instead")
     with IPRoute() as ipr:
         for spec in vm.taps:
             if ipr.link_lookup(ifname=spec.ifname):

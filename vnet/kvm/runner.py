@@ -38,7 +38,10 @@ WAIT_PORT = 0x502
 WAIT_TIMEOUT = 0.2
 NET_MMIO_BASE = 0xD0000000
 BLK_MMIO_BASE = 0xD0001000
-NET_IRQ, BLK_IRQ = 5, 6  # GSIs, as the kernel command line announces them
+NET_IRQ, BLK_IRQ = 5, 6  # GSIs, as the kernel command line and the DSDT announce them
+# NICs after the first: from 0xd0002000 on, 4 KiB apart, on the I/O APIC's pins 16-23
+EXTRA_NET_MMIO_BASE, EXTRA_NET_IRQ = 0xD0002000, 16
+MAX_NICS = layout.MAX_NICS
 SIZES = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
 
@@ -76,34 +79,46 @@ def parse_disk(text: str) -> tuple[str, bool]:
     return path, mode == "ro"
 
 
+def nic_slot(index: int) -> tuple[int, int]:
+    """(MMIO base, GSI) of the ``index``-th NIC: the first where the tiny guest looks for it,
+    the others after the disk's slot."""
+    if index == 0:
+        return NET_MMIO_BASE, NET_IRQ
+    return EXTRA_NET_MMIO_BASE + (index - 1) * 0x1000, EXTRA_NET_IRQ + index - 1
+
+
 class Machine:
     """One boot of a PC: create, ``run`` (until the guest exits, resets or fails), close."""
 
-    def __init__(self, memory: int, serial: Serial16550, nic: NicArg | None,
+    def __init__(self, memory: int, serial: Serial16550, nics: list[NicArg],
                  disk: tuple[str, bool] | None) -> None:
+        if len(nics) > MAX_NICS:
+            raise KvmError(f"{len(nics)} NICs: a VM has at most {MAX_NICS}")
         self.vm = Vm(memory)
         self.memory_size = memory
         self.mem = memoryview(self.vm.memory)
         self.serial = serial
         self.status = 0
-        self.tap_fd: int | None = None
+        self.tap_fds: list[int] = []
         self.blk: VirtioBlk | None = None
-        self.io_thread: NetIoThread | None = None
-        self.transports: list[MmioTransport] = []
+        self.io_threads: list[NetIoThread] = []
+        self.transports: list[tuple[MmioTransport, int]] = []  # with their GSIs
         try:
             self.vm.create_irqchip_and_pit()
-            if nic is not None:
-                self.tap_fd = open_tap(nic.tap)
-                net = VirtioNet(self.tap_fd, nic.mac)
-                transport = MmioTransport(net, self.mem, NET_MMIO_BASE, self._irq(NET_IRQ))
-                notify = NET_MMIO_BASE + QUEUE_NOTIFY
-                self.io_thread = NetIoThread(net, transport, self.vm.ioeventfd(notify, 4, RX),
-                                             self.vm.ioeventfd(notify, 4, TX))
-                self.transports.append(transport)
+            for index, nic in enumerate(nics):
+                base, gsi = nic_slot(index)
+                self.tap_fds.append(open_tap(nic.tap))
+                net = VirtioNet(self.tap_fds[-1], nic.mac)
+                transport = MmioTransport(net, self.mem, base, self._irq(gsi))
+                notify = base + QUEUE_NOTIFY
+                self.io_threads.append(NetIoThread(net, transport,
+                                                   self.vm.ioeventfd(notify, 4, RX),
+                                                   self.vm.ioeventfd(notify, 4, TX)))
+                self.transports.append((transport, gsi))
             if disk is not None:
                 self.blk = VirtioBlk(*disk)
-                self.transports.append(MmioTransport(self.blk, self.mem, BLK_MMIO_BASE,
-                                                     self._irq(BLK_IRQ)))
+                self.transports.append((MmioTransport(self.blk, self.mem, BLK_MMIO_BASE,
+                                                      self._irq(BLK_IRQ)), BLK_IRQ))
         except BaseException:
             self.close()
             raise
@@ -114,8 +129,7 @@ class Machine:
 
     def virtio_devices(self) -> list[tuple[int, int]]:
         """(register base, GSI) of each virtio-mmio transport."""
-        return [(t.base, NET_IRQ if t.base == NET_MMIO_BASE else BLK_IRQ)
-                for t in self.transports]
+        return [(t.base, gsi) for t, gsi in self.transports]
 
     def virtio_cmdline(self) -> str:
         """How a microVM kernel (CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES) learns of virtio-mmio
@@ -132,9 +146,10 @@ class Machine:
                 self.status = REBOOT
                 return b"stop"
             return b"\0"  # status: both buffers empty
-        if io.port == WAIT_PORT and self.io_thread is not None:
-            self.io_thread.rx_delivered.wait(WAIT_TIMEOUT)  # paravirtual idle: until a frame
-            self.io_thread.rx_delivered.clear()
+        if io.port == WAIT_PORT and self.io_threads:  # the tiny guest drives its first NIC
+            first = self.io_threads[0]
+            first.rx_delivered.wait(WAIT_TIMEOUT)  # paravirtual idle: until a frame
+            first.rx_delivered.clear()
             return None
         if self.serial.owns(io.port):
             if io.out:
@@ -144,7 +159,7 @@ class Machine:
         return None  # no device: writes vanish, reads see all ones, as on a bus
 
     def on_mmio(self, address: int, length: int, data: bytes | None) -> bytes:
-        owner = next((t for t in self.transports if t.owns(address)), None)
+        owner = next((t for t, _gsi in self.transports if t.owns(address)), None)
         if owner is None:
             return b"\xff" * length
         if data is None:
@@ -153,30 +168,32 @@ class Machine:
         return b""
 
     def run(self, vcpu: Vcpu) -> int:
-        if self.io_thread is not None:
-            self.io_thread.start()
+        for thread in self.io_threads:
+            thread.start()
         vcpu.run_until(self.on_io, self.on_mmio)
         return self.status
 
     def close(self) -> None:
-        if self.io_thread is not None and self.io_thread.is_alive():
-            self.io_thread.stop()
+        for thread in self.io_threads:
+            if thread.is_alive():
+                thread.stop()
         self.vm.close()
         if self.blk is not None:
             self.blk.close()
-        if self.tap_fd is not None:
-            os.close(self.tap_fd)
+        for fd in self.tap_fds:
+            os.close(fd)
 
 
-def run_tiny_guest(memory: int, cmdline: str, serial: Serial16550, nic: NicArg | None = None,
+def run_tiny_guest(memory: int, cmdline: str, serial: Serial16550, nics: list[NicArg],
                    disk: tuple[str, bool] | None = None) -> int:
-    """Boot the tiny guest; returns the status it wrote to the exit port (or REBOOT)."""
+    """Boot the tiny guest (it drives the first NIC); returns the status it wrote to the exit
+    port (or REBOOT)."""
     image = build_tiny_guest().read_bytes()
-    if nic is not None and nic.ip:
-        cmdline = f"{cmdline} ip={nic.ip}".strip()
-    if nic is not None and nic.gw:
-        cmdline = f"{cmdline} gw={nic.gw}"
-    machine = Machine(memory, serial, nic, disk)
+    if nics and nics[0].ip:
+        cmdline = f"{cmdline} ip={nics[0].ip}".strip()
+    if nics and nics[0].gw:
+        cmdline = f"{cmdline} gw={nics[0].gw}"
+    machine = Machine(memory, serial, nics, disk)
     try:
         mem = machine.mem
         layout.write_page_tables(mem, memory)
@@ -193,7 +210,7 @@ def run_tiny_guest(memory: int, cmdline: str, serial: Serial16550, nic: NicArg |
 
 
 def run_linux(memory: int, kernel_path: Path, cmdline: str, serial: Serial16550,
-              vcpus: int = 1, initrd_path: Path | None = None, nic: NicArg | None = None,
+              vcpus: int = 1, initrd_path: Path | None = None, nics: list[NicArg] | None = None,
               disk: tuple[str, bool] | None = None) -> int:
     """Boot a Linux bzImage or vmlinux with the 64-bit boot protocol.  On these machines
     (nested KVM, CPL 0 emulated) it prints its early console and then stops with an emulation
@@ -205,7 +222,7 @@ def run_linux(memory: int, kernel_path: Path, cmdline: str, serial: Serial16550,
     if end + (16 << 20) > memory:
         raise KvmError(f"the kernel ends at {end >> 20} MiB: give the VM more than "
                        f"{(end >> 20) + 16} MiB of memory")
-    machine = Machine(memory, serial, nic, disk)
+    machine = Machine(memory, serial, nics or [], disk)
     try:
         mem = machine.mem
         cmdline = f"{cmdline} {machine.virtio_cmdline()}".strip()
@@ -276,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="builtin:tiny, or a Linux bzImage or vmlinux")
     parser.add_argument("--cmdline", default="")
     parser.add_argument("--initrd", type=Path, help="an initramfs for a Linux kernel")
-    parser.add_argument("--nic", type=parse_nic, help=NIC_SYNTAX)
+    parser.add_argument("--nic", type=parse_nic, action="append", default=[],
+                        help=f"{NIC_SYNTAX}; repeat it for more NICs (at most {MAX_NICS})")
     parser.add_argument("--disk", type=parse_disk,
                         help="PATH[,ro]: a raw image as virtio-blk at 0xd0001000")
     parser.add_argument("--console-log", type=Path)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from vnet.errors import TopologyError
+from vnet.kvm.layout import MAX_NICS
 from vnet.topology import fields as fmt
 from vnet.topology.model import (
     Bus,
@@ -252,6 +253,9 @@ class _Builder:
             if memory is not None and memory < fmt.MIN_MEMORY:
                 self.rep.error((*path, "memory"), f"{f.get('memory')} is too little memory: "
                                "a guest needs at least 16M")
+            if len(nics) > MAX_NICS:
+                self.rep.error((*path, "nics"), f"{len(nics)} NICs: a VM has at most "
+                               f"{MAX_NICS} (carry several networks on a trunk NIC)")
             vm["memory"] = memory
             vm["kernel"] = self.kernel(f)
             if f.ok("initrd"):
