@@ -203,19 +203,35 @@ s.sendto(b"vnet-nat", (sys.argv[1], int(sys.argv[2]))); print(s.recvfrom(64)[0].
 
 
 @pytest.mark.skipif(not os.access("/dev/kvm", os.R_OK | os.W_OK), reason="needs /dev/kvm")
-def test_a_vm_on_a_nat_network_goes_out_and_is_reached_through_a_forward() -> None:
+def test_vms_on_a_nat_network_go_out_get_dhcp_and_are_reached_through_a_forward() -> None:
     with nat_host("natvm.yaml") as (host, lab, internet):
-        # The Internet has no route to 192.168.20.0/24: the guest's pings are answered only
-        # if they left masqueraded as the uplink's address.
-        deadline = time.monotonic() + 20
-        console = ""
-        while time.monotonic() < deadline and "reply from 203.0.113.2" not in console:
+        def console(node: str) -> str:
+            return str(host.cli("console", node, "--no-follow").stdout)
+
+        def settled() -> bool:
+            return ("reply from 203.0.113.2" in console("vm1")
+                    and "reply from 203.0.113.2" in console("vm2")
+                    and "dhcp lease" in console("vm3"))
+
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not settled():
             time.sleep(0.3)
-            console = host.cli("console", "vm1", "--no-follow").stdout
-        assert "gw=192.168.20.1" in console and "reply from 203.0.113.2" in console, console
+        # The Internet has no route to 192.168.20.0/24: the guests' pings are answered only
+        # if they left masqueraded as the uplink's address.
+        assert "gw=192.168.20.1" in console("vm1"), console("vm1")
+        assert "reply from 203.0.113.2" in console("vm1"), console("vm1")
         assert lab.exec("n1", ["ping", "-c", "1", "-W", "2", "192.168.20.20"]).returncode == 0
         echo = internet.run(sys.executable, "-c", UDP_CLIENT, "203.0.113.1", "7007")
         assert echo.stdout.strip() == "vnet-nat", echo.stderr
+        # DHCP: the guests' own client (DISCOVER, OFFER, REQUEST, ACK) against the network's
+        # dnsmasq: vm2 gets its static lease and routes through the router it was given,
+        # vm3 an address from the range.
+        assert "dhcp lease 192.168.20.60/24 gw 192.168.20.1" in console("vm2"), console("vm2")
+        assert "reply from 203.0.113.2" in console("vm2"), console("vm2")
+        lease = console("vm3").split("dhcp lease 192.168.20.", 1)[1].split("/", 1)[0]
+        assert 100 <= int(lease) <= 200, console("vm3")
+        for address in ("192.168.20.60", f"192.168.20.{lease}"):
+            assert lab.exec("n1", ["ping", "-c", "1", "-W", "2", address]).returncode == 0
 
 
 def test_isolated_network_leaks_nothing(nat_lab) -> None:

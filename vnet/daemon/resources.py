@@ -126,7 +126,7 @@ class TapSpec:
     nic: str
     ifname: str          # the persistent TAP in the host namespace: the runner's NIC
     mac: str
-    ip: str | None
+    ip: str | None               # ADDR/PREFIX, "dhcp" (the guest asks), or None
     alias: str
     gateway: str | None = None   # the default route's next hop, on a NAT network
 
@@ -235,7 +235,7 @@ def _vm_node(topology: Topology, node: Node) -> VmNodeResource:
     lab = topology.name
     return VmNodeResource(lab, node.name, tuple(
         TapSpec(nic.name, naming.host_ifname(lab, node.name, nic.name), nic.mac,
-                str(nic.ip) if nic.ip is not None else None,
+                "dhcp" if nic.dhcp else str(nic.ip) if nic.ip is not None else None,
                 naming.owner_alias(lab, node.name, nic.name), _default_gateway(topology, nic))
         for nic in node.nics),
         node.memory, node.vcpus, node.kernel, node.cmdline or "", node.restart,

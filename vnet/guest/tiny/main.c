@@ -1,6 +1,7 @@
 /* vnet's tiny guest: a banner on the 16550 UART, then a virtio-net (virtio-mmio v2) driver
  * that answers ARP for its address, ICMP echo, and UDP echo on port 7.  Its IP comes from
- * the command line ("ip=A.B.C.D/N"), its MAC from the device's config space.  Optional:
+ * the command line ("ip=A.B.C.D/N", or "ip=dhcp": a DHCP client, RFC 2131, that takes its
+ * address, mask and router from the server), its MAC from the device's config space.  Optional:
  * "vlan=N" makes it speak 802.1Q-tagged frames of VLAN N only (a trunk NIC), and
  * "ping=A.B.C.D" makes it ping that address three times, printing each reply (through
  * "gw=A.B.C.D", its default gateway, when the address is outside its ip=/N subnet), and
@@ -71,6 +72,9 @@ static u32 hop_ip; /* whose MAC the pings go to: the peer, or the gateway on its
 static u8 peer_mac[6];
 static int peer_known, replies;
 static u16 ping_seq;
+enum { DHCP_OFF, DHCP_DISCOVERING, DHCP_REQUESTING, DHCP_BOUND };
+static int dhcp_state;
+static u32 dhcp_xid, dhcp_offer, dhcp_server, dhcp_idle;
 
 static inline void outb(u16 port, u8 v) { __asm__ volatile("outb %0, %1" : : "a"(v), "Nd"(port)); }
 static inline u8 inb(u16 port) { u8 v; __asm__ volatile("inb %1, %0" : "=a"(v) : "Nd"(port)); return v; }
@@ -186,6 +190,84 @@ static void transmit(const u8 *frame, u32 len)
     txq.last_used = txq.used->idx;
 }
 
+static void print_ip(u32 a) { for (int i = 0; i < 4; i++) { put_dec((a >> (8 * i)) & 255); if (i < 3) putc('.'); } }
+
+/* Where pings go: to the peer itself, or through the gateway when it is off our subnet. */
+static void route(void) { hop_ip = gw_ip && ((peer_ip ^ my_ip) & my_mask) ? gw_ip : peer_ip; }
+
+/* A DHCPDISCOVER (1) or DHCPREQUEST (3), broadcast: we have no address to be answered at. */
+static void dhcp_send(int type)
+{
+    u8 f[14 + 20 + 8 + 300];
+    for (u32 i = 0; i < sizeof f; i++) f[i] = 0;
+    for (int i = 0; i < 6; i++) f[i] = 0xff;
+    copy(f + 6, my_mac, 6); put_be16(f + 12, 0x0800);
+    u8 *ip = f + 14, *udp = ip + 20, *b = udp + 8, *o = b + 240;
+    b[0] = 1; b[1] = 1; b[2] = 6;                         /* BOOTREQUEST from an Ethernet MAC */
+    copy(b + 4, (u8 *)&dhcp_xid, 4);
+    put_be16(b + 10, 0x8000);                              /* please broadcast the answer */
+    copy(b + 28, my_mac, 6);
+    b[236] = 99; b[237] = 130; b[238] = 83; b[239] = 99;   /* the magic cookie */
+    *o++ = 53; *o++ = 1; *o++ = (u8)type;
+    if (type == 3) {                                       /* the offer we take, and from whom */
+        *o++ = 50; *o++ = 4; copy(o, (u8 *)&dhcp_offer, 4); o += 4;
+        *o++ = 54; *o++ = 4; copy(o, (u8 *)&dhcp_server, 4); o += 4;
+    }
+    *o++ = 55; *o++ = 2; *o++ = 1; *o++ = 3;               /* we want the mask and a router */
+    *o = 255;
+    u32 udp_len = 8 + 300, total = 20 + udp_len;           /* a BOOTP message is 300 bytes */
+    ip[0] = 0x45; put_be16(ip + 2, (u16)total); ip[8] = 64; ip[9] = 17;
+    for (int i = 16; i < 20; i++) ip[i] = 0xff;            /* 0.0.0.0 -> 255.255.255.255 */
+    put_be16(ip + 10, checksum(ip, 20));
+    put_be16(udp, 68); put_be16(udp + 2, 67); put_be16(udp + 4, (u16)udp_len);
+    transmit(f, 14 + total);
+}
+
+/* A server's BOOTREPLY for us: an OFFER is requested, an ACK binds, a NAK starts over. */
+static void dhcp_answer(const u8 *b, u32 n)
+{
+    static const u8 cookie[4] = {99, 130, 83, 99};
+    if (n < 240 || b[0] != 2 || !same(b + 4, (u8 *)&dhcp_xid, 4) || !same(b + 28, my_mac, 6)
+        || !same(b + 236, cookie, 4)) return;
+    u32 type = 0, server = 0, mask = 0, router = 0;
+    for (u32 i = 240; i < n && b[i] != 255; ) {
+        if (b[i] == 0) { i++; continue; }                  /* pad */
+        if (i + 2 > n || i + 2 + b[i + 1] > n) return;     /* an option running off the end */
+        const u8 *v = b + i + 2;
+        u32 len = b[i + 1];
+        if (b[i] == 53 && len >= 1) type = v[0];
+        else if (b[i] == 54 && len >= 4) copy((u8 *)&server, v, 4);
+        else if (b[i] == 1 && len >= 4) copy((u8 *)&mask, v, 4);
+        else if (b[i] == 3 && len >= 4) copy((u8 *)&router, v, 4);
+        i += 2 + len;
+    }
+    if (dhcp_state == DHCP_DISCOVERING && type == 2) {
+        copy((u8 *)&dhcp_offer, b + 16, 4);
+        dhcp_server = server;
+        dhcp_state = DHCP_REQUESTING;
+        dhcp_send(3);
+    } else if (dhcp_state == DHCP_REQUESTING && type == 5) {
+        copy((u8 *)&my_ip, b + 16, 4);
+        my_mask = mask ? mask : 0xffffffffu;
+        gw_ip = router;
+        dhcp_state = DHCP_BOUND;
+        route();
+        u32 prefix = 0;
+        for (u32 m = my_mask; m; m >>= 1) prefix += m & 1;
+        puts("tiny guest: dhcp lease "); print_ip(my_ip); putc('/'); put_dec(prefix);
+        puts(" gw "); print_ip(gw_ip); puts("\n");
+    } else if (dhcp_state == DHCP_REQUESTING && type == 6) {
+        dhcp_state = DHCP_DISCOVERING;
+    }
+}
+
+/* Called when idle (the wait port returns at least every 200 ms): ask again every ~second. */
+static void dhcp_step(void)
+{
+    if (dhcp_state == DHCP_OFF || dhcp_state == DHCP_BOUND || ++dhcp_idle % 5) return;
+    dhcp_send(dhcp_state == DHCP_DISCOVERING ? 1 : 3);
+}
+
 static void answer(u8 *f, u32 len)
 {
     static const u8 bcast[6] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
@@ -197,7 +279,8 @@ static void answer(u8 *f, u32 len)
         peer_known = 1;
         return;
     }
-    if (type == 0x0806 && len >= 42 && be16(f + 20) == 1 && same(f + 38, (u8 *)&my_ip, 4)) {
+    if (type == 0x0806 && len >= 42 && be16(f + 20) == 1 && my_ip
+        && same(f + 38, (u8 *)&my_ip, 4)) {
         copy(f, f + 6, 6); copy(f + 6, my_mac, 6);        /* Ethernet back to the asker */
         put_be16(f + 20, 2);                                /* ARP reply */
         copy(f + 32, f + 22, 10);                           /* target = the asker */
@@ -207,14 +290,20 @@ static void answer(u8 *f, u32 len)
     }
     if (type != 0x0800 || len < 34 || (f[14] >> 4) != 4) return;
     u32 ihl = (u32)(f[14] & 15) * 4, total = be16(f + 16);
-    if (ihl < 20 || total < ihl || 14 + total > len || !same(f + 30, (u8 *)&my_ip, 4)) return;
+    if (ihl < 20 || total < ihl || 14 + total > len) return;
     u8 *ip = f + 14, *l4 = ip + ihl;
     u32 l4len = total - ihl;
+    if (dhcp_state != DHCP_OFF && dhcp_state != DHCP_BOUND && ip[9] == 17 && l4len >= 8
+        && be16(l4 + 2) == 68) {                             /* to the DHCP client port */
+        dhcp_answer(l4 + 8, l4len - 8);
+        return;
+    }
+    if (!my_ip || !same(f + 30, (u8 *)&my_ip, 4)) return;
     if (ip[9] == 1 && l4len >= 8 && l4[0] == 0 && peer_ip && same(ip + 12, (u8 *)&peer_ip, 4)
         && be16(l4 + 4) == 0x7e57) {                         /* a reply to our ping */
         replies++;
         puts("tiny guest: reply from ");
-        for (int i = 0; i < 4; i++) { put_dec(ip[12 + i]); if (i < 3) putc('.'); }
+        u32 from; copy((u8 *)&from, ip + 12, 4); print_ip(from);
         puts(" seq "); put_dec(be16(l4 + 6)); puts("\n");
         return;
     }
@@ -238,7 +327,7 @@ static void ping_step(void)
     static const u8 bcast[6] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
     u8 f[64];
     for (int i = 0; i < 64; i++) f[i] = 0;
-    if (!peer_ip || replies >= 3) return;
+    if (!peer_ip || !my_ip || replies >= 3) return;
     if (!peer_known) {
         copy(f, bcast, 6); copy(f + 6, my_mac, 6); put_be16(f + 12, 0x0806);
         put_be16(f + 14, 1); put_be16(f + 16, 0x0800); f[18] = 6; f[19] = 4; put_be16(f + 20, 1);
@@ -265,7 +354,10 @@ void guest_main(void)
         puts("tiny guest: rebooting\n");
         outb(0x64, 0xfe);
     }
-    if (!parse_ip(BOOT_INFO, option(BOOT_INFO, "ip="), &my_ip)) { puts("tiny guest: no ip= on the command line, done\n"); outb(EXIT_PORT, 0); for (;;) ; }
+    int ip_at = option(BOOT_INFO, "ip=");
+    int dhcp = ip_at >= 0 && BOOT_INFO[ip_at] == 'd' && BOOT_INFO[ip_at + 1] == 'h'
+               && BOOT_INFO[ip_at + 2] == 'c' && BOOT_INFO[ip_at + 3] == 'p';
+    if (!dhcp && !parse_ip(BOOT_INFO, ip_at, &my_ip)) { puts("tiny guest: no ip= on the command line, done\n"); outb(EXIT_PORT, 0); for (;;) ; }
     if (mmio_read(R_MAGIC) != 0x74726976 || mmio_read(R_VERSION) != 2 || mmio_read(R_DEVICE_ID) != 1)
         fail("no virtio-mmio v2 network device at 0xd0000000");
     mmio_write(R_STATUS, 0);
@@ -285,22 +377,28 @@ void guest_main(void)
     puts("tiny guest: eth0 ");
     for (int i = 0; i < 6; i++) { put_hex8(my_mac[i]); if (i < 5) putc(':'); }
     puts(" ip ");
-    for (int i = 0; i < 4; i++) { put_dec((my_ip >> (8 * i)) & 255); if (i < 3) putc('.'); }
+    if (dhcp) puts("dhcp"); else print_ip(my_ip);
     my_vlan = (u16)(parse_dec(BOOT_INFO, option(BOOT_INFO, "vlan=")) & 0xfff);
     parse_ip(BOOT_INFO, option(BOOT_INFO, "ping="), &peer_ip);
     parse_ip(BOOT_INFO, option(BOOT_INFO, "gw="), &gw_ip);
-    int slash = option(BOOT_INFO, "ip=");
+    int slash = ip_at;
     while (BOOT_INFO[slash] && BOOT_INFO[slash] != ' ' && BOOT_INFO[slash] != '/') slash++;
     u32 prefix = BOOT_INFO[slash] == '/' ? parse_dec(BOOT_INFO, slash + 1) : 32;
     u32 mask = prefix >= 32 ? 0xffffffffu : prefix ? ~(0xffffffffu >> prefix) : 0;
     my_mask = mask >> 24 | (mask >> 8 & 0xff00) | (mask << 8 & 0xff0000) | mask << 24;
-    hop_ip = gw_ip && ((peer_ip ^ my_ip) & my_mask) ? gw_ip : peer_ip;
+    route();
     if (my_vlan) { puts(" vlan "); put_dec(my_vlan); }
     puts(" up\n");
+    if (dhcp) {
+        copy((u8 *)&dhcp_xid, my_mac + 2, 4);               /* ours alone on this link */
+        dhcp_state = DHCP_DISCOVERING;
+        dhcp_send(1);
+    }
     for (;;) {
         if (rxq.used->idx == rxq.last_used) {
             while (inb(UART_LSR) & 1) putc((char)inb(UART_THR)); /* echo the console's input */
             outb(WAIT_PORT, 0);
+            dhcp_step();
             ping_step();
             continue;
         }
