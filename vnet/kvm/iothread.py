@@ -1,4 +1,4 @@
-"""The device thread: queue kicks (ioeventfds) and the TAP, served off the vCPU thread.
+"""Device threads: queue kicks (ioeventfds) and the TAP, served off the vCPU thread.
 
 The guest's QueueNotify writes are caught in the kernel by KVM_IOEVENTFD and arrive here as
 eventfd wake-ups; the vCPU never exits for them.  Frames from the TAP are moved into the
@@ -19,39 +19,68 @@ from vnet.kvm.virtio.net import RX, TX, VirtioNet
 log = logging.getLogger("vnet.kvm.io")
 
 
-class NetIoThread(threading.Thread):
-    def __init__(self, net: VirtioNet, transport: MmioTransport, rx_kick: int,
-                 tx_kick: int) -> None:
-        super().__init__(name="virtio-net-io", daemon=True)
-        self.net = net
+class DeviceThread(threading.Thread):
+    """Serves a virtio device's queue kicks off the vCPU thread: ``kicks`` maps each
+    ioeventfd to the queue it notifies."""
+
+    def __init__(self, name: str, transport: MmioTransport, kicks: dict[int, int]) -> None:
+        super().__init__(name=name, daemon=True)
         self.transport = transport
-        self.rx_kick = rx_kick
-        self.tx_kick = tx_kick
+        self.kicks = kicks
         self.stop_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self.rx_delivered = threading.Event()  # the guest's wait port returns on this
         self.epoll = select.epoll()
-        self.tap_watched = False
 
     def run(self) -> None:
-        for fd in (self.rx_kick, self.tx_kick, self.stop_fd):
+        for fd in (*self.kicks, self.stop_fd):
             self.epoll.register(fd, select.EPOLLIN)
-        self._watch_tap(True)
+        self.watch()
         try:
             while True:
                 for fd, _ in self.epoll.poll():
                     if fd == self.stop_fd:
                         return
-                    if fd in (self.rx_kick, self.tx_kick):
+                    if fd in self.kicks:
                         os.eventfd_read(fd)
-                    if fd == self.tx_kick and self.transport.driver_ok:
-                        self.transport.notify(TX)
-                    if fd in (self.rx_kick, self.net.tap_fd):
-                        self._receive()
+                    self.serve(fd)
         except Exception:  # a bug here must not leave the guest hanging silently
             log.exception("the device thread failed")
             self.transport.fail("internal error in the device thread")
         finally:
             self.epoll.close()
+
+    def watch(self) -> None:
+        """Register what else wakes the thread (a backend's fd)."""
+
+    def serve(self, fd: int) -> None:
+        if self.transport.driver_ok:
+            self.transport.notify(self.kicks[fd])
+
+    def stop(self) -> None:
+        os.eventfd_write(self.stop_fd, 1)
+        self.join(5)
+        os.close(self.stop_fd)
+
+
+class NetIoThread(DeviceThread):
+    """virtio-net's thread: its kicks, and frames arriving on the TAP."""
+
+    def __init__(self, net: VirtioNet, transport: MmioTransport, rx_kick: int,
+                 tx_kick: int) -> None:
+        super().__init__("virtio-net-io", transport, {rx_kick: RX, tx_kick: TX})
+        self.net = net
+        self.rx_kick = rx_kick
+        self.tx_kick = tx_kick
+        self.rx_delivered = threading.Event()  # the guest's wait port returns on this
+        self.tap_watched = False
+
+    def watch(self) -> None:
+        self._watch_tap(True)
+
+    def serve(self, fd: int) -> None:
+        if fd == self.tx_kick and self.transport.driver_ok:
+            self.transport.notify(TX)
+        if fd in (self.rx_kick, self.net.tap_fd):
+            self._receive()
 
     def _receive(self) -> None:
         if not self.transport.driver_ok:
@@ -68,8 +97,3 @@ class NetIoThread(threading.Thread):
         elif not on and self.tap_watched:
             self.epoll.unregister(self.net.tap_fd)
         self.tap_watched = on
-
-    def stop(self) -> None:
-        os.eventfd_write(self.stop_fd, 1)
-        self.join(5)
-        os.close(self.stop_fd)

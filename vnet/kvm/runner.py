@@ -23,7 +23,7 @@ from vnet.guest.build import build_tiny_guest
 from vnet.kvm import layout
 from vnet.kvm.boot import acpi, linux
 from vnet.kvm.console import ConsoleSocket
-from vnet.kvm.iothread import NetIoThread
+from vnet.kvm.iothread import DeviceThread, NetIoThread
 from vnet.kvm.serial import Serial16550
 from vnet.kvm.virtio.blk import VirtioBlk
 from vnet.kvm.virtio.mmio import QUEUE_NOTIFY, MmioTransport
@@ -101,7 +101,8 @@ class Machine:
         self.status = 0
         self.tap_fds: list[int] = []
         self.blk: VirtioBlk | None = None
-        self.io_threads: list[NetIoThread] = []
+        self.io_threads: list[NetIoThread] = []    # the NICs'
+        self.threads: list[DeviceThread] = []      # every device's, the NICs' first
         self.transports: list[tuple[MmioTransport, int]] = []  # with their GSIs
         try:
             self.vm.create_irqchip_and_pit()
@@ -115,10 +116,13 @@ class Machine:
                                                    self.vm.ioeventfd(notify, 4, RX),
                                                    self.vm.ioeventfd(notify, 4, TX)))
                 self.transports.append((transport, gsi))
+            self.threads.extend(self.io_threads)
             if disk is not None:
                 self.blk = VirtioBlk(*disk)
-                self.transports.append((MmioTransport(self.blk, self.mem, BLK_MMIO_BASE,
-                                                      self._irq(BLK_IRQ)), BLK_IRQ))
+                transport = MmioTransport(self.blk, self.mem, BLK_MMIO_BASE, self._irq(BLK_IRQ))
+                kick = self.vm.ioeventfd(BLK_MMIO_BASE + QUEUE_NOTIFY, 4, 0)
+                self.threads.append(DeviceThread("virtio-blk-io", transport, {kick: 0}))
+                self.transports.append((transport, BLK_IRQ))
         except BaseException:
             self.close()
             raise
@@ -168,13 +172,13 @@ class Machine:
         return b""
 
     def run(self, vcpu: Vcpu) -> int:
-        for thread in self.io_threads:
+        for thread in self.threads:
             thread.start()
         vcpu.run_until(self.on_io, self.on_mmio)
         return self.status
 
     def close(self) -> None:
-        for thread in self.io_threads:
+        for thread in self.threads:
             if thread.is_alive():
                 thread.stop()
         self.vm.close()
