@@ -113,6 +113,10 @@ class Msrs(ctypes.Structure):
                 ("entries", MsrEntry * MSR_MAX_ENTRIES)]
 
 
+class IrqLevel(ctypes.Structure):
+    _fields_ = [("irq", ctypes.c_uint32), ("level", ctypes.c_uint32)]
+
+
 class PitConfig(ctypes.Structure):
     _fields_ = [("flags", ctypes.c_uint32), ("pad", ctypes.c_uint32 * 15)]
 
@@ -145,6 +149,7 @@ KVM_SET_TSS_ADDR = _io(0x47)
 KVM_SET_IDENTITY_MAP_ADDR = _iow(0x48, 8)
 KVM_CREATE_IRQCHIP = _io(0x60)
 KVM_CREATE_PIT2 = _iow(0x77, 64)
+KVM_IRQ_LINE = _iow(0x61, ctypes.sizeof(IrqLevel))
 KVM_RUN = _io(0x80)
 KVM_IOEVENTFD = _iow(0x79, ctypes.sizeof(IoEventFd))
 KVM_IRQFD = _iow(0x76, ctypes.sizeof(IrqFd))

@@ -24,7 +24,7 @@ from vnet.kvm import layout
 from vnet.kvm.boot import acpi, linux
 from vnet.kvm.console import ConsoleSocket
 from vnet.kvm.iothread import DeviceThread, NetIoThread
-from vnet.kvm.serial import Serial16550
+from vnet.kvm.serial import COM1_IRQ, Serial16550
 from vnet.kvm.virtio.blk import VirtioBlk
 from vnet.kvm.virtio.mmio import QUEUE_NOTIFY, MmioTransport
 from vnet.kvm.virtio.net import RX, TX, VirtioNet, open_tap
@@ -99,6 +99,7 @@ class Machine:
         self.mem = memoryview(self.vm.memory)
         self.serial = serial
         self.status = 0
+        self.serial_wired = False
         self.tap_fds: list[int] = []
         self.blk: VirtioBlk | None = None
         self.io_threads: list[NetIoThread] = []    # the NICs'
@@ -106,6 +107,8 @@ class Machine:
         self.transports: list[tuple[MmioTransport, int]] = []  # with their GSIs
         try:
             self.vm.create_irqchip_and_pit()
+            serial.wire(lambda level: self.vm.set_irq_line(COM1_IRQ, level))
+            self.serial_wired = True
             for index, nic in enumerate(nics):
                 base, gsi = nic_slot(index)
                 self.tap_fds.append(open_tap(nic.tap))
@@ -178,6 +181,8 @@ class Machine:
         return self.status
 
     def close(self) -> None:
+        if self.serial_wired:  # the console outlives this boot; the VM's irqchip does not
+            self.serial.wire(None)
         for thread in self.threads:
             if thread.is_alive():
                 thread.stop()

@@ -89,6 +89,11 @@ class Vm:
         self.eventfds.append(fd)
         return fd
 
+    def set_irq_line(self, gsi: int, level: bool) -> None:
+        """Drive interrupt line ``gsi`` of the in-kernel irqchip to ``level`` (KVM_IRQ_LINE):
+        for a device whose line stays up while it wants service, like the UART."""
+        api.ioctl(self.fd, api.KVM_IRQ_LINE, api.IrqLevel(irq=gsi, level=int(level)))
+
     def create_irqchip_and_pit(self) -> None:
         """The in-kernel PIC, IOAPIC and local APICs, and the i8254 PIT: what a PC guest
         (Linux) expects, emulated by KVM rather than here.  Before any vCPU exists."""
