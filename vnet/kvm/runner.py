@@ -148,6 +148,11 @@ class Machine:
         if io.port == EXIT_PORT and io.out:
             self.status = io.data[0]
             return b"stop"
+        if io.port == acpi.SLEEP_CONTROL_PORT and io.out:
+            if acpi.sleep_value(io.data[0]) == acpi.S5_SLEEP_TYPE:  # soft off: power down
+                self.status = 0
+                return b"stop"
+            return None
         if io.port == I8042_COMMAND:
             if io.out and io.data[0] == I8042_RESET:
                 self.status = REBOOT

@@ -103,6 +103,18 @@ def test_guest_answers_arp_ping_and_udp_echo(guest_on_tap) -> None:
     assert other_port.returncode != 0                         # only port 7 echoes
 
 
+def test_an_acpi_soft_off_ends_the_runner(tmp_path: Path) -> None:
+    log = tmp_path / "off.log"
+    result = subprocess.run(
+        [sys.executable, "-m", "vnet.kvm.runner", "--memory", "16M", "--cmdline", "poweroff",
+         "--console-log", str(log)], timeout=60,
+        env={**os.environ, "VNET_CACHE_DIR": str(tmp_path / "cache")})
+    assert result.returncode == 0
+    text = log.read_text()
+    assert text.count("tiny guest: powering off") == 1
+    assert "done" not in text, "the guest ran on after its power-off request"
+
+
 def test_a_guest_reset_exits_or_boots_again_per_policy(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "vnet.kvm.runner", "--memory", "16M", "--cmdline",
                "reboot", "--console-log", str(tmp_path / "exit.log"), "--on-reboot", "exit"]

@@ -168,3 +168,32 @@ def test_acpica_reads_the_dsdt_as_virtio_mmio_devices(tmp_path: Path) -> None:
                   "// Address Length ) Interrupt (ResourceConsumer, Edge, ActiveHigh, "
                   f"Exclusive, ,, ) {{ 0x{gsi:08X}, }} }}) }}")
         assert device in text, text
+    assert 'Name (\\_S5, Package (0x04) // _S5_: S5 System State { 0x05, 0x05, Zero, Zero })' \
+        in text, text
+
+
+@pytest.mark.skipif(not shutil.which("iasl"), reason="needs iasl (apt-get install "
+                    "acpica-tools; .ci/install does)")
+def test_acpica_reads_the_fadt_as_hardware_reduced_with_a_sleep_control_port(
+        tmp_path: Path) -> None:
+    from vnet.kvm.boot import acpi
+
+    table = tmp_path / "facp.dat"
+    table.write_bytes(acpi.fadt(0xE0100))
+    result = subprocess.run(["iasl", "-d", str(table)], capture_output=True, text=True,
+                            cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    text = (tmp_path / "facp.dsl").read_text()
+    for line in ("Hardware Reduced (V5) : 1", "DSDT Address : 00000000000E0100",
+                 "CMOS RTC Not Present (V5) : 1"):
+        assert line in " ".join(text.split()), line
+    control = text.split("Sleep Control Register")[1].split("Sleep Status Register")[0]
+    assert "[SystemIO]" in control and "Address : 0000000000000600" in control
+
+
+def test_a_sleep_control_write_means_soft_off_only_with_slp_en_and_type_5() -> None:
+    from vnet.kvm.boot.acpi import S5_SLEEP_TYPE, sleep_value
+
+    assert sleep_value(5 << 2 | 0x20) == S5_SLEEP_TYPE
+    assert sleep_value(5 << 2) is None          # no SLP_EN: not a request
+    assert sleep_value(3 << 2 | 0x20) == 3      # another state: not soft-off

@@ -5,7 +5,8 @@
  * "vlan=N" makes it speak 802.1Q-tagged frames of VLAN N only (a trunk NIC), and
  * "ping=A.B.C.D" makes it ping that address three times, printing each reply (through
  * "gw=A.B.C.D", its default gateway, when the address is outside its ip=/N subnet), and
- * "reboot" makes it pulse the i8042 reset line right after its banner.
+ * "reboot" makes it pulse the i8042 reset line right after its banner, and "poweroff"
+ * makes it write the ACPI soft-off request to the sleep control register (port 0x600).
  *
  * Freestanding, no interrupts, everything at CPL 3 so that it runs natively on nested KVM:
  * when there is nothing to do it writes to the paravirtual wait port, on which the VMM
@@ -353,6 +354,10 @@ void guest_main(void)
     if (option(BOOT_INFO, "reboot") >= 0) { /* the i8042 reset line, as a PC reboots */
         puts("tiny guest: rebooting\n");
         outb(0x64, 0xfe);
+    }
+    if (option(BOOT_INFO, "poweroff") >= 0) { /* ACPI soft-off: SLP_TYP 5 | SLP_EN */
+        puts("tiny guest: powering off\n");
+        outb(0x600, 5 << 2 | 0x20);
     }
     int ip_at = option(BOOT_INFO, "ip=");
     int dhcp = ip_at >= 0 && BOOT_INFO[ip_at] == 'd' && BOOT_INFO[ip_at + 1] == 'h'

@@ -7,8 +7,9 @@ rather than an MP table, because Debian's kernels are built without MP-table par
 them: Debian's builds virtio_mmio as a module without CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES, so
 the ``virtio_mmio.device=`` command line (which microVM kernels use) means nothing to it.  The
 FADT says "hardware-reduced ACPI" (no PM timer, SCI or fixed hardware to emulate), no VGA and
-no CMOS RTC.  Pure bytes, written at 0xE0000, where Linux looks for the RSDP on a BIOS machine
-(the e820 map reserves it).
+no CMOS RTC, and names a sleep control register: with the soft-off object ``_S5`` in the DSDT,
+that is how the guest powers itself off.  Pure bytes, written at 0xE0000, where Linux looks
+for the RSDP on a BIOS machine (the e820 map reserves it).
 """
 
 from __future__ import annotations
@@ -50,6 +51,13 @@ VIRTIO_MMIO_SIZE = 0x1000
 FADT_HW_REDUCED_ACPI = 1 << 20
 BOOT_ARCH_NO_VGA, BOOT_ARCH_NO_CMOS_RTC = 1 << 2, 1 << 5
 FADT_LENGTH = 276   # revision 6
+AML_PACKAGE = 0x12
+# Power-off, hardware-reduced style: the guest writes SLP_TYP (from \_S5) and SLP_EN to the
+# FADT's sleep control register, an I/O port here (where a PC chipset's PM block often is).
+SLEEP_CONTROL_PORT, SLEEP_STATUS_PORT = 0x600, 0x601
+S5_SLEEP_TYPE = 5
+SLP_EN = 0x20
+SLP_TYP_SHIFT, SLP_TYP_MASK = 2, 0x7
 
 
 def pkg_length(content: int) -> bytes:
@@ -82,6 +90,16 @@ def aml_buffer(data: bytes) -> bytes:
     return bytes([AML_BUFFER]) + pkg_length(len(body)) + body
 
 
+def sleep_value(value: int) -> int | None:
+    """The sleep state a write to the sleep control register asks for (None: not a request)."""
+    return value >> SLP_TYP_SHIFT & SLP_TYP_MASK if value & SLP_EN else None
+
+
+def _io_register(port: int) -> bytes:
+    """A Generic Address Structure: one byte in system I/O space at ``port``."""
+    return struct.pack("<BBBBQ", 1, 8, 0, 1, port)
+
+
 def virtio_mmio_device(index: int, base: int, gsi: int) -> bytes:
     """``Device (VRnn) { _HID "LNRO0005", _UID n, _CRS { Memory32Fixed (ReadWrite, base,
     4 KiB), Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive) { gsi } } }``.
@@ -97,10 +115,14 @@ def virtio_mmio_device(index: int, base: int, gsi: int) -> bytes:
 
 
 def dsdt(virtio: list[tuple[int, int]]) -> bytes:
-    """The DSDT: ``Scope (\\_SB) { one device per virtio-mmio transport (base, GSI) }``."""
+    """The DSDT: ``Name (\\_S5, Package { 5, 5, 0, 0 })`` (the soft-off state's SLP_TYP) and
+    ``Scope (\\_SB) { one device per virtio-mmio transport (base, GSI) }``."""
+    s5 = bytes([4]) + aml_integer(S5_SLEEP_TYPE) * 2 + aml_integer(0) * 2
+    s5_name = bytes([AML_NAME]) + b"\\_S5_" + bytes([AML_PACKAGE]) + pkg_length(len(s5)) + s5
     devices = b"".join(virtio_mmio_device(i, base, gsi) for i, (base, gsi) in enumerate(virtio))
     body = b"\\_SB_" + devices
-    return _sdt(b"DSDT", bytes([AML_SCOPE]) + pkg_length(len(body)) + body, revision=2)
+    return _sdt(b"DSDT", s5_name + bytes([AML_SCOPE]) + pkg_length(len(body)) + body,
+                revision=2)
 
 
 def fadt(dsdt_addr: int) -> bytes:
@@ -110,6 +132,8 @@ def fadt(dsdt_addr: int) -> bytes:
     struct.pack_into("<H", body, 109 - 36, BOOT_ARCH_NO_VGA | BOOT_ARCH_NO_CMOS_RTC)
     struct.pack_into("<I", body, 112 - 36, FADT_HW_REDUCED_ACPI)
     struct.pack_into("<Q", body, 140 - 36, dsdt_addr)   # X_DSDT
+    body[244 - 36:256 - 36] = _io_register(SLEEP_CONTROL_PORT)
+    body[256 - 36:268 - 36] = _io_register(SLEEP_STATUS_PORT)
     return _sdt(b"FACP", bytes(body), revision=6)
 
 
