@@ -102,7 +102,7 @@ class Machine:
         self.serial_wired = False
         self.tap_fds: list[int] = []
         self.blk: VirtioBlk | None = None
-        self.io_threads: list[NetIoThread] = []    # the NICs'
+        self.nic_threads: list[NetIoThread] = []
         self.threads: list[DeviceThread] = []      # every device's, the NICs' first
         self.transports: list[tuple[MmioTransport, int]] = []  # with their GSIs
         try:
@@ -115,11 +115,11 @@ class Machine:
                 net = VirtioNet(self.tap_fds[-1], nic.mac)
                 transport = MmioTransport(net, self.mem, base, self._irq(gsi))
                 notify = base + QUEUE_NOTIFY
-                self.io_threads.append(NetIoThread(net, transport,
+                self.nic_threads.append(NetIoThread(net, transport,
                                                    self.vm.ioeventfd(notify, 4, RX),
                                                    self.vm.ioeventfd(notify, 4, TX)))
                 self.transports.append((transport, gsi))
-            self.threads.extend(self.io_threads)
+            self.threads.extend(self.nic_threads)
             if disk is not None:
                 self.blk = VirtioBlk(*disk)
                 transport = MmioTransport(self.blk, self.mem, BLK_MMIO_BASE, self._irq(BLK_IRQ))
@@ -158,8 +158,8 @@ class Machine:
                 self.status = REBOOT
                 return b"stop"
             return b"\0"  # status: both buffers empty
-        if io.port == WAIT_PORT and self.io_threads:  # the tiny guest drives its first NIC
-            first = self.io_threads[0]
+        if io.port == WAIT_PORT and self.nic_threads:  # the tiny guest drives its first NIC
+            first = self.nic_threads[0]
             first.rx_delivered.wait(WAIT_TIMEOUT)  # paravirtual idle: until a frame
             first.rx_delivered.clear()
             return None
