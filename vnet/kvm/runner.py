@@ -116,8 +116,8 @@ class Machine:
                 transport = MmioTransport(net, self.mem, base, self._irq(gsi))
                 notify = base + QUEUE_NOTIFY
                 self.nic_threads.append(NetIoThread(net, transport,
-                                                   self.vm.ioeventfd(notify, 4, RX),
-                                                   self.vm.ioeventfd(notify, 4, TX)))
+                                                    self.vm.ioeventfd(notify, 4, RX),
+                                                    self.vm.ioeventfd(notify, 4, TX)))
                 self.transports.append((transport, gsi))
             self.threads.extend(self.nic_threads)
             if disk is not None:
