@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -235,3 +237,66 @@ def test_properties_of_every_decision(frames: list[tuple[int, bytes, bytes, int 
             assert all(not configs[o].tags(d.vid) for o in d.untagged)
         else:
             assert outs == ()
+
+
+# ---- the decision cache: a hit returns exactly what the full decision would -------------------
+
+FLOW_MACS = [A, B, C, BCAST, mac_to_bytes("01:00:5e:00:00:01"), mac_to_bytes("02:00:00:00:00:09")]
+event = st.one_of(
+    st.tuples(st.just("frame"), st.integers(1, 5), st.sampled_from(FLOW_MACS),
+              st.sampled_from(FLOW_MACS[:3] + FLOW_MACS[5:]),
+              st.sampled_from([None, make_tci(10), make_tci(20), make_tci(0, 3)]),
+              st.sampled_from([IPV4, b"\x81\x00"]), st.floats(0, 7)),
+    st.tuples(st.just("expire"), st.floats(0, 4)),
+    st.tuples(st.just("static"), st.sampled_from(FLOW_MACS[:3]), st.integers(1, 5)))
+
+
+def two_switches() -> tuple[Switch, Switch]:
+    pair = []
+    for _ in range(2):
+        sw = Switch()
+        sw.add_vlan(VlanOptions(10, mac_aging=5.0, mac_limit=2))
+        sw.add_vlan(VlanOptions(20))
+        sw.add_port(PortConfig(1, "a1", "access", vlan=10))
+        sw.add_port(PortConfig(2, "a2", "access", vlan=10))
+        sw.add_port(PortConfig(3, "b1", "access", vlan=20))
+        sw.add_port(PortConfig(4, "t1", "trunk", allowed=frozenset({10, 20})))
+        sw.add_port(PortConfig(5, "t2", "trunk", allowed=frozenset({20}), native=10))
+        pair.append(sw)
+    return pair[0], pair[1]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(event, max_size=60))
+def test_cached_decisions_equal_full_decisions(events: list[tuple[Any, ...]]) -> None:
+    cached, reference = two_switches()
+    now = 0.0
+    for ev in events:
+        if ev[0] == "frame":
+            _, port, dst, src, tci, ethertype, step = ev
+            now += step
+            data = frame(dst, src, ethertype)
+            got = cached.receive(port, data, tci, now)
+            want = reference._decide(port, data, tci, now)  # the full decision, never cached
+            assert (got.drop, got.vid, got.untagged, got.tagged, got.tci) == (
+                want.drop, want.vid, want.untagged, want.tagged, want.tci), ev
+        elif ev[0] == "expire":
+            now += ev[1]
+            assert cached.fdb.expire(now) == reference.fdb.expire(now)
+        else:
+            for sw in (cached, reference):
+                sw.fdb.add_static(10, ev[1], ev[2])
+    for port in range(1, 6):
+        assert cached.counters(port).snapshot() == reference.counters(port).snapshot()
+    assert cached.fdb.entries(now) == reference.fdb.entries(now)
+
+
+def test_a_cached_flow_passes_no_double_tag_no_runt_and_not_to_an_aged_destination(
+        switch: Switch) -> None:
+    switch.receive(2, frame(BCAST, B), None, 0.0)
+    for t in (0.1, 0.2):  # the second is a cache hit
+        assert switch.receive(1, frame(B, A), None, t).untagged == (2,)
+    assert switch.receive(1, frame(B, A, b"\x81\x00"), None, 0.3).drop == "tagged-on-access"
+    assert switch.receive(1, frame(B, A)[:13], None, 0.4).drop == "runt"
+    # the destination ages out (VLAN 10: 5 s): the cached unicast decision is not used
+    assert switch.receive(1, frame(B, A), None, 6.0).untagged == (2, 5)

@@ -17,15 +17,24 @@ with ``vlan_filtering``):
 
 The caller hands over the frame *without* its outer tag and that tag's TCI (the kernel has
 already taken it off; see ``vnet.host.afpacket``) and applies the returned ``Forward``.
+
+Decisions are cached per (in-port, the first 14 bytes, TCI), as Open vSwitch's exact-match
+cache does: a frame like the last one of its flow skips the checks, the VLAN rules and both
+table lookups, and only refreshes its source entry and counts.  An entry is used only while
+the FDB has not changed since (``Fdb.generation``: anything but a refresh), the destination
+entry it relied on has not aged, and the ports are as they were; drops, unlearnable sources
+and floods for an aged destination are never cached.  So a hit returns exactly what the full
+decision would.
 """
 
 from __future__ import annotations
 
 from vnet.packet.ethernet import TAG_ETHERTYPES, ZERO_MAC
-from vnet.switch.fdb import Fdb, LearnResult
+from vnet.switch.fdb import Fdb, LearnResult, _Entry
 from vnet.switch.ports import PortConfig, PortCounters, VlanOptions
 
 RESERVED_PREFIX = b"\x01\x80\xc2\x00\x00"
+CACHE_MAX = 4096  # flows remembered; a MAC flood just clears it now and then
 
 
 class Forward:
@@ -51,6 +60,24 @@ def _dropped(reason: str) -> Forward:
     return Forward(0, (), (), 0, reason)
 
 
+class _Cached:
+    """A remembered decision and what it depended on (see the module docstring)."""
+
+    __slots__ = ("aging", "dst", "forward", "generation", "rx", "src", "tagged", "untagged")
+
+    def __init__(self, forward: Forward, generation: int, src: _Entry, dst: _Entry | None,
+                 aging: float, rx: PortCounters, untagged: tuple[PortCounters, ...],
+                 tagged: tuple[PortCounters, ...]) -> None:
+        self.forward = forward
+        self.generation = generation
+        self.src = src
+        self.dst = dst
+        self.aging = aging
+        self.rx = rx
+        self.untagged = untagged
+        self.tagged = tagged
+
+
 class _Port:
     __slots__ = ("access_vid", "config", "counters", "members", "native")
 
@@ -71,6 +98,7 @@ class Switch:
         self._flood: dict[tuple[int, int], tuple[tuple[int, ...], tuple[int, ...]]] = {}
         # (vid, out_port) -> does it leave tagged?  None: the port is not in the VLAN
         self._egress: dict[tuple[int, int], bool | None] = {}
+        self._cache: dict[tuple[int, bytes, int | None], _Cached] = {}
 
     # ---- configuration ----------------------------------------------------------------------
 
@@ -95,6 +123,7 @@ class Switch:
     def _invalidate(self) -> None:
         self._flood.clear()
         self._egress.clear()
+        self._cache.clear()
 
     def ports(self) -> list[PortConfig]:
         return [p.config for p in self._ports.values()]
@@ -105,6 +134,26 @@ class Switch:
     # ---- the decision -------------------------------------------------------------------------
 
     def receive(self, in_port: int, frame: bytes, tci: int | None, now: float) -> Forward:
+        size = len(frame)
+        if size >= 14:
+            cached = self._cache.get((in_port, frame[:14], tci))
+            if cached is not None and cached.generation == self.fdb.generation:
+                dst = cached.dst
+                if dst is None or dst.static or now - dst.seen <= cached.aging:
+                    cached.src.seen = now
+                    rx = cached.rx
+                    rx.rx_frames += 1
+                    rx.rx_bytes += size if tci is None else size + 4
+                    for c in cached.untagged:
+                        c.tx_frames += 1
+                        c.tx_bytes += size
+                    for c in cached.tagged:
+                        c.tx_frames += 1
+                        c.tx_bytes += size + 4
+                    return cached.forward
+        return self._decide(in_port, frame, tci, now)
+
+    def _decide(self, in_port: int, frame: bytes, tci: int | None, now: float) -> Forward:
         port = self._ports.get(in_port)
         if port is None:
             return _dropped("unknown-port")
@@ -149,6 +198,7 @@ class Switch:
                 counters.mac_moves += 1
 
         out = None if dst[0] & 1 else self.fdb.lookup(vid, dst, now)
+        dst_entry = None if dst[0] & 1 else self.fdb.entry(vid, dst)
         if out is None:
             untagged, tagged = self._flood_set(vid, in_port)
         elif out == in_port:
@@ -172,7 +222,18 @@ class Switch:
             c = ports[number].counters
             c.tx_frames += 1
             c.tx_bytes += size + 4
-        return Forward(vid, untagged, tagged, pcp << 13 | vid, None)
+        forward = Forward(vid, untagged, tagged, pcp << 13 | vid, None)
+        src_entry = self.fdb.entry(vid, src)
+        if src_entry is not None and (out is not None or dst_entry is None):
+            # cacheable: a learned source, and a destination known or not in the table at
+            # all (an aged one could be refreshed without an FDB change)
+            if len(self._cache) >= CACHE_MAX:
+                self._cache.clear()
+            self._cache[(in_port, frame[:14], tci)] = _Cached(
+                forward, self.fdb.generation, src_entry, dst_entry if out is not None else None,
+                self.fdb.aging(vid), counters, tuple(ports[n].counters for n in untagged),
+                tuple(ports[n].counters for n in tagged))
+        return forward
 
     def _flood_set(self, vid: int, in_port: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
         key = (vid, in_port)

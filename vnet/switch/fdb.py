@@ -50,8 +50,12 @@ class Fdb:
     def __init__(self) -> None:
         self._vlans: dict[int, _Vlan] = {}
         self._learned: dict[tuple[int, int], int] = {}  # (port, vid) -> learned entries
+        # Bumped by every change but a refresh (an entry learned, moved, forgotten, expired,
+        # made static): a decision taken under an older generation may be stale.
+        self.generation = 0
 
     def configure_vlan(self, vid: int, aging: float = 300.0, limit: int = 1024) -> None:
+        self.generation += 1
         vlan = self._vlans.get(vid)
         if vlan is None:
             self._vlans[vid] = _Vlan(aging, limit)
@@ -74,6 +78,7 @@ class Fdb:
                 return LearnResult.REFRESHED
             old = (entry.port, vid)
             self._learned[old] -= 1
+            self.generation += 1
             if self._learned.get((port, vid), 0) >= vlan.limit:
                 del vlan.macs[mac]  # moved to a port that may learn no more: forget it
                 return LearnResult.LIMITED
@@ -84,10 +89,20 @@ class Fdb:
         count = self._learned.get(key, 0)
         if count >= vlan.limit:
             return LearnResult.LIMITED
+        self.generation += 1
         self._learned[key] = count + 1
         vlan.macs[mac] = _Entry(port, now, False)
         vlan.queue.append((now, mac))
         return LearnResult.LEARNED
+
+    def entry(self, vid: int, mac: bytes) -> _Entry | None:
+        """The live entry object (aged or not), for a caller that keeps it to refresh or to
+        re-check its age later without another lookup."""
+        vlan = self._vlans.get(vid)
+        return vlan.macs.get(mac) if vlan is not None else None
+
+    def aging(self, vid: int) -> float:
+        return self._vlan(vid).aging
 
     def lookup(self, vid: int, mac: bytes, now: float) -> int | None:
         vlan = self._vlans.get(vid)
@@ -109,6 +124,7 @@ class Fdb:
                 if entry is None or entry.static:
                     continue
                 if entry.seen < cutoff:
+                    self.generation += 1
                     del macs[mac]
                     self._learned[(entry.port, vid)] -= 1
                     removed += 1
@@ -119,6 +135,7 @@ class Fdb:
     def add_static(self, vid: int, mac: str | bytes, port: int) -> None:
         key = mac_to_bytes(mac) if isinstance(mac, str) else mac
         vlan = self._vlan(vid)
+        self.generation += 1
         old = vlan.macs.get(key)
         if old is not None and not old.static:
             self._learned[(old.port, vid)] -= 1
@@ -128,10 +145,12 @@ class Fdb:
         key = mac_to_bytes(mac) if isinstance(mac, str) else mac
         vlan = self._vlans.get(vid)
         if vlan is not None and key in vlan.macs and vlan.macs[key].static:
+            self.generation += 1
             del vlan.macs[key]
 
     def flush_port(self, port: int) -> None:
         """Forget everything on ``port`` (it went away or changed its VLANs)."""
+        self.generation += 1
         for vid, vlan in self._vlans.items():
             for mac in [m for m, e in vlan.macs.items() if e.port == port]:
                 del vlan.macs[mac]
