@@ -254,7 +254,7 @@ event = st.one_of(
 def two_switches() -> tuple[Switch, Switch]:
     pair = []
     for _ in range(2):
-        sw = Switch()
+        sw = Switch(cache_admit_every=1)  # remember every decision: the most hits to check
         sw.add_vlan(VlanOptions(10, mac_aging=5.0, mac_limit=2))
         sw.add_vlan(VlanOptions(20))
         sw.add_port(PortConfig(1, "a1", "access", vlan=10))
@@ -293,6 +293,7 @@ def test_cached_decisions_equal_full_decisions(events: list[tuple[Any, ...]]) ->
 
 def test_a_cached_flow_passes_no_double_tag_no_runt_and_not_to_an_aged_destination(
         switch: Switch) -> None:
+    switch.cache_admit_every = 1
     switch.receive(2, frame(BCAST, B), None, 0.0)
     for t in (0.1, 0.2):  # the second is a cache hit
         assert switch.receive(1, frame(B, A), None, t).untagged == (2,)
@@ -300,3 +301,16 @@ def test_a_cached_flow_passes_no_double_tag_no_runt_and_not_to_an_aged_destinati
     assert switch.receive(1, frame(B, A)[:13], None, 0.4).drop == "runt"
     # the destination ages out (VLAN 10: 5 s): the cached unicast decision is not used
     assert switch.receive(1, frame(B, A), None, 6.0).untagged == (2, 5)
+
+
+def test_only_one_decision_in_n_is_remembered() -> None:
+    sw = Switch(cache_admit_every=4)
+    sw.add_port(PortConfig(1, "a1", "access", vlan=10))
+    sw.add_port(PortConfig(2, "a2", "access", vlan=10))
+    sw.receive(2, frame(BCAST, B), None, 0.0)
+    for t in range(1, 4):
+        sw.receive(1, frame(B, A), None, t / 10)
+    assert len(sw._cache) == 1   # the 4th full decision, then hits
+    for t in range(4, 40):
+        sw.receive(1, frame(B, A), None, t / 10)
+    assert len(sw._cache) == 1 and sw._misses == 4

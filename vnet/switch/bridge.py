@@ -24,7 +24,9 @@ table lookups, and only refreshes its source entry and counts.  An entry is used
 the FDB has not changed since (``Fdb.generation``: anything but a refresh), the destination
 entry it relied on has not aged, and the ports are as they were; drops, unlearnable sources
 and floods for an aged destination are never cached.  So a hit returns exactly what the full
-decision would.
+decision would.  Only one full decision in ``cache_admit_every`` is remembered: a steady flow
+gets in after a few frames, while traffic where every frame is a new flow (a MAC flood, a
+sweep over many addresses) does not pay for filling a cache it never hits.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from vnet.switch.ports import PortConfig, PortCounters, VlanOptions
 
 RESERVED_PREFIX = b"\x01\x80\xc2\x00\x00"
 CACHE_MAX = 4096  # flows remembered; a MAC flood just clears it now and then
+CACHE_ADMIT_EVERY = 16  # one decision in this many is remembered (as OVS's emc-insert-inv-prob)
 
 
 class Forward:
@@ -90,8 +93,10 @@ class _Port:
 
 
 class Switch:
-    def __init__(self) -> None:
+    def __init__(self, cache_admit_every: int = CACHE_ADMIT_EVERY) -> None:
         self.fdb = Fdb()
+        self.cache_admit_every = cache_admit_every
+        self._misses = 0
         self._ports: dict[int, _Port] = {}
         self._vlan_options: dict[int, VlanOptions] = {}
         # (vid, in_port) -> (untagged ports, tagged ports): flood sets, built on first use
@@ -223,6 +228,9 @@ class Switch:
             c.tx_frames += 1
             c.tx_bytes += size + 4
         forward = Forward(vid, untagged, tagged, pcp << 13 | vid, None)
+        self._misses += 1
+        if self._misses % self.cache_admit_every:
+            return forward
         src_entry = self.fdb.entry(vid, src)
         if src_entry is not None and (out is not None or dst_entry is None):
             # cacheable: a learned source, and a destination known or not in the table at
