@@ -22,11 +22,10 @@ def frame(dst: bytes, src: bytes, ethertype: bytes = IPV4) -> bytes:
     return dst + src + ethertype + PAYLOAD
 
 
-@pytest.fixture
-def switch() -> Switch:
+def five_port_switch(mac_limit: int = 4, cache_admit_every: int = 16) -> Switch:
     """Ports 1, 2 access VLAN 10; 3 access VLAN 20; 4 trunk {10, 20}; 5 trunk {20} native 10."""
-    sw = Switch()
-    sw.add_vlan(VlanOptions(10, mac_aging=5.0, mac_limit=4))
+    sw = Switch(cache_admit_every)
+    sw.add_vlan(VlanOptions(10, mac_aging=5.0, mac_limit=mac_limit))
     sw.add_vlan(VlanOptions(20))
     sw.add_port(PortConfig(1, "a1", "access", vlan=10))
     sw.add_port(PortConfig(2, "a2", "access", vlan=10))
@@ -34,6 +33,11 @@ def switch() -> Switch:
     sw.add_port(PortConfig(4, "t1", "trunk", allowed=frozenset({10, 20})))
     sw.add_port(PortConfig(5, "t2", "trunk", allowed=frozenset({20}), native=10))
     return sw
+
+
+@pytest.fixture
+def switch() -> Switch:
+    return five_port_switch()
 
 
 def test_broadcast_floods_its_vlan_only(switch: Switch) -> None:
@@ -252,18 +256,9 @@ event = st.one_of(
 
 
 def two_switches() -> tuple[Switch, Switch]:
-    pair = []
-    for _ in range(2):
-        sw = Switch(cache_admit_every=1)  # remember every decision: the most hits to check
-        sw.add_vlan(VlanOptions(10, mac_aging=5.0, mac_limit=2))
-        sw.add_vlan(VlanOptions(20))
-        sw.add_port(PortConfig(1, "a1", "access", vlan=10))
-        sw.add_port(PortConfig(2, "a2", "access", vlan=10))
-        sw.add_port(PortConfig(3, "b1", "access", vlan=20))
-        sw.add_port(PortConfig(4, "t1", "trunk", allowed=frozenset({10, 20})))
-        sw.add_port(PortConfig(5, "t2", "trunk", allowed=frozenset({20}), native=10))
-        pair.append(sw)
-    return pair[0], pair[1]
+    # remember every decision (the most hits to check); a limit of 2 makes limits bite
+    return (five_port_switch(mac_limit=2, cache_admit_every=1),
+            five_port_switch(mac_limit=2, cache_admit_every=1))
 
 
 @settings(max_examples=300, deadline=None)
