@@ -203,7 +203,6 @@ class Switch:
                 counters.mac_moves += 1
 
         out = None if dst[0] & 1 else self.fdb.lookup(vid, dst, now)
-        dst_entry = None if dst[0] & 1 else self.fdb.entry(vid, dst)
         if out is None:
             untagged, tagged = self._flood_set(vid, in_port)
         elif out == in_port:
@@ -232,6 +231,7 @@ class Switch:
         if self._misses % self.cache_admit_every:
             return forward
         src_entry = self.fdb.entry(vid, src)
+        dst_entry = None if dst[0] & 1 else self.fdb.entry(vid, dst)
         if src_entry is not None and (out is not None or dst_entry is None):
             # cacheable: a learned source, and a destination known or not in the table at
             # all (an aged one could be refreshed without an FDB change)
