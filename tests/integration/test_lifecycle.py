@@ -134,6 +134,28 @@ def test_failure_half_way_rolls_back(host: TestHost) -> None:
     assert host.call("status")["labs"] == []
 
 
+def test_a_failed_change_puts_back_what_it_had_removed(host: TestHost, tmp_path: Path) -> None:
+    """The change re-addresses left (its node is deleted and made anew) and adds a node that
+    cannot be created: the rollback removes the new left and restores the old one."""
+    host.cli("up", str(PAIR))
+    clash = naming.host_ifname("pair", "third", "eth0")
+    with IPRoute(netns=host.name) as ipr:
+        ipr.link("add", ifname=clash, kind="veth", peer={"ifname": "stranger2"})
+    changed = tmp_path / "pair.yaml"
+    changed.write_text(PAIR.read_text().replace("10.2.0.1/24", "10.2.0.11/24") + (
+        "  third: {kind: netns, nics: [{name: eth0, network: net, ip: 10.2.0.3/24}]}\n"))
+    out = host.cli("up", str(changed), check=False)
+    assert out.returncode == 1 and f"interface {clash} already exists" in out.stderr
+    assert lab_namespaces("pair") == {"vnet-pair-left", "vnet-pair-right"}
+    left = next(n for n in host.call("status", lab="pair")["labs"][0]["nodes"]
+                if n["name"] == "left")
+    assert left["nics"][0]["ip"] == ["10.2.0.1/24"]   # the old address, recorded
+    ping = host.cli("exec", "right", "--", "ping", "-c", "1", "-W", "2", "10.2.0.1")
+    assert ping.returncode == 0, ping.stdout         # and really there, through the switch
+    host.cli("down", str(PAIR))
+    assert clash in links_in(host)                   # the stranger's link is still there
+
+
 def test_vnet_up_starts_a_vnetd_that_leaves_with_the_last_lab(tmp_path: Path) -> None:
     host_ns = f"vnt-auto-{os.getpid()}"
     netns.create(host_ns)

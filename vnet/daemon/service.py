@@ -212,10 +212,16 @@ class Vnetd:
         if work.empty and not stale:
             return {"lab": lab, "created": 0, "removed": 0, "changed": False}
         created: list[Resource] = []
+        deleted: list[Resource] = []  # by this change (not crash leftovers): restored on failure
         try:
-            for resource in stale + work.delete:
+            for resource in stale:
                 await self._delete(resource)
                 del record.resources[resource]
+                self.store.save(record)
+            for resource in work.delete:
+                await self._delete(resource)
+                del record.resources[resource]
+                deleted.append(resource)
                 self.store.save(record)
             for resource in work.create:
                 record.resources[resource] = "pending"
@@ -225,8 +231,8 @@ class Vnetd:
                 created.append(resource)
                 self.store.save(record)
         except BaseException as err:
-            log.error("bringing up %s failed (%s); rolling back what this run created", lab, err)
-            await self._rollback(record, created, had_previous=previous is not None)
+            log.error("bringing up %s failed (%s); rolling back to what was there", lab, err)
+            await self._rollback(record, created, deleted, had_previous=previous is not None)
             raise
         record.source = source
         record.topology = topology_to_dict(topology)
@@ -235,7 +241,9 @@ class Vnetd:
                 "changed": True}
 
     async def _rollback(self, record: LabRecord, created: list[Resource],
-                        had_previous: bool) -> None:
+                        deleted: list[Resource], had_previous: bool) -> None:
+        """Undo a failed change: delete what it created, then re-create what it deleted, so
+        the lab is as it was (a resource that cannot be restored is logged and left out)."""
         undo = [r for r, s in record.resources.items() if s == "pending"] + created[::-1]
         for resource in sorted(undo, key=lambda r: -KIND_ORDER[r.kind]):
             try:
@@ -243,6 +251,17 @@ class Vnetd:
                 del record.resources[resource]
             except Exception:
                 log.exception("rollback could not delete %s; it stays recorded", resource.key)
+        for resource in sorted(deleted, key=lambda r: KIND_ORDER[r.kind]):
+            record.resources[resource] = "pending"
+            self.store.save(record)
+            try:
+                await self._create(resource)
+                record.resources[resource] = "ready"
+            except Exception:
+                log.exception("rollback could not restore %s", resource.key)
+                with contextlib.suppress(Exception):
+                    await self._delete(resource)
+                del record.resources[resource]
         if record.resources or had_previous:
             self.store.save(record)
         else:
