@@ -80,14 +80,18 @@ def _keep_host_stack_off(ifname: str) -> None:
     keeps frames from its own stack.  Without it the host answered a node's ARP for the
     gateway's address with the port's MAC, and routed frames sent to that MAC past the
     switch, its VLANs and the NAT rules."""
-    nft(f"add table netdev {port_table(ifname)}\ndelete table netdev {port_table(ifname)}\n"
-        f"table netdev {port_table(ifname)} {{\n  chain ingress {{\n"
+    nft(_no_port_table(ifname) + f"table netdev {port_table(ifname)} {{\n  chain ingress {{\n"
         f'    type filter hook ingress device "{ifname}" priority -500; policy drop;\n'
         "  }\n}\n")
 
 
+def _no_port_table(ifname: str) -> str:
+    """nft commands that leave no port table for ``ifname``, whether there was one or not."""
+    return f"add table netdev {port_table(ifname)}\ndelete table netdev {port_table(ifname)}\n"
+
+
 def _forget_port_table(ifname: str) -> None:
-    nft(f"add table netdev {port_table(ifname)}\ndelete table netdev {port_table(ifname)}\n")
+    nft(_no_port_table(ifname))
 
 
 def _configure_nic(ns: IPRoute, nic: VethSpec) -> None:
