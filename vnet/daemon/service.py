@@ -214,14 +214,11 @@ class Vnetd:
         created: list[Resource] = []
         deleted: list[Resource] = []  # by this change (not crash leftovers): restored on failure
         try:
-            for resource in stale:
+            for resource in stale + work.delete:
                 await self._delete(resource)
                 del record.resources[resource]
-                self.store.save(record)
-            for resource in work.delete:
-                await self._delete(resource)
-                del record.resources[resource]
-                deleted.append(resource)
+                if resource not in stale:
+                    deleted.append(resource)
                 self.store.save(record)
             for resource in work.create:
                 record.resources[resource] = "pending"
