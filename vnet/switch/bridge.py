@@ -32,7 +32,7 @@ sweep over many addresses) does not pay for filling a cache it never hits.
 from __future__ import annotations
 
 from vnet.packet.ethernet import TAG_ETHERTYPES, ZERO_MAC
-from vnet.switch.fdb import Fdb, LearnResult, _Entry
+from vnet.switch.fdb import Fdb, LearnResult, MacEntry
 from vnet.switch.ports import PortConfig, PortCounters, VlanOptions
 
 RESERVED_PREFIX = b"\x01\x80\xc2\x00\x00"
@@ -68,7 +68,7 @@ class _Cached:
 
     __slots__ = ("aging", "dst", "forward", "generation", "rx", "src", "tagged", "untagged")
 
-    def __init__(self, forward: Forward, generation: int, src: _Entry, dst: _Entry | None,
+    def __init__(self, forward: Forward, generation: int, src: MacEntry, dst: MacEntry | None,
                  aging: float, rx: PortCounters, untagged: tuple[PortCounters, ...],
                  tagged: tuple[PortCounters, ...]) -> None:
         self.forward = forward
@@ -238,7 +238,7 @@ class Switch:
             if len(self._cache) >= CACHE_MAX:
                 self._cache.clear()
             self._cache[(in_port, frame[:14], tci)] = _Cached(
-                forward, self.fdb.generation, src_entry, dst_entry if out is not None else None,
+                forward, self.fdb.generation, src_entry, dst_entry,
                 self.fdb.aging(vid), counters, tuple(ports[n].counters for n in untagged),
                 tuple(ports[n].counters for n in tagged))
         return forward

@@ -21,7 +21,9 @@ class FdbEntry(NamedTuple):
     static: bool
 
 
-class _Entry:
+class MacEntry:
+    """A MAC's live entry in a VLAN: where it was seen, when, whether static."""
+
     __slots__ = ("port", "seen", "static")
 
     def __init__(self, port: int, seen: float, static: bool) -> None:
@@ -36,7 +38,7 @@ class _Vlan:
     def __init__(self, aging: float, limit: int) -> None:
         self.aging = aging
         self.limit = limit
-        self.macs: dict[bytes, _Entry] = {}
+        self.macs: dict[bytes, MacEntry] = {}
         self.queue: deque[tuple[float, bytes]] = deque()  # (time learned or re-queued, mac)
 
 
@@ -91,11 +93,11 @@ class Fdb:
             return LearnResult.LIMITED
         self.generation += 1
         self._learned[key] = count + 1
-        vlan.macs[mac] = _Entry(port, now, False)
+        vlan.macs[mac] = MacEntry(port, now, False)
         vlan.queue.append((now, mac))
         return LearnResult.LEARNED
 
-    def entry(self, vid: int, mac: bytes) -> _Entry | None:
+    def entry(self, vid: int, mac: bytes) -> MacEntry | None:
         """The live entry object (aged or not), for a caller that keeps it to refresh or to
         re-check its age later without another lookup."""
         vlan = self._vlans.get(vid)
@@ -139,7 +141,7 @@ class Fdb:
         old = vlan.macs.get(key)
         if old is not None and not old.static:
             self._learned[(old.port, vid)] -= 1
-        vlan.macs[key] = _Entry(port, 0.0, True)
+        vlan.macs[key] = MacEntry(port, 0.0, True)
 
     def remove_static(self, vid: int, mac: str | bytes) -> None:
         key = mac_to_bytes(mac) if isinstance(mac, str) else mac
