@@ -43,15 +43,14 @@ def madt(vcpus: int) -> bytes:
 
 
 # AML opcodes and resource descriptors (ACPI 6.5, sections 20.2 and 6.4).
-AML_NAME, AML_STRING, AML_BUFFER, AML_SCOPE = 0x08, 0x0D, 0x11, 0x10
-AML_DEVICE = b"\x5b\x82"
+AML_NAME, AML_STRING = b"\x08", b"\x0d"
+AML_BUFFER, AML_SCOPE, AML_PACKAGE, AML_DEVICE = b"\x11", b"\x10", b"\x12", b"\x5b\x82"
 AML_ZERO, AML_ONE, AML_BYTE, AML_WORD, AML_DWORD = 0x00, 0x01, 0x0A, 0x0B, 0x0C
 VIRTIO_MMIO_HID = "LNRO0005"
 VIRTIO_MMIO_SIZE = 0x1000
 FADT_HW_REDUCED_ACPI = 1 << 20
 BOOT_ARCH_NO_VGA, BOOT_ARCH_NO_CMOS_RTC = 1 << 2, 1 << 5
 FADT_LENGTH = 276   # revision 6
-AML_PACKAGE = 0x12
 # Power-off, hardware-reduced style: the guest writes SLP_TYP (from \_S5) and SLP_EN to the
 # FADT's sleep control register, an I/O port here (where a PC chipset's PM block often is).
 SLEEP_CONTROL_PORT, SLEEP_STATUS_PORT = 0x600, 0x601
@@ -82,12 +81,16 @@ def aml_integer(value: int) -> bytes:
 
 
 def aml_name(seg: str, value: bytes) -> bytes:
-    return bytes([AML_NAME]) + seg.encode() + value
+    return AML_NAME + seg.encode() + value
+
+
+def aml_package(opcode: bytes, body: bytes) -> bytes:
+    """An AML term whose body's length follows its opcode: Scope, Device, Buffer, Package."""
+    return opcode + pkg_length(len(body)) + body
 
 
 def aml_buffer(data: bytes) -> bytes:
-    body = aml_integer(len(data)) + data
-    return bytes([AML_BUFFER]) + pkg_length(len(body)) + body
+    return aml_package(AML_BUFFER, aml_integer(len(data)) + data)
 
 
 def sleep_value(value: int) -> int | None:
@@ -108,20 +111,19 @@ def virtio_mmio_device(index: int, base: int, gsi: int) -> bytes:
                  + struct.pack("<BHBBI", 0x89, 6, 0b0011, 1, gsi)
                  + b"\x79\x00")  # end tag, checksum "valid"
     body = (f"VR{index:02X}".encode()
-            + aml_name("_HID", bytes([AML_STRING]) + VIRTIO_MMIO_HID.encode() + b"\0")
+            + aml_name("_HID", AML_STRING + VIRTIO_MMIO_HID.encode() + b"\0")
             + aml_name("_UID", aml_integer(index))
             + aml_name("_CRS", aml_buffer(resources)))
-    return AML_DEVICE + pkg_length(len(body)) + body
+    return aml_package(AML_DEVICE, body)
 
 
 def dsdt(virtio: list[tuple[int, int]]) -> bytes:
     """The DSDT: ``Name (\\_S5, Package { 5, 5, 0, 0 })`` (the soft-off state's SLP_TYP) and
     ``Scope (\\_SB) { one device per virtio-mmio transport (base, GSI) }``."""
-    s5 = bytes([4]) + aml_integer(S5_SLEEP_TYPE) * 2 + aml_integer(0) * 2
-    s5_name = bytes([AML_NAME]) + b"\\_S5_" + bytes([AML_PACKAGE]) + pkg_length(len(s5)) + s5
+    s5 = aml_package(AML_PACKAGE, bytes([4]) + aml_integer(S5_SLEEP_TYPE) * 2
+                     + aml_integer(0) * 2)
     devices = b"".join(virtio_mmio_device(i, base, gsi) for i, (base, gsi) in enumerate(virtio))
-    body = b"\\_SB_" + devices
-    return _sdt(b"DSDT", s5_name + bytes([AML_SCOPE]) + pkg_length(len(body)) + body,
+    return _sdt(b"DSDT", AML_NAME + b"\\_S5_" + s5 + aml_package(AML_SCOPE, b"\\_SB_" + devices),
                 revision=2)
 
 
