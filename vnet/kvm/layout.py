@@ -74,6 +74,14 @@ def write_page_tables(memory: bytearray | memoryview, memory_size: int) -> None:
                              address | flags | PTE_HUGE)
 
 
+def write_user_mode_tables(memory: bytearray | memoryview, memory_size: int) -> None:
+    """Everything ``Vcpu.enter_long_mode_user`` relies on: page tables, GDT and TSS."""
+    write_page_tables(memory, memory_size)
+    gdt = build_gdt()
+    memory[GDT_ADDR:GDT_ADDR + len(gdt)] = gdt
+    write_tss(memory)
+
+
 def write_boot_info(memory: bytearray | memoryview, cmdline: str) -> None:
     data = cmdline.encode()
     if len(data) >= BOOT_INFO_SIZE:

@@ -210,10 +210,7 @@ def run_tiny_guest(memory: int, cmdline: str, serial: Serial16550, nics: list[Ni
     machine = Machine(memory, serial, nics, disk)
     try:
         mem = machine.mem
-        layout.write_page_tables(mem, memory)
-        gdt = layout.build_gdt()
-        mem[layout.GDT_ADDR:layout.GDT_ADDR + len(gdt)] = gdt
-        layout.write_tss(mem)
+        layout.write_user_mode_tables(mem, memory)
         layout.write_boot_info(mem, cmdline)
         layout.load_image(mem, image, memory)
         vcpu, = machine.vm.create_vcpus(1)

@@ -64,10 +64,7 @@ def test_a_disk_kick_is_served_off_the_vcpu_thread(tmp_path: Path) -> None:
     machine = Machine(4 << 20, Serial16550(lambda _data: None), [], (str(disk), False))
     try:
         mem = machine.mem
-        layout.write_page_tables(mem, machine.memory_size)
-        gdt = layout.build_gdt()
-        mem[layout.GDT_ADDR:layout.GDT_ADDR + len(gdt)] = gdt
-        layout.write_tss(mem)
+        layout.write_user_mode_tables(mem, machine.memory_size)
         mem[layout.IMAGE_ADDR:layout.IMAGE_ADDR + len(GUEST)] = GUEST
         driver_sets_up_a_read_of_sector_1(machine)
         mmio_exits: list[int] = []

@@ -34,10 +34,7 @@ def guest_cpuid(vm: Vm, vcpu: Vcpu, leaf: int, subleaf: int = 0) -> tuple[int, .
 def vm():
     machine = Vm(layout.MIN_MEMORY * 2)
     mem = memoryview(machine.memory)
-    layout.write_page_tables(mem, machine.memory_size)
-    gdt = layout.build_gdt()
-    mem[layout.GDT_ADDR:layout.GDT_ADDR + len(gdt)] = gdt
-    layout.write_tss(mem)
+    layout.write_user_mode_tables(mem, machine.memory_size)
     mem.release()
     yield machine
     machine.close()
