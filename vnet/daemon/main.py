@@ -30,7 +30,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="exit once the last lab is down (set when `vnet up` starts vnetd)")
     parser.add_argument("--datapath-python", default=os.environ.get("VNET_DATAPATH_PYTHON"),
                         metavar="INTERPRETER",
-                        help="run the datapath under this Python, e.g. pypy3 (about twice the "
+                        help="run the datapath under this Python, e.g. pypy3 (about 1.7x the "
                         "small-frame rate; default: vnetd's own, or $VNET_DATAPATH_PYTHON)")
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
