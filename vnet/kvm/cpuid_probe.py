@@ -172,7 +172,8 @@ def run_cpuid(vm: Vm, vcpu: Vcpu, leaf: int, subleaf: int = 0, *,
               kernel: bool = False) -> tuple[int, int, int, int]:
     """What the guest gets from ``mov eax, leaf; mov ecx, subleaf; cpuid`` on ``vcpu``, at
     CPL 0 (``kernel``) or CPL 3.  The VM's memory holds ``prepare`` 's tables for that
-    level; on PVM a vCPU's CPL cannot change once it has run, so one VM per level."""
+    level.  Upstream PVM refuses to change the CPL of a vCPU that has run (this host's
+    allowed it), so a vCPU keeps to one level and the probe uses a VM per level."""
     code = (b"\xb8" + leaf.to_bytes(4, "little") + b"\xb9" + subleaf.to_bytes(4, "little")
             + b"\x0f\xa2" + bytes([0xE6, PROBE_PORT]) + b"\xeb\xfe")  # out PORT, al; jmp $
     vm.memory[layout.IMAGE_ADDR:layout.IMAGE_ADDR + len(code)] = code
