@@ -20,7 +20,7 @@ from pathlib import Path
 
 from vnet.errors import VnetError
 from vnet.guest.build import build_tiny_guest
-from vnet.kvm import layout
+from vnet.kvm import cpuid_probe, layout
 from vnet.kvm.boot import acpi, linux
 from vnet.kvm.console import ConsoleSocket
 from vnet.kvm.iothread import DeviceThread, NetIoThread
@@ -237,9 +237,7 @@ def run_linux(memory: int, kernel_path: Path, cmdline: str, serial: Serial16550,
     try:
         mem = machine.mem
         cmdline = f"{cmdline} {machine.virtio_cmdline()}".strip()
-        layout.write_page_tables(mem, memory)
-        gdt = linux.build_gdt()
-        mem[layout.GDT_ADDR:layout.GDT_ADDR + len(gdt)] = gdt
+        gdt_limit = linux.write_entry_tables(mem, memory)
         initrd = None
         if initrd_path is not None:
             ramdisk = initrd_path.read_bytes()
@@ -258,10 +256,23 @@ def run_linux(memory: int, kernel_path: Path, cmdline: str, serial: Serial16550,
         for ap in application_processors:  # they wait in KVM for INIT/SIPI
             threading.Thread(target=ap.run_until, args=(machine.on_io,), daemon=True,
                              name=f"vcpu{ap.index}").start()
-        vcpu.enter_long_mode_kernel(kernel.entry, len(gdt) - 1, linux.ZERO_PAGE)
+        vcpu.enter_long_mode_kernel(kernel.entry, gdt_limit, linux.ZERO_PAGE)
         return machine.run(vcpu)
     finally:
         machine.close()
+
+
+def report_cpuid_delivery(name: str) -> None:
+    """Say in the log, once, when a guest here will not see its vCPU's own CPUID (AMD hosts
+    under PVM: guest user mode sees the host's).  Each vCPU still gets its own table: the
+    guest kernel reads it."""
+    try:
+        warning = cpuid_probe.probe().warning()
+    except (KvmError, OSError) as err:
+        detail = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        warning = f"cannot tell how CPUID reaches a guest on this host: {detail}"
+    if warning is not None:
+        print(f"vnet-vm {name}: warning: {warning}", file=sys.stderr, flush=True)
 
 
 class Console:
@@ -321,6 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     console = None
     try:
         console = Console(args.console_log, args.console_socket, args.echo)
+        report_cpuid_delivery(args.name)
         if args.kernel != "builtin:tiny":
             return run_linux(args.memory, Path(args.kernel), args.cmdline, console.serial,
                              args.vcpus, args.initrd, args.nic, args.disk)

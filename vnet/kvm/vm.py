@@ -111,14 +111,16 @@ class Vm:
         """``count`` vCPUs with the CPU model of ``vnet.kvm.cpu``: vCPU i of ``count`` in
         its CPUID, the boot MSRs set.  All at once: each one's CPUID names the total."""
         supported = self.supported_cpuid()
-        created = []
-        for index in range(count):
-            vcpu = Vcpu(self, len(self.vcpus))
-            self.vcpus.append(vcpu)
-            vcpu.set_cpuid(cpu.guest_cpuid(supported, index, count))
-            vcpu.set_msrs(cpu.boot_msrs())
-            created.append(vcpu)
-        return created
+        return [self.add_vcpu(cpu.guest_cpuid(supported, index, count))
+                for index in range(count)]
+
+    def add_vcpu(self, cpuid: list[cpu.CpuidEntry]) -> Vcpu:
+        """One more vCPU with this CPUID table of its own (KVM copies it) and the boot MSRs."""
+        vcpu = Vcpu(self, len(self.vcpus))
+        self.vcpus.append(vcpu)
+        vcpu.set_cpuid(cpuid)
+        vcpu.set_msrs(cpu.boot_msrs())
+        return vcpu
 
     def close(self) -> None:
         for vcpu in self.vcpus:

@@ -84,16 +84,14 @@ class HaltedGuest:
         self.vm = Vm(4 << 20)
         api.ioctl(self.vm.fd, api.KVM_CREATE_IRQCHIP, 0)
         mem = memoryview(self.vm.memory)
-        layout.write_page_tables(mem, self.vm.memory_size)
-        gdt = linux.build_gdt()
-        mem[layout.GDT_ADDR:layout.GDT_ADDR + len(gdt)] = gdt
+        gdt_limit = linux.write_entry_tables(mem, self.vm.memory_size)
         mem[IDT_ADDR + vector * 16:IDT_ADDR + vector * 16 + 16] = interrupt_gate(HANDLER)
         mem[IDTR_ADDR:IDTR_ADDR + 10] = struct.pack("<HQ", 256 * 16 - 1, IDT_ADDR)
         mem[CODE:CODE + len(main)] = main
         mem[HANDLER:HANDLER + len(isr)] = isr
         mem.release()
         self.vcpu, = self.vm.create_vcpus(1)
-        self.vcpu.enter_long_mode_kernel(CODE, len(gdt) - 1, 0)
+        self.vcpu.enter_long_mode_kernel(CODE, gdt_limit, 0)
         regs = self.vcpu.regs()
         regs.rsp = STACK
         api.ioctl(self.vcpu.fd, api.KVM_SET_REGS, regs)

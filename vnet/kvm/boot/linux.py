@@ -13,6 +13,7 @@ import struct
 from dataclasses import dataclass
 
 from vnet.errors import VnetError
+from vnet.kvm import layout
 
 LZ4_LEGACY_MAGIC = 0x184C2102
 LZ4_LEGACY_BLOCK = 8 << 20
@@ -150,6 +151,14 @@ def zero_page(kernel: Kernel, cmdline: str, memory_size: int,
 
 def build_gdt() -> bytes:
     """Flat segments at the selectors the protocol names: __BOOT_CS 0x10, __BOOT_DS 0x18."""
-    from vnet.kvm.layout import gdt_entry
-
+    gdt_entry = layout.gdt_entry
     return bytes(16) + gdt_entry(0, 0xFFFFF, 0x9A, 0xA) + gdt_entry(0, 0xFFFFF, 0x92, 0xC)
+
+
+def write_entry_tables(memory: bytearray | memoryview, memory_size: int) -> int:
+    """What ``Vcpu.enter_long_mode_kernel`` runs on: the identity page tables and this GDT
+    at ``layout.GDT_ADDR``.  Returns the GDT's limit, which the entry needs."""
+    layout.write_page_tables(memory, memory_size)
+    gdt = build_gdt()
+    memory[layout.GDT_ADDR:layout.GDT_ADDR + len(gdt)] = gdt
+    return len(gdt) - 1
