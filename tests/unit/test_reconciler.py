@@ -29,7 +29,7 @@ class FakeWorld:
     def __init__(self) -> None:
         self.present: set[Resource] = set()
         self.calls: list[tuple[str, Resource]] = []
-        self.fail: dict[tuple[str, Resource], Exception] = {}
+        self.fail: dict[tuple[str, Resource], BaseException] = {}
 
 
 class FakeDriver:
