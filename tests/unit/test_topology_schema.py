@@ -132,6 +132,13 @@ BAD = {
     "memory too small": _with(("nodes", "v1", "memory"), 1024),
     "version 2": _with(("version",), 2),
     "bus without broker": _with(("bus",), {}),
+    "host without address": _with(("hosts",), {"h1": {}}),
+    "password under bus": _with(("bus",), {"broker": "mqtt://b", "password": "x"}),
+    "vni 0": _with(("networks", "a", "vni"), 0),
+    "vni above 24 bits": _with(("networks", "a", "vni"), 2**24),
+    "host on an isolated network": _with(("networks", "a", "host"), "h1"),
+    "per-host uplink with a bad interface name": _with(
+        ("networks", "a"), {"vlan": 10, "mode": "bridged", "uplink": {"h1": "bad name"}}),
 }
 
 
