@@ -30,6 +30,7 @@ from vnet.topology.placement import (
     network_hosts,
     nic_places,
     part_for_host,
+    uplink_on,
 )
 from vnet.topology.values import (
     DERIVED_VNI_MIN,
@@ -291,7 +292,7 @@ def test_single_host_labs_have_no_placement_fields() -> None:
     assert t.hosts == () and t.bus is None
     assert all(n.host is None for n in t.nodes)
     assert all(n.host is None and not n.uplinks and n.vni is None for n in t.networks)
-    assert t.network("lan").uplink == "eth2" and t.network("lan").uplink_on(None) == "eth2"
+    assert t.network("lan").uplink == "eth2" and uplink_on(t.network("lan"), None) == "eth2"
 
 
 def test_uplink_on() -> None:
@@ -305,10 +306,10 @@ def test_uplink_on() -> None:
         """)
     lan, one, inet, iso = t.networks
     assert lan.uplinks == FrozenMap({"h1": "eth2", "h2": "eth3"}) and lan.uplink is None
-    assert (lan.uplink_on("h1"), lan.uplink_on("h2")) == ("eth2", "eth3")
-    assert (one.uplink_on("h1"), one.uplink_on("h2")) == (None, "eth4")
-    assert (inet.uplink_on("h1"), inet.uplink_on("h2")) == (None, "eth1")
-    assert iso.uplink_on("h1") is None
+    assert (uplink_on(lan, "h1"), uplink_on(lan, "h2")) == ("eth2", "eth3")
+    assert (uplink_on(one, "h1"), uplink_on(one, "h2")) == (None, "eth4")
+    assert (uplink_on(inet, "h1"), uplink_on(inet, "h2")) == (None, "eth1")
+    assert uplink_on(iso, "h1") is None
 
 
 def test_multi_host_labs_round_trip_through_the_dict_form() -> None:

@@ -53,6 +53,7 @@ from vnet.topology.placement import (
     network_hosts,
     nic_places,
     part_for_host,
+    uplink_on,
 )
 from vnet.topology.values import assign_vnis, derive_mac, derive_vni
 
@@ -85,4 +86,5 @@ __all__ = [
     "parse_topology",
     "part_for_host",
     "topology_to_dict",
+    "uplink_on",
 ]

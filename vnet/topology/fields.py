@@ -68,6 +68,9 @@ FORWARD = Obj(noun="forward", description="A host port forwarded to a node's por
 
 NETWORK = Obj(noun="network", description="A network: one VLAN on the lab's switch.", fields={
     "vlan": Field(Int(1, 4094), "802.1Q VLAN ID, unique in the lab.", required=True),
+    "vni": Field(Int(1, values.VNI_MAX), "The VXLAN network identifier that carries this "
+                 "network between hosts, unique in the lab; default: derived from the lab and "
+                 f"network names ({values.DERIVED_VNI_MIN} and up)."),
     "mode": Field(Enum(("isolated", "nat", "bridged")),
                   "isolated: only the lab; nat: routed out through a NAT gateway; "
                   "bridged: switched onto a host interface.", default="isolated"),
@@ -96,9 +99,6 @@ NETWORK = Obj(noun="network", description="A network: one VLAN on the lab's swit
                        default=300),
     "mac_limit": Field(Int(1), "Most MACs the switch learns per port in this network.",
                        default=1024),
-    "vni": Field(Int(1, values.VNI_MAX), "The VXLAN network identifier that carries this "
-                 "network between hosts, unique in the lab; default: derived from the lab and "
-                 f"network names ({values.DERIVED_VNI_MIN} and up)."),
 })
 
 NIC = Obj(noun="NIC", description="A NIC: an access port (network) or a trunk (trunk).",

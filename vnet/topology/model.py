@@ -88,8 +88,8 @@ class Network:
 
     In a lab with hosts, ``host`` is the host that holds a NAT network's gateway (and its
     ``uplink``), and a bridged network's uplinks are ``uplinks`` (host -> interface) instead
-    of ``uplink``; ``uplink_on`` answers for either.  ``vni`` is the file's ``vni:`` (None:
-    derived, see ``Topology.vni_of``).
+    of ``uplink``; ``placement.uplink_on`` answers for either.  ``vni`` is the file's
+    ``vni:`` (None: derived, see ``Topology.vni_of``).
     """
 
     name: str
@@ -107,14 +107,6 @@ class Network:
     reach: tuple[str, ...] = ()   # NAT networks this one may open connections to
     mac_aging: float = 300.0
     mac_limit: int = 1024
-
-    def uplink_on(self, host: str | None) -> str | None:
-        """The interface this network leads out of on ``host`` (None: a lab without hosts)."""
-        if host is None:
-            return self.uplink
-        if self.uplinks:
-            return self.uplinks.get(host)
-        return self.uplink if host == self.host else None
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,15 @@ class HostPart:
     peers: Mapping[str, tuple[str, ...]]
 
 
+def uplink_on(network: Network, host: str | None) -> str | None:
+    """The interface ``network`` leads out of on ``host`` (None: a lab without hosts)."""
+    if host is None:
+        return network.uplink
+    if network.uplinks:
+        return network.uplinks.get(host)
+    return network.uplink if host == network.host else None
+
+
 def nic_places(t: Topology) -> tuple[NicPlace, ...]:
     """Every (host, network, MAC) of a node NIC, in file order; a trunk NIC gives one per
     network it carries.  Gateway ports and hosts behind bridged uplinks are not placed."""
@@ -95,7 +104,7 @@ def part_for_host(t: Topology, host: str | None) -> HostPart:
     spread = network_hosts(t)
     networks = tuple(n for n in t.networks if host in spread[n.name])
     uplinks = tuple((n.name, uplink) for n in networks
-                    if (uplink := n.uplink_on(host)) is not None)
+                    if (uplink := uplink_on(n, host)) is not None)
     return HostPart(
         host=host, nodes=tuple(n for n in t.nodes if n.host == host), networks=networks,
         gateways=tuple(n for n in networks if n.mode == "nat" and n.host == host),
