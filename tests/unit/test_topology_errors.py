@@ -46,8 +46,8 @@ CASES: dict[str, tuple[str, list[str]]] = {
           a: {vlna: 10}
         nodes: {}
         """, ["t.yaml:3: networks.a.vlna: unknown key 'vlna'; did you mean 'vlan'? (allowed: "
-              "dhcp, forward, gateway, mac_aging, mac_limit, mode, reach, subnet, tagged, uplink, "
-              "vlan)",
+              "dhcp, forward, gateway, host, mac_aging, mac_limit, mode, reach, subnet, tagged, "
+              "uplink, vlan, vni)",
               "t.yaml:3: networks.a.vlan: required key is missing"]),
     "unknown top-level key without suggestion": ("""
         name: x

@@ -44,13 +44,14 @@ networks:
     mode: nat
     subnet: 192.168.20.0/24
     uplink: eth1
+    host: hostA
     dhcp: {range: [192.168.20.100, 192.168.20.200], leases: {vm1: 192.168.20.50}}
     forward: [{proto: tcp, port: 2222, to: "vm1:22"}, {proto: udp, port: 5353, to: "c1:53"}]
     mac_aging: 2.5
     mac_limit: 16
-  wan: {vlan: 25, mode: nat, subnet: 10.25.0.0/16, gateway: 10.25.255.254}
-  lan: {vlan: 30, mode: bridged, uplink: eth2}
-  tlan: {vlan: 31, mode: bridged, uplink: eth2, tagged: true}
+  wan: {vlan: 25, mode: nat, subnet: 10.25.0.0/16, gateway: 10.25.255.254, host: hostB}
+  lan: {vlan: 30, mode: bridged, uplink: {hostA: eth2}}
+  tlan: {vlan: 31, mode: bridged, uplink: {hostA: eth2, hostB: eth3}, tagged: true}
 nodes:
   c1:
     kind: netns
@@ -61,6 +62,7 @@ nodes:
       - {name: eth2, network: office, ip: "fd00::10/64"}
   vm1:
     kind: vm
+    host: hostB
     vcpus: 2
     memory: 1G
     kernel: images/bzImage
@@ -69,11 +71,11 @@ nodes:
     disk: {path: disk.img, readonly: true}
     restart: always
     nics: [{name: eth0, network: lab, ip: dhcp, mac: "52:54:00:12:34:56"}]
-  vm2: {kind: vm, memory: 32768k, disk: other.img, nics: []}
-  vm3: {kind: vm, memory: 33554432}
+  vm2: {kind: vm, host: hostA, memory: 32768k, disk: other.img, nics: []}
+  vm3: {kind: vm, host: hostB, memory: 33554432}
 hosts:
   hostA: {address: 192.0.2.1, description: the lab server}
-  hostB: {}
+  hostB: {address: 192.0.2.2}
 bus: {broker: "mqtt://127.0.0.1:1883"}
 """
 
@@ -123,13 +125,14 @@ def test_full_topology_networks() -> None:
     lab = t.network("lab")
     assert lab == Network(
         "lab", 20, "nat", subnet=IPv4Network("192.168.20.0/24"),
-        gateway=IPv4Address("192.168.20.1"), uplink="eth1",
+        gateway=IPv4Address("192.168.20.1"), uplink="eth1", host="hostA",
         dhcp=Dhcp(IPv4Address("192.168.20.100"), IPv4Address("192.168.20.200"),
                   FrozenMap({"vm1": IPv4Address("192.168.20.50")})),
         forwards=(Forward("tcp", 2222, "vm1", 22), Forward("udp", 5353, "c1", 53)),
         mac_aging=2.5, mac_limit=16)
     assert t.network("wan").gateway == IPv4Address("10.25.255.254")
-    assert t.network("lan") == Network("lan", 30, "bridged", uplink="eth2")
+    assert t.network("lan") == Network("lan", 30, "bridged",
+                                       uplinks=FrozenMap({"hostA": "eth2"}))
     assert t.network("tlan").tagged is True
     assert t.network("office").mac_aging == 300.0 and t.network("office").mac_limit == 1024
 
@@ -143,7 +146,7 @@ def test_full_topology_nodes() -> None:
     assert c1.nics[2].ip == IPv6Interface("fd00::10/64")
     assert t.node("vm1") == Node(
         "vm1", "vm", (Nic("eth0", "52:54:00:12:34:56", network="lab", dhcp=True),),
-        vcpus=2, memory=2**30, kernel="/labs/images/bzImage", cmdline="console=ttyS0",
+        host="hostB", vcpus=2, memory=2**30, kernel="/labs/images/bzImage", cmdline="console=ttyS0",
         initrd=Path("/boot/initrd.img"), disk=Disk(Path("/labs/disk.img"), readonly=True),
         restart="always")
     vm2 = t.node("vm2")
@@ -154,7 +157,7 @@ def test_full_topology_nodes() -> None:
 
 def test_full_topology_hosts_and_bus() -> None:
     t = full()
-    assert t.hosts == (Host("hostA", "192.0.2.1", "the lab server"), Host("hostB"))
+    assert t.hosts == (Host("hostA", "192.0.2.1", "the lab server"), Host("hostB", "192.0.2.2"))
     assert t.bus == Bus("mqtt://127.0.0.1:1883", "vnet/v1")
     assert t.source == Path("/labs/full.yaml")
 

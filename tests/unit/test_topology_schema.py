@@ -132,6 +132,13 @@ BAD = {
     "memory too small": _with(("nodes", "v1", "memory"), 1024),
     "version 2": _with(("version",), 2),
     "bus without broker": _with(("bus",), {}),
+    "host without address": _with(("hosts",), {"h1": {}}),
+    "password under bus": _with(("bus",), {"broker": "mqtt://b", "password": "x"}),
+    "vni 0": _with(("networks", "a", "vni"), 0),
+    "vni above 24 bits": _with(("networks", "a", "vni"), 2**24),
+    "host on an isolated network": _with(("networks", "a", "host"), "h1"),
+    "per-host uplink with a bad interface name": _with(
+        ("networks", "a"), {"vlan": 10, "mode": "bridged", "uplink": {"h1": "bad name"}}),
 }
 
 
@@ -150,7 +157,9 @@ def test_good_document_passes_both() -> None:
 def test_optional_sections_validate() -> None:
     doc = _with(("hosts",), {"hostA": {"address": "192.0.2.1", "description": "x"}})
     doc["bus"] = {"broker": "mqtt://broker:1883", "topic_root": "lab/v1"}
-    doc["nodes"]["c1"]["host"] = "hostA"
+    for node in doc["nodes"].values():
+        node["host"] = "hostA"
+    doc["networks"]["n"]["host"] = "hostA"
     VALIDATOR.validate(doc)
     parse_topology(json.dumps(doc))
 
@@ -171,17 +180,17 @@ def _paths(value: Any, prefix: tuple[str | int, ...] = ()) -> list[tuple[str | i
 RICH = json.loads(json.dumps(topology_to_dict(parse_topology("""
 name: rich
 networks:
-  a: {vlan: 10}
-  n: {vlan: 20, mode: nat, subnet: 10.0.0.0/24, uplink: eth1,
+  a: {vlan: 10, vni: 5010}
+  n: {vlan: 20, mode: nat, subnet: 10.0.0.0/24, uplink: eth1, host: h1,
       dhcp: {range: [10.0.0.100, 10.0.0.200], leases: {v1: 10.0.0.50}},
       forward: [{proto: tcp, port: 2222, to: "v1:22"}]}
-  b: {vlan: 30, mode: bridged, uplink: eth2}
+  b: {vlan: 30, mode: bridged, uplink: {h1: eth2, h2: eth3}}
 nodes:
   c1: {kind: netns, host: h1, nics: [{name: eth0, network: a, ip: 10.1.0.1/24}]}
-  t1: {kind: netns, nics: [{name: eth0, trunk: [a, b], native: n}]}
-  v1: {kind: vm, disk: {path: /d.img}, cmdline: x, initrd: /i,
+  t1: {kind: netns, host: h2, nics: [{name: eth0, trunk: [a, b], native: n}]}
+  v1: {kind: vm, host: h2, disk: {path: /d.img}, cmdline: x, initrd: /i,
        nics: [{name: eth0, network: n, ip: dhcp}]}
-hosts: {h1: {address: 192.0.2.1, description: d}}
+hosts: {h1: {address: 192.0.2.1, description: d}, h2: {address: 192.0.2.2}}
 bus: {broker: "mqtt://b:1883"}
 """))))
 RICH_PATHS = _paths(RICH)

@@ -9,18 +9,21 @@ is specified once, in ``fields.py``; ``json_schema()`` publishes it for editors
     name: LAB                       # ^[a-z][a-z0-9-]{0,15}$ (part of kernel object names)
     networks:                       # one VLAN each; mode isolated (default) | nat | bridged
       NET: {vlan: 1..4094, mode, subnet, gateway, uplink, tagged, dhcp, forward,
-            mac_aging: 300, mac_limit: 1024}
+            mac_aging: 300, mac_limit: 1024, vni: 1..16777215 (default: derived),
+            host: HOST (nat, with hosts), uplink: {HOST: IFNAME} (bridged, with hosts)}
     nodes:                          # kind netns | vm; vm-only: vcpus memory kernel cmdline
       NODE:                         #                           initrd disk restart
         kind: netns
         nics: [{name: eth0, network: NET, ip: 10.0.0.1/24 | dhcp, mac: ...},
                {name: eth1, trunk: [NET, ...], native: NET | null}]
-    hosts: {HOST: {address, description}}       # reserved: multi-host labs
-    bus: {broker: mqtt://..., topic_root: vnet/v1}  # reserved: multi-host labs
+        host: HOST                  # required when hosts are declared, refused otherwise
+    hosts: {HOST: {address, description}}       # multi-host labs: VXLAN underlay addresses
+    bus: {broker: mqtt[s]://HOST[:PORT], topic_root: vnet/v1}  # required with 2+ hosts
 
 A NIC without ``mac`` gets ``derive_mac(lab, node, nic)``: ``02`` then 5 bytes of
 blake2b, stable across runs, hosts and Python versions.  ``topology_to_dict`` gives the model
-back as a document of this same format, with every default spelled out.
+back as a document of this same format, with every default spelled out.  ``placement``
+answers what one host realises of a lab (``part_for_host``) and where each node MAC lives.
 """
 
 from vnet.topology.export import topology_to_dict
@@ -42,7 +45,17 @@ from vnet.topology.model import (
     Restart,
     Topology,
 )
-from vnet.topology.values import derive_mac
+from vnet.topology.placement import (
+    HostPart,
+    NicPlace,
+    has_network,
+    mac_hosts,
+    network_hosts,
+    nic_places,
+    part_for_host,
+    uplink_on,
+)
+from vnet.topology.values import assign_vnis, derive_mac, derive_vni
 
 __all__ = [
     "Bus",
@@ -51,17 +64,27 @@ __all__ = [
     "Forward",
     "FrozenMap",
     "Host",
+    "HostPart",
     "Kind",
     "Mode",
     "Network",
     "Nic",
+    "NicPlace",
     "Node",
     "Proto",
     "Restart",
     "Topology",
+    "assign_vnis",
     "derive_mac",
+    "derive_vni",
+    "has_network",
     "json_schema",
     "load_topology",
+    "mac_hosts",
+    "network_hosts",
+    "nic_places",
     "parse_topology",
+    "part_for_host",
     "topology_to_dict",
+    "uplink_on",
 ]

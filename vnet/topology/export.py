@@ -22,9 +22,8 @@ def topology_to_dict(t: Topology) -> dict[str, Any]:
         "nodes": {n.name: _node(n) for n in t.nodes},
     }
     if t.hosts:
-        out["hosts"] = {h.name: {k: v for k, v in (("address", h.address),
-                                                   ("description", h.description))
-                                 if v is not None}
+        out["hosts"] = {h.name: {"address": h.address} if h.description is None
+                        else {"address": h.address, "description": h.description}
                         for h in t.hosts}
     if t.bus is not None:
         out["bus"] = {"broker": t.bus.broker, "topic_root": t.bus.topic_root}
@@ -37,8 +36,12 @@ def _network(n: Network) -> dict[str, Any]:
         out["subnet"] = str(n.subnet)
     if n.gateway is not None:
         out["gateway"] = str(n.gateway)
+    if n.host is not None:
+        out["host"] = n.host
     if n.uplink is not None:
         out["uplink"] = n.uplink
+    elif n.uplinks:
+        out["uplink"] = dict(n.uplinks)
     if n.mode == "bridged":
         out["tagged"] = n.tagged
     if n.dhcp is not None:
@@ -49,6 +52,8 @@ def _network(n: Network) -> dict[str, Any]:
                           for f in n.forwards]
     out["mac_aging"] = n.mac_aging
     out["mac_limit"] = n.mac_limit
+    if n.vni is not None:
+        out["vni"] = n.vni
     return out
 
 

@@ -9,7 +9,7 @@ construction.  Regenerate the checked-in file after changing this table::
 
 from __future__ import annotations
 
-from vnet.topology import model
+from vnet.topology import model, values
 from vnet.topology.spec import (
     JSON,
     AnyOf,
@@ -47,6 +47,8 @@ NAT, BRIDGED, VM = ("nat",), ("bridged",), ("vm",)
 UPLINK_MODES = ("nat", "bridged")
 
 name_ref = Str(NAME, NAME_WHY)
+host_ref = Str(HOST_NAME, HOST_NAME_WHY)
+ifname = Str(IFNAME, IFNAME_WHY)
 ip_text = Str()
 port = Int(1, 65535)
 
@@ -66,6 +68,9 @@ FORWARD = Obj(noun="forward", description="A host port forwarded to a node's por
 
 NETWORK = Obj(noun="network", description="A network: one VLAN on the lab's switch.", fields={
     "vlan": Field(Int(1, 4094), "802.1Q VLAN ID, unique in the lab.", required=True),
+    "vni": Field(Int(1, values.VNI_MAX), "The VXLAN network identifier that carries this "
+                 "network between hosts, unique in the lab; default: derived from the lab and "
+                 f"network names ({values.DERIVED_VNI_MIN} and up)."),
     "mode": Field(Enum(("isolated", "nat", "bridged")),
                   "isolated: only the lab; nat: routed out through a NAT gateway; "
                   "bridged: switched onto a host interface.", default="isolated"),
@@ -73,10 +78,14 @@ NETWORK = Obj(noun="network", description="A network: one VLAN on the lab's swit
                     "addresses in this network must lie inside it.", required_with=("mode", NAT)),
     "gateway": Field(ip_text, "The NAT gateway's address; default: the subnet's first host.",
                      only=("mode", NAT)),
-    "uplink": Field(Str(IFNAME, IFNAME_WHY),
+    "uplink": Field(AnyOf((ifname, MapOf(host_ref, ifname, noun="host name"))),
                     "The host interface that leads out; required for bridged, optional for "
-                    "nat (default: the host's default route).",
+                    "nat (default: the host's default route).  In a lab with hosts a bridged "
+                    "network names it per host ({h1: eth2, h2: eth3}); a NAT network's is on "
+                    "its gateway's host.",
                     only=("mode", UPLINK_MODES), required_with=("mode", BRIDGED)),
+    "host": Field(host_ref, "nat, in a lab with hosts (and only there): the host that holds "
+                  "the gateway, its DHCP server and NAT rules.", only=("mode", NAT)),
     "tagged": Field(Bool(), "bridged only: carry the VLAN tagged on the uplink.", default=False,
                     only=("mode", BRIDGED)),
     "dhcp": Field(DHCP, "nat only: serve DHCP in the subnet.", only=("mode", NAT)),
@@ -120,7 +129,8 @@ NODE = Obj(noun="node", description="A namespace container (netns) or a KVM gues
     "kind": Field(Enum(("netns", "vm")), "netns: a network-namespace container; vm: a KVM "
                   "guest.", required=True),
     "nics": Field(ListOf(NIC), "The node's NICs."),
-    "host": Field(Str(HOST_NAME, HOST_NAME_WHY), "The host (under hosts:) that runs the node."),
+    "host": Field(host_ref, "The host (under hosts:) that runs the node; required in a lab "
+                  "with hosts, refused in one without."),
     "vcpus": Field(Int(1, 64), "vm only: virtual CPUs.", default=1, only=("kind", VM)),
     "memory": Field(AnyOf((Int(MIN_MEMORY), Str(MEMORY, "bytes, or a number with K, M or G"))),
                     "vm only: guest memory, bytes or with K/M/G suffix; at least 16M.",
@@ -137,16 +147,24 @@ NODE = Obj(noun="node", description="A namespace container (netns) or a KVM gues
                      only=("kind", VM)),
 })
 
-HOST = Obj(noun="host", description="A host that runs vnetd (reserved: multi-host labs).",
+HOST = Obj(noun="host", description="A host that runs vnetd and its part of the lab.",
            fields={
-    "address": Field(ip_text, "The host's IP address."),
+    "address": Field(ip_text, "The underlay IPv4 or IPv6 address the host's datapath sends "
+                     "and receives VXLAN on; unique.", required=True),
     "description": Field(Str(), "Free text."),
 })
 
-BUS = Obj(noun="bus", description="The MQTT bus between hosts (reserved: multi-host labs).",
-          fields={
+SECRETS = ("username", "user", "password", "pass", "token", "client_id", "tls", "ca", "cafile",
+           "ca_file", "ca_certs", "cert", "certfile", "cert_file", "key", "keyfile", "key_file")
+SECRETS_WHY = ("does not go in the topology, which every host shares: credentials and TLS "
+               "files belong to each host's vnetd configuration (the topology names only the "
+               "broker, mqtts:// for TLS)")
+
+BUS = Obj(noun="bus", description="The MQTT bus between the hosts of a lab.",
+          refused={key: SECRETS_WHY for key in SECRETS}, fields={
     "broker": Field(Str(BROKER, "mqtt://HOST:PORT or mqtts://HOST:PORT"),
-                    "The broker URL.", required=True),
+                    "The broker: mqtt://HOST[:PORT] (default port 1883) or mqtts://HOST[:PORT] "
+                    "(TLS, 8883); required with two or more hosts.", required=True),
     "topic_root": Field(Str(TOPIC_ROOT, "topic levels separated by '/', no wildcards"),
                         "Prefix of every topic vnet uses.", default=model.DEFAULT_TOPIC_ROOT),
 })
@@ -159,8 +177,8 @@ TOPOLOGY = Obj(noun="topology", description="A vnet topology file (version 1).",
     "nodes": Field(MapOf(name_ref, NODE, noun="node name"), "The lab's nodes by name.",
                    required=True),
     "hosts": Field(MapOf(Str(HOST_NAME, HOST_NAME_WHY), HOST, noun="host name"),
-                   "The hosts of a multi-host lab (reserved)."),
-    "bus": Field(BUS, "The MQTT bus of a multi-host lab (reserved)."),
+                   "The hosts of a multi-host lab; then every node names its host."),
+    "bus": Field(BUS, "The MQTT bus of a multi-host lab."),
 })
 
 

@@ -2,16 +2,15 @@
 
 The structural pass (``fields.TOPOLOGY``) has already refused unknown keys, wrong types and
 out-of-range numbers when ``_Builder`` runs; the builder checks what a schema cannot say:
-references between networks, nodes and hosts, addresses and subnets, uniqueness across the
-lab.  Every problem is collected with its ``FILE:LINE: KEY.PATH:`` prefix and the whole list
-is raised as one ``TopologyError``, so a user fixes a file in one round.
+references between networks and nodes, addresses and subnets, uniqueness across the lab;
+``hostcheck`` checks where the parts of a multi-host lab are.  Every problem is collected
+with its ``FILE:LINE: KEY.PATH:`` prefix and the whole list is raised as one
+``TopologyError``, so a user fixes a file in one round.
 """
 
 from __future__ import annotations
 
-import difflib
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
@@ -20,24 +19,23 @@ from typing import Any
 from vnet.errors import TopologyError
 from vnet.kvm.layout import MAX_NICS
 from vnet.topology import fields as fmt
+from vnet.topology.hostcheck import HostChecks
 from vnet.topology.model import (
     Bus,
     Dhcp,
     Disk,
     Forward,
     FrozenMap,
-    Host,
     Network,
     Nic,
     Node,
     Topology,
 )
-from vnet.topology.report import INVALID, KeyPath, Reporter, format_path
+from vnet.topology.report import INVALID, KeyPath, Reporter, format_path, undefined
 from vnet.topology.spec import Fields
 from vnet.topology.values import (
     derive_mac,
     parse_interface,
-    parse_ip,
     parse_ipv4,
     parse_mac,
     parse_size,
@@ -83,13 +81,6 @@ class _Port:
     path: KeyPath
 
 
-def _undefined(kind: str, name: str, defined: Iterable[str]) -> str:
-    names = sorted(defined)
-    close = difflib.get_close_matches(name, names, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    return f"{kind} {name!r} is not defined (defined: {', '.join(names) or 'none'}){hint}"
-
-
 class _Builder:
     """Checks the meaning of a structurally checked document and builds the model."""
 
@@ -98,9 +89,9 @@ class _Builder:
         self.lab: str = top.get("name") or ""
         self.net_fields: dict[str, Any] = top.get("networks") or {}
         self.node_fields: dict[str, Any] = top.get("nodes") or {}
-        self.host_fields: dict[str, Any] = top.get("hosts") or {}
+        self.hostchecks = HostChecks(rep, top)
         # A section that is itself wrong (reported) defines nothing we could check against.
-        self.sections_ok = {s: s not in top.bad for s in ("networks", "nodes", "hosts")}
+        self.sections_ok = {s: s not in top.bad for s in ("networks", "nodes")}
         self.networks: dict[str, Network] = {}
         self.modes: dict[str, str | None] = {}  # None: the mode itself was wrong
         self.nodes: list[Node] = []
@@ -112,10 +103,16 @@ class _Builder:
         for name, fields in self.net_fields.items():
             if isinstance(fields, Fields):
                 self.network(name, fields)
+                self.hostchecks.check_network(fields)
+                self.hostchecks.check_reach(name, fields, self.net_fields)
         for name, fields in self.node_fields.items():
             if isinstance(fields, Fields):
                 self.node(name, fields)
+                self.hostchecks.check_node(fields)
+        hosts = self.hostchecks.hosts()
+        self.hostchecks.check_bus()
         self.check_vlans()
+        self.check_vnis()
         self.check_subnets()
         self.check_uplinks()
         self.check_macs()
@@ -125,8 +122,6 @@ class _Builder:
             self.check_forwards(network)
             self.check_reach(network)
         self.check_forward_ports()
-        hosts = tuple(self.host(n, f) for n, f in self.host_fields.items()
-                      if isinstance(f, Fields))
         bus = self.top.get("bus")
         if self.rep.problems:
             return None
@@ -154,10 +149,15 @@ class _Builder:
             if forward is not None:
                 forwards.append(forward)
                 indices.append(i)
+        uplink = f.get("uplink")
+        uplinks = FrozenMap({h: i for h, i in uplink.items() if i is not INVALID}
+                            if isinstance(uplink, dict) else {})
         if f.ok("vlan") and mode is not None:
             self.networks[name] = Network(
                 name=name, vlan=f.get("vlan"), mode=mode, subnet=subnet, gateway=gateway,
-                uplink=f.get("uplink"), tagged=f.get("tagged"), dhcp=dhcp, forwards=tuple(forwards),
+                uplink=uplink if isinstance(uplink, str) else None, host=f.get("host"),
+                uplinks=uplinks, vni=f.get("vni"), tagged=f.get("tagged"), dhcp=dhcp,
+                forwards=tuple(forwards),
                 reach=tuple(r for r in f.get("reach") or () if r is not INVALID),
                 mac_aging=float(f.get("mac_aging") or Network.mac_aging),
                 mac_limit=f.get("mac_limit") or Network.mac_limit)
@@ -239,8 +239,6 @@ class _Builder:
     def node(self, name: str, f: Fields) -> None:
         path = f.path
         host = f.get("host")
-        if host is not None:
-            self.reference("host", host, (*path, "host"))
         nics = self.nics(name, f)
         kind = f.get("kind")
         if kind is None:
@@ -354,12 +352,6 @@ class _Builder:
             self.rep.error(path, f"network {network!r} serves no DHCP: give it "
                            "dhcp: {range: [FIRST, LAST]}, or give this NIC a static ip")
 
-    # -- hosts ------------------------------------------------------------------------------
-
-    def host(self, name: str, f: Fields) -> Host:
-        address = self.parse(parse_ip, f, "address")
-        return Host(name, str(address) if address is not None else None, f.get("description"))
-
     # -- across the lab ---------------------------------------------------------------------
 
     def check_vlans(self) -> None:
@@ -383,17 +375,33 @@ class _Builder:
                                    f"the subnet {other.subnet} of network {other.name!r}")
             seen.append(net)
 
-    def check_uplinks(self) -> None:
-        untagged: dict[str, str] = {}
+    def check_vnis(self) -> None:
+        owner: dict[int, str] = {}
         for net in self.networks.values():
-            if net.mode != "bridged" or net.uplink is None or net.tagged:
+            if net.vni is None:
                 continue
-            if net.uplink in untagged:
-                self.rep.error(("networks", net.name, "uplink"), f"network "
-                               f"{untagged[net.uplink]!r} is already bridged untagged onto "
-                               f"{net.uplink}: at most one untagged network per uplink (set "
-                               "tagged: true on the others)")
-            untagged.setdefault(net.uplink, net.name)
+            if net.vni in owner:
+                self.rep.error(("networks", net.name, "vni"), f"VNI {net.vni} is already used "
+                               f"by network {owner[net.vni]!r}: each network needs its own VNI")
+            owner.setdefault(net.vni, net.name)
+
+    def check_uplinks(self) -> None:
+        untagged: dict[tuple[str | None, str], str] = {}
+        for net in self.networks.values():
+            if net.mode != "bridged" or net.tagged:
+                continue
+            pairs = (list(net.uplinks.items()) if net.uplinks
+                     else [(None, net.uplink)] if net.uplink is not None else [])
+            for host, uplink in pairs:
+                path: KeyPath = ("networks", net.name, "uplink")
+                on = ""
+                if host is not None:
+                    path, on = (*path, host), f" on host {host!r}"
+                if (host, uplink) in untagged:
+                    self.rep.error(path, f"network {untagged[(host, uplink)]!r} is already "
+                                   f"bridged untagged onto {uplink}{on}: at most one untagged "
+                                   "network per uplink (set tagged: true on the others)")
+                untagged.setdefault((host, uplink), net.name)
 
     def check_macs(self) -> None:
         owner: dict[str, str] = {}
@@ -501,13 +509,12 @@ class _Builder:
 
     def reference(self, kind: str, name: str, path: KeyPath, *, key: bool = False) -> None:
         """Report ``name`` unless the ``kind`` section defines it (or is itself broken)."""
-        section = {"network": "networks", "node": "nodes", "host": "hosts"}[kind]
-        defined: dict[str, Any] = {"networks": self.net_fields, "nodes": self.node_fields,
-                                   "hosts": self.host_fields}[section]
+        section = {"network": "networks", "node": "nodes"}[kind]
+        defined: dict[str, Any] = {"networks": self.net_fields, "nodes": self.node_fields}[section]
         if name in defined or not self.sections_ok[section]:
             return
         report = self.rep.key_error if key else self.rep.error
-        report(path, _undefined(kind, name, defined))
+        report(path, undefined(kind, name, defined))
 
     def parse(self, parser: Any, f: Fields, key: str) -> Any:
         """``parser`` applied to a key's value or default; None if absent, wrong or refused."""

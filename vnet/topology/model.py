@@ -2,18 +2,29 @@
 
 A ``Topology`` is only ever built by the loader, after every check passed, so code that
 receives one may rely on its invariants: every network a NIC names exists, VLANs and MACs
-are unique, NAT networks have a subnet and a gateway, paths are resolved.  The objects are
-frozen and hashable so that they can be compared (reconcile: "did this change?") and used as
-dictionary keys.
+are unique, NAT networks have a subnet and a gateway, paths are resolved; in a lab with
+``hosts``, every node and NAT gateway names a declared host and every bridged uplink says on
+which host it is (``vnet.topology.placement`` answers what a host asks of a lab).  The
+objects are frozen and hashable so that they can be compared (reconcile: "did this
+change?") and used as dictionary keys.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Interface
+from ipaddress import (
+    IPv4Address,
+    IPv4Interface,
+    IPv4Network,
+    IPv6Address,
+    IPv6Interface,
+    ip_address,
+)
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
+
+from vnet.topology.values import assign_vnis, parse_broker
 
 Mode = Literal["isolated", "nat", "bridged"]
 Kind = Literal["netns", "vm"]
@@ -24,17 +35,19 @@ DEFAULT_MEMORY = 64 * 2**20
 DEFAULT_KERNEL = "builtin:tiny"
 DEFAULT_TOPIC_ROOT = "vnet/v1"
 
+V = TypeVar("V")
 
-class FrozenMap(Mapping[str, IPv4Address]):
+
+class FrozenMap(Mapping[str, V]):
     """A read-only, hashable mapping: ``types.MappingProxyType`` is not hashable, and a
     frozen dataclass that holds one could not be hashed either."""
 
     __slots__ = ("_items",)
 
-    def __init__(self, items: Mapping[str, IPv4Address] | None = None) -> None:
-        self._items: dict[str, IPv4Address] = dict(items or {})
+    def __init__(self, items: Mapping[str, V] | None = None) -> None:
+        self._items: dict[str, V] = dict(items or {})
 
-    def __getitem__(self, key: str) -> IPv4Address:
+    def __getitem__(self, key: str) -> V:
         return self._items[key]
 
     def __iter__(self) -> Iterator[str]:
@@ -71,7 +84,13 @@ class Forward:
 
 @dataclass(frozen=True)
 class Network:
-    """A network is one VLAN on the lab's switch; ``mode`` says what it reaches beyond it."""
+    """A network is one VLAN on the lab's switch; ``mode`` says what it reaches beyond it.
+
+    In a lab with hosts, ``host`` is the host that holds a NAT network's gateway (and its
+    ``uplink``), and a bridged network's uplinks are ``uplinks`` (host -> interface) instead
+    of ``uplink``; ``placement.uplink_on`` answers for either.  ``vni`` is the file's
+    ``vni:`` (None: derived, see ``Topology.vni_of``).
+    """
 
     name: str
     vlan: int
@@ -79,6 +98,9 @@ class Network:
     subnet: IPv4Network | None = None
     gateway: IPv4Address | None = None
     uplink: str | None = None
+    host: str | None = None
+    uplinks: Mapping[str, str] = FrozenMap()
+    vni: int | None = None
     tagged: bool = False
     dhcp: Dhcp | None = None
     forwards: tuple[Forward, ...] = ()
@@ -146,19 +168,38 @@ class Node:
 
 @dataclass(frozen=True)
 class Host:
-    """A machine that runs vnetd (reserved for multi-host labs)."""
+    """A machine that runs vnetd in a multi-host lab; ``address`` (normalised text) is the
+    underlay address its datapath sends and receives VXLAN on."""
 
     name: str
-    address: str | None = None
+    address: str
     description: str | None = None
+
+    @property
+    def ip(self) -> IPv4Address | IPv6Address:
+        return ip_address(self.address)
 
 
 @dataclass(frozen=True)
 class Bus:
-    """The MQTT broker that connects the hosts of a lab (reserved for multi-host labs)."""
+    """The MQTT broker that connects the hosts of a lab: ``broker`` is the URL the file gave
+    (checked), ``host``/``port``/``tls`` its parts.  Credentials and TLS files are not here:
+    they belong to each host's vnetd configuration."""
 
     broker: str
     topic_root: str = DEFAULT_TOPIC_ROOT
+
+    @property
+    def host(self) -> str:
+        return parse_broker(self.broker)[0]
+
+    @property
+    def port(self) -> int:
+        return parse_broker(self.broker)[1]
+
+    @property
+    def tls(self) -> bool:
+        return parse_broker(self.broker)[2]
 
 
 @dataclass(frozen=True)
@@ -186,3 +227,15 @@ class Topology:
 
     def vlan_of(self, network_name: str) -> int:
         return self.network(network_name).vlan
+
+    def vni_of(self, network_name: str) -> int:
+        """The network's VXLAN VNI: its ``vni:``, else derived (``values.assign_vnis``), the
+        same on every host."""
+        self.network(network_name)  # KeyError for an unknown network
+        return assign_vnis(self.name, ((n.name, n.vni) for n in self.networks))[network_name]
+
+    def host(self, name: str) -> Host:
+        for host in self.hosts:
+            if host.name == name:
+                return host
+        raise KeyError(f"lab {self.name!r} has no host {name!r}")

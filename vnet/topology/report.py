@@ -7,7 +7,8 @@ and the reporter turns the path into a line through the index the YAML reader bu
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import difflib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -35,6 +36,14 @@ def format_path(path: KeyPath) -> str:
         else:
             out += f".{part}" if out else part
     return out
+
+
+def undefined(kind: str, name: str, defined: Iterable[str]) -> str:
+    """``network 'offce' is not defined (defined: lab, office); did you mean 'office'?``"""
+    names = sorted(defined)
+    close = difflib.get_close_matches(name, names, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"{kind} {name!r} is not defined (defined: {', '.join(names) or 'none'}){hint}"
 
 
 @dataclass

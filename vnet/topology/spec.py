@@ -343,12 +343,14 @@ class OneOfKeys:
 
 @dataclass(frozen=True)
 class Obj(Spec):
-    """A mapping with a fixed set of keys."""
+    """A mapping with a fixed set of keys; ``refused`` keys are unknown too, but get their
+    own message (a password where none belongs says where it does belong)."""
 
     fields: Mapping[str, Field] = field(default_factory=dict)
     description: str = ""
     noun: str = "mapping"
     exactly_one: tuple[OneOfKeys, ...] = ()
+    refused: Mapping[str, str] = field(default_factory=dict)
     type_set = frozenset({"object"})
     type_text = "a mapping"
 
@@ -399,6 +401,9 @@ class Obj(Spec):
         for key, item in value.items():
             child = (*path, key)
             f = self.fields.get(key)
+            if f is None and key in self.refused:
+                rep.key_error(child, f"{key} {self.refused[key]}")
+                continue
             if f is None:
                 rep.key_error(child, f"unknown key {key!r}{_suggest(key, list(self.fields))} "
                               f"(allowed: {', '.join(sorted(self.fields))})")
