@@ -223,7 +223,8 @@ ACCESS = Obj(noun="access", description="Who may use vnetd's API socket, and for
              fields={
     "group": Field(Str(GROUP, "a group name"), "The group that may connect to the API socket.",
                    default=DEFAULT_ACCESS_GROUP),
-    "roles": Field(ROLES, "User names and @group entries per role."),
+    "roles": Field(ROLES, "Who holds each role (root is always admin): user names and @group "
+                   "entries; only their shape is checked, not that they exist."),
 })
 
 DAEMON = Obj(noun="config", description="vnetd's configuration file (version 1).", fields={
