@@ -9,31 +9,60 @@ import os
 import shutil
 import signal
 import sys
-from pathlib import Path
 
+from vnet.daemon.config import (
+    DEFAULT_CONFIG_FILE,
+    DEFAULT_SOCKET,
+    DEFAULT_STATE_DIR,
+    LOG_LEVELS,
+    ConfigError,
+    DaemonConfig,
+    datapath_environment,
+    load_config,
+    with_flags,
+)
 from vnet.daemon.sdnotify import notify
 from vnet.daemon.service import Vnetd
 from vnet.errors import VnetError
 from vnet.host import netns
 
-DEFAULT_SOCKET = "/run/vnet/vnetd.sock"
-DEFAULT_STATE_DIR = "/var/lib/vnet"
+__all__ = ["DEFAULT_SOCKET", "DEFAULT_STATE_DIR", "main"]  # the CLI takes its defaults here
+
+BAD_CONFIG = 2  # exit status for a config that does not check (systemd: no restart on it)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="vnetd", description="vnet's per-host daemon")
-    parser.add_argument("--socket", default=DEFAULT_SOCKET, help="API socket (default %(default)s)")
-    parser.add_argument("--state-dir", default=DEFAULT_STATE_DIR,
-                        help="where lab records and logs live (default %(default)s)")
+    """Flags left out are None, so that the config file's values (or its defaults) hold."""
+    parser = argparse.ArgumentParser(
+        prog="vnetd", description="vnet's per-host daemon",
+        epilog="A flag wins over the environment, which wins over the config file, which wins "
+        "over the defaults.")
+    parser.add_argument("--config", metavar="FILE",
+                        help=f"the config file (default {DEFAULT_CONFIG_FILE}, if it exists)")
+    parser.add_argument("--check-config", action="store_true",
+                        help="check the config file, print ok or its problems, and exit")
+    parser.add_argument("--socket", help=f"API socket (default {DEFAULT_SOCKET})")
+    parser.add_argument("--state-dir",
+                        help=f"where lab records and logs live (default {DEFAULT_STATE_DIR})")
     parser.add_argument("--netns", help="run inside this network namespace (a test 'host')")
     parser.add_argument("--exit-when-idle", action="store_true",
                         help="exit once the last lab is down (set when `vnet up` starts vnetd)")
-    parser.add_argument("--datapath-python", default=os.environ.get("VNET_DATAPATH_PYTHON"),
-                        metavar="INTERPRETER",
+    parser.add_argument("--datapath-python", metavar="INTERPRETER",
                         help="run the datapath under this Python, e.g. pypy3 (about 1.7x the "
-                        "small-frame rate; default: vnetd's own, or $VNET_DATAPATH_PYTHON)")
-    parser.add_argument("--log-level", default="INFO")
+                        "small-frame rate; default: $VNET_DATAPATH_PYTHON, the config file's "
+                        "datapath.python, or vnetd's own)")
+    parser.add_argument("--log-level", type=str.lower, choices=LOG_LEVELS,
+                        help="default: the config file's log_level, or info")
     return parser.parse_args(argv)
+
+
+def configure(args: argparse.Namespace) -> DaemonConfig:
+    """The config file (``--config``, or the default one if it exists) under the flags."""
+    config = load_config(args.config)
+    return with_flags(config, socket=args.socket, state_dir=args.state_dir, netns=args.netns,
+                      log_level=args.log_level,
+                      datapath_python=(args.datapath_python
+                                       or os.environ.get("VNET_DATAPATH_PYTHON")))
 
 
 def datapath_python(choice: str | None) -> str:
@@ -46,9 +75,9 @@ def datapath_python(choice: str | None) -> str:
     return found
 
 
-async def serve(args: argparse.Namespace) -> None:
-    daemon = Vnetd(Path(args.socket), Path(args.state_dir), args.exit_when_idle,
-                   datapath_python(args.datapath_python))
+async def serve(args: argparse.Namespace, config: DaemonConfig) -> None:
+    daemon = Vnetd(config.socket, config.state_dir, args.exit_when_idle,
+                   datapath_python(config.datapath.python))
     await daemon.start()
     loop = asyncio.get_running_loop()
 
@@ -67,14 +96,24 @@ async def serve(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
+    try:
+        config = configure(args)
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        return BAD_CONFIG
+    if args.check_config:
+        print("ok" if config.source else f"ok (no {DEFAULT_CONFIG_FILE}: the defaults hold)")
+        return 0
+    for name, value in datapath_environment(config).items():
+        os.environ.setdefault(name, value)  # the datapath reads them; a set variable wins
+    logging.basicConfig(level=config.log_level.upper(),
                         format="%(asctime)s vnetd %(levelname)s %(name)s: %(message)s")
     logging.getLogger("pyroute2").setLevel(logging.WARNING)  # its DEBUG is every netlink message
     try:
-        if args.netns:
-            netns.enter_for_good(args.netns)  # before any thread exists, so all inherit it
-        Path(args.state_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
-        asyncio.run(serve(args))
+        if config.netns:
+            netns.enter_for_good(config.netns)  # before any thread exists, so all inherit it
+        config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        asyncio.run(serve(args, config))
     except VnetError as err:
         print(f"vnetd: {err}", file=sys.stderr)
         return 1

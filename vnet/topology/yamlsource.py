@@ -30,11 +30,12 @@ class _TooLarge(Exception):
     pass
 
 
-def read_yaml(text: str, rep: Reporter) -> Any:
+def read_yaml(text: str, rep: Reporter, *, empty_ok: bool = False) -> Any:
     """Parse ``text``; return its plain value (``INVALID`` if it cannot be read at all).
 
     Fills ``rep.lines`` (value lines), ``rep.key_lines`` and ``rep.raw`` and reports YAML
-    problems to ``rep``.
+    problems to ``rep``.  An empty document (nothing but comments) is a problem, unless
+    ``empty_ok``: then it reads as an empty mapping (a config file whose defaults all hold).
     """
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -54,6 +55,8 @@ def read_yaml(text: str, rep: Reporter) -> Any:
         rep.at(1, (), f"invalid YAML: {err}")
         return INVALID
     if root is None:
+        if empty_ok:
+            return {}
         rep.at(1, (), "the file is empty: expected a mapping with name, networks and nodes")
         return INVALID
     walker = _Walker(rep)
