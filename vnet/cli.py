@@ -21,7 +21,7 @@ from typing import Any
 
 from vnet import jsonlines
 from vnet.daemon.main import DEFAULT_SOCKET, DEFAULT_STATE_DIR
-from vnet.errors import DaemonError, TopologyError, VnetError
+from vnet.errors import DaemonError, NetnsError, TopologyError, VnetError, describe_os_error
 from vnet.host import netns
 from vnet.topology import load_topology
 
@@ -167,17 +167,24 @@ def cmd_fdb(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_exec(client: Client, args: argparse.Namespace) -> int:
+    """Become COMMAND inside the node, with the node's /sys and /etc as ``ip netns exec``."""
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         raise DaemonError("say what to run: vnet exec NODE -- COMMAND [ARGS...]")
     node = client.call("node", node=args.node, lab=args.lab)
     if node["kind"] != "netns":
         raise DaemonError(f"node {args.node} is a VM: use vnet console {args.node}")
-    netns.enter_for_good(node["netns"])
     try:
-        os.execvp(command[0], command)
+        netns.exec_in_node(node["netns"], command)
+    except NetnsError as err:
+        lab = node["lab"]
+        raise NetnsError(f"node {args.node} of lab {lab} cannot be entered: {err}; rebuild the "
+                         f"lab with 'vnet down --lab {lab}' and 'vnet up FILE'") from None
     except FileNotFoundError:
         raise DaemonError(f"{command[0]}: command not found in node {args.node}") from None
+    except OSError as err:
+        raise DaemonError(f"{command[0]}: cannot run it in node {args.node}: "
+                          f"{err.strerror or err}") from None
 
 
 def cmd_vm(client: Client, args: argparse.Namespace) -> int:
@@ -305,8 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     except VnetError as err:
         print(f"vnet: {err}" if not isinstance(err, TopologyError) else str(err), file=sys.stderr)
         return 1
-    except OSError as err:
-        print(f"vnet: {err}", file=sys.stderr)
+    except OSError as err:  # one that no message foresaw: still no errno text
+        print(f"vnet: {describe_os_error(err)}", file=sys.stderr)
         return 1
 
 

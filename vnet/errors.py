@@ -27,9 +27,24 @@ class HostError(VnetError):
     """The host cannot realise what was asked (missing kernel feature, name clash, ...)."""
 
 
+class NetnsError(HostError):
+    """A network namespace cannot be entered: it is gone, or not visible from here."""
+
+
 class DaemonError(VnetError):
     """vnetd is unreachable or refused a request."""
 
 
 class DatapathError(VnetError):
     """The datapath process is unreachable or refused a control request."""
+
+
+def describe_os_error(err: OSError) -> str:
+    """An unexpected ``OSError`` in words, without its ``[Errno N]`` prefix: what failed, on
+    which file, and a hint where one is obvious (most of vnet needs root)."""
+    what = err.strerror or str(err) or type(err).__name__
+    if err.filename is not None:
+        what = f"{err.filename}: {what}"
+    if isinstance(err, PermissionError):
+        what += " (vnet needs root: run it as root or with sudo)"
+    return what

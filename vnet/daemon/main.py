@@ -23,7 +23,7 @@ from vnet.daemon.config import (
 )
 from vnet.daemon.sdnotify import notify
 from vnet.daemon.service import Vnetd
-from vnet.errors import VnetError
+from vnet.errors import HostError, VnetError, describe_os_error
 from vnet.host import netns
 
 __all__ = ["DEFAULT_SOCKET", "DEFAULT_STATE_DIR", "main"]  # the CLI takes its defaults here
@@ -94,6 +94,26 @@ async def serve(args: argparse.Namespace, config: DaemonConfig) -> None:
     notify("STOPPING=1")
 
 
+def check_mounts_reach_machine(netns_option: str | None) -> None:
+    """Refuse to run where the namespaces vnetd creates would be invisible to everyone else.
+
+    Under ``ip netns exec HOST vnetd`` (or ``unshare -m``, or a service with a private mount
+    namespace) the bind mounts under /run/netns stay in vnetd's own mount namespace: ``vnet
+    exec`` and every other tool would find empty files there.  Doing those mounts in PID 1's
+    mount namespace instead would depend on how each mount propagates, so vnetd refuses and
+    says how to start it: ``--netns`` moves only its network namespace."""
+    if not netns.namespace_mounts_private():
+        return
+    host = netns.current_name() if netns_option is None else netns_option
+    shown = host or "HOST"
+    raise HostError(
+        "this vnetd runs in a mount namespace of its own (as 'ip netns exec', 'unshare -m' "
+        "or a sandboxed service give it), so the node namespaces it would create under "
+        f"{netns.NETNS_RUN_DIR} would be invisible to 'vnet exec' and the rest of the machine. "
+        f"Start it in the machine's mount namespace and name the host namespace with --netns: "
+        f"'vnetd --netns {shown} ...' instead of 'ip netns exec {shown} vnetd ...'")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -110,12 +130,17 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s vnetd %(levelname)s %(name)s: %(message)s")
     logging.getLogger("pyroute2").setLevel(logging.WARNING)  # its DEBUG is every netlink message
     try:
+        check_mounts_reach_machine(config.netns)
         if config.netns:
             netns.enter_for_good(config.netns)  # before any thread exists, so all inherit it
         config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         asyncio.run(serve(args, config))
     except VnetError as err:
         print(f"vnetd: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:  # one no check foresaw (a socket in use, ...): no errno text
+        logging.debug("vnetd stopped on an OSError", exc_info=True)
+        print(f"vnetd: {describe_os_error(err)}", file=sys.stderr)
         return 1
     return 0
 

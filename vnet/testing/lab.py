@@ -9,7 +9,6 @@ with its nodes' places (namespace, interface) for sending, capturing and running
 from __future__ import annotations
 
 import contextlib
-import os
 import secrets
 import shutil
 import subprocess
@@ -193,20 +192,15 @@ class Lab:
 
 def run_in_netns(name: str, command: Sequence[str], check: bool = False, timeout: float = 120,
                  **kwargs: Any) -> subprocess.CompletedProcess[str]:
-    """Run ``command`` inside namespace ``name`` (setns in the child; no nsenter needed)."""
-    fd = os.open(netns.netns_path(name), os.O_RDONLY)
-    try:
-        return subprocess.run(list(command), preexec_fn=lambda: netns.setns_fd(fd),
-                              capture_output=True, text=True, check=check, timeout=timeout,
-                              pass_fds=(fd,), **kwargs)
-    finally:
-        os.close(fd)
+    """Run ``command`` inside namespace ``name`` as ``vnet exec`` does (the node's /sys and
+    /etc, see ``netns.become_node``), capturing its output."""
+    with netns.node_preexec(name) as enter:
+        return subprocess.run(list(command), preexec_fn=enter, capture_output=True, text=True,
+                              check=check, timeout=timeout, **kwargs)
 
 
 def popen_in_netns(name: str, command: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
-    """Start ``command`` inside namespace ``name`` in the background (a server, a capture)."""
-    path = netns.netns_path(name)
-    if not path.exists():
-        raise DaemonError(f"network namespace {name!r} does not exist")
-    return subprocess.Popen(list(command), preexec_fn=lambda: netns.enter_for_good(name),
-                            **kwargs)
+    """Start ``command`` inside namespace ``name`` in the background (a server, a capture),
+    entered as ``vnet exec`` does."""
+    with netns.node_preexec(name) as enter:
+        return subprocess.Popen(list(command), preexec_fn=enter, **kwargs)
