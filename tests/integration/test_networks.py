@@ -21,7 +21,7 @@ from scapy.layers.l2 import ARP, Dot1Q, Ether
 from tests.conftest import needs_root
 from vnet.daemon import naming
 from vnet.host import netns
-from vnet.testing import Dataplane, Lab, TestHost, popen_in_netns, run_in_netns
+from vnet.testing import Dataplane, Lab, TestHost, popen_in_netns, run_in_netns, wait_until
 
 pytestmark = needs_root
 TOPOLOGIES = Path(__file__).parent / "topologies"
@@ -39,7 +39,7 @@ while True:
 """
 CLIENT = """
 import socket, sys
-with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3) as s:
+with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=float(sys.argv[3])) as s:
     s.sendall(b"hello"); print(s.recv(100).decode())
 """
 
@@ -85,8 +85,19 @@ def start_server(ns: str, address: str, port: int, owner: list[subprocess.Popen[
     return process
 
 
-def connect(ns: str, address: str, port: int) -> subprocess.CompletedProcess[str]:
-    return run_in_netns(ns, [sys.executable, "-c", CLIENT, address, str(port)])
+# A connection that must succeed gets a generous deadline (a lost SYN is sent again after 1 s,
+# then 3 s); one that must fail gets a bounded window (a wrong rule would let it in at once).
+CONNECT_TIMEOUT = 15.0
+NO_CONNECT_WINDOW = 3.0
+
+
+def connect(ns: str, address: str, port: int, timeout: float = CONNECT_TIMEOUT
+            ) -> subprocess.CompletedProcess[str]:
+    return run_in_netns(ns, [sys.executable, "-c", CLIENT, address, str(port), str(timeout)])
+
+
+def cannot_connect(ns: str, address: str, port: int) -> bool:
+    return connect(ns, address, port, NO_CONNECT_WINDOW).returncode != 0
 
 
 @contextmanager
@@ -142,8 +153,8 @@ def test_inbound_only_through_a_declared_forward(nat_lab) -> None:
     try:
         server = start_server(lab.netns("n1"), "0.0.0.0", 22, inside)
         start_server(lab.netns("n1"), "0.0.0.0", 8080, inside)
-        assert connect(internet.name, "192.168.20.10", 8080).returncode != 0   # direct: no
-        assert connect(internet.name, "192.168.20.10", 22).returncode != 0     # direct: no
+        assert cannot_connect(internet.name, "192.168.20.10", 8080)   # direct: no
+        assert cannot_connect(internet.name, "192.168.20.10", 22)     # direct: no
         out = connect(internet.name, "203.0.113.1", 2222)                      # forward: yes
         assert out.stdout.strip() == "hello", out.stderr
         assert server.stdout is not None
@@ -161,8 +172,8 @@ def test_two_nat_networks_cannot_reach_each_other(nat_lab) -> None:
         start_server(lab.netns("n1"), "0.0.0.0", 9000, inside)
         start_server(lab.netns("n3"), "0.0.0.0", 9000, inside)
         assert connect(lab.netns("n2"), "192.168.20.10", 9000).returncode == 0  # same network
-        assert connect(lab.netns("n3"), "192.168.20.10", 9000).returncode != 0  # other one
-        assert connect(lab.netns("n1"), "192.168.30.10", 9000).returncode != 0  # nor back
+        assert cannot_connect(lab.netns("n3"), "192.168.20.10", 9000)  # other one
+        assert cannot_connect(lab.netns("n1"), "192.168.30.10", 9000)  # nor back
     finally:
         for p in inside:
             p.kill()
@@ -182,9 +193,9 @@ def test_reach_opens_one_nat_network_to_another_one_way(nat_lab) -> None:
         assert out.stdout.strip() == "hello", out.stderr
         assert server.stdout is not None
         assert server.stdout.readline().strip() == "192.168.40.10"  # routed, not masqueraded
-        assert connect(lab.netns("n1"), "192.168.40.10", 9001).returncode != 0  # one way
-        assert connect(lab.netns("n5"), "192.168.30.10", 9001).returncode != 0  # not listed
-        assert connect(lab.netns("n3"), "192.168.40.10", 9001).returncode != 0
+        assert cannot_connect(lab.netns("n1"), "192.168.40.10", 9001)  # one way
+        assert cannot_connect(lab.netns("n5"), "192.168.30.10", 9001)  # not listed
+        assert cannot_connect(lab.netns("n3"), "192.168.40.10", 9001)
         outside = internet.serve(SERVER, 9002)
         assert connect(lab.netns("n5"), SERVER, 9002).stdout.strip() == "hello"
         assert outside.stdout is not None
@@ -197,7 +208,7 @@ def test_reach_opens_one_nat_network_to_another_one_way(nat_lab) -> None:
 
 UDP_CLIENT = """
 import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(10)
 s.sendto(b"vnet-nat", (sys.argv[1], int(sys.argv[2]))); print(s.recvfrom(64)[0].decode())
 """
 
@@ -213,9 +224,10 @@ def test_vms_on_a_nat_network_go_out_get_dhcp_and_are_reached_through_a_forward(
                     and "reply from 203.0.113.2" in console("vm2")
                     and "dhcp lease" in console("vm3"))
 
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not settled():
-            time.sleep(0.3)
+        # Each guest boots, takes its address and pings by itself: wait for all of it.
+        wait_until(settled, 60, message=lambda: "vm1 and vm2 to be answered from the Internet "
+                   "and vm3 to hold a lease; their consoles end:\n" + "\n".join(
+                       f"{vm}: {console(vm)[-600:]}" for vm in ("vm1", "vm2", "vm3")))
         # The Internet has no route to 192.168.20.0/24: the guests' pings are answered only
         # if they left masqueraded as the uplink's address.
         assert "gw=192.168.20.1" in console("vm1"), console("vm1")
@@ -257,7 +269,7 @@ def test_isolated_network_leaks_nothing(nat_lab) -> None:
         dp.flush()
         dp.send("i1", Ether(src=i1_mac, dst=port_mac) / IP(src="203.0.113.50", dst=SERVER)
                 / ICMP())
-        time.sleep(0.5)
+        time.sleep(0.5)  # not a wait for something: the window a routed frame would come in
         dp.flush()  # polls: what arrived is in `seen`
         source = bytes([203, 0, 113, 50])
         assert not [f for _, f in dp.ports["internet"].seen if source in f], \

@@ -2,6 +2,7 @@
 
 Topology ``topologies/switch.yaml``: a1, a2 access in blue (VLAN 10); b1 access in green
 (VLAN 20); t1 trunk [blue, green] without native VLAN; t2 trunk [green] with native blue.
+Blue keeps learned entries for 300 s, green for 3 s (the aging test's).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from scapy.layers.inet import ICMP, IP, UDP
@@ -17,7 +19,7 @@ from scapy.layers.l2 import ARP, Dot1Q, Ether
 from scapy.packet import Raw
 
 from tests.conftest import needs_root
-from vnet.testing import Dataplane, Lab, TestHost
+from vnet.testing import Dataplane, Lab, TestHost, wait_until
 
 pytestmark = [needs_root, pytest.mark.vnet_topology("topologies/switch.yaml")]
 
@@ -41,6 +43,10 @@ BCAST = "ff:ff:ff:ff:ff:ff"
 M1, M2, M3 = "02:00:00:00:01:01", "02:00:00:00:01:02", "02:00:00:00:01:03"
 ACCESS = ["a1:eth0", "a2:eth0", "b1:eth0"]
 ALL = [*ACCESS, "t1:eth0", "t2:eth0"]
+MEMBERS = {"blue": ["a1:eth0", "a2:eth0", "t1:eth0", "t2:eth0"],
+           "green": ["b1:eth0", "t1:eth0", "t2:eth0"]}
+NETWORK_OF = {"a1:eth0": "blue", "a2:eth0": "blue", "b1:eth0": "green"}
+GREEN_AGING = 3.0
 
 
 def udp(src: str, dst: str, payload: bytes = b"vnet") -> Ether:
@@ -54,14 +60,33 @@ def tagged(frame: Ether, vid: int, prio: int = 0) -> Ether:
 
 
 def learn(dp: Dataplane, port: str, mac: str) -> None:
-    """Let the switch learn ``mac`` on ``port``: a broadcast from it, waited for until the
-    trunk t1 (a member of every VLAN here) has it, then every copy forgotten.  Waiting keeps
-    the order of events: the datapath owes no order to frames that enter on different ports."""
+    """Let the switch learn ``mac`` on access port ``port``: a broadcast from it, waited for
+    (and taken) at every other port of its VLAN, so no copy can arrive later to surprise a
+    check.  Waiting keeps the order of events: the datapath owes no order to frames that
+    enter on different ports."""
     frame = udp(mac, BCAST, port.encode())
     dp.send(port, frame)
-    dp.receive("t1:eth0", lambda p: bytes(p).endswith(port.encode()))
-    time.sleep(0.05)
-    dp.flush()
+    for other in MEMBERS[NETWORK_OF[port]]:
+        if other != port:
+            dp.receive(other, lambda p: bytes(p).endswith(port.encode()))
+
+
+def arrived(dp: Dataplane, port: str, src_prefix: bytes) -> int:
+    """How many frames from a source MAC starting with ``src_prefix`` are queued at ``port``
+    (not consumed)."""
+    dp.poll(0)
+    return sum(1 for f in dp.ports[port].queue if f[6:6 + len(src_prefix)] == src_prefix)
+
+
+def switched(lab: Lab, port: str, frames: int) -> dict[str, Any]:
+    """The counters of ``port`` once the switch has taken in ``frames`` frames there: it
+    counts a frame (and its drop or its copies) when it switches it, which it owes no
+    deadline, so a test waits for that rather than for a while."""
+    counters: dict[str, Any] = wait_until(
+        lambda: (c := lab.counters(port))["rx_frames"] >= frames and c,
+        message=lambda: f"the switch to take in {frames} frames on {port}; its counters: "
+                        f"{lab.counters(port)}")
+    return counters
 
 
 def fdb_of(lab: Lab) -> dict[tuple[int, str], dict[str, object]]:
@@ -122,15 +147,31 @@ def test_mac_move_follows_the_station(vnet_lab: Lab) -> None:
 
 
 def test_entries_age_out(vnet_lab: Lab) -> None:
+    """Green's mac_aging is 3 s: an entry is listed only while younger than that, goes no
+    sooner, and once gone its MAC is flooded again.  Each bound holds however slow the
+    machine: a slow one only looks less often."""
     dp = vnet_lab.dataplane
-    learn(dp, "a1:eth0", M1)
-    assert (10, M1) in fdb_of(vnet_lab)
-    time.sleep(3 + 1.5)  # blue's mac_aging is 3 s; the datapath sweeps every second
-    assert (10, M1) not in fdb_of(vnet_lab)
-    to_m1 = udp(M2, M1)
-    dp.send("a2:eth0", to_m1)            # unknown again: flooded
-    dp.verify_packet(to_m1, "a1:eth0")
+    before_learning = time.monotonic()
+    learn(dp, "b1:eth0", M1)
+    ages: list[float] = []
+
+    def aged_out() -> bool:
+        entry = fdb_of(vnet_lab).get((20, M1))
+        if entry is not None:
+            ages.append(float(entry["age"]))  # type: ignore[arg-type]
+        return entry is None
+
+    wait_until(aged_out, message="M1's entry in green (mac_aging 3 s) to age out")
+    # Not before its time (the datapath stamps a frame when it reads it, after we sent it;
+    # 0.5 s spares the stamp of a read that began a moment before the frame came).
+    gone_after = time.monotonic() - before_learning
+    assert gone_after >= GREEN_AGING - 0.5, f"aged out after {gone_after:.2f} s"
+    assert max(ages, default=0.0) <= GREEN_AGING, ages   # never listed older than its aging
+    to_m1 = tagged(udp(M3, M1), 20)
+    dp.send("t1:eth0", to_m1)            # unknown again: flooded in green
+    dp.verify_packet(udp(M3, M1), "b1:eth0")
     dp.verify_packet(to_m1, "t2:eth0")
+    dp.verify_no_other_packets()
 
 
 def test_access_port_priority_tag_counts_as_untagged(vnet_lab: Lab) -> None:
@@ -152,7 +193,7 @@ def test_access_port_drops_tagged_frames_and_double_tags(vnet_lab: Lab) -> None:
     hop10 = Ether(src=M1, dst=BCAST) / Dot1Q(vlan=10) / Dot1Q(vlan=20) / frame.payload
     dp.send("a1:eth0", hop10)
     dp.verify_no_other_packets()
-    drops = vnet_lab.counters("a1:eth0")["drops"]
+    drops = switched(vnet_lab, "a1:eth0", 3)["drops"]
     assert drops.get("tagged-on-access") == 3, drops
 
 
@@ -167,7 +208,7 @@ def test_trunk_ingress_filtering(vnet_lab: Lab) -> None:
     dp.send("t1:eth0", tagged(frame, 99))   # no such VLAN at all
     dp.send("t1:eth0", frame)               # untagged, and t1 has no native VLAN
     dp.verify_no_other_packets()
-    drops = vnet_lab.counters("t1:eth0")["drops"]
+    drops = switched(vnet_lab, "t1:eth0", 4)["drops"]
     assert drops.get("vlan-not-allowed") == 2 and drops.get("untagged-no-native") == 1, drops
 
 
@@ -191,7 +232,7 @@ def test_bad_source_macs_are_dropped_and_never_learned(vnet_lab: Lab) -> None:
     for src in ("01:00:5e:00:00:01", BCAST, "00:00:00:00:00:00"):
         dp.send("a1:eth0", udp(src, BCAST))
     dp.verify_no_other_packets()
-    assert vnet_lab.counters("a1:eth0")["drops"].get("bad-src-mac") == 3
+    assert switched(vnet_lab, "a1:eth0", 3)["drops"].get("bad-src-mac") == 3
     assert not any(e["mac"] in ("01:00:5e:00:00:01", BCAST) for e in vnet_lab.fdb())
 
 
@@ -206,16 +247,26 @@ def test_reserved_group_is_not_forwarded(vnet_lab: Lab) -> None:
 
 
 def test_mac_flood_is_held_by_the_per_port_limit(vnet_lab: Lab) -> None:
+    """Blue keeps entries for 300 s, so no entry ages out during the flood, however long the
+    machine takes to send it: what holds the flood is the limit alone."""
     dp = vnet_lab.dataplane
     learn(dp, "a2:eth0", M2)                      # a victim station learned first
-    flood = [udp(f"02:66:00:00:{i >> 8:02x}:{i & 0xff:02x}", BCAST) for i in range(2000)]
+    flood = [bytes(udp(f"02:66:00:00:{i >> 8:02x}:{i & 0xff:02x}", BCAST))
+             for i in range(2000)]
     for frame in flood:
         dp.send("a1:eth0", frame)
-    time.sleep(0.5)
-    dp.flush()
+    flooded_to = ["a2:eth0", "t1:eth0", "t2:eth0"]
+
+    def copies() -> list[int]:
+        return [arrived(dp, p, b"\x02\x66") for p in flooded_to]
+
+    wait_until(lambda: min(copies()) >= len(flood),
+               message=lambda: f"all {len(flood)} flood frames at each of "
+                               f"{', '.join(flooded_to)}; there arrived {copies()}")
+    dp.flush()                                    # every copy is in: none can come later
     learned_on_a1 = [e for e in vnet_lab.fdb() if e["port"] == "a1.eth0"]
     assert len(learned_on_a1) == 64              # blue's mac_limit, and not one more
-    assert vnet_lab.counters("a1:eth0")["learn_limited"] >= 2000 - 64
+    assert vnet_lab.counters("a1:eth0")["learn_limited"] == len(flood) - 64
     victim = udp(M1, M2)
     dp.send("t2:eth0", victim)                    # the victim's entry survived the flood
     dp.verify_packet(victim, "a2:eth0")
@@ -233,7 +284,7 @@ def test_counters_count_frames_and_bytes(vnet_lab: Lab) -> None:
     frame = udp(M1, BCAST, b"x" * 100)
     dp.send("a1:eth0", frame, count=5)
     dp.verify_packet(frame, "a2:eth0")
-    a1, a2 = vnet_lab.counters("a1:eth0"), vnet_lab.counters("a2:eth0")
+    a1, a2 = switched(vnet_lab, "a1:eth0", 5), vnet_lab.counters("a2:eth0")
     assert a1["rx_frames"] == 5 and a1["rx_bytes"] == 5 * len(frame)
     assert a2["tx_frames"] == 5 and a2["tx_bytes"] == 5 * len(frame)
     assert vnet_lab.counters("t1:eth0")["tx_bytes"] == 5 * (len(frame) + 4)  # tagged egress

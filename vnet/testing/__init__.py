@@ -7,6 +7,7 @@
         dp.verify_packet(expected, "c2:eth0")   # arrives there
         dp.verify_no_packet(expected, "c3:eth0")  # not in another VLAN
         dp.verify_no_other_packets()
+        wait_until(lambda: lab.fdb(), message="a learned MAC")  # a condition, never a sleep
 
 The pytest plugin (``vnet.testing.pytest_plugin``) offers the same as fixtures.
 """
@@ -14,5 +15,7 @@ The pytest plugin (``vnet.testing.pytest_plugin``) offers the same as fixtures.
 from vnet.testing.dataplane import Dataplane
 from vnet.testing.lab import Lab, TestHost, popen_in_netns, run_in_netns
 from vnet.testing.mask import Mask
+from vnet.testing.wait import wait_until
 
-__all__ = ["Dataplane", "Lab", "Mask", "TestHost", "popen_in_netns", "run_in_netns"]
+__all__ = ["Dataplane", "Lab", "Mask", "TestHost", "popen_in_netns", "run_in_netns",
+           "wait_until"]

@@ -24,7 +24,10 @@ from vnet.host import afpacket
 from vnet.packet import insert_tag
 from vnet.testing.mask import Mask
 
-DEFAULT_TIMEOUT = 2.0
+# A frame that must arrive may take long on a slow, loaded machine, and waiting for it costs
+# nothing once it is there: a generous deadline.  A frame that must not arrive is looked for
+# during a short window: a switch that forwards it wrongly does so at once.
+DEFAULT_TIMEOUT = 10.0
 DEFAULT_NEGATIVE_TIMEOUT = 0.3
 CAPTURE_OPTIONS = afpacket.PacketOptions(vnet_hdr=False, promiscuous=True, rcvbuf=8 << 20)
 MAX_KEPT = 20000
@@ -168,7 +171,9 @@ class Dataplane:
 
     def count(self, port: str, expected: Expected, timeout: float = DEFAULT_NEGATIVE_TIMEOUT
               ) -> int:
-        """Consume and count every queued frame at ``port`` that matches ``expected``."""
+        """Consume and count the frames at ``port`` that match ``expected`` among those there
+        now (waiting up to ``timeout`` for a first one): a look, not a wait for a number.
+        For a count that must be reached, ``wait_until`` it."""
         self.poll(timeout)
         mask = _mask(expected)
         target = self._port(port)

@@ -14,7 +14,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,8 +22,9 @@ from vnet import jsonlines
 from vnet.errors import DaemonError
 from vnet.host import netns
 from vnet.testing.dataplane import Dataplane
+from vnet.testing.wait import wait_until
 
-START_TIMEOUT = 15.0
+START_TIMEOUT = 60.0  # generous: it is waited for only until vnetd answers
 
 
 class TestHost:
@@ -55,16 +55,23 @@ class TestHost:
              "--state-dir", self.state_dir, "--netns", self.name, "--log-level", "DEBUG"],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         log.close()
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
+        process = self.process
+
+        def answers() -> bool:
+            if process.poll() is not None:
+                raise DaemonError(f"vnetd exited ({process.returncode}) in {self.name} "
+                                  f"before it answered:\n{self.log()}")
             try:
                 self.call("ping")
-                return
             except (OSError, DaemonError):
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    raise DaemonError(
-                        f"vnetd did not start in {self.name}:\n{self.log()}") from None
-                time.sleep(0.05)
+                return False
+            return True
+
+        try:
+            wait_until(answers, START_TIMEOUT, message="vnetd to answer on its socket")
+        except AssertionError as err:
+            raise DaemonError(f"vnetd did not start in {self.name}: {err}\n{self.log()}"
+                              ) from None
 
     def call(self, op: str, **args: Any) -> Any:
         try:
