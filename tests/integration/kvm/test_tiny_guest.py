@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+
+from vnet.testing import wait_until
 
 pytestmark = pytest.mark.skipif(not os.access("/dev/kvm", os.R_OK | os.W_OK),
                                 reason="needs /dev/kvm")
@@ -71,11 +72,14 @@ def guest_on_tap(tmp_path: Path):
                    str(console)],
             env={**os.environ, "VNET_CACHE_DIR": str(tmp_path / "cache")},
             stderr=subprocess.PIPE, text=True)
-        for _ in range(100):
-            if "up\n" in (console.read_text() if console.exists() else ""):
-                break
-            assert runner.poll() is None, runner.stderr.read() if runner.stderr else ""
-            time.sleep(0.05)
+        started = runner
+
+        def guest_is_up() -> bool:
+            assert started.poll() is None, started.stderr.read() if started.stderr else ""
+            return "up\n" in (console.read_text() if console.exists() else "")
+
+        wait_until(guest_is_up, 60, lambda: f"the tiny guest to say up; console: "
+                   f"{console.read_text() if console.exists() else '(none yet)'!r}")
         yield name, console
     finally:
         if runner is not None:
@@ -94,7 +98,7 @@ def test_guest_answers_arp_ping_and_udp_echo(guest_on_tap) -> None:
     neighbour = run_in_netns(name, ["ip", "neigh", "show", "10.20.0.2"]).stdout
     assert "02:00:00:00:20:02" in neighbour                    # it answered ARP
     echo = run_in_netns(name, [sys.executable, "-c", (
-        "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2);"
+        "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(10);"
         "s.sendto(b'vnet', ('10.20.0.2', 7)); print(s.recvfrom(64)[0].decode())")])
     assert echo.stdout.strip() == "vnet", echo.stderr
     other_port = run_in_netns(name, [sys.executable, "-c", (
@@ -125,13 +129,9 @@ def test_a_guest_reset_exits_or_boots_again_per_policy(tmp_path: Path) -> None:
                "restart"]
     runner = subprocess.Popen(restart, env=env)
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            log = tmp_path / "again.log"
-            if log.exists() and log.read_text().count("vnet tiny guest 1:") >= 3:
-                break
-            time.sleep(0.1)
-        assert (tmp_path / "again.log").read_text().count("vnet tiny guest 1:") >= 3
+        log = tmp_path / "again.log"
+        wait_until(lambda: log.exists() and log.read_text().count("vnet tiny guest 1:") >= 3,
+                   60, "the guest to boot three times in one runner")
     finally:
         runner.kill()
         runner.wait()
