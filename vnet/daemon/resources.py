@@ -260,7 +260,7 @@ def _gateway(topology: Topology, network: Network) -> list[Resource]:
         lab, network.name, naming.host_ifname(lab, owner, "gw"),
         naming.host_ifname(lab, owner, "port"),
         f"{network.gateway}/{network.subnet.prefixlen}", naming.owner_alias(lab, owner, "gw"))
-    port = PortResource(lab, naming.port_name(owner, "port"), gateway.port_ifname, "access",
+    port = PortResource(lab, naming.gateway_port_name(network.name), gateway.port_ifname, "access",
                         vlan=network.vlan, node=owner)
     return [gateway, port]
 
@@ -325,7 +325,7 @@ def _uplink_ports(topology: Topology) -> list[PortResource]:
             uplinks.setdefault(network.uplink, []).append(network)
     ports = []
     for uplink, networks in sorted(uplinks.items()):
-        name = naming.port_name("uplink", uplink)
+        name = naming.uplink_port_name(uplink)
         untagged = [n.vlan for n in networks if not n.tagged]
         tagged = tuple(sorted(n.vlan for n in networks if n.tagged))
         if not tagged:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from vnet import __version__, jsonlines
-from vnet.daemon import realize
+from vnet.daemon import naming, realize
 from vnet.daemon.resources import (
     KIND_ORDER,
     BridgeResource,
@@ -306,7 +306,7 @@ class Vnetd:
         ports = {r.name: r for r in record.resources if isinstance(r, PortResource)}
 
         def nic(node: str, name: str, mac: str, ips: list[str], ifname: str) -> dict[str, Any]:
-            port = ports.get(f"{node}.{name}")
+            port = ports.get(naming.port_name(node, name))
             return {"name": name, "mac": mac, "ip": ips, "ifname": ifname,
                     "port": port.name if port else None, "mode": port.mode if port else None,
                     "vlans": _port_vlans(port) if port else [],
@@ -337,7 +337,7 @@ class Vnetd:
                     for name, n in record.topology.get("networks", {}).items()]
         uplinks = [{"port": p.name, "ifname": p.ifname, "vlans": _port_vlans(p),
                     "counters": stats.get(p.name)}
-                   for p in ports.values() if p.name.startswith("uplink.")]
+                   for p in ports.values() if naming.is_uplink_port(p.name)]
         return {"name": record.lab, "source": record.source, "networks": networks,
                 "nodes": nodes, "uplinks": uplinks, "pending": pending}
 
