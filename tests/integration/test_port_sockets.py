@@ -216,7 +216,7 @@ def test_node_ports_learn_only_their_nodes_macs_while_the_lan_is_busy(tmp_path: 
 
             ifname_of = {nic["ifname"]: (nic["mac"], f"{n['name']}.{nic['name']}")
                          for n in status["nodes"] for nic in n["nics"]}
-            sent = {port: set() for _, port in ifname_of.values()}
+            sent: dict[str, set[str]] = {port: set() for _, port in ifname_of.values()}
             for ifname, packet_type, frame in frames:
                 if ifname in ifname_of and packet_type != socket.PACKET_OUTGOING:
                     sent[ifname_of[ifname][1]].add(frame[6:12].hex(":"))
