@@ -337,6 +337,12 @@ def _uplink_ports(topology: Topology) -> list[PortResource]:
     return ports
 
 
+def datapath_resources(resources: list[Resource]) -> list[BridgeResource | PortResource]:
+    """What a new datapath must be told, in order: the bridges, then their ports."""
+    return sorted((r for r in resources if isinstance(r, BridgeResource | PortResource)),
+                  key=lambda r: KIND_ORDER[r.kind])
+
+
 @dataclass(frozen=True)
 class Plan:
     delete: list[Resource] = field(default_factory=list)  # in deletion order
