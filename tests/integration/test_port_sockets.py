@@ -10,6 +10,7 @@ it (issue 10: a second MAC on alice.eth0 in the demo, older than every other ent
 from __future__ import annotations
 
 import ctypes
+import secrets
 import socket
 import struct
 import threading
@@ -60,7 +61,7 @@ def noisy(ns: str, ifname: str) -> Iterator[threading.Event]:
 @pytest.fixture
 def quiet_and_busy() -> Iterator[str]:
     """A namespace with a quiet veth pair q0/q1 and a busy one p0/p1 (noise from p1)."""
-    name = "vnt-sock-" + socket.gethostname()[:4].lower().replace(".", "")
+    name = f"vnt-sock-{secrets.token_hex(3)}"
     netns.create(name)
     try:
         with netns.open_iproute(name) as ipr:
