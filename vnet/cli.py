@@ -73,10 +73,32 @@ class Client:
 
 
 def cmd_check(client: Client, args: argparse.Namespace) -> int:
+    """Check every file, also after a bad one: each bad file's problems go to stderr; a
+    single good file prints ``ok``, several print ``FILE: ok`` each.  Exit 1 if any is bad."""
+    bad = 0
     for path in args.files:
+        problems = check_file(path)
+        if problems:
+            bad += 1
+            print("\n".join(problems), file=sys.stderr)
+        elif len(args.files) > 1:
+            print(f"{path}: ok")
+    if len(args.files) == 1 and not bad:
+        print("ok")
+    if bad and len(args.files) > 1:
+        print(f"vnet check: {bad} of {len(args.files)} files have errors", file=sys.stderr)
+    return 1 if bad else 0
+
+
+def check_file(path: str) -> list[str]:
+    """The problems of one topology file (none: it is good); never raises for a bad file."""
+    try:
         load_topology(path)
-    print("ok")
-    return 0
+    except TopologyError as err:
+        return err.problems
+    except RecursionError:
+        return [f"{path}:1: nested too deeply to be a topology file"]
+    return []
 
 
 def cmd_up(client: Client, args: argparse.Namespace) -> int:

@@ -25,8 +25,30 @@ def host_ifname(lab: str, node: str, nic: str) -> str:
     return IFNAME_PREFIX + digest
 
 
+# Switch port names.  A node's port is NODE.NIC (as users read it in `vnet fdb`).  Every other
+# port (a NAT network's gateway, a bridged network's uplink) is named with a leading "@",
+# which node names cannot contain: so a node called "uplink" with a NIC "eth2" and the
+# uplink eth2 get different ports.
+NON_NODE_PORT_PREFIX = "@"
+
+
 def port_name(node: str, nic: str) -> str:
+    """The switch port of a node's NIC."""
     return f"{node}.{nic}"
+
+
+def uplink_port_name(uplink: str) -> str:
+    """The switch port on a bridged network's uplink (a host interface)."""
+    return f"{NON_NODE_PORT_PREFIX}uplink.{uplink}"
+
+
+def gateway_port_name(network: str) -> str:
+    """The switch port of a NAT network's gateway."""
+    return port_name(gateway_owner(network), "port")
+
+
+def is_uplink_port(name: str) -> bool:
+    return name.startswith(f"{NON_NODE_PORT_PREFIX}uplink.")
 
 
 def owner_alias(lab: str, node: str, nic: str) -> str:
@@ -37,4 +59,4 @@ def owner_alias(lab: str, node: str, nic: str) -> str:
 def gateway_owner(network: str) -> str:
     """The pseudo-node that owns a NAT network's gateway interfaces (``@`` is not allowed in
     node names, so it cannot clash with one)."""
-    return f"@gw-{network}"
+    return f"{NON_NODE_PORT_PREFIX}gw-{network}"

@@ -52,10 +52,12 @@ def create_netns_node(node: NetnsNodeResource, state_dir: Path) -> None:
             netns.write_sysctl(node.netns, key, "1")
     with IPRoute() as ipr:
         for nic in node.nics:
+            # The node's end has its MAC from birth (no frame can carry a temporary one) and
+            # goes up last, after its addresses (_configure_nic).
             ipr.link("add", ifname=nic.host_ifname, kind="veth",
-                     peer={"ifname": nic.nic, "net_ns_fd": node.netns})
-            _bring_up_port_end(ipr, nic.host_ifname, nic.alias)
+                     peer={"ifname": nic.nic, "net_ns_fd": node.netns, "address": nic.mac})
             _keep_host_stack_off(nic.host_ifname)
+            _bring_up_port_end(ipr, nic.host_ifname, nic.alias)
     with netns.open_iproute(node.netns) as ns:
         ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
         for nic in node.nics:
@@ -64,7 +66,8 @@ def create_netns_node(node: NetnsNodeResource, state_dir: Path) -> None:
 
 def _bring_up_port_end(ipr: IPRoute, ifname: str, alias: str) -> None:
     """Mark a host-side end as ours and bring it up without IPv6: a switch port must not
-    speak (DAD probes and MLD reports would land on the node side of the veth)."""
+    speak (DAD probes and MLD reports would land on the node side of the veth).  Callers
+    configure everything else first: a link goes up last."""
     netns.write_sysctl(None, f"net.ipv6.conf.{ifname}.disable_ipv6", "1")
     index = ipr.link_lookup(ifname=ifname)[0]
     ipr.link("set", index=index, ifalias=alias, state="up")
@@ -96,7 +99,6 @@ def _forget_port_table(ifname: str) -> None:
 
 def _configure_nic(ns: IPRoute, nic: VethSpec) -> None:
     index = ns.link_lookup(ifname=nic.nic)[0]
-    ns.link("set", index=index, address=nic.mac)
     for address in nic.addresses:
         iface = ipaddress.ip_interface(address)
         ns.addr("add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
@@ -143,11 +145,11 @@ def create_gateway(gateway: GatewayResource, state_dir: Path) -> None:
                                 f"record it; remove it or rename the lab or network")
         ipr.link("add", ifname=gateway.ifname, kind="veth", peer={"ifname": gateway.port_ifname})
         iface = ipaddress.ip_interface(gateway.address)
-        for ifname in (gateway.ifname, gateway.port_ifname):
-            _bring_up_port_end(ipr, ifname, gateway.alias)
-        _keep_host_stack_off(gateway.port_ifname)
         index = ipr.link_lookup(ifname=gateway.ifname)[0]
         ipr.addr("add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+        _keep_host_stack_off(gateway.port_ifname)
+        for ifname in (gateway.port_ifname, gateway.ifname):  # up last
+            _bring_up_port_end(ipr, ifname, gateway.alias)
 
 
 def delete_gateway(gateway: GatewayResource, state_dir: Path) -> None:
@@ -304,8 +306,8 @@ def create_vm_taps(vm: VmNodeResource, state_dir: Path) -> None:
                                 f"does not record it; remove it or rename the lab or node")
         for spec in vm.taps:
             tap.create_persistent_tap(spec.ifname)
-            _bring_up_port_end(ipr, spec.ifname, spec.alias)
             _keep_host_stack_off(spec.ifname)
+            _bring_up_port_end(ipr, spec.ifname, spec.alias)
 
 
 def delete_vm_taps(vm: VmNodeResource, state_dir: Path) -> None:

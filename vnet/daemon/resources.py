@@ -260,7 +260,7 @@ def _gateway(topology: Topology, network: Network) -> list[Resource]:
         lab, network.name, naming.host_ifname(lab, owner, "gw"),
         naming.host_ifname(lab, owner, "port"),
         f"{network.gateway}/{network.subnet.prefixlen}", naming.owner_alias(lab, owner, "gw"))
-    port = PortResource(lab, naming.port_name(owner, "port"), gateway.port_ifname, "access",
+    port = PortResource(lab, naming.gateway_port_name(network.name), gateway.port_ifname, "access",
                         vlan=network.vlan, node=owner)
     return [gateway, port]
 
@@ -325,7 +325,7 @@ def _uplink_ports(topology: Topology) -> list[PortResource]:
             uplinks.setdefault(network.uplink, []).append(network)
     ports = []
     for uplink, networks in sorted(uplinks.items()):
-        name = naming.port_name("uplink", uplink)
+        name = naming.uplink_port_name(uplink)
         untagged = [n.vlan for n in networks if not n.tagged]
         tagged = tuple(sorted(n.vlan for n in networks if n.tagged))
         if not tagged:
@@ -335,6 +335,12 @@ def _uplink_ports(topology: Topology) -> list[PortResource]:
             ports.append(PortResource(topology.name, name, uplink, "trunk", allowed=tagged,
                                       native=untagged[0] if untagged else None, node=""))
     return ports
+
+
+def datapath_resources(resources: list[Resource]) -> list[BridgeResource | PortResource]:
+    """What a new datapath must be told, in order: the bridges, then their ports."""
+    return sorted((r for r in resources if isinstance(r, BridgeResource | PortResource)),
+                  key=lambda r: KIND_ORDER[r.kind])
 
 
 @dataclass(frozen=True)

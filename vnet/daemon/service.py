@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from vnet import __version__, jsonlines
-from vnet.daemon import realize
+from vnet.daemon import naming, realize
 from vnet.daemon.resources import (
     KIND_ORDER,
     BridgeResource,
@@ -27,6 +27,7 @@ from vnet.daemon.resources import (
     PortResource,
     Resource,
     VmNodeResource,
+    datapath_resources,
     desired_resources,
     plan,
 )
@@ -51,8 +52,8 @@ class Vnetd:
         self.lock = asyncio.Lock()
         self.stopped = asyncio.Event()
         self.datapath = DatapathSupervisor(state_dir / "datapath.sock",
-                                           state_dir / "datapath.log", self.replay,
-                                           datapath_python)
+                                           state_dir / "datapath.log", self.program_datapath,
+                                           datapath_python, lock=self.lock)
         self.vms = VmSupervisor(state_dir)
         self.server: asyncio.AbstractServer | None = None
         self.ops: dict[str, Handler] = {
@@ -63,8 +64,10 @@ class Vnetd:
     # ---- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
-        await self.datapath.start()
-        await self.replay()
+        async with self.lock:
+            await self.datapath.start()
+            await self.program_datapath()
+            await self._start_vms()
         self.socket_path.parent.mkdir(parents=True, exist_ok=True)
         self.socket_path.unlink(missing_ok=True)
         self.server = await asyncio.start_unix_server(self._client, path=str(self.socket_path),
@@ -73,14 +76,23 @@ class Vnetd:
         log.info("vnetd %s listening on %s, state in %s", __version__, self.socket_path,
                  self.state_dir)
 
-    async def replay(self) -> None:
-        """Give a (new) datapath every bridge and port the records say are realised, and
-        start the VM runners that are not running (at vnetd's start)."""
+    async def program_datapath(self) -> None:
+        """Give a (new) datapath every bridge and port the records say are realised.
+
+        The datapath's tables and nothing else: a VM's state changes only by the user or its
+        restart policy, so a datapath restart must not start one that was stopped.  Called
+        with the lock held (at start, and by the supervisor when it restarts the datapath),
+        so no up, down or ``vnet vm`` sees a half-programmed datapath or races the replay."""
+        assert self.lock.locked(), "the datapath is programmed under the daemon's lock"
         for record in self.store.load_all():
-            for resource in sorted(record.ready(), key=lambda r: KIND_ORDER[r.kind]):
-                if isinstance(resource, BridgeResource | PortResource):
-                    await self._create(resource)
-                elif isinstance(resource, VmNodeResource):
+            for resource in datapath_resources(record.ready()):
+                await self._create(resource)
+
+    async def _start_vms(self) -> None:
+        """At vnetd's start: the runners died with the previous vnetd (PR_SET_PDEATHSIG)."""
+        for record in self.store.load_all():
+            for resource in record.ready():
+                if isinstance(resource, VmNodeResource):
                     await self.vms.start(resource)
 
     async def stop(self) -> None:
@@ -306,7 +318,7 @@ class Vnetd:
         ports = {r.name: r for r in record.resources if isinstance(r, PortResource)}
 
         def nic(node: str, name: str, mac: str, ips: list[str], ifname: str) -> dict[str, Any]:
-            port = ports.get(f"{node}.{name}")
+            port = ports.get(naming.port_name(node, name))
             return {"name": name, "mac": mac, "ip": ips, "ifname": ifname,
                     "port": port.name if port else None, "mode": port.mode if port else None,
                     "vlans": _port_vlans(port) if port else [],
@@ -337,7 +349,7 @@ class Vnetd:
                     for name, n in record.topology.get("networks", {}).items()]
         uplinks = [{"port": p.name, "ifname": p.ifname, "vlans": _port_vlans(p),
                     "counters": stats.get(p.name)}
-                   for p in ports.values() if p.name.startswith("uplink.")]
+                   for p in ports.values() if naming.is_uplink_port(p.name)]
         return {"name": record.lab, "source": record.source, "networks": networks,
                 "nodes": nodes, "uplinks": uplinks, "pending": pending}
 

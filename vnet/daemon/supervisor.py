@@ -2,7 +2,8 @@
 
 The datapath holds no state worth keeping: when it dies vnetd starts a new one and replays
 every bridge and port from its lab records (``on_restart``), as Open vSwitch's
-ovs-vswitchd rebuilds its datapath from the database.
+ovs-vswitchd rebuilds its datapath from the database.  Restart and replay hold the daemon's
+lock, so they never interleave with an up or a down.
 """
 
 from __future__ import annotations
@@ -31,12 +32,13 @@ class DatapathSupervisor:
     needs only the standard library and vnet's own pure-Python modules)."""
 
     def __init__(self, control_path: Path, log_path: Path,
-                 on_restart: Callable[[], Awaitable[None]], python: str = sys.executable
-                 ) -> None:
+                 on_restart: Callable[[], Awaitable[None]], python: str = sys.executable,
+                 lock: asyncio.Lock | None = None) -> None:
         self.control_path = control_path
         self.log_path = log_path
         self.python = python
         self.on_restart = on_restart
+        self.lock = lock or asyncio.Lock()  # the daemon's: a restart is one change among others
         self.process: asyncio.subprocess.Process | None = None
         self.restarts = 0
         self._watch: asyncio.Task[None] | None = None
@@ -75,8 +77,16 @@ class DatapathSupervisor:
             return
         self.restarts += 1
         log.error("datapath exited with status %s; restarting it and replaying the ports", status)
-        await self.start()
-        await self.on_restart()
+        # Under the daemon's lock: an up or down in progress finishes first, and none starts
+        # until the new datapath holds every recorded bridge and port again.
+        async with self.lock:
+            if self._stopping:
+                return
+            try:
+                await self.start()
+                await self.on_restart()
+            except Exception:  # it died again (its new watcher restarts it), or cannot start
+                log.exception("restarting the datapath failed")
 
     async def call(self, op: str, **args: Any) -> Any:
         try:

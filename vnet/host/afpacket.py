@@ -47,9 +47,11 @@ class PacketOptions:
 
 def open_packet_socket(ifname: str, options: PacketOptions = PacketOptions(),
                        netns_name: str | None = None) -> socket.socket:
-    """Open a non-blocking packet socket on ``ifname`` (inside ``netns_name`` if given)."""
+    """Open a non-blocking packet socket on ``ifname`` (inside ``netns_name`` if given).
+
+    It receives only ``ifname``'s frames, from its first: see ``unbound_packet_socket``."""
     with netns.entered(netns_name):
-        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+        sock = unbound_packet_socket()
         try:
             ifindex = socket.if_nametoindex(ifname)
             if options.vnet_hdr:
@@ -67,6 +69,17 @@ def open_packet_socket(ifname: str, options: PacketOptions = PacketOptions(),
             sock.close()
             raise
     return sock
+
+
+def unbound_packet_socket() -> socket.socket:
+    """A packet socket that receives nothing until it is bound to one netdev.
+
+    Created with protocol ``ETH_P_ALL``, a packet socket receives the frames of *every*
+    netdev of the namespace until ``bind`` narrows it to one: a switch port opened while
+    another interface was busy started with that interface's frames in its queue, and the
+    switch learned their source MACs on the wrong port.  With protocol 0 it receives nothing,
+    and ``bind((ifname, ETH_P_ALL))`` starts it on that netdev alone (as libpcap does)."""
+    return socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
 
 
 def _force_buffer(sock: socket.socket, force_opt: int, opt: int, size: int) -> None:

@@ -36,6 +36,7 @@ from vnet.host.afpacket import (
     SO_RCVBUFFORCE,
     SO_SNDBUFFORCE,
     SOL_PACKET,
+    unbound_packet_socket,
 )
 
 SIOCGIFINDEX = 0x8933
@@ -89,7 +90,7 @@ class PacketRing:
     def __init__(self, ifname: str, rx_frames: int = RX_FRAMES, tx_frames: int = TX_FRAMES,
                  promiscuous: bool = True, rcvbuf: int = 4 << 20) -> None:
         self.ifname = ifname
-        self.rx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+        self.rx = unbound_packet_socket()  # receives nothing until bound to ifname
         self.tx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
         self.rx_map: mmap.mmap | None = None
         self.tx_map: mmap.mmap | None = None

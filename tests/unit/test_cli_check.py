@@ -1,0 +1,82 @@
+"""``vnet check FILE...`` reports every file's problems, not only the first bad file's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vnet.cli import main
+
+GOOD = """\
+name: good
+networks: {office: {vlan: 10}}
+nodes:
+  c1: {kind: netns, nics: [{name: eth0, network: office, ip: 10.10.0.1/24}]}
+"""
+BAD_VLAN_AND_NETWORK = """\
+name: bad-one
+networks:
+  office: {vlan: 5000}
+nodes:
+  c1: {kind: netns, nics: [{name: eth0, network: offce}]}
+"""
+BAD_NAME = """\
+name: Bad_Two
+networks: {office: {vlan: 10}}
+nodes: {}
+"""
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> dict[str, Path]:
+    paths = {"bad1": tmp_path / "bad1.yaml", "good": tmp_path / "good.yaml",
+             "bad2": tmp_path / "bad2.yaml"}
+    paths["bad1"].write_text(BAD_VLAN_AND_NETWORK)
+    paths["good"].write_text(GOOD)
+    paths["bad2"].write_text(BAD_NAME)
+    return paths
+
+
+def test_every_bad_file_is_reported_and_the_good_one_named(
+        files: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    status = main(["check", str(files["bad1"]), str(files["good"]), str(files["bad2"])])
+    out, err = capsys.readouterr()
+    assert status == 1
+    assert f"{files['bad1']}:3:" in err and "5000" in err          # both problems of bad1
+    assert f"{files['bad1']}:5:" in err and "offce" in err
+    assert f"{files['bad2']}:1:" in err and "Bad_Two" in err        # and bad2's, after it
+    assert out == f"{files['good']}: ok\n"
+    assert "2 of 3 files have errors" in err
+    assert "Traceback" not in err
+
+
+def test_a_missing_file_is_an_error_of_that_file_and_the_rest_are_checked(
+        files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "missing.yaml"
+    status = main(["check", str(missing), str(tmp_path), str(files["bad2"]),
+                   str(files["good"])])
+    out, err = capsys.readouterr()
+    assert status == 1
+    assert f"{missing}: cannot read: No such file or directory" in err
+    assert f"{tmp_path}: cannot read: Is a directory" in err
+    assert f"{files['bad2']}:1:" in err
+    assert out == f"{files['good']}: ok\n"
+    assert "Traceback" not in err and "Errno" not in err
+
+
+def test_good_files_pass(files: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", str(files["good"])]) == 0
+    assert capsys.readouterr() == ("ok\n", "")
+    assert main(["check", str(files["good"]), str(files["good"])]) == 0
+    out, err = capsys.readouterr()
+    assert out == f"{files['good']}: ok\n" * 2 and err == ""
+
+
+def test_a_file_nested_too_deeply_is_an_error_not_a_traceback(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("name: " + "[" * 5000 + "]" * 5000 + "\n")
+    assert main(["check", str(deep)]) == 1
+    _out, err = capsys.readouterr()
+    assert f"{deep}:1: nested too deeply" in err

@@ -1,0 +1,175 @@
+"""When the datapath dies, vnetd restarts it and replays the bridges and ports of its lab
+records: that touches the datapath's tables and nothing else (no VM is started, no node is
+created), and it runs under the daemon's lock, so it never interleaves with an up or a down.
+
+The datapath process and its control calls are replaced by an in-memory table here (no root,
+no process); the supervisor's own restart path (``_watch_process``) is the one under test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vnet.daemon import naming, realize
+from vnet.daemon.resources import (
+    BridgeResource,
+    NetnsNodeResource,
+    PortResource,
+    Resource,
+    TapSpec,
+    VethSpec,
+    VlanSpec,
+    VmNodeResource,
+)
+from vnet.daemon.service import Vnetd
+from vnet.daemon.state import LabRecord
+
+
+class FakeDatapath:
+    """The datapath's tables, driven by control calls; every call yields to the loop once, as
+    a real one (a socket round trip) does, so concurrent callers would interleave."""
+
+    def __init__(self) -> None:
+        self.bridges: dict[str, set[str]] = {}
+        self.calls: list[tuple[str, str]] = []   # (task name, op)
+        self.starts = 0
+
+    async def start(self) -> None:
+        self.starts += 1
+        self.bridges.clear()  # a new datapath process knows nothing
+        await asyncio.sleep(0)
+
+    async def call(self, op: str, **args: Any) -> Any:
+        task = asyncio.current_task()
+        self.calls.append((task.get_name() if task else "?", op))
+        await asyncio.sleep(0)
+        if op == "add_bridge":
+            self.bridges.setdefault(args["bridge"], set())
+        elif op == "del_bridge":
+            self.bridges.pop(args["bridge"], None)
+        elif op == "add_port":
+            self.bridges[args["bridge"]].add(args["name"])
+        elif op == "del_port":
+            self.bridges.get(args["bridge"], set()).discard(args["name"])
+        return {}
+
+
+class DeadProcess:
+    """A datapath process that has just been killed."""
+
+    pid = 4242
+    returncode = -9
+
+    async def wait(self) -> int:
+        return -9
+
+
+def lab_record(lab: str) -> LabRecord:
+    nic = VethSpec("eth0", naming.host_ifname(lab, "c1", "eth0"), "02:00:00:00:00:01",
+                   ("10.0.0.1/24",), naming.owner_alias(lab, "c1", "eth0"))
+    tap = TapSpec("eth0", naming.host_ifname(lab, "vm1", "eth0"), "02:00:00:00:00:02",
+                  "10.0.0.2/24", naming.owner_alias(lab, "vm1", "eth0"))
+    resources: list[Resource] = [
+        BridgeResource(lab, (VlanSpec(10, 300.0, 1024),)),
+        NetnsNodeResource(lab, "c1", naming.netns_name(lab, "c1"), (nic,)),
+        VmNodeResource(lab, "vm1", (tap,), 16 << 20, 1, "builtin:tiny", "", "always"),
+        PortResource(lab, "c1.eth0", nic.host_ifname, "access", vlan=10, node="c1"),
+        PortResource(lab, "vm1.eth0", tap.ifname, "access", vlan=10, node="vm1"),
+        PortResource(lab, naming.uplink_port_name("eth2"), "eth2", "access", vlan=10),
+    ]
+    record = LabRecord(lab, f"/labs/{lab}.yaml", {"networks": {}})
+    record.resources = dict.fromkeys(resources, "ready")
+    return record
+
+
+@pytest.fixture
+def vnetd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Vnetd, FakeDatapath,
+                                                                       list[str]]:
+    """A vnetd with one lab recorded, a fake datapath, and no way to touch the kernel or a
+    VM without it being written down in ``touched``."""
+    daemon = Vnetd(tmp_path / "vnetd.sock", tmp_path)
+    fake = FakeDatapath()
+    monkeypatch.setattr(daemon.datapath, "start", fake.start)
+    monkeypatch.setattr(daemon.datapath, "call", fake.call)
+    touched: list[str] = []
+
+    async def vm_start(vm: VmNodeResource) -> None:
+        touched.append(f"start vm {vm.node}")
+
+    async def vm_stop(vm: VmNodeResource) -> None:
+        touched.append(f"stop vm {vm.node}")
+
+    monkeypatch.setattr(daemon.vms, "start", vm_start)
+    monkeypatch.setattr(daemon.vms, "stop", vm_stop)
+    def recorder(what: str) -> Callable[[Any, Path], None]:
+        return lambda resource, _state_dir: touched.append(f"{what} {resource.kind}")
+
+    for verb, table in (("create", realize.CREATE), ("delete", realize.DELETE)):
+        for kind in list(table):
+            monkeypatch.setitem(table, kind, recorder(verb))
+    for name in ("create_vm_taps", "delete_vm_taps"):
+        monkeypatch.setattr(realize, name, recorder(name))
+    daemon.store.save(lab_record("lab1"))
+    return daemon, fake, touched
+
+
+def test_a_datapath_restart_replays_bridges_and_ports_and_touches_nothing_else(
+        vnetd: tuple[Vnetd, FakeDatapath, list[str]]) -> None:
+    daemon, fake, touched = vnetd
+
+    async def scenario() -> None:
+        await daemon.datapath._watch_process(DeadProcess())  # type: ignore[arg-type]
+
+    asyncio.run(scenario())
+    assert fake.starts == 1 and daemon.datapath.restarts == 1
+    assert fake.bridges == {"lab1": {"c1.eth0", "vm1.eth0", "@uplink.eth2"}}
+    assert [op for _, op in fake.calls] == ["add_bridge"] + ["add_port"] * 3
+    assert touched == []  # no VM started (the user may have stopped it), no node re-created
+
+
+def test_a_datapath_restart_waits_for_the_lock(
+        vnetd: tuple[Vnetd, FakeDatapath, list[str]]) -> None:
+    """Whoever holds the daemon's lock (an up, a down, vnet vm) finishes before the restarted
+    datapath is started and programmed."""
+    daemon, fake, _touched = vnetd
+
+    async def scenario() -> None:
+        async with daemon.lock:
+            restart = asyncio.create_task(
+                daemon.datapath._watch_process(DeadProcess()))  # type: ignore[arg-type]
+            for _ in range(50):  # let it run as far as it can: the fakes never block
+                await asyncio.sleep(0)
+            assert (fake.starts, fake.calls) == (0, [])
+        await restart
+        assert fake.starts == 1 and len(fake.calls) == 4
+
+    asyncio.run(scenario())
+
+
+def test_a_replay_never_interleaves_with_a_down(
+        vnetd: tuple[Vnetd, FakeDatapath, list[str]]) -> None:
+    """A down and a datapath restart at the same moment: one runs after the other, and the
+    lab that went down leaves nothing in the datapath (unserialised, the replay re-added
+    ports the down had just removed, for a lab that no longer existed)."""
+    daemon, fake, _touched = vnetd
+    daemon.store.save(lab_record("lab2"))
+
+    async def scenario() -> None:
+        down = asyncio.create_task(daemon.op_down("lab1"), name="down")
+        await asyncio.sleep(0)  # the down takes the lock first ...
+        restart = asyncio.create_task(
+            daemon.datapath._watch_process(DeadProcess()),  # type: ignore[arg-type]
+            name="replay")  # ... and the datapath dies while it runs
+        await asyncio.gather(down, restart)
+
+    asyncio.run(scenario())
+    order = [task for task, _ in fake.calls]
+    switches = sum(a != b for a, b in itertools.pairwise(order))
+    assert switches <= 1, f"the replay interleaved with the down: {fake.calls}"
+    assert fake.bridges == {"lab2": {"c1.eth0", "vm1.eth0", "@uplink.eth2"}}
