@@ -23,7 +23,6 @@ BOOT_INFO_SIZE = 0x1000
 STACK_TOP = 0x80000
 IMAGE_ADDR = 0x100000     # where the tiny guest's flat image is loaded
 MIN_MEMORY = 2 << 20
-MAX_NICS = 9              # virtio-mmio NIC slots (vnet.kvm.runner.nic_slot): 0xd0000000, 8 more
 
 PTE_PRESENT, PTE_WRITE, PTE_USER, PTE_HUGE = 1, 2, 4, 0x80
 

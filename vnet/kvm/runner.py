@@ -25,6 +25,7 @@ from vnet.kvm.boot import acpi, linux
 from vnet.kvm.console import ConsoleSocket
 from vnet.kvm.iothread import DeviceThread, NetIoThread
 from vnet.kvm.serial import COM1_IRQ, Serial16550
+from vnet.kvm.slots import DISK_SLOT, MAX_NICS, NIC_SLOTS
 from vnet.kvm.virtio.blk import VirtioBlk
 from vnet.kvm.virtio.mmio import QUEUE_NOTIFY, MmioTransport
 from vnet.kvm.virtio.net import RX, TX, VirtioNet, open_tap
@@ -36,12 +37,6 @@ I8042_RESET = 0xFE
 REBOOT = -1  # a boot's status when the guest pulsed the reset line
 WAIT_PORT = 0x502
 WAIT_TIMEOUT = 0.2
-NET_MMIO_BASE = 0xD0000000
-BLK_MMIO_BASE = 0xD0001000
-NET_IRQ, BLK_IRQ = 5, 6  # GSIs, as the kernel command line and the DSDT announce them
-# NICs after the first: from 0xd0002000 on, 4 KiB apart, on the I/O APIC's pins 16-23
-EXTRA_NET_MMIO_BASE, EXTRA_NET_IRQ = 0xD0002000, 16
-MAX_NICS = layout.MAX_NICS
 SIZES = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
 
@@ -79,14 +74,6 @@ def parse_disk(text: str) -> tuple[str, bool]:
     return path, mode == "ro"
 
 
-def nic_slot(index: int) -> tuple[int, int]:
-    """(MMIO base, GSI) of the ``index``-th NIC: the first where the tiny guest looks for it,
-    the others after the disk's slot."""
-    if index == 0:
-        return NET_MMIO_BASE, NET_IRQ
-    return EXTRA_NET_MMIO_BASE + (index - 1) * 0x1000, EXTRA_NET_IRQ + index - 1
-
-
 class Machine:
     """One boot of a PC: create, ``run`` (until the guest exits, resets or fails), close."""
 
@@ -110,7 +97,7 @@ class Machine:
             serial.wire(lambda level: self.vm.set_irq_line(COM1_IRQ, level))
             self.serial_wired = True
             for index, nic in enumerate(nics):
-                base, gsi = nic_slot(index)
+                base, gsi = NIC_SLOTS[index].base, NIC_SLOTS[index].gsi
                 self.tap_fds.append(open_tap(nic.tap))
                 net = VirtioNet(self.tap_fds[-1], nic.mac)
                 transport = MmioTransport(net, self.mem, base, self._irq(gsi))
@@ -122,10 +109,11 @@ class Machine:
             self.threads.extend(self.nic_threads)
             if disk is not None:
                 self.blk = VirtioBlk(*disk)
-                transport = MmioTransport(self.blk, self.mem, BLK_MMIO_BASE, self._irq(BLK_IRQ))
-                kick = self.vm.ioeventfd(BLK_MMIO_BASE + QUEUE_NOTIFY, 4, 0)
+                transport = MmioTransport(self.blk, self.mem, DISK_SLOT.base,
+                                          self._irq(DISK_SLOT.gsi))
+                kick = self.vm.ioeventfd(DISK_SLOT.base + QUEUE_NOTIFY, 4, 0)
                 self.threads.append(DeviceThread("virtio-blk-io", transport, {kick: 0}))
-                self.transports.append((transport, BLK_IRQ))
+                self.transports.append((transport, DISK_SLOT.gsi))
         except BaseException:
             self.close()
             raise
@@ -318,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nic", type=parse_nic, action="append", default=[],
                         help=f"{NIC_SYNTAX}; repeat it for more NICs (at most {MAX_NICS})")
     parser.add_argument("--disk", type=parse_disk,
-                        help="PATH[,ro]: a raw image as virtio-blk at 0xd0001000")
+                        help=f"PATH[,ro]: a raw image as virtio-blk at {DISK_SLOT.base:#x}")
     parser.add_argument("--console-log", type=Path)
     parser.add_argument("--console-socket", type=Path,
                         help="a Unix socket for `vnet console`: live output, typed input")

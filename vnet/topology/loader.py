@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from vnet.errors import TopologyError
-from vnet.kvm.layout import MAX_NICS
+from vnet.kvm.slots import MAX_NICS
 from vnet.topology import fields as fmt
 from vnet.topology.hostcheck import HostChecks
 from vnet.topology.model import (

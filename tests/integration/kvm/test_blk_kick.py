@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from vnet.kvm import layout
-from vnet.kvm.runner import BLK_MMIO_BASE, EXIT_PORT, Machine
+from vnet.kvm.runner import EXIT_PORT, Machine
 from vnet.kvm.serial import Serial16550
+from vnet.kvm.slots import DISK_SLOT
 from vnet.kvm.virtio.blk import S_OK, T_IN
 from vnet.kvm.virtio.mmio import QUEUE_NOTIFY, S_DRIVER_OK, S_FEATURES_OK
 from vnet.kvm.virtio.queue import DESC_F_NEXT, DESC_F_WRITE
@@ -24,7 +25,7 @@ DESC, AVAIL, USED, SIZE = 0x300000, 0x301000, 0x302000, 8
 HDR, DATA, STATUS = 0x310000, 0x311000, 0x312000
 # mov rax, QueueNotify; mov dword [rax], 0 (queue 0); mov dx, EXIT_PORT; xor eax, eax;
 # out dx, al (exit status 0)
-GUEST = (b"\x48\xb8" + struct.pack("<Q", BLK_MMIO_BASE + QUEUE_NOTIFY) + b"\xc7\x00"
+GUEST = (b"\x48\xb8" + struct.pack("<Q", DISK_SLOT.base + QUEUE_NOTIFY) + b"\xc7\x00"
          + struct.pack("<I", 0) + b"\x66\xba" + struct.pack("<H", EXIT_PORT) + b"\x31\xc0\xee"
          + b"\xeb\xfe")
 
@@ -35,7 +36,7 @@ def driver_sets_up_a_read_of_sector_1(machine: Machine) -> None:
     transport = machine.transports[0][0]
 
     def reg(offset: int, value: int) -> None:
-        transport.write(BLK_MMIO_BASE + offset, struct.pack("<I", value))
+        transport.write(DISK_SLOT.base + offset, struct.pack("<I", value))
 
     reg(0x70, 3)
     reg(0x24, 1)
