@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from vnet import jsonlines
+from vnet.errors import VnetError
 
 ADDR_A, ADDR_B = "10.254.0.1", "10.254.0.2"
 MAC_A, MAC_B = "02:b0:00:00:00:0a", "02:b0:00:00:00:0b"
@@ -31,7 +32,7 @@ BENCH_VLAN = 10
 NETNS_DIR = Path("/run/netns")
 
 
-class BenchError(RuntimeError):
+class BenchError(VnetError):
     """The benchmark cannot run here (missing tool, no root, a step failed)."""
 
 

@@ -13,6 +13,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Literal
 
+from vnet.errors import VnetError
+
 Policy = Literal["no", "on-failure", "always"]
 BURST = 5
 WINDOW = 60.0
@@ -38,8 +40,8 @@ class VmEvent(enum.Enum):
     RESTART_DUE = "restart-due"  # the back-off has passed
 
 
-class IllegalTransition(ValueError):
-    pass
+class IllegalTransition(VnetError):
+    """An event the VM's current state does not allow; nothing changed."""
 
 
 S, E = VmState, VmEvent

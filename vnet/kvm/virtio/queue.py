@@ -11,13 +11,16 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from vnet.errors import VnetError
+
 DESC_F_NEXT, DESC_F_WRITE, DESC_F_INDIRECT = 1, 2, 4
 DESC_SIZE = 16
 MAX_CHAIN_BYTES = 1 << 20
 
 
-class QueueError(ValueError):
-    """The guest broke the virtqueue rules; the message says how."""
+class QueueError(VnetError):
+    """The guest broke the virtqueue rules; the message says how (the device stops, the
+    VMM does not)."""
 
 
 @dataclass(frozen=True)
