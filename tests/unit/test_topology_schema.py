@@ -195,7 +195,8 @@ bus: {broker: "mqtt://b:1883"}
 """))))
 RICH_PATHS = _paths(RICH)
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-5, 70000) | st.floats(allow_nan=False, allow_infinity=False)
+    st.none() | st.booleans() | st.integers(-5, 70000)
+    | st.floats(allow_nan=False, allow_infinity=False)
     | st.sampled_from(["", "a", "eth0", "nat", "10.0.0.7/24", "v1:22", "dhcp", "1G",
                        "02:00:00:00:00:01", "builtin:tiny", "a" * 40]),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
