@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from vnet import jsonlines
-from vnet.daemon.main import DEFAULT_SOCKET, DEFAULT_STATE_DIR
+from vnet.daemon.config import DEFAULT_SOCKET, DEFAULT_STATE_DIR
 from vnet.errors import DaemonError, NetnsError, TopologyError, VnetError, describe_os_error
 from vnet.host import netns
 from vnet.topology import load_topology
@@ -62,14 +62,33 @@ class Client:
                    "--state-dir", self.state_dir, "--exit-when-idle"]
         if self.netns_name:
             command += ["--netns", self.netns_name]
-        with open(state_dir / "vnetd.log", "ab") as log:
+        log_path = state_dir / "vnetd.log"
+        with open(log_path, "ab") as log:
+            started_at = log.tell()
             process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                        start_new_session=True)
         deadline = time.monotonic() + DAEMON_START_TIMEOUT
         while not self.reachable():
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise DaemonError(f"vnetd did not start; see {state_dir / 'vnetd.log'}")
+            if process.poll() is not None:
+                raise DaemonError(_why_it_stopped(log_path, started_at))
+            if time.monotonic() > deadline:
+                raise DaemonError(f"vnetd did not answer within {DAEMON_START_TIMEOUT:.0f} s; "
+                                  f"see {log_path}")
             time.sleep(0.05)
+
+
+def _why_it_stopped(log_path: Path, offset: int) -> str:
+    """vnetd's own last words (its ``vnetd: ...`` line) from this start, or where to look."""
+    try:
+        with open(log_path, "rb") as log:
+            log.seek(offset)
+            lines = log.read().decode(errors="replace").splitlines()
+    except OSError:
+        lines = []
+    reasons = [line.removeprefix("vnetd: ") for line in lines if line.startswith("vnetd: ")]
+    if reasons:
+        return f"vnetd did not start: {reasons[-1]}"
+    return f"vnetd did not start; see {log_path}"
 
 
 def cmd_check(client: Client, args: argparse.Namespace) -> int:

@@ -159,3 +159,25 @@ def test_vnetd_in_a_private_mount_namespace_refuses_and_names_netns(tmp_path: Pa
         assert not socket_path.exists()
     finally:
         netns.remove(name)
+
+
+def test_vnet_up_under_ip_netns_exec_says_why_vnetd_did_not_start(tmp_path: Path,
+                                                                  topology: Path) -> None:
+    """``vnet up`` starts vnetd for the user: when that vnetd refuses, the user reads its
+    reason (and the --netns advice), not just "see the log"."""
+    name = f"vnt-mnt-{secrets.token_hex(3)}"
+    netns.create(name)
+    try:
+        result = subprocess.run(
+            ["ip", "netns", "exec", name, sys.executable, "-m", "vnet.cli",
+             "--socket", str(tmp_path / "vnetd.sock"), "--state-dir", str(tmp_path / "state"),
+             "up", str(topology)],
+            capture_output=True, text=True, timeout=60,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+        assert result.returncode != 0
+        assert "vnetd did not start: this vnetd runs in a mount namespace of its own" \
+            in result.stderr, result.stderr
+        assert f"'vnetd --netns {name} ...'" in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr and "[Errno" not in result.stderr
+    finally:
+        netns.remove(name)
