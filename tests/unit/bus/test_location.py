@@ -139,7 +139,7 @@ def test_local_claims_age_out_by_the_networks_mac_aging():
 def test_a_mac_that_keeps_moving_back_here_is_dampened_as_a_duplicate():
     t = table()
     seq = 0
-    reports = []
+    reports: list[Duplicate] = []
     for i in range(10):
         seq += 1
         t.apply_delta("h2", "lab1", [MacEntry("office", M, seq)], [])
