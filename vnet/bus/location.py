@@ -3,6 +3,8 @@
 Every host *claims* the MACs its switch learned on local ports, per (lab, network), with a
 MAC-mobility sequence number (RFC 7432 §15).  Resolution, per MAC:
 
+* only the local host's claims and those of *alive* hosts count (claims of a host whose
+  status has not arrived yet are kept, and count once it is online);
 * a claim for a MAC that the topology places on another host (a NIC of a node with
   ``host:``) is refused and reported once: no host can hijack another host's node's MAC;
 * the highest sequence wins, so a move (a new claim at ``seq + 1``) wins over the old place;
@@ -124,6 +126,7 @@ class LocationTable:
         self._local_seen: dict[Key, float] = {}
         self._moves: dict[Key, list[float]] = {}   # when the MAC moved here from elsewhere
         self._dampened: set[Key] = set()
+        self._alive: set[str] = set()
 
     # -- queries ----------------------------------------------------------------------------
 
@@ -200,8 +203,24 @@ class LocationTable:
             self._resolve((lab, network, mac), out)
         return out.changes()
 
+    def set_alive(self, host: str, alive: bool) -> Changes:
+        """``host`` came up (its claims count) or went down (they stop counting)."""
+        if alive == (host in self._alive) or host == self.local_host:
+            return Changes()
+        if alive:
+            self._alive.add(host)
+        else:
+            self._alive.discard(host)
+        out = _Collector()
+        for (h, lab), keys in sorted(self._by_host.items()):
+            if h == host:
+                for network, mac in sorted(keys):
+                    self._resolve((lab, network, mac), out)
+        return out.changes()
+
     def remove_host(self, host: str) -> Changes:
         """``host`` went offline or was lost: withdraw everything it claimed."""
+        self._alive.discard(host)
         touched: set[Key] = set()
         for (h, lab), keys in list(self._by_host.items()):
             if h == host:
@@ -301,7 +320,8 @@ class LocationTable:
         eligible: dict[str, int] = {}
         for host, seq in sorted(self._claims.get(key, {}).items()):
             if owner is None or host == owner:
-                eligible[host] = seq
+                if host == self.local_host or host in self._alive:
+                    eligible[host] = seq
             elif (key, host) not in self._refused:
                 self._refused.add((key, host))
                 out.refusals.append(Refused(lab, network, mac, host, owner))

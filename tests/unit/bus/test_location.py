@@ -31,6 +31,8 @@ M, N = "02:aa:00:00:00:01", "02:aa:00:00:00:02"
 def table() -> LocationTable:
     t = LocationTable("h1")
     assert not t.set_topology(TOPOLOGY)
+    for host in ("h2", "h3"):
+        assert not t.set_alive(host, True)
     return t
 
 
@@ -106,8 +108,17 @@ def test_a_mac_the_topology_places_elsewhere_is_refused_once():
     assert t.local_claims("lab1") == ()
 
 
+def test_claims_count_only_while_their_host_is_alive():
+    t = LocationTable("h1")
+    assert not t.replace_host("h2", "lab1", [MacEntry("office", M)])   # status not seen yet
+    assert t.set_alive("h2", True).fdb == (RemoteSet("lab1", "office", M, "h2"),)
+    assert not t.set_alive("h2", True)
+    assert t.set_alive("h2", False).fdb == (RemoteDelete("lab1", "office", M),)
+
+
 def test_a_topology_arriving_after_the_claims_refuses_them_then():
     t = LocationTable("h1")
+    t.set_alive("h3", True)
     assert t.replace_host("h3", "lab1", [MacEntry("office", C2)]).fdb == (
         RemoteSet("lab1", "office", C2, "h3"),)
     changes = t.set_topology(TOPOLOGY)
