@@ -1,0 +1,179 @@
+"""The bus against a real mosquitto 2.0.11: Will and epochs, clean stop, credentials, the
+ACL, a large retained snapshot through mosquitto's default queue, reconnecting."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+
+from tests.conftest import needs_root
+from tests.integration.bus.conftest import (
+    USERS,
+    Observer,
+    config,
+    kill,
+    observe,
+    start_victim,
+)
+from vnet.bus.advertise import Advertiser
+from vnet.bus.client import Disconnected, open_bus
+from vnet.bus.messages import LabRealised, MacEntry, SnapshotPart, Status
+from vnet.testing.broker import Broker
+
+pytestmark = needs_root
+
+
+def test_a_killed_host_is_seen_lost_by_its_will_with_its_epoch(broker: Broker) -> None:
+    victim = start_victim(broker, "h2")
+    try:
+        async def scenario() -> tuple[tuple[str, int] | None, tuple[str, int] | None]:
+            h1 = await observe(broker)
+            try:
+                await h1.until(lambda: (h1.peer_state("h2") or ("",))[0] == "online",
+                               "h2 online")
+                online = h1.peer_state("h2")
+                kill(victim)                                       # kill -9: no DISCONNECT
+                await h1.until(lambda: (h1.peer_state("h2") or ("",))[0] == "lost",
+                               "h2's Will")
+                return online, h1.peer_state("h2")
+            finally:
+                await h1.bus.stop()
+
+        online, lost = broker.run(scenario)
+    finally:
+        kill(victim)
+    assert online is not None and lost == ("lost", online[1])
+
+
+def test_a_clean_stop_is_offline_and_no_will_follows(broker: Broker) -> None:
+    async def scenario() -> list[str]:
+        h1 = await observe(broker)
+        try:
+            async with open_bus(config(broker, "h2"), "h2") as h2:
+                await h2.publish_status({"lab1": LabRealised(4)})
+                await h1.until(lambda: h1.peer_state("h2") is not None, "h2's status")
+                peer = h1.view.peers.get("h2")
+                assert peer is not None and peer.labs == {"lab1": LabRealised(4)}
+            await h1.until(lambda: (h1.peer_state("h2") or ("",))[0] == "offline",
+                           "h2 offline")
+            # a marker published after the stop arrives, and no Will came before it
+            async with open_bus(config(broker, "h3"), "h3") as h3:
+                await h3.publish_status()
+                await h1.until(lambda: h1.peer_state("h3") is not None, "h3's status")
+            return [e.message.state for e in h1.received()
+                    if isinstance(e.message, Status) and e.message.host == "h2"]
+        finally:
+            await h1.bus.stop()
+
+    states = broker.run(scenario)
+    assert states[-1] == "offline" and "lost" not in states
+
+
+def refused_seen(observer: Observer) -> Callable[[], bool]:
+    return lambda: any(isinstance(e, Disconnected) for e in observer.events)
+
+
+def test_wrong_or_missing_credentials_are_refused_with_a_clear_reason(broker: Broker) -> None:
+    async def scenario() -> list[str]:
+        reasons = []
+        for options in ({"password": "wrong"}, {"username": "nobody", "password": None}):
+            bus = open_bus(config(broker, "h2", **options), "h2")
+            await bus.start()
+            observer = Observer(bus)
+            await observer.until(refused_seen(observer), "a refusal")
+            assert bus.stats.connects == 0 and not bus.connected
+            reasons.append(bus.stats.last_error or "")
+            await bus.stop()
+        return reasons
+
+    for reason in broker.run(scenario):
+        assert "refused user" in reason and "not authorised" in reason, reason
+        assert "Errno" not in reason and "[code" not in reason
+
+
+def test_the_acl_keeps_a_host_out_of_another_hosts_subtree(broker: Broker) -> None:
+    forged = Status("h1", "lost", 2**62, 30.0).to_json()       # h2 pretending to be h1's Will
+    forged_mac = json.dumps({"v": 1, "host": "h3", "lab": "lab1", "epoch": 1, "seq": 0,
+                             "part": 0, "parts": 1, "macs": []}).encode()
+
+    async def scenario() -> list[str]:
+        h3 = await observe(broker, "h3")
+        try:
+            async with open_bus(config(broker, "h2"), "h2") as h2:
+                await h3.until(lambda: h2.connected, "h2 to connect")
+                client = h2._client
+                assert client is not None
+                await client.publish("vnet/v1/hosts/h1/status", forged, qos=1, retain=True)
+                await client.publish("vnet/v1/hosts/h3/macs/lab1/snapshot/0", forged_mac,
+                                     qos=1, retain=True)
+                await client.publish("vnet/v1/labs/lab1/desired", b"{}", qos=1, retain=True)
+                await h2.publish_status()                           # its own: allowed
+                await h3.until(lambda: h3.peer_state("h2") is not None, "h2's own status")
+            return [e.topic for e in h3.received()]
+        finally:
+            await h3.bus.stop()
+
+    topics = broker.run(scenario)
+    assert "vnet/v1/hosts/h2/status" in topics
+    assert not any(t.startswith(("vnet/v1/hosts/h1/", "vnet/v1/labs/", "vnet/v1/hosts/h3/mac"))
+                   for t in topics), topics
+    # nor was anything retained there for a later subscriber
+    retained = broker.exec(["mosquitto_sub", "-h", "127.0.0.1", "-u", "h3", "-P", USERS["h3"],
+                            "-t", "vnet/v1/#", "-v", "--retained-only", "-W", "2"])
+    assert "hosts/h1/status" not in retained.stdout and "labs/lab1" not in retained.stdout
+
+
+def test_a_fresh_host_gets_a_2000_mac_snapshot_through_mosquittos_default_queue() -> None:
+    """mosquitto's default max_queued_messages (1000) drops per-MAC retained topics beyond
+    it; batched snapshots are 2 retained messages for 2,000 MACs."""
+    macs = [MacEntry("office", f"02:00:00:01:{i // 256:02x}:{i % 256:02x}", i % 3)
+            for i in range(2000)]
+    with Broker(USERS, max_queued=None) as broker:
+        async def scenario() -> tuple[int, int]:
+            async with open_bus(config(broker, "h2"), "h2") as h2:
+                await h2.publish_status()
+                advertiser = Advertiser("h2")
+                observer = Observer(h2)
+                await observer.until(lambda: h2.connected, "h2 to connect")
+                parts = advertiser.snapshot("lab1", macs, h2.epoch, now=0)
+                for part in parts:
+                    assert await h2.publish(part)
+                h1 = await observe(broker)                # subscribes after the fact
+                try:
+                    await h1.until(lambda: len(h1.view.location.remote_fdb("lab1")) == 2000,
+                                   "all 2000 MACs")
+                    got = [e for e in h1.received() if isinstance(e.message, SnapshotPart)]
+                    return len(h1.view.location.remote_fdb("lab1")), len(got)
+                finally:
+                    await h1.bus.stop()
+
+        entries, messages = broker.run(scenario)
+    assert (entries, messages) == (2000, 2)
+
+
+def test_after_a_broker_restart_a_host_reconnects_with_a_new_epoch(broker: Broker) -> None:
+    async def scenario() -> tuple[int, int, int]:
+        h1 = await observe(broker)
+        try:
+            async with open_bus(config(broker, "h2"), "h2") as h2:
+                await h2.publish_status()
+                await Observer(h2).until(lambda: h2.connected, "h2 to connect")
+                part = SnapshotPart("h2", "lab1", h2.epoch, 0, 0, 1,
+                                    (MacEntry("office", "02:00:00:00:00:22"),))
+                assert await h2.publish(part)
+                await h1.until(lambda: bool(h1.view.location.remote_fdb("lab1")), "h2's MAC")
+                first = h2.epoch
+                await asyncio.get_running_loop().run_in_executor(None, broker.restart)
+                # persistence is off: everything retained is gone; h2 re-publishes its status
+                # and its snapshot with a new epoch, and h1 (reconnected) sees them again
+                await h1.until(lambda: (h1.peer_state("h2") or ("", 0))[1] > first,
+                               "h2 online with a new epoch")
+                await h1.until(lambda: bool(h1.view.location.remote_fdb("lab1")),
+                               "h2's MAC again")
+                return first, h2.epoch, h2.stats.connects
+        finally:
+            await h1.bus.stop()
+
+    first, second, connects = broker.run(scenario)
+    assert second > first and connects == 2
