@@ -396,6 +396,14 @@ class BusClient:
         match = re.search(r"\[Errno -?\d+\] (.*)", text)
         if match:
             text = match.group(1)
+        if "CERTIFICATE_VERIFY_FAILED" in text:
+            why = re.sub(r".*certificate verify failed: ?| \(_ssl\.c:\d+\)", "", text)
+            return (f"the broker at {where} presented a certificate the bus CA file does not "
+                    f"trust ({why or 'verify failed'}): check ca_file and the broker's "
+                    "certificate")
+        if "SSL" in text:
+            text = re.sub(r" \(_ssl\.c:\d+\)", "", text)
+            return f"TLS with the broker at {where} failed: {text}"
         if "refused" in text.lower():
             return (f"cannot connect to the broker at {where}: connection refused (is "
                     "mosquitto running and listening there?)")

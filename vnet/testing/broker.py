@@ -7,9 +7,11 @@ The broker listens on 127.0.0.1 inside a namespace the fixture creates (nothing 
 machine's own network), reads a config file of its own (``conf``), a password file made by
 ``mosquitto_passwd``, and the ACL of docs/bus.md (``acl_text``: every host reads the tree and
 writes only under ``ROOT/hosts/USERNAME/``; the ``admin`` user writes desired state).
-``max_queued_messages`` is raised unless the test asks for mosquitto's default, persistence
-is off unless asked for (then in the fixture's own directory).  Start-up waits until the
-listener accepts a TCP connection; ``close`` stops the broker and removes everything.
+With ``tls_clients`` it also has a TLS listener (``tls_url``) that requires client
+certificates, whose CN is the username.  ``max_queued_messages`` is raised unless the test
+asks for mosquitto's default; persistence is off unless asked for (then in the fixture's own
+directory).  Start-up waits until the listener accepts a TCP connection; ``close`` stops the
+broker and removes everything.
 """
 
 from __future__ import annotations
@@ -66,10 +68,11 @@ def conf_text(port: int, workdir: Path, *, max_queued: int | None = 20000,
         "log_type all",
         "connection_messages true",
     ]
-    if tls is not None:
+    if tls is not None:      # clients authenticate by certificate: its CN is the username
         lines += [f"listener {tls['port']} 127.0.0.1",
                   f"cafile {tls['cafile']}", f"certfile {tls['certfile']}",
-                  f"keyfile {tls['keyfile']}"]
+                  f"keyfile {tls['keyfile']}",
+                  "require_certificate true", "use_identity_as_username true"]
     if max_queued is not None:
         lines += [f"max_queued_messages {max_queued}", "max_inflight_messages 100"]
     if persistence:
@@ -80,20 +83,46 @@ def conf_text(port: int, workdir: Path, *, max_queued: int | None = 20000,
     return "\n".join(lines) + "\n"
 
 
+def make_test_pki(directory: Path, clients: list[str]) -> dict[str, str]:
+    """A throw-away CA, a server certificate for 127.0.0.1 and one client certificate per
+    name (CN = the name: the ACL's ``%u`` with ``use_identity_as_username``), by openssl."""
+    directory.mkdir(parents=True, exist_ok=True)
+    key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=directory)
+
+    openssl("req", "-x509", *key, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
+            "-subj", "/CN=vnet test CA")
+    (directory / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    out = {"cafile": str(directory / "ca.crt")}
+    for name, ext in [("server", True), *((c, False) for c in clients)]:
+        openssl("req", *key, "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                "-subj", f"/CN={'127.0.0.1' if name == 'server' else name}")
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+                "-CAcreateserial", "-out", f"{name}.crt", "-days", "2",
+                *(["-extfile", "san.ext"] if ext else []))
+        out[f"{name}.crt"] = str(directory / f"{name}.crt")
+        out[f"{name}.key"] = str(directory / f"{name}.key")
+    out["certfile"], out["keyfile"] = out["server.crt"], out["server.key"]
+    return out
+
+
 class Broker:
     """mosquitto in a namespace of its own (see module docstring)."""
 
     def __init__(self, users: Mapping[str, str], *, admin: str | None = "vnet-admin",
                  admin_password: str = "admin-secret", root: str = DEFAULT_ROOT,
                  max_queued: int | None = 20000, persistence: bool = False,
-                 port: int = 1883, tls: Mapping[str, str] | None = None) -> None:
+                 port: int = 1883, tls_clients: list[str] | None = None,
+                 tls_port: int = 8883) -> None:
         if shutil.which("mosquitto", path=os.environ.get("PATH", "") + ":/usr/sbin") is None:
             raise RuntimeError("mosquitto is not installed: run .ci/install (Debian package "
                                "mosquitto)")
         self.netns = f"vnb-{secrets.token_hex(3)}"
         self.workdir = Path(tempfile.mkdtemp(prefix=f"{self.netns}-"))
         self.port = port
-        self.tls = dict(tls) if tls is not None else None
+        self.tls: dict[str, str] | None = None
         self.users = dict(users)
         if admin is not None:
             self.users[admin] = admin_password
@@ -105,6 +134,9 @@ class Broker:
             self._netns_made = True
             self.exec(["ip", "link", "set", "lo", "up"], check=True)
             self._write_passwords()
+            if tls_clients is not None:
+                self.tls = {**make_test_pki(self.workdir / "pki", tls_clients),
+                            "port": str(tls_port)}
             (self.workdir / "acl").write_text(acl_text(root, admin))
             self.conf.write_text(conf_text(port, self.workdir, max_queued=max_queued,
                                            persistence=persistence, tls=self.tls))
@@ -118,6 +150,12 @@ class Broker:
     @property
     def url(self) -> str:
         return f"mqtt://127.0.0.1:{self.port}"
+
+    @property
+    def tls_url(self) -> str:
+        if self.tls is None:
+            raise RuntimeError("this broker has no TLS listener (Broker(tls_clients=[...]))")
+        return f"mqtts://127.0.0.1:{self.tls['port']}"
 
     def exec(self, command: list[str], check: bool = False) -> subprocess.CompletedProcess[str]:
         """Run a command inside the broker's namespace (mosquitto_sub, ...)."""

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
 
 from tests.conftest import needs_root
 from tests.integration.bus.conftest import (
@@ -17,7 +19,7 @@ from tests.integration.bus.conftest import (
     start_victim,
 )
 from vnet.bus.advertise import Advertiser
-from vnet.bus.client import Disconnected, open_bus
+from vnet.bus.client import BusConfig, Disconnected, open_bus
 from vnet.bus.messages import LabRealised, MacEntry, SnapshotPart, Status
 from vnet.testing.broker import Broker
 
@@ -177,3 +179,49 @@ def test_after_a_broker_restart_a_host_reconnects_with_a_new_epoch(broker: Broke
 
     first, second, connects = broker.run(scenario)
     assert second > first and connects == 2
+
+
+def test_tls_with_a_client_certificate_whose_cn_is_the_username() -> None:
+    with Broker(USERS, tls_clients=["h2", "h3"]) as broker:
+        assert broker.tls is not None
+        tls = broker.tls
+
+        def over_tls(host: str, cert: str, **options: Any) -> BusConfig:
+            settings: dict[str, Any] = {"ca_file": tls["cafile"], **options}
+            return replace(config(broker, host, password=None), broker=broker.tls_url,
+                           cert_file=tls[f"{cert}.crt"], key_file=tls[f"{cert}.key"],
+                           **settings)
+
+        async def scenario() -> tuple[list[str], str | None]:
+            h1 = await observe(broker)
+            try:
+                async with open_bus(over_tls("h2", "h2"), "h2") as h2:
+                    await h2.publish_status()
+                    await h1.until(lambda: h1.peer_state("h2") is not None, "h2 over TLS")
+                await h1.until(lambda: (h1.peer_state("h2") or ("",))[0] == "offline",
+                               "h2 offline")
+                # h3's certificate cannot write under hosts/h2 (its CN is the ACL's %u):
+                # the forged status never arrives, h3's own status (the marker) does
+                async with open_bus(over_tls("h2", "h3"), "h2") as forger:
+                    await Observer(forger).until(lambda: forger.connected, "the forger")
+                    assert await forger.publish_status()
+                    client = forger._client
+                    assert client is not None
+                    await client.publish("vnet/v1/hosts/h3/status",
+                                         Status("h3", "online", 1, 30.0).to_json(), qos=1)
+                    await h1.until(lambda: h1.peer_state("h3") is not None, "the marker")
+                async with open_bus(over_tls("h2", "h2", ca_file=tls["h3.crt"]),
+                                    "h2") as untrusting:
+                    watcher = Observer(untrusting)
+                    await watcher.until(refused_seen(watcher), "refusing the broker's cert")
+                    reason = untrusting.stats.last_error
+                h2_states: list[str] = [e.message.state for e in h1.received()
+                             if isinstance(e.message, Status) and e.message.host == "h2"]
+                return h2_states, reason
+            finally:
+                await h1.bus.stop()
+
+        states, reason = broker.run(scenario)
+    assert states[-1] == "offline" and states.count("online") >= 1
+    assert states.index("offline") == len(states) - 1     # nothing from the forger after it
+    assert reason is not None and "does not trust" in reason and "_ssl.c" not in reason, reason
