@@ -67,6 +67,7 @@ def conf_text(port: int, workdir: Path, *, max_queued: int | None = 20000,
         f"log_dest file {workdir / 'mosquitto.log'}",
         "log_type all",
         "connection_messages true",
+        "max_packet_size 2097152",
     ]
     if tls is not None:      # clients authenticate by certificate: its CN is the username
         lines += [f"listener {tls['port']} 127.0.0.1",
