@@ -39,8 +39,8 @@ def config(broker: Broker, host: str, **options: Any) -> BusConfig:
 
 
 class Observer:
-    """A host's bus connection plus its BusView; ``until`` consumes events until a condition
-    on the view (or the event log) holds."""
+    """A host's bus connection plus its BusView; ``until`` consumes events (and ticks the
+    view) until a condition on the view (or the event log) holds."""
 
     def __init__(self, bus: BusClient) -> None:
         self.bus = bus
@@ -51,6 +51,9 @@ class Observer:
                     timeout: float = DEADLINE) -> None:
         deadline = time.monotonic() + timeout
         while not condition():
+            self.view.tick(time.monotonic())        # leases expire on the view's clock
+            if condition():
+                break
             left = deadline - time.monotonic()
             if left <= 0:
                 raise AssertionError(f"{self.bus.host} waited {timeout} s for {what}; saw "
@@ -85,9 +88,9 @@ async def observe(broker: Broker, host: str = "h1", **options: Any) -> Observer:
     return observer
 
 
-def start_victim(broker: Broker, host: str) -> subprocess.Popen[bytes]:
+def start_victim(broker: Broker, host: str, lease: float = 30.0) -> subprocess.Popen[bytes]:
     return broker.popen([sys.executable, "-m", "tests.integration.bus.victim", broker.url, host,
-                         USERS[host]], cwd=ROOT_DIR, stdout=subprocess.PIPE,
+                         USERS[host], str(lease)], cwd=ROOT_DIR, stdout=subprocess.PIPE,
                         stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT_DIR)})
 
 

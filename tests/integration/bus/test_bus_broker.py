@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -46,6 +49,84 @@ def test_a_killed_host_is_seen_lost_by_its_will_with_its_epoch(broker: Broker) -
     finally:
         kill(victim)
     assert online is not None and lost == ("lost", online[1])
+
+
+def test_a_new_process_taking_over_a_wedged_hosts_session_wins_by_epoch(broker: Broker) -> None:
+    """A hung vnetd (SIGSTOP) and a new one for the same host: the broker closes the old
+    connection and publishes its Will; whatever the order, the newer epoch's online stands."""
+    victim = start_victim(broker, "h2")
+    try:
+        async def scenario() -> tuple[int, tuple[str, int] | None, int]:
+            h1 = await observe(broker)
+            try:
+                await h1.until(lambda: (h1.peer_state("h2") or ("",))[0] == "online",
+                               "h2 online")
+                old = h1.peer_state("h2")
+                assert old is not None
+                os.kill(victim.pid, signal.SIGSTOP)
+                async with open_bus(config(broker, "h2"), "h2") as h2:
+                    await h2.publish_status()
+                    await h1.until(lambda: (h1.peer_state("h2") or ("", 0))[1] > old[1],
+                                   "the new h2")
+                    # the old connection's Will (its epoch) has come and gone by the time the
+                    # new connection's status arrives (mosquitto sends it first), or is stale
+                    await h1.until(lambda: any(isinstance(e.message, Status)
+                                               and e.message.state == "lost"
+                                               for e in h1.received()), "the old Will")
+                    return old[1], h1.peer_state("h2"), h2.epoch
+            finally:
+                await h1.bus.stop()
+
+        old_epoch, state, new_epoch = broker.run(scenario)
+    finally:
+        kill(victim)
+    assert state == ("online", new_epoch) and new_epoch > old_epoch
+
+
+def test_a_stale_retained_online_restored_by_a_broker_restart_expires() -> None:
+    """mosquitto 2.0.11: when broker and host die together, the host's retained online
+    survives the broker's restart and no Will ever comes; its lease runs out."""
+    with Broker(USERS, persistence=True) as broker:
+        victim = start_victim(broker, "h2", lease=2.0)
+        try:
+            async def first() -> tuple[float, int]:
+                h1 = await observe(broker)
+                try:
+                    await h1.until(lambda: (h1.peer_state("h2") or ("",))[0] == "online",
+                                   "h2 online")
+                    state = h1.peer_state("h2")
+                    assert state is not None
+                    return time.time(), state[1]
+                finally:
+                    await h1.bus.stop()
+
+            seen, epoch = broker.run(first)
+            database = broker.workdir / "mosquitto.db"
+            deadline = time.monotonic() + 15
+            while not (database.exists() and database.stat().st_mtime > seen):
+                assert time.monotonic() < deadline, "mosquitto never saved its state"
+                time.sleep(0.05)
+            broker.stop(kill=True)                  # both die: no Will is ever published
+            kill(victim)
+            broker.start()
+        finally:
+            kill(victim)
+
+        async def after() -> tuple[tuple[str, int] | None, tuple[str, int] | None]:
+            h3 = await observe(broker, "h3")
+            try:
+                await h3.until(lambda: (h3.peer_state("h2") or ("",))[0] == "online",
+                               "the restored retained online")
+                restored = h3.peer_state("h2")
+                await h3.until(lambda: (h3.peer_state("h2") or ("",))[0] == "expired",
+                               "its lease to run out", timeout=10)
+                return restored, h3.peer_state("h2")
+            finally:
+                await h3.bus.stop()
+
+        restored, final = broker.run(after)
+    assert restored == ("online", epoch)          # the stale one, from before the crash
+    assert final == ("expired", epoch)
 
 
 def test_a_clean_stop_is_offline_and_no_will_follows(broker: Broker) -> None:

@@ -1,6 +1,6 @@
 """A bus client in a process of its own, for tests that kill it: ``python -m
-tests.integration.bus.victim URL HOST PASSWORD`` connects as HOST, keeps its status online
-and prints ``online EPOCH`` after each connection."""
+tests.integration.bus.victim URL HOST PASSWORD [LEASE]`` connects as HOST, keeps its status
+online and prints ``online EPOCH`` after each connection."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import sys
 from vnet.bus.client import BusConfig, Connected, open_bus
 
 
-async def main(url: str, host: str, password: str) -> None:
-    async with open_bus(BusConfig(url, password=password, keepalive=60), host) as bus:
+async def main(url: str, host: str, password: str, lease: str = "30") -> None:
+    config = BusConfig(url, password=password, keepalive=60, lease=float(lease))
+    async with open_bus(config, host) as bus:
         await bus.publish_status()
         async for event in bus:
             if isinstance(event, Connected):
@@ -19,4 +20,4 @@ async def main(url: str, host: str, password: str) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(*sys.argv[1:4]))
+    asyncio.run(main(*sys.argv[1:5]))
