@@ -319,6 +319,9 @@ class BusClient:
                 reason = "the broker closed the connection"
             except (aiomqtt.MqttError, BusConfigError, TimeoutError, OSError) as err:
                 reason = self._explain(err)
+            except Exception as err:   # a bug must not end the bus silently: log, reconnect
+                log.exception("bus: internal error in the connection loop")
+                reason = f"internal error ({type(err).__name__}: {err}); reconnecting"
             self._client = None
             if self._stopping.is_set():
                 return

@@ -173,6 +173,9 @@ def test_wrong_or_missing_credentials_are_refused_with_a_clear_reason(broker: Br
     for reason in broker.run(scenario):
         assert "refused user" in reason and "not authorised" in reason, reason
         assert "Errno" not in reason and "[code" not in reason
+    anonymous = broker.exec(["mosquitto_sub", "-h", "127.0.0.1", "-t", "vnet/v1/#", "-C", "1",
+                             "-W", "5"])
+    assert anonymous.returncode != 0 and "not authorised" in anonymous.stderr
 
 
 def test_the_acl_keeps_a_host_out_of_another_hosts_subtree(broker: Broker) -> None:
