@@ -175,7 +175,11 @@ class BusView:
         if transition is None:
             return Effects()
         effects = Effects(transitions=[transition])
-        if transition.went_down or transition.after is None:
+        if transition.after == "expired":
+            # silent, not gone: its claims stop counting but are kept with its feed, so a
+            # refresh of the same epoch (a partition healed) restores them at once
+            effects.add(self.location.set_alive(transition.host, False))
+        elif transition.went_down or transition.after is None:
             effects.add(self.location.remove_host(transition.host))
             self.feeds.host_gone(transition.host)
         return effects

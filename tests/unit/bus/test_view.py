@@ -105,6 +105,20 @@ def test_silence_expires_a_host_on_tick():
     assert [t.after for t in effects.transitions] == ["expired"]
 
 
+def test_an_expired_host_that_refreshes_in_the_same_epoch_comes_back_at_once():
+    view = BusView("h1")
+    view.receive(Status("h2", "online", 7, 10), now=0)
+    view.receive(snap("h2", 7, 0, M), now=0)
+    assert fdb(view.tick(now=10)) == [RemoteDelete("lab1", "office", M)]
+    effects = view.receive(Status("h2", "online", 7, 10), now=11)   # the partition healed
+    assert fdb(effects) == [RemoteSet("lab1", "office", M, "h2")]
+    assert view.feeds.synced("h2", "lab1")                          # deltas continue
+    # a lost host, by contrast, starts afresh: its next epoch brings a new snapshot
+    view.receive(Status("h2", "lost", 7, 10), now=12)
+    assert not view.feeds.synced("h2", "lab1")
+    assert view.location.claims("lab1", "office", M) == {}
+
+
 def test_a_gap_asks_the_peer_and_the_peer_answers_with_a_snapshot():
     h1, h2 = BusView("h1"), BusView("h2")
     h2.connected(epoch=7, now=0)
