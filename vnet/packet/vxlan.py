@@ -12,13 +12,12 @@ and a non-zero bit means a different protocol — VXLAN-GPE, GBP — or corrupti
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import struct
 import sys
 import zlib
 from array import array
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
 VXLAN_PORT = 4789
 HEADER_LEN = 8
@@ -115,47 +114,7 @@ def source_port(frame: bytes) -> int:
     return SOURCE_PORT_MIN + zlib.crc32(flow_key(frame)) % span
 
 
-# -- VNIs per network -------------------------------------------------------------------------
-
-def derive_vni(lab: str, network: str, attempt: int = 0) -> int:
-    """A stable VNI in 1..2**24-1 for (lab, network); ``attempt`` > 0 re-hashes after a
-    collision."""
-    text = f"{lab}/{network}" if attempt == 0 else f"{lab}/{network}#{attempt}"
-    digest = hashlib.blake2b(text.encode(), digest_size=4).digest()
-    return int.from_bytes(digest, "big") % MAX_VNI + 1
-
-
-def assign_vnis(lab: str, networks: Iterable[tuple[str, int | None]]) -> dict[str, int]:
-    """network -> VNI for one lab: explicit ``vni:`` values as given, the others derived.
-
-    Derived VNIs are unique within the lab: networks take theirs in name order, and one whose
-    hash collides with a VNI already taken re-hashes (``attempt`` 1, 2, ...), so every host
-    computes the same plan from the same topology.  (Adding a network can therefore move
-    another's VNI only if their hashes collide: odds of about n²/2**25.)
-    """
-    items = list(networks)
-    taken: dict[int, str] = {}
-    out: dict[str, int] = {}
-    for name, vni in items:
-        if vni is None:
-            continue
-        if not 1 <= vni <= MAX_VNI:
-            raise VxlanError(f"network {name!r}: vni {vni} outside 1..{MAX_VNI}")
-        if vni in taken:
-            raise VxlanError(f"networks {taken[vni]!r} and {name!r} both have vni {vni}; "
-                             "give each network of a lab its own vni")
-        taken[vni] = name
-        out[name] = vni
-    for name in sorted(n for n, vni in items if vni is None):
-        attempt = 0
-        vni = derive_vni(lab, name)
-        while vni in taken:
-            attempt += 1
-            vni = derive_vni(lab, name, attempt)
-        taken[vni] = name
-        out[name] = vni
-    return out
-
+# -- VNIs per network: derived by the topology (vnet.topology.assign_vnis) -----------------
 
 def vni_conflicts(plans: Mapping[str, Mapping[str, int]]) -> list[str]:
     """Messages for VNIs used by networks of two labs: one host's overlay demultiplexes by

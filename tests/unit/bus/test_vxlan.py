@@ -19,9 +19,7 @@ from vnet.packet.vxlan import (
     SOURCE_PORT_MIN,
     VXLAN_PORT,
     VxlanError,
-    assign_vnis,
     decapsulate,
-    derive_vni,
     encapsulate,
     outer_ipv4_udp,
     pack_header,
@@ -139,40 +137,6 @@ def test_source_port_sees_through_vlan_tags_and_ipv6_and_ignores_ports_of_fragme
     later = IP(dst="10.0.0.2", frag=10, id=7, proto=17) / Raw(b"z" * 16)
     assert source_port(bytes(base / first)) == source_port(bytes(base / later))
     assert SOURCE_PORT_MIN <= source_port(b"\x00" * 3) <= SOURCE_PORT_MAX
-
-
-def test_vnis_are_stable_explicit_first_and_collisions_resolve_deterministically():
-    plan = assign_vnis("lab1", [("office", None), ("lab", 100), ("dmz", None)])
-    assert plan["lab"] == 100
-    assert plan["office"] == derive_vni("lab1", "office")
-    assert plan == assign_vnis("lab1", [("dmz", None), ("office", None), ("lab", 100)])
-    assert all(1 <= v <= MAX_VNI for v in plan.values())
-    # an explicit VNI that equals a network's hash pushes that network to its next hash
-    clash = assign_vnis("lab1", [("office", None), ("lab", derive_vni("lab1", "office"))])
-    assert clash["office"] == derive_vni("lab1", "office", 1) != clash["lab"]
-    with pytest.raises(VxlanError, match="both have vni 7"):
-        assign_vnis("lab1", [("a", 7), ("b", 7)])
-    with pytest.raises(VxlanError, match="outside"):
-        assign_vnis("lab1", [("a", 0)])
-
-
-def test_hash_collisions_between_derived_vnis_are_resolved():
-    # find two networks whose first hashes collide (24 bits: a few thousand names suffice)
-    seen: dict[int, str] = {}
-    pair = None
-    for i in range(20000):
-        name = f"n{i}"
-        vni = derive_vni("lab1", name)
-        if vni in seen:
-            pair = (seen[vni], name)
-            break
-        seen[vni] = name
-    assert pair is not None
-    plan = assign_vnis("lab1", [(pair[1], None), (pair[0], None)])
-    first, second = sorted(pair)
-    assert plan[first] == derive_vni("lab1", first)
-    assert plan[second] == derive_vni("lab1", second, 1)
-    assert plan[first] != plan[second]
 
 
 def test_vni_conflicts_across_labs():
