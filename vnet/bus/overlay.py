@@ -1,10 +1,11 @@
 """Who floods where, and whom the overlay accepts: from the desired topologies and liveness.
 
 Broadcast and unknown unicast of a network are replicated head-end (one VXLAN copy per
-remote host) to every *alive* host that has a node with a NIC in that network; hosts that are
-offline, lost or expired get nothing.  The overlay accepts VXLAN only from the addresses of
-alive hosts: the topology's ``hosts: {H: {address}}`` when it declares one, else the address
-the host's own status carries.  Both are pure functions; the datapath applies the result.
+remote host) to every *alive* host that has that network (``vnet.topology.network_hosts``:
+a node NIC in it, its NAT gateway or a bridged uplink of it); hosts that are offline, lost or
+expired get nothing.  The overlay accepts VXLAN only from the addresses of alive hosts, as
+the topology declares them (``hosts: {H: {address}}``: an address a host's own status claims
+is not trusted for this).  Both are pure functions; the datapath applies the result.
 """
 
 from __future__ import annotations
@@ -15,29 +16,17 @@ from dataclasses import dataclass
 
 from vnet.bus.liveness import PeerTable
 from vnet.topology.model import Topology
+from vnet.topology.placement import network_hosts
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
-def hosts_per_network(topology: Topology) -> dict[str, frozenset[str]]:
-    """network -> the hosts that have a node with a NIC in it (unplaced nodes excluded:
-    where they run is the daemon's decision)."""
-    out: dict[str, set[str]] = {n.name: set() for n in topology.networks}
-    for node in topology.nodes:
-        if node.host is None:
-            continue
-        for nic in node.nics:
-            for network in nic.networks:
-                out[network].add(node.host)
-    return {name: frozenset(hosts) for name, hosts in out.items()}
 
 
 def flood_targets(topologies: Iterable[Topology], local_host: str, alive: Iterable[str]
                   ) -> dict[tuple[str, str], frozenset[str]]:
     """(lab, network) -> the remote hosts to head-end replicate that network's floods to."""
     alive_set = frozenset(alive) - {local_host}
-    return {(t.name, network): hosts & alive_set
-            for t in topologies for network, hosts in hosts_per_network(t).items()}
+    return {(t.name, network): frozenset(hosts) & alive_set
+            for t in topologies for network, hosts in network_hosts(t).items()}
 
 
 @dataclass(frozen=True)
@@ -73,13 +62,6 @@ def overlay_peers(topologies: Iterable[Topology], peers: PeerTable) -> OverlayPe
                 declared.setdefault(host.name, host.address)
     by_address: dict[IPAddress, str] = {}
     for peer in peers:
-        if not peer.alive:
-            continue
-        text = declared.get(peer.host, peer.address)
-        if text is None:
-            continue
-        try:
-            by_address[ipaddress.ip_address(text)] = peer.host
-        except ValueError:
-            continue
+        if peer.alive and peer.host in declared:
+            by_address[ipaddress.ip_address(declared[peer.host])] = peer.host
     return OverlayPeers(by_address)

@@ -34,6 +34,7 @@ TREE = TopicTree()
 TOPOLOGY = parse_topology(dedent("""
     name: lab1
     hosts: {h1: {address: 10.0.0.1}, h2: {address: 10.0.0.2}, h3: {address: 10.0.0.3}}
+    bus: {broker: "mqtt://10.0.0.254"}
     networks: {office: {vlan: 10}}
     nodes:
       c1: {kind: netns, host: h1, nics: [{name: eth0, network: office, mac: "02:00:00:00:01:01"}]}
