@@ -18,23 +18,23 @@ from pathlib import Path
 from typing import Any
 
 from vnet import __version__, jsonlines
-from vnet.daemon import naming, realize
+from vnet.daemon import naming, preflight
+from vnet.daemon.drivers import host_drivers
+from vnet.daemon.reconciler import apply, remove_all
 from vnet.daemon.resources import (
-    KIND_ORDER,
-    BridgeResource,
     GatewayResource,
     NetnsNodeResource,
     PortResource,
-    Resource,
     VmNodeResource,
     datapath_resources,
     desired_resources,
     plan,
 )
-from vnet.daemon.state import LabRecord, StateStore
+from vnet.daemon.state import LabRecord, RecordJournal, StateStore
 from vnet.daemon.supervisor import DatapathSupervisor
 from vnet.daemon.vms import VmSupervisor
 from vnet.errors import DaemonError, VnetError
+from vnet.host import netns
 from vnet.topology import Topology, parse_topology, topology_to_dict
 
 log = logging.getLogger("vnet.daemon")
@@ -55,6 +55,7 @@ class Vnetd:
                                            state_dir / "datapath.log", self.program_datapath,
                                            datapath_python, lock=self.lock)
         self.vms = VmSupervisor(state_dir)
+        self.drivers = host_drivers(state_dir, self.datapath, self.vms)
         self.server: asyncio.AbstractServer | None = None
         self.ops: dict[str, Handler] = {
             "ping": self.op_ping, "up": self.op_up, "down": self.op_down,
@@ -86,7 +87,7 @@ class Vnetd:
         assert self.lock.locked(), "the datapath is programmed under the daemon's lock"
         for record in self.store.load_all():
             for resource in datapath_resources(record.ready()):
-                await self._create(resource)
+                await self.drivers[resource].create(resource)
 
     async def _start_vms(self) -> None:
         """At vnetd's start: the runners died with the previous vnetd (PR_SET_PDEATHSIG)."""
@@ -141,7 +142,7 @@ class Vnetd:
 
     async def op_up(self, text: str, source: str) -> dict[str, Any]:
         topology = parse_topology(text, source=source, base_dir=Path(source).parent)
-        await asyncio.to_thread(realize.check_host, topology)
+        await asyncio.to_thread(preflight.check_host, topology)
         async with self.lock:
             return await self._reconcile(topology)
 
@@ -150,7 +151,8 @@ class Vnetd:
             record = self.store.load(lab)
             if record is None:
                 raise DaemonError(f"lab {lab!r} is not up on this host")
-            removed = await self._remove_all(record)
+            removed = await remove_all(list(record.resources), RecordJournal(self.store, record),
+                                       self.drivers)
             self.store.remove(lab)
             if self.exit_when_idle and not self.store.load_all():
                 asyncio.get_running_loop().call_soon(lambda: asyncio.create_task(self.stop()))
@@ -214,103 +216,27 @@ class Vnetd:
     # ---- reconciliation -------------------------------------------------------------------
 
     async def _reconcile(self, topology: Topology) -> dict[str, Any]:
+        """Parse, plan, apply: the reconciler journals every step in the lab's record and
+        rolls a failed change back, so the lab is left as it was."""
         lab = topology.name
-        source = str(topology.source or "")
         previous = self.store.load(lab)
-        record = previous or LabRecord(lab, source, {})
+        record = previous or LabRecord(lab, str(topology.source or ""), {})
+        journal = RecordJournal(self.store, record)
         work = plan(desired_resources(topology), record.ready())
-        # Leftovers of a crash half-way: they are ours (recorded), finish deleting them first.
-        stale = sorted(record.pending(), key=lambda r: -KIND_ORDER[r.kind])
-        if work.empty and not stale:
+        if work.empty and not journal.pending():
             return {"lab": lab, "created": 0, "removed": 0, "changed": False}
-        created: list[Resource] = []
-        deleted: list[Resource] = []  # by this change (not crash leftovers): restored on failure
         try:
-            for resource in stale + work.delete:
-                await self._delete(resource)
-                del record.resources[resource]
-                if resource not in stale:
-                    deleted.append(resource)
-                self.store.save(record)
-            for resource in work.create:
-                record.resources[resource] = "pending"
-                self.store.save(record)
-                await self._create(resource)
-                record.resources[resource] = "ready"
-                created.append(resource)
-                self.store.save(record)
+            applied = await apply(work, journal, self.drivers)
         except BaseException as err:
-            log.error("bringing up %s failed (%s); rolling back to what was there", lab, err)
-            await self._rollback(record, created, deleted, had_previous=previous is not None)
+            log.error("bringing up %s failed (%s); rolled back to what was there", lab, err)
+            if not record.resources and previous is None:
+                self.store.remove(lab)
             raise
-        record.source = source
+        record.source = str(topology.source or "")
         record.topology = topology_to_dict(topology)
         self.store.save(record)
-        return {"lab": lab, "created": len(work.create), "removed": len(stale + work.delete),
+        return {"lab": lab, "created": len(applied.created), "removed": len(applied.deleted),
                 "changed": True}
-
-    async def _rollback(self, record: LabRecord, created: list[Resource],
-                        deleted: list[Resource], had_previous: bool) -> None:
-        """Undo a failed change: delete what it created, then re-create what it deleted, so
-        the lab is as it was (a resource that cannot be restored is logged and left out)."""
-        undo = [r for r, s in record.resources.items() if s == "pending"] + created[::-1]
-        for resource in sorted(undo, key=lambda r: -KIND_ORDER[r.kind]):
-            try:
-                await self._delete(resource)
-                del record.resources[resource]
-            except Exception:
-                log.exception("rollback could not delete %s; it stays recorded", resource.key)
-        for resource in sorted(deleted, key=lambda r: KIND_ORDER[r.kind]):
-            record.resources[resource] = "pending"
-            self.store.save(record)
-            try:
-                await self._create(resource)
-                record.resources[resource] = "ready"
-            except Exception:
-                log.exception("rollback could not restore %s", resource.key)
-                with contextlib.suppress(Exception):
-                    await self._delete(resource)
-                del record.resources[resource]
-        if record.resources or had_previous:
-            self.store.save(record)
-        else:
-            self.store.remove(record.lab)
-
-    async def _remove_all(self, record: LabRecord) -> int:
-        resources = sorted(record.resources, key=lambda r: -KIND_ORDER[r.kind])
-        for resource in resources:
-            await self._delete(resource)
-            del record.resources[resource]
-            self.store.save(record)
-        return len(resources)
-
-    async def _create(self, resource: Resource) -> None:
-        """Datapath resources are control calls; the rest are kernel work, off the loop."""
-        if isinstance(resource, BridgeResource):
-            await self.datapath.call("add_bridge", bridge=resource.lab, vlans=[
-                {"vid": v.vid, "mac_aging": v.mac_aging, "mac_limit": v.mac_limit}
-                for v in resource.vlans])
-        elif isinstance(resource, PortResource):
-            await self.datapath.call("add_port", bridge=resource.lab, name=resource.name,
-                                     ifname=resource.ifname, mode=resource.mode,
-                                     vlan=resource.vlan, allowed=list(resource.allowed),
-                                     native=resource.native)
-        elif isinstance(resource, VmNodeResource):
-            await asyncio.to_thread(realize.create_vm_taps, resource, self.state_dir)
-            await self.vms.start(resource)
-        else:
-            await asyncio.to_thread(realize.CREATE[type(resource)], resource, self.state_dir)
-
-    async def _delete(self, resource: Resource) -> None:
-        if isinstance(resource, BridgeResource):
-            await self.datapath.call("del_bridge", bridge=resource.lab)
-        elif isinstance(resource, PortResource):
-            await self.datapath.call("del_port", bridge=resource.lab, name=resource.name)
-        elif isinstance(resource, VmNodeResource):
-            await self.vms.stop(resource)
-            await asyncio.to_thread(realize.delete_vm_taps, resource, self.state_dir)
-        else:
-            await asyncio.to_thread(realize.DELETE[type(resource)], resource, self.state_dir)
 
     # ---- status -----------------------------------------------------------------------------
 
@@ -337,7 +263,7 @@ class Vnetd:
             elif isinstance(res, NetnsNodeResource):
                 nodes.append({
                     "name": res.node, "kind": "netns", "netns": res.netns,
-                    "state": "running" if realize.netns_node_alive(res) else "missing",
+                    "state": "running" if netns.exists(res.netns) else "missing",
                     "nics": [nic(res.node, n.nic, n.mac,
                                  ["dhcp"] if n.dhcp else list(n.addresses), n.host_ifname)
                              for n in res.nics]})

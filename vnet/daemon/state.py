@@ -46,6 +46,30 @@ class LabRecord:
         return cls(data["lab"], data["source"], data["topology"], resources)
 
 
+class RecordJournal:
+    """The reconciler's journal (``reconciler.Journal``) over one lab record: every step is
+    saved to the lab's state file before the next one is taken."""
+
+    def __init__(self, store: StateStore, record: LabRecord) -> None:
+        self.store = store
+        self.record = record
+
+    def pending(self) -> list[Resource]:
+        return self.record.pending()
+
+    def mark_pending(self, resource: Resource) -> None:
+        self.record.resources[resource] = "pending"
+        self.store.save(self.record)
+
+    def mark_ready(self, resource: Resource) -> None:
+        self.record.resources[resource] = "ready"
+        self.store.save(self.record)
+
+    def forget(self, resource: Resource) -> None:
+        del self.record.resources[resource]
+        self.store.save(self.record)
+
+
 class StateStore:
     """Lab records under ``STATE_DIR/labs/``, replaced atomically (write, fsync, rename)."""
 
