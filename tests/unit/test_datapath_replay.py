@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from vnet.daemon import naming
+from vnet.daemon.requests import DownRequest
 from vnet.daemon.resources import (
     BridgeResource,
     NetnsNodeResource,
@@ -159,7 +160,7 @@ def test_a_replay_never_interleaves_with_a_down(
     daemon.store.save(lab_record("lab2"))
 
     async def scenario() -> None:
-        down = asyncio.create_task(daemon.op_down("lab1"), name="down")
+        down = asyncio.create_task(daemon.op_down(DownRequest("lab1")), name="down")
         await asyncio.sleep(0)  # the down takes the lock first ...
         restart = asyncio.create_task(
             daemon.datapath._watch_process(DeadProcess()),  # type: ignore[arg-type]

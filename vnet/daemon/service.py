@@ -1,26 +1,36 @@
 """vnetd: owns the desired state of its host's labs and reconciles the kernel to it.
 
-Requests arrive as JSON lines on a Unix socket (see ``vnet.jsonlines``) from the ``vnet``
-CLI.  Changes are serialised by one lock; each runs ``plan`` (pure) and applies it, recording
-every step in the lab's state file first so that a crash or a failure can be finished or
-rolled back.
+The daemon composes its parts and keeps their lifecycle: the lab records (``state``) and the
+one lock that serialises changes, the drivers of each resource kind (``drivers``), the
+reconciler that applies a plan through them (``reconciler``), the datapath and VM
+supervisors, the API server (``api``) and the status renderer (``status``).  Each ``op_*``
+handler is one API operation; its request was checked at the edge (``requests``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import sys
-from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from vnet import __version__, jsonlines
+from vnet import __version__
 from vnet.daemon import naming, preflight
+from vnet.daemon.api import ApiServer
 from vnet.daemon.drivers import host_drivers
 from vnet.daemon.reconciler import apply, remove_all
+from vnet.daemon.requests import (
+    DownRequest,
+    FdbRequest,
+    NodeRequest,
+    PingRequest,
+    ShutdownRequest,
+    StatusRequest,
+    UpRequest,
+    VmRequest,
+)
 from vnet.daemon.resources import (
     GatewayResource,
     NetnsNodeResource,
@@ -33,14 +43,11 @@ from vnet.daemon.resources import (
 from vnet.daemon.state import LabRecord, RecordJournal, StateStore
 from vnet.daemon.supervisor import DatapathSupervisor
 from vnet.daemon.vms import VmSupervisor
-from vnet.errors import DaemonError, VnetError
+from vnet.errors import DaemonError
 from vnet.host import netns
 from vnet.topology import Topology, parse_topology, topology_to_dict
 
 log = logging.getLogger("vnet.daemon")
-
-Handler = Callable[..., Coroutine[Any, Any, Any]]
-
 
 class Vnetd:
     def __init__(self, socket_path: Path, state_dir: Path, exit_when_idle: bool = False,
@@ -56,11 +63,10 @@ class Vnetd:
                                            datapath_python, lock=self.lock)
         self.vms = VmSupervisor(state_dir)
         self.drivers = host_drivers(state_dir, self.datapath, self.vms)
-        self.server: asyncio.AbstractServer | None = None
-        self.ops: dict[str, Handler] = {
+        self.api = ApiServer(socket_path, {
             "ping": self.op_ping, "up": self.op_up, "down": self.op_down,
             "status": self.op_status, "fdb": self.op_fdb, "node": self.op_node,
-            "vm": self.op_vm, "shutdown": self.op_shutdown}
+            "vm": self.op_vm, "shutdown": self.op_shutdown})
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -69,11 +75,7 @@ class Vnetd:
             await self.datapath.start()
             await self.program_datapath()
             await self._start_vms()
-        self.socket_path.parent.mkdir(parents=True, exist_ok=True)
-        self.socket_path.unlink(missing_ok=True)
-        self.server = await asyncio.start_unix_server(self._client, path=str(self.socket_path),
-                                                      limit=jsonlines.MAX_LINE)
-        os.chmod(self.socket_path, 0o600)
+        await self.api.start()
         log.info("vnetd %s listening on %s, state in %s", __version__, self.socket_path,
                  self.state_dir)
 
@@ -97,56 +99,26 @@ class Vnetd:
                     await self.vms.start(resource)
 
     async def stop(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            await self.server.wait_closed()
+        await self.api.stop()
         await self.vms.stop_all()
         await self.datapath.stop()
-        self.socket_path.unlink(missing_ok=True)
         self.stopped.set()
 
-    # ---- the API ----------------------------------------------------------------------------
+    # ---- the API operations ---------------------------------------------------------------
 
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while line := await reader.readline():
-                writer.write(jsonlines.encode(await self.handle(line)))
-                await writer.drain()
-        except (ConnectionError, ValueError) as err:  # ValueError: a line over the limit
-            log.warning("dropping a client: %s", err)
-        finally:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
-
-    async def handle(self, line: bytes) -> dict[str, Any]:
-        try:
-            request = jsonlines.decode(line)
-            op = request.pop("op", None)
-            handler = self.ops.get(op) if isinstance(op, str) else None
-            if handler is None:
-                raise DaemonError(f"unknown operation {op!r}; this vnetd knows: "
-                                  f"{', '.join(sorted(self.ops))}")
-            return jsonlines.ok(await handler(**request))
-        except TypeError as err:
-            return jsonlines.failed(f"bad arguments: {err}")
-        except (VnetError, jsonlines.ProtocolError) as err:
-            return jsonlines.failed(str(err))
-        except Exception as err:
-            log.exception("internal error")
-            return jsonlines.failed(f"internal error in vnetd: {err!r} (see vnetd's log)")
-
-    async def op_ping(self) -> dict[str, Any]:
+    async def op_ping(self, request: PingRequest) -> dict[str, Any]:
         return {"pid": os.getpid(), "version": __version__, "datapath_pid": self.datapath.pid,
                 "datapath_restarts": self.datapath.restarts}
 
-    async def op_up(self, text: str, source: str) -> dict[str, Any]:
-        topology = parse_topology(text, source=source, base_dir=Path(source).parent)
+    async def op_up(self, request: UpRequest) -> dict[str, Any]:
+        topology = parse_topology(request.text, source=request.source,
+                                  base_dir=Path(request.source).parent)
         await asyncio.to_thread(preflight.check_host, topology)
         async with self.lock:
             return await self._reconcile(topology)
 
-    async def op_down(self, lab: str) -> dict[str, Any]:
+    async def op_down(self, request: DownRequest) -> dict[str, Any]:
+        lab = request.lab
         async with self.lock:
             record = self.store.load(lab)
             if record is None:
@@ -159,18 +131,19 @@ class Vnetd:
                 return {"lab": lab, "removed": removed, "daemon_exiting": os.getpid()}
         return {"lab": lab, "removed": removed}
 
-    async def op_status(self, lab: str | None = None) -> dict[str, Any]:
+    async def op_status(self, request: StatusRequest) -> dict[str, Any]:
+        lab = request.lab
         stats = await self.datapath.call("stats")
         labs = [self._lab_status(r, stats.get(r.lab, {})) for r in self.store.load_all()
                 if lab is None or r.lab == lab]
         if lab is not None and not labs:
             raise DaemonError(f"lab {lab!r} is not up on this host")
-        return {"daemon": await self.op_ping(), "labs": labs}
+        return {"daemon": await self.op_ping(PingRequest()), "labs": labs}
 
-    async def op_fdb(self, lab: str) -> list[dict[str, Any]]:
-        if self.store.load(lab) is None:
-            raise DaemonError(f"lab {lab!r} is not up on this host")
-        result: list[dict[str, Any]] = await self.datapath.call("fdb", bridge=lab)
+    async def op_fdb(self, request: FdbRequest) -> list[dict[str, Any]]:
+        if self.store.load(request.lab) is None:
+            raise DaemonError(f"lab {request.lab!r} is not up on this host")
+        result: list[dict[str, Any]] = await self.datapath.call("fdb", bridge=request.lab)
         return result
 
     def _find_node(self, node: str, lab: str | None) -> NetnsNodeResource | VmNodeResource:
@@ -183,9 +156,10 @@ class Vnetd:
                               f"say which with --lab")
         return found[0]
 
-    async def op_node(self, node: str, lab: str | None = None) -> dict[str, Any]:
+    async def op_node(self, request: NodeRequest) -> dict[str, Any]:
         """Where a node lives, for ``vnet exec``, ``vnet console`` and the test helpers."""
-        res = self._find_node(node, lab)
+        node = request.node
+        res = self._find_node(node, request.lab)
         if isinstance(res, VmNodeResource):
             process = self.vms.get(res.lab, res.node)
             return {"lab": res.lab, "node": node, "kind": "vm",
@@ -194,13 +168,12 @@ class Vnetd:
         return {"lab": res.lab, "node": node, "kind": "netns", "netns": res.netns,
                 "nics": {n.nic: {"mac": n.mac, "host_ifname": n.host_ifname} for n in res.nics}}
 
-    async def op_vm(self, action: str, node: str, lab: str | None = None) -> dict[str, Any]:
+    async def op_vm(self, request: VmRequest) -> dict[str, Any]:
         """``vnet vm start|stop|restart NODE``."""
-        res = self._find_node(node, lab)
+        action, node = request.action, request.node
+        res = self._find_node(node, request.lab)
         if not isinstance(res, VmNodeResource):
             raise DaemonError(f"node {node!r} is a namespace node, not a VM")
-        if action not in ("start", "stop", "restart"):
-            raise DaemonError(f"unknown VM action {action!r}: say start, stop or restart")
         async with self.lock:
             if action in ("stop", "restart"):
                 process = self.vms.get(res.lab, res.node)
@@ -208,9 +181,9 @@ class Vnetd:
                     await process.stop()
             if action in ("start", "restart"):
                 await self.vms.start(res)
-        return await self.op_node(node, res.lab)
+        return await self.op_node(NodeRequest(node, res.lab))
 
-    async def op_shutdown(self) -> None:
+    async def op_shutdown(self, request: ShutdownRequest) -> None:
         asyncio.get_running_loop().call_soon(lambda: asyncio.create_task(self.stop()))
 
     # ---- reconciliation -------------------------------------------------------------------
