@@ -83,7 +83,7 @@ def lab_record(lab: str) -> LabRecord:
         PortResource(lab, "vm1.eth0", tap.ifname, "access", vlan=10, node="vm1"),
         PortResource(lab, naming.uplink_port_name("eth2"), "eth2", "access", vlan=10),
     ]
-    record = LabRecord(lab, f"/labs/{lab}.yaml", {"networks": {}})
+    record = LabRecord(lab, f"/labs/{lab}.yaml")
     record.resources = dict.fromkeys(resources, "ready")
     return record
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from vnet import __version__
-from vnet.daemon import naming, preflight
+from vnet.daemon import preflight
 from vnet.daemon.api import ApiServer
 from vnet.daemon.drivers import host_drivers
 from vnet.daemon.reconciler import apply, remove_all
@@ -32,20 +32,18 @@ from vnet.daemon.requests import (
     VmRequest,
 )
 from vnet.daemon.resources import (
-    GatewayResource,
     NetnsNodeResource,
-    PortResource,
     VmNodeResource,
     datapath_resources,
     desired_resources,
     plan,
 )
 from vnet.daemon.state import LabRecord, RecordJournal, StateStore
+from vnet.daemon.status import lab_status
 from vnet.daemon.supervisor import DatapathSupervisor
 from vnet.daemon.vms import VmSupervisor
 from vnet.errors import DaemonError
-from vnet.host import netns
-from vnet.topology import Topology, parse_topology, topology_to_dict
+from vnet.topology import Topology, parse_topology
 
 log = logging.getLogger("vnet.daemon")
 
@@ -134,7 +132,7 @@ class Vnetd:
     async def op_status(self, request: StatusRequest) -> dict[str, Any]:
         lab = request.lab
         stats = await self.datapath.call("stats")
-        labs = [self._lab_status(r, stats.get(r.lab, {})) for r in self.store.load_all()
+        labs = [lab_status(r, self.drivers, stats.get(r.lab, {})) for r in self.store.load_all()
                 if lab is None or r.lab == lab]
         if lab is not None and not labs:
             raise DaemonError(f"lab {lab!r} is not up on this host")
@@ -193,9 +191,10 @@ class Vnetd:
         rolls a failed change back, so the lab is left as it was."""
         lab = topology.name
         previous = self.store.load(lab)
-        record = previous or LabRecord(lab, str(topology.source or ""), {})
+        record = previous or LabRecord(lab, str(topology.source or ""))
         journal = RecordJournal(self.store, record)
-        work = plan(desired_resources(topology), record.ready())
+        desired = desired_resources(topology)
+        work = plan(desired, record.ready())
         if work.empty and not journal.pending():
             return {"lab": lab, "created": 0, "removed": 0, "changed": False}
         try:
@@ -206,54 +205,9 @@ class Vnetd:
                 self.store.remove(lab)
             raise
         record.source = str(topology.source or "")
-        record.topology = topology_to_dict(topology)
+        # Recorded in the file's order (a changed node would otherwise move to the end).
+        in_order = {r: record.resources[r] for r in desired if r in record.resources}
+        record.resources = {**in_order, **record.resources}
         self.store.save(record)
         return {"lab": lab, "created": len(applied.created), "removed": len(applied.deleted),
                 "changed": True}
-
-    # ---- status -----------------------------------------------------------------------------
-
-    def _lab_status(self, record: LabRecord, stats: dict[str, Any]) -> dict[str, Any]:
-        ports = {r.name: r for r in record.resources if isinstance(r, PortResource)}
-
-        def nic(node: str, name: str, mac: str, ips: list[str], ifname: str) -> dict[str, Any]:
-            port = ports.get(naming.port_name(node, name))
-            return {"name": name, "mac": mac, "ip": ips, "ifname": ifname,
-                    "port": port.name if port else None, "mode": port.mode if port else None,
-                    "vlans": _port_vlans(port) if port else [],
-                    "native": port.native if port else None,
-                    "counters": stats.get(port.name) if port else None}
-
-        nodes: list[dict[str, Any]] = []
-        for res in record.resources:
-            if isinstance(res, VmNodeResource):
-                process = self.vms.get(res.lab, res.node)
-                nodes.append({
-                    "name": res.node, "kind": "vm",
-                    **(process.status() if process else {"state": "stopped"}),
-                    "nics": [nic(res.node, t.nic, t.mac, [t.ip] if t.ip else [], t.ifname)
-                             for t in res.taps]})
-            elif isinstance(res, NetnsNodeResource):
-                nodes.append({
-                    "name": res.node, "kind": "netns", "netns": res.netns,
-                    "state": "running" if netns.exists(res.netns) else "missing",
-                    "nics": [nic(res.node, n.nic, n.mac,
-                                 ["dhcp"] if n.dhcp else list(n.addresses), n.host_ifname)
-                             for n in res.nics]})
-        pending = [f"{r.kind}:{r.key[1]}" for r in record.pending()]
-        gateways = {r.network: r for r in record.resources if isinstance(r, GatewayResource)}
-        networks = [{"name": name, "vlan": n["vlan"], "mode": n["mode"],
-                     "gateway": gateways[name].address if name in gateways else None,
-                     "uplink": n.get("uplink")}
-                    for name, n in record.topology.get("networks", {}).items()]
-        uplinks = [{"port": p.name, "ifname": p.ifname, "vlans": _port_vlans(p),
-                    "counters": stats.get(p.name)}
-                   for p in ports.values() if naming.is_uplink_port(p.name)]
-        return {"name": record.lab, "source": record.source, "networks": networks,
-                "nodes": nodes, "uplinks": uplinks, "pending": pending}
-
-
-def _port_vlans(port: PortResource) -> list[int]:
-    if port.mode == "access":
-        return [port.vlan] if port.vlan is not None else []
-    return sorted(set(port.allowed) | ({port.native} if port.native else set()))

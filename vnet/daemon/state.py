@@ -14,16 +14,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from vnet.daemon.resources import Resource, from_dict, to_dict
+from vnet.daemon.resources import NetworkResource, Resource, from_dict, to_dict
 
 Status = Literal["pending", "ready"]
 
 
 @dataclass
 class LabRecord:
+    """A lab's resources and the file it came from.  (Records written before issue 11 also
+    held the topology as a dict; ``from_json`` turns its networks into resources.)"""
+
     lab: str
     source: str
-    topology: dict[str, Any]
     resources: dict[Resource, Status] = field(default_factory=dict)
 
     def ready(self) -> list[Resource]:
@@ -33,7 +35,7 @@ class LabRecord:
         return [r for r, status in self.resources.items() if status == "pending"]
 
     def to_json(self) -> dict[str, Any]:
-        return {"lab": self.lab, "source": self.source, "topology": self.topology,
+        return {"lab": self.lab, "source": self.source,
                 "resources": [{**to_dict(r), "status": s} for r, s in self.resources.items()]}
 
     @classmethod
@@ -43,7 +45,25 @@ class LabRecord:
             item = dict(item)
             status = item.pop("status")
             resources[from_dict(item)] = status
-        return cls(data["lab"], data["source"], data["topology"], resources)
+        if "topology" in data and not any(isinstance(r, NetworkResource) for r in resources):
+            networks = _networks_of(data["lab"], data["topology"])
+            resources = {**dict.fromkeys(networks, "ready"), **resources}
+        return cls(data["lab"], data["source"], resources)
+
+
+def _networks_of(lab: str, topology: dict[str, Any]) -> list[NetworkResource]:
+    """The network resources of a lab recorded before they existed, from the topology dict
+    such a record holds (``topology_to_dict``: a bridged network's ``uplink`` is a host ->
+    interface map in a lab with hosts), so that the first ``up`` after an upgrade finds
+    them recorded and changes nothing."""
+    networks = []
+    for name, network in topology.get("networks", {}).items():
+        uplink = network.get("uplink")
+        networks.append(NetworkResource(
+            lab, name, network["vlan"], network["mode"],
+            uplink if isinstance(uplink, str) else None,
+            tuple(sorted(uplink.items())) if isinstance(uplink, dict) else ()))
+    return networks
 
 
 class RecordJournal:
