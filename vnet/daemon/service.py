@@ -90,10 +90,16 @@ class Vnetd:
                 await self.drivers[resource].create(resource)
 
     async def _start_vms(self) -> None:
-        """At vnetd's start: the runners died with the previous vnetd (PR_SET_PDEATHSIG)."""
+        """At vnetd's start: the runners died with the previous vnetd (PR_SET_PDEATHSIG).
+        Each is started again unless its user had stopped it (``vnet vm stop``)."""
         for record in self.store.load_all():
             for resource in record.ready():
-                if isinstance(resource, VmNodeResource):
+                if not isinstance(resource, VmNodeResource):
+                    continue
+                if record.vm_run.get(resource.node) == "stopped":
+                    log.info("VM %s/%s stays stopped, as its user left it", record.lab,
+                             resource.node)
+                else:
                     await self.vms.start(resource)
 
     async def stop(self) -> None:
@@ -173,6 +179,12 @@ class Vnetd:
         if not isinstance(res, VmNodeResource):
             raise DaemonError(f"node {node!r} is a namespace node, not a VM")
         async with self.lock:
+            record = self.store.load(res.lab)
+            if record is None:
+                raise DaemonError(f"lab {res.lab!r} is not up on this host")
+            # What the user wants is recorded first: a vnetd that restarts honours it.
+            record.vm_run[res.node] = "stopped" if action == "stop" else "running"
+            self.store.save(record)
             if action in ("stop", "restart"):
                 process = self.vms.get(res.lab, res.node)
                 if process is not None:
@@ -208,6 +220,11 @@ class Vnetd:
         # Recorded in the file's order (a changed node would otherwise move to the end).
         in_order = {r: record.resources[r] for r in desired if r in record.resources}
         record.resources = {**in_order, **record.resources}
+        # A VM this change created was started; one it removed has no run state to keep.
+        started = {r.node for r in applied.created if isinstance(r, VmNodeResource)}
+        vms = {r.node for r in record.resources if isinstance(r, VmNodeResource)}
+        record.vm_run = {node: run for node, run in record.vm_run.items()
+                         if node in vms and node not in started}
         self.store.save(record)
         return {"lab": lab, "created": len(applied.created), "removed": len(applied.deleted),
                 "changed": True}

@@ -17,16 +17,19 @@ from typing import Any, Literal
 from vnet.daemon.resources import NetworkResource, Resource, from_dict, to_dict
 
 Status = Literal["pending", "ready"]
+RunState = Literal["running", "stopped"]
 
 
 @dataclass
 class LabRecord:
-    """A lab's resources and the file it came from.  (Records written before issue 11 also
-    held the topology as a dict; ``from_json`` turns its networks into resources.)"""
+    """A lab's resources and the file it came from, and the run state its user chose for
+    each VM node (by node name; not named: running).  Records written before issue 11 also
+    held the topology as a dict; ``from_json`` turns its networks into resources."""
 
     lab: str
     source: str
     resources: dict[Resource, Status] = field(default_factory=dict)
+    vm_run: dict[str, RunState] = field(default_factory=dict)
 
     def ready(self) -> list[Resource]:
         return [r for r, status in self.resources.items() if status == "ready"]
@@ -36,7 +39,8 @@ class LabRecord:
 
     def to_json(self) -> dict[str, Any]:
         return {"lab": self.lab, "source": self.source,
-                "resources": [{**to_dict(r), "status": s} for r, s in self.resources.items()]}
+                "resources": [{**to_dict(r), "status": s} for r, s in self.resources.items()],
+                "vm_run": self.vm_run}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> LabRecord:
@@ -48,7 +52,7 @@ class LabRecord:
         if "topology" in data and not any(isinstance(r, NetworkResource) for r in resources):
             networks = _networks_of(data["lab"], data["topology"])
             resources = {**dict.fromkeys(networks, "ready"), **resources}
-        return cls(data["lab"], data["source"], resources)
+        return cls(data["lab"], data["source"], resources, dict(data.get("vm_run", {})))
 
 
 def _networks_of(lab: str, topology: dict[str, Any]) -> list[NetworkResource]:
