@@ -3,7 +3,10 @@
 A lab is a set of *resources* (a bridge in the datapath, a namespace node with its veths, a
 switch port, ...).  ``desired_resources`` derives them from a topology; ``plan`` compares
 them with what the state file records and returns what to delete and what to create.  Both
-are pure, so reconciliation is unit-tested without root; ``vnet.daemon.realize`` does the I/O.
+are pure, so reconciliation is unit-tested without root; the drivers
+(``vnet.daemon.drivers``, one per kind) do the I/O and ``vnet.daemon.reconciler`` applies a
+plan through them.  A new kind is its dataclass here (a ``LabResource``), its place in
+``KIND_ORDER`` and its driver.
 """
 
 from __future__ import annotations

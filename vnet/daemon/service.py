@@ -47,6 +47,7 @@ from vnet.topology import Topology, parse_topology
 
 log = logging.getLogger("vnet.daemon")
 
+
 class Vnetd:
     def __init__(self, socket_path: Path, state_dir: Path, exit_when_idle: bool = False,
                  datapath_python: str = sys.executable) -> None:
@@ -165,9 +166,7 @@ class Vnetd:
         node = request.node
         res = self._find_node(node, request.lab)
         if isinstance(res, VmNodeResource):
-            process = self.vms.get(res.lab, res.node)
-            return {"lab": res.lab, "node": node, "kind": "vm",
-                    **(process.status() if process else {"state": "stopped"}),
+            return {"lab": res.lab, "node": node, "kind": "vm", **self.vms.status(res.lab, node),
                     "nics": {t.nic: {"mac": t.mac, "host_ifname": t.ifname} for t in res.taps}}
         return {"lab": res.lab, "node": node, "kind": "netns", "netns": res.netns,
                 "nics": {n.nic: {"mac": n.mac, "host_ifname": n.host_ifname} for n in res.nics}}

@@ -50,8 +50,6 @@ class VmNodeDriver(BlockingDriver[VmNodeResource]):
             return links.all_present(ipr, (spec.ifname for spec in vm.taps))
 
     def describe(self, vm: VmNodeResource) -> dict[str, Any]:
-        process = self.vms.get(vm.lab, vm.node)
-        return {"name": vm.node, "kind": "vm",
-                **(process.status() if process else {"state": "stopped"}),
+        return {"name": vm.node, "kind": "vm", **self.vms.status(vm.lab, vm.node),
                 "nics": [{"name": t.nic, "mac": t.mac, "ip": [t.ip] if t.ip else [],
                           "ifname": t.ifname} for t in vm.taps]}
