@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from vnet.daemon import naming, realize
+from vnet.daemon import naming
+from vnet.daemon.requests import DownRequest
 from vnet.daemon.resources import (
     BridgeResource,
     NetnsNodeResource,
@@ -83,7 +83,7 @@ def lab_record(lab: str) -> LabRecord:
         PortResource(lab, "vm1.eth0", tap.ifname, "access", vlan=10, node="vm1"),
         PortResource(lab, naming.uplink_port_name("eth2"), "eth2", "access", vlan=10),
     ]
-    record = LabRecord(lab, f"/labs/{lab}.yaml", {"networks": {}})
+    record = LabRecord(lab, f"/labs/{lab}.yaml")
     record.resources = dict.fromkeys(resources, "ready")
     return record
 
@@ -99,22 +99,21 @@ def vnetd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Vnetd, FakeD
     monkeypatch.setattr(daemon.datapath, "call", fake.call)
     touched: list[str] = []
 
-    async def vm_start(vm: VmNodeResource) -> None:
-        touched.append(f"start vm {vm.node}")
+    class Recorder:
+        """A host driver that writes down what it was asked instead of doing it."""
 
-    async def vm_stop(vm: VmNodeResource) -> None:
-        touched.append(f"stop vm {vm.node}")
+        def __init__(self, kind: str) -> None:
+            self.kind = kind
 
-    monkeypatch.setattr(daemon.vms, "start", vm_start)
-    monkeypatch.setattr(daemon.vms, "stop", vm_stop)
-    def recorder(what: str) -> Callable[[Any, Path], None]:
-        return lambda resource, _state_dir: touched.append(f"{what} {resource.kind}")
+        async def create(self, resource: Resource) -> None:
+            touched.append(f"create {resource.kind}")
 
-    for verb, table in (("create", realize.CREATE), ("delete", realize.DELETE)):
-        for kind in list(table):
-            monkeypatch.setitem(table, kind, recorder(verb))
-    for name in ("create_vm_taps", "delete_vm_taps"):
-        monkeypatch.setattr(realize, name, recorder(name))
+        async def delete(self, resource: Resource) -> None:
+            touched.append(f"delete {resource.kind}")
+
+    for kind in list(daemon.drivers.by_kind):
+        if kind not in ("bridge", "port"):  # those are the fake datapath's
+            monkeypatch.setitem(daemon.drivers.by_kind, kind, Recorder(kind))
     daemon.store.save(lab_record("lab1"))
     return daemon, fake, touched
 
@@ -161,7 +160,7 @@ def test_a_replay_never_interleaves_with_a_down(
     daemon.store.save(lab_record("lab2"))
 
     async def scenario() -> None:
-        down = asyncio.create_task(daemon.op_down("lab1"), name="down")
+        down = asyncio.create_task(daemon.op_down(DownRequest("lab1")), name="down")
         await asyncio.sleep(0)  # the down takes the lock first ...
         restart = asyncio.create_task(
             daemon.datapath._watch_process(DeadProcess()),  # type: ignore[arg-type]

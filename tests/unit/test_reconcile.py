@@ -77,7 +77,7 @@ def test_removed_node_is_deleted_with_its_port() -> None:
 
 def test_resources_survive_the_state_file(tmp_path: Path) -> None:
     store = StateStore(tmp_path)
-    record = LabRecord("lab", "/x/lab.yaml", {"name": "lab"})
+    record = LabRecord("lab", "/x/lab.yaml")
     trunk = PortResource("lab", "r.eth0", "vn123", "trunk", allowed=(10, 20), native=30,
                          node="r")
     for resource in (BRIDGE, node("n1"), port("n1"), trunk):

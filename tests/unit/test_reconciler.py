@@ -125,11 +125,13 @@ def test_what_the_rollback_cannot_undo_is_named_not_hidden() -> None:
     assert journal.entries == {BRIDGE: "ready"}, "what is still there stays journaled"
 
 
-def test_an_internal_error_is_reported_as_such() -> None:
+def test_an_internal_error_is_reported_as_such(caplog: pytest.LogCaptureFixture) -> None:
     world, journal = FakeWorld(), MemoryJournal()
     world.fail[("create", BRIDGE)] = KeyError("vid")
-    with pytest.raises(ApplyError, match="internal error: KeyError"):
+    with pytest.raises(ApplyError, match=r"internal error in vnetd \(see its log\)") as err:
         run(apply(Plan(create=[BRIDGE]), journal, drivers(world)))
+    assert "KeyError" not in str(err.value), "a bug's repr is for the log, not the user"
+    assert "Traceback" in caplog.text and "KeyError: 'vid'" in caplog.text
     assert journal.entries == {} and world.present == set()
 
 

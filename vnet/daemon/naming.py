@@ -60,3 +60,18 @@ def gateway_owner(network: str) -> str:
     """The pseudo-node that owns a NAT network's gateway interfaces (``@`` is not allowed in
     node names, so it cannot clash with one)."""
     return f"{NON_NODE_PORT_PREFIX}gw-{network}"
+
+
+def gateway_ifname(lab: str, network: str) -> str:
+    """The host-side interface that holds a NAT network's gateway address (its nftables
+    rules, its dnsmasq and the host's overlap check all name it)."""
+    return host_ifname(lab, gateway_owner(network), "gw")
+
+
+def gateway_port_ifname(lab: str, network: str) -> str:
+    """The other end of the gateway's veth pair: a port of the lab's switch."""
+    return host_ifname(lab, gateway_owner(network), "port")
+
+
+def gateway_alias(lab: str, network: str) -> str:
+    return owner_alias(lab, gateway_owner(network), "gw")

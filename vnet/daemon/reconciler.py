@@ -57,6 +57,10 @@ class ApplyError(VnetError):
     """A change failed and was rolled back; the text says why and what could not be undone."""
 
 
+class MissingDriver(VnetError, LookupError):
+    """A resource of a kind that no driver realises (a kind added without its driver)."""
+
+
 @dataclass(frozen=True)
 class Applied:
     created: tuple[Resource, ...] = ()
@@ -77,7 +81,7 @@ class Drivers:
         try:
             return self.by_kind[resource.kind]
         except KeyError:
-            raise LookupError(f"no driver for resources of kind {resource.kind!r}") from None
+            raise MissingDriver(f"no driver for resources of kind {resource.kind!r}") from None
 
 
 def creation_order(resources: Iterable[Resource]) -> list[Resource]:
@@ -109,9 +113,11 @@ async def apply(work: Plan, journal: Journal, drivers: Drivers) -> Applied:
         problems = await rollback(journal, drivers, created, deleted)
         if not isinstance(err, Exception):
             raise       # cancelled or interrupted: rolled back, and not turned into an error
-        reason = str(err) if isinstance(err, VnetError) else f"internal error: {err!r}"
-        if not isinstance(err, VnetError):
+        if isinstance(err, VnetError):
+            reason = str(err)
+        else:  # a bug: its traceback goes to the log, not its repr to the user
             log.error("a step failed with an internal error", exc_info=err)
+            reason = "internal error in vnetd (see its log)"
         if problems:
             reason += "; and the rollback could not undo: " + "; ".join(problems)
         raise ApplyError(reason) from err

@@ -3,18 +3,42 @@
 A lab is a set of *resources* (a bridge in the datapath, a namespace node with its veths, a
 switch port, ...).  ``desired_resources`` derives them from a topology; ``plan`` compares
 them with what the state file records and returns what to delete and what to create.  Both
-are pure, so reconciliation is unit-tested without root; ``vnet.daemon.realize`` does the I/O.
+are pure, so reconciliation is unit-tested without root; the drivers
+(``vnet.daemon.drivers``, one per kind) do the I/O and ``vnet.daemon.reconciler`` applies a
+plan through them.  A new kind is its dataclass here (a ``LabResource``), its place in
+``KIND_ORDER`` and its driver.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from ipaddress import IPv4Address, IPv4Interface
+from ipaddress import IPv4Address
 from typing import Any, ClassVar, Literal
 
 from vnet.daemon import naming, natrules
 from vnet.errors import VnetError
-from vnet.topology import Network, Nic, Node, Topology
+from vnet.switch.ports import vlan_members
+from vnet.topology import Forward, Network, Nic, Node, Topology
+
+
+@dataclass(frozen=True)
+class LabResource:
+    """What every resource has: its lab, its ``kind`` and a ``key`` (kind, name) that is
+    unique on the host and names it in logs and errors.  A subclass says both in its class
+    line: ``class XResource(LabResource, kind="x", key="{lab}/{name}")``, the key a format
+    of its fields."""
+
+    kind: ClassVar[str]
+    key_format: ClassVar[str]
+    lab: str
+
+    def __init_subclass__(cls, *, kind: str, key: str = "{lab}", **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.kind, cls.key_format = kind, key
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.kind, self.key_format.format(**vars(self)))
 
 
 @dataclass(frozen=True)
@@ -25,16 +49,23 @@ class VlanSpec:
 
 
 @dataclass(frozen=True)
-class BridgeResource:
+class BridgeResource(LabResource, kind="bridge"):
     """The lab's switch instance in the datapath (one per lab, so labs never share VLANs)."""
 
-    kind: ClassVar[str] = "bridge"
-    lab: str
     vlans: tuple[VlanSpec, ...]
 
-    @property
-    def key(self) -> tuple[str, str]:
-        return (self.kind, self.lab)
+
+@dataclass(frozen=True)
+class NetworkResource(LabResource, kind="network", key="{lab}/{network}"):
+    """A network of the lab as its file declares it: what ``vnet status`` shows of it.  It
+    owns nothing in the kernel (its VLAN is the bridge's, its gateway a ``GatewayResource``),
+    so its driver only describes it; a change to it rebuilds nothing else."""
+
+    network: str
+    vlan: int
+    mode: str
+    uplink: str | None = None
+    uplinks: tuple[tuple[str, str], ...] = ()  # (host, interface), in a lab with hosts
 
 
 @dataclass(frozen=True)
@@ -49,18 +80,12 @@ class VethSpec:
 
 
 @dataclass(frozen=True)
-class NetnsNodeResource:
+class NetnsNodeResource(LabResource, kind="netns-node", key="{lab}/{node}"):
     """A ``kind: netns`` node: a namespace and one veth pair per NIC."""
 
-    kind: ClassVar[str] = "netns-node"
-    lab: str
     node: str
     netns: str
     nics: tuple[VethSpec, ...]
-
-    @property
-    def key(self) -> tuple[str, str]:
-        return (self.kind, f"{self.lab}/{self.node}")
 
     @property
     def ipv6(self) -> bool:
@@ -68,12 +93,10 @@ class NetnsNodeResource:
 
 
 @dataclass(frozen=True)
-class GatewayResource:
+class GatewayResource(LabResource, kind="gateway", key="{lab}/{network}"):
     """A NAT network's gateway: a veth pair in the host namespace, one end holding the
     gateway address (the host's leg in the network), the other a port of the switch."""
 
-    kind: ClassVar[str] = "gateway"
-    lab: str
     network: str
     ifname: str          # holds the gateway address
     port_ifname: str     # the datapath's end
@@ -81,33 +104,21 @@ class GatewayResource:
     alias: str
 
     @property
-    def key(self) -> tuple[str, str]:
-        return (self.kind, f"{self.lab}/{self.network}")
-
-    @property
     def node(self) -> str:
         return naming.gateway_owner(self.network)
 
 
 @dataclass(frozen=True)
-class NatResource:
+class NatResource(LabResource, kind="nat"):
     """The lab's nftables table (masquerade, forwards, isolation) and IP forwarding on."""
 
-    kind: ClassVar[str] = "nat"
-    lab: str
     ruleset: str
-
-    @property
-    def key(self) -> tuple[str, str]:
-        return (self.kind, self.lab)
 
 
 @dataclass(frozen=True)
-class DhcpResource:
+class DhcpResource(LabResource, kind="dhcp", key="{lab}/{network}"):
     """A dnsmasq serving DHCP (and DNS for the lab's names) on a NAT network's gateway."""
 
-    kind: ClassVar[str] = "dhcp"
-    lab: str
     network: str
     interface: str
     gateway: str
@@ -115,10 +126,6 @@ class DhcpResource:
     range_start: str
     range_end: str
     hosts: tuple[tuple[str, str, str], ...]  # (mac, ip, name): static leases
-
-    @property
-    def key(self) -> tuple[str, str]:
-        return (self.kind, f"{self.lab}/{self.network}")
 
 
 @dataclass(frozen=True)
@@ -132,11 +139,9 @@ class TapSpec:
 
 
 @dataclass(frozen=True)
-class VmNodeResource:
+class VmNodeResource(LabResource, kind="vm-node", key="{lab}/{node}"):
     """A ``kind: vm`` node: its TAPs, and a runner process that vnetd supervises."""
 
-    kind: ClassVar[str] = "vm-node"
-    lab: str
     node: str
     taps: tuple[TapSpec, ...]
     memory: int
@@ -148,32 +153,20 @@ class VmNodeResource:
     disk_readonly: bool = False
     initrd: str | None = None
 
-    @property
-    def key(self) -> tuple[str, str]:
-        return (self.kind, f"{self.lab}/{self.node}")
-
 
 @dataclass(frozen=True)
-class DhcpLeaseResource:
+class DhcpLeaseResource(LabResource, kind="dhcp-lease", key="{lab}/{node}.{nic}"):
     """A node NIC's address from DHCP, asked for once its switch port exists."""
 
-    kind: ClassVar[str] = "dhcp-lease"
-    lab: str
     node: str
     netns: str
     nic: str
 
-    @property
-    def key(self) -> tuple[str, str]:
-        return (self.kind, f"{self.lab}/{self.node}.{self.nic}")
-
 
 @dataclass(frozen=True)
-class PortResource:
+class PortResource(LabResource, kind="port", key="{lab}/{name}"):
     """A switch port on a host-side netdev, access (``vlan``) or trunk (``allowed``/``native``)."""
 
-    kind: ClassVar[str] = "port"
-    lab: str
     name: str
     ifname: str
     mode: Literal["access", "trunk"]
@@ -183,25 +176,30 @@ class PortResource:
     node: str = ""
 
     @property
-    def key(self) -> tuple[str, str]:
-        return (self.kind, f"{self.lab}/{self.name}")
+    def vlans(self) -> list[int]:
+        """Every VLAN the port carries (the switch's rule, ``vlan_members``)."""
+        return sorted(vlan_members(self.mode, self.vlan, self.allowed, self.native))
 
 
-Resource = (BridgeResource | GatewayResource | NatResource | DhcpResource | NetnsNodeResource
-            | VmNodeResource | PortResource | DhcpLeaseResource)
+Resource = (BridgeResource | NetworkResource | GatewayResource | NatResource | DhcpResource
+            | NetnsNodeResource | VmNodeResource | PortResource | DhcpLeaseResource)
 # Creation order; deletion runs in reverse.
-KIND_ORDER = {BridgeResource.kind: 0, GatewayResource.kind: 1, NatResource.kind: 2,
-              DhcpResource.kind: 3, NetnsNodeResource.kind: 4, VmNodeResource.kind: 4,
-              PortResource.kind: 5, DhcpLeaseResource.kind: 6}
+KIND_ORDER = {BridgeResource.kind: 0, NetworkResource.kind: 0, GatewayResource.kind: 1,
+              NatResource.kind: 2, DhcpResource.kind: 3, NetnsNodeResource.kind: 4,
+              VmNodeResource.kind: 4, PortResource.kind: 5, DhcpLeaseResource.kind: 6}
 _CLASSES: dict[str, type[Resource]] = {
-    c.kind: c for c in (BridgeResource, GatewayResource, NatResource, DhcpResource,
-                        NetnsNodeResource, VmNodeResource, PortResource, DhcpLeaseResource)}
+    c.kind: c for c in (BridgeResource, NetworkResource, GatewayResource, NatResource,
+                        DhcpResource, NetnsNodeResource, VmNodeResource, PortResource,
+                        DhcpLeaseResource)}
 
 
 def desired_resources(topology: Topology) -> list[Resource]:
     lab = topology.name
     resources: list[Resource] = [BridgeResource(lab, tuple(
         VlanSpec(n.vlan, n.mac_aging, n.mac_limit) for n in topology.networks))]
+    resources.extend(NetworkResource(lab, n.name, n.vlan, n.mode, n.uplink,
+                                     tuple(sorted(n.uplinks.items())))
+                     for n in topology.networks)
     nat_networks = [n for n in topology.networks if n.mode == "nat"]
     for network in nat_networks:
         resources.extend(_gateway(topology, network))
@@ -255,37 +253,31 @@ def _default_gateway(topology: Topology, nic: Nic) -> str | None:
 def _gateway(topology: Topology, network: Network) -> list[Resource]:
     lab = topology.name
     assert network.subnet is not None and network.gateway is not None
-    owner = naming.gateway_owner(network.name)
     gateway = GatewayResource(
-        lab, network.name, naming.host_ifname(lab, owner, "gw"),
-        naming.host_ifname(lab, owner, "port"),
-        f"{network.gateway}/{network.subnet.prefixlen}", naming.owner_alias(lab, owner, "gw"))
+        lab, network.name, naming.gateway_ifname(lab, network.name),
+        naming.gateway_port_ifname(lab, network.name),
+        f"{network.gateway}/{network.subnet.prefixlen}", naming.gateway_alias(lab, network.name))
     port = PortResource(lab, naming.gateway_port_name(network.name), gateway.port_ifname, "access",
-                        vlan=network.vlan, node=owner)
+                        vlan=network.vlan, node=gateway.node)
     return [gateway, port]
 
 
 def _nat_network(topology: Topology, network: Network) -> natrules.NatNetwork:
     assert network.subnet is not None
-    forwards = tuple(natrules.PortForward(f.proto, f.port, _address_in(topology, f.node, network),
+    forwards = tuple(natrules.PortForward(f.proto, f.port, _forward_address(topology, f, network),
                                           f.node_port) for f in network.forwards)
-    owner = naming.gateway_owner(network.name)
     return natrules.NatNetwork(network.name, network.subnet,
-                               naming.host_ifname(topology.name, owner, "gw"), network.uplink,
-                               forwards, network.reach)
+                               naming.gateway_ifname(topology.name, network.name),
+                               network.uplink, forwards, network.reach)
 
 
-def _address_in(topology: Topology, node_name: str, network: Network) -> IPv4Address:
-    """The address a forward's target node has in ``network`` (static, or its DHCP lease)."""
-    for nic in topology.node(node_name).nics:
-        if nic.network == network.name:
-            if isinstance(nic.ip, IPv4Interface):
-                return nic.ip.ip
-            if network.dhcp is not None and node_name in network.dhcp.leases:
-                return network.dhcp.leases[node_name]
-    raise VnetError(f"network {network.name}: a forward goes to node {node_name}, which has no "
-                    f"fixed IPv4 address there; give its NIC an ip: or a DHCP lease "
-                    f"(dhcp: {{leases: {{{node_name}: ADDRESS}}}})")
+def _forward_address(topology: Topology, forward: Forward, network: Network) -> IPv4Address:
+    address = topology.forward_address(network, forward.node)
+    if address is None:  # the loader refuses such a file; a topology built otherwise may not
+        raise VnetError(f"network {network.name}: a forward goes to node {forward.node}, which "
+                        f"has no fixed IPv4 address there; give its NIC an ip: or a DHCP lease "
+                        f"(dhcp: {{leases: {{{forward.node}: ADDRESS}}}})")
+    return address
 
 
 def _dhcp(topology: Topology, network: Network) -> DhcpResource:
@@ -295,9 +287,8 @@ def _dhcp(topology: Topology, network: Network) -> DhcpResource:
         for nic in topology.node(node_name).nics:
             if nic.network == network.name:
                 hosts.append((nic.mac, str(address), node_name))
-    owner = naming.gateway_owner(network.name)
     return DhcpResource(topology.name, network.name,
-                        naming.host_ifname(topology.name, owner, "gw"), str(network.gateway),
+                        naming.gateway_ifname(topology.name, network.name), str(network.gateway),
                         str(network.subnet), str(network.dhcp.range_start),
                         str(network.dhcp.range_end), tuple(hosts))
 
@@ -388,6 +379,8 @@ def from_dict(data: dict[str, Any]) -> Resource:
     if cls is NetnsNodeResource:
         nics = tuple(VethSpec(**{**n, "addresses": tuple(n["addresses"])}) for n in data["nics"])
         return NetnsNodeResource(data["lab"], data["node"], data["netns"], nics)
+    if cls is NetworkResource:
+        return NetworkResource(**{**data, "uplinks": tuple(tuple(u) for u in data["uplinks"])})
     if cls is PortResource:
         return PortResource(**{**data, "allowed": tuple(data.get("allowed", ()))})
     if cls is DhcpResource:

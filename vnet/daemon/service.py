@@ -1,45 +1,51 @@
 """vnetd: owns the desired state of its host's labs and reconciles the kernel to it.
 
-Requests arrive as JSON lines on a Unix socket (see ``vnet.jsonlines``) from the ``vnet``
-CLI.  Changes are serialised by one lock; each runs ``plan`` (pure) and applies it, recording
-every step in the lab's state file first so that a crash or a failure can be finished or
-rolled back.
+The daemon composes its parts and keeps their lifecycle: the lab records (``state``) and the
+one lock that serialises changes, the drivers of each resource kind (``drivers``), the
+reconciler that applies a plan through them (``reconciler``), the datapath and VM
+supervisors, the API server (``api``) and the status renderer (``status``).  Each ``op_*``
+handler is one API operation; its request was checked at the edge (``requests``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import sys
-from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from vnet import __version__, jsonlines
-from vnet.daemon import naming, realize
+from vnet import __version__
+from vnet.daemon import preflight
+from vnet.daemon.api import ApiServer
+from vnet.daemon.drivers import host_drivers
+from vnet.daemon.reconciler import apply, remove_all
+from vnet.daemon.requests import (
+    DownRequest,
+    FdbRequest,
+    NodeRequest,
+    PingRequest,
+    ShutdownRequest,
+    StatusRequest,
+    UpRequest,
+    VmRequest,
+)
 from vnet.daemon.resources import (
-    KIND_ORDER,
-    BridgeResource,
-    GatewayResource,
     NetnsNodeResource,
-    PortResource,
-    Resource,
     VmNodeResource,
     datapath_resources,
     desired_resources,
     plan,
 )
-from vnet.daemon.state import LabRecord, StateStore
+from vnet.daemon.state import LabRecord, RecordJournal, StateStore
+from vnet.daemon.status import lab_status
 from vnet.daemon.supervisor import DatapathSupervisor
 from vnet.daemon.vms import VmSupervisor
-from vnet.errors import DaemonError, VnetError
-from vnet.topology import Topology, parse_topology, topology_to_dict
+from vnet.errors import DaemonError
+from vnet.topology import Topology, parse_topology
 
 log = logging.getLogger("vnet.daemon")
-
-Handler = Callable[..., Coroutine[Any, Any, Any]]
 
 
 class Vnetd:
@@ -55,11 +61,11 @@ class Vnetd:
                                            state_dir / "datapath.log", self.program_datapath,
                                            datapath_python, lock=self.lock)
         self.vms = VmSupervisor(state_dir)
-        self.server: asyncio.AbstractServer | None = None
-        self.ops: dict[str, Handler] = {
+        self.drivers = host_drivers(state_dir, self.datapath, self.vms)
+        self.api = ApiServer(socket_path, {
             "ping": self.op_ping, "up": self.op_up, "down": self.op_down,
             "status": self.op_status, "fdb": self.op_fdb, "node": self.op_node,
-            "vm": self.op_vm, "shutdown": self.op_shutdown}
+            "vm": self.op_vm, "shutdown": self.op_shutdown})
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -68,11 +74,7 @@ class Vnetd:
             await self.datapath.start()
             await self.program_datapath()
             await self._start_vms()
-        self.socket_path.parent.mkdir(parents=True, exist_ok=True)
-        self.socket_path.unlink(missing_ok=True)
-        self.server = await asyncio.start_unix_server(self._client, path=str(self.socket_path),
-                                                      limit=jsonlines.MAX_LINE)
-        os.chmod(self.socket_path, 0o600)
+        await self.api.start()
         log.info("vnetd %s listening on %s, state in %s", __version__, self.socket_path,
                  self.state_dir)
 
@@ -86,89 +88,67 @@ class Vnetd:
         assert self.lock.locked(), "the datapath is programmed under the daemon's lock"
         for record in self.store.load_all():
             for resource in datapath_resources(record.ready()):
-                await self._create(resource)
+                await self.drivers[resource].create(resource)
 
     async def _start_vms(self) -> None:
-        """At vnetd's start: the runners died with the previous vnetd (PR_SET_PDEATHSIG)."""
+        """At vnetd's start: the runners died with the previous vnetd (PR_SET_PDEATHSIG).
+        Each is started again unless its user had stopped it (``vnet vm stop``)."""
         for record in self.store.load_all():
             for resource in record.ready():
-                if isinstance(resource, VmNodeResource):
+                if not isinstance(resource, VmNodeResource):
+                    continue
+                if record.vm_run.get(resource.node) == "stopped":
+                    log.info("VM %s/%s stays stopped, as its user left it", record.lab,
+                             resource.node)
+                else:
                     await self.vms.start(resource)
 
     async def stop(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            await self.server.wait_closed()
+        await self.api.stop()
         await self.vms.stop_all()
         await self.datapath.stop()
-        self.socket_path.unlink(missing_ok=True)
         self.stopped.set()
 
-    # ---- the API ----------------------------------------------------------------------------
+    # ---- the API operations ---------------------------------------------------------------
 
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while line := await reader.readline():
-                writer.write(jsonlines.encode(await self.handle(line)))
-                await writer.drain()
-        except (ConnectionError, ValueError) as err:  # ValueError: a line over the limit
-            log.warning("dropping a client: %s", err)
-        finally:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
-
-    async def handle(self, line: bytes) -> dict[str, Any]:
-        try:
-            request = jsonlines.decode(line)
-            op = request.pop("op", None)
-            handler = self.ops.get(op) if isinstance(op, str) else None
-            if handler is None:
-                raise DaemonError(f"unknown operation {op!r}; this vnetd knows: "
-                                  f"{', '.join(sorted(self.ops))}")
-            return jsonlines.ok(await handler(**request))
-        except TypeError as err:
-            return jsonlines.failed(f"bad arguments: {err}")
-        except (VnetError, jsonlines.ProtocolError) as err:
-            return jsonlines.failed(str(err))
-        except Exception as err:
-            log.exception("internal error")
-            return jsonlines.failed(f"internal error in vnetd: {err!r} (see vnetd's log)")
-
-    async def op_ping(self) -> dict[str, Any]:
+    async def op_ping(self, request: PingRequest) -> dict[str, Any]:
         return {"pid": os.getpid(), "version": __version__, "datapath_pid": self.datapath.pid,
                 "datapath_restarts": self.datapath.restarts}
 
-    async def op_up(self, text: str, source: str) -> dict[str, Any]:
-        topology = parse_topology(text, source=source, base_dir=Path(source).parent)
-        await asyncio.to_thread(realize.check_host, topology)
+    async def op_up(self, request: UpRequest) -> dict[str, Any]:
+        topology = parse_topology(request.text, source=request.source,
+                                  base_dir=Path(request.source).parent)
+        await asyncio.to_thread(preflight.check_host, topology)
         async with self.lock:
             return await self._reconcile(topology)
 
-    async def op_down(self, lab: str) -> dict[str, Any]:
+    async def op_down(self, request: DownRequest) -> dict[str, Any]:
+        lab = request.lab
         async with self.lock:
             record = self.store.load(lab)
             if record is None:
                 raise DaemonError(f"lab {lab!r} is not up on this host")
-            removed = await self._remove_all(record)
+            removed = await remove_all(list(record.resources), RecordJournal(self.store, record),
+                                       self.drivers)
             self.store.remove(lab)
             if self.exit_when_idle and not self.store.load_all():
                 asyncio.get_running_loop().call_soon(lambda: asyncio.create_task(self.stop()))
                 return {"lab": lab, "removed": removed, "daemon_exiting": os.getpid()}
         return {"lab": lab, "removed": removed}
 
-    async def op_status(self, lab: str | None = None) -> dict[str, Any]:
+    async def op_status(self, request: StatusRequest) -> dict[str, Any]:
+        lab = request.lab
         stats = await self.datapath.call("stats")
-        labs = [self._lab_status(r, stats.get(r.lab, {})) for r in self.store.load_all()
+        labs = [lab_status(r, self.drivers, stats.get(r.lab, {})) for r in self.store.load_all()
                 if lab is None or r.lab == lab]
         if lab is not None and not labs:
             raise DaemonError(f"lab {lab!r} is not up on this host")
-        return {"daemon": await self.op_ping(), "labs": labs}
+        return {"daemon": await self.op_ping(PingRequest()), "labs": labs}
 
-    async def op_fdb(self, lab: str) -> list[dict[str, Any]]:
-        if self.store.load(lab) is None:
-            raise DaemonError(f"lab {lab!r} is not up on this host")
-        result: list[dict[str, Any]] = await self.datapath.call("fdb", bridge=lab)
+    async def op_fdb(self, request: FdbRequest) -> list[dict[str, Any]]:
+        if self.store.load(request.lab) is None:
+            raise DaemonError(f"lab {request.lab!r} is not up on this host")
+        result: list[dict[str, Any]] = await self.datapath.call("fdb", bridge=request.lab)
         return result
 
     def _find_node(self, node: str, lab: str | None) -> NetnsNodeResource | VmNodeResource:
@@ -181,180 +161,69 @@ class Vnetd:
                               f"say which with --lab")
         return found[0]
 
-    async def op_node(self, node: str, lab: str | None = None) -> dict[str, Any]:
+    async def op_node(self, request: NodeRequest) -> dict[str, Any]:
         """Where a node lives, for ``vnet exec``, ``vnet console`` and the test helpers."""
-        res = self._find_node(node, lab)
+        node = request.node
+        res = self._find_node(node, request.lab)
         if isinstance(res, VmNodeResource):
-            process = self.vms.get(res.lab, res.node)
-            return {"lab": res.lab, "node": node, "kind": "vm",
-                    **(process.status() if process else {"state": "stopped"}),
+            return {"lab": res.lab, "node": node, "kind": "vm", **self.vms.status(res.lab, node),
                     "nics": {t.nic: {"mac": t.mac, "host_ifname": t.ifname} for t in res.taps}}
         return {"lab": res.lab, "node": node, "kind": "netns", "netns": res.netns,
                 "nics": {n.nic: {"mac": n.mac, "host_ifname": n.host_ifname} for n in res.nics}}
 
-    async def op_vm(self, action: str, node: str, lab: str | None = None) -> dict[str, Any]:
+    async def op_vm(self, request: VmRequest) -> dict[str, Any]:
         """``vnet vm start|stop|restart NODE``."""
-        res = self._find_node(node, lab)
+        action, node = request.action, request.node
+        res = self._find_node(node, request.lab)
         if not isinstance(res, VmNodeResource):
             raise DaemonError(f"node {node!r} is a namespace node, not a VM")
-        if action not in ("start", "stop", "restart"):
-            raise DaemonError(f"unknown VM action {action!r}: say start, stop or restart")
         async with self.lock:
+            record = self.store.load(res.lab)
+            if record is None:
+                raise DaemonError(f"lab {res.lab!r} is not up on this host")
+            # What the user wants is recorded first: a vnetd that restarts honours it.
+            record.vm_run[res.node] = "stopped" if action == "stop" else "running"
+            self.store.save(record)
             if action in ("stop", "restart"):
                 process = self.vms.get(res.lab, res.node)
                 if process is not None:
                     await process.stop()
             if action in ("start", "restart"):
                 await self.vms.start(res)
-        return await self.op_node(node, res.lab)
+        return await self.op_node(NodeRequest(node, res.lab))
 
-    async def op_shutdown(self) -> None:
+    async def op_shutdown(self, request: ShutdownRequest) -> None:
         asyncio.get_running_loop().call_soon(lambda: asyncio.create_task(self.stop()))
 
     # ---- reconciliation -------------------------------------------------------------------
 
     async def _reconcile(self, topology: Topology) -> dict[str, Any]:
+        """Parse, plan, apply: the reconciler journals every step in the lab's record and
+        rolls a failed change back, so the lab is left as it was."""
         lab = topology.name
-        source = str(topology.source or "")
         previous = self.store.load(lab)
-        record = previous or LabRecord(lab, source, {})
-        work = plan(desired_resources(topology), record.ready())
-        # Leftovers of a crash half-way: they are ours (recorded), finish deleting them first.
-        stale = sorted(record.pending(), key=lambda r: -KIND_ORDER[r.kind])
-        if work.empty and not stale:
+        record = previous or LabRecord(lab, str(topology.source or ""))
+        journal = RecordJournal(self.store, record)
+        desired = desired_resources(topology)
+        work = plan(desired, record.ready())
+        if work.empty and not journal.pending():
             return {"lab": lab, "created": 0, "removed": 0, "changed": False}
-        created: list[Resource] = []
-        deleted: list[Resource] = []  # by this change (not crash leftovers): restored on failure
         try:
-            for resource in stale + work.delete:
-                await self._delete(resource)
-                del record.resources[resource]
-                if resource not in stale:
-                    deleted.append(resource)
-                self.store.save(record)
-            for resource in work.create:
-                record.resources[resource] = "pending"
-                self.store.save(record)
-                await self._create(resource)
-                record.resources[resource] = "ready"
-                created.append(resource)
-                self.store.save(record)
+            applied = await apply(work, journal, self.drivers)
         except BaseException as err:
-            log.error("bringing up %s failed (%s); rolling back to what was there", lab, err)
-            await self._rollback(record, created, deleted, had_previous=previous is not None)
+            log.error("bringing up %s failed (%s); rolled back to what was there", lab, err)
+            if not record.resources and previous is None:
+                self.store.remove(lab)
             raise
-        record.source = source
-        record.topology = topology_to_dict(topology)
+        record.source = str(topology.source or "")
+        # Recorded in the file's order (a changed node would otherwise move to the end).
+        in_order = {r: record.resources[r] for r in desired if r in record.resources}
+        record.resources = {**in_order, **record.resources}
+        # A VM this change created was started; one it removed has no run state to keep.
+        started = {r.node for r in applied.created if isinstance(r, VmNodeResource)}
+        vms = {r.node for r in record.resources if isinstance(r, VmNodeResource)}
+        record.vm_run = {node: run for node, run in record.vm_run.items()
+                         if node in vms and node not in started}
         self.store.save(record)
-        return {"lab": lab, "created": len(work.create), "removed": len(stale + work.delete),
+        return {"lab": lab, "created": len(applied.created), "removed": len(applied.deleted),
                 "changed": True}
-
-    async def _rollback(self, record: LabRecord, created: list[Resource],
-                        deleted: list[Resource], had_previous: bool) -> None:
-        """Undo a failed change: delete what it created, then re-create what it deleted, so
-        the lab is as it was (a resource that cannot be restored is logged and left out)."""
-        undo = [r for r, s in record.resources.items() if s == "pending"] + created[::-1]
-        for resource in sorted(undo, key=lambda r: -KIND_ORDER[r.kind]):
-            try:
-                await self._delete(resource)
-                del record.resources[resource]
-            except Exception:
-                log.exception("rollback could not delete %s; it stays recorded", resource.key)
-        for resource in sorted(deleted, key=lambda r: KIND_ORDER[r.kind]):
-            record.resources[resource] = "pending"
-            self.store.save(record)
-            try:
-                await self._create(resource)
-                record.resources[resource] = "ready"
-            except Exception:
-                log.exception("rollback could not restore %s", resource.key)
-                with contextlib.suppress(Exception):
-                    await self._delete(resource)
-                del record.resources[resource]
-        if record.resources or had_previous:
-            self.store.save(record)
-        else:
-            self.store.remove(record.lab)
-
-    async def _remove_all(self, record: LabRecord) -> int:
-        resources = sorted(record.resources, key=lambda r: -KIND_ORDER[r.kind])
-        for resource in resources:
-            await self._delete(resource)
-            del record.resources[resource]
-            self.store.save(record)
-        return len(resources)
-
-    async def _create(self, resource: Resource) -> None:
-        """Datapath resources are control calls; the rest are kernel work, off the loop."""
-        if isinstance(resource, BridgeResource):
-            await self.datapath.call("add_bridge", bridge=resource.lab, vlans=[
-                {"vid": v.vid, "mac_aging": v.mac_aging, "mac_limit": v.mac_limit}
-                for v in resource.vlans])
-        elif isinstance(resource, PortResource):
-            await self.datapath.call("add_port", bridge=resource.lab, name=resource.name,
-                                     ifname=resource.ifname, mode=resource.mode,
-                                     vlan=resource.vlan, allowed=list(resource.allowed),
-                                     native=resource.native)
-        elif isinstance(resource, VmNodeResource):
-            await asyncio.to_thread(realize.create_vm_taps, resource, self.state_dir)
-            await self.vms.start(resource)
-        else:
-            await asyncio.to_thread(realize.CREATE[type(resource)], resource, self.state_dir)
-
-    async def _delete(self, resource: Resource) -> None:
-        if isinstance(resource, BridgeResource):
-            await self.datapath.call("del_bridge", bridge=resource.lab)
-        elif isinstance(resource, PortResource):
-            await self.datapath.call("del_port", bridge=resource.lab, name=resource.name)
-        elif isinstance(resource, VmNodeResource):
-            await self.vms.stop(resource)
-            await asyncio.to_thread(realize.delete_vm_taps, resource, self.state_dir)
-        else:
-            await asyncio.to_thread(realize.DELETE[type(resource)], resource, self.state_dir)
-
-    # ---- status -----------------------------------------------------------------------------
-
-    def _lab_status(self, record: LabRecord, stats: dict[str, Any]) -> dict[str, Any]:
-        ports = {r.name: r for r in record.resources if isinstance(r, PortResource)}
-
-        def nic(node: str, name: str, mac: str, ips: list[str], ifname: str) -> dict[str, Any]:
-            port = ports.get(naming.port_name(node, name))
-            return {"name": name, "mac": mac, "ip": ips, "ifname": ifname,
-                    "port": port.name if port else None, "mode": port.mode if port else None,
-                    "vlans": _port_vlans(port) if port else [],
-                    "native": port.native if port else None,
-                    "counters": stats.get(port.name) if port else None}
-
-        nodes: list[dict[str, Any]] = []
-        for res in record.resources:
-            if isinstance(res, VmNodeResource):
-                process = self.vms.get(res.lab, res.node)
-                nodes.append({
-                    "name": res.node, "kind": "vm",
-                    **(process.status() if process else {"state": "stopped"}),
-                    "nics": [nic(res.node, t.nic, t.mac, [t.ip] if t.ip else [], t.ifname)
-                             for t in res.taps]})
-            elif isinstance(res, NetnsNodeResource):
-                nodes.append({
-                    "name": res.node, "kind": "netns", "netns": res.netns,
-                    "state": "running" if realize.netns_node_alive(res) else "missing",
-                    "nics": [nic(res.node, n.nic, n.mac,
-                                 ["dhcp"] if n.dhcp else list(n.addresses), n.host_ifname)
-                             for n in res.nics]})
-        pending = [f"{r.kind}:{r.key[1]}" for r in record.pending()]
-        gateways = {r.network: r for r in record.resources if isinstance(r, GatewayResource)}
-        networks = [{"name": name, "vlan": n["vlan"], "mode": n["mode"],
-                     "gateway": gateways[name].address if name in gateways else None,
-                     "uplink": n.get("uplink")}
-                    for name, n in record.topology.get("networks", {}).items()]
-        uplinks = [{"port": p.name, "ifname": p.ifname, "vlans": _port_vlans(p),
-                    "counters": stats.get(p.name)}
-                   for p in ports.values() if naming.is_uplink_port(p.name)]
-        return {"name": record.lab, "source": record.source, "networks": networks,
-                "nodes": nodes, "uplinks": uplinks, "pending": pending}
-
-
-def _port_vlans(port: PortResource) -> list[int]:
-    if port.mode == "access":
-        return [port.vlan] if port.vlan is not None else []
-    return sorted(set(port.allowed) | ({port.native} if port.native else set()))

@@ -14,17 +14,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from vnet.daemon.resources import Resource, from_dict, to_dict
+from vnet.daemon.resources import NetworkResource, Resource, from_dict, to_dict
 
 Status = Literal["pending", "ready"]
+RunState = Literal["running", "stopped"]
 
 
 @dataclass
 class LabRecord:
+    """A lab's resources and the file it came from, and the run state its user chose for
+    each VM node (by node name; not named: running).  Records written before issue 11 also
+    held the topology as a dict; ``from_json`` turns its networks into resources."""
+
     lab: str
     source: str
-    topology: dict[str, Any]
     resources: dict[Resource, Status] = field(default_factory=dict)
+    vm_run: dict[str, RunState] = field(default_factory=dict)
 
     def ready(self) -> list[Resource]:
         return [r for r, status in self.resources.items() if status == "ready"]
@@ -33,8 +38,9 @@ class LabRecord:
         return [r for r, status in self.resources.items() if status == "pending"]
 
     def to_json(self) -> dict[str, Any]:
-        return {"lab": self.lab, "source": self.source, "topology": self.topology,
-                "resources": [{**to_dict(r), "status": s} for r, s in self.resources.items()]}
+        return {"lab": self.lab, "source": self.source,
+                "resources": [{**to_dict(r), "status": s} for r, s in self.resources.items()],
+                "vm_run": self.vm_run}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> LabRecord:
@@ -43,7 +49,49 @@ class LabRecord:
             item = dict(item)
             status = item.pop("status")
             resources[from_dict(item)] = status
-        return cls(data["lab"], data["source"], data["topology"], resources)
+        if "topology" in data and not any(isinstance(r, NetworkResource) for r in resources):
+            networks = _networks_of(data["lab"], data["topology"])
+            resources = {**dict.fromkeys(networks, "ready"), **resources}
+        return cls(data["lab"], data["source"], resources, dict(data.get("vm_run", {})))
+
+
+def _networks_of(lab: str, topology: dict[str, Any]) -> list[NetworkResource]:
+    """The network resources of a lab recorded before they existed, from the topology dict
+    such a record holds (``topology_to_dict``: a bridged network's ``uplink`` is a host ->
+    interface map in a lab with hosts), so that the first ``up`` after an upgrade finds
+    them recorded and changes nothing."""
+    networks = []
+    for name, network in topology.get("networks", {}).items():
+        uplink = network.get("uplink")
+        networks.append(NetworkResource(
+            lab, name, network["vlan"], network["mode"],
+            uplink if isinstance(uplink, str) else None,
+            tuple(sorted(uplink.items())) if isinstance(uplink, dict) else ()))
+    return networks
+
+
+class RecordJournal:
+    """The reconciler's journal (``reconciler.Journal``) over one lab record: every step is
+    saved to the lab's state file before the next one is taken."""
+
+    def __init__(self, store: StateStore, record: LabRecord) -> None:
+        self.store = store
+        self.record = record
+
+    def pending(self) -> list[Resource]:
+        return self.record.pending()
+
+    def mark_pending(self, resource: Resource) -> None:
+        self.record.resources[resource] = "pending"
+        self.store.save(self.record)
+
+    def mark_ready(self, resource: Resource) -> None:
+        self.record.resources[resource] = "ready"
+        self.store.save(self.record)
+
+    def forget(self, resource: Resource) -> None:
+        del self.record.resources[resource]
+        self.store.save(self.record)
 
 
 class StateStore:

@@ -109,6 +109,11 @@ class VmSupervisor:
     def get(self, lab: str, node: str) -> VmProcess | None:
         return self.vms.get((lab, node))
 
+    def status(self, lab: str, node: str) -> dict[str, object]:
+        """Its runner's state, pid, restarts and console (``stopped`` if it never ran)."""
+        process = self.get(lab, node)
+        return process.status() if process else {"state": "stopped"}
+
     async def start(self, vm: VmNodeResource) -> None:
         process = self.vms.get((vm.lab, vm.node))
         if process is None or process.vm != vm:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -11,6 +12,15 @@ VID_MIN, VID_MAX = 1, 4094
 def _check_vid(vid: int, what: str) -> None:
     if isinstance(vid, bool) or not isinstance(vid, int) or not VID_MIN <= vid <= VID_MAX:
         raise ValueError(f"{what} must be a VLAN ID in {VID_MIN}..{VID_MAX}, not {vid!r}")
+
+
+def vlan_members(mode: str, vlan: int | None, allowed: Iterable[int],
+                 native: int | None) -> frozenset[int]:
+    """The VLANs a port carries: an access port its ``vlan``, a trunk its ``allowed`` VLANs
+    and its ``native`` one (the one rule, for the switch and for what vnetd reports)."""
+    if mode == "access":
+        return frozenset() if vlan is None else frozenset({vlan})
+    return frozenset(allowed) | ({native} if native else set())
 
 
 @dataclass(frozen=True)
@@ -48,7 +58,6 @@ class PortConfig:
             _check_vid(self.vlan, f"the VLAN of access port {self.name}")
             if self.allowed or self.native is not None:
                 raise ValueError(f"access port {self.name} cannot have allowed or native VLANs")
-            members = frozenset({self.vlan})
         elif self.mode == "trunk":
             if self.vlan is not None:
                 raise ValueError(f"trunk port {self.name} takes allowed/native, not vlan")
@@ -56,11 +65,11 @@ class PortConfig:
                 _check_vid(vid, f"an allowed VLAN of trunk {self.name}")
             if self.native is not None:
                 _check_vid(self.native, f"the native VLAN of trunk {self.name}")
-            members = frozenset(self.allowed) | ({self.native} if self.native else set())
-            if not members:
-                raise ValueError(f"trunk port {self.name} carries no VLAN")
         else:
             raise ValueError(f"port mode must be access or trunk, not {self.mode!r}")
+        members = vlan_members(self.mode, self.vlan, self.allowed, self.native)
+        if not members:
+            raise ValueError(f"trunk port {self.name} carries no VLAN")
         object.__setattr__(self, "members", members)
 
     def tags(self, vid: int) -> bool:

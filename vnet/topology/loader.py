@@ -30,6 +30,7 @@ from vnet.topology.model import (
     Nic,
     Node,
     Topology,
+    forward_address,
 )
 from vnet.topology.report import INVALID, KeyPath, Reporter, format_path, undefined
 from vnet.topology.spec import Fields
@@ -474,8 +475,7 @@ class _Builder:
             if not ports:
                 self.rep.error(path, f"node {fw.node!r} has no access NIC in network "
                                f"{net.name!r}")
-            elif not any(isinstance(p.nic.ip, IPv4Interface) for p in ports) and (
-                    net.dhcp is None or fw.node not in net.dhcp.leases):
+            elif forward_address(net, fw.node, (p.nic for p in ports)) is None:
                 self.rep.error(path, f"node {fw.node!r} has no fixed address in network "
                                f"{net.name!r}: give it a static ip or a dhcp lease")
 

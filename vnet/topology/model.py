@@ -11,7 +11,7 @@ change?") and used as dictionary keys.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from ipaddress import (
     IPv4Address,
@@ -136,6 +136,18 @@ class Nic:
         return self.trunk
 
 
+def forward_address(network: Network, node: str, nics: Iterable[Nic]) -> IPv4Address | None:
+    """The address a forward into ``network`` reaches ``node`` at: the static IPv4 address
+    of its access NIC there, else its DHCP lease; None if it has neither (a forward then
+    cannot be made: the loader refuses the file)."""
+    for nic in nics:
+        if nic.network == network.name and isinstance(nic.ip, IPv4Interface):
+            return nic.ip.ip
+    if network.dhcp is not None and node in network.dhcp.leases:
+        return network.dhcp.leases[node]
+    return None
+
+
 @dataclass(frozen=True)
 class Disk:
     """A guest's virtio-blk disk image."""
@@ -224,6 +236,10 @@ class Topology:
             if node.name == name:
                 return node
         raise KeyError(f"lab {self.name!r} has no node {name!r}")
+
+    def forward_address(self, network: Network, node: str) -> IPv4Address | None:
+        """Where a forward into ``network`` to ``node`` goes (see ``forward_address``)."""
+        return forward_address(network, node, self.node(node).nics)
 
     def vlan_of(self, network_name: str) -> int:
         return self.network(network_name).vlan

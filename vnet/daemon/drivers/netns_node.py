@@ -1,0 +1,70 @@
+"""Namespace nodes: a namespace ``vnet-LAB-NODE`` and one veth pair per NIC, the node's end
+named as in the topology (``eth0``), the host's end ``vn`` + hash (``naming.host_ifname``),
+marked ``vnet:LAB:NODE:NIC`` and closed to the host's own stack (``nft.keep_host_stack_off``)."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from pyroute2 import IPRoute
+
+from vnet.daemon.drivers.base import BlockingDriver
+from vnet.daemon.resources import NetnsNodeResource, VethSpec
+from vnet.host import links, netns, nft
+
+
+class NetnsNodeDriver(BlockingDriver[NetnsNodeResource]):
+    kind = NetnsNodeResource.kind
+
+    def create_blocking(self, node: NetnsNodeResource) -> None:
+        with IPRoute() as ipr:
+            links.refuse_taken(ipr, (nic.host_ifname for nic in node.nics), "node")
+        netns.create(node.netns)
+        if not node.ipv6:
+            # No IPv6 unless asked: router solicitations and MLD reports would be noise on
+            # every link, and a packet test asserting "no other packets" would see them.
+            for key in ("net.ipv6.conf.all.disable_ipv6", "net.ipv6.conf.default.disable_ipv6"):
+                netns.write_sysctl(node.netns, key, "1")
+        with IPRoute() as ipr:
+            for nic in node.nics:
+                # The node's end has its MAC from birth (no frame can carry a temporary one)
+                # and goes up last, after its addresses (_configure_nic).
+                ipr.link("add", ifname=nic.host_ifname, kind="veth",
+                         peer={"ifname": nic.nic, "net_ns_fd": node.netns, "address": nic.mac})
+                nft.keep_host_stack_off(nic.host_ifname)
+                links.bring_up_port_end(ipr, nic.host_ifname, nic.alias)
+        with netns.open_iproute(node.netns) as ns:
+            ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
+            for nic in node.nics:
+                _configure_nic(ns, nic)
+
+    def delete_blocking(self, node: NetnsNodeResource) -> None:
+        with IPRoute() as ipr:
+            for nic in node.nics:
+                nft.forget_port_table(nic.host_ifname)
+                links.delete_owned_link(ipr, nic.host_ifname, nic.alias)
+        netns.remove(node.netns)
+
+    def exists_blocking(self, node: NetnsNodeResource) -> bool:
+        if not netns.exists(node.netns):
+            return False
+        with IPRoute() as ipr:
+            return links.all_present(ipr, (nic.host_ifname for nic in node.nics))
+
+    def describe(self, node: NetnsNodeResource) -> dict[str, Any]:
+        return {"name": node.node, "kind": "netns", "netns": node.netns,
+                "state": "running" if netns.exists(node.netns) else "missing",
+                "nics": [{"name": n.nic, "mac": n.mac,
+                          "ip": ["dhcp"] if n.dhcp else list(n.addresses),
+                          "ifname": n.host_ifname} for n in node.nics]}
+
+
+def _configure_nic(ns: IPRoute, nic: VethSpec) -> None:
+    index = ns.link_lookup(ifname=nic.nic)[0]
+    for address in nic.addresses:
+        iface = ipaddress.ip_interface(address)
+        ns.addr("add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+    ns.link("set", index=index, state="up")
+    if nic.gateway is not None:
+        ns.route("add", dst="0.0.0.0/0", gateway=nic.gateway, oif=index)

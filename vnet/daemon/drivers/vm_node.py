@@ -1,0 +1,55 @@
+"""VM nodes: one persistent TAP per NIC (named, marked and closed to the host's stack as a
+namespace node's host ends are), and a runner process that the ``VmSupervisor`` keeps."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pyroute2 import IPRoute
+
+from vnet.daemon.drivers.base import BlockingDriver
+from vnet.daemon.resources import VmNodeResource
+from vnet.daemon.vms import VmSupervisor
+from vnet.host import links, nft, tap
+
+
+class VmNodeDriver(BlockingDriver[VmNodeResource]):
+    """Created: its TAPs, then its runner started.  Deleted: the runner stopped, then the
+    TAPs.  The blocking steps are the TAPs'; the runner is the supervisor's."""
+
+    kind = VmNodeResource.kind
+
+    def __init__(self, vms: VmSupervisor) -> None:
+        self.vms = vms
+
+    async def create(self, vm: VmNodeResource) -> None:
+        await super().create(vm)
+        await self.vms.start(vm)
+
+    async def delete(self, vm: VmNodeResource) -> None:
+        await self.vms.stop(vm)
+        await super().delete(vm)
+
+    def create_blocking(self, vm: VmNodeResource) -> None:
+        with IPRoute() as ipr:
+            links.refuse_taken(ipr, (spec.ifname for spec in vm.taps), "node")
+            for spec in vm.taps:
+                tap.create_persistent_tap(spec.ifname)
+                nft.keep_host_stack_off(spec.ifname)
+                links.bring_up_port_end(ipr, spec.ifname, spec.alias)
+
+    def delete_blocking(self, vm: VmNodeResource) -> None:
+        with IPRoute() as ipr:
+            for spec in vm.taps:
+                nft.forget_port_table(spec.ifname)
+                links.delete_owned_link(ipr, spec.ifname, spec.alias)
+
+    def exists_blocking(self, vm: VmNodeResource) -> bool:
+        """Its TAPs are there (whether its runner runs is its state, not its existence)."""
+        with IPRoute() as ipr:
+            return links.all_present(ipr, (spec.ifname for spec in vm.taps))
+
+    def describe(self, vm: VmNodeResource) -> dict[str, Any]:
+        return {"name": vm.node, "kind": "vm", **self.vms.status(vm.lab, vm.node),
+                "nics": [{"name": t.nic, "mac": t.mac, "ip": [t.ip] if t.ip else [],
+                          "ifname": t.ifname} for t in vm.taps]}
