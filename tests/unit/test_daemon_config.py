@@ -443,7 +443,8 @@ def _paths(value: Any, prefix: tuple[str | int, ...] = ()) -> list[tuple[str | i
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-5, 200_000) | st.floats(allow_nan=False)
+    st.none() | st.booleans() | st.integers(-5, 200_000)
+    | st.floats(allow_nan=False, allow_infinity=False)
     | st.sampled_from(["", "a", "@g", "ring", "info", "mqtt://b", "mqtts://b:1", "1.2.3.4:5",
                        "/x", "ca.pem", "a" * 70]),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
