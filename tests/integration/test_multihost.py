@@ -322,6 +322,14 @@ def test_a_vnetd_of_another_host_refuses_the_lab(span: Span) -> None:
     assert "runs on hosts h1, h2, h3" in str(info.value) and "--host" in str(info.value)
 
 
+def test_a_host_without_its_underlay_address_refuses_the_lab(span: Span) -> None:
+    with TestHost(host="h2") as unwired, pytest.raises(DaemonError) as info:
+        unwired.up(span.path)
+    assert ("host h2: its underlay address 10.90.0.2 (the topology's hosts:) is on no "
+            "interface of this host") in str(info.value)
+    assert "ip addr add 10.90.0.2/PREFIX dev IFACE" in str(info.value)
+
+
 def test_down_on_each_host_removes_every_vxlan_netdev_entry_and_table(span: Span) -> None:
     if span.dataplane is not None:
         span.dataplane.close()
