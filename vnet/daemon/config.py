@@ -12,10 +12,11 @@ Precedence: command-line flags, then the environment (``$VNET_DATAPATH_PYTHON``,
 below (all of them are here).  A missing default file means all defaults; a missing
 ``--config FILE`` is an error.  Relative paths in the file are relative to its directory.
 
-Acted on today: ``socket``, ``state_dir``, ``netns``, ``log_level`` and ``datapath`` (its
-``io`` and ``busy_poll_us`` reach the datapath process through the two variables above, which
-it reads).  Carried for later work, not yet in effect: ``host``, ``bus``, ``metrics`` and
-``access`` (roles: ``vnet.daemon.access``).
+Acted on today: ``host`` (which part of a multi-host lab this vnetd realises; ``--host``),
+``socket``, ``state_dir``, ``netns``, ``log_level`` and ``datapath`` (its ``io`` and
+``busy_poll_us`` reach the datapath process through the two variables above, which it reads).
+Carried for later work, not yet in effect: ``bus``, ``metrics`` and ``access`` (roles:
+``vnet.daemon.access``).
 
 Regenerate the published schema after changing the table::
 
@@ -291,9 +292,11 @@ def parse_config(text: str, source: str = "<string>", *, base_dir: Path | None =
 
 def with_flags(config: DaemonConfig, *, socket: str | None = None, state_dir: str | None = None,
                netns: str | None = None, log_level: str | None = None,
-               datapath_python: str | None = None) -> DaemonConfig:
+               datapath_python: str | None = None, host: str | None = None) -> DaemonConfig:
     """``config`` with the command line's values (None: not given) in place of the file's."""
     changes: dict[str, Any] = {}
+    if host is not None:
+        changes["host"] = check_host_flag(host)
     if socket is not None:
         changes["socket"] = Path(socket)
     if state_dir is not None:
@@ -305,6 +308,14 @@ def with_flags(config: DaemonConfig, *, socket: str | None = None, state_dir: st
     if datapath_python is not None:
         changes["datapath"] = replace(config.datapath, python=datapath_python)
     return replace(config, **changes)
+
+
+def check_host_flag(host: str) -> str:
+    """``vnetd --host NAME``'s value, if it can be a key of a topology's hosts:."""
+    if not re.fullmatch(HOST_NAME, host):
+        raise ConfigError([f"--host {host!r}: not a valid vnet host name ({HOST_NAME_WHY}); "
+                           "give this host's name under the topology's hosts:"])
+    return host
 
 
 def datapath_environment(config: DaemonConfig) -> dict[str, str]:

@@ -17,6 +17,7 @@ from vnet.daemon.config import (
     LOG_LEVELS,
     ConfigError,
     DaemonConfig,
+    check_host_flag,
     datapath_environment,
     load_config,
     with_flags,
@@ -45,6 +46,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--state-dir",
                         help=f"where lab records and logs live (default {DEFAULT_STATE_DIR})")
     parser.add_argument("--netns", help="run inside this network namespace (a test 'host')")
+    parser.add_argument("--host", metavar="NAME",
+                        help="this host's name under a multi-host topology's hosts: (default: "
+                        "the config file's host:, or the machine's short host name)")
     parser.add_argument("--exit-when-idle", action="store_true",
                         help="exit once the last lab is down (set when `vnet up` starts vnetd)")
     parser.add_argument("--datapath-python", metavar="INTERPRETER",
@@ -58,9 +62,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def configure(args: argparse.Namespace) -> DaemonConfig:
     """The config file (``--config``, or the default one if it exists) under the flags."""
-    config = load_config(args.config)
+    if args.host is not None:  # it stands in for the machine's name, which may not be valid
+        check_host_flag(args.host)
+    config = load_config(args.config, hostname=args.host)
     return with_flags(config, socket=args.socket, state_dir=args.state_dir, netns=args.netns,
-                      log_level=args.log_level,
+                      log_level=args.log_level, host=args.host,
                       datapath_python=(args.datapath_python
                                        or os.environ.get("VNET_DATAPATH_PYTHON")))
 
@@ -77,7 +83,7 @@ def datapath_python(choice: str | None) -> str:
 
 async def serve(args: argparse.Namespace, config: DaemonConfig) -> None:
     daemon = Vnetd(config.socket, config.state_dir, args.exit_when_idle,
-                   datapath_python(config.datapath.python))
+                   datapath_python(config.datapath.python), host=config.host)
     await daemon.start()
     loop = asyncio.get_running_loop()
 

@@ -75,3 +75,28 @@ def gateway_port_ifname(lab: str, network: str) -> str:
 
 def gateway_alias(lab: str, network: str) -> str:
     return owner_alias(lab, gateway_owner(network), "gw")
+
+
+# The overlay: one kernel vxlan netdev per (lab, network) that spans hosts.  Its name is a
+# hash as a NIC's host end is, with its own prefix ("vx"), so it can never equal a "vn" name.
+OVERLAY_IFNAME_PREFIX = "vx"
+
+
+def overlay_ifname(lab: str, network: str) -> str:
+    """The vxlan netdev of ``network`` of ``lab`` in the host namespace (12 characters)."""
+    digest = hashlib.blake2b(f"{lab}/{network}".encode(), digest_size=5).hexdigest()
+    return OVERLAY_IFNAME_PREFIX + digest
+
+
+def overlay_owner(network: str) -> str:
+    """The pseudo-node that owns a network's vxlan netdev (``@``: never a node's name)."""
+    return f"{NON_NODE_PORT_PREFIX}overlay-{network}"
+
+
+def overlay_port_name(network: str) -> str:
+    """The switch port on a network's vxlan netdev."""
+    return port_name(overlay_owner(network), "vxlan")
+
+
+def overlay_alias(lab: str, network: str) -> str:
+    return owner_alias(lab, overlay_owner(network), "vxlan")

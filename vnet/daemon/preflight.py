@@ -1,38 +1,69 @@
 """What only the host can tell about a topology before ``vnet up`` changes anything: its
-uplinks exist, its NAT subnets do not overlap the host's own addresses (pyroute2, blocking)."""
+uplinks exist, its NAT subnets do not overlap the host's own addresses, and (a multi-host
+lab whose networks span hosts) which interface holds the host's underlay address, whose MTU
+bounds the overlay's (pyroute2, blocking)."""
 
 from __future__ import annotations
 
 import ipaddress
 import socket
+from dataclasses import dataclass
 
 from pyroute2 import IPRoute
 
 from vnet.daemon import naming
+from vnet.daemon.overlayplan import DEFAULT_UNDERLAY_MTU, overlay_plan
+from vnet.daemon.resources import refuse_foreign_lab
 from vnet.errors import HostError
 from vnet.topology import Topology
+from vnet.topology.placement import part_for_host
 
 
-def check_host(topology: Topology) -> None:
+@dataclass(frozen=True)
+class HostFacts:
+    """What ``desired_resources`` needs to know of this host."""
+
+    underlay_mtu: int = DEFAULT_UNDERLAY_MTU
+
+
+def check_host(topology: Topology, host: str | None = None) -> HostFacts:
+    """Refuse what this host (``host``: this vnetd's name) cannot realise of ``topology``,
+    every problem at once; else the facts its resources depend on."""
+    refuse_foreign_lab(topology, host)
+    part = part_for_host(topology, host)
     problems = []
     with IPRoute() as ipr:
-        for network in topology.networks:
-            if network.uplink and not ipr.link_lookup(ifname=network.uplink):
-                problems.append(f"network {network.name}: uplink {network.uplink} does not exist "
+        for name, uplink in part.uplinks:
+            if not ipr.link_lookup(ifname=uplink):
+                problems.append(f"network {name}: uplink {uplink} does not exist "
                                 f"on this host; name an existing interface (ip link)")
-        host_networks = [(a.get("IFA_LABEL") or str(a.get("index")),
-                          ipaddress.ip_interface(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}"))
-                         for a in ipr.get_addr(family=socket.AF_INET)]
+        addresses = [(a.get("IFA_LABEL") or str(a.get("index")), a["index"],
+                      ipaddress.ip_interface(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}"))
+                     for family in (socket.AF_INET, socket.AF_INET6)
+                     for a in ipr.get_addr(family=family)]
+        underlay_mtu = DEFAULT_UNDERLAY_MTU
+        if host is not None and overlay_plan(topology, host):
+            local = ipaddress.ip_address(topology.host(host).address)
+            holders = [index for _, index, iface in addresses if iface.ip == local]
+            if holders:
+                underlay_mtu = int(ipr.get_links(holders[0])[0].get("IFLA_MTU"))
+            else:
+                problems.append(
+                    f"host {host}: its underlay address {local} (the topology's hosts:) is on "
+                    f"no interface of this host, so VXLAN to the other hosts has no way out; "
+                    f"add it to the interface that leads to them (ip addr add {local}/PREFIX "
+                    f"dev IFACE) or correct hosts.{host}.address")
     own = {naming.gateway_ifname(topology.name, n.name)  # this lab's, from an earlier `up`
            for n in topology.networks}
-    for network in topology.networks:
+    for network in part.gateways:
         if network.subnet is None:
             continue
-        for label, iface in host_networks:
-            if label in own:
+        for label, _, iface in addresses:
+            if label in own or iface.version != 4:
                 continue
-            if network.mode == "nat" and iface.network.overlaps(network.subnet):
+            if iface.network.overlaps(network.subnet):
                 problems.append(f"network {network.name}: subnet {network.subnet} overlaps "
                                 f"{iface} on the host's {label}; choose another subnet")
     if problems:
         raise HostError("\n".join(problems))
+    return HostFacts(underlay_mtu)

@@ -7,6 +7,10 @@ are pure, so reconciliation is unit-tested without root; the drivers
 (``vnet.daemon.drivers``, one per kind) do the I/O and ``vnet.daemon.reconciler`` applies a
 plan through them.  A new kind is its dataclass here (a ``LabResource``), its place in
 ``KIND_ORDER`` and its driver.
+
+A lab with ``hosts`` is realised in parts: each vnetd derives only its own host's part
+(``vnet.topology.placement.part_for_host``) plus the overlay that joins it to the others
+(``vnet.daemon.overlayplan``).  A lab without hosts is realised whole.
 """
 
 from __future__ import annotations
@@ -16,9 +20,11 @@ from ipaddress import IPv4Address
 from typing import Any, ClassVar, Literal
 
 from vnet.daemon import naming, natrules
-from vnet.errors import VnetError
+from vnet.daemon.overlayplan import DEFAULT_UNDERLAY_MTU, OverlayPlan, address_family, overlay_plan
+from vnet.errors import HostError, VnetError
 from vnet.switch.ports import vlan_members
 from vnet.topology import Forward, Network, Nic, Node, Topology
+from vnet.topology.placement import part_for_host
 
 
 @dataclass(frozen=True)
@@ -77,6 +83,7 @@ class VethSpec:
     alias: str
     gateway: str | None = None  # default route (NICs in NAT networks)
     dhcp: bool = False          # address from the network's DHCP server
+    mtu: int | None = None      # set on a NIC in a network that spans hosts (None: 1500)
 
 
 @dataclass(frozen=True)
@@ -181,52 +188,137 @@ class PortResource(LabResource, kind="port", key="{lab}/{name}"):
         return sorted(vlan_members(self.mode, self.vlan, self.allowed, self.native))
 
 
+@dataclass(frozen=True)
+class OverlayResource(LabResource, kind="overlay", key="{lab}/{network}"):
+    """A network's VXLAN tunnel to the other hosts that have it: a kernel vxlan netdev in
+    the host namespace (a switch port like a NIC's host end), its head-end replication list
+    (``peers``, underlay addresses) and the remote MACs it knows (``macs``: MAC, peer
+    address, IPv4 or None).  See ``vnet.daemon.overlayplan``."""
+
+    network: str
+    ifname: str
+    vni: int
+    local: str
+    mtu: int
+    peers: tuple[str, ...]
+    macs: tuple[tuple[str, str, str | None], ...]
+    arp_proxy: bool
+    alias: str
+
+    @property
+    def node(self) -> str:
+        return naming.overlay_owner(self.network)
+
+    @property
+    def remote_macs(self) -> dict[str, tuple[str, str | None]]:
+        return {mac: (address, ip) for mac, address, ip in self.macs}
+
+
+@dataclass(frozen=True)
+class OverlayFilterResource(LabResource, kind="overlay-filter"):
+    """The lab's nftables table ``inet vnet-overlay-LAB``: VXLAN datagrams of the lab's VNIs
+    are accepted only from the declared peers of each (``rules``: VNI, peer addresses)."""
+
+    family: Literal["ip", "ip6"]
+    rules: tuple[tuple[int, tuple[str, ...]], ...]
+
+
 Resource = (BridgeResource | NetworkResource | GatewayResource | NatResource | DhcpResource
-            | NetnsNodeResource | VmNodeResource | PortResource | DhcpLeaseResource)
+            | NetnsNodeResource | VmNodeResource | PortResource | DhcpLeaseResource
+            | OverlayResource | OverlayFilterResource)
 # Creation order; deletion runs in reverse.
 KIND_ORDER = {BridgeResource.kind: 0, NetworkResource.kind: 0, GatewayResource.kind: 1,
-              NatResource.kind: 2, DhcpResource.kind: 3, NetnsNodeResource.kind: 4,
-              VmNodeResource.kind: 4, PortResource.kind: 5, DhcpLeaseResource.kind: 6}
+              OverlayFilterResource.kind: 1, OverlayResource.kind: 2, NatResource.kind: 2,
+              DhcpResource.kind: 3, NetnsNodeResource.kind: 4, VmNodeResource.kind: 4,
+              PortResource.kind: 5, DhcpLeaseResource.kind: 6}
 _CLASSES: dict[str, type[Resource]] = {
     c.kind: c for c in (BridgeResource, NetworkResource, GatewayResource, NatResource,
                         DhcpResource, NetnsNodeResource, VmNodeResource, PortResource,
-                        DhcpLeaseResource)}
+                        DhcpLeaseResource, OverlayResource, OverlayFilterResource)}
 
 
-def desired_resources(topology: Topology) -> list[Resource]:
+def desired_resources(topology: Topology, host: str | None = None,
+                      underlay_mtu: int = DEFAULT_UNDERLAY_MTU) -> list[Resource]:
+    """The resources of ``topology`` on this host.  ``host`` is this vnetd's name (its
+    config's ``host:``, ``vnetd --host``): a lab with ``hosts`` gets that host's part and its
+    overlay, whose MTU follows ``underlay_mtu`` (of the interface holding the host's
+    address); a lab without hosts is realised whole, whatever ``host`` is."""
     lab = topology.name
+    refuse_foreign_lab(topology, host)
+    part = part_for_host(topology, host)
+    overlays = overlay_plan(topology, host, underlay_mtu) if host is not None else {}
     resources: list[Resource] = [BridgeResource(lab, tuple(
-        VlanSpec(n.vlan, n.mac_aging, n.mac_limit) for n in topology.networks))]
+        VlanSpec(n.vlan, n.mac_aging, n.mac_limit) for n in part.networks))]
     resources.extend(NetworkResource(lab, n.name, n.vlan, n.mode, n.uplink,
                                      tuple(sorted(n.uplinks.items())))
-                     for n in topology.networks)
-    nat_networks = [n for n in topology.networks if n.mode == "nat"]
-    for network in nat_networks:
+                     for n in part.networks)
+    for network in part.gateways:
         resources.extend(_gateway(topology, network))
-    if nat_networks:
+    if part.gateways:
         resources.append(NatResource(lab, natrules.ruleset(lab, [
-            _nat_network(topology, n) for n in nat_networks])))
-    resources.extend(_dhcp(topology, n) for n in nat_networks if n.dhcp is not None)
-    for node in topology.nodes:
+            _nat_network(topology, n) for n in part.gateways])))
+    resources.extend(_dhcp(topology, n) for n in part.gateways if n.dhcp is not None)
+    for node in part.nodes:
         if node.kind == "netns":
-            resources.append(_netns_node(topology, node))
+            resources.append(_netns_node(topology, node, overlays))
             resources.extend(DhcpLeaseResource(lab, node.name, naming.netns_name(lab, node.name),
                                                nic.name) for nic in node.nics if nic.dhcp)
         else:
             resources.append(_vm_node(topology, node))
         resources.extend(_port(topology, node, nic) for nic in node.nics)
-    resources.extend(_uplink_ports(topology))
+    resources.extend(_uplink_ports(topology, [
+        (topology.network(name), uplink) for name, uplink in part.uplinks]))
+    resources.extend(_overlay(topology, plan) for plan in overlays.values())
+    resources.extend(_overlay_ports(topology, overlays))
+    if overlays:
+        resources.append(OverlayFilterResource(
+            lab, "ip" if address_family(topology) == 4 else "ip6",
+            tuple((p.vni, p.peer_addresses) for p in overlays.values())))
     return resources
 
 
-def _netns_node(topology: Topology, node: Node) -> NetnsNodeResource:
+def refuse_foreign_lab(topology: Topology, host: str | None) -> None:
+    """A lab with hosts is realised only by the vnetds of those hosts."""
+    names = [h.name for h in topology.hosts]
+    if names and host not in names:
+        raise HostError(
+            f"lab {topology.name!r} runs on hosts {', '.join(names)}, and this vnetd is host "
+            f"{host!r} (its config's host:, or vnetd --host NAME): bring the lab up on each of "
+            f"those hosts, by a vnetd started with --host set to that host's name")
+
+
+def _overlay(topology: Topology, overlay: OverlayPlan) -> OverlayResource:
+    """A spanning network's vxlan netdev (its switch port: ``_overlay_ports``)."""
+    return OverlayResource(
+        topology.name, overlay.network, overlay.ifname, overlay.vni, overlay.local,
+        overlay.mtu, overlay.peer_addresses,
+        tuple((mac, address, ip) for mac, (address, ip) in overlay.fdb.items()),
+        overlay.arp_proxy, naming.overlay_alias(topology.name, overlay.network))
+
+
+def _overlay_ports(topology: Topology, overlays: dict[str, OverlayPlan]) -> list[PortResource]:
+    return [PortResource(topology.name, naming.overlay_port_name(o.network), o.ifname,
+                         "access", vlan=o.vlan, node=naming.overlay_owner(o.network))
+            for o in overlays.values()]
+
+
+def _netns_node(topology: Topology, node: Node,
+                overlays: dict[str, OverlayPlan] | None = None) -> NetnsNodeResource:
     lab = topology.name
     return NetnsNodeResource(lab, node.name, naming.netns_name(lab, node.name), tuple(
         VethSpec(nic=nic.name, host_ifname=naming.host_ifname(lab, node.name, nic.name),
                  mac=nic.mac, addresses=(str(nic.ip),) if nic.ip is not None else (),
                  alias=naming.owner_alias(lab, node.name, nic.name),
-                 gateway=_default_gateway(topology, nic), dhcp=nic.dhcp)
+                 gateway=_default_gateway(topology, nic), dhcp=nic.dhcp,
+                 mtu=_nic_mtu(nic, overlays or {}))
         for nic in node.nics))
+
+
+def _nic_mtu(nic: Nic, overlays: dict[str, OverlayPlan]) -> int | None:
+    """A NIC that carries a network spanning hosts gets that overlay's MTU (the smallest, if
+    several), so that none of its frames is too big for the vxlan netdev."""
+    mtus = [overlays[n].mtu for n in nic.networks if n in overlays]
+    return min(mtus) if mtus else None
 
 
 def _vm_node(topology: Topology, node: Node) -> VmNodeResource:
@@ -307,13 +399,14 @@ def _port(topology: Topology, node: Node, nic: Nic) -> PortResource:
                         node=node.name)
 
 
-def _uplink_ports(topology: Topology) -> list[PortResource]:
-    """One switch port per uplink of the lab's bridged networks: an access port when one
-    untagged network uses it, else a trunk of its tagged networks (native: the untagged one)."""
+def _uplink_ports(topology: Topology, here: list[tuple[Network, str]]) -> list[PortResource]:
+    """One switch port per uplink of the bridged networks among ``here`` (network, interface
+    on this host): an access port when one untagged network uses it, else a trunk of its
+    tagged networks (native: the untagged one)."""
     uplinks: dict[str, list[Network]] = {}
-    for network in topology.networks:
-        if network.mode == "bridged" and network.uplink:
-            uplinks.setdefault(network.uplink, []).append(network)
+    for network, uplink in here:
+        if network.mode == "bridged":
+            uplinks.setdefault(uplink, []).append(network)
     ports = []
     for uplink, networks in sorted(uplinks.items()):
         name = naming.uplink_port_name(uplink)
@@ -353,8 +446,8 @@ def plan(desired: list[Resource], realised: list[Resource]) -> Plan:
     """
     desired_set = set(desired)
     to_delete = [r for r in realised if r not in desired_set]
-    rebuilt_nodes = {(r.lab, r.node) for r in to_delete
-                     if isinstance(r, NetnsNodeResource | VmNodeResource | GatewayResource)}
+    rebuilt_nodes = {(r.lab, r.node) for r in to_delete if isinstance(
+        r, NetnsNodeResource | VmNodeResource | GatewayResource | OverlayResource)}
     rebuilt_bridges = {r.lab for r in to_delete if isinstance(r, BridgeResource)}
     to_delete += [r for r in realised if isinstance(r, PortResource | DhcpLeaseResource)
                   and r in desired_set and ((r.lab, r.node) in rebuilt_nodes or (
@@ -385,6 +478,12 @@ def from_dict(data: dict[str, Any]) -> Resource:
         return PortResource(**{**data, "allowed": tuple(data.get("allowed", ()))})
     if cls is DhcpResource:
         return DhcpResource(**{**data, "hosts": tuple(tuple(h) for h in data["hosts"])})
+    if cls is OverlayResource:
+        return OverlayResource(**{**data, "peers": tuple(data["peers"]),
+                                  "macs": tuple(tuple(m) for m in data["macs"])})
+    if cls is OverlayFilterResource:
+        return OverlayFilterResource(data["lab"], data["family"], tuple(
+            (vni, tuple(peers)) for vni, peers in data["rules"]))
     if cls is VmNodeResource:
         return VmNodeResource(**{**data, "taps": tuple(TapSpec(**t) for t in data["taps"])})
     return cls(**data)

@@ -50,7 +50,8 @@ log = logging.getLogger("vnet.daemon")
 
 class Vnetd:
     def __init__(self, socket_path: Path, state_dir: Path, exit_when_idle: bool = False,
-                 datapath_python: str = sys.executable) -> None:
+                 datapath_python: str = sys.executable, host: str | None = None) -> None:
+        self.host = host  # this host's name under a multi-host lab's hosts:
         self.socket_path = socket_path
         self.state_dir = state_dir
         self.exit_when_idle = exit_when_idle
@@ -118,9 +119,9 @@ class Vnetd:
     async def op_up(self, request: UpRequest) -> dict[str, Any]:
         topology = parse_topology(request.text, source=request.source,
                                   base_dir=Path(request.source).parent)
-        await asyncio.to_thread(preflight.check_host, topology)
+        facts = await asyncio.to_thread(preflight.check_host, topology, self.host)
         async with self.lock:
-            return await self._reconcile(topology)
+            return await self._reconcile(topology, facts)
 
     async def op_down(self, request: DownRequest) -> dict[str, Any]:
         lab = request.lab
@@ -197,14 +198,15 @@ class Vnetd:
 
     # ---- reconciliation -------------------------------------------------------------------
 
-    async def _reconcile(self, topology: Topology) -> dict[str, Any]:
+    async def _reconcile(self, topology: Topology, facts: preflight.HostFacts
+                         ) -> dict[str, Any]:
         """Parse, plan, apply: the reconciler journals every step in the lab's record and
         rolls a failed change back, so the lab is left as it was."""
         lab = topology.name
         previous = self.store.load(lab)
         record = previous or LabRecord(lab, str(topology.source or ""))
         journal = RecordJournal(self.store, record)
-        desired = desired_resources(topology)
+        desired = desired_resources(topology, self.host, facts.underlay_mtu)
         work = plan(desired, record.ready())
         if work.empty and not journal.pending():
             return {"lab": lab, "created": 0, "removed": 0, "changed": False}

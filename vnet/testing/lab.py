@@ -32,8 +32,12 @@ class TestHost:
 
     __test__ = False  # not a pytest test class
 
-    def __init__(self, name: str | None = None) -> None:
+    def __init__(self, name: str | None = None, host: str | None = None,
+                 vnetd_args: Sequence[str] = ()) -> None:
+        """``host``: the vnetd's host name (``--host``), which part of a multi-host lab it
+        realises; ``vnetd_args``: more of vnetd's flags."""
         self.name = name or f"vnt-{secrets.token_hex(3)}"
+        self.vnetd_args = [*(("--host", host) if host is not None else ()), *vnetd_args]
         self.workdir = Path(tempfile.mkdtemp(prefix=f"{self.name}-"))
         self.socket = str(self.workdir / "vnetd.sock")
         self.state_dir = str(self.workdir / "state")
@@ -52,7 +56,8 @@ class TestHost:
         log = open(self.workdir / "vnetd.log", "ab")  # noqa: SIM115 - handed to the child
         self.process = subprocess.Popen(
             [sys.executable, "-m", "vnet.daemon.main", "--socket", self.socket,
-             "--state-dir", self.state_dir, "--netns", self.name, "--log-level", "DEBUG"],
+             "--state-dir", self.state_dir, "--netns", self.name, "--log-level", "DEBUG",
+             *self.vnetd_args],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         log.close()
         process = self.process

@@ -15,6 +15,8 @@ from vnet.daemon.drivers.gateway import GatewayDriver
 from vnet.daemon.drivers.nat import NatDriver
 from vnet.daemon.drivers.netns_node import NetnsNodeDriver
 from vnet.daemon.drivers.network import NetworkDriver
+from vnet.daemon.drivers.overlay import OverlayDriver
+from vnet.daemon.drivers.overlay_filter import OverlayFilterDriver
 from vnet.daemon.drivers.port import PortDriver
 from vnet.daemon.drivers.vm_node import VmNodeDriver
 from vnet.daemon.reconciler import Drivers
@@ -28,4 +30,4 @@ def host_drivers(state_dir: Path, datapath: DatapathSupervisor, vms: VmSuperviso
     return Drivers.of([
         BridgeDriver(datapath), NetworkDriver(), GatewayDriver(), NatDriver(state_dir),
         DhcpDriver(state_dir), NetnsNodeDriver(), VmNodeDriver(vms), PortDriver(datapath),
-        DhcpLeaseDriver()])
+        DhcpLeaseDriver(), OverlayDriver(), OverlayFilterDriver()])

@@ -28,10 +28,13 @@ class NetnsNodeDriver(BlockingDriver[NetnsNodeResource]):
                 netns.write_sysctl(node.netns, key, "1")
         with IPRoute() as ipr:
             for nic in node.nics:
-                # The node's end has its MAC from birth (no frame can carry a temporary one)
-                # and goes up last, after its addresses (_configure_nic).
-                ipr.link("add", ifname=nic.host_ifname, kind="veth",
-                         peer={"ifname": nic.nic, "net_ns_fd": node.netns, "address": nic.mac})
+                # The node's end has its MAC (and its MTU, in a network that spans hosts)
+                # from birth, so no frame can carry a temporary one, and goes up last, after
+                # its addresses (_configure_nic).
+                mtu = {"mtu": nic.mtu} if nic.mtu is not None else {}
+                ipr.link("add", ifname=nic.host_ifname, kind="veth", **mtu,
+                         peer={"ifname": nic.nic, "net_ns_fd": node.netns, "address": nic.mac,
+                               **mtu})
                 nft.keep_host_stack_off(nic.host_ifname)
                 links.bring_up_port_end(ipr, nic.host_ifname, nic.alias)
         with netns.open_iproute(node.netns) as ns:
@@ -57,7 +60,7 @@ class NetnsNodeDriver(BlockingDriver[NetnsNodeResource]):
                 "state": "running" if netns.exists(node.netns) else "missing",
                 "nics": [{"name": n.nic, "mac": n.mac,
                           "ip": ["dhcp"] if n.dhcp else list(n.addresses),
-                          "ifname": n.host_ifname} for n in node.nics]}
+                          "ifname": n.host_ifname, "mtu": n.mtu or 1500} for n in node.nics]}
 
 
 def _configure_nic(ns: IPRoute, nic: VethSpec) -> None:
