@@ -33,3 +33,9 @@ class DaemonError(VnetError):
 
 class DatapathError(VnetError):
     """The datapath process is unreachable or refused a control request."""
+
+
+class ProtocolError(VnetError, ValueError):
+    """A control-channel message is malformed: not a JSON object, an unknown operation,
+    a missing, unknown or mistyped field, another protocol version.  (A ``ValueError`` too,
+    as it was before it joined this hierarchy.)"""

@@ -14,14 +14,8 @@ from typing import Any, ClassVar, Literal
 
 from vnet.daemon import naming, natrules
 from vnet.errors import VnetError
+from vnet.switch import VlanOptions
 from vnet.topology import Network, Nic, Node, Topology
-
-
-@dataclass(frozen=True)
-class VlanSpec:
-    vid: int
-    mac_aging: float
-    mac_limit: int
 
 
 @dataclass(frozen=True)
@@ -30,7 +24,7 @@ class BridgeResource:
 
     kind: ClassVar[str] = "bridge"
     lab: str
-    vlans: tuple[VlanSpec, ...]
+    vlans: tuple[VlanOptions, ...]  # as the datapath's AddBridge carries them
 
     @property
     def key(self) -> tuple[str, str]:
@@ -201,7 +195,7 @@ _CLASSES: dict[str, type[Resource]] = {
 def desired_resources(topology: Topology) -> list[Resource]:
     lab = topology.name
     resources: list[Resource] = [BridgeResource(lab, tuple(
-        VlanSpec(n.vlan, n.mac_aging, n.mac_limit) for n in topology.networks))]
+        VlanOptions(n.vlan, n.mac_aging, n.mac_limit) for n in topology.networks))]
     nat_networks = [n for n in topology.networks if n.mode == "nat"]
     for network in nat_networks:
         resources.extend(_gateway(topology, network))
@@ -378,7 +372,7 @@ def from_dict(data: dict[str, Any]) -> Resource:
     if cls is None:
         raise ValueError("unknown resource kind in the state file")
     if cls is BridgeResource:
-        return BridgeResource(data["lab"], tuple(VlanSpec(**v) for v in data["vlans"]))
+        return BridgeResource(data["lab"], tuple(VlanOptions(**v) for v in data["vlans"]))
     if cls is NetnsNodeResource:
         nics = tuple(VethSpec(**{**n, "addresses": tuple(n["addresses"])}) for n in data["nics"])
         return NetnsNodeResource(data["lab"], data["node"], data["netns"], nics)

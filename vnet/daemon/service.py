@@ -33,6 +33,7 @@ from vnet.daemon.resources import (
 from vnet.daemon.state import LabRecord, StateStore
 from vnet.daemon.supervisor import DatapathSupervisor
 from vnet.daemon.vms import VmSupervisor
+from vnet.datapath import protocol
 from vnet.errors import DaemonError, VnetError
 from vnet.topology import Topology, parse_topology, topology_to_dict
 
@@ -146,7 +147,7 @@ class Vnetd:
         return {"lab": lab, "removed": removed}
 
     async def op_status(self, lab: str | None = None) -> dict[str, Any]:
-        stats = await self.datapath.call("stats")
+        stats = await self.datapath.call(protocol.GetStats())
         labs = [self._lab_status(r, stats.get(r.lab, {})) for r in self.store.load_all()
                 if lab is None or r.lab == lab]
         if lab is not None and not labs:
@@ -156,7 +157,7 @@ class Vnetd:
     async def op_fdb(self, lab: str) -> list[dict[str, Any]]:
         if self.store.load(lab) is None:
             raise DaemonError(f"lab {lab!r} is not up on this host")
-        result: list[dict[str, Any]] = await self.datapath.call("fdb", bridge=lab)
+        result: list[dict[str, Any]] = await self.datapath.call(protocol.GetFdb(lab))
         return result
 
     def _find_node(self, node: str, lab: str | None) -> NetnsNodeResource | VmNodeResource:
@@ -275,14 +276,11 @@ class Vnetd:
     async def _create(self, resource: Resource) -> None:
         """Datapath resources are control calls; the rest are kernel work, off the loop."""
         if isinstance(resource, BridgeResource):
-            await self.datapath.call("add_bridge", bridge=resource.lab, vlans=[
-                {"vid": v.vid, "mac_aging": v.mac_aging, "mac_limit": v.mac_limit}
-                for v in resource.vlans])
+            await self.datapath.call(protocol.AddBridge(resource.lab, resource.vlans))
         elif isinstance(resource, PortResource):
-            await self.datapath.call("add_port", bridge=resource.lab, name=resource.name,
-                                     ifname=resource.ifname, mode=resource.mode,
-                                     vlan=resource.vlan, allowed=list(resource.allowed),
-                                     native=resource.native)
+            await self.datapath.call(protocol.AddPort(
+                resource.lab, resource.name, resource.ifname, resource.mode,
+                vlan=resource.vlan, allowed=resource.allowed, native=resource.native))
         elif isinstance(resource, VmNodeResource):
             await asyncio.to_thread(realize.create_vm_taps, resource, self.state_dir)
             await self.vms.start(resource)
@@ -291,9 +289,9 @@ class Vnetd:
 
     async def _delete(self, resource: Resource) -> None:
         if isinstance(resource, BridgeResource):
-            await self.datapath.call("del_bridge", bridge=resource.lab)
+            await self.datapath.call(protocol.DelBridge(resource.lab))
         elif isinstance(resource, PortResource):
-            await self.datapath.call("del_port", bridge=resource.lab, name=resource.name)
+            await self.datapath.call(protocol.DelPort(resource.lab, resource.name))
         elif isinstance(resource, VmNodeResource):
             await self.vms.stop(resource)
             await asyncio.to_thread(realize.delete_vm_taps, resource, self.state_dir)

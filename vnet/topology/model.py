@@ -15,6 +15,8 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Interface
 from pathlib import Path
 from typing import Literal
 
+from vnet.switch.ports import DEFAULT_MAC_AGING, DEFAULT_MAC_LIMIT
+
 Mode = Literal["isolated", "nat", "bridged"]
 Kind = Literal["netns", "vm"]
 Restart = Literal["no", "on-failure", "always"]
@@ -83,8 +85,8 @@ class Network:
     dhcp: Dhcp | None = None
     forwards: tuple[Forward, ...] = ()
     reach: tuple[str, ...] = ()   # NAT networks this one may open connections to
-    mac_aging: float = 300.0
-    mac_limit: int = 1024
+    mac_aging: float = DEFAULT_MAC_AGING   # the switch's defaults (vnet.switch.ports)
+    mac_limit: int = DEFAULT_MAC_LIMIT
 
 
 @dataclass(frozen=True)
