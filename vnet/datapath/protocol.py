@@ -37,6 +37,7 @@ VERSION = 1
 _MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 
 
+@dataclasses.dataclass(frozen=True)
 class Request:
     """Base of every control request; ``op`` is its name on the wire."""
 
