@@ -56,22 +56,30 @@ def veth() -> Iterator[str]:
         netns.remove(name)
 
 
-def open_port(kind: str, ns: str) -> Port:
+Received = list[tuple[bytes, bytes, "int | None"]]
+
+
+def open_port(kind: str, ns: str) -> tuple[Port, Received]:
+    """The port, and the list its test frames are delivered to (others are left out)."""
+    received: Received = []
+
+    def deliver(hdr: bytes, frame: bytes, tci: int | None, now: float) -> None:
+        if frame[12:14] == ETHERTYPE:
+            received.append((hdr, frame, tci))
+
     config = PortConfig(1, "p0", "access", vlan=10)
     with netns.entered(ns):
-        return PORT_TYPES[kind](1, "lab", config, "p0", Schedule())
+        return PORT_TYPES[kind](1, config, "p0", Schedule(), deliver), received
 
 
-def drain_until(port: Port, count: int, timeout: float = 10.0
-                ) -> list[tuple[bytes, bytes, int | None]]:
-    """Drain until ``count`` test frames came (others, should any come, are left out)."""
-    got: list[tuple[bytes, bytes, int | None]] = []
+def drain_until(port: Port, received: Received, count: int, timeout: float = 10.0
+                ) -> Received:
     deadline = time.monotonic() + timeout
-    while len(got) < count:
-        assert time.monotonic() < deadline, f"only {len(got)} of {count} frames arrived"
+    while len(received) < count:
+        assert time.monotonic() < deadline, f"only {len(received)} of {count} frames arrived"
         select.select([port.fileno()], [], [], 0.05)
-        got += [f for f in port.drain(time.monotonic(), 64) if f[1][12:14] == ETHERTYPE]
-    return got
+        port.drain(time.monotonic(), 64)
+    return received
 
 
 def receive_until(sock: socket.socket, count: int, timeout: float = 10.0) -> list[bytes]:
@@ -91,13 +99,13 @@ def receive_until(sock: socket.socket, count: int, timeout: float = 10.0) -> lis
 
 @pytest.mark.parametrize("kind", ["ring", "socket"])
 def test_a_port_drains_frames_with_their_tag_and_emits_in_order(kind: str, veth: str) -> None:
-    port = open_port(kind, veth)
+    port, received = open_port(kind, veth)
     peer = afpacket.open_packet_socket("p1", afpacket.PacketOptions(vnet_hdr=False), veth)
     try:
         plain, tagged = frame(b"plain" * 20), frame(b"tagged" * 20)
         peer.send(plain)
         peer.send(insert_tag(tagged, 3 << 13 | 10))
-        (hdr1, got1, tci1), (hdr2, got2, tci2) = drain_until(port, 2)
+        (hdr1, got1, tci1), (hdr2, got2, tci2) = drain_until(port, received, 2)
         assert len(hdr1) == len(hdr2) == VNET_HDR_LEN
         assert (got1, tci1) == (plain, None)
         assert (got2, tci2) == (tagged, 3 << 13 | 10)  # the kernel took the tag off
@@ -117,14 +125,14 @@ def test_a_port_drains_frames_with_their_tag_and_emits_in_order(kind: str, veth:
 
 
 def test_a_ring_port_takes_a_frame_larger_than_its_slot(veth: str) -> None:
-    port = open_port("ring", veth)
+    port, received = open_port("ring", veth)
     peer = afpacket.open_packet_socket("p1", afpacket.PacketOptions(vnet_hdr=False), veth)
     try:
         assert isinstance(port, RingPort)
         big = frame(b"J" * 8000)  # copied whole through the socket (TP_STATUS_COPY)
         peer.send(big)
         peer.send(frame(b"after"))
-        assert [f[1] for f in drain_until(port, 2)] == [big, frame(b"after")]
+        assert [f[1] for f in drain_until(port, received, 2)] == [big, frame(b"after")]
         assert port.stats({"drops": {}})["ring"]["rx_slots"] == port.ring.rx_frames
     finally:
         port.close()
@@ -140,8 +148,8 @@ def test_both_port_types_open_under_pypy(kind: str, veth: str) -> None:
     script = ("import sys\n"
               "from vnet.datapath.ports import PORT_TYPES, Schedule\n"
               "from vnet.switch import PortConfig\n"
-              f"port = PORT_TYPES[{kind!r}](1, 'lab', PortConfig(1, 'p0', 'access', vlan=10),"
-              " 'p0', Schedule())\n"
+              f"port = PORT_TYPES[{kind!r}](1, PortConfig(1, 'p0', 'access', vlan=10), 'p0',"
+              " Schedule(), print)\n"
               "print(port.fileno() > 0)\n")
     done = subprocess.run(["ip", "netns", "exec", veth, "pypy3", "-c", script],
                           capture_output=True, text=True, timeout=60,

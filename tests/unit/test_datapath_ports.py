@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -21,6 +21,9 @@ from vnet.datapath.ports import PORT_TYPES, Port, RingPort, Schedule, SocketPort
 from vnet.packet import insert_tag
 from vnet.switch import PortConfig
 
+if TYPE_CHECKING:
+    from vnet.datapath.ports import Deliver
+
 PEERS: dict[str, socket.socket] = {}  # the test's end of each memory port, by "ifname"
 HDR = bytes(10)
 
@@ -28,22 +31,21 @@ HDR = bytes(10)
 class MemoryPort(Port):
     """A port whose netdev is a datagram socketpair: one frame per datagram, no vnet_hdr."""
 
-    def __init__(self, number: int, bridge: str, config: PortConfig, ifname: str,
-                 schedule: Schedule) -> None:
-        super().__init__(number, bridge, config, ifname, schedule)
+    def __init__(self, number: int, config: PortConfig, ifname: str, schedule: Schedule,
+                 deliver: Deliver) -> None:
+        super().__init__(number, config, ifname, schedule, deliver)
         self.sock, PEERS[ifname] = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.setblocking(False)
         self.queued: list[bytes] = []
         self.flushes = 0
 
-    def drain(self, now: float, budget: int) -> list[tuple[bytes, bytes, int | None]]:
-        frames: list[tuple[bytes, bytes, int | None]] = []
+    def drain(self, now: float, budget: int) -> None:
         for _ in range(budget):
             try:
-                frames.append((HDR, self.sock.recv(65536), None))
+                frame = self.sock.recv(65536)
             except BlockingIOError:
-                break
-        return frames
+                return
+            self.deliver(HDR, frame, None, now)
 
     def emit(self, hdr: bytes, frame: bytes) -> None:
         assert hdr == HDR
@@ -136,7 +138,7 @@ def test_a_registered_port_type_is_switched_by_the_loop(datapath: str) -> None:
 def test_a_port_deleted_with_sends_queued_is_forgotten_by_the_schedule() -> None:
     schedule = Schedule()
     config = PortConfig(1, "a", "access", vlan=10)
-    port = MemoryPort(1, "lab", config, "x", schedule)
+    port = MemoryPort(1, config, "x", schedule, _deliver_nowhere)
     try:
         port.emit(HDR, b"frame")
         schedule.backlog.add(port)
@@ -146,3 +148,7 @@ def test_a_port_deleted_with_sends_queued_is_forgotten_by_the_schedule() -> None
         assert (schedule.dirty, schedule.backlog, schedule.holes) == ([], set(), set())
     finally:
         PEERS.pop("x").close()
+
+
+def _deliver_nowhere(hdr: bytes, frame: bytes, tci: int | None, now: float) -> None:
+    raise AssertionError("nothing was sent to this port")

@@ -7,7 +7,7 @@ lab), VLANs and ports exist.  The pieces:
 * ``vnet.datapath.ports``: port I/O (PACKET_MMAP rings or plain packet sockets), batched;
 * ``vnet.switch``: the switching decision (pure);
 * here: the loop (epoll, the per-port budget, busy-polling, the once-a-second timer for
-  MAC aging and ring upkeep), ``_forward``, the one place a decision is applied, whatever
+  MAC aging and ring upkeep), ``_deliverer``, the one place a decision is applied, whatever
   the ports' I/O, and the handlers of the control requests, which own bridges and ports.
 
 Adding a control request: the dataclass in ``protocol``, a method here, and an entry in
@@ -22,7 +22,7 @@ import select
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vnet.datapath import protocol
 from vnet.datapath.control import ControlServer
@@ -31,6 +31,9 @@ from vnet.errors import DatapathError
 from vnet.packet import insert_tag, split_outer_tag
 from vnet.packet.vnethdr import shift_vnet_hdr
 from vnet.switch import Switch
+
+if TYPE_CHECKING:
+    from vnet.datapath.ports import Deliver
 
 log = logging.getLogger("vnet.datapath")
 
@@ -79,7 +82,6 @@ class Datapath:
     def run(self) -> None:
         monotonic, poll = time.monotonic, self.epoll.poll
         schedule, port_by_fd, control = self.schedule, self.port_by_fd, self.control
-        forward = self._forward
         next_expire = monotonic() + EXPIRE_INTERVAL
         spin_until = 0.0
         while self.running:
@@ -96,8 +98,7 @@ class Datapath:
                     busy = True
                     if events & select.EPOLLERR:
                         port.socket_error()
-                    now = monotonic()
-                    forward(port, port.drain(now, RX_BUDGET), now)
+                    port.drain(monotonic(), RX_BUDGET)
                 else:
                     control.on_event(fd)
             if schedule.holes or schedule.backlog:
@@ -114,19 +115,19 @@ class Datapath:
                 next_expire = now + EXPIRE_INTERVAL
         self.close()
 
-    def _forward(self, port: Port, frames: list[Any], now: float) -> None:
-        """Switch the frames ``port`` drained and emit them where the decisions say: the one
-        code path for every port type."""
-        if not frames:
-            return
-        receive, ports, number = self.bridges[port.bridge].switch.receive, self.ports, port.number
-        for hdr, frame, tci in frames:
+    def _deliverer(self, switch: Switch, number: int) -> Deliver:
+        """Where port ``number`` of ``switch`` delivers what it receives: the frame is
+        switched and emitted where the decision says.  The one code path that applies a
+        decision, for every port type."""
+        receive, ports = switch.receive, self.ports
+
+        def deliver(hdr: bytes, frame: bytes, tci: int | None, now: float) -> None:
             if tci is None and frame[12:14] == b"\x81\x00":  # the kernel left the tag in
                 frame, tci = split_outer_tag(frame)
                 hdr = shift_vnet_hdr(hdr, -4)
             decision = receive(number, frame, tci, now)
             if decision.drop is not None:
-                continue
+                return
             for out in decision.untagged:
                 ports[out].emit(hdr, frame)
             if decision.tagged:
@@ -135,14 +136,15 @@ class Datapath:
                 for out in decision.tagged:
                     ports[out].emit(tagged_hdr, tagged)
 
+        return deliver
+
     def _revisit(self) -> None:
         """Drain again the ports that may hold frames without the kernel waking us: one left
         with frames when its budget ran out, one waiting at an empty ring slot.  (The kernel
         signals a ring readable only while the slot it filled last is taken.)"""
         schedule = self.schedule
         for port in list(schedule.backlog | schedule.holes):
-            now = time.monotonic()
-            self._forward(port, port.drain(now, RX_BUDGET), now)
+            port.drain(time.monotonic(), RX_BUDGET)
 
     def _every_second(self, now: float) -> None:
         for bridge in self.bridges.values():
@@ -192,7 +194,8 @@ class Datapath:
                 return {"number": number}
             self._del_port(br, request.name)
         try:
-            port = self.port_type(number, br.name, config, request.ifname, self.schedule)
+            port = self.port_type(number, config, request.ifname, self.schedule,
+                                  self._deliverer(br.switch, number))
         except OSError as err:
             raise DatapathError(f"cannot open port {request.name!r} on {request.ifname!r}: "
                                 f"{err.strerror or err}") from None
