@@ -256,6 +256,12 @@ def test_vnetds_supervisor_speaks_the_protocol(running: str, tmp_path: Path) -> 
             await supervisor.call(protocol.AddStatic("lab", 10, "02:00:00:00:00:01", "p"))
         with pytest.raises(DatapathError, match="datapath fdb: no bridge 'nope'"):
             await supervisor.call(protocol.GetFdb("nope"))
+        with pytest.raises(DatapathError, match=r"datapath add_port: cannot open port "
+                           r"'c1\.eth0' on 'vnet-no-such0': \w") as caught:
+            await supervisor.call(protocol.AddPort("lab", "c1.eth0", "vnet-no-such0", "access",
+                                                   vlan=10))
+        assert "Errno" not in str(caught.value)  # was "[Errno 19] No such device"
+        assert await supervisor.call(protocol.GetStats("lab")) == {"lab": {}}
 
     asyncio.run(calls())
 
