@@ -48,3 +48,9 @@ def describe_os_error(err: OSError) -> str:
     if isinstance(err, PermissionError):
         what += " (vnet needs root: run it as root or with sudo)"
     return what
+
+
+class ProtocolError(VnetError, ValueError):
+    """A control-channel message is malformed: not a JSON object, an unknown operation,
+    a missing, unknown or mistyped field, another protocol version.  (A ``ValueError`` too,
+    as it was before it joined this hierarchy.)"""

@@ -11,11 +11,11 @@ import json
 import socket
 from typing import Any
 
+from vnet.errors import ProtocolError
+
+__all__ = ["MAX_LINE", "ProtocolError", "call", "decode", "encode", "failed", "ok"]
+
 MAX_LINE = 16 << 20  # a topology file plus slack; longer lines are refused, not buffered forever
-
-
-class ProtocolError(ValueError):
-    """A line that is not a JSON object."""
 
 
 def encode(message: dict[str, Any]) -> bytes:

@@ -17,6 +17,7 @@ import pytest
 from tests.conftest import needs_root
 from vnet.bench import measure
 from vnet.bench.testbed import ADDR_A, ADDR_B, MAC_A, MAC_B, Testbed, Vnet, ns_cmd, run
+from vnet.datapath.protocol import GetStats
 
 
 @needs_root
@@ -41,7 +42,7 @@ def test_ring_datapath_forwards_right_after_a_64_byte_flood(
             bed.stop(flood, signal.SIGINT)
             ping = run(ns_cmd(bed.node_a, ["ping", "-n", "-c", "10", "-i", "0.05", "-W", "1",
                                            ADDR_B]), check=False)
-            stats = switch.call("stats", bridge="bench")["bench"]
+            stats = switch.call(GetStats("bench"))["bench"]
             assert " 0% packet loss" in ping.stdout, (ping.stdout, stats)
         assert stats["pb"]["tx_frames"] > 10_000, stats  # the flood did go through the rings
         assert "ring" in stats["pa"], stats

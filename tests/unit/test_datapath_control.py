@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 
 from vnet.datapath.engine import Datapath
+from vnet.datapath.protocol import VERSION
 from vnet.host.ring import BLOCK_SIZE, _ring_request
 
 
 def _call(dp: Datapath, **request: object) -> dict[str, object]:
-    return dp.handle_line(json.dumps(request).encode())
+    return dp.control.answer(json.dumps({"v": VERSION, **request}).encode())
 
 
 def test_fdb_size_and_flush_on_an_empty_bridge(tmp_path: Path) -> None:

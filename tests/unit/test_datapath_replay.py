@@ -24,11 +24,12 @@ from vnet.daemon.resources import (
     Resource,
     TapSpec,
     VethSpec,
-    VlanSpec,
     VmNodeResource,
 )
 from vnet.daemon.service import Vnetd
 from vnet.daemon.state import LabRecord
+from vnet.datapath import protocol
+from vnet.switch import VlanOptions
 
 
 class FakeDatapath:
@@ -45,18 +46,18 @@ class FakeDatapath:
         self.bridges.clear()  # a new datapath process knows nothing
         await asyncio.sleep(0)
 
-    async def call(self, op: str, **args: Any) -> Any:
+    async def call(self, request: protocol.Request) -> Any:
         task = asyncio.current_task()
-        self.calls.append((task.get_name() if task else "?", op))
+        self.calls.append((task.get_name() if task else "?", request.op))
         await asyncio.sleep(0)
-        if op == "add_bridge":
-            self.bridges.setdefault(args["bridge"], set())
-        elif op == "del_bridge":
-            self.bridges.pop(args["bridge"], None)
-        elif op == "add_port":
-            self.bridges[args["bridge"]].add(args["name"])
-        elif op == "del_port":
-            self.bridges.get(args["bridge"], set()).discard(args["name"])
+        if isinstance(request, protocol.AddBridge):
+            self.bridges.setdefault(request.bridge, set())
+        elif isinstance(request, protocol.DelBridge):
+            self.bridges.pop(request.bridge, None)
+        elif isinstance(request, protocol.AddPort):
+            self.bridges[request.bridge].add(request.name)
+        elif isinstance(request, protocol.DelPort):
+            self.bridges.get(request.bridge, set()).discard(request.name)
         return {}
 
 
@@ -76,7 +77,7 @@ def lab_record(lab: str) -> LabRecord:
     tap = TapSpec("eth0", naming.host_ifname(lab, "vm1", "eth0"), "02:00:00:00:00:02",
                   "10.0.0.2/24", naming.owner_alias(lab, "vm1", "eth0"))
     resources: list[Resource] = [
-        BridgeResource(lab, (VlanSpec(10, 300.0, 1024),)),
+        BridgeResource(lab, (VlanOptions(10, 300.0, 1024),)),
         NetnsNodeResource(lab, "c1", naming.netns_name(lab, "c1"), (nic,)),
         VmNodeResource(lab, "vm1", (tap,), 16 << 20, 1, "builtin:tiny", "", "always"),
         PortResource(lab, "c1.eth0", nic.host_ifname, "access", vlan=10, node="c1"),

@@ -11,14 +11,14 @@ from vnet.daemon.resources import (
     PortResource,
     Resource,
     VethSpec,
-    VlanSpec,
     from_dict,
     plan,
     to_dict,
 )
 from vnet.daemon.state import LabRecord, StateStore
+from vnet.switch import VlanOptions
 
-BRIDGE = BridgeResource("lab", (VlanSpec(10, 300.0, 1024),))
+BRIDGE = BridgeResource("lab", (VlanOptions(10, 300.0, 1024),))
 
 
 def node(name: str, address: str = "10.0.0.1/24") -> NetnsNodeResource:
@@ -63,7 +63,7 @@ def test_changed_node_rebuilds_its_ports_even_if_they_did_not_change() -> None:
 
 def test_changed_bridge_rebuilds_every_port_of_the_lab() -> None:
     realised: list[Resource] = [BRIDGE, node("n1"), port("n1")]
-    new_bridge = BridgeResource("lab", (VlanSpec(10, 60.0, 1024),))
+    new_bridge = BridgeResource("lab", (VlanOptions(10, 60.0, 1024),))
     work = plan([new_bridge, node("n1"), port("n1")], realised)
     assert work.delete == [port("n1"), BRIDGE]
     assert work.create == [new_bridge, port("n1")]

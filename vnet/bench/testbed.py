@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from vnet import jsonlines
-from vnet.errors import VnetError
+from vnet.datapath import protocol
+from vnet.errors import DatapathError, VnetError
+from vnet.switch import DEFAULT_MAC_LIMIT, VlanOptions
 
 ADDR_A, ADDR_B = "10.254.0.1", "10.254.0.2"
 MAC_A, MAC_B = "02:b0:00:00:00:0a", "02:b0:00:00:00:0b"
@@ -294,11 +296,12 @@ class Vnet(System):
         self.control = str(bed.tmp / "datapath.sock")
         self.proc: subprocess.Popen[Any] | None = None
 
-    def call(self, op: str, **args: Any) -> Any:
-        reply = jsonlines.call(self.control, {"op": op, **args}, timeout=600)
-        if not reply.get("ok"):
-            raise BenchError(f"datapath {op}: {reply.get('error')}")
-        return reply.get("result")
+    def call(self, request: protocol.Request) -> Any:
+        reply = jsonlines.call(self.control, protocol.to_wire(request), timeout=600)
+        try:
+            return protocol.result(reply, request.op)
+        except DatapathError as err:
+            raise BenchError(str(err)) from None
 
     def start(self, mac_table: int) -> None:
         # another interpreter (PyPy) finds vnet here; the datapath needs nothing else
@@ -309,11 +312,10 @@ class Vnet(System):
                                     "--log-level", "WARNING"], env=env, stderr=log)
         log.close()
         _wait_for(Path(self.control), "the vnet datapath", self.proc)
-        self.call("add_bridge", bridge="bench",
-                  vlans=[{"vid": BENCH_VLAN, "mac_limit": max(mac_table, 1024)}])
+        self.call(protocol.AddBridge("bench", (
+            VlanOptions(BENCH_VLAN, mac_limit=max(mac_table, DEFAULT_MAC_LIMIT)),)))
         for port in (self.bed.port_a, self.bed.port_b):
-            self.call("add_port", bridge="bench", name=port, ifname=port, mode="access",
-                      vlan=BENCH_VLAN)
+            self.call(protocol.AddPort("bench", port, port, "access", vlan=BENCH_VLAN))
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -324,10 +326,10 @@ class Vnet(System):
         return _rss(self.proc.pid) if self.proc else 0
 
     def table_entries(self) -> int:
-        return int(self.call("fdb_size", bridge="bench"))
+        return int(self.call(protocol.GetFdbSize("bench")))
 
     def flush_table(self) -> None:
-        self.call("flush_fdb", bridge="bench")
+        self.call(protocol.FlushFdb("bench"))
 
 
 def _rss(pid: int) -> int:

@@ -22,6 +22,7 @@ from typing import Any, ClassVar, Literal
 from vnet.daemon import naming, natrules
 from vnet.daemon.overlayplan import DEFAULT_UNDERLAY_MTU, OverlayPlan, address_family, overlay_plan
 from vnet.errors import HostError, VnetError
+from vnet.switch import VlanOptions
 from vnet.switch.ports import vlan_members
 from vnet.topology import Forward, Network, Nic, Node, Topology
 from vnet.topology.placement import part_for_host
@@ -48,17 +49,10 @@ class LabResource:
 
 
 @dataclass(frozen=True)
-class VlanSpec:
-    vid: int
-    mac_aging: float
-    mac_limit: int
-
-
-@dataclass(frozen=True)
 class BridgeResource(LabResource, kind="bridge"):
     """The lab's switch instance in the datapath (one per lab, so labs never share VLANs)."""
 
-    vlans: tuple[VlanSpec, ...]
+    vlans: tuple[VlanOptions, ...]  # as the datapath's AddBridge carries them
 
 
 @dataclass(frozen=True)
@@ -248,7 +242,7 @@ def desired_resources(topology: Topology, host: str | None = None,
     part = part_for_host(topology, host)
     overlays = overlay_plan(topology, host, underlay_mtu) if host is not None else {}
     resources: list[Resource] = [BridgeResource(lab, tuple(
-        VlanSpec(n.vlan, n.mac_aging, n.mac_limit) for n in part.networks))]
+        VlanOptions(n.vlan, n.mac_aging, n.mac_limit) for n in part.networks))]
     resources.extend(NetworkResource(lab, n.name, n.vlan, n.mode, n.uplink,
                                      tuple(sorted(n.uplinks.items())))
                      for n in part.networks)
@@ -468,7 +462,7 @@ def from_dict(data: dict[str, Any]) -> Resource:
     if cls is None:
         raise ValueError("unknown resource kind in the state file")
     if cls is BridgeResource:
-        return BridgeResource(data["lab"], tuple(VlanSpec(**v) for v in data["vlans"]))
+        return BridgeResource(data["lab"], tuple(VlanOptions(**v) for v in data["vlans"]))
     if cls is NetnsNodeResource:
         nics = tuple(VethSpec(**{**n, "addresses": tuple(n["addresses"])}) for n in data["nics"])
         return NetnsNodeResource(data["lab"], data["node"], data["netns"], nics)

@@ -42,6 +42,7 @@ from vnet.daemon.state import LabRecord, RecordJournal, StateStore
 from vnet.daemon.status import lab_status
 from vnet.daemon.supervisor import DatapathSupervisor
 from vnet.daemon.vms import VmSupervisor
+from vnet.datapath import protocol
 from vnet.errors import DaemonError
 from vnet.topology import Topology, parse_topology
 
@@ -139,7 +140,7 @@ class Vnetd:
 
     async def op_status(self, request: StatusRequest) -> dict[str, Any]:
         lab = request.lab
-        stats = await self.datapath.call("stats")
+        stats = await self.datapath.call(protocol.GetStats())
         labs = [lab_status(r, self.drivers, stats.get(r.lab, {})) for r in self.store.load_all()
                 if lab is None or r.lab == lab]
         if lab is not None and not labs:
@@ -149,7 +150,8 @@ class Vnetd:
     async def op_fdb(self, request: FdbRequest) -> list[dict[str, Any]]:
         if self.store.load(request.lab) is None:
             raise DaemonError(f"lab {request.lab!r} is not up on this host")
-        result: list[dict[str, Any]] = await self.datapath.call("fdb", bridge=request.lab)
+        result: list[dict[str, Any]] = await self.datapath.call(
+            protocol.GetFdb(request.lab))
         return result
 
     def _find_node(self, node: str, lab: str | None) -> NetnsNodeResource | VmNodeResource:

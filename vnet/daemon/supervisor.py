@@ -20,7 +20,8 @@ from typing import Any
 
 import vnet
 from vnet import jsonlines
-from vnet.errors import DatapathError
+from vnet.datapath import protocol
+from vnet.errors import DatapathError, ProtocolError
 
 log = logging.getLogger("vnet.supervisor")
 
@@ -57,7 +58,7 @@ class DatapathSupervisor:
         deadline = asyncio.get_running_loop().time() + START_TIMEOUT
         while True:
             try:
-                await self.call("ping")
+                await self.call(protocol.Ping())
                 break
             except (OSError, DatapathError):
                 if self.process.returncode is not None:
@@ -88,13 +89,15 @@ class DatapathSupervisor:
             except Exception:  # it died again (its new watcher restarts it), or cannot start
                 log.exception("restarting the datapath failed")
 
-    async def call(self, op: str, **args: Any) -> Any:
+    async def call(self, request: protocol.Request) -> Any:
+        """Send one request to the datapath; its result, or ``DatapathError``."""
+        op = request.op
         try:
             reader, writer = await asyncio.open_unix_connection(str(self.control_path))
         except (FileNotFoundError, ConnectionRefusedError) as err:
             raise DatapathError(f"the datapath is not reachable: {err}") from None
         try:
-            writer.write(jsonlines.encode({"op": op, **args}))
+            writer.write(protocol.encode(request))
             await writer.drain()
             line = await reader.readline()
         finally:
@@ -103,10 +106,11 @@ class DatapathSupervisor:
                 await writer.wait_closed()
         if not line:
             raise DatapathError(f"the datapath closed the connection during {op!r}")
-        reply = jsonlines.decode(line)
-        if not reply.get("ok"):
-            raise DatapathError(f"datapath {op}: {reply.get('error')}")
-        return reply.get("result")
+        try:
+            reply = jsonlines.decode(line)
+        except ProtocolError as err:
+            raise DatapathError(f"datapath {op}: a malformed reply: {err}") from None
+        return protocol.result(reply, op)
 
     async def stop(self) -> None:
         self._stopping = True

@@ -13,11 +13,13 @@ Two kernel facts shape this adapter (see docs/architecture.md):
 
 from __future__ import annotations
 
+import fcntl
 import socket
 import struct
 from dataclasses import dataclass
 
 from vnet.host import netns
+from vnet.packet.vnethdr import VNET_HDR_LEN
 
 ETH_P_ALL = 0x0003
 SOL_PACKET = 263
@@ -29,8 +31,8 @@ PACKET_IGNORE_OUTGOING = 23
 TP_STATUS_VLAN_VALID = 0x10
 SO_SNDBUFFORCE = 32  # not exported by the socket module on every Python
 SO_RCVBUFFORCE = 33
+SIOCGIFINDEX = 0x8933
 
-VNET_HDR_LEN = 10
 NO_VNET_HDR = bytes(VNET_HDR_LEN)
 MAX_FRAME = 65536 + 64
 _AUXDATA = struct.Struct("=IIIHHHH")  # struct tpacket_auxdata
@@ -53,18 +55,8 @@ def open_packet_socket(ifname: str, options: PacketOptions = PacketOptions(),
     with netns.entered(netns_name):
         sock = unbound_packet_socket()
         try:
-            ifindex = socket.if_nametoindex(ifname)
-            if options.vnet_hdr:
-                sock.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
-            sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
-            sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
-            _force_buffer(sock, SO_RCVBUFFORCE, socket.SO_RCVBUF, options.rcvbuf)
-            _force_buffer(sock, SO_SNDBUFFORCE, socket.SO_SNDBUF, options.sndbuf)
-            sock.bind((ifname, ETH_P_ALL))
-            if options.promiscuous:
-                mreq = struct.pack("iHH8s", ifindex, PACKET_MR_PROMISC, 0, b"")
-                sock.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, mreq)
-            sock.setblocking(False)
+            ifindex = prepare_receiver(sock, ifname, options)
+            bind_receiver(sock, ifname, ifindex, options.promiscuous)
         except BaseException:
             sock.close()
             raise
@@ -82,9 +74,46 @@ def unbound_packet_socket() -> socket.socket:
     return socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
 
 
-def _force_buffer(sock: socket.socket, force_opt: int, opt: int, size: int) -> None:
+# The steps every receiving packet socket of vnet takes, here and in ``vnet.host.ring``
+# (which sets up its ring between the two).
+
+def prepare_receiver(sock: socket.socket, ifname: str, options: PacketOptions) -> int:
+    """Options a receiver needs before it is bound (and before a ring is set up, which
+    fixes the header layout); returns ``ifname``'s index."""
+    ifindex = interface_index(sock, ifname)
+    if options.vnet_hdr:
+        sock.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
+    sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
+    sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
+    set_buffer(sock, socket.SO_RCVBUF, options.rcvbuf)
+    set_buffer(sock, socket.SO_SNDBUF, options.sndbuf)
+    return ifindex
+
+
+def bind_receiver(sock: socket.socket, ifname: str, ifindex: int, promiscuous: bool) -> None:
+    """Bind to ``ifname`` for every protocol, join promiscuously if asked, stop blocking."""
+    sock.bind((ifname, ETH_P_ALL))
+    if promiscuous:  # per socket: the membership goes away with it
+        mreq = struct.pack("iHH8s", ifindex, PACKET_MR_PROMISC, 0, b"")
+        sock.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, mreq)
+    sock.setblocking(False)
+
+
+def interface_index(sock: socket.socket, ifname: str) -> int:
+    """The netdev's index in the socket's namespace (SIOCGIFINDEX: PyPy's socket module has
+    no ``if_nametoindex``)."""
+    ifreq = struct.pack("16si12x", ifname.encode(), 0)
+    return int(struct.unpack_from("16si", fcntl.ioctl(sock.fileno(), SIOCGIFINDEX, ifreq))[1])
+
+
+_FORCED = {socket.SO_RCVBUF: SO_RCVBUFFORCE, socket.SO_SNDBUF: SO_SNDBUFFORCE}
+
+
+def set_buffer(sock: socket.socket, opt: int, size: int) -> None:
+    """Set SO_RCVBUF or SO_SNDBUF to ``size``, past the system's limit where allowed (root:
+    the ``...FORCE`` variant), else within it."""
     try:
-        sock.setsockopt(socket.SOL_SOCKET, force_opt, size)
+        sock.setsockopt(socket.SOL_SOCKET, _FORCED[opt], size)
     except PermissionError:
         sock.setsockopt(socket.SOL_SOCKET, opt, size)
 

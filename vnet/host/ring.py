@@ -21,25 +21,21 @@ The outer 802.1Q tag comes back in ``tp_vlan_tci`` with ``TP_STATUS_VLAN_VALID``
 
 from __future__ import annotations
 
-import fcntl
 import mmap
 import socket
 import struct
 
 from vnet.host.afpacket import (
-    ETH_P_ALL,
-    PACKET_ADD_MEMBERSHIP,
-    PACKET_AUXDATA,
-    PACKET_IGNORE_OUTGOING,
-    PACKET_MR_PROMISC,
     PACKET_VNET_HDR,
-    SO_RCVBUFFORCE,
-    SO_SNDBUFFORCE,
     SOL_PACKET,
+    PacketOptions,
+    bind_receiver,
+    prepare_receiver,
+    set_buffer,
     unbound_packet_socket,
 )
+from vnet.packet.vnethdr import VNET_HDR_LEN
 
-SIOCGIFINDEX = 0x8933
 PACKET_RX_RING = 5
 PACKET_COPY_THRESH = 7
 PACKET_VERSION = 10
@@ -64,7 +60,6 @@ STATUS = struct.Struct("=I")
 TX_HDR = struct.Struct("=III")  # status, len, snaplen
 TX_DATA_OFFSET = 32              # TPACKET_ALIGN(sizeof(struct tpacket2_hdr))
 _REQ = struct.Struct("=IIII")    # struct tpacket_req: block_size, block_nr, frame_size, frame_nr
-VNET_HDR_LEN = 10
 
 RX_FRAME_SIZE = 2048   # a full-size Ethernet frame with its headers fits; larger ones are copied
 RX_FRAMES = 2048       # 4 MiB, as the plain socket's receive buffer
@@ -82,9 +77,13 @@ def _ring_request(frame_size: int, frames: int) -> bytes:
 class PacketRing:
     """Packet sockets on one netdev: ``rx`` (receive ring, promiscuous) and ``tx`` (send ring).
 
-    The receive ring is read in place by the caller (see ``vnet.datapath.engine``): slot
-    ``index`` is ``rx_map[index * rx_frame_size:]``; it belongs to the reader while its status
-    has ``TP_STATUS_USER`` and goes back to the kernel when the reader writes 0.
+    This class sets the rings up and answers questions about them; their reader and writer
+    (``vnet.datapath.ports.RingPort``) keeps its own place in them and works on the maps in
+    place.  Receive slot ``i`` is ``rx_map[i * rx_frame_size:]``; it belongs to the reader
+    while its status has ``TP_STATUS_USER`` and goes back to the kernel when the reader
+    writes 0.  Send slot ``i`` is ``tx_map[i * tx_frame_size:]``, free while its status is 0;
+    ``flush`` hands the slots marked ``TP_STATUS_SEND_REQUEST`` to the kernel.  The frame's
+    ``virtio_net_hdr`` (``VNET_HDR_LEN`` bytes) sits right before it in both.
     """
 
     def __init__(self, ifname: str, rx_frames: int = RX_FRAMES, tx_frames: int = TX_FRAMES,
@@ -95,30 +94,21 @@ class PacketRing:
         self.rx_map: mmap.mmap | None = None
         self.tx_map: mmap.mmap | None = None
         try:
-            ifindex = _ifindex(self.rx, ifname)
             rx = self.rx
-            rx.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
-            rx.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
-            rx.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
+            ifindex = prepare_receiver(rx, ifname, PacketOptions(rcvbuf=rcvbuf))
             rx.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V2)
             rx.setsockopt(SOL_PACKET, PACKET_COPY_THRESH, 1)
-            _force(rx, SO_RCVBUFFORCE, socket.SO_RCVBUF, rcvbuf)
-            _force(rx, SO_SNDBUFFORCE, socket.SO_SNDBUF, 4 << 20)
             req = _ring_request(RX_FRAME_SIZE, rx_frames)
             rx.setsockopt(SOL_PACKET, PACKET_RX_RING, req)
             _bs, blocks, self.rx_frame_size, self.rx_frames = _REQ.unpack(req)
             self.rx_map = mmap.mmap(rx.fileno(), BLOCK_SIZE * blocks)
-            rx.bind((ifname, ETH_P_ALL))
-            if promiscuous:
-                mreq = struct.pack("iHH8s", ifindex, PACKET_MR_PROMISC, 0, b"")
-                rx.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, mreq)
-            rx.setblocking(False)
+            bind_receiver(rx, ifname, ifindex, promiscuous)
 
             tx = self.tx
             tx.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
             tx.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V2)
             tx.setsockopt(SOL_PACKET, PACKET_LOSS, 1)  # skip a malformed slot, do not stall
-            _force(tx, SO_SNDBUFFORCE, socket.SO_SNDBUF, 4 << 20)
+            set_buffer(tx, socket.SO_SNDBUF, 4 << 20)
             req = _ring_request(TX_FRAME_SIZE, tx_frames)
             tx.setsockopt(SOL_PACKET, PACKET_TX_RING, req)
             _bs, blocks, self.tx_frame_size, self.tx_frames = _REQ.unpack(req)
@@ -128,13 +118,8 @@ class PacketRing:
         except BaseException:
             self.close()
             raise
-        self.rx_index = 0
-        self.tx_index = 0
-        self.tx_pending = 0       # frames written to the TX ring since the last flush
-        self.tx_max = self.tx_frame_size - TX_DATA_OFFSET
+        self.tx_max = self.tx_frame_size - TX_DATA_OFFSET - VNET_HDR_LEN  # largest frame
         self.flush_deferred = 0
-        self.hole_since = 0.0     # when the reader found rx_index empty with frames after it
-        self.hole_index = 0       # ... that slot
         self.was_empty = False    # the ring was empty at the last wedge check
         self.kernel_drops = 0     # frames the kernel found no free slot for, so far
         self.flush_errors = 0
@@ -187,17 +172,15 @@ class PacketRing:
         self.was_empty = empty
         return wedged
 
-    def health(self) -> dict[str, int]:
-        """Where the reader is and how full the ring is (shown by ``vnet status --json``)."""
-        ready = sum(1 for status in self._statuses() if status & TP_STATUS_USER)
-        return {"rx_index": self.rx_index, "rx_ready": ready, "rx_slots": self.rx_frames}
+    def ready_count(self) -> int:
+        """How many receive slots hold frames for the reader."""
+        return sum(1 for status in self._statuses() if status & TP_STATUS_USER)
 
     def fileno(self) -> int:
         return self.rx.fileno()
 
     def flush(self) -> None:
         """Hand every frame written to the TX ring to the kernel (one system call)."""
-        self.tx_pending = 0
         try:
             self.tx.send(b"")
         except (BlockingIOError, InterruptedError):
@@ -213,16 +196,3 @@ class PacketRing:
         self.rx.close()
         self.tx.close()
 
-
-def _ifindex(sock: socket.socket, ifname: str) -> int:
-    """The netdev's index in the socket's namespace (SIOCGIFINDEX: PyPy's socket module has
-    no ``if_nametoindex``)."""
-    ifreq = struct.pack("16si12x", ifname.encode(), 0)
-    return int(struct.unpack_from("16si", fcntl.ioctl(sock.fileno(), SIOCGIFINDEX, ifreq))[1])
-
-
-def _force(sock: socket.socket, force_opt: int, opt: int, size: int) -> None:
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, force_opt, size)
-    except PermissionError:
-        sock.setsockopt(socket.SOL_SOCKET, opt, size)

@@ -11,6 +11,7 @@ from collections import deque
 from typing import NamedTuple
 
 from vnet.packet.ethernet import mac_to_bytes, mac_to_str
+from vnet.switch.ports import DEFAULT_MAC_AGING, DEFAULT_MAC_LIMIT
 
 
 class FdbEntry(NamedTuple):
@@ -56,7 +57,8 @@ class Fdb:
         # made static): a decision taken under an older generation may be stale.
         self.generation = 0
 
-    def configure_vlan(self, vid: int, aging: float = 300.0, limit: int = 1024) -> None:
+    def configure_vlan(self, vid: int, aging: float = DEFAULT_MAC_AGING,
+                       limit: int = DEFAULT_MAC_LIMIT) -> None:
         self.generation += 1
         vlan = self._vlans.get(vid)
         if vlan is None:
@@ -67,7 +69,7 @@ class Fdb:
     def _vlan(self, vid: int) -> _Vlan:
         vlan = self._vlans.get(vid)
         if vlan is None:
-            vlan = self._vlans[vid] = _Vlan(300.0, 1024)
+            vlan = self._vlans[vid] = _Vlan(DEFAULT_MAC_AGING, DEFAULT_MAC_LIMIT)
         return vlan
 
     def learn(self, vid: int, mac: bytes, port: int, now: float) -> int:

@@ -7,6 +7,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 VID_MIN, VID_MAX = 1, 4094
+# The switch's defaults for a VLAN, and so the topology's for a network (``vnet.topology``
+# takes them from here): how long a learned MAC is kept, how many one port may learn.
+DEFAULT_MAC_AGING: float = 300  # seconds (an int, so the JSON Schema says 300)
+DEFAULT_MAC_LIMIT = 1024
+
+PortMode = Literal["access", "trunk"]
 
 
 def _check_vid(vid: int, what: str) -> None:
@@ -28,8 +34,8 @@ class VlanOptions:
     """Switch options of one VLAN (a network): MAC aging time and per-port learning limit."""
 
     vid: int
-    mac_aging: float = 300.0
-    mac_limit: int = 1024
+    mac_aging: float = DEFAULT_MAC_AGING
+    mac_limit: int = DEFAULT_MAC_LIMIT
 
     def __post_init__(self) -> None:
         _check_vid(self.vid, "a VLAN")
@@ -45,7 +51,7 @@ class PortConfig:
 
     number: int
     name: str
-    mode: Literal["access", "trunk"]
+    mode: PortMode
     vlan: int | None = None
     allowed: frozenset[int] = frozenset()
     native: int | None = None

@@ -9,6 +9,7 @@ construction.  Regenerate the checked-in file after changing this table::
 
 from __future__ import annotations
 
+from vnet.switch.ports import DEFAULT_MAC_AGING, DEFAULT_MAC_LIMIT
 from vnet.topology import model, values
 from vnet.topology.spec import (
     JSON,
@@ -96,9 +97,9 @@ NETWORK = Obj(noun="network", description="A network: one VLAN on the lab's swit
                    "connections to (routed, not masqueraded; replies come back).  NAT "
                    "networks cannot reach each other otherwise.", only=("mode", NAT)),
     "mac_aging": Field(Number(above=0), "Seconds a learned MAC stays in the switch's table.",
-                       default=300),
+                       default=DEFAULT_MAC_AGING),
     "mac_limit": Field(Int(1), "Most MACs the switch learns per port in this network.",
-                       default=1024),
+                       default=DEFAULT_MAC_LIMIT),
 })
 
 NIC = Obj(noun="NIC", description="A NIC: an access port (network) or a trunk (trunk).",

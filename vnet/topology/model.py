@@ -24,6 +24,7 @@ from ipaddress import (
 from pathlib import Path
 from typing import Literal, TypeVar
 
+from vnet.switch.ports import DEFAULT_MAC_AGING, DEFAULT_MAC_LIMIT
 from vnet.topology.values import assign_vnis, parse_broker
 
 Mode = Literal["isolated", "nat", "bridged"]
@@ -105,8 +106,8 @@ class Network:
     dhcp: Dhcp | None = None
     forwards: tuple[Forward, ...] = ()
     reach: tuple[str, ...] = ()   # NAT networks this one may open connections to
-    mac_aging: float = 300.0
-    mac_limit: int = 1024
+    mac_aging: float = DEFAULT_MAC_AGING   # the switch's defaults (vnet.switch.ports)
+    mac_limit: int = DEFAULT_MAC_LIMIT
 
 
 @dataclass(frozen=True)

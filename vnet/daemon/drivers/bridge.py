@@ -6,6 +6,7 @@ from typing import Any
 
 from vnet.daemon.resources import BridgeResource
 from vnet.daemon.supervisor import DatapathSupervisor
+from vnet.datapath import protocol
 
 
 class BridgeDriver:
@@ -17,15 +18,13 @@ class BridgeDriver:
         self.datapath = datapath
 
     async def create(self, bridge: BridgeResource) -> None:
-        await self.datapath.call("add_bridge", bridge=bridge.lab, vlans=[
-            {"vid": v.vid, "mac_aging": v.mac_aging, "mac_limit": v.mac_limit}
-            for v in bridge.vlans])
+        await self.datapath.call(protocol.AddBridge(bridge.lab, bridge.vlans))
 
     async def delete(self, bridge: BridgeResource) -> None:
-        await self.datapath.call("del_bridge", bridge=bridge.lab)
+        await self.datapath.call(protocol.DelBridge(bridge.lab))
 
     async def exists(self, bridge: BridgeResource) -> bool:
-        answer = await self.datapath.call("ping")
+        answer = await self.datapath.call(protocol.Ping())
         return bridge.lab in answer.get("bridges", ())
 
     def describe(self, bridge: BridgeResource) -> dict[str, Any]:

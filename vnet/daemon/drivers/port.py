@@ -6,6 +6,7 @@ from typing import Any
 
 from vnet.daemon.resources import PortResource
 from vnet.daemon.supervisor import DatapathSupervisor
+from vnet.datapath import protocol
 
 
 class PortDriver:
@@ -17,15 +18,15 @@ class PortDriver:
         self.datapath = datapath
 
     async def create(self, port: PortResource) -> None:
-        await self.datapath.call("add_port", bridge=port.lab, name=port.name,
-                                 ifname=port.ifname, mode=port.mode, vlan=port.vlan,
-                                 allowed=list(port.allowed), native=port.native)
+        await self.datapath.call(protocol.AddPort(
+            port.lab, port.name, port.ifname, port.mode, vlan=port.vlan, allowed=port.allowed,
+            native=port.native))
 
     async def delete(self, port: PortResource) -> None:
-        await self.datapath.call("del_port", bridge=port.lab, name=port.name)
+        await self.datapath.call(protocol.DelPort(port.lab, port.name))
 
     async def exists(self, port: PortResource) -> bool:
-        stats = await self.datapath.call("stats", bridge=port.lab)
+        stats = await self.datapath.call(protocol.GetStats(port.lab))
         return port.name in stats.get(port.lab, {})
 
     def describe(self, port: PortResource) -> dict[str, Any]:

@@ -1,0 +1,383 @@
+"""The datapath's ports: where frames come in and go out, one class per kind of I/O.
+
+A port moves frames and knows nothing of switching: it hands each frame it receives to
+``deliver``, which the loop (``vnet.datapath.engine``) gave it, and which asks the bridge's
+switch where the frame goes and emits it through the ports the decision names.  Each port
+owns its I/O state (sockets, its place in a ring, hole recovery) and counts what its I/O
+lost (``io_errors``, shown as ``tx_errors``).
+
+The port interface (``Port``), as the loop uses it:
+
+``fileno()``
+    the fd the loop polls for readability
+``drain(now, budget)``
+    take up to ``budget`` received frames, each passed on at once as
+    ``deliver(vnet_hdr, frame, tci, now)``: ``frame`` as the kernel delivered it, ``tci``
+    the outer tag the kernel took off (None if none).  At once, not collected first: a
+    batch of 64 KiB GSO super-frames held back is megabytes out of the cache (CPython's
+    TCP fell from about 20 to 11 Gbit/s so)
+``emit(vnet_hdr, frame)``
+    send one frame; it may only be queued, for ``flush``
+``flush()``
+    hand what ``emit`` queued to the kernel (the loop calls it once per wake-up for each
+    port in ``Schedule.dirty``)
+``maintain(now)``
+    once a second; True asks the loop to ``rebuild()`` the port (its fd changes)
+``socket_error()``
+    epoll reported EPOLLERR on the fd
+``stats(counters)``
+    the switch's counters of the port plus the port's own
+``close()``
+
+A port with work the kernel will not wake the loop for says so in the loop's ``Schedule``:
+``dirty`` (sends queued), ``backlog`` (frames left when its budget ran out), ``holes`` (it
+waits at an empty ring slot: come back within ``HOLE_GRACE``).
+
+Adding a port type (an overlay port over UDP/VXLAN, a capture mirror): subclass ``Port``,
+implement the interface (a port that only sends delivers nothing), and
+register the class with ``@port_type("name")``; the loop needs no change.  Netdev ports are
+chosen by the datapath's ``--io`` name; a port of another kind comes with its own control
+request (``vnet.datapath.protocol``) whose handler constructs it.
+
+(Runs under PyPy 3.9 too: no ``X | Y`` outside annotations.)
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+from vnet.host import afpacket
+from vnet.host.ring import (
+    RX_HDR,
+    STATUS,
+    TP_STATUS_COPY,
+    TP_STATUS_SEND_REQUEST,
+    TP_STATUS_USER,
+    TP_STATUS_VLAN_VALID,
+    TX_DATA_OFFSET,
+    TX_HDR,
+    PacketRing,
+)
+from vnet.packet.vnethdr import VNET_HDR_LEN
+from vnet.switch import PortConfig
+
+if TYPE_CHECKING:
+    Deliver = Callable[[bytes, bytes, int | None, float], None]  # (vnet_hdr, frame, tci, now)
+
+log = logging.getLogger("vnet.datapath")
+
+# Seconds a receive slot may stay empty while later slots hold frames.  A slot is not
+# abandoned just because another CPU filled the next ones first: a vCPU descheduled mid-copy
+# (nested VMs, steal time) finished its slot more than 2 ms late here, and a slot skipped
+# too early is picked up only when the reader finds it again, out of order and up to a
+# second later (seen as a flood frame arriving ~0.5 s late under PyPy).
+HOLE_GRACE = 20e-3
+
+
+class Schedule:
+    """Work the loop owes its ports beyond their fds' readiness (see the module docstring)."""
+
+    __slots__ = ("backlog", "dirty", "holes")
+
+    def __init__(self) -> None:
+        self.dirty: list[Port] = []       # sends queued, not yet flushed (may repeat a port)
+        self.backlog: set[Port] = set()   # the last drain stopped at its budget
+        self.holes: set[Port] = set()     # the reader waits at an empty slot
+
+    def forget(self, port: Port) -> None:
+        self.dirty[:] = [p for p in self.dirty if p is not port]
+        self.backlog.discard(port)
+        self.holes.discard(port)
+
+
+class Port(ABC):
+    """One switch port's I/O; ``number`` is its number in the bridge's switch, ``deliver``
+    where the frames it receives go."""
+
+    kind: ClassVar[str]
+
+    def __init__(self, number: int, config: PortConfig, ifname: str, schedule: Schedule,
+                 deliver: Deliver) -> None:
+        self.number = number
+        self.config = config
+        self.ifname = ifname
+        self.schedule = schedule
+        self.deliver = deliver
+        self.io_errors: dict[str, int] = {}
+        self.sock: socket.socket  # the socket the loop polls; the subclass opens it
+
+    def count_error(self, reason: str) -> None:
+        self.io_errors[reason] = self.io_errors.get(reason, 0) + 1
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    @abstractmethod
+    def drain(self, now: float, budget: int) -> None:
+        """Deliver up to ``budget`` received frames (see the module docstring)."""
+
+    @abstractmethod
+    def emit(self, hdr: bytes, frame: bytes) -> None:
+        """Send ``frame`` with its virtio-net header (now, or at the next ``flush``)."""
+
+    def flush(self) -> None:  # noqa: B027 - most ports queue nothing
+        """Hand the frames ``emit`` queued to the kernel (nothing, for a port that queues
+        none)."""
+
+    def maintain(self, now: float) -> bool:
+        """Once a second; True asks the loop to ``rebuild`` the port."""
+        return False
+
+    def rebuild(self) -> None:  # noqa: B027 - only a port that asks (maintain) needs one
+        """Replace the port's sockets with fresh ones on the same netdev (the loop has
+        unregistered the fd and registers ``fileno()`` afterwards)."""
+
+    def socket_error(self) -> None:
+        err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            self.count_error(f"socket-{errno.errorcode.get(err, err)}")
+
+    def stats(self, counters: dict[str, Any]) -> dict[str, Any]:
+        """The switch's ``counters`` of this port with the port's own beside them."""
+        return {**counters, "ifname": self.ifname, "tx_errors": dict(self.io_errors)}
+
+    def close(self) -> None:
+        self.schedule.forget(self)
+        self.sock.close()
+
+
+PORT_TYPES: dict[str, type[Port]] = {}
+P = TypeVar("P", bound=type[Port])
+
+
+def port_type(kind: str) -> Callable[[P], P]:
+    """Register a port class under ``kind``."""
+
+    def register(cls: P) -> P:
+        cls.kind = kind
+        PORT_TYPES[kind] = cls
+        return cls
+
+    return register
+
+
+@port_type("ring")
+class RingPort(Port):
+    """A netdev port on PACKET_MMAP rings (``vnet.host.ring``): frames are read from the
+    receive ring and written into the send ring in place, with no system call per frame;
+    one ``send`` per wake-up flushes the send ring.  The default."""
+
+    def __init__(self, number: int, config: PortConfig, ifname: str, schedule: Schedule,
+                 deliver: Deliver) -> None:
+        super().__init__(number, config, ifname, schedule, deliver)
+        self._use(PacketRing(ifname))
+
+    def _use(self, ring: PacketRing) -> None:
+        """Read and write ``ring`` from its start."""
+        assert ring.rx_map is not None and ring.tx_map is not None
+        self.ring = ring
+        self.sock = ring.rx  # also takes frames too large for a slot, both ways
+        self.rx_map, self.tx_map = ring.rx_map, ring.tx_map
+        self.rx_frame_size, self.rx_frames = ring.rx_frame_size, ring.rx_frames
+        self.tx_frame_size, self.tx_max = ring.tx_frame_size, ring.tx_max
+        self.tx_end = ring.tx_frame_size * ring.tx_frames
+        self.rx_index = 0       # the next receive slot to read
+        self.tx_offset = 0      # where the next send slot starts
+        self.tx_pending = 0     # frames written to the send ring since the last flush
+        self.hole_since = 0.0   # when the reader found rx_index empty with frames after it
+        self.hole_index = 0     # ... that slot
+
+    def drain(self, now: float, budget: int) -> None:
+        """Deliver up to ``budget`` frames from the receive ring, in ring order.
+
+        Frames are taken strictly in ring order, the order the kernel fills slots in: a
+        reader that took them out of order would leave free slots behind the kernel's
+        head, and the kernel wakes the reader only while the slot it filled last is
+        taken, so such a ring can stop waking its reader."""
+        m = self.rx_map
+        size, count, index = self.rx_frame_size, self.rx_frames, self.rx_index
+        unpack, set_status, hdr_len = RX_HDR.unpack_from, STATUS.pack_into, VNET_HDR_LEN
+        deliver = self.deliver
+        taken = 0
+        while taken < budget:
+            off = index * size
+            status, length, snaplen, mac, _n, _s, _ns, vtci, _tpid = unpack(m, off)
+            if not status & TP_STATUS_USER:
+                skip_to = self._at_empty_slot(index, now, woken_for_nothing=not taken)
+                if skip_to == index:
+                    break
+                index = skip_to
+                continue
+            taken += 1
+            index += 1
+            if index == count:
+                index = 0
+            if status & TP_STATUS_COPY:  # larger than a slot: the whole frame is queued
+                set_status(m, off, 0)
+                try:
+                    hdr, frame, tci = afpacket.recv_frame(self.sock)
+                except OSError:
+                    self.count_error("rx-copy-lost")
+                    continue
+            else:
+                start = off + mac
+                hdr = m[start - hdr_len:start]
+                frame = m[start:start + snaplen]
+                set_status(m, off, 0)
+                if snaplen < length:
+                    self.count_error("rx-truncated")
+                    continue
+                tci = vtci if status & TP_STATUS_VLAN_VALID else None
+            deliver(hdr, frame, tci, now)
+        self.rx_index = index
+        schedule = self.schedule
+        if taken == budget:
+            schedule.backlog.add(self)
+        elif schedule.backlog:
+            schedule.backlog.discard(self)
+        if self.hole_since and index != self.hole_index:  # the late frame came: no hole
+            self.hole_since = 0.0
+            schedule.holes.discard(self)
+
+    def _at_empty_slot(self, index: int, now: float, woken_for_nothing: bool) -> int:
+        """Where to read next when the slot at ``index`` holds no frame.
+
+        Usually the kernel simply has nothing more.  If the slot after it holds a frame, the
+        kernel is either still writing ours (two CPUs can finish neighbouring slots out of
+        order, and a vCPU can be descheduled mid-copy) or gave the slot up.  The kernel wakes
+        the reader only while the slot it filled last is taken, so the loop comes back here
+        on a timer; if the slot is still empty HOLE_GRACE later, skip to the next frame in
+        ring order (the kernel reuses the slot on its next lap).  Holes can span several
+        slots: a wake-up that found nothing at all looks through the whole ring."""
+        ring = self.ring
+        if not self.hole_since:
+            waiting = (ring.next_ready(index) is not None if woken_for_nothing
+                       else ring.ready_after(index))
+            if waiting:
+                self.hole_since, self.hole_index = now, index
+                self.schedule.holes.add(self)
+            return index
+        if now - self.hole_since < HOLE_GRACE:
+            return index
+        self.hole_since = 0.0
+        self.schedule.holes.discard(self)
+        skip_to = ring.next_ready(index)
+        if skip_to is None:
+            return index
+        self.count_error("rx-ring-skip")
+        return skip_to
+
+    def emit(self, hdr: bytes, frame: bytes) -> None:
+        """Write one frame into the send ring (flushed after this wake-up's batch)."""
+        if len(frame) > self.tx_max:  # a super-frame: out through the plain socket, in order
+            if self.tx_pending:
+                self.flush()
+            _send(self, hdr + frame)
+            return
+        m = self.tx_map
+        off = self.tx_offset
+        if STATUS.unpack_from(m, off)[0]:  # the kernel still holds this slot: the ring is full
+            if self.tx_pending:
+                self.flush()
+            if STATUS.unpack_from(m, off)[0]:
+                self.count_error("tx-ring-full")
+                return
+        length = VNET_HDR_LEN + len(frame)
+        data = off + TX_DATA_OFFSET
+        m[data:data + VNET_HDR_LEN] = hdr
+        m[data + VNET_HDR_LEN:data + length] = frame
+        TX_HDR.pack_into(m, off, TP_STATUS_SEND_REQUEST, length, length)
+        off += self.tx_frame_size
+        self.tx_offset = 0 if off == self.tx_end else off
+        pending = self.tx_pending + 1
+        self.tx_pending = pending
+        if pending == 1:
+            self.schedule.dirty.append(self)
+
+    def flush(self) -> None:
+        if self.tx_pending:
+            self.tx_pending = 0
+            self.ring.flush()
+
+    def maintain(self, now: float) -> bool:
+        """A reader waiting at an empty slot with frames further on (a gap wider than
+        ``ready_after`` looks) starts its grace period; a ring the kernel stopped filling
+        (see ``PacketRing.wedged``) asks to be rebuilt."""
+        if not self.hole_since and self.ring.next_ready(self.rx_index) is not None:
+            self.hole_since, self.hole_index = now, self.rx_index
+            self.schedule.holes.add(self)
+        if self.ring.wedged():
+            log.warning("port %s: the kernel stopped filling its receive ring; rebuilding it",
+                        self.ifname)
+            self.count_error("rx-ring-rebuilt")
+            return True
+        return False
+
+    def rebuild(self) -> None:
+        """Fresh rings on the same netdev (the switch keeps the port's number, tables and
+        counters); the old ones stay if the netdev is going away (vnetd removes the port)."""
+        try:
+            ring = PacketRing(self.ifname)
+        except OSError as err:
+            log.warning("port %s: cannot reopen its rings: %s", self.ifname, err)
+            return
+        old = self.ring
+        self.flush()
+        self.schedule.forget(self)
+        old.kernel_counts()
+        ring.kernel_drops = old.kernel_drops
+        old.close()
+        self._use(ring)
+
+    def stats(self, counters: dict[str, Any]) -> dict[str, Any]:
+        stats = super().stats(counters)
+        ring = self.ring
+        stats["ring"] = {"rx_index": self.rx_index, "rx_ready": ring.ready_count(),
+                         "rx_slots": ring.rx_frames}
+        if ring.kernel_drops:  # the ring was full: the kernel had nowhere to put them
+            stats["drops"] = {**stats["drops"], "rx-ring-full": ring.kernel_drops}
+        return stats
+
+    def close(self) -> None:
+        self.schedule.forget(self)
+        self.ring.close()
+
+
+@port_type("socket")
+class SocketPort(Port):
+    """A netdev port on a plain packet socket: a ``recvmsg`` and a ``send`` per frame.  The
+    reference the rings are measured against, and the fallback."""
+
+    def __init__(self, number: int, config: PortConfig, ifname: str, schedule: Schedule,
+                 deliver: Deliver) -> None:
+        super().__init__(number, config, ifname, schedule, deliver)
+        self.sock = afpacket.open_packet_socket(ifname)
+
+    def drain(self, now: float, budget: int) -> None:
+        recv, sock, deliver = afpacket.recv_frame, self.sock, self.deliver
+        for _ in range(budget):
+            try:
+                hdr, frame, tci = recv(sock)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as err:  # the netdev went away under us; vnetd will remove the port
+                self.count_error(f"rx-{errno.errorcode.get(err.errno or 0, 'error')}")
+                return
+            deliver(hdr, frame, tci, now)
+
+    def emit(self, hdr: bytes, frame: bytes) -> None:
+        _send(self, hdr + frame)
+
+
+def _send(port: Port, data: bytes) -> None:
+    try:
+        port.sock.send(data)
+    except BlockingIOError:
+        port.count_error("tx-queue-full")
+    except OSError as err:
+        port.count_error(f"tx-{errno.errorcode.get(err.errno or 0, 'error')}")
