@@ -42,7 +42,6 @@ from vnet.bench.testbed import (
     ADDR_B,
     MAC_A,
     MAC_B,
-    NETNS_DIR,
     BenchError,
     Testbed,
     run,
@@ -66,16 +65,7 @@ class OverlayBed(Testbed):
         self.host2 = self.host[:-1] + "g"
 
     def build(self) -> None:
-        names = (self.host, self.host2, self.node_a, self.node_b)
-        for name in names:
-            if (NETNS_DIR / name).exists():
-                raise BenchError(f"network namespace {name} exists already; remove it with "
-                                 f"'ip netns del {name}' if a killed benchmark left it")
-            run(["ip", "netns", "add", name])
-            self.created.append(name)
-            self.sysctl(name, "net.ipv6.conf.all.disable_ipv6", "1")
-            self.sysctl(name, "net.ipv6.conf.default.disable_ipv6", "1")
-            run(["ip", "-n", name, "link", "set", "lo", "up"])
+        self.add_namespaces(self.host, self.host2, self.node_a, self.node_b)
         run(["ip", "-n", self.host, "link", "add", "ul0", "type", "veth", "peer", "name",
              "ul0", "netns", self.host2])
         for host, address in zip((self.host, self.host2), UNDERLAY, strict=True):

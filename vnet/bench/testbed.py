@@ -66,8 +66,9 @@ class Testbed:
 
     # ---- building ---------------------------------------------------------------------------
 
-    def build(self) -> None:
-        for name in (self.host, self.node_a, self.node_b):
+    def add_namespaces(self, *names: str) -> None:
+        """Fresh namespaces without IPv6 (no stray solicitations in the figures), lo up."""
+        for name in names:
             if (NETNS_DIR / name).exists():
                 raise BenchError(f"network namespace {name} exists already; remove it with "
                                  f"'ip netns del {name}' if a killed benchmark left it")
@@ -76,6 +77,9 @@ class Testbed:
             self.sysctl(name, "net.ipv6.conf.all.disable_ipv6", "1")
             self.sysctl(name, "net.ipv6.conf.default.disable_ipv6", "1")
             run(["ip", "-n", name, "link", "set", "lo", "up"])
+
+    def build(self) -> None:
+        self.add_namespaces(self.host, self.node_a, self.node_b)
         for port, node, addr, mac in ((self.port_a, self.node_a, ADDR_A, MAC_A),
                                       (self.port_b, self.node_b, ADDR_B, MAC_B)):
             run(["ip", "-n", self.host, "link", "add", port, "type", "veth",
