@@ -10,6 +10,7 @@ handler is one API operation; its request was checked at the edge (``requests``)
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import sys
@@ -17,8 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from vnet import __version__
+from vnet.bus.client import open_bus
 from vnet.daemon import naming, preflight
 from vnet.daemon.api import ApiServer
+from vnet.daemon.bus_service import BusService, client_config
+from vnet.daemon.config import BusConfig
 from vnet.daemon.drivers import host_drivers
 from vnet.daemon.reconciler import apply, remove_all
 from vnet.daemon.requests import (
@@ -35,6 +39,7 @@ from vnet.daemon.resources import (
     GatewayResource,
     NetnsNodeResource,
     PortResource,
+    Resource,
     VmNodeResource,
     datapath_resources,
     desired_resources,
@@ -46,13 +51,16 @@ from vnet.daemon.vms import VmSupervisor
 from vnet.errors import DaemonError
 from vnet.host import netns
 from vnet.topology import Topology, parse_topology, topology_to_dict
+from vnet.topology.placement import part_for_host
 
 log = logging.getLogger("vnet.daemon")
 
 class Vnetd:
     def __init__(self, socket_path: Path, state_dir: Path, exit_when_idle: bool = False,
-                 datapath_python: str = sys.executable) -> None:
+                 datapath_python: str = sys.executable, *, host: str | None = None,
+                 bus: BusConfig | None = None) -> None:
         self.socket_path = socket_path
+        self.host = host
         self.state_dir = state_dir
         self.exit_when_idle = exit_when_idle
         self.store = StateStore(state_dir)
@@ -67,6 +75,12 @@ class Vnetd:
             "ping": self.op_ping, "up": self.op_up, "down": self.op_down,
             "status": self.op_status, "fdb": self.op_fdb, "node": self.op_node,
             "vm": self.op_vm, "shutdown": self.op_shutdown})
+        self.bus: BusService | None = None
+        if bus is not None:
+            if host is None:
+                raise DaemonError("a vnetd with a bus needs its host name (host: in its config)")
+            settings = client_config(bus, host, str(state_dir))
+            self.bus = BusService(host, lambda: open_bus(settings, host), realiser=self)
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -76,6 +90,8 @@ class Vnetd:
             await self.program_datapath()
             await self._start_vms()
         await self.api.start()
+        if self.bus is not None:
+            await self.bus.start()     # connects in the background: start does not wait
         log.info("vnetd %s listening on %s, state in %s", __version__, self.socket_path,
                  self.state_dir)
 
@@ -99,6 +115,8 @@ class Vnetd:
                     await self.vms.start(resource)
 
     async def stop(self) -> None:
+        if self.bus is not None:
+            await self.bus.stop()      # offline first: peers stop flooding to this host
         await self.api.stop()
         await self.vms.stop_all()
         await self.datapath.stop()
@@ -113,12 +131,39 @@ class Vnetd:
     async def op_up(self, request: UpRequest) -> dict[str, Any]:
         topology = parse_topology(request.text, source=request.source,
                                   base_dir=Path(request.source).parent)
+        if topology.hosts and self.bus is not None:
+            return await self.bus.publish_up(topology)   # every host realises its part
+        result = await self.realise_part(topology)
+        others = [h.name for h in topology.hosts if h.name != self.host]
+        if others:
+            result["note"] = (f"this vnetd has no bus: configured, so only the part of host "
+                              f"{self.host} is up here; run 'vnet up {request.source}' on "
+                              f"{', '.join(others)} too")
+        return result
+
+    async def realise_part(self, topology: Topology) -> dict[str, Any]:
+        """This host's part of ``topology``, as ``vnet up`` or the bus asks (the lock
+        serialises it with every other change)."""
         await asyncio.to_thread(preflight.check_host, topology)
         async with self.lock:
             return await self._reconcile(topology)
 
+    async def remove_part(self, lab: str) -> bool:
+        """Take down this host's part of a multi-host lab (the bus's vnet down); a lab of
+        the same name brought up here without hosts is not the bus's and stays."""
+        async with self.lock:
+            record = self.store.load(lab)
+            if record is None or not record.topology.get("hosts"):
+                return False
+            await remove_all(list(record.resources), RecordJournal(self.store, record),
+                             self.drivers)
+            self.store.remove(lab)
+            return True
+
     async def op_down(self, request: DownRequest) -> dict[str, Any]:
         lab = request.lab
+        if self.bus is not None and self.bus.knows(lab):
+            return await self.bus.publish_down(lab)
         async with self.lock:
             record = self.store.load(lab)
             if record is None:
@@ -136,9 +181,14 @@ class Vnetd:
         stats = await self.datapath.call("stats")
         labs = [self._lab_status(r, stats.get(r.lab, {})) for r in self.store.load_all()
                 if lab is None or r.lab == lab]
-        if lab is not None and not labs:
+        on_bus = self.bus is not None and lab is not None and lab in (
+            self.bus.describe(lab)["desired"])
+        if lab is not None and not labs and not on_bus:
             raise DaemonError(f"lab {lab!r} is not up on this host")
-        return {"daemon": await self.op_ping(PingRequest()), "labs": labs}
+        answer = {"daemon": await self.op_ping(PingRequest()), "labs": labs}
+        if self.bus is not None:
+            answer["bus"] = self.bus.describe(lab)
+        return answer
 
     async def op_fdb(self, request: FdbRequest) -> list[dict[str, Any]]:
         if self.store.load(request.lab) is None:
@@ -195,7 +245,7 @@ class Vnetd:
         previous = self.store.load(lab)
         record = previous or LabRecord(lab, str(topology.source or ""), {})
         journal = RecordJournal(self.store, record)
-        work = plan(desired_resources(topology), record.ready())
+        work = plan(self._resources_here(topology), record.ready())
         if work.empty and not journal.pending():
             return {"lab": lab, "created": 0, "removed": 0, "changed": False}
         try:
@@ -210,6 +260,17 @@ class Vnetd:
         self.store.save(record)
         return {"lab": lab, "created": len(applied.created), "removed": len(applied.deleted),
                 "changed": True}
+
+    def _resources_here(self, topology: Topology) -> list[Resource]:
+        """This host's part of the lab.  Stand-in until the per-host realisation (overlay
+        branch: desired_resources(topology, host)) lands: only this host's nodes."""
+        if not topology.hosts:
+            return desired_resources(topology)
+        try:
+            part = part_for_host(topology, self.host)
+        except KeyError as err:
+            raise DaemonError(str(err.args[0])) from None
+        return desired_resources(dataclasses.replace(topology, nodes=part.nodes))
 
     # ---- status -----------------------------------------------------------------------------
 
