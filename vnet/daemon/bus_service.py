@@ -449,8 +449,11 @@ class BusService:
                           "hosts": [h.name for h in d.topology.hosts] if d else []}
                    for name in sorted(set(self.view.desired) | set(self.view.deleted))
                    if lab in (None, name) for d in [self.view.desired.get(name)]}
+        overlay = {f"{key[0]}/{key[1]}": {"flood_peers": sorted(peers),
+                                          "remote_macs": len(self._macs.get(key, {}))}
+                   for key, peers in sorted(self._flood.items()) if lab in (None, key[0])}
         return {"host": self.host, "connection": stats, "hosts": hosts, "desired": desired,
-                "restarts": self.restarts}
+                "overlay": overlay, "restarts": self.restarts}
 
 
 def _combine(into: Effects, more: Effects) -> Effects:

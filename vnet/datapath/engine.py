@@ -103,6 +103,8 @@ class Datapath:
             os.unlink(control_path)
         self.listener.bind(control_path)
         os.chmod(control_path, 0o600)
+        bound = os.stat(control_path)
+        self.control_id = (bound.st_dev, bound.st_ino)   # close removes only this file
         self.listener.listen(16)
         self.listener.setblocking(False)
         self.epoll.register(self.listener.fileno(), select.EPOLLIN)
@@ -545,8 +547,12 @@ class Datapath:
             self._drop_control(fd)
         self.listener.close()
         self.epoll.close()
+        # a successor (vnetd restarted after a crash) may have bound the path meanwhile:
+        # its socket is a different file, and stays
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.control_path)
+            now = os.stat(self.control_path)
+            if (now.st_dev, now.st_ino) == self.control_id:
+                os.unlink(self.control_path)
 
 
 def _send(port: Port, data: bytes) -> None:

@@ -32,8 +32,10 @@ class TestHost:
 
     __test__ = False  # not a pytest test class
 
-    def __init__(self, name: str | None = None) -> None:
+    def __init__(self, name: str | None = None, vnetd_args: Sequence[str] = ()) -> None:
+        """``vnetd_args`` go to vnetd after the test's own (``--config FILE``, say)."""
         self.name = name or f"vnt-{secrets.token_hex(3)}"
+        self.vnetd_args = list(vnetd_args)
         self.workdir = Path(tempfile.mkdtemp(prefix=f"{self.name}-"))
         self.socket = str(self.workdir / "vnetd.sock")
         self.state_dir = str(self.workdir / "state")
@@ -52,7 +54,8 @@ class TestHost:
         log = open(self.workdir / "vnetd.log", "ab")  # noqa: SIM115 - handed to the child
         self.process = subprocess.Popen(
             [sys.executable, "-m", "vnet.daemon.main", "--socket", self.socket,
-             "--state-dir", self.state_dir, "--netns", self.name, "--log-level", "DEBUG"],
+             "--state-dir", self.state_dir, "--netns", self.name, "--log-level", "DEBUG",
+             *self.vnetd_args],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         log.close()
         process = self.process
