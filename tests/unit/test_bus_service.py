@@ -380,3 +380,57 @@ def test_a_bug_in_a_session_is_logged_and_a_new_session_rebuilds_the_state(caplo
         assert h.bus.statuses[-1] == {"lab1": LabRealised(1)}
         assert h.service.view is not None and "lab1" in h.service.view.desired
     run(scenario)
+
+
+# -- vnetd's API routes multi-host labs through the bus --------------------------------------
+
+class FakeService:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+
+    async def publish_up(self, topology: Topology) -> dict[str, Any]:
+        self.calls.append(("up", topology.name))
+        return {"lab": topology.name, "generation": 1, "hosts": []}
+
+    async def publish_down(self, lab: str) -> dict[str, Any]:
+        self.calls.append(("down", lab))
+        return {"lab": lab, "generation": 2, "hosts": []}
+
+    def knows(self, lab: str) -> bool:
+        return lab == "lab1"
+
+
+def test_vnetd_publishes_a_multi_host_lab_on_its_bus_and_realises_it_alone_without(
+        tmp_path, monkeypatch):
+    from vnet.daemon.requests import DownRequest, UpRequest
+    from vnet.daemon.service import Vnetd
+
+    text = (tmp_path / "lab1.yaml")
+    text.write_text(dedent(f"""
+        name: lab1
+        hosts: {{h1: {{address: 10.0.0.1}}, h2: {{address: 10.0.0.2}}}}
+        bus: {{broker: "mqtt://10.0.0.9"}}
+        networks: {{office: {{vlan: 10}}}}
+        nodes:
+          c1: {{kind: netns, host: h1, nics: [{{name: eth0, network: office, mac: "{C1}"}}]}}
+    """))
+    realised: list[str] = []
+
+    async def realise_part(topology: Topology) -> dict[str, Any]:
+        realised.append(topology.name)
+        return {"lab": topology.name, "created": 3, "removed": 0, "changed": True}
+
+    async def scenario() -> None:
+        daemon = Vnetd(tmp_path / "vnetd.sock", tmp_path, host="h1")
+        monkeypatch.setattr(daemon, "realise_part", realise_part)
+        request = UpRequest(text.read_text(), str(text))
+        answer = await daemon.op_up(request)                   # no bus: this host's part
+        assert realised == ["lab1"]
+        assert f"run 'vnet up {text}' on h2 too" in answer["note"]
+        service = FakeService()
+        daemon.bus = service  # type: ignore[assignment]
+        assert (await daemon.op_up(request))["generation"] == 1
+        assert (await daemon.op_down(DownRequest("lab1")))["generation"] == 2
+        assert service.calls == [("up", "lab1"), ("down", "lab1")] and realised == ["lab1"]
+
+    asyncio.run(scenario())

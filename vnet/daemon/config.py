@@ -12,10 +12,10 @@ Precedence: command-line flags, then the environment (``$VNET_DATAPATH_PYTHON``,
 below (all of them are here).  A missing default file means all defaults; a missing
 ``--config FILE`` is an error.  Relative paths in the file are relative to its directory.
 
-Acted on today: ``socket``, ``state_dir``, ``netns``, ``log_level`` and ``datapath`` (its
+Acted on today: ``socket``, ``state_dir``, ``netns``, ``log_level``, ``datapath`` (its
 ``io`` and ``busy_poll_us`` reach the datapath process through the two variables above, which
-it reads).  Carried for later work, not yet in effect: ``host``, ``bus``, ``metrics`` and
-``access`` (roles: ``vnet.daemon.access``).
+it reads), ``host`` and ``bus`` (``vnet.daemon.bus_service``).  Carried for later work, not
+yet in effect: ``metrics`` and ``access`` (roles: ``vnet.daemon.access``).
 
 Regenerate the published schema after changing the table::
 
@@ -104,7 +104,8 @@ class TlsConfig:
 
 @dataclass(frozen=True)
 class BusConfig:
-    """The MQTT bus between hosts; the password stays in its file (read by later work)."""
+    """The MQTT bus between hosts; the password stays in its file (the bus client reads it
+    at each connection)."""
 
     broker: Broker
     username: str | None = None
