@@ -146,6 +146,8 @@ def cmd_down(client: Client, args: argparse.Namespace) -> int:
         print(f"lab {lab}: down on {', '.join(h['host'] for h in result['hosts'])}")
         return 0
     print(f"lab {lab}: down (removed {result['removed']})")
+    if result.get("note"):
+        print(f"note: {result['note']}")
     pid = result.get("daemon_exiting")
     if pid:  # vnetd was started by `vnet up` and goes with its last lab: wait, leave no process
         deadline = time.monotonic() + 10

@@ -136,8 +136,8 @@ class Vnetd:
         result = await self.realise_part(topology)
         others = [h.name for h in topology.hosts if h.name != self.host]
         if others:
-            result["note"] = (f"this vnetd has no bus: configured, so only the part of host "
-                              f"{self.host} is up here; run 'vnet up {request.source}' on "
+            result["note"] = (f"this vnetd has no bus (bus: in its config), so only host "
+                              f"{self.host}'s part is up; run 'vnet up {request.source}' on "
                               f"{', '.join(others)} too")
         return result
 
@@ -171,10 +171,16 @@ class Vnetd:
             removed = await remove_all(list(record.resources), RecordJournal(self.store, record),
                                        self.drivers)
             self.store.remove(lab)
+            answer: dict[str, Any] = {"lab": lab, "removed": removed}
+            others = [h for h in record.topology.get("hosts") or {} if h != self.host]
+            if others:
+                answer["note"] = (f"this vnetd has no bus (bus: in its config), so only this "
+                                  f"host's part is down; run 'vnet down --lab {lab}' on "
+                                  f"{', '.join(others)} too")
             if self.exit_when_idle and not self.store.load_all():
                 asyncio.get_running_loop().call_soon(lambda: asyncio.create_task(self.stop()))
-                return {"lab": lab, "removed": removed, "daemon_exiting": os.getpid()}
-        return {"lab": lab, "removed": removed}
+                answer["daemon_exiting"] = os.getpid()
+        return answer
 
     async def op_status(self, request: StatusRequest) -> dict[str, Any]:
         lab = request.lab
