@@ -125,18 +125,29 @@ def cmd_up(client: Client, args: argparse.Namespace) -> int:
     client.ensure_daemon()
     source = str(Path(args.file).resolve())
     result = client.call("up", text=Path(args.file).read_text(), source=source)
+    if "hosts" in result:    # published on the bus; every host answered
+        print(f"lab {topology.name}: generation {result['generation']} up on "
+              f"{', '.join(h['host'] for h in result['hosts'])}")
+        return 0
     if result["changed"]:
         print(f"lab {topology.name}: up (created {result['created']}, "
               f"removed {result['removed']})")
     else:
         print(f"lab {topology.name}: already up, nothing changed")
+    if result.get("note"):
+        print(f"note: {result['note']}")
     return 0
 
 
 def cmd_down(client: Client, args: argparse.Namespace) -> int:
     lab = args.lab or _lab_name_of(args.file)
     result = client.call("down", lab=lab)
+    if "hosts" in result:    # through the bus
+        print(f"lab {lab}: down on {', '.join(h['host'] for h in result['hosts'])}")
+        return 0
     print(f"lab {lab}: down (removed {result['removed']})")
+    if result.get("note"):
+        print(f"note: {result['note']}")
     pid = result.get("daemon_exiting")
     if pid:  # vnetd was started by `vnet up` and goes with its last lab: wait, leave no process
         deadline = time.monotonic() + 10
@@ -193,7 +204,29 @@ def cmd_status(client: Client, args: argparse.Namespace) -> int:
     if networks:
         print()
         print(format_table(["LAB", "NETWORK", "VLAN", "MODE", "GATEWAY", "UPLINK"], networks))
+    if "bus" in status:
+        print()
+        print(format_bus(status["bus"]))
     return 0
+
+
+def format_bus(bus: dict[str, Any]) -> str:
+    """The bus part of ``vnet status``: the connection, and each host's liveness and the
+    generation it realised of each lab (or its error)."""
+    connection = bus["connection"]
+    line = f"bus: {connection['state']} as {bus['host']}"
+    if connection.get("last_error"):
+        line += f" ({connection['last_error']})"
+    dropped = connection.get("dropped") or {}
+    if dropped:
+        line += "; dropped " + ", ".join(f"{n} {kind}" for kind, n in sorted(dropped.items()))
+    rows = []
+    for host in bus["hosts"]:
+        labs = [f"{name}@{lab['generation']}" + (f" ({lab['error']})" if lab["error"] else "")
+                for name, lab in host["labs"].items()]
+        rows.append([host["host"] + (" (this host)" if host["local"] else ""), host["state"],
+                     str(host["epoch"]), ", ".join(labs) or "-"])
+    return line + "\n" + format_table(["HOST", "STATE", "EPOCH", "LABS (generation)"], rows)
 
 
 def cmd_fdb(client: Client, args: argparse.Namespace) -> int:

@@ -51,3 +51,18 @@ def test_vnetd_refuses_a_datapath_interpreter_that_is_not_there() -> None:
     assert datapath_python(None) == sys.executable
     with pytest.raises(VnetError, match="no such interpreter; install it"):
         datapath_python("no-such-python-3000")
+
+
+def test_a_dying_datapath_leaves_its_successors_control_socket(tmp_path: Path) -> None:
+    """vnetd killed -9 and started again: the new vnetd's datapath binds the control socket
+    while the old one (SIGTERMed by PR_SET_PDEATHSIG) is still shutting down.  The old one
+    must not unlink the new one's socket on its way out."""
+    path = str(tmp_path / "dp.sock")
+    old = Datapath(path)
+    new = Datapath(path)          # unlinks the old one's file and binds its own
+    try:
+        old.close()
+        assert Path(path).is_socket(), "the old datapath removed its successor's socket"
+    finally:
+        new.close()
+    assert not Path(path).exists()

@@ -38,17 +38,17 @@ from vnet.bus.epoch import EpochFile, next_epoch
 from vnet.bus.errors import BusError
 from vnet.bus.messages import (
     Cleared,
-    DesiredLab,
     LabRealised,
     Message,
     SnapshotPart,
     State,
     Status,
     decode,
+    is_desired_state,
     is_retained,
     topic_of,
 )
-from vnet.bus.topics import DesiredTopic, TopicTree
+from vnet.bus.topics import TopicTree
 from vnet.errors import VnetError
 from vnet.topology.model import DEFAULT_TOPIC_ROOT
 from vnet.topology.model import Bus as TopologyBus
@@ -222,7 +222,9 @@ class BusClient:
         """Publish one message of this host (QoS 1; retained ones are also remembered and
         re-published after a reconnect).  False when not connected or the broker failed."""
         self._check_own(message)
-        if is_retained(message):
+        if is_retained(message) and not is_desired_state(message):
+            # re-published after a reconnect; desired state is not: a newer generation
+            # published meanwhile by another host must not be overwritten by this one
             self._retained[topic_of(self.tree, message)] = message
         client = self._client
         if client is None:
@@ -264,9 +266,8 @@ class BusClient:
         host = getattr(message, "host", None)
         if isinstance(message, Cleared):
             host = getattr(message.topic, "host", None)
-        if isinstance(message, DesiredLab) or (isinstance(message, Cleared)
-                                               and isinstance(message.topic, DesiredTopic)):
-            return                         # the operator's identity publishes these
+        if is_desired_state(message):
+            return               # any host may publish these for vnet up/down (docs/bus.md)
         if host != self.host:
             raise ValueError(f"host {self.host!r} cannot publish a message of host {host!r}")
 

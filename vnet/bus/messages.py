@@ -94,17 +94,23 @@ class DesiredLab:
                                    "topology": topology_to_dict(self.topology)})
 
     @classmethod
-    def from_json(cls, data: bytes, topic: Topic) -> DesiredLab:
+    def from_json(cls, data: bytes, topic: Topic) -> DesiredLab | LabDeleted:
+        """The desired state, or the tombstone (``"deleted": true``) that replaced it."""
         if not isinstance(topic, DesiredTopic):
             raise _wrong_topic(cls, topic)
         r = _Reader.load("desired", data)
         lab = r.lab("lab")
         generation = r.integer("generation", 1, MAX_SEQ)
-        document = r.object("topology")
+        deleted = "deleted" in r.document
+        if deleted and r.take("deleted") is not True:
+            r.fail("deleted must be true (or absent)")
+        document = None if deleted else r.object("topology")
         r.done()
         if lab != topic.lab:
             raise BusError("wrong-address", f"desired state of lab {lab!r} on the topic of "
                                             f"lab {topic.lab!r}")
+        if document is None:
+            return LabDeleted(lab, generation)
         try:
             topology = parse_topology(json.dumps(document), source=f"<desired {lab}>")
         except TopologyError as err:
@@ -114,6 +120,21 @@ class DesiredLab:
             raise BusError("wrong-address", f"the topology is named {topology.name!r}, "
                                             f"published as lab {lab!r}")
         return cls(lab, generation, topology)
+
+
+@dataclass(frozen=True)
+class LabDeleted:
+    """ROOT/labs/LAB/desired as ``{"v": 1, "lab": LAB, "generation": N, "deleted": true}``:
+    the lab is taken down on every host (``vnet down``).  Retained, a tombstone: a host that
+    was away when it came still takes its part down when it returns, and the next ``vnet up``
+    of the lab continues at ``N + 1``, so a generation never means two things."""
+
+    lab: str
+    generation: int
+
+    def to_json(self) -> bytes:
+        return _encode("desired", {"v": VERSION, "lab": self.lab, "generation": self.generation,
+                                   "deleted": True})
 
 
 @dataclass(frozen=True)
@@ -291,7 +312,7 @@ class Cleared:
     topic: DesiredTopic | StatusTopic | SnapshotTopic
 
 
-Message = DesiredLab | Status | SnapshotPart | Delta | Resync | Cleared
+Message = DesiredLab | LabDeleted | Status | SnapshotPart | Delta | Resync | Cleared
 
 _PARSERS: dict[type, Any] = {DesiredTopic: DesiredLab, StatusTopic: Status,
                              SnapshotTopic: SnapshotPart, DeltaTopic: Delta,
@@ -315,7 +336,7 @@ def decode(tree: TopicTree, topic: str, payload: bytes) -> Message | BusError:
 def topic_of(tree: TopicTree, message: Message) -> str:
     """The topic ``message`` is published on."""
     match message:
-        case DesiredLab(lab=lab):
+        case DesiredLab(lab=lab) | LabDeleted(lab=lab):
             return tree.desired(lab)
         case Status(host=host):
             return tree.status(host)
@@ -331,6 +352,13 @@ def topic_of(tree: TopicTree, message: Message) -> str:
 
 def is_retained(message: Message) -> bool:
     return not isinstance(message, Delta | Resync)
+
+
+def is_desired_state(message: Message) -> bool:
+    """A lab's desired state (or its tombstone, or its clearing): written for the operator,
+    not a host's own state, so a host never re-publishes it on its own."""
+    return isinstance(message, DesiredLab | LabDeleted) or (
+        isinstance(message, Cleared) and isinstance(message.topic, DesiredTopic))
 
 
 # -- strict reading ---------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from vnet.bus.messages import (
     Cleared,
     Delta,
     DesiredLab,
+    LabDeleted,
     Message,
     Resync,
     SnapshotPart,
@@ -44,7 +45,8 @@ class Effects:
     changes: list[Changes] = field(default_factory=list)
     transitions: list[Transition] = field(default_factory=list)
     publish: list[Message] = field(default_factory=list)
-    desired: dict[str, DesiredLab | None] = field(default_factory=dict)  # None: lab removed
+    # per lab: its new desired state, its tombstone (vnet down), or None (cleared)
+    desired: dict[str, DesiredLab | LabDeleted | None] = field(default_factory=dict)
 
     def add(self, changes: Changes) -> None:
         if changes:
@@ -66,10 +68,16 @@ class BusView:
         self.location = LocationTable(local_host)
         self.advertiser = Advertiser(local_host, min_interval=snapshot_interval)
         self.desired: dict[str, DesiredLab] = {}
+        self.deleted: dict[str, int] = {}    # lab -> generation of its tombstone
         self.local_labs: set[str] = set()   # labs this host advertises MACs in
 
     def topologies(self) -> list[Topology]:
         return [d.topology for _, d in sorted(self.desired.items())]
+
+    def generation(self, lab: str) -> int:
+        """The lab's newest generation known from its desired topic (0: none)."""
+        known = self.desired.get(lab)
+        return max(known.generation if known else 0, self.deleted.get(lab, 0))
 
     # -- the broker -------------------------------------------------------------------------
 
@@ -83,6 +91,8 @@ class BusView:
         match message:
             case DesiredLab():
                 return self._desired(message)
+            case LabDeleted():
+                return self._tombstone(message)
             case Status():
                 return self._status(message, now)
             case SnapshotPart():
@@ -92,6 +102,7 @@ class BusView:
             case Resync():
                 return self._resync(message, now)
             case Cleared(topic=DesiredTopic(lab=lab)):
+                self.deleted.pop(lab, None)       # cleared: generations start again
                 return self._lab_removed(lab)
             case Cleared(topic=StatusTopic(host=host)):
                 return self._down(self.peers.forget(host))
@@ -137,16 +148,35 @@ class BusView:
 
     def _desired(self, message: DesiredLab) -> Effects:
         known = self.desired.get(message.lab)
-        if known is not None and message.generation < known.generation:
-            raise BusError("stale", f"lab {message.lab!r} generation {message.generation} is "
-                                    f"older than the known {known.generation}; ignored")
+        self._check_generation(message.lab, message.generation,
+                               known.generation if known else self.deleted.get(message.lab))
         effects = Effects()
         if known == message:
             return effects
         self.desired[message.lab] = message
+        self.deleted.pop(message.lab, None)
         effects.desired[message.lab] = message
         effects.add(self.location.set_topology(message.topology))
         return effects
+
+    def _tombstone(self, message: LabDeleted) -> Effects:
+        """``vnet down``: the lab goes away at a generation that a later up must exceed."""
+        lab = message.lab
+        known = self.desired.get(lab)
+        self._check_generation(lab, message.generation,
+                               known.generation if known else self.deleted.get(lab))
+        if known is None and self.deleted.get(lab) == message.generation:
+            return Effects()                      # the same tombstone again
+        self.deleted[lab] = message.generation
+        effects = self._lab_removed(lab)
+        effects.desired[lab] = message
+        return effects
+
+    @staticmethod
+    def _check_generation(lab: str, generation: int, known: int | None) -> None:
+        if known is not None and generation < known:
+            raise BusError("stale", f"lab {lab!r} generation {generation} is older than the "
+                                    f"known {known}; ignored")
 
     def _lab_removed(self, lab: str) -> Effects:
         effects = Effects()

@@ -13,10 +13,10 @@ below (all of them are here).  A missing default file means all defaults; a miss
 ``--config FILE`` is an error.  Relative paths in the file are relative to its directory.
 
 Acted on today: ``host`` (which part of a multi-host lab this vnetd realises; ``--host``),
-``socket``, ``state_dir``, ``netns``, ``log_level`` and ``datapath`` (its ``io`` and
-``busy_poll_us`` reach the datapath process through the two variables above, which it reads).
-Carried for later work, not yet in effect: ``bus``, ``metrics`` and ``access`` (roles:
-``vnet.daemon.access``).
+``socket``, ``state_dir``, ``netns``, ``log_level``, ``datapath`` (its ``io`` and
+``busy_poll_us`` reach the datapath process through the two variables above, which it reads)
+and ``bus`` (``vnet.daemon.bus_service``).  Carried for later work, not yet in effect:
+``metrics`` and ``access`` (roles: ``vnet.daemon.access``).
 
 Regenerate the published schema after changing the table::
 
@@ -105,7 +105,8 @@ class TlsConfig:
 
 @dataclass(frozen=True)
 class BusConfig:
-    """The MQTT bus between hosts; the password stays in its file (read by later work)."""
+    """The MQTT bus between hosts; the password stays in its file (the bus client reads it
+    at each connection)."""
 
     broker: Broker
     username: str | None = None

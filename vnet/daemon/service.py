@@ -17,8 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from vnet import __version__
+from vnet.bus.client import open_bus
 from vnet.daemon import preflight
 from vnet.daemon.api import ApiServer
+from vnet.daemon.bus_service import BusService, client_config
+from vnet.daemon.config import BusConfig
 from vnet.daemon.drivers import host_drivers
 from vnet.daemon.reconciler import apply, remove_all
 from vnet.daemon.requests import (
@@ -51,9 +54,10 @@ log = logging.getLogger("vnet.daemon")
 
 class Vnetd:
     def __init__(self, socket_path: Path, state_dir: Path, exit_when_idle: bool = False,
-                 datapath_python: str = sys.executable, host: str | None = None) -> None:
-        self.host = host  # this host's name under a multi-host lab's hosts:
+                 datapath_python: str = sys.executable, *, host: str | None = None,
+                 bus: BusConfig | None = None) -> None:
         self.socket_path = socket_path
+        self.host = host
         self.state_dir = state_dir
         self.exit_when_idle = exit_when_idle
         self.store = StateStore(state_dir)
@@ -68,6 +72,12 @@ class Vnetd:
             "ping": self.op_ping, "up": self.op_up, "down": self.op_down,
             "status": self.op_status, "fdb": self.op_fdb, "node": self.op_node,
             "vm": self.op_vm, "shutdown": self.op_shutdown})
+        self.bus: BusService | None = None
+        if bus is not None:
+            if host is None:
+                raise DaemonError("a vnetd with a bus needs its host name (host: in its config)")
+            settings = client_config(bus, host, str(state_dir))
+            self.bus = BusService(host, lambda: open_bus(settings, host), realiser=self)
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -77,6 +87,8 @@ class Vnetd:
             await self.program_datapath()
             await self._start_vms()
         await self.api.start()
+        if self.bus is not None:
+            await self.bus.start()     # connects in the background: start does not wait
         log.info("vnetd %s listening on %s, state in %s", __version__, self.socket_path,
                  self.state_dir)
 
@@ -106,6 +118,8 @@ class Vnetd:
                     await self.vms.start(resource)
 
     async def stop(self) -> None:
+        if self.bus is not None:
+            await self.bus.stop()      # offline first: peers stop flooding to this host
         await self.api.stop()
         await self.vms.stop_all()
         await self.datapath.stop()
@@ -120,12 +134,39 @@ class Vnetd:
     async def op_up(self, request: UpRequest) -> dict[str, Any]:
         topology = parse_topology(request.text, source=request.source,
                                   base_dir=Path(request.source).parent)
+        if topology.hosts and self.bus is not None:
+            return await self.bus.publish_up(topology)   # every host realises its part
+        result = await self.realise_part(topology)
+        others = [h.name for h in topology.hosts if h.name != self.host]
+        if others:
+            result["note"] = (f"this vnetd has no bus (bus: in its config), so only host "
+                              f"{self.host}'s part is up; run 'vnet up {request.source}' on "
+                              f"{', '.join(others)} too")
+        return result
+
+    async def realise_part(self, topology: Topology) -> dict[str, Any]:
+        """This host's part of ``topology``, as ``vnet up`` or the bus asks (the lock
+        serialises it with every other change)."""
         facts = await asyncio.to_thread(preflight.check_host, topology, self.host)
         async with self.lock:
             return await self._reconcile(topology, facts)
 
+    async def remove_part(self, lab: str) -> bool:
+        """Take down this host's part of a multi-host lab (the bus's vnet down); a lab of
+        the same name brought up here without hosts is not the bus's and stays."""
+        async with self.lock:
+            record = self.store.load(lab)
+            if record is None or not record.hosts:
+                return False
+            await remove_all(list(record.resources), RecordJournal(self.store, record),
+                             self.drivers)
+            self.store.remove(lab)
+            return True
+
     async def op_down(self, request: DownRequest) -> dict[str, Any]:
         lab = request.lab
+        if self.bus is not None and self.bus.knows(lab):
+            return await self.bus.publish_down(lab)
         async with self.lock:
             record = self.store.load(lab)
             if record is None:
@@ -133,19 +174,30 @@ class Vnetd:
             removed = await remove_all(list(record.resources), RecordJournal(self.store, record),
                                        self.drivers)
             self.store.remove(lab)
+            answer: dict[str, Any] = {"lab": lab, "removed": removed}
+            others = [h for h in record.hosts if h != self.host]
+            if others:
+                answer["note"] = (f"this vnetd has no bus (bus: in its config), so only this "
+                                  f"host's part is down; run 'vnet down --lab {lab}' on "
+                                  f"{', '.join(others)} too")
             if self.exit_when_idle and not self.store.load_all():
                 asyncio.get_running_loop().call_soon(lambda: asyncio.create_task(self.stop()))
-                return {"lab": lab, "removed": removed, "daemon_exiting": os.getpid()}
-        return {"lab": lab, "removed": removed}
+                answer["daemon_exiting"] = os.getpid()
+        return answer
 
     async def op_status(self, request: StatusRequest) -> dict[str, Any]:
         lab = request.lab
         stats = await self.datapath.call(protocol.GetStats())
         labs = [lab_status(r, self.drivers, stats.get(r.lab, {})) for r in self.store.load_all()
                 if lab is None or r.lab == lab]
-        if lab is not None and not labs:
+        on_bus = self.bus is not None and lab is not None and lab in (
+            self.bus.describe(lab)["desired"])
+        if lab is not None and not labs and not on_bus:
             raise DaemonError(f"lab {lab!r} is not up on this host")
-        return {"daemon": await self.op_ping(PingRequest()), "labs": labs}
+        answer = {"daemon": await self.op_ping(PingRequest()), "labs": labs}
+        if self.bus is not None:
+            answer["bus"] = self.bus.describe(lab)
+        return answer
 
     async def op_fdb(self, request: FdbRequest) -> list[dict[str, Any]]:
         if self.store.load(request.lab) is None:
@@ -220,6 +272,7 @@ class Vnetd:
                 self.store.remove(lab)
             raise
         record.source = str(topology.source or "")
+        record.hosts = tuple(h.name for h in topology.hosts)
         # Recorded in the file's order (a changed node would otherwise move to the end).
         in_order = {r: record.resources[r] for r in desired if r in record.resources}
         record.resources = {**in_order, **record.resources}

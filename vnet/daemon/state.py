@@ -30,6 +30,7 @@ class LabRecord:
     source: str
     resources: dict[Resource, Status] = field(default_factory=dict)
     vm_run: dict[str, RunState] = field(default_factory=dict)
+    hosts: tuple[str, ...] = ()   # a multi-host lab's hosts (this vnetd realises one part)
 
     def ready(self) -> list[Resource]:
         return [r for r, status in self.resources.items() if status == "ready"]
@@ -40,7 +41,7 @@ class LabRecord:
     def to_json(self) -> dict[str, Any]:
         return {"lab": self.lab, "source": self.source,
                 "resources": [{**to_dict(r), "status": s} for r, s in self.resources.items()],
-                "vm_run": self.vm_run}
+                "vm_run": self.vm_run, "hosts": list(self.hosts)}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> LabRecord:
@@ -52,7 +53,8 @@ class LabRecord:
         if "topology" in data and not any(isinstance(r, NetworkResource) for r in resources):
             networks = _networks_of(data["lab"], data["topology"])
             resources = {**dict.fromkeys(networks, "ready"), **resources}
-        return cls(data["lab"], data["source"], resources, dict(data.get("vm_run", {})))
+        return cls(data["lab"], data["source"], resources, dict(data.get("vm_run", {})),
+                   tuple(data.get("hosts", ())))
 
 
 def _networks_of(lab: str, topology: dict[str, Any]) -> list[NetworkResource]:

@@ -94,8 +94,12 @@ class DatapathSupervisor:
         op = request.op
         try:
             reader, writer = await asyncio.open_unix_connection(str(self.control_path))
-        except (FileNotFoundError, ConnectionRefusedError) as err:
-            raise DatapathError(f"the datapath is not reachable: {err}") from None
+        except FileNotFoundError:
+            raise DatapathError(f"the datapath is not reachable: its control socket "
+                                f"{self.control_path} is missing") from None
+        except ConnectionRefusedError:
+            raise DatapathError(f"the datapath is not reachable: nothing listens on its "
+                                f"control socket {self.control_path}") from None
         try:
             writer.write(protocol.encode(request))
             await writer.drain()

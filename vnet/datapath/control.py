@@ -46,6 +46,8 @@ class ControlServer:
             os.unlink(path)
         self.listener.bind(path)
         os.chmod(path, 0o600)
+        bound = os.stat(path)
+        self.bound_id = (bound.st_dev, bound.st_ino)   # close removes only this file
         self.listener.listen(16)
         self.listener.setblocking(False)
         epoll.register(self.listener.fileno(), select.EPOLLIN)
@@ -112,5 +114,9 @@ class ControlServer:
         for fd in list(self.connections):
             self._drop(fd)
         self.listener.close()
+        # a successor (vnetd restarted after a crash) may have bound the path meanwhile: its
+        # socket is another file, and stays
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+            now = os.stat(self.path)
+            if (now.st_dev, now.st_ino) == self.bound_id:
+                os.unlink(self.path)

@@ -6,7 +6,9 @@
 The broker listens on 127.0.0.1 inside a namespace the fixture creates (nothing touches the
 machine's own network), reads a config file of its own (``conf``), a password file made by
 ``mosquitto_passwd``, and the ACL of docs/bus.md (``acl_text``: every host reads the tree and
-writes only under ``ROOT/hosts/USERNAME/``; the ``admin`` user writes desired state).
+writes only under ``ROOT/hosts/USERNAME/``; the ``admin`` user and the ``operators`` hosts
+write desired state).  ``listen=None`` listens on every address of the broker's namespace,
+for hosts in other namespaces linked to it (``link``).
 With ``tls_clients`` it also has a TLS listener (``tls_url``) that requires client
 certificates, whose CN is the username.  ``max_queued_messages`` is raised unless the test
 asks for mosquitto's default; persistence is off unless asked for (then in the fixture's own
@@ -26,7 +28,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterator, Mapping
+from collections.abc import Callable, Collection, Coroutine, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -37,8 +39,10 @@ DEFAULT_ROOT = "vnet/v1"
 T = TypeVar("T")
 
 
-def acl_text(root: str = DEFAULT_ROOT, admin: str | None = "vnet-admin") -> str:
-    """vnet's mosquitto ACL (the one shipped in docs/examples/mosquitto/vnet.acl)."""
+def acl_text(root: str = DEFAULT_ROOT, admin: str | None = "vnet-admin",
+             operators: Collection[str] = ()) -> str:
+    """vnet's mosquitto ACL (the one shipped in docs/examples/mosquitto/vnet.acl);
+    ``operators`` are hosts whose vnetd may publish desired state (vnet up/down there)."""
     lines = [
         "# vnet's bus ACL (docs/bus.md): every host reads the whole tree and writes only",
         "# under its own subtree; %u is the username (with TLS and use_identity_as_username,",
@@ -51,18 +55,24 @@ def acl_text(root: str = DEFAULT_ROOT, admin: str | None = "vnet-admin") -> str:
                   "# the operator's identity publishes desired state (the labs' topologies)",
                   f"user {admin}",
                   f"topic readwrite {root}/#"]
+    lines += ["",
+              "# a host where vnet up/down of multi-host labs may run publishes desired state",
+              f"# too: for each such host, 'user HOST' then 'topic write {root}/labs/#'"]
+    for host in operators:
+        lines += [f"user {host}", f"topic write {root}/labs/#"]
     return "\n".join(lines) + "\n"
 
 
 def conf_text(port: int, workdir: Path, *, max_queued: int | None = 20000,
-              persistence: bool = False, tls: Mapping[str, str] | None = None) -> str:
+              persistence: bool = False, tls: Mapping[str, str] | None = None,
+              listen: str | None = "127.0.0.1") -> str:
     """The broker config of the fixture: the shipped example's settings, on a test port."""
     lines = [
         "per_listener_settings false",
         "allow_anonymous false",
         f"password_file {workdir / 'passwd'}",
         f"acl_file {workdir / 'acl'}",
-        f"listener {port} 127.0.0.1",
+        f"listener {port} {listen}" if listen else f"listener {port}",
         "user root",
         f"log_dest file {workdir / 'mosquitto.log'}",
         "log_type all",
@@ -116,7 +126,8 @@ class Broker:
                  admin_password: str = "admin-secret", root: str = DEFAULT_ROOT,
                  max_queued: int | None = 20000, persistence: bool = False,
                  port: int = 1883, tls_clients: list[str] | None = None,
-                 tls_port: int = 8883) -> None:
+                 tls_port: int = 8883, operators: Collection[str] = (),
+                 listen: str | None = "127.0.0.1") -> None:
         if shutil.which("mosquitto", path=os.environ.get("PATH", "") + ":/usr/sbin") is None:
             raise RuntimeError("mosquitto is not installed: run .ci/install (Debian package "
                                "mosquitto)")
@@ -138,9 +149,10 @@ class Broker:
             if tls_clients is not None:
                 self.tls = {**make_test_pki(self.workdir / "pki", tls_clients),
                             "port": str(tls_port)}
-            (self.workdir / "acl").write_text(acl_text(root, admin))
+            (self.workdir / "acl").write_text(acl_text(root, admin, operators))
             self.conf.write_text(conf_text(port, self.workdir, max_queued=max_queued,
-                                           persistence=persistence, tls=self.tls))
+                                           persistence=persistence, tls=self.tls,
+                                           listen=listen))
             for path in (self.workdir / "acl", self.workdir / "passwd", self.conf):
                 path.chmod(0o600)
             self.start()
@@ -175,6 +187,23 @@ class Broker:
                                     pass_fds=(), **kwargs)
         finally:
             os.close(fd)
+
+    def link(self, host_netns: str, index: int) -> str:
+        """A veth from the broker's namespace to ``host_netns`` (10.254.INDEX.0/30, the
+        broker at .1, the host at .2); returns the broker URL as that host reaches it."""
+        if not 0 <= index <= 255:
+            raise ValueError("index must be 0..255")
+        outside, inside = f"vnbk{index}", f"vnbh{index}"
+        self.exec(["ip", "link", "add", outside, "type", "veth", "peer", "name", inside,
+                   "netns", host_netns], check=True)
+        self.exec(["ip", "addr", "add", f"10.254.{index}.1/30", "dev", outside], check=True)
+        self.exec(["ip", "link", "set", outside, "up"], check=True)
+        with netns.entered(host_netns):
+            subprocess.run(["ip", "addr", "add", f"10.254.{index}.2/30", "dev", inside],
+                           check=True, capture_output=True)
+            subprocess.run(["ip", "link", "set", inside, "up"], check=True,
+                           capture_output=True)
+        return f"mqtt://10.254.{index}.1:{self.port}"
 
     def _write_passwords(self) -> None:
         path = self.workdir / "passwd"

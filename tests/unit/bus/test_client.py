@@ -12,8 +12,18 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from vnet.bus.client import BusClient, BusConfig, BusConfigError, BusStats, parse_broker_url
 from vnet.bus.errors import BusError
-from vnet.bus.messages import Cleared, Status
+from vnet.bus.messages import Cleared, DesiredLab, LabDeleted, Status
 from vnet.bus.topics import DesiredTopic, SnapshotTopic
+from vnet.topology import parse_topology
+
+LAB = parse_topology("""
+name: lab1
+hosts: {h1: {address: 10.0.0.1}}
+bus: {broker: "mqtt://10.0.0.9"}
+networks: {office: {vlan: 10}}
+nodes:
+  c1: {kind: netns, host: h1, nics: [{name: eth0, network: office}]}
+""")
 
 
 @pytest.mark.parametrize("url, endpoint", [
@@ -82,6 +92,21 @@ def test_a_host_publishes_only_its_own_messages():
         assert not await bus.publish_status()
         assert bus.stats.publish_failed == 2
         assert bus.stats.state == "connecting" and not bus.connected
+
+    asyncio.run(scenario())
+
+
+def test_desired_state_is_published_once_never_again_after_a_reconnect():
+    """A host re-publishes its own retained state after every reconnect; a lab's desired
+    state it published for a vnet up is not its own: re-publishing it could put an older
+    generation back over one another host published meanwhile."""
+    async def scenario() -> None:
+        bus = client()
+        await bus.publish(DesiredLab("lab1", 3, LAB))
+        await bus.publish(LabDeleted("lab1", 4))
+        await bus.publish(Cleared(DesiredTopic("lab1")))
+        await bus.publish(Cleared(SnapshotTopic("h1", "lab1", 0)))
+        assert list(bus._retained) == ["vnet/v1/hosts/h1/macs/lab1/snapshot/0"]
 
     asyncio.run(scenario())
 

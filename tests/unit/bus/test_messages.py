@@ -17,6 +17,7 @@ from vnet.bus.messages import (
     Cleared,
     Delta,
     DesiredLab,
+    LabDeleted,
     LabRealised,
     MacEntry,
     Message,
@@ -52,6 +53,7 @@ MESSAGES: list[Message] = [
     Delta("h1", "lab1", 17, 6, (MacEntry("office", "02:00:00:00:00:03", 1),),
           (("office", "02:00:00:00:00:01"),)),
     Resync("h2", "h1", "lab1"),
+    LabDeleted("lab1", 4),
 ]
 
 
@@ -62,7 +64,7 @@ def test_round_trip_through_topic_and_bytes(message):
 
 
 def test_retain_per_type():
-    assert [is_retained(m) for m in MESSAGES] == [True, True, True, True, False, False]
+    assert [is_retained(m) for m in MESSAGES] == [True, True, True, True, False, False, True]
 
 
 def test_empty_retained_payload_is_a_clear():
@@ -208,6 +210,19 @@ def test_desired_lab_is_checked_by_the_topology_loader():
     assert refused("vnet/v1/labs/lab2/desired", good).kind == "wrong-address"
 
 
+def test_a_tombstone_says_deleted_true_and_nothing_else():
+    topic = "vnet/v1/labs/lab1/desired"
+    assert decode(TREE, topic, LabDeleted("lab1", 4).to_json()) == LabDeleted("lab1", 4)
+    doc = {"v": 1, "lab": "lab1", "generation": 4, "deleted": True}
+    assert "deleted must be true" in refused(topic, {**doc, "deleted": False}).detail
+    assert "deleted must be true" in refused(topic, {**doc, "deleted": 1}).detail
+    with_topology = {**doc, "topology": json.loads(DesiredLab("lab1", 3, LAB).to_json())
+                     ["topology"]}
+    assert "unknown key 'topology'" in refused(topic, with_topology).detail
+    assert refused("vnet/v1/labs/lab2/desired", doc).kind == "wrong-address"
+    assert "generation" in refused(topic, {**doc, "generation": 0}).detail
+
+
 def test_every_payload_kind_has_a_size_limit():
     big = b'{"v": 1, "pad": "' + b"x" * LIMITS["desired"] + b'"}'
     for topic in ("vnet/v1/labs/lab1/desired", STATUS, SNAP0,
@@ -243,12 +258,14 @@ json_values = st.recursive(
                               "vnet/v1/hosts/h1/macs/lab1/delta", "vnet/v1/hosts/h1/resync"]),
        doc=st.dictionaries(st.sampled_from(["v", "host", "lab", "epoch", "seq", "state", "lease",
                                             "address", "labs", "part", "parts", "macs", "set",
-                                            "withdraw", "peer", "generation", "topology", "x"]),
+                                            "withdraw", "peer", "generation", "topology",
+                                            "deleted", "x"]),
                            json_values))
 def test_fuzzed_documents_decode_or_raise_only_bus_errors(topic, doc):
     doc.setdefault("v", 1)
     result = decode(TREE, topic, json.dumps(doc).encode())
-    assert isinstance(result, (BusError, Status, SnapshotPart, DesiredLab, Delta, Resync))
+    assert isinstance(result, (BusError, Status, SnapshotPart, DesiredLab, LabDeleted, Delta,
+                               Resync))
 
 
 @settings(max_examples=400, deadline=None)

@@ -17,6 +17,7 @@ from vnet.bus.messages import (
     Cleared,
     Delta,
     DesiredLab,
+    LabDeleted,
     MacEntry,
     Message,
     Resync,
@@ -173,6 +174,27 @@ def test_older_desired_generation_is_stale():
     assert not view.receive(DesiredLab("lab1", 5, TOPOLOGY), now=0)
 
 
+def test_a_tombstone_removes_the_lab_and_keeps_its_generation():
+    view = BusView("h1")
+    view.receive(DesiredLab("lab1", 3, TOPOLOGY), now=0)
+    view.local_learn("lab1", "office", C1, now=0)
+    effects = view.receive(LabDeleted("lab1", 4), now=1)
+    assert effects.desired == {"lab1": LabDeleted("lab1", 4)}
+    assert Cleared(SnapshotTopic("h1", "lab1", 0)) in effects.publish
+    assert view.generation("lab1") == 4 and "lab1" not in view.desired
+    assert not view.receive(LabDeleted("lab1", 4), now=2)          # the same tombstone again
+    for old in (DesiredLab("lab1", 3, TOPOLOGY), LabDeleted("lab1", 2)):
+        with pytest.raises(BusError, match="stale"):
+            view.receive(old, now=2)
+    assert view.receive(DesiredLab("lab1", 5, TOPOLOGY), now=3).desired == {
+        "lab1": DesiredLab("lab1", 5, TOPOLOGY)}
+    with pytest.raises(BusError, match="stale"):
+        view.receive(LabDeleted("lab1", 4), now=3)
+    view.receive(Cleared(DesiredTopic("lab1")), now=4)        # an operator cleared the topic
+    assert view.generation("lab1") == 0
+    assert view.receive(DesiredLab("lab1", 1, TOPOLOGY), now=5).desired
+
+
 def test_a_cleared_status_forgets_the_host():
     view = BusView("h1")
     view.receive(Status("h2", "online", 7, 30), now=0)
@@ -198,6 +220,7 @@ messages: st.SearchStrategy[Message] = st.one_of(
               hosts, epochs, st.integers(1, 5), entries),
     st.builds(Resync, hosts, hosts, st.just("lab1")).filter(lambda r: r.host != r.peer),
     st.builds(DesiredLab, st.just("lab1"), st.integers(1, 3), st.just(TOPOLOGY)),
+    st.builds(LabDeleted, st.just("lab1"), st.integers(1, 3)),
     st.sampled_from([Cleared(DesiredTopic("lab1")), Cleared(StatusTopic("h2")),
                      Cleared(SnapshotTopic("h3", "lab1", 0))]),
 )

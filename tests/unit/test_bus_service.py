@@ -1,0 +1,436 @@
+"""The bus service's logic with a fake bus, a fake reconcile and a recording overlay (no
+root, no broker): what a desired message, a tombstone, a liveness change or a vnet up does."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Collection, Mapping
+from textwrap import dedent
+from typing import Any
+
+import pytest
+
+from vnet.bus.client import BusEvent, BusStats, Connected, Received
+from vnet.bus.messages import (
+    DesiredLab,
+    LabDeleted,
+    LabRealised,
+    Message,
+    SnapshotPart,
+    Status,
+    is_desired_state,
+)
+from vnet.daemon.bus_overlay import live_overlay, static_overlay_plan
+from vnet.daemon.bus_service import BusService
+from vnet.errors import DaemonError, HostError
+from vnet.topology import Topology, parse_topology
+
+C1, C2, C3 = "02:00:00:00:01:01", "02:00:00:00:02:01", "02:00:00:00:03:01"
+LAB = parse_topology(dedent(f"""
+    name: lab1
+    hosts: {{h1: {{address: 10.0.0.1}}, h2: {{address: 10.0.0.2}}, h3: {{address: 10.0.0.3}}}}
+    bus: {{broker: "mqtt://10.0.0.9"}}
+    networks: {{office: {{vlan: 10}}}}
+    nodes:
+      c1: {{kind: netns, host: h1, nics: [{{name: eth0, network: office, mac: "{C1}"}}]}}
+      c2: {{kind: netns, host: h2, nics: [{{name: eth0, network: office, mac: "{C2}",
+                                           ip: 10.1.0.2/24}}]}}
+      c3: {{kind: netns, host: h3, nics: [{{name: eth0, network: office, mac: "{C3}"}}]}}
+"""))
+ELSEWHERE = parse_topology(dedent("""
+    name: lab2
+    hosts: {h2: {address: 10.0.0.2}, h3: {address: 10.0.0.3}}
+    bus: {broker: "mqtt://10.0.0.9"}
+    networks: {office: {vlan: 10}}
+    nodes:
+      c2: {kind: netns, host: h2, nics: [{name: eth0, network: office}]}
+"""))
+
+ELSEWHERE_TOO = parse_topology(dedent("""
+    name: lab3
+    hosts: {h1: {address: 10.0.0.1}, h4: {address: 10.0.0.4}}
+    bus: {broker: "mqtt://10.0.0.9"}
+    networks: {office: {vlan: 10}}
+    nodes:
+      c4: {kind: netns, host: h4, nics: [{name: eth0, network: office}]}
+"""))
+
+
+class FakeBus:
+    """The client's interface over a queue: the test delivers events; desired state that
+    the service publishes comes back to it, as from a broker (unless ``echo`` is off)."""
+
+    def __init__(self, echo: bool = True) -> None:
+        self.stats = BusStats()
+        self.epoch = 0
+        self.connected = False
+        self.echo = echo
+        self.published: list[Message] = []
+        self.statuses: list[dict[str, LabRealised]] = []
+        self.stopped = False
+        self.fail_next: BaseException | None = None
+        self._events: asyncio.Queue[BusEvent | None] = asyncio.Queue()
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        self.stopped = True
+        self._events.put_nowait(None)
+
+    async def publish_status(self, labs: Mapping[str, LabRealised] | None = None) -> bool:
+        self.statuses.append(dict(labs or {}))
+        return self.connected
+
+    async def publish(self, message: Message) -> bool:
+        self.published.append(message)
+        if self.echo and is_desired_state(message):
+            self.deliver(message)
+        return self.connected
+
+    def connect(self, epoch: int = 7) -> None:
+        self.epoch, self.connected = epoch, True
+        self._events.put_nowait(Connected(epoch, time.monotonic()))
+
+    def deliver(self, message: Message) -> None:
+        self._events.put_nowait(Received(message, "-", time.monotonic()))
+
+    def __aiter__(self) -> FakeBus:
+        return self
+
+    async def __anext__(self) -> BusEvent:
+        event = await self._events.get()
+        if self.fail_next is not None:
+            error, self.fail_next = self.fail_next, None
+            raise error
+        if event is None:
+            raise StopAsyncIteration
+        return event
+
+
+class FakeRealiser:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+        self.error: BaseException | None = None
+
+    async def realise_part(self, topology: Topology) -> None:
+        self.calls.append(("up", topology.name))
+        if self.error is not None:
+            raise self.error
+
+    async def remove_part(self, lab: str) -> bool:
+        self.calls.append(("down", lab))
+        return True
+
+
+class RecordingOverlay:
+    def __init__(self) -> None:
+        self.peers: dict[tuple[str, str], set[str]] = {}
+        self.macs: dict[tuple[str, str], dict[str, tuple[str, str | None]]] = {}
+
+    async def set_flood_peers(self, lab: str, network: str, peers: Collection[str]) -> None:
+        self.peers[(lab, network)] = set(peers)
+
+    async def set_remote_macs(self, lab: str, network: str,
+                              macs: Mapping[str, tuple[str, str | None]]) -> None:
+        self.macs[(lab, network)] = dict(macs)
+
+
+async def until(condition: Callable[[], object], what: str, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.001)
+
+
+class Harness:
+    def __init__(self, echo: bool = True) -> None:
+        self.buses: list[FakeBus] = []
+        self.echo = echo
+        self.realiser = FakeRealiser()
+        self.overlay = RecordingOverlay()
+        self.service = BusService("h1", self.connect, self.realiser, self.overlay,
+                                  backoff=(0.001, 0.002))
+
+    def connect(self) -> FakeBus:
+        bus = FakeBus(self.echo)
+        self.buses.append(bus)
+        bus.connect()
+        return bus
+
+    @property
+    def bus(self) -> FakeBus:
+        return self.buses[-1]
+
+    async def settle(self) -> None:
+        """Until every delivered event is handled and the worker is idle."""
+        await until(lambda: self.buses and self.bus._events.empty()
+                    and not self.service._pending, "the service to settle")
+        for _ in range(20):
+            await asyncio.sleep(0)
+
+
+def run(scenario: Callable[[Harness], Any], echo: bool = True) -> None:
+    async def main() -> None:
+        harness = Harness(echo)
+        await harness.service.start()
+        try:
+            await until(lambda: harness.buses, "a connection")
+            await scenario(harness)
+        finally:
+            await harness.service.stop()
+    asyncio.run(main())
+
+
+def online(host: str, epoch: int = 3, **labs: LabRealised) -> Status:
+    return Status(host, "online", epoch, 30.0, None, labs)
+
+
+# -- desired state in, status out -------------------------------------------------------------
+
+def test_a_desired_message_triggers_one_reconcile_and_a_status_with_its_generation():
+    async def scenario(h: Harness) -> None:
+        h.bus.deliver(DesiredLab("lab1", 4, LAB))
+        await h.settle()
+        assert h.realiser.calls == [("up", "lab1")]
+        assert h.bus.statuses[-1] == {"lab1": LabRealised(4)}
+        assert h.service.reconciles == 1
+    run(scenario)
+
+
+def test_a_repeated_or_older_generation_does_nothing():
+    async def scenario(h: Harness) -> None:
+        h.bus.deliver(DesiredLab("lab1", 4, LAB))
+        await h.settle()
+        statuses = len(h.bus.statuses)
+        h.bus.deliver(DesiredLab("lab1", 4, LAB))     # a retained repeat
+        h.bus.deliver(DesiredLab("lab1", 3, LAB))     # older: stale, counted
+        await h.settle()
+        assert h.realiser.calls == [("up", "lab1")]
+        assert len(h.bus.statuses) == statuses
+        assert h.bus.stats.dropped == {"stale": 1}
+    run(scenario)
+
+
+def test_a_reconcile_error_is_reported_in_the_status():
+    async def scenario(h: Harness) -> None:
+        h.realiser.error = HostError("network office: uplink eth9 does not exist on this host")
+        h.bus.deliver(DesiredLab("lab1", 2, LAB))
+        await h.settle()
+        assert h.bus.statuses[-1] == {"lab1": LabRealised(
+            2, "network office: uplink eth9 does not exist on this host")}
+        h.realiser.error = TypeError("a bug")              # not a user's error: no repr
+        h.bus.deliver(DesiredLab("lab1", 3, LAB))
+        await h.settle()
+        assert h.bus.statuses[-1] == {"lab1": LabRealised(3, "internal error in vnetd (see "
+                                                             "its log)")}
+    run(scenario)
+
+
+def test_a_tombstone_takes_the_part_down_and_the_lab_leaves_the_status():
+    async def scenario(h: Harness) -> None:
+        h.bus.deliver(DesiredLab("lab1", 2, LAB))
+        await h.settle()
+        h.bus.deliver(LabDeleted("lab1", 3))
+        await h.settle()
+        assert h.realiser.calls == [("up", "lab1"), ("down", "lab1")]
+        assert h.bus.statuses[-1] == {}
+    run(scenario)
+
+
+def test_a_lab_of_other_hosts_is_not_realised_here():
+    async def scenario(h: Harness) -> None:
+        h.bus.deliver(DesiredLab("lab2", 1, ELSEWHERE))
+        await h.settle()
+        assert ("up", "lab2") not in h.realiser.calls
+        assert "lab2" not in h.bus.statuses[-1]
+    run(scenario)
+
+
+def test_the_local_node_macs_are_advertised_after_realising():
+    async def scenario(h: Harness) -> None:
+        h.bus.deliver(DesiredLab("lab1", 1, LAB))
+        await h.settle()
+        await until(lambda: any(p.macs for p in h.bus.published
+                                if isinstance(p, SnapshotPart)), "a snapshot with c1's MAC")
+        parts = [m for m in h.bus.published if isinstance(m, SnapshotPart) and m.macs]
+        assert {(e.network, e.mac) for e in parts[-1].macs} == {("office", C1)}
+        assert parts[-1].epoch == 7
+    run(scenario)
+
+
+# -- liveness -> overlay ----------------------------------------------------------------------
+
+def test_a_lost_host_leaves_the_flood_peers_and_its_macs_go():
+    async def scenario(h: Harness) -> None:
+        h.bus.deliver(online("h2"))
+        h.bus.deliver(online("h3"))
+        h.bus.deliver(DesiredLab("lab1", 1, LAB))
+        await h.settle()
+        key = ("lab1", "office")
+        assert h.overlay.peers[key] == {"10.0.0.2", "10.0.0.3"}
+        assert h.overlay.macs[key] == {C2: ("10.0.0.2", "10.1.0.2"), C3: ("10.0.0.3", None)}
+        h.bus.deliver(Status("h3", "lost", 3))
+        await h.settle()
+        assert h.overlay.peers[key] == {"10.0.0.2"}
+        assert h.overlay.macs[key] == {C2: ("10.0.0.2", "10.1.0.2")}
+        h.bus.deliver(online("h3", epoch=4))                     # back, new epoch
+        await h.settle()
+        assert h.overlay.peers[key] == {"10.0.0.2", "10.0.0.3"}
+    run(scenario)
+
+
+def test_live_overlay_adds_learned_macs_of_alive_hosts_only():
+    plan = static_overlay_plan(LAB, "h1")
+    learned = {("office", "02:aa:00:00:00:01"): "h2", ("office", "02:aa:00:00:00:02"): "h3"}
+    live = live_overlay(LAB, plan, ["h1", "h2"], learned)["office"]
+    assert live.peers == {"10.0.0.2"}
+    assert dict(live.macs) == {C2: ("10.0.0.2", "10.1.0.2"),
+                               "02:aa:00:00:00:01": ("10.0.0.2", None)}
+
+
+# -- vnet up / down through the bus -----------------------------------------------------------
+
+def test_up_publishes_the_next_generation_and_waits_for_every_host():
+    async def scenario(h: Harness) -> None:
+        h.bus.deliver(online("h2", lab1=LabRealised(5)))
+        h.bus.deliver(online("h3"))
+        await h.settle()
+        up = asyncio.create_task(h.service.publish_up(LAB, timeout=10))
+        await until(lambda: h.realiser.calls, "h1 to realise")
+        published = [m for m in h.bus.published if isinstance(m, DesiredLab)]
+        assert [m.generation for m in published] == [6]       # h2 had seen 5
+        assert not up.done()
+        h.bus.deliver(online("h2", lab1=LabRealised(6)))
+        h.bus.deliver(online("h3", lab1=LabRealised(6)))
+        answer = await asyncio.wait_for(up, 5)
+        assert [(r["host"], r["state"]) for r in answer["hosts"]] == [
+            ("h1", "realised"), ("h2", "realised"), ("h3", "realised")]
+        down = asyncio.create_task(h.service.publish_down("lab1", timeout=10))
+        await until(lambda: ("down", "lab1") in h.realiser.calls, "h1 to take it down")
+        h.bus.deliver(online("h2"))
+        h.bus.deliver(online("h3"))
+        answer = await asyncio.wait_for(down, 5)
+        assert [(r["host"], r["state"]) for r in answer["hosts"]] == [
+            ("h1", "removed"), ("h2", "removed"), ("h3", "removed")]
+        assert LabDeleted("lab1", 7) in h.bus.published
+    run(scenario)
+
+
+def test_up_names_the_hosts_that_failed_were_down_or_did_not_answer():
+    async def scenario(h: Harness) -> None:
+        h.bus.deliver(online("h2"))
+        await h.settle()
+        up = asyncio.create_task(h.service.publish_up(LAB, timeout=0.5))
+        await until(lambda: h.realiser.calls, "h1 to realise")
+        h.bus.deliver(online("h2", lab1=LabRealised(1, "uplink eth9 does not exist")))
+        h.bus.deliver(online("h3"))
+        h.bus.deliver(Status("h3", "lost", 3))
+        with pytest.raises(DaemonError) as err:
+            await asyncio.wait_for(up, 5)
+        text = str(err.value)
+        assert "h2: failed: uplink eth9 does not exist" in text
+        assert "h3: down: its vnetd is lost" in text
+        assert "h1" not in text.split("\n", 1)[1]
+        h.bus.deliver(LabDeleted("lab1", 2))
+        await h.settle()
+        up = asyncio.create_task(h.service.publish_up(ELSEWHERE_TOO, timeout=0.3))
+        with pytest.raises(DaemonError, match="h4: no answer after 0 s: no status from its"):
+            await asyncio.wait_for(up, 5)
+    run(scenario)
+
+
+def test_desired_state_the_broker_swallows_is_reported_with_the_acl_advice(monkeypatch):
+    monkeypatch.setattr("vnet.daemon.bus_service.ECHO_TIMEOUT", 0.2)
+
+    async def scenario(h: Harness) -> None:
+        with pytest.raises(DaemonError, match="ACL lets its user 'h1' write ROOT/labs/#"):
+            await h.service.publish_up(LAB)
+        assert h.realiser.calls == []
+    run(scenario, echo=False)
+
+
+def test_up_without_a_connection_says_so():
+    async def scenario(h: Harness) -> None:
+        h.bus.connected = False
+        h.bus.stats.last_error = "cannot connect to the broker at 10.0.0.9:1883"
+        with pytest.raises(DaemonError, match=r"not connected to the bus \(cannot connect"):
+            await h.service.publish_up(LAB)
+    run(scenario)
+
+
+# -- never dies silently --------------------------------------------------------------------
+
+def test_a_bug_in_a_session_is_logged_and_a_new_session_rebuilds_the_state(caplog):
+    async def scenario(h: Harness) -> None:
+        h.bus.deliver(DesiredLab("lab1", 1, LAB))
+        await h.settle()
+        first = h.bus
+        with caplog.at_level(logging.ERROR, logger="vnet.daemon.bus"):
+            first.fail_next = RuntimeError("a bug")
+            first.deliver(online("h2"))
+            await until(lambda: len(h.buses) == 2, "a new session")
+        assert "internal error" in caplog.text and first.stopped
+        assert h.service.restarts == 1
+        h.bus.deliver(DesiredLab("lab1", 1, LAB))     # the retained state, again
+        await h.settle()
+        assert h.bus.statuses[-1] == {"lab1": LabRealised(1)}
+        assert h.service.view is not None and "lab1" in h.service.view.desired
+    run(scenario)
+
+
+# -- vnetd's API routes multi-host labs through the bus --------------------------------------
+
+class FakeService:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+
+    async def publish_up(self, topology: Topology) -> dict[str, Any]:
+        self.calls.append(("up", topology.name))
+        return {"lab": topology.name, "generation": 1, "hosts": []}
+
+    async def publish_down(self, lab: str) -> dict[str, Any]:
+        self.calls.append(("down", lab))
+        return {"lab": lab, "generation": 2, "hosts": []}
+
+    def knows(self, lab: str) -> bool:
+        return lab == "lab1"
+
+
+def test_vnetd_publishes_a_multi_host_lab_on_its_bus_and_realises_it_alone_without(
+        tmp_path, monkeypatch):
+    from vnet.daemon.requests import DownRequest, UpRequest
+    from vnet.daemon.service import Vnetd
+
+    text = (tmp_path / "lab1.yaml")
+    text.write_text(dedent(f"""
+        name: lab1
+        hosts: {{h1: {{address: 10.0.0.1}}, h2: {{address: 10.0.0.2}}}}
+        bus: {{broker: "mqtt://10.0.0.9"}}
+        networks: {{office: {{vlan: 10}}}}
+        nodes:
+          c1: {{kind: netns, host: h1, nics: [{{name: eth0, network: office, mac: "{C1}"}}]}}
+    """))
+    realised: list[str] = []
+
+    async def realise_part(topology: Topology) -> dict[str, Any]:
+        realised.append(topology.name)
+        return {"lab": topology.name, "created": 3, "removed": 0, "changed": True}
+
+    async def scenario() -> None:
+        daemon = Vnetd(tmp_path / "vnetd.sock", tmp_path, host="h1")
+        monkeypatch.setattr(daemon, "realise_part", realise_part)
+        request = UpRequest(text.read_text(), str(text))
+        answer = await daemon.op_up(request)                   # no bus: this host's part
+        assert realised == ["lab1"]
+        assert f"run 'vnet up {text}' on h2 too" in answer["note"]
+        service = FakeService()
+        daemon.bus = service  # type: ignore[assignment]
+        assert (await daemon.op_up(request))["generation"] == 1
+        assert (await daemon.op_down(DownRequest("lab1")))["generation"] == 2
+        assert service.calls == [("up", "lab1"), ("down", "lab1")] and realised == ["lab1"]
+
+    asyncio.run(scenario())

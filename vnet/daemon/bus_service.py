@@ -1,0 +1,464 @@
+"""The bus as one more part of vnetd: desired state in, realised state and MACs out.
+
+With ``bus:`` in its config, vnetd runs one ``BusService``.  It keeps a connection to the
+broker (``vnet.bus.client``) and a ``BusView`` of everything on it, and:
+
+* realises the desired state of every lab that names this host, through the same path as a
+  local ``vnet up`` (``Realiser.realise_part``: preflight, the daemon's lock, the
+  reconciler), one lab at a time, the newest generation of each; a tombstone (``vnet down``
+  on any host) or a cleared desired topic takes this host's part down;
+* publishes this host's status: ``online`` with its epoch, refreshed within its lease, and
+  per lab the generation it realised or the error that stopped it (a clean stop says
+  ``offline``; the broker says ``lost`` through the Will);
+* advertises the MACs of its local node NICs per lab (snapshot and deltas: ``BusView``);
+* tells the overlay the flood peers and remote MACs of each network, the static plan minus
+  the hosts the bus knows to be down, plus MACs learned from alive hosts (``bus_overlay``);
+* for ``vnet up``/``vnet down`` of a multi-host lab on this host: publishes the next
+  generation and waits until every host of the lab settled (``rollout``).
+
+It never dies silently: an exception in a session is logged, and the service starts a new
+session (new connection, new epoch, fresh view rebuilt from the retained state) after an
+exponential back-off; the worker that realises labs is restarted the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, Protocol
+
+from vnet.bus.client import BusConfig as ClientConfig
+from vnet.bus.client import BusEvent, BusStats, Connected, Disconnected, Received
+from vnet.bus.errors import BusError
+from vnet.bus.messages import DesiredLab, LabDeleted, LabRealised, Message
+from vnet.bus.view import BusView, Effects
+from vnet.daemon.bus_overlay import (
+    NoOverlay,
+    Overlay,
+    OverlayPlan,
+    live_overlay,
+    static_overlay_plan,
+)
+from vnet.daemon.config import BusConfig
+from vnet.daemon.rollout import HostOutcome, outcomes, summary
+from vnet.errors import DaemonError, VnetError
+from vnet.topology.model import Topology
+from vnet.topology.placement import part_for_host
+
+log = logging.getLogger("vnet.daemon.bus")
+
+ROLLOUT_TIMEOUT = 120.0   # s: generous; a host that is slower is named in the answer
+ECHO_TIMEOUT = 10.0       # s for the broker to pass our own desired state back to us
+INTERNAL_ERROR = "internal error in vnetd (see its log)"
+EPOCH_FILE = "bus-epoch"
+
+
+class Bus(Protocol):
+    """What the service uses of ``vnet.bus.client.BusClient``."""
+
+    stats: BusStats
+    epoch: int
+
+    @property
+    def connected(self) -> bool: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def publish_status(self, labs: Mapping[str, LabRealised] | None = None) -> bool: ...
+
+    async def publish(self, message: Message) -> bool: ...
+
+    def __aiter__(self) -> AsyncIterator[BusEvent]: ...
+
+
+class Realiser(Protocol):
+    """vnetd's own reconcile path, for this host's part of a lab."""
+
+    async def realise_part(self, topology: Topology) -> object:
+        """Bring this host's part of ``topology`` up (``VnetError`` says why it cannot)."""
+
+    async def remove_part(self, lab: str) -> bool:
+        """Take this host's part of a multi-host lab down; False if it had none."""
+
+
+def client_config(bus: BusConfig, host: str, state_dir: str) -> ClientConfig:
+    """The bus client's settings from vnetd's config file (``bus:``)."""
+    tls = bus.tls
+    return ClientConfig(
+        bus.broker.url, bus.topic_root, username=bus.username or host,
+        password_file=str(bus.password_file) if bus.password_file else None,
+        ca_file=str(tls.ca_file) if tls and tls.ca_file else None,
+        cert_file=str(tls.cert_file) if tls and tls.cert_file else None,
+        key_file=str(tls.key_file) if tls and tls.key_file else None,
+        keepalive=bus.keepalive, epoch_file=f"{state_dir}/{EPOCH_FILE}")
+
+
+def local_macs(topology: Topology, host: str) -> frozenset[tuple[str, str]]:
+    """(network, MAC) of every NIC of this host's nodes: what it advertises in the lab."""
+    return frozenset((network, nic.mac) for node in part_for_host(topology, host).nodes
+                     for nic in node.nics for network in nic.networks)
+
+
+class BusService:
+    """This host's part in the bus (see module docstring)."""
+
+    def __init__(self, host: str, connect: Callable[[], Bus], realiser: Realiser,
+                 overlay: Overlay | None = None, *, plan: OverlayPlan = static_overlay_plan,
+                 clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time,
+                 backoff: tuple[float, float] = (0.2, 10.0)) -> None:
+        self.host = host
+        self.realiser = realiser
+        self.overlay: Overlay = overlay if overlay is not None else NoOverlay()
+        self.view = BusView(host)
+        self.bus: Bus | None = None
+        self.realised: dict[str, LabRealised] = {}   # this host's status, per lab
+        self.since: dict[str, float] = {}            # host -> when its liveness last changed
+        self.reconciles = 0
+        self.restarts = 0
+        self._connect = connect
+        self._plan = plan
+        self._clock, self._wall = clock, wall
+        self._backoff = backoff
+        self._pending: dict[str, DesiredLab | LabDeleted | None] = {}
+        self._work = asyncio.Event()
+        self._changed = asyncio.Condition()
+        self._advertised: dict[str, frozenset[tuple[str, str]]] = {}
+        self._flood: dict[tuple[str, str], frozenset[str]] = {}
+        self._macs: dict[tuple[str, str], Mapping[str, tuple[str, str | None]]] = {}
+        self._overlay_failed: set[tuple[str, str]] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._supervised("bus session", self._session)),
+                       loop.create_task(self._supervised("bus worker", self._worker))]
+
+    async def stop(self) -> None:
+        """Say ``offline`` and disconnect (no Will), then end the tasks."""
+        self._stopping = True
+        if self.bus is not None:
+            await self.bus.stop()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _supervised(self, name: str, body: Callable[[], Awaitable[None]]) -> None:
+        delay = self._backoff[0]
+        while not self._stopping:
+            started = self._clock()
+            try:
+                await body()
+            except Exception:
+                log.exception("%s: internal error; starting it again", name)
+                self.restarts += 1
+            if self._stopping:
+                return
+            if self._clock() - started > 60:
+                delay = self._backoff[0]
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, self._backoff[1])
+
+    # -- one session: a connection and a view built from what it brings -----------------------
+
+    async def _session(self) -> None:
+        view, bus = BusView(self.host), self._connect()
+        self.view, self.bus = view, bus
+        ticker = asyncio.get_running_loop().create_task(self._ticker(bus, view))
+        try:
+            await bus.start()
+            async for event in bus:
+                await self._event(bus, view, event)
+        finally:
+            ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
+            await bus.stop()
+
+    async def _event(self, bus: Bus, view: BusView, event: BusEvent) -> None:
+        if isinstance(event, Disconnected):
+            await self._notify()
+            return
+        if isinstance(event, Connected):
+            effects = view.connected(event.epoch, event.at)
+            for lab, macs in sorted(self._advertised.items()):
+                for network, mac in sorted(macs):
+                    _combine(effects, view.local_learn(lab, network, mac, event.at))
+            await bus.publish_status(self.realised)
+        else:
+            assert isinstance(event, Received)
+            try:
+                effects = view.receive(event.message, event.at)
+            except BusError as err:
+                bus.stats.drop(err)
+                return
+        await self._apply(bus, view, effects)
+
+    async def _ticker(self, bus: Bus, view: BusView) -> None:
+        while True:
+            now = self._clock()
+            await asyncio.sleep(max(0.0, view.next_timer(now) - now))
+            now = self._clock()
+            effects = view.tick(now)
+            for lab, macs in sorted(self._advertised.items()):   # they never age out here
+                for network, mac in sorted(macs):
+                    _combine(effects, view.local_learn(lab, network, mac, now))
+            await self._apply(bus, view, effects)
+
+    async def _apply(self, bus: Bus, view: BusView, effects: Effects) -> None:
+        for message in effects.publish:
+            await bus.publish(message)
+        for transition in effects.transitions:
+            self.since[transition.host] = self._wall()
+            log.info("bus: host %s is %s (was %s), epoch %d", transition.host,
+                     transition.after or "gone", transition.before or "unknown",
+                     transition.epoch)
+        for changes in effects.changes:
+            for duplicate in changes.duplicates:
+                log.warning("bus: MAC %s in %s/%s is claimed by %s at sequence %d",
+                            duplicate.mac, duplicate.lab, duplicate.network,
+                            ", ".join(duplicate.hosts), duplicate.seq)
+            for refused in changes.refusals:
+                log.warning("bus: %s claims MAC %s in %s/%s, which the topology places on "
+                            "%s; refused", refused.host, refused.mac, refused.lab,
+                            refused.network, refused.owner)
+        for lab, desired in effects.desired.items():
+            self._pending[lab] = desired
+            self._work.set()
+        await self._sync_overlay(view)
+        await self._notify()
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    # -- realising what the bus wants ---------------------------------------------------------
+
+    async def _worker(self) -> None:
+        while True:
+            await self._work.wait()
+            self._work.clear()
+            while self._pending:
+                lab = next(iter(self._pending))
+                await self._realise(lab, self._pending.pop(lab))
+
+    async def _realise(self, lab: str, desired: DesiredLab | LabDeleted | None) -> None:
+        if isinstance(desired, DesiredLab) and not desired.topology.hosts:
+            log.warning("bus: lab %s's desired state has no hosts; a lab without hosts is "
+                        "realised only by a local vnet up: ignored", lab)
+            return
+        if isinstance(desired, DesiredLab) and self.host in {h.name for h in
+                                                             desired.topology.hosts}:
+            report = await self._attempt(lab, desired.generation, "realise",
+                                         self.realiser.realise_part(desired.topology))
+            self.reconciles += 1
+            self.realised[lab] = report
+            self._forget_overlay(lab)         # a new realisation starts from the static plan
+            if report.error is None:
+                await self._advertise(lab, local_macs(desired.topology, self.host))
+        else:   # a tombstone, a cleared topic, or a generation without this host
+            generation = (desired.generation if desired is not None
+                          else self.realised.get(lab, LabRealised(0)).generation)
+            removal = self.realiser.remove_part(lab)
+            report = await self._attempt(lab, generation, "take down", removal)
+            if report.error is None:
+                self.realised.pop(lab, None)
+            else:
+                self.realised[lab] = report
+            self._advertised.pop(lab, None)
+            self._forget_overlay(lab)
+        if self.bus is not None:
+            await self.bus.publish_status(self.realised)
+        await self._sync_overlay(self.view)
+        await self._notify()
+
+    async def _attempt(self, lab: str, generation: int, what: str,
+                       work: Awaitable[Any]) -> LabRealised:
+        try:
+            await work
+        except VnetError as err:
+            log.warning("bus: could not %s lab %s generation %d: %s", what, lab, generation,
+                        err)
+            return LabRealised(generation, str(err))
+        except Exception:
+            log.exception("bus: could not %s lab %s generation %d", what, lab, generation)
+            return LabRealised(generation, INTERNAL_ERROR)
+        log.info("bus: %s lab %s generation %d: done", what, lab, generation)
+        return LabRealised(generation)
+
+    async def _advertise(self, lab: str, macs: frozenset[tuple[str, str]]) -> None:
+        view, now = self.view, self._clock()
+        effects = Effects()
+        for network, mac in sorted(self._advertised.get(lab, frozenset()) - macs):
+            _combine(effects, view.local_forget(lab, network, mac))
+        for network, mac in sorted(macs):
+            _combine(effects, view.local_learn(lab, network, mac, now))
+        self._advertised[lab] = macs
+        if self.bus is not None:
+            for message in effects.publish:
+                await self.bus.publish(message)
+
+    # -- the overlay --------------------------------------------------------------------------
+
+    def _forget_overlay(self, lab: str) -> None:
+        for cache in (self._flood, self._macs):
+            for key in [k for k in cache if k[0] == lab]:
+                del cache[key]
+
+    async def _sync_overlay(self, view: BusView) -> None:
+        """Converge each realised network's flood peers and remote MACs to what the bus
+        says now; a failed call is logged once and tried again on the next event or tick."""
+        down = {peer.host for peer in view.peers if not peer.alive}
+        for lab, desired in sorted(view.desired.items()):
+            report, topology = self.realised.get(lab), desired.topology
+            if (report is None or report.error is not None
+                    or report.generation != desired.generation):
+                continue
+            alive = [h.name for h in topology.hosts if h.name not in down]
+            try:
+                plan = self._plan(topology, self.host)
+            except Exception:
+                log.exception("bus: no overlay plan for lab %s", lab)
+                continue
+            live = live_overlay(topology, plan, alive, view.location.remote_fdb(lab))
+            for network, target in sorted(live.items()):
+                await self._converge(lab, network, target.peers, target.macs)
+
+    async def _converge(self, lab: str, network: str, peers: frozenset[str],
+                        macs: Mapping[str, tuple[str, str | None]]) -> None:
+        key = (lab, network)
+        try:
+            if self._flood.get(key) != peers:
+                await self.overlay.set_flood_peers(lab, network, peers)
+                self._flood[key] = peers
+            if self._macs.get(key) != macs:
+                await self.overlay.set_remote_macs(lab, network, macs)
+                self._macs[key] = macs
+            self._overlay_failed.discard(key)
+        except Exception as err:
+            if key not in self._overlay_failed:
+                self._overlay_failed.add(key)
+                log.error("bus: overlay of %s/%s not updated (will retry): %s", lab, network,
+                          err, exc_info=not isinstance(err, VnetError))
+
+    # -- vnet up / vnet down of a multi-host lab ---------------------------------------------
+
+    def knows(self, lab: str) -> bool:
+        """Whether the bus holds desired state of ``lab`` (then down goes through it)."""
+        return lab in self.view.desired
+
+    def last_generation(self, lab: str) -> int:
+        seen = [self.view.generation(lab)]
+        seen += [r.generation for name, r in self.realised.items() if name == lab]
+        seen += [p.labs[lab].generation for p in self.view.peers if lab in p.labs]
+        return max(seen)
+
+    async def publish_up(self, topology: Topology, timeout: float = ROLLOUT_TIMEOUT
+                         ) -> dict[str, Any]:
+        """Publish ``topology`` as the lab's next generation; wait for every host."""
+        lab = topology.name
+        generation = self.last_generation(lab) + 1
+        await self._publish_desired(DesiredLab(lab, generation, topology))
+        return await self._rollout(lab, generation, [h.name for h in topology.hosts],
+                                   deleting=False, timeout=timeout)
+
+    async def publish_down(self, lab: str, timeout: float = ROLLOUT_TIMEOUT) -> dict[str, Any]:
+        """Publish the lab's tombstone; wait until every host took its part down."""
+        desired = self.view.desired.get(lab)
+        if desired is None:
+            raise DaemonError(f"lab {lab!r} has no desired state on the bus")
+        generation = self.last_generation(lab) + 1
+        await self._publish_desired(LabDeleted(lab, generation))
+        return await self._rollout(lab, generation, [h.name for h in desired.topology.hosts],
+                                   deleting=True, timeout=timeout)
+
+    async def _publish_desired(self, message: DesiredLab | LabDeleted) -> None:
+        bus = self.bus
+        if bus is None or not bus.connected:
+            why = bus.stats.last_error if bus is not None else None
+            raise DaemonError(f"lab {message.lab}: this vnetd is not connected to the bus"
+                              f"{f' ({why})' if why else ''}, so the other hosts cannot be "
+                              "told; try again once it is (vnet status shows the bus)")
+        if not await bus.publish(message):
+            raise DaemonError(f"lab {message.lab}: publishing generation {message.generation} "
+                              f"failed ({bus.stats.last_error or 'the broker did not confirm'})"
+                              "; try again")
+        if not await self._wait(lambda: self.view.generation(message.lab) >= message.generation,
+                                ECHO_TIMEOUT):
+            raise DaemonError(
+                f"lab {message.lab}: the broker did not pass generation {message.generation} "
+                f"on within {ECHO_TIMEOUT:.0f} s, so it most likely refused it: a host's vnetd "
+                f"may publish desired state only where the broker's ACL lets its user "
+                f"{self.host!r} write ROOT/labs/# (docs/bus.md, 'Broker configuration')")
+
+    async def _rollout(self, lab: str, generation: int, hosts: list[str], *, deleting: bool,
+                       timeout: float) -> dict[str, Any]:
+        started = self._clock()
+
+        def now() -> list[HostOutcome]:
+            return outcomes(lab, generation, hosts, self.host, self.realised, self.view.peers,
+                            deleting=deleting)
+
+        await self._wait(lambda: all(r.settled for r in now()), timeout)
+        results = now()
+        if not all(r.ok for r in results):
+            raise DaemonError(summary(lab, generation, results, deleting=deleting,
+                                      waited=self._clock() - started))
+        return {"lab": lab, "generation": generation, "hosts": [r.as_dict() for r in results]}
+
+    async def _wait(self, condition: Callable[[], bool], timeout: float) -> bool:
+        async with self._changed:
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._changed.wait_for(condition)
+            except TimeoutError:
+                return condition()
+        return True
+
+    # -- status -------------------------------------------------------------------------------
+
+    def describe(self, lab: str | None = None) -> dict[str, Any]:
+        """The bus part of ``vnet status``: the connection, and every host's liveness and
+        realised generations (of ``lab`` only, if given)."""
+        def labs(reports: Mapping[str, LabRealised]) -> dict[str, Any]:
+            return {name: {"generation": r.generation, "error": r.error}
+                    for name, r in sorted(reports.items()) if lab in (None, name)}
+
+        bus = self.bus
+        stats = bus.stats.as_dict() if bus is not None else {"state": "starting"}
+        hosts = [{"host": self.host, "local": True,
+                  "state": "online" if bus is not None and bus.connected else stats["state"],
+                  "epoch": bus.epoch if bus is not None else 0, "since": None,
+                  "labs": labs(self.realised)}]
+        hosts += [{"host": p.host, "local": False, "state": p.state, "epoch": p.epoch,
+                   "since": self.since.get(p.host), "labs": labs(p.labs)}
+                  for p in self.view.peers]
+        desired = {name: {"generation": self.view.generation(name),
+                          "deleted": name not in self.view.desired,
+                          "hosts": [h.name for h in d.topology.hosts] if d else []}
+                   for name in sorted(set(self.view.desired) | set(self.view.deleted))
+                   if lab in (None, name) for d in [self.view.desired.get(name)]}
+        overlay = {f"{key[0]}/{key[1]}": {"flood_peers": sorted(peers),
+                                          "remote_macs": len(self._macs.get(key, {}))}
+                   for key, peers in sorted(self._flood.items()) if lab in (None, key[0])}
+        return {"host": self.host, "connection": stats, "hosts": hosts, "desired": desired,
+                "overlay": overlay, "restarts": self.restarts}
+
+
+def _combine(into: Effects, more: Effects) -> Effects:
+    into.changes.extend(more.changes)
+    into.transitions.extend(more.transitions)
+    into.publish.extend(more.publish)
+    into.desired.update(more.desired)
+    return into
