@@ -6,9 +6,9 @@ liveness withdraws what lost hosts had and learned MACs are added.  ``live_overl
 filter, a pure function; ``Overlay`` is the two calls the overlay driver offers for it,
 keyed here by (lab, network) so that this module needs nothing of the driver's resources.
 
-``static_overlay_plan`` stands in for the overlay driver's own ``overlay_plan`` (same
-meaning, built from ``vnet.topology.placement``) until the two branches meet; the bus
-service takes the plan function as an argument, so swapping it is one line.
+``static_overlay_plan`` is the overlay driver's ``overlay_plan`` seen from here (the
+underlay MTU does not matter to peers and MACs); ``DriverOverlay`` carries the two calls
+to the lab's recorded ``OverlayResource`` of the network.
 """
 
 from __future__ import annotations
@@ -18,8 +18,10 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from vnet.daemon.drivers import overlay as overlay_driver
+from vnet.daemon.overlayplan import overlay_plan
+from vnet.daemon.resources import OverlayResource
 from vnet.topology.model import FrozenMap, Topology
-from vnet.topology.placement import part_for_host
 
 log = logging.getLogger("vnet.bus.overlay")
 
@@ -58,20 +60,10 @@ OverlayPlan = Callable[[Topology, str], Mapping[str, NetworkOverlay]]
 
 
 def static_overlay_plan(topology: Topology, host: str) -> dict[str, NetworkOverlay]:
-    """Network -> its overlay on ``host`` from the topology alone (no liveness): the peers
-    that have the network, and the MACs (with IPv4 address, if static) of their node NICs."""
-    part = part_for_host(topology, host)
-    address = {h.name: h.address for h in topology.hosts}
-    plan: dict[str, NetworkOverlay] = {}
-    for network, hosts in part.peers.items():
-        if not hosts:
-            continue
-        macs = {nic.mac: (address[node.host], str(nic.ip.ip) if nic.ip is not None and
-                          nic.ip.version == 4 and nic.network == network else None)
-                for node in topology.nodes if node.host in hosts
-                for nic in node.nics if network in nic.networks}
-        plan[network] = NetworkOverlay(frozenset(address[h] for h in hosts), FrozenMap(macs))
-    return plan
+    """Network -> its overlay on ``host`` from the topology alone (no liveness): the overlay
+    driver's own plan (``vnet.daemon.overlayplan``), in the terms this module speaks."""
+    return {network: NetworkOverlay(frozenset(p.peer_addresses), FrozenMap(p.fdb))
+            for network, p in overlay_plan(topology, host).items()}
 
 
 def live_overlay(topology: Topology, plan: Mapping[str, NetworkOverlay], alive: Collection[str],
@@ -89,3 +81,21 @@ def live_overlay(topology: Topology, plan: Mapping[str, NetworkOverlay], alive: 
                 macs.setdefault(mac, (address[host], None))
         out[network] = NetworkOverlay(frozenset(static.peers & live), FrozenMap(macs))
     return out
+
+
+class DriverOverlay:
+    """The ``Overlay`` of a vnetd: the overlay driver's calls on the network's recorded
+    ``OverlayResource`` (none recorded: the network has no overlay here, nothing to do)."""
+
+    def __init__(self, find: Callable[[str, str], OverlayResource | None]) -> None:
+        self.find = find
+
+    async def set_flood_peers(self, lab: str, network: str, peers: Collection[str]) -> None:
+        resource = self.find(lab, network)
+        if resource is not None:
+            await overlay_driver.set_flood_peers(resource, peers)
+
+    async def set_remote_macs(self, lab: str, network: str, macs: RemoteMacs) -> None:
+        resource = self.find(lab, network)
+        if resource is not None:
+            await overlay_driver.set_remote_macs(resource, macs)

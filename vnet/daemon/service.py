@@ -20,6 +20,7 @@ from vnet import __version__
 from vnet.bus.client import open_bus
 from vnet.daemon import preflight
 from vnet.daemon.api import ApiServer
+from vnet.daemon.bus_overlay import DriverOverlay
 from vnet.daemon.bus_service import BusService, client_config
 from vnet.daemon.config import BusConfig
 from vnet.daemon.drivers import host_drivers
@@ -36,6 +37,7 @@ from vnet.daemon.requests import (
 )
 from vnet.daemon.resources import (
     NetnsNodeResource,
+    OverlayResource,
     VmNodeResource,
     datapath_resources,
     desired_resources,
@@ -77,7 +79,8 @@ class Vnetd:
             if host is None:
                 raise DaemonError("a vnetd with a bus needs its host name (host: in its config)")
             settings = client_config(bus, host, str(state_dir))
-            self.bus = BusService(host, lambda: open_bus(settings, host), realiser=self)
+            self.bus = BusService(host, lambda: open_bus(settings, host), realiser=self,
+                                  overlay=DriverOverlay(self._recorded_overlay))
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -162,6 +165,12 @@ class Vnetd:
                              self.drivers)
             self.store.remove(lab)
             return True
+
+    def _recorded_overlay(self, lab: str, network: str) -> OverlayResource | None:
+        """The network's overlay as this host's record of the lab has it, if any."""
+        record = self.store.load(lab)
+        return next((r for r in record.ready() if isinstance(r, OverlayResource)
+                     and r.network == network), None) if record else None
 
     async def op_down(self, request: DownRequest) -> dict[str, Any]:
         lab = request.lab
