@@ -27,6 +27,12 @@ class HostError(VnetError):
     """The host cannot realise what was asked (missing kernel feature, name clash, ...)."""
 
 
+class NotOurs(HostError):
+    """What vnet is about to create exists already and is not vnet's.  Raised before the
+    resource's driver has created anything, so a rollback must not delete it: that would
+    delete a stranger's namespace or interface."""
+
+
 class NetnsError(HostError):
     """A network namespace cannot be entered: it is gone, or not visible from here."""
 

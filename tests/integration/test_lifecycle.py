@@ -133,6 +133,21 @@ def test_failure_half_way_rolls_back(host: TestHost) -> None:
     assert host.call("status")["labs"] == []
 
 
+def test_a_strangers_namespace_of_our_name_is_refused_and_left_alone(host: TestHost) -> None:
+    """The rollback of a refused up deletes what the up made, never the stranger's object
+    that made it fail (it once removed the namespace it had refused to take over)."""
+    stranger = naming.netns_name("pair", "right")
+    netns.create(stranger)
+    try:
+        out = host.cli("up", str(PAIR), check=False)
+        assert out.returncode == 1
+        assert f"network namespace {stranger!r} already exists" in out.stderr
+        assert lab_namespaces("pair") == {stranger}, "left rolled back, the stranger's kept"
+        assert host.call("status")["labs"] == []
+    finally:
+        netns.remove(stranger)
+
+
 def test_a_failed_change_puts_back_what_it_had_removed(host: TestHost, tmp_path: Path) -> None:
     """The change re-addresses left (its node is deleted and made anew) and adds a node that
     cannot be created: the rollback removes the new left and restores the old one."""

@@ -15,7 +15,7 @@ from vnet.daemon.resources import (
     PortResource,
     Resource,
 )
-from vnet.errors import HostError
+from vnet.errors import HostError, NotOurs
 
 BRIDGE = BridgeResource("lab", ())
 NAT = NatResource("lab", "table ip vnet-lab {}")
@@ -157,3 +157,15 @@ def test_a_kind_without_a_driver_is_a_clear_error() -> None:
     only_ports = Drivers.of([FakeDriver("port", world)])
     with pytest.raises(ApplyError, match="no driver for resources of kind 'bridge'"):
         run(apply(Plan(create=[BRIDGE]), journal, only_ports))
+
+
+def test_a_strangers_object_is_refused_and_never_deleted_by_the_rollback() -> None:
+    """A create refused with NotOurs made nothing: the rollback must not delete that name
+    (it belongs to someone else), only what the change itself made."""
+    world, journal = FakeWorld(), MemoryJournal()
+    world.fail[("create", PORT_B)] = NotOurs("interface vnbbbb already exists")
+    with pytest.raises(ApplyError, match="vnbbbb already exists"):
+        run(apply(Plan(create=[BRIDGE, PORT_A, PORT_B]), journal, drivers(world)))
+    assert ("delete", PORT_B) not in world.calls
+    assert ("delete", PORT_A) in world.calls and ("delete", BRIDGE) in world.calls
+    assert journal.entries == {}

@@ -7,6 +7,8 @@ tunnel, a bus subscription) means adding a driver, never another branch here.
 - A resource is journaled ``pending`` before its driver creates it and ``ready`` after, and
   forgotten only after its driver deleted it: a crash at any point leaves a journal from
   which the next ``apply`` finishes the job (its ``pending`` entries are deleted first).
+- A driver that finds its object taken by a stranger raises ``NotOurs`` before making
+  anything; that resource is forgotten at once, so the rollback never deletes the stranger's.
 - A failed step rolls the change back: what this change created is deleted (newest first),
   what it deleted is created again (oldest first), so the lab is left as it was.  A step that
   cannot be undone is not hidden: it is logged with its traceback and named in the error.
@@ -20,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from vnet.daemon.resources import KIND_ORDER, Plan, Resource
-from vnet.errors import VnetError
+from vnet.errors import NotOurs, VnetError
 
 log = logging.getLogger("vnet.reconciler")
 
@@ -106,7 +108,11 @@ async def apply(work: Plan, journal: Journal, drivers: Drivers) -> Applied:
             deleted.append(resource)
         for resource in work.create:
             journal.mark_pending(resource)
-            await drivers[resource].create(resource)
+            try:
+                await drivers[resource].create(resource)
+            except NotOurs:
+                journal.forget(resource)   # nothing of it was made: the object is a stranger's
+                raise
             journal.mark_ready(resource)
             created.append(resource)
     except BaseException as err:

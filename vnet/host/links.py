@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from vnet.errors import HostError
+from vnet.errors import NotOurs
 from vnet.host import netns
 
 log = logging.getLogger("vnet.links")
@@ -25,7 +25,7 @@ def refuse_taken(ipr: IPRoute, ifnames: Iterable[str], owner: str) -> None:
     """Refuse to create over an interface that vnet's state does not record."""
     for ifname in ifnames:
         if ipr.link_lookup(ifname=ifname):
-            raise HostError(f"interface {ifname} already exists and vnet's state does not "
+            raise NotOurs(f"interface {ifname} already exists and vnet's state does not "
                             f"record it; remove it or rename the lab or {owner}")
 
 

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-from vnet.errors import HostError, NetnsError
+from vnet.errors import HostError, NetnsError, NotOurs
 
 if TYPE_CHECKING:  # imported where used: the datapath needs only the standard library
     from pyroute2 import IPRoute
@@ -69,7 +69,7 @@ def list_names() -> list[str]:
 def create(name: str) -> None:
     """Create the named namespace; it must not exist yet (we never adopt a stranger's)."""
     if exists(name):
-        raise HostError(f"network namespace {name!r} already exists and vnet did not create it; "
+        raise NotOurs(f"network namespace {name!r} already exists and vnet did not create it; "
                         f"remove it with 'ip netns del {name}' or rename the lab or node")
     _ip_netns("add", name)
 
