@@ -34,10 +34,10 @@ USERS = {"h1": "pw-one", "h2": "pw-two", "h3": "pw-three"}
 LAB = "busw"
 TOPOLOGY = dedent(f"""
     name: {LAB}
-    hosts:
-      h1: {{address: 10.253.0.1}}
-      h2: {{address: 10.253.0.2}}
-      h3: {{address: 10.253.0.3}}
+    hosts:              # each host's address on its link to the broker: its underlay
+      h1: {{address: 10.254.1.2}}
+      h2: {{address: 10.254.2.2}}
+      h3: {{address: 10.254.3.2}}
     bus: {{broker: "mqtt://10.254.1.1:1883"}}
     networks:
       office: {{vlan: 10}}
@@ -140,8 +140,8 @@ def test_a_lab_across_three_vnetds_on_one_bus(cluster, tmp_path: Path) -> None:
     assert generations(h2) == {"h1": 1, "h2": 1, "h3": 1}
     text = h2.cli("status").stdout
     assert "h2 (this host)" in text and f"{LAB}@1" in text
-    assert bus_of(h1)["overlay"][f"{LAB}/office"]["flood_peers"] == ["10.253.0.2",
-                                                                     "10.253.0.3"]
+    assert bus_of(h1)["overlay"][f"{LAB}/office"]["flood_peers"] == ["10.254.2.2",
+                                                                     "10.254.3.2"]
 
     # kill -9: the Will says lost, within milliseconds
     assert h3.process is not None
@@ -155,7 +155,7 @@ def test_a_lab_across_three_vnetds_on_one_bus(cluster, tmp_path: Path) -> None:
           f"lost after kill -9: " + ", ".join(f"{n} {s * 1000:.1f} ms"
                                               for n, s in lost_after.items()))
     assert all(0 <= s < LOST_BOUND for s in lost_after.values()), lost_after
-    assert bus_of(h1)["overlay"][f"{LAB}/office"]["flood_peers"] == ["10.253.0.2"]
+    assert bus_of(h1)["overlay"][f"{LAB}/office"]["flood_peers"] == ["10.254.2.2"]
 
     # h3 comes back: a new epoch, and it catches up from the retained desired state
     old_epoch = peer(h1, "h3")["epoch"]
@@ -165,7 +165,7 @@ def test_a_lab_across_three_vnetds_on_one_bus(cluster, tmp_path: Path) -> None:
     assert peer(h1, "h3")["epoch"] > old_epoch
     assert [lab["name"] for lab in h3.call("status")["labs"]] == [LAB]
     wait_until(lambda: bus_of(h1)["overlay"][f"{LAB}/office"]["flood_peers"] == [
-        "10.253.0.2", "10.253.0.3"], DEADLINE, message="h3 back among the flood peers")
+        "10.254.2.2", "10.254.3.2"], DEADLINE, message="h3 back among the flood peers")
 
     # a rogue client with h2's credentials: a garbled status on h2's own subtree and a
     # desired state the topology loader refuses; both are dropped and counted everywhere
