@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import ctypes
 import secrets
+import select
 import socket
 import struct
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,7 +25,7 @@ from tests.conftest import needs_root
 from tests.integration.test_networks import External
 from vnet.host import afpacket, netns
 from vnet.host.ring import RX_HDR, TP_STATUS_USER, PacketRing
-from vnet.testing import TestHost
+from vnet.testing import TestHost, wait_until
 
 pytestmark = needs_root
 NOISE_MAC = bytes.fromhex("02000000aa01")
@@ -45,8 +45,8 @@ def noisy(ns: str, ifname: str) -> Iterator[threading.Event]:
         while not stop.is_set():
             try:
                 sender.send(NOISE)
-            except OSError:  # a full queue, or the link went away at the end
-                time.sleep(0.0001)
+            except OSError:  # a full queue (wait until it drains), or the link went away
+                select.select([], [sender], [], 0.1)
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
@@ -77,15 +77,14 @@ def quiet_and_busy() -> Iterator[str]:
 def wait_until_noise_arrives(ns: str) -> None:
     """The noise is flowing: a socket on p0 (where it arrives) receives it."""
     sock = afpacket.open_packet_socket("p0", afpacket.PacketOptions(vnet_hdr=False), ns)
+    def noise_seen() -> bool:
+        while select.select([sock], [], [], 0.05)[0]:
+            if afpacket.recv_frame(sock, vnet_hdr=False)[1][6:12] == NOISE_MAC:
+                return True
+        return False
+
     try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                if afpacket.recv_frame(sock, vnet_hdr=False)[1][6:12] == NOISE_MAC:
-                    return
-            except BlockingIOError:
-                time.sleep(0.01)
-        raise AssertionError("the noise never arrived on p0")
+        wait_until(noise_seen, 10, "the noise to arrive on p0")
     finally:
         sock.close()
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import select
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +19,7 @@ from vnet.datapath.engine import IO_MODES, Datapath
 from vnet.datapath.ports import PORT_TYPES, Port, RingPort, Schedule, SocketPort, port_type
 from vnet.packet import insert_tag
 from vnet.switch import PortConfig
+from vnet.testing import wait_until
 
 if TYPE_CHECKING:
     from vnet.datapath.ports import Deliver
@@ -122,12 +122,11 @@ def test_a_registered_port_type_is_switched_by_the_loop(datapath: str) -> None:
     reply = frame("02:00:00:00:00:0b", "02:00:00:00:00:0a", b"reply")
     PEERS["t"].send(insert_tag(reply, 10))
     assert _receive("a") == reply                              # learned: to a alone
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        stats = _call(datapath, protocol.GetStats("lab"))
-        if stats["lab"]["t"]["rx_frames"] == 1:
-            break
-        time.sleep(0.01)
+    def counted() -> dict[str, Any]:
+        stats: dict[str, Any] = _call(datapath, protocol.GetStats("lab"))
+        return stats if stats["lab"]["t"]["rx_frames"] == 1 else {}
+
+    stats = wait_until(counted, 10, "the datapath to count t's frame")
     assert stats["lab"]["a"]["tx_frames"] == 1 and stats["lab"]["b"]["tx_frames"] == 1
     assert stats["lab"]["t"]["tx_frames"] == 1 and stats["lab"]["t"]["tx_bytes"] == len(
         broadcast) + 4

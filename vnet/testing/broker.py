@@ -27,12 +27,12 @@ import socket
 import subprocess
 import tempfile
 import threading
-import time
 from collections.abc import Callable, Collection, Coroutine, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 from vnet.host import netns
+from vnet.testing.wait import wait_until
 
 START_TIMEOUT = 10.0
 DEFAULT_ROOT = "vnet/v1"
@@ -219,11 +219,15 @@ class Broker:
                                       stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         finally:
             log.close()
-        deadline = time.monotonic() + START_TIMEOUT
-        while not self._accepts():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"mosquitto did not start in {self.netns}:\n{self.log()}")
-            time.sleep(0.02)
+        process = self.process
+
+        def accepts() -> bool:
+            if process.poll() is not None:
+                raise RuntimeError(f"mosquitto exited at start in {self.netns}:\n{self.log()}")
+            return self._accepts()
+
+        wait_until(accepts, START_TIMEOUT, lambda: f"mosquitto to accept connections in "
+                   f"{self.netns}:\n{self.log()}")
 
     def stop(self, kill: bool = False) -> None:
         """Stop mosquitto (``kill``: SIGKILL, as a crash: no final persistence save)."""

@@ -143,6 +143,17 @@ class Dataplane:
             raise AssertionError(f"packet that must not arrive was received on {port}: "
                                  f"{_describe(frame)}")
 
+    def verify_no_frame(self, port: str, where: Callable[[Packet], object],
+                        timeout: float = DEFAULT_NEGATIVE_TIMEOUT) -> None:
+        """Assert that no frame for which ``where(Ether(frame))`` holds arrives at ``port``
+        within ``timeout`` (the negative of ``receive``; it returns early on a match)."""
+        try:
+            packet = self.receive(port, where, timeout)
+        except AssertionError:
+            return
+        raise AssertionError(f"a frame that must not arrive was received on {port}: "
+                             f"{packet.summary()}")
+
     def verify_packets(self, expected: Expected, ports: Iterable[str],
                        timeout: float = DEFAULT_TIMEOUT) -> None:
         """Assert ``expected`` arrives on each of ``ports`` and on no other port."""

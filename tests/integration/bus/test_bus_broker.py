@@ -24,6 +24,7 @@ from tests.integration.bus.conftest import (
 from vnet.bus.advertise import Advertiser
 from vnet.bus.client import BusConfig, Disconnected, open_bus
 from vnet.bus.messages import LabRealised, MacEntry, SnapshotPart, Status
+from vnet.testing import wait_until
 from vnet.testing.broker import Broker
 
 pytestmark = needs_root
@@ -102,10 +103,8 @@ def test_a_stale_retained_online_restored_by_a_broker_restart_expires() -> None:
 
             seen, epoch = broker.run(first)
             database = broker.workdir / "mosquitto.db"
-            deadline = time.monotonic() + 15
-            while not (database.exists() and database.stat().st_mtime > seen):
-                assert time.monotonic() < deadline, "mosquitto never saved its state"
-                time.sleep(0.05)
+            wait_until(lambda: database.exists() and database.stat().st_mtime > seen, 15,
+                       "mosquitto to save its state")
             broker.stop(kill=True)                  # both die: no Will is ever published
             kill(victim)
             broker.start()
