@@ -29,7 +29,6 @@ import os
 import selectors
 import shutil
 import socket
-import struct
 import sys
 import time
 from pathlib import Path
@@ -47,14 +46,14 @@ from vnet.bench.testbed import (
     run,
 )
 from vnet.host import afpacket, netns, nft
+from vnet.packet import vxlan
 
 UNDERLAY = ("10.253.0.1", "10.253.0.2")
-VNI, VLAN, PORT = 100, 10, 4789
+VNI, VLAN, PORT = 100, 10, vxlan.VXLAN_PORT
 NODE_MTU = 1450
 VARIANTS = ("vnet", "vnet-pypy", "bridge", "pyencap")
 LABELS = {"vnet": "vnet datapath + kernel vxlan port", "vnet-pypy": "the same, datapath on PyPy",
           "bridge": "Linux bridge + kernel vxlan", "pyencap": "Python encap loop (no switch)"}
-FLAGS = 0x08 << 24  # the VXLAN header's I flag: the VNI is valid
 
 
 class OverlayBed(Testbed):
@@ -156,7 +155,7 @@ def encap_loop(host: str, port: str, local: str, peer: str) -> None:
     tunnel.bind((local, PORT))
     tunnel.setblocking(False)
     packets.setblocking(False)
-    header, destination = struct.pack("!II", FLAGS, VNI << 8), (peer, PORT)
+    header, destination = vxlan.pack_header(VNI), (peer, PORT)
     selector = selectors.DefaultSelector()
     selector.register(packets, selectors.EVENT_READ, "out")
     selector.register(tunnel, selectors.EVENT_READ, "in")
@@ -168,7 +167,7 @@ def encap_loop(host: str, port: str, local: str, peer: str) -> None:
                         tunnel.sendto(header + packets.recv(65536), destination)
                 else:
                     while True:
-                        packets.send(tunnel.recv(65536)[8:])
+                        packets.send(tunnel.recv(65536)[vxlan.HEADER_LEN:])
             except (BlockingIOError, InterruptedError):
                 pass
             except OSError:   # a full queue: the frame is lost, as a NIC would lose it

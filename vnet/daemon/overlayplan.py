@@ -34,7 +34,6 @@ from vnet.daemon import naming
 from vnet.topology.model import FrozenMap, Network, Nic, Topology
 from vnet.topology.placement import network_hosts, nic_places, uplink_on
 
-VXLAN_PORT = 4789
 DEFAULT_UNDERLAY_MTU = 1500
 # What VXLAN adds in front of an inner Ethernet frame: outer IP + UDP (8) + VXLAN (8) +
 # the inner Ethernet header (14): 50 bytes over IPv4, 70 over IPv6.

@@ -29,10 +29,10 @@ from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import ndmsg
 
 from vnet.daemon.drivers.base import BlockingDriver
-from vnet.daemon.overlayplan import VXLAN_PORT
 from vnet.daemon.resources import OverlayResource
 from vnet.errors import HostError
 from vnet.host import links, nft
+from vnet.packet.vxlan import VXLAN_PORT
 
 log = logging.getLogger("vnet.overlay")
 ALL_ZEROS = "00:00:00:00:00:00"

@@ -15,9 +15,9 @@ from __future__ import annotations
 from typing import Any
 
 from vnet.daemon.drivers.base import BlockingDriver
-from vnet.daemon.overlayplan import VXLAN_PORT
 from vnet.daemon.resources import OverlayFilterResource
 from vnet.host import nft
+from vnet.packet.vxlan import VXLAN_PORT
 
 FAMILY = "inet"
 VNI_FIELD = "@th,96,24"  # transport header + 8 (UDP) + 4 bytes (VXLAN flags, reserved): 24 bits
