@@ -37,8 +37,11 @@ class TestHost:
         """``host``: the vnetd's host name (``--host``), which part of a multi-host lab it
         realises; ``vnetd_args``: more of vnetd's flags."""
         self.name = name or f"vnt-{secrets.token_hex(3)}"
-        self.vnetd_args = [*(("--host", host) if host is not None else ()), *vnetd_args]
         self.workdir = Path(tempfile.mkdtemp(prefix=f"{self.name}-"))
+        if "--config" not in vnetd_args:   # never the machine's /etc/vnet/vnetd.yaml
+            (self.workdir / "vnetd.yaml").write_text("# a test host: every default\n")
+            vnetd_args = ["--config", str(self.workdir / "vnetd.yaml"), *vnetd_args]
+        self.vnetd_args = [*(("--host", host) if host is not None else ()), *vnetd_args]
         self.socket = str(self.workdir / "vnetd.sock")
         self.state_dir = str(self.workdir / "state")
         self.labs: dict[str, Lab] = {}
