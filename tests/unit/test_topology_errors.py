@@ -54,7 +54,7 @@ CASES: dict[str, tuple[str, list[str]]] = {
         networks: {}
         nodes: {}
         zzz: 1
-        """, ["t.yaml:4: zzz: unknown key 'zzz' (allowed: bus, hosts, name, networks, nodes, "
+        """, ["t.yaml:4: zzz: unknown key 'zzz' (allowed: bus, expect, hosts, name, networks, nodes, "
               "version)"]),
     "missing top-level keys at the mapping's line": ("""
         # comment

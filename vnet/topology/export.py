@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vnet.topology.model import Network, Nic, Node, Topology
+from vnet.topology.model import Expectation, Network, Nic, Node, Topology
 
 
 def topology_to_dict(t: Topology) -> dict[str, Any]:
@@ -27,6 +27,20 @@ def topology_to_dict(t: Topology) -> dict[str, Any]:
                         for h in t.hosts}
     if t.bus is not None:
         out["bus"] = {"broker": t.bus.broker, "topic_root": t.bus.topic_root}
+    if t.expect:
+        out["expect"] = [_expectation(e) for e in t.expect]
+    return out
+
+
+def _expectation(e: Expectation) -> dict[str, Any]:
+    out: dict[str, Any] = {"from": e.source, "to": e.target}
+    if e.check == "tcp":
+        out.update(tcp=e.port, connects=e.want)
+    else:
+        out[e.check] = e.want
+    if e.vlan is not None:
+        out["vlan"] = e.vlan
+    out["within"] = e.window
     return out
 
 

@@ -170,6 +170,25 @@ BUS = Obj(noun="bus", description="The MQTT bus between the hosts of a lab.",
                         "Prefix of every topic vnet uses.", default=model.DEFAULT_TOPIC_ROOT),
 })
 
+EXPECT = Obj(noun="expectation", description="What must (or must not) reach what, checked "
+             "against the live lab by `vnet test`.",
+             exactly_one=(OneOfKeys(("ping", "tcp", "arp"), "an expectation needs exactly one "
+                                    "of ping, tcp or arp"),),
+             fields={
+    "from": Field(name_ref, "The namespace node the check runs in.", required=True),
+    "to": Field(Str(), "A node of the lab or an IP address.", required=True),
+    "ping": Field(Bool(), "true: an ICMP echo reply comes back; false: none does."),
+    "tcp": Field(port, "A TCP port that accepts a connection (see connects)."),
+    "connects": Field(Bool(), "tcp only: false when the connection must not be made.",
+                      default=True, requires="tcp"),
+    "arp": Field(Bool(), "true: the target answers an ARP request; false: it does not."),
+    "vlan": Field(Int(1, 4094), "arp only: send the request tagged with this VLAN ID from the "
+                  "node's trunk NIC.", requires="arp"),
+    "within": Field(Number(above=0), "Seconds to wait (at most 60): a positive check passes at "
+                    "the first reply within them, a negative one when none comes.",
+                    default=model.DEFAULT_WINDOW),
+})
+
 TOPOLOGY = Obj(noun="topology", description="A vnet topology file (version 1).", fields={
     "version": Field(Enum((1,)), "The format version; only 1 exists.", default=1),
     "name": Field(Str(LAB_NAME, LAB_NAME_WHY), "The lab's name.", required=True),
@@ -180,6 +199,7 @@ TOPOLOGY = Obj(noun="topology", description="A vnet topology file (version 1).",
     "hosts": Field(MapOf(Str(HOST_NAME, HOST_NAME_WHY), HOST, noun="host name"),
                    "The hosts of a multi-host lab; then every node names its host."),
     "bus": Field(BUS, "The MQTT bus of a multi-host lab."),
+    "expect": Field(ListOf(EXPECT), "Reachability expectations that `vnet test` checks."),
 })
 
 

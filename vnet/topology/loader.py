@@ -19,6 +19,7 @@ from typing import Any
 from vnet.errors import TopologyError
 from vnet.kvm.slots import MAX_NICS
 from vnet.topology import fields as fmt
+from vnet.topology.expect import check_expectations
 from vnet.topology.hostcheck import HostChecks
 from vnet.topology.model import (
     Bus,
@@ -123,12 +124,14 @@ class _Builder:
             self.check_forwards(network)
             self.check_reach(network)
         self.check_forward_ports()
+        expect = check_expectations(self.rep, self.top.get("expect"), self.nodes, self.networks,
+                                    nodes_ok=self.sections_ok["nodes"])
         bus = self.top.get("bus")
         if self.rep.problems:
             return None
         return Topology(
             name=self.lab, networks=tuple(self.networks.values()), nodes=tuple(self.nodes),
-            hosts=hosts,
+            hosts=hosts, expect=expect,
             bus=Bus(bus.get("broker"), bus.get("topic_root")) if bus is not None else None)
 
     # -- networks ---------------------------------------------------------------------------

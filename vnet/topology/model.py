@@ -31,10 +31,12 @@ Mode = Literal["isolated", "nat", "bridged"]
 Kind = Literal["netns", "vm"]
 Restart = Literal["no", "on-failure", "always"]
 Proto = Literal["tcp", "udp"]
+Check = Literal["ping", "tcp", "arp"]
 
 DEFAULT_MEMORY = 64 * 2**20
 DEFAULT_KERNEL = "builtin:tiny"
 DEFAULT_TOPIC_ROOT = "vnet/v1"
+DEFAULT_WINDOW = 3.0    # seconds an expectation waits for a reply (vnet test)
 
 V = TypeVar("V")
 
@@ -216,6 +218,31 @@ class Bus:
 
 
 @dataclass(frozen=True)
+class Expectation:
+    """One line of the file's ``expect:`` block: what must (``want``) or must not reach what.
+
+    ``target`` is a node name or an IP address (``target_is_node`` says which); ``port`` is
+    the TCP port of a ``tcp`` check, ``vlan`` the VLAN ID an ``arp`` check sends tagged in
+    from a trunk.  ``window`` bounds the wait: a positive check passes at the first reply
+    within it, a negative one when none comes within it."""
+
+    source: str
+    target: str
+    check: Check
+    want: bool = True
+    target_is_node: bool = True
+    port: int | None = None
+    vlan: int | None = None
+    window: float = DEFAULT_WINDOW
+
+    def describe(self) -> str:
+        """``alice -> bob ping``, ``alice -> carol no ping``, ``web -> 1.2.3.4 tcp/80``..."""
+        what = {"ping": "ping", "tcp": f"tcp/{self.port}", "arp": "arp"}[self.check]
+        vlan = f" vlan {self.vlan}" if self.vlan is not None else ""
+        return f"{self.source} -> {self.target} {'' if self.want else 'no '}{what}{vlan}"
+
+
+@dataclass(frozen=True)
 class Topology:
     """A whole lab, as the file declared it, in the file's order."""
 
@@ -225,6 +252,7 @@ class Topology:
     hosts: tuple[Host, ...] = ()
     bus: Bus | None = None
     source: Path | None = None
+    expect: tuple[Expectation, ...] = ()
 
     def network(self, name: str) -> Network:
         for network in self.networks:
