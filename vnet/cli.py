@@ -367,6 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lab", help="the node's lab, when several labs have that node")
     p.add_argument("--no-follow", action="store_true", help="print what is there and exit")
     p.set_defaults(func=cmd_console)
+    from vnet.cli_observe import add_commands  # graph and test
+
+    add_commands(sub)
     # `vnet bench ARGS` is handed whole to vnet.bench (see main); listed here for --help.
     sub.add_parser("bench", help="benchmark the datapath against the Linux bridge and OVS "
                    "(vnet bench --help)")

@@ -54,8 +54,8 @@ CASES: dict[str, tuple[str, list[str]]] = {
         networks: {}
         nodes: {}
         zzz: 1
-        """, ["t.yaml:4: zzz: unknown key 'zzz' (allowed: bus, expect, hosts, name, networks, nodes, "
-              "version)"]),
+        """, ["t.yaml:4: zzz: unknown key 'zzz' (allowed: bus, expect, hosts, name, networks, "
+              "nodes, version)"]),
     "missing top-level keys at the mapping's line": ("""
         # comment
         name: x

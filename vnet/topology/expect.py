@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from ipaddress import IPv4Address, IPv4Interface, ip_address
 from typing import Any
 
-from vnet.topology.model import Expectation, Network, Nic, Node
+from vnet.topology.model import Check, Expectation, Network, Nic, Node
 from vnet.topology.report import Reporter, undefined
 from vnet.topology.spec import Fields
 
@@ -40,7 +40,8 @@ def check_expectations(rep: Reporter, items: Sequence[Any] | None, nodes: Sequen
 def _one(rep: Reporter, f: Fields, nodes: Mapping[str, Node],
          networks: Mapping[str, Network], nodes_ok: bool) -> Expectation | None:
     path = f.path
-    check = next((c for c in ("ping", "tcp", "arp") if f.ok(c)), None)
+    checks: tuple[Check, ...] = ("ping", "tcp", "arp")
+    check = next((c for c in checks if f.ok(c)), None)
     source_name, target = f.get("from"), f.get("to")
     window = f.get("within")
     if window is not None and window > MAX_WINDOW:
