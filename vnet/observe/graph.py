@@ -181,26 +181,33 @@ def to_dot(g: LabGraph) -> str:
              f"<font point-size=\"10\">{_html(LEGEND)}</font>>];",
              f"  node {_attrs(fontname='Helvetica', fontsize='11')};",
              f"  edge {_attrs(fontname='Helvetica', fontsize='9')};"]
-    by_host: dict[str | None, list[str]] = {}
-    for node in g.nodes:
-        by_host.setdefault(node.host if g.hosts else None, []).append(_node_line(node))
-    for n in g.networks:
-        for line in _exits(n, colour[n.name]):
-            by_host.setdefault(line[0] if g.hosts else None, []).append(line[1])
-    for host, members in by_host.items():
-        if host is None:
-            lines += [f"  {m}" for m in members]
-        else:
-            lines.append(f"  subgraph {quote('cluster_host_' + host)} {{")
-            lines.append(f"    graph {_attrs(label=f'host {host}', **HOST_STYLE)};")
-            lines += [f"    {m}" for m in members]
-            lines.append("  }")
     lines.append(f"  subgraph {quote('cluster_switch')} {{")
     switch = "switch (VXLAN between hosts)" if len(g.hosts) > 1 else "vnet switch (802.1Q)"
     lines.append(f"    graph {_attrs(label=switch, **SWITCH_STYLE)};")
     for n in g.networks:
         lines.append(f"    {network_id(n.name)} {_network_attrs(n, colour[n.name])};")
     lines.append("  }")
+    # Every node is declared in its host's cluster before any edge names it (a node that an
+    # edge names first belongs to the subgraph of that edge).
+    by_host: dict[str | None, list[str]] = {h: [] for h in g.hosts}
+    for node in g.nodes:
+        by_host.setdefault(node.host if g.hosts else None, []).append(_node_line(node))
+    exit_edges = []
+    for n in g.networks:
+        for host, line, is_edge in _exits(n, colour[n.name]):
+            if is_edge:
+                exit_edges.append(line)
+            else:
+                by_host.setdefault(host if g.hosts else None, []).append(line)
+    for host, members in by_host.items():
+        if host is None:
+            lines += [f"  {m}" for m in members]
+        elif members:
+            lines.append(f"  subgraph {quote('cluster_host_' + host)} {{")
+            lines.append(f"    graph {_attrs(label=f'host {host}', **HOST_STYLE)};")
+            lines += [f"    {m}" for m in members]
+            lines.append("  }")
+    lines += [f"  {e}" for e in exit_edges]
     for node in g.nodes:
         for nic in node.nics:
             lines += [f"  {e}" for e in _nic_edges(node, nic, colour, vlans)]
@@ -240,31 +247,31 @@ def _network_attrs(n: GraphNetwork, colour: str) -> str:
                   fillcolor="white", color=colour, fontcolor=colour, penwidth="2.5")
 
 
-def _exits(n: GraphNetwork, colour: str) -> list[tuple[str | None, str]]:
-    """(host, DOT line) for what leads out of network ``n``: its NAT gateway and uplink, or
-    its bridged uplinks, with the edges that join them to the network."""
-    out: list[tuple[str | None, str]] = []
+def _exits(n: GraphNetwork, colour: str) -> list[tuple[str | None, str, bool]]:
+    """(host, DOT line, is it an edge) for what leads out of network ``n``: its NAT gateway
+    and uplink, or its bridged uplinks, with the edges that join them to the network."""
+    out: list[tuple[str | None, str, bool]] = []
     net = network_id(n.name)
     if n.mode == "nat":
         gw = quote(f"gw:{n.name}")
         label = ["NAT gateway", *([n.gateway] if n.gateway else []),
                  *(f"forward {f}" for f in n.forwards)]
         gw_attrs = _attrs(label="\n".join(label), color=colour, **GATEWAY_STYLE)
-        out.append((n.host, f"{gw} {gw_attrs};"))
-        out.append((n.host, f"{net} -- {gw} {_attrs(color=colour, penwidth='2')};"))
+        out.append((n.host, f"{gw} {gw_attrs};", False))
+        out.append((n.host, f"{net} -- {gw} {_attrs(color=colour, penwidth='2')};", True))
         up = quote(f"uplink:{n.name}:{n.host or ''}")
         ifname = n.uplinks[0][1] if n.uplinks else None
         text = f"host interface {ifname}" if ifname else "the host's default route"
         up_attrs = _attrs(label=f"{text}\nmasquerade", color=colour, **UPLINK_STYLE)
-        out.append((n.host, f"{up} {up_attrs};"))
-        out.append((n.host, f"{gw} -- {up} {_attrs(color=colour, penwidth='2')};"))
+        out.append((n.host, f"{up} {up_attrs};", False))
+        out.append((n.host, f"{gw} -- {up} {_attrs(color=colour, penwidth='2')};", True))
     elif n.mode == "bridged":
         for host, ifname in n.uplinks:
             up = quote(f"uplink:{n.name}:{host or ''}")
             tag = f"tagged {n.vlan}" if n.tagged else "untagged"
             text = f"host interface {ifname}\nbridged, {tag}"
-            out.append((host, f"{up} {_attrs(label=text, color=colour, **UPLINK_STYLE)};"))
-            out.append((host, f"{net} -- {up} {_attrs(color=colour, penwidth='2')};"))
+            out.append((host, f"{up} {_attrs(label=text, color=colour, **UPLINK_STYLE)};", False))
+            out.append((host, f"{net} -- {up} {_attrs(color=colour, penwidth='2')};", True))
     return out
 
 
