@@ -16,6 +16,7 @@ a negative one watches the whole window and passes only if nothing came back in 
 
 from __future__ import annotations
 
+import math
 import select
 import socket
 import struct
@@ -78,10 +79,14 @@ def _guarded(check: Callable[[Probe], Outcome], probe: Probe) -> Outcome:
 
 def ping_command(probe: Probe) -> list[str]:
     """One reply ends it (``-c 1`` counts replies when a deadline ``-w`` is given); without
-    one it ends at the window's end."""
-    window = max(1, round(probe.expectation.window))
+    one it ends at the window's end, in whole seconds for ping (rounded up)."""
+    window = ping_window(probe.expectation.window)
     return ["ping", "-n", "-q", "-c", "1", "-i", str(PING_INTERVAL), "-w", str(window),
             "-I", probe.ifname, probe.address]
+
+
+def ping_window(window: float) -> int:
+    return max(1, math.ceil(window))
 
 
 def start_ping(probe: Probe) -> tuple[subprocess.Popen[str], float] | Outcome:
@@ -100,7 +105,11 @@ def start_ping(probe: Probe) -> tuple[subprocess.Popen[str], float] | Outcome:
 def finish_ping(probe: Probe, process: subprocess.Popen[str], started: float) -> Outcome:
     output, _ = process.communicate(timeout=probe.expectation.window + 30)
     seconds = time.monotonic() - started
-    return judged(probe.expectation, process.returncode == 0, seconds, ping_evidence(output))
+    reply = process.returncode == 0
+    evidence = ping_evidence(output)
+    if not reply:
+        evidence = f"no reply within {ping_window(probe.expectation.window)} s: {evidence}"
+    return judged(probe.expectation, reply, seconds, evidence)
 
 
 def ping_evidence(output: str) -> str:
