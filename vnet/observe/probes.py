@@ -191,7 +191,6 @@ def arp_check(probe: Probe) -> Outcome:
     sock = afpacket.open_packet_socket(probe.ifname, options, netns_name=probe.netns)
     started = time.monotonic()
     deadline = started + e.window
-    elsewhere: list[str] = []
     try:
         sock.send(arp_request(probe.mac, probe.address, e.vlan))
         next_send = started + 1.0
@@ -211,18 +210,18 @@ def arp_check(probe: Probe) -> Outcome:
                 if reply is None:
                     continue
                 mac, vlan = reply
-                tagged = f"tagged {vlan}" if vlan is not None else "untagged"
+                # A reply in another VLAN may answer another check's request on this NIC
+                # (checks run in parallel): only a reply in this check's VLAN counts.
                 if vlan == e.vlan:
+                    tagged = f"tagged {vlan}" if vlan is not None else "untagged"
                     seconds = time.monotonic() - started
                     return judged(e, True, seconds, f"{probe.address} is-at {mac} ({tagged}) "
                                   f"after {seconds * 1000:.1f} ms")
-                elsewhere.append(f"{mac} {tagged}")
     finally:
         sock.close()
-    seen = f"; replies outside the VLAN: {', '.join(elsewhere)}" if elsewhere else ""
     where = f" in VLAN {e.vlan}" if e.vlan is not None else ""
     return judged(e, False, time.monotonic() - started,
-                  f"no ARP reply from {probe.address}{where} within {e.window:g} s{seen}")
+                  f"no ARP reply from {probe.address}{where} within {e.window:g} s")
 
 
 # -- addresses that only the running lab knows ---------------------------------------------
