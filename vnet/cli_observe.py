@@ -50,7 +50,7 @@ def cmd_test(client: Client, args: argparse.Namespace) -> int:
 
 
 def _live_lab(client: Client, name: str, file: str) -> dict[str, Any]:
-    labs = client.call("status", lab=name)["labs"]
+    labs = [lab for lab in client.call("status")["labs"] if lab["name"] == name]
     if not labs:
         raise DaemonError(f"lab {name} is not up: bring it up with 'vnet up {file}'")
     lab: dict[str, Any] = labs[0]
@@ -91,9 +91,10 @@ def _picture(client: Client, source: str) -> graph.LabGraph:
     """A file if SOURCE names one (or looks like a path), else a lab that vnetd runs."""
     if Path(source).exists() or "/" in source or source.endswith((".yaml", ".yml")):
         return graph.from_topology(load_topology(source))
-    labs = client.call("status", lab=source)["labs"]
+    labs = [lab for lab in client.call("status")["labs"] if lab["name"] == source]
     if not labs:
-        raise DaemonError(f"no file {source} and no lab {source} is up")
+        raise DaemonError(f"no file {source} and no lab {source} is up (vnet status lists "
+                          f"the labs that are)")
     return graph.from_status(labs[0])
 
 

@@ -171,6 +171,10 @@ def test_vnet_graph_json_and_dot_on_stdout(capsys: pytest.CaptureFixture[str]) -
     assert capsys.readouterr().out.startswith('graph "demo" {')
 
 
-def test_vnet_test_needs_an_expect_block(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["test", str(DEMO)]) == 1
-    assert "has no expect: block: nothing to test" in capsys.readouterr().err
+def test_vnet_test_needs_an_expect_block(tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "lab.yaml"
+    path.write_text("name: x\nnetworks: {}\nnodes: {}\n")
+    assert main(["--socket", str(tmp_path / "none.sock"), "test", str(path)]) == 1
+    assert capsys.readouterr().err == (f"vnet: {path} has no expect: block: nothing to test "
+                                       f"(see the topology format's expect section)\n")
