@@ -19,6 +19,8 @@ is specified once, in ``fields.py``; ``json_schema()`` publishes it for editors
         host: HOST                  # required when hosts are declared, refused otherwise
     hosts: {HOST: {address, description}}       # multi-host labs: VXLAN underlay addresses
     bus: {broker: mqtt[s]://HOST[:PORT], topic_root: vnet/v1}  # required with 2+ hosts
+    expect: [{from: NODE, to: NODE | ADDRESS, ping | arp: BOOL | tcp: PORT (connects: BOOL),
+              vlan: VID (arp from a trunk), within: SECONDS}]    # checked by vnet test
 
 A NIC without ``mac`` gets ``derive_mac(lab, node, nic)``: ``02`` then 5 bytes of
 blake2b, stable across runs, hosts and Python versions.  ``topology_to_dict`` gives the model
