@@ -33,6 +33,7 @@ from vnet.observe.results import Outcome, failed_to_run, judged
 from vnet.packet.ethernet import BROADCAST, insert_tag, mac_to_bytes, mac_to_str, make_tci, tci_vid
 
 PING_INTERVAL = 0.2      # seconds between echo requests while a window is open
+PING_GRACE = 30.0        # seconds past its window before a ping that hangs is given up
 TCP_RETRY = 0.1          # seconds between connection attempts that were refused
 MAX_PARALLEL = 16
 ETH_P_ARP = 0x0806
@@ -103,7 +104,14 @@ def start_ping(probe: Probe) -> tuple[subprocess.Popen[str], float] | Outcome:
 
 
 def finish_ping(probe: Probe, process: subprocess.Popen[str], started: float) -> Outcome:
-    output, _ = process.communicate(timeout=probe.expectation.window + 30)
+    try:
+        output, _ = process.communicate(timeout=probe.expectation.window + PING_GRACE)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        return failed_to_run(probe.expectation, f"ping did not end within "
+                             f"{probe.expectation.window + PING_GRACE:g} s of a "
+                             f"{probe.expectation.window:g} s window")
     seconds = time.monotonic() - started
     reply = process.returncode == 0
     evidence = ping_evidence(output)
