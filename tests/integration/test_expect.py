@@ -8,6 +8,7 @@ carrying both.  b serves TCP on 8080 (started here); nothing listens on port 9.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -47,19 +48,21 @@ def test_passing_and_failing_expectations_give_table_junit_and_exit_code(
     junit = tmp_path / "junit.xml"
     result = lab.host.cli("test", str(TOPOLOGY), "--junit", str(junit), check=False)
     assert result.returncode == 1, result.stdout + result.stderr
-    rows = {line[:31].strip(): line[31:].split()[0] for line in result.stdout.splitlines()[1:8]}
+    table = [re.split(r"\s{2,}", line) for line in result.stdout.splitlines()[1:9]]
+    rows = {cells[0]: cells[1] for cells in table}
     assert rows == {"a -> b ping": "PASS", "a -> c no ping": "PASS", "a -> b tcp/8080": "PASS",
+                    "c -> 10.77.0.2 no tcp/8080": "PASS",
                     "t -> a arp vlan 10": "PASS", "t -> 10.77.0.1 no arp vlan 20": "PASS",
                     "c -> a ping": "FAIL", "a -> b tcp/9": "FAIL"}
-    assert result.stdout.rstrip().endswith("lab expect: 5 passed, 2 failed")
-    lines = {line[:31].strip(): line for line in result.stdout.splitlines()}
+    assert result.stdout.rstrip().endswith("lab expect: 6 passed, 2 failed")
+    lines = {cells[0]: cells[3] for cells in table}
     assert "1 received" in lines["a -> b ping"]
     assert "(tagged 10)" in lines["t -> a arp vlan 10"]
     assert "no reply within 2 s: " in lines["a -> c no ping"]
 
     suite = ET.parse(junit).getroot().find("testsuite")
     assert suite is not None
-    assert (suite.get("tests"), suite.get("failures"), suite.get("errors")) == ("7", "2", "0")
+    assert (suite.get("tests"), suite.get("failures"), suite.get("errors")) == ("8", "2", "0")
     failed = [case.get("name") for case in suite.iter("testcase")
               if case.find("failure") is not None]
     assert failed == ["c -> a ping", "a -> b tcp/9"]
@@ -81,7 +84,7 @@ def test_an_all_passing_file_exits_zero(lab: Lab, tmp_path: Path) -> None:
     passing.write_text(text[:text.index("  - {from: c, to: a, ping: true")])
     result = lab.host.cli("test", str(passing), check=False)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.rstrip().endswith("lab expect: 5 passed, 0 failed")
+    assert result.stdout.rstrip().endswith("lab expect: 6 passed, 0 failed")
 
 
 def test_a_lab_that_is_not_up_is_named(lab: Lab, tmp_path: Path) -> None:
