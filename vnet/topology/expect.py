@@ -52,7 +52,7 @@ def _one(rep: Reporter, f: Fields, nodes: Mapping[str, Node],
     expectation = Expectation(
         source=source_name, target=target, check=check, want=want,
         target_is_node=not _is_address(target), port=f.get("tcp") if check == "tcp" else None,
-        vlan=f.get("vlan"), window=window)
+        vlan=f.get("vlan") if check == "arp" else None, window=window)
     problems = len(rep.problems)
     source = nodes.get(source_name)
     if source is None:
