@@ -30,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -108,13 +108,17 @@ class Cluster:
     """A broker, an underlay and ``count`` hosts with a vnetd each (see module docstring)."""
 
     def __init__(self, count: int, prefix: str, *, log_level: str = "INFO",
+                 extra_users: Mapping[str, str] | None = None,
                  log: Callable[[str], None] = lambda _: None) -> None:
+        """``extra_users``: more broker users (name -> password), not operators: clients
+        that play hosts without a vnetd (the benchmark's MAC source)."""
         if not 1 <= count <= MAX_HOSTS:
             raise ClusterError(f"--hosts must be 1..{MAX_HOSTS}")
         self.count, self.prefix, self.log_level, self.log = count, prefix, log_level, log
         self.workdir = Path(tempfile.mkdtemp(prefix=f"{prefix}-"))
         self.underlay = f"{prefix}-ul"
         self.passwords = {host_name(i): f"pw-{host_name(i)}" for i in range(1, count + 1)}
+        self.extra_users = dict(extra_users or {})
         self.broker: Broker | None = None
         self.hosts: list[Host] = []
         self._lock = threading.Lock()
@@ -141,8 +145,8 @@ class Cluster:
         ip(self.underlay, "link", "set", "lo", "up")
         ip(self.underlay, "link", "add", "br0", "type", "bridge")
         ip(self.underlay, "link", "set", "br0", "up")
-        self.broker = Broker(self.passwords, operators=list(self.passwords), listen=None,
-                             port=BROKER_PORT)
+        self.broker = Broker({**self.passwords, **self.extra_users},
+                             operators=list(self.passwords), listen=None, port=BROKER_PORT)
         self._attach(self.broker.netns, "bk", BROKER_ADDRESS)
         self.log(f"broker: mosquitto in {self.broker.netns} at {broker_url()}")
         with concurrent.futures.ThreadPoolExecutor(START_WORKERS) as pool:
