@@ -393,10 +393,13 @@ def measure_macs(bench: Bench, log: Log) -> dict[str, Any]:
         late = _late(bench, arrived, log)
         fdb = kernel_fdb_entries(bench, 0)
         state.stop.set()
-        gone = _all_hosts_until(bench, lambda i: bench.remote_macs(i) <= baseline[i],
-                                CONVERGE_TIMEOUT)
-        withdraw = [t - state.times["stop"] for t in gone if t is not None]
-        late_withdraw = _late(bench, gone, log)
+        withdraw: list[float] = []
+        late_withdraw = ["not measured: the MACs never arrived everywhere"]
+        if not late:    # else a host short of them would count as withdrawn at once
+            gone = _all_hosts_until(bench, lambda i: bench.remote_macs(i) <= baseline[i],
+                                    CONVERGE_TIMEOUT)
+            withdraw = [t - state.times["stop"] for t in gone if t is not None]
+            late_withdraw = _late(bench, gone, log)
     finally:
         state.go.set()
         state.stop.set()
@@ -567,8 +570,8 @@ def markdown(result: dict[str, Any], machine: Mapping[str, Any], started: str) -
         c, w = macs["converge_s"], macs["withdraw_s"]
         late = (f"; **{len(macs['late'])} hosts not within {macs['timeout_s']:.0f} s**: "
                 f"{', '.join(macs['late'])}" if macs["late"] else "")
-        late_w = (f"; **{len(macs['late_withdraw'])} hosts not within "
-                  f"{macs['timeout_s']:.0f} s**" if macs["late_withdraw"] else "")
+        late_w = (f"; **not within {macs['timeout_s']:.0f} s: "
+                  f"{', '.join(macs['late_withdraw'])}**" if macs["late_withdraw"] else "")
         lines += [f"| {macs['macs']} MACs advertised (one snapshot, {-(-macs['macs'] // 1024)} "
                   f"retained parts): in every host's overlay | {_f(c['max'])} s (median host "
                   f"{_f(c['p50'])} s; publishing took {_f(macs['publish_s'])} s{late}) |",
