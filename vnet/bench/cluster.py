@@ -2,9 +2,9 @@
 
 ::
 
-    [broker: mosquitto, ul0 10.90.0.254] --+
-    [h1: vnetd --host h1, ul0 10.90.0.1] --+-- br0 [underlay] (a Linux bridge)
-    [h2: vnetd --host h2, ul0 10.90.0.2] --+
+    [broker: mosquitto, ul0 10.90.255.254] --+
+    [h1: vnetd --host h1, ul0 10.90.0.1]   --+-- br0 [underlay] (a Linux bridge)
+    [h2: vnetd --host h2, ul0 10.90.0.2]   --+
     ...
 
 Every piece is the test library's (``vnet.testing``): the broker is ``Broker`` (Debian's
