@@ -46,3 +46,31 @@ def test_bench_runs_on_a_tiny_setting(tmp_path: Path) -> None:
 def test_bench_rejects_an_unknown_system() -> None:
     with pytest.raises(SystemExit):
         main(["--systems", "bridge,hub"])
+
+
+@needs_root
+@pytest.mark.root
+@pytest.mark.slow
+def test_multihost_bench_runs_on_two_hosts_and_removes_everything(tmp_path: Path) -> None:
+    before = _namespaces()
+    code = main(["--measure", "multihost", "--hosts", "2", "--quick", "--macs", "100",
+                 "--seconds", "0.5", "--out", str(tmp_path)])
+    assert code == 0
+    figures = json.loads((tmp_path / "results.json").read_text())["multihost"]
+    assert figures["reach"]["from_publish_s"]["n"] == 2        # 2 trials x 1 other host
+    assert not figures["reach"]["unreached"]
+    assert figures["steady"]["per_host_per_s"]["n"] == 2
+    assert figures["macs"]["converge_s"]["n"] == 2 and not figures["macs"]["late"]
+    assert figures["macs"]["h1_kernel_fdb"] >= 100
+    assert figures["overlay"]["vnet"]["tcp_1_gbps"]["median"] > 0
+    assert figures["overlay"]["bridge"]["tcp_1_gbps"]["median"] > 0
+    assert "new node reachable from every other host" in (tmp_path / "results.md").read_text()
+    assert not {n for n in _namespaces() - before
+                if n.startswith(("vmh", "vnb-", "vnet-mb", "vmr"))}
+
+
+def test_bench_rejects_an_unknown_measurement_and_a_bad_host_count() -> None:
+    with pytest.raises(SystemExit):
+        main(["--measure", "reach,teleport"])
+    with pytest.raises(SystemExit):
+        main(["--measure", "multihost", "--hosts", "1"])

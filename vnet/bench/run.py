@@ -16,11 +16,12 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from vnet.bench import measure
+from vnet.bench import measure, multihost
 from vnet.bench.testbed import BenchError, Bridge, Ovs, System, Testbed, Vnet, VnetPypy
 
 SYSTEMS: dict[str, type[System]] = {"bridge": Bridge, "ovs": Ovs, "vnet": Vnet,
@@ -101,6 +102,7 @@ def _scale(bed: Testbed, system: System, s: measure.Settings, out: dict[str, flo
 
 
 PARTS = {"frames": _frames, "tcp": _tcp, "latency": _latency, "scale": _scale}
+SINGLE_HOST = set(PARTS)
 
 
 def summarize(runs: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, Any]]:
@@ -217,7 +219,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--systems", default="bridge,ovs,vnet,vnet-pypy",
                    help="comma-separated subset of bridge,ovs,vnet,vnet-pypy")
     p.add_argument("--measure", default="frames,tcp,latency,scale",
-                   help="comma-separated subset of frames,tcp,latency,scale")
+                   help="comma-separated subset of frames,tcp,latency,scale and the "
+                   "multi-host figures reach,steady,macs,overlay (multihost: all four; a lab "
+                   "across --hosts vnetds and a broker; opt-in: it takes minutes)")
+    p.add_argument("--hosts", type=int, default=16,
+                   help="host namespaces (one vnetd each) for --measure multihost")
+    p.add_argument("--macs", type=int, help="MACs advertised for --measure multihost's "
+                   "convergence figure (default 10000)")
     p.add_argument("--out", default="bench-results", help="directory for results.json, .png, .md")
     p.add_argument("--vnet-python", help="interpreter for vnet's datapath (e.g. pypy3)")
     p.add_argument("--seconds", type=float, help="override every trial's duration")
@@ -228,9 +236,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if name not in SYSTEMS:
             p.error(f"unknown system {name!r}: choose from {', '.join(SYSTEMS)}")
     args.measure = {x for x in args.measure.split(",") if x}
-    unknown = args.measure - {"frames", "tcp", "latency", "scale"}
+    if "multihost" in args.measure:
+        args.measure = (args.measure - {"multihost"}) | set(multihost.PARTS)
+    unknown = args.measure - SINGLE_HOST - set(multihost.PARTS)
     if unknown:
-        p.error(f"unknown measurement {sorted(unknown)}: choose from frames,tcp,latency,scale")
+        p.error(f"unknown measurement {sorted(unknown)}: choose from frames,tcp,latency,"
+                f"scale,{','.join(multihost.PARTS)},multihost")
+    if not 2 <= args.hosts <= 200:
+        p.error("--hosts must be 2..200")
+    if args.macs is not None and not 1 <= args.macs <= 100_000:
+        p.error("--macs must be 1..100000")
     return args
 
 
@@ -238,11 +253,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     s = measure.Settings.quick() if args.quick else measure.Settings()
     if args.seconds:
-        from dataclasses import replace
         s = replace(s, frame_seconds=args.seconds, search_seconds=args.seconds,
                     tcp_seconds=max(1.0, args.seconds), scale_seconds=args.seconds)
     if args.scale_entries:
-        from dataclasses import replace
         s = replace(s, scale_entries=args.scale_entries)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -266,8 +279,11 @@ def main(argv: list[str] | None = None) -> int:
     previous_handler = signal.signal(signal.SIGTERM, interrupted)
     started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     runs: list[dict[str, dict[str, float]]] = []
+    multihost_result: dict[str, Any] | None = None
+    if not args.measure & SINGLE_HOST:
+        systems = []
     try:
-        for rep in range(args.repeat):
+        for rep in range(args.repeat if systems else 0):
             figures: dict[str, dict[str, float]] = {}
             for name in systems:
                 log(f"[run {rep + 1}/{args.repeat}] {SYSTEMS[name].label}")
@@ -284,6 +300,17 @@ def main(argv: list[str] | None = None) -> int:
                 finally:
                     bed.close()
             runs.append(figures)
+        parts = [part for part in multihost.PARTS if part in args.measure]
+        if parts:
+            mh = multihost.Settings.quick(args.hosts) if args.quick else multihost.Settings(
+                hosts=args.hosts)
+            if args.macs:
+                mh = replace(mh, macs=args.macs)
+            if args.seconds:
+                mh = replace(mh, tcp_seconds=max(1.0, args.seconds),
+                             frame_seconds=args.seconds)
+            log(f"[multihost] {mh.hosts} hosts, one vnetd each, one mosquitto")
+            multihost_result = multihost.run_multihost(mh, log, parts)
     except KeyboardInterrupt:
         log("interrupted: everything the benchmark created has been removed")
         return 130
@@ -296,12 +323,18 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, previous_handler)
     settings = {**s.__dict__, "quick": args.quick, "repeat": args.repeat,
                 "vnet_python": args.vnet_python or sys.executable}
-    result = {"started": started, "machine": measure.machine(), "settings": settings,
-              "skipped": skipped, "runs": runs, "summary": summarize(runs)}
+    result: dict[str, Any] = {"started": started, "machine": measure.machine(),
+                              "settings": settings, "skipped": skipped, "runs": runs,
+                              "summary": summarize(runs)}
+    if multihost_result is not None:
+        result["multihost"] = multihost_result
     (out / "results.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-    table = markdown(result)
+    table = markdown(result) if runs else ""
+    if multihost_result is not None:
+        table += ("\n" if table else "") + multihost.markdown(
+            multihost_result, result["machine"], started)
     (out / "results.md").write_text(table)
-    why = chart(result, out / "results.png")
+    why = chart(result, out / "results.png") if runs else "no single-host figures: no chart"
     log("")
     log(table)
     log(f"results: {out / 'results.json'}, {out / 'results.md'}"
