@@ -40,12 +40,17 @@ def test_a_well_formed_request_becomes_its_dataclass() -> None:
                          "ping, shutdown, status, up, vm"),
     ({"lab": "x"}, 'a request needs an "op"; this vnetd knows: down,'),
     ({"op": 7}, "unknown operation 7"),
-    ({"op": "up", "text": "name: x"}, "up: missing argument 'source' (a string)"),
+    ({"op": "up", "text": "name: x"},
+     "up: missing argument 'source': a path (at most 4096 characters, no NUL byte)"),
     ({"op": "down", "lab": "x", "force": True},
      "down: unknown argument 'force'; down takes lab"),
     ({"op": "ping", "verbose": 1}, "ping: unknown argument 'verbose'; ping takes none"),
-    ({"op": "down", "lab": 5}, "down: argument 'lab' must be a string, not the number 5"),
-    ({"op": "status", "lab": ["a"]}, "status: argument 'lab' must be a string or null, not a list"),
+    ({"op": "down", "lab": 5}, "down: argument 'lab' must be a lab name (a lower-case letter, "
+     "then up to 15 lower-case letters, digits or '-': the lab name is part of kernel object "
+     "names), not the number 5"),
+    ({"op": "status", "lab": ["a"]}, "status: argument 'lab' must be a lab name (a lower-case "
+     "letter, then up to 15 lower-case letters, digits or '-': the lab name is part of kernel "
+     "object names) or null, not a list"),
     ({"op": "vm", "action": "pause", "node": "vm1"},
      "vm: argument 'action' must be one of 'start', 'stop', 'restart', not the string 'pause'"),
 ])
@@ -61,8 +66,8 @@ def test_every_problem_of_a_request_is_said_at_once() -> None:
     text = str(err.value)
     assert text.startswith("vm: ")
     for part in ("unknown argument 'colour'", "argument 'action' must be one of",
-                 "not true", "missing argument 'node'", "argument 'lab' must be a string or "
-                 "null, not the number 3"):
+                 "not true", "missing argument 'node'", "argument 'lab' must be a lab name (",
+                 ") or null, not the number 3"):
         assert part in text, text
 
 
@@ -111,7 +116,7 @@ def test_replies_to_good_and_refused_requests(tmp_path: Path) -> None:
     (b"{not json\n", "bad request: not a JSON line"),
     (b"[1, 2]\n", "bad request: a message must be a JSON object"),
     (b"\xff\xfe\n", "bad request: not a JSON line"),
-    (b'{"op": "status", "lab": 1}\n', "bad request: status: argument 'lab' must be a string"),
+    (b'{"op": "status", "lab": 1}\n', "bad request: status: argument 'lab' must be a lab name"),
     (b'{"op": "nope"}\n', "bad request: unknown operation 'nope'"),
 ])
 def test_malformed_lines_get_a_clear_refusal(tmp_path: Path, line: bytes, expected: str) -> None:
@@ -146,7 +151,8 @@ def test_a_line_over_the_limit_is_refused_and_the_client_dropped(tmp_path: Path)
 
     lines = asyncio.run(scenario())
     assert [json.loads(line) for line in lines] == [{
-        "ok": False, "error": "bad request: a request line is longer than 1024 bytes"}]
+        "ok": False, "error": "bad request: the request is longer than vnetd's limit of 1 KiB "
+                              "(1024 bytes); a topology file is normally a few KiB"}]
     assert not (tmp_path / "api.sock").exists()
 
 
