@@ -6,8 +6,9 @@ Used between the CLI and vnetd and between vnetd and the datapath.  A request is
 
 ``decode`` takes any bytes a peer may send and either returns an object or raises
 ``ProtocolError`` saying what is wrong: nesting (``json`` would recurse until
-``RecursionError``), numbers too long for ``int`` (a ``ValueError`` past 4,300 digits) and
-``NaN``/``Infinity`` (not JSON) are bounded or refused before or while decoding.
+``RecursionError``) and numbers too long for ``int`` (a ``ValueError`` past 4,300 digits)
+are bounded before or while decoding.  (``NaN`` and ``Infinity`` decode as Python does;
+each protocol refuses them where it takes a number.)
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def decode(line: bytes) -> dict[str, Any]:
         raise ProtocolError(f"not a JSON line vnet takes: arrays and objects nested more "
                             f"than {MAX_DEPTH} deep")
     try:
-        message = json.loads(text, parse_int=_bounded_int, parse_constant=_no_constant)
+        message = json.loads(text, parse_int=_bounded_int)
     except json.JSONDecodeError as err:
         raise ProtocolError(f"not a JSON line: {err}") from None
     if not isinstance(message, dict):
@@ -80,10 +81,6 @@ def _bounded_int(digits: str) -> int:
         raise ProtocolError(f"not a JSON line vnet takes: a number of {len(digits)} digits "
                             f"(at most {MAX_DIGITS})")
     return int(digits)
-
-
-def _no_constant(name: str) -> Any:
-    raise ProtocolError(f"not a JSON line: {name} is not a JSON number")
 
 
 def ok(result: Any = None) -> dict[str, Any]:
