@@ -7,10 +7,10 @@ in its own words; anything else is a bug, logged with its traceback and answered
 
 No client can make another wait: a request line is at most ``requests.MAX_REQUEST`` bytes
 and a long one is decoded in a thread, off the event loop; a client has ``IDLE_TIMEOUT``
-seconds to send each whole request and ``SEND_TIMEOUT`` to take its reply, or it is hung
-up on; at most ``MAX_CLIENTS`` are connected at once (more are answered "busy"), so idle
-clients cannot use up vnetd's file descriptors, and a burst of connects waits in a backlog
-of ``BACKLOG``, not refused.
+seconds to send each whole request, and as long to take its reply, or it is hung up on;
+at most ``MAX_CLIENTS`` are connected at once (more are answered "busy"), so idle clients
+cannot use up vnetd's file descriptors; and a burst of connects waits in a backlog of
+``BACKLOG``, not refused.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ log = logging.getLogger("vnet.api")
 
 Handler = Callable[[Any], Awaitable[Any]]
 INTERNAL_ERROR = "internal error in vnetd (see its log)"
-IDLE_TIMEOUT = 10.0    # seconds to send a whole request line (a CLI sends it at once)
-SEND_TIMEOUT = 10.0    # seconds a reply waits for a client that does not read it
+IDLE_TIMEOUT = 10.0    # seconds to send a whole request line (a CLI sends it at once),
+                       # and for a reply to wait for a client that does not read it
 BACKLOG = 4096         # connects waiting to be accepted (the kernel caps it at somaxconn)
 MAX_CLIENTS = 512      # connected at once; vnetd keeps file descriptors for its own work
 OFF_LOOP = 64 << 10    # bytes: a longer line is decoded and checked in a thread
@@ -95,7 +95,7 @@ class ApiServer:
             log.exception("internal error in vnetd serving a client")
         finally:
             self.clients -= 1
-            await _hang_up(writer)
+            await self._hang_up(writer)
 
     async def _read_request(self, reader: asyncio.StreamReader,
                             writer: asyncio.StreamWriter) -> bytes | None:
@@ -120,13 +120,23 @@ class ApiServer:
         """Write ``reply``; False if the client did not take it in time (it is cut off)."""
         writer.write(jsonlines.encode(reply))
         try:
-            await asyncio.wait_for(writer.drain(), SEND_TIMEOUT)
+            await asyncio.wait_for(writer.drain(), self.idle_timeout)
         except TimeoutError:
             log.warning("cutting off a client that did not read its reply in %g s",
-                        SEND_TIMEOUT)
+                        self.idle_timeout)
             writer.transport.abort()
             return False
         return True
+
+    async def _hang_up(self, writer: asyncio.StreamWriter) -> None:
+        """Close the connection; one whose client does not take what is left is aborted."""
+        writer.close()
+        try:
+            await asyncio.wait_for(writer.wait_closed(), self.idle_timeout)
+        except TimeoutError:
+            writer.transport.abort()
+        except OSError:
+            pass
 
     async def handle(self, line: bytes) -> dict[str, Any]:
         """One request line in, one reply out; never raises for what a client sent."""
@@ -156,14 +166,3 @@ class ApiServer:
 
 def _parse(line: bytes) -> Request:
     return parse_request(jsonlines.decode(line))
-
-
-async def _hang_up(writer: asyncio.StreamWriter) -> None:
-    """Close the connection; one whose client does not read what is left is aborted."""
-    writer.close()
-    try:
-        await asyncio.wait_for(writer.wait_closed(), SEND_TIMEOUT)
-    except TimeoutError:
-        writer.transport.abort()
-    except OSError:
-        pass

@@ -41,14 +41,24 @@ class Shape:
     max_length: int = MAX_PATH
 
     def fits(self, value: str) -> bool:
-        return (len(value) <= self.max_length and "\0" not in value
+        return (len(value) <= self.max_length and "\0" not in value and _is_unicode(value)
                 and (self.pattern is None or re.fullmatch(self.pattern, value) is not None))
+
+
+def _is_unicode(value: str) -> bool:
+    """Is ``value`` text that UTF-8 can carry?  JSON's ``\\ud800`` escapes decode to lone
+    surrogates, which no file name, netlink message or YAML reader takes."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 LAB = Shape("a lab name", LAB_NAME_WHY, LAB_NAME)
 NODE = Shape("a node name", NAME_WHY, NAME)
 PATH = Shape("a path", f"at most {MAX_PATH} characters, no NUL byte")
-TEXT = Shape("a string", "no NUL byte", max_length=MAX_REQUEST)
+TEXT = Shape("a string", "Unicode, no NUL byte", max_length=MAX_REQUEST)
 LabName = Annotated[str, LAB]
 NodeName = Annotated[str, NODE]
 
@@ -186,7 +196,8 @@ def describe_value(value: Any) -> str:
     if isinstance(value, str):
         nul = value.find("\0")
         return f"the string {quote(value)}" + (
-            f" with a NUL byte at character {nul + 1}" if nul >= 0 else "")
+            f" with a NUL byte at character {nul + 1}" if nul >= 0 else
+            "" if _is_unicode(value) else " with a lone surrogate (not Unicode)")
     return "a list" if isinstance(value, list) else "an object"
 
 
