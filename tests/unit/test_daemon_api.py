@@ -366,8 +366,6 @@ def test_a_long_line_is_decoded_off_the_event_loop(
     other clients meanwhile."""
     import threading
 
-    from vnet.daemon import api
-
     loop_thread = threading.get_ident()
     decoded_in: list[bool] = []
     real_decode = jsonlines.decode
@@ -376,7 +374,7 @@ def test_a_long_line_is_decoded_off_the_event_loop(
         decoded_in.append(threading.get_ident() == loop_thread)
         return real_decode(line)
 
-    monkeypatch.setattr(api.jsonlines, "decode", decode)
+    monkeypatch.setattr(jsonlines, "decode", decode)
     server = serve(tmp_path)
     big = jsonlines.encode({"op": "up", "text": "x" * (2 << 20), "source": "/big.yaml"})
     assert answer(server, b'{"op": "ping"}\n')["ok"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -69,7 +70,7 @@ def listener(tmp_path: Path) -> Iterator[socket.socket]:
 
 def fill_backlog(listener: socket.socket) -> list[socket.socket]:
     """Connect until the listener's backlog is full (the next connect gets EAGAIN)."""
-    queued = []
+    queued: list[socket.socket] = []
     while True:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.setblocking(False)
@@ -91,7 +92,7 @@ def test_a_connect_to_a_full_backlog_is_retried_until_there_is_room(
         if len(pauses) == 3:
             listener.accept()[0].close()
 
-    monkeypatch.setattr(jsonlines.time, "sleep", pause)
+    monkeypatch.setattr(time, "sleep", pause)
     with jsonlines.connect(listener.getsockname(), patience=5.0):
         pass
     assert pauses == [0.02, 0.04, 0.08]
@@ -105,7 +106,7 @@ def test_patience_runs_out_on_a_backlog_that_stays_full(
         listener: socket.socket, monkeypatch: pytest.MonkeyPatch) -> None:
     queued = fill_backlog(listener)
     pauses: list[float] = []
-    monkeypatch.setattr(jsonlines.time, "sleep", pauses.append)
+    monkeypatch.setattr(time, "sleep", pauses.append)
     with pytest.raises(BlockingIOError):
         jsonlines.connect(listener.getsockname(), patience=1.0)
     assert pauses == list(jsonlines.backoff(1.0))
