@@ -132,13 +132,15 @@ def test_vnetd_killed_mid_up_and_mid_down_is_said_and_the_next_one_finishes(
     assert status == 1
     says_what_happened(stderr, "up")
     half = cli_host.record("killed")
-    assert half is not None and lab_namespaces("killed") < every_namespace, half
+    assert half is not None
 
     again = cli_host.cli("up", str(path))            # starts a new vnetd, which finishes
     assert again.returncode == 0, f"{again.stderr}\n{cli_host.log()}"
     assert "up (created" in again.stdout, again.stdout
     record = cli_host.record("killed")
     assert record is not None and set(record.values()) == {"ready"}
+    assert sum(status == "ready" for status in half.values()) < len(record), (
+        "the up was not interrupted half-way", half)
     assert lab_namespaces("killed") == every_namespace
     ping = cli_host.cli("exec", "n0", "--", "ping", "-c", "1", "-W", "2", f"10.9.0.{NODES}")
     assert ping.returncode == 0, ping.stdout + ping.stderr
@@ -149,7 +151,7 @@ def test_vnetd_killed_mid_up_and_mid_down_is_said_and_the_next_one_finishes(
         len(record) <= full - 2))
     assert status == 1
     says_what_happened(stderr, "down")
-    assert cli_host.record("killed") is not None and lab_namespaces("killed")
+    assert cli_host.record("killed") is not None, "the down was not interrupted half-way"
 
     again = cli_host.cli("down", "--lab", "killed")  # no vnetd runs: down starts one
     assert again.returncode == 0, f"{again.stderr}\n{cli_host.log()}"
