@@ -21,15 +21,31 @@ from typing import Any
 
 from vnet import jsonlines
 from vnet.daemon.config import DEFAULT_SOCKET, DEFAULT_STATE_DIR
+from vnet.daemon.requests import MAX_REQUEST, describe_size
 from vnet.errors import DaemonError, NetnsError, TopologyError, VnetError, describe_os_error
 from vnet.host import netns
 from vnet.topology import load_topology
 
 DAEMON_START_TIMEOUT = 15.0
+CONNECT_PATIENCE = 3.0   # seconds a refused or queue-full connect to vnetd is retried
+REPLY_TIMEOUT = 300.0    # seconds to wait for vnetd's reply (an up of VMs takes a while)
+
+
+class NotRunning(DaemonError):
+    """Nothing listens on vnetd's socket (or there is none)."""
+
+
+class StoppedBeforeAnswering(DaemonError):
+    """vnetd hung up before its reply: it was killed or crashed while it had the request."""
 
 
 class Client:
-    """Requests to one vnetd; starts it on demand for ``up``."""
+    """Requests to one vnetd; starts it on demand for ``up``.
+
+    Every way the conversation can fail is said in words, with what to do: vnetd not
+    running, busy (its queue of waiting connections full), stopped before it answered (the
+    next ``up`` or ``down`` finishes the job from vnetd's record), too slow, or a request
+    too big to send."""
 
     def __init__(self, socket_path: str, state_dir: str, netns_name: str | None) -> None:
         self.socket_path = socket_path
@@ -37,20 +53,65 @@ class Client:
         self.netns_name = netns_name
 
     def call(self, op: str, **args: Any) -> Any:
+        request = {"op": op, **args}
         try:
-            reply = jsonlines.call(self.socket_path, {"op": op, **args}, timeout=300)
-        except (FileNotFoundError, ConnectionRefusedError):
-            raise DaemonError(f"vnetd is not running (no answer on {self.socket_path}); "
-                              f"start it with 'systemctl start vnetd' or 'vnet up FILE'") from None
+            reply = self._exchange(request, retry_refused=True)
+        except NotRunning:
+            # A down finishes a lab that vnetd has a record of, even when the vnetd that
+            # `vnet up` started is gone (killed, or a reboot): start one for it.
+            if op != "down" or not self._has_record(str(args.get("lab"))):
+                raise
+            self.ensure_daemon()
+            reply = self._exchange(request, retry_refused=True)
         if not reply.get("ok"):
             raise DaemonError(str(reply.get("error")))
         return reply.get("result")
 
-    def reachable(self) -> bool:
+    def _exchange(self, request: dict[str, Any], retry_refused: bool) -> dict[str, Any]:
+        """vnetd's reply to ``request``.  A connect refused (vnetd restarting) or finding
+        vnetd's queue full is retried with back-off for ``CONNECT_PATIENCE`` seconds."""
+        op = request["op"]
+        check_size(request)
+        retry = (BlockingIOError, ConnectionRefusedError) if retry_refused else (
+            BlockingIOError,)
         try:
-            self.call("ping")
+            with jsonlines.connect(self.socket_path, REPLY_TIMEOUT, CONNECT_PATIENCE,
+                                   retry) as sock:
+                return jsonlines.exchange(sock, request)
+        except (FileNotFoundError, ConnectionRefusedError):
+            raise NotRunning(f"vnetd is not running (no answer on {self.socket_path}); start "
+                             f"it with 'systemctl start vnetd' or 'vnet up FILE'") from None
+        except BlockingIOError:
+            raise DaemonError(f"vnetd is not taking connections on {self.socket_path}: its "
+                              f"queue of waiting connections stayed full for "
+                              f"{CONNECT_PATIENCE:g} s; it is overloaded or stuck (see its "
+                              f"log); try again") from None
+        except jsonlines.NoReply:
+            raise StoppedBeforeAnswering(stopped_before_answering(op)) from None
+        except TimeoutError:
+            raise DaemonError(f"vnetd did not answer this {op} within {REPLY_TIMEOUT:.0f} s; "
+                              f"it may still be at it: see 'vnet status' and its log"
+                              ) from None
+        except PermissionError:
+            raise DaemonError(f"{self.socket_path}: permission denied: vnetd's socket is "
+                              f"root's; run vnet as root or with sudo") from None
+        except OSError as err:
+            raise DaemonError(f"cannot talk to vnetd on {self.socket_path}: "
+                              f"{describe_os_error(err)}") from None
+
+    def _has_record(self, lab: str) -> bool:
+        """Does the state directory hold a record of ``lab`` (``daemon.state.StateStore``)?"""
+        try:
+            return (Path(self.state_dir) / "labs" / f"{lab}.json").is_file()
+        except (OSError, ValueError):
+            return False
+
+    def reachable(self) -> bool:
+        """Does a vnetd answer?  (A busy one raises: starting another would take its socket.)"""
+        try:
+            self._exchange({"op": "ping"}, retry_refused=False)
             return True
-        except (DaemonError, OSError):
+        except (NotRunning, StoppedBeforeAnswering):
             return False
 
     def ensure_daemon(self) -> None:
@@ -75,6 +136,27 @@ class Client:
                 raise DaemonError(f"vnetd did not answer within {DAEMON_START_TIMEOUT:.0f} s; "
                                   f"see {log_path}")
             time.sleep(0.05)
+
+
+def stopped_before_answering(op: str) -> str:
+    """What to say when vnetd hung up before it answered ``op`` (killed, crashed)."""
+    again = {"up": "run the same 'vnet up FILE' again: vnetd records every step, so the "
+                   "next up finishes the job",
+             "down": "run the same 'vnet down' again: vnetd records every step, so the "
+                     "next down finishes the job"}.get(op, "try again")
+    return (f"vnetd stopped before it answered this {op} (killed or crashed: see its log, "
+            f"'journalctl -u vnetd', or vnetd.log in its state directory); {again}")
+
+
+def check_size(request: dict[str, Any]) -> None:
+    """Refuse, before sending it, a request over vnetd's limit (``MAX_REQUEST``)."""
+    size = len(jsonlines.encode(request))
+    if size <= MAX_REQUEST:
+        return
+    what = f"{request['source']}: " if request.get("op") == "up" else ""
+    raise DaemonError(f"{what}too big to send to vnetd: the request would be "
+                      f"{describe_size(size)}, over vnetd's limit of "
+                      f"{describe_size(MAX_REQUEST)}; a topology file is normally a few KiB")
 
 
 def _why_it_stopped(log_path: Path, offset: int) -> str:
@@ -122,9 +204,11 @@ def check_file(path: str) -> list[str]:
 
 def cmd_up(client: Client, args: argparse.Namespace) -> int:
     topology = load_topology(args.file)  # fail here, before any daemon starts, on a bad file
+    request = {"op": "up", "text": Path(args.file).read_text(),
+               "source": str(Path(args.file).resolve())}
+    check_size(request)                  # ... or one too big to send
     client.ensure_daemon()
-    source = str(Path(args.file).resolve())
-    result = client.call("up", text=Path(args.file).read_text(), source=source)
+    result = client.call(**request)
     if "hosts" in result:    # published on the bus; every host answered
         print(f"lab {topology.name}: generation {result['generation']} up on "
               f"{', '.join(h['host'] for h in result['hosts'])}")
@@ -392,6 +476,10 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:  # one that no message foresaw: still no errno text
         print(f"vnet: {describe_os_error(err)}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # vnetd goes on with what it was asked: no traceback
+        print("vnet: interrupted (vnetd finishes what it was asked: see 'vnet status')",
+              file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -4,12 +4,18 @@ The edge between users and the daemon: every request is checked (``requests``) b
 handler runs, and every answer is meant for the user.  A ``VnetError`` says what is wrong
 in its own words; anything else is a bug, logged with its traceback and answered
 "internal error in vnetd (see its log)", never with its repr.
+
+No client can make another wait: a request line is at most ``requests.MAX_REQUEST`` bytes
+and a long one is decoded in a thread, off the event loop; a client has ``IDLE_TIMEOUT``
+seconds to send each whole request, and as long to take its reply, or it is hung up on;
+at most ``MAX_CLIENTS`` are connected at once (more are answered "busy"), so idle clients
+cannot use up vnetd's file descriptors; and a burst of connects waits in a backlog of
+``BACKLOG``, not refused.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 from collections.abc import Awaitable, Callable, Mapping
@@ -17,32 +23,53 @@ from pathlib import Path
 from typing import Any
 
 from vnet import jsonlines
-from vnet.daemon.requests import REQUESTS, Request, RequestError, parse_request
+from vnet.daemon.requests import (
+    MAX_REQUEST,
+    REQUESTS,
+    Request,
+    RequestError,
+    describe_size,
+    parse_request,
+)
 from vnet.errors import VnetError
 
 log = logging.getLogger("vnet.api")
 
 Handler = Callable[[Any], Awaitable[Any]]
 INTERNAL_ERROR = "internal error in vnetd (see its log)"
+IDLE_TIMEOUT = 10.0    # seconds to send a whole request line (a CLI sends it at once),
+                       # and for a reply to wait for a client that does not read it
+BACKLOG = 4096         # connects waiting to be accepted (the kernel caps it at somaxconn)
+MAX_CLIENTS = 512      # connected at once; vnetd keeps file descriptors for its own work
+OFF_LOOP = 64 << 10    # bytes: a longer line is decoded and checked in a thread
+
+
+def too_long(limit: int) -> str:
+    return (f"bad request: the request is longer than vnetd's limit of {describe_size(limit)}"
+            f" ({limit} bytes); a topology file is normally a few KiB")
 
 
 class ApiServer:
     """Serves ``handlers`` (one per operation of ``requests.REQUESTS``) on ``path``."""
 
     def __init__(self, path: Path, handlers: Mapping[str, Handler],
-                 max_line: int = jsonlines.MAX_LINE) -> None:
+                 max_line: int = MAX_REQUEST, idle_timeout: float = IDLE_TIMEOUT,
+                 max_clients: int = MAX_CLIENTS) -> None:
         if set(handlers) != set(REQUESTS):
             raise ValueError(f"handlers for {sorted(handlers)}, requests for {sorted(REQUESTS)}")
         self.path = path
         self.handlers = dict(handlers)
         self.max_line = max_line
+        self.idle_timeout = idle_timeout
+        self.max_clients = max_clients
+        self.clients = 0
         self.server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.unlink(missing_ok=True)
         self.server = await asyncio.start_unix_server(self._client, path=str(self.path),
-                                                      limit=self.max_line)
+                                                      limit=self.max_line, backlog=BACKLOG)
         os.chmod(self.path, 0o600)
 
     async def stop(self) -> None:
@@ -52,34 +79,79 @@ class ApiServer:
         self.path.unlink(missing_ok=True)
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.clients += 1
         try:
-            while True:
-                try:
-                    line = await reader.readline()
-                except ValueError:  # over the limit: say so, then hang up (framing is lost)
-                    log.warning("dropping a client that sent a line over %d bytes",
-                                self.max_line)
-                    writer.write(jsonlines.encode(jsonlines.failed(
-                        f"bad request: a request line is longer than {self.max_line} bytes")))
-                    await writer.drain()
-                    break
-                if not line:
-                    break
-                writer.write(jsonlines.encode(await self.handle(line)))
-                await writer.drain()
+            if self.clients > self.max_clients:
+                log.warning("refusing a client: %d are connected", self.max_clients)
+                await self._send(writer, jsonlines.failed(
+                    f"vnetd is busy: {self.max_clients} clients are connected; try again"))
+                return
+            while (line := await self._read_request(reader, writer)) is not None:
+                if not await self._send(writer, await self.handle(line)):
+                    return
         except ConnectionError as err:
             log.warning("dropping a client: %s", err)
+        except Exception:
+            log.exception("internal error in vnetd serving a client")
         finally:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
+            self.clients -= 1
+            await self._hang_up(writer)
+
+    async def _read_request(self, reader: asyncio.StreamReader,
+                            writer: asyncio.StreamWriter) -> bytes | None:
+        """The client's next request line; None when it hung up, or was hung up on (told
+        why first) for a line over the limit or one that did not come in time."""
+        try:
+            line = await asyncio.wait_for(reader.readline(), self.idle_timeout)
+        except TimeoutError:
+            log.info("hanging up on a client that sent no whole request in %g s",
+                     self.idle_timeout)
+            await self._send(writer, jsonlines.failed(
+                f"bad request: no whole request line came within {self.idle_timeout:g} s; "
+                f"vnetd hangs up on idle connections"))
+            return None
+        except ValueError:  # over the limit: say so, then hang up (framing is lost)
+            log.warning("dropping a client that sent a line over %d bytes", self.max_line)
+            await self._send(writer, jsonlines.failed(too_long(self.max_line)))
+            return None
+        return line or None
+
+    async def _send(self, writer: asyncio.StreamWriter, reply: dict[str, Any]) -> bool:
+        """Write ``reply``; False if the client did not take it in time (it is cut off)."""
+        writer.write(jsonlines.encode(reply))
+        try:
+            await asyncio.wait_for(writer.drain(), self.idle_timeout)
+        except TimeoutError:
+            log.warning("cutting off a client that did not read its reply in %g s",
+                        self.idle_timeout)
+            writer.transport.abort()
+            return False
+        return True
+
+    async def _hang_up(self, writer: asyncio.StreamWriter) -> None:
+        """Close the connection; one whose client does not take what is left is aborted."""
+        writer.close()
+        try:
+            await asyncio.wait_for(writer.wait_closed(), self.idle_timeout)
+        except TimeoutError:
+            writer.transport.abort()
+        except OSError:
+            pass
 
     async def handle(self, line: bytes) -> dict[str, Any]:
         """One request line in, one reply out; never raises for what a client sent."""
+        if len(line) > self.max_line:
+            return jsonlines.failed(too_long(self.max_line))
         try:
-            request = parse_request(jsonlines.decode(line))
+            if len(line) > OFF_LOOP:   # megabytes take a while: let the others be answered
+                request = await asyncio.to_thread(_parse, line)
+            else:
+                request = _parse(line)
         except (jsonlines.ProtocolError, RequestError) as err:
             return jsonlines.failed(f"bad request: {err}")
+        except Exception:
+            log.exception("internal error in vnetd checking a request")
+            return jsonlines.failed(INTERNAL_ERROR)
         return await self.dispatch(request)
 
     async def dispatch(self, request: Request) -> dict[str, Any]:
@@ -90,3 +162,7 @@ class ApiServer:
         except Exception:
             log.exception("internal error in vnetd during %s", request.op)
             return jsonlines.failed(INTERNAL_ERROR)
+
+
+def _parse(line: bytes) -> Request:
+    return parse_request(jsonlines.decode(line))

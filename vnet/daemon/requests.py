@@ -2,23 +2,65 @@
 
 ``parse_request`` turns a decoded JSON line into one of them or raises ``RequestError``
 with every problem at once (an unknown operation, a missing, unknown or mistyped
-argument), so a handler receives only well-formed requests and a ``TypeError`` inside one
-is a bug, never a user's mistake.
+argument, a name that is no lab or node name, a path with a NUL byte), so a handler
+receives only well-formed requests and an exception inside one is a bug, never a user's
+mistake.  A string argument with a shape to fit says so in its annotation:
+``Annotated[str, LAB]``.
+
+A request line is at most ``MAX_REQUEST`` bytes: a topology file is a few KiB, and a line
+that size is read and decoded in well under a second.
 """
 
 from __future__ import annotations
 
+import re
 import types
 import typing
 from dataclasses import MISSING, dataclass, fields
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from vnet.errors import VnetError
+from vnet.topology.fields import LAB_NAME, LAB_NAME_WHY, NAME, NAME_WHY
+
+MAX_REQUEST = 4 << 20   # bytes of one request line (4 MiB)
+MAX_PATH = 4096         # characters of a path (Linux's PATH_MAX)
+MAX_PROBLEMS = 10       # said of one request; the rest are counted
 
 
 class RequestError(VnetError):
     """A request that does not fit its operation; the text says what to change."""
 
+
+@dataclass(frozen=True)
+class Shape:
+    """What a string argument must look like, beyond being a string."""
+
+    noun: str                  # "a lab name"
+    why: str                   # the rule, in words
+    pattern: str | None = None
+    max_length: int = MAX_PATH
+
+    def fits(self, value: str) -> bool:
+        return (len(value) <= self.max_length and "\0" not in value and _is_unicode(value)
+                and (self.pattern is None or re.fullmatch(self.pattern, value) is not None))
+
+
+def _is_unicode(value: str) -> bool:
+    """Is ``value`` text that UTF-8 can carry?  JSON's ``\\ud800`` escapes decode to lone
+    surrogates, which no file name, netlink message or YAML reader takes."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+LAB = Shape("a lab name", LAB_NAME_WHY, LAB_NAME)
+NODE = Shape("a node name", NAME_WHY, NAME)
+PATH = Shape("a path", f"at most {MAX_PATH} characters, no NUL byte")
+TEXT = Shape("a string", "Unicode, no NUL byte", max_length=MAX_REQUEST)
+LabName = Annotated[str, LAB]
+NodeName = Annotated[str, NODE]
 
 REQUESTS: dict[str, type[Request]] = {}
 
@@ -42,36 +84,36 @@ class PingRequest(Request, op="ping"):
 
 @dataclass(frozen=True)
 class UpRequest(Request, op="up"):
-    text: str      # the topology file's text
-    source: str    # its path, for messages and relative paths
+    text: Annotated[str, TEXT]      # the topology file's text
+    source: Annotated[str, PATH]    # its path, for messages and relative paths
 
 
 @dataclass(frozen=True)
 class DownRequest(Request, op="down"):
-    lab: str
+    lab: LabName
 
 
 @dataclass(frozen=True)
 class StatusRequest(Request, op="status"):
-    lab: str | None = None   # None: every lab
+    lab: LabName | None = None   # None: every lab
 
 
 @dataclass(frozen=True)
 class FdbRequest(Request, op="fdb"):
-    lab: str
+    lab: LabName
 
 
 @dataclass(frozen=True)
 class NodeRequest(Request, op="node"):
-    node: str
-    lab: str | None = None   # None: the one lab that has such a node
+    node: NodeName
+    lab: LabName | None = None   # None: the one lab that has such a node
 
 
 @dataclass(frozen=True)
 class VmRequest(Request, op="vm"):
     action: Literal["start", "stop", "restart"]
-    node: str
-    lab: str | None = None
+    node: NodeName
+    lab: LabName | None = None
 
 
 @dataclass(frozen=True)
@@ -85,33 +127,39 @@ def parse_request(message: dict[str, Any]) -> Request:
     op = args.pop("op", None)
     cls = REQUESTS.get(op) if isinstance(op, str) else None
     if cls is None:
-        what = "a request needs an \"op\"" if op is None else f"unknown operation {op!r}"
+        what = "a request needs an \"op\"" if op is None else f"unknown operation {quote(op)}"
         raise RequestError(f"{what}; this vnetd knows: {', '.join(sorted(REQUESTS))}")
     return from_json(cls, args)
 
 
 def from_json(cls: type[Request], args: dict[str, Any]) -> Request:
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     params = fields(cls)
     names = [f.name for f in params]
-    problems = [f"unknown argument {name!r}; {cls.op} takes "
+    problems = [f"unknown argument {quote(name)}; {cls.op} takes "
                 + (", ".join(names) if names else "none") for name in args if name not in names]
     for field in params:
         expected = hints[field.name]
         if field.name not in args:
             if field.default is MISSING:
-                problems.append(f"missing argument {field.name!r} ({describe_type(expected)})")
+                problems.append(f"missing argument {field.name!r}: {describe_type(expected)}")
         elif not fits(args[field.name], expected):
             problems.append(f"argument {field.name!r} must be {describe_type(expected)}, not "
                             f"{describe_value(args[field.name])}")
+    if len(problems) > MAX_PROBLEMS:
+        problems[MAX_PROBLEMS:] = [f"and {len(problems) - MAX_PROBLEMS} more problems"]
     if problems:
         raise RequestError(f"{cls.op}: " + "; ".join(problems))
     return cls(**args)
 
 
 def fits(value: Any, hint: Any) -> bool:
-    """Is ``value`` (from JSON) of type ``hint`` (str, int, bool, None, a union, a Literal)?"""
+    """Is ``value`` (from JSON) of type ``hint`` (str, int, bool, None, a union, a Literal,
+    a string of a ``Shape``)?"""
     origin = typing.get_origin(hint)
+    if origin is Annotated:
+        base, *shapes = typing.get_args(hint)
+        return fits(value, base) and all(shape.fits(value) for shape in shapes)
     if origin is Literal:
         return any(value == choice and type(value) is type(choice)
                    for choice in typing.get_args(hint))
@@ -126,6 +174,9 @@ def fits(value: Any, hint: Any) -> bool:
 
 def describe_type(hint: Any) -> str:
     origin = typing.get_origin(hint)
+    if origin is Annotated:
+        shapes = typing.get_args(hint)[1:]
+        return " and ".join(f"{shape.noun} ({shape.why})" for shape in shapes)
     if origin is Literal:
         return "one of " + ", ".join(repr(choice) for choice in typing.get_args(hint))
     if origin in (typing.Union, types.UnionType):
@@ -143,5 +194,25 @@ def describe_value(value: Any) -> str:
     if isinstance(value, int | float):
         return f"the number {value}"
     if isinstance(value, str):
-        return f"the string {value!r}" if len(value) <= 40 else "a long string"
+        nul = value.find("\0")
+        return f"the string {quote(value)}" + (
+            f" with a NUL byte at character {nul + 1}" if nul >= 0 else
+            "" if _is_unicode(value) else " with a lone surrogate (not Unicode)")
     return "a list" if isinstance(value, list) else "an object"
+
+
+def describe_size(size: int) -> str:
+    """A size in bytes, in the unit a person would say it in: 4 MiB, 64 KiB, 5.2 MiB."""
+    for unit, scale in (("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size >= scale:
+            return f"{size / scale:.1f}".removesuffix(".0") + f" {unit}"
+    return f"{size} bytes"
+
+
+def quote(value: Any, limit: int = 40) -> str:
+    """``value``'s repr, or the start of it and its length when it is long: an answer quotes
+    what was sent, never megabytes of it."""
+    if isinstance(value, str) and len(value) > limit:
+        return f"{value[:limit]!r}... ({len(value)} characters)"
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"

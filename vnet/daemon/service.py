@@ -135,8 +135,9 @@ class Vnetd:
                 "datapath_restarts": self.datapath.restarts}
 
     async def op_up(self, request: UpRequest) -> dict[str, Any]:
-        topology = parse_topology(request.text, source=request.source,
-                                  base_dir=Path(request.source).parent)
+        topology = await asyncio.to_thread(   # seconds for a big file: not on the loop
+            parse_topology, request.text, source=request.source,
+            base_dir=Path(request.source).parent)
         if topology.hosts and self.bus is not None:
             return await self.bus.publish_up(topology)   # every host realises its part
         result = await self.realise_part(topology)
