@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from vnet.daemon import config as cfg
+from vnet.topology.yamlcompose import LIBYAML
 from vnet.daemon.access import OPERATIONS, Role, allowed, role_of
 from vnet.daemon.config import (
     AccessConfig,
@@ -184,8 +185,10 @@ CASES: dict[str, tuple[str, list[str]]] = {
         """, ["c.yaml:1: expected a mapping, got a list"]),
     "invalid YAML": ("""
         host: [a
-        """, ["c.yaml:2: invalid YAML: expected ',' or ']', but got '<stream end>' "
-              "(while parsing a flow sequence at line 1)"]),
+        """, ["c.yaml:2: invalid YAML: " + (
+            "did not find expected ',' or ']'" if LIBYAML
+            else "expected ',' or ']', but got '<stream end>'")
+            + " (while parsing a flow sequence at line 1)"]),
     "duplicate key": ("""
         log_level: info
         log_level: debug

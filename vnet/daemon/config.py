@@ -43,7 +43,7 @@ from vnet.topology.fields import BROKER, HOST_NAME, HOST_NAME_WHY, TOPIC_ROOT
 from vnet.topology.model import DEFAULT_TOPIC_ROOT
 from vnet.topology.report import KeyPath, Reporter
 from vnet.topology.spec import JSON, Enum, Field, Fields, Int, ListOf, Obj, Str
-from vnet.topology.yamlsource import read_yaml
+from vnet.topology.yamlsource import FileTooLarge, read_file, read_yaml
 
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 IoMode = Literal["ring", "socket"]
@@ -261,7 +261,9 @@ def load_config(path: str | Path | None = None, *, hostname: str | None = None) 
     file = DEFAULT_CONFIG_FILE if path is None else Path(path)
     machine = socketlib.gethostname() if hostname is None else hostname
     try:
-        text = file.read_text(encoding="utf-8")
+        text = read_file(file)
+    except FileTooLarge as err:
+        raise ConfigError([f"{file}:1: {err}"]) from None
     except FileNotFoundError:
         if path is None:
             return replace(parse_config("", str(file), hostname=machine), source=None)

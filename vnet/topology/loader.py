@@ -42,14 +42,16 @@ from vnet.topology.values import (
     parse_size,
     parse_subnet,
 )
-from vnet.topology.yamlsource import read_yaml
+from vnet.topology.yamlsource import FileTooLarge, read_file, read_yaml
 
 
 def load_topology(path: str | Path) -> Topology:
     """Read and check a topology file; relative paths in it resolve against its directory."""
     file = Path(path)
     try:
-        text = file.read_text(encoding="utf-8")
+        text = read_file(file)
+    except FileTooLarge as err:
+        raise TopologyError([f"{file}:1: {err}"]) from None
     except UnicodeDecodeError as err:
         raise TopologyError([f"{file}:1: not UTF-8 text ({err.reason})"]) from None
     except OSError as err:
