@@ -18,7 +18,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from vnet.daemon import config as cfg
-from vnet.topology.yamlcompose import LIBYAML
 from vnet.daemon.access import OPERATIONS, Role, allowed, role_of
 from vnet.daemon.config import (
     AccessConfig,
@@ -40,6 +39,7 @@ from vnet.daemon.config import (
     with_flags,
 )
 from vnet.daemon.main import configure, parse_args
+from vnet.topology.yamlcompose import LIBYAML
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_FILE = ROOT / "vnet" / "daemon" / "vnetd.schema.json"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from textwrap import dedent
 from typing import Any
 
@@ -11,7 +10,7 @@ import pytest
 from vnet.errors import TopologyError
 from vnet.topology import parse_topology
 from vnet.topology.report import INVALID, Reporter, format_path
-from vnet.topology.yamlcompose import LIBYAML, LIMITS
+from vnet.topology.yamlcompose import LIBYAML
 from vnet.topology.yamlsource import read_yaml
 
 

@@ -41,7 +41,7 @@ from vnet.datapath.engine import BUSY_POLL, IO_MODES
 from vnet.errors import VnetError
 from vnet.topology.fields import BROKER, HOST_NAME, HOST_NAME_WHY, TOPIC_ROOT
 from vnet.topology.model import DEFAULT_TOPIC_ROOT
-from vnet.topology.report import KeyPath, Reporter
+from vnet.topology.report import KeyPath, Reporter, clip, quote
 from vnet.topology.spec import JSON, Enum, Field, Fields, Int, ListOf, Obj, Str
 from vnet.topology.yamlsource import FileTooLarge, read_file, read_yaml
 
@@ -316,7 +316,7 @@ def with_flags(config: DaemonConfig, *, socket: str | None = None, state_dir: st
 def check_host_flag(host: str) -> str:
     """``vnetd --host NAME``'s value, if it can be a key of a topology's hosts:."""
     if not re.fullmatch(HOST_NAME, host):
-        raise ConfigError([f"--host {host!r}: not a valid vnet host name ({HOST_NAME_WHY}); "
+        raise ConfigError([f"--host {quote(host)}: not a valid vnet host name ({HOST_NAME_WHY}); "
                            "give this host's name under the topology's hosts:"])
     return host
 
@@ -345,12 +345,12 @@ def parse_endpoint(text: str, *, default_port: int | None, names: bool) -> Endpo
         except ValueError:
             host = ""
         if not bracket or not host or (rest and not rest.startswith(":")):
-            raise ValueError(f"{text!r}: brackets hold an IPv6 address, e.g. [fd00::1]:9470")
+            raise ValueError(f"{quote(text)}: brackets hold an IPv6 address, e.g. [fd00::1]:9470")
         if rest:
             port_text = rest[1:]
     else:
         if text.count(":") > 1:
-            raise ValueError(f"{text!r}: an IPv6 address goes in brackets, e.g. {example}")
+            raise ValueError(f"{quote(text)}: an IPv6 address goes in brackets, e.g. {example}")
         host, colon, after = text.partition(":")
         if colon:
             port_text = after
@@ -358,18 +358,18 @@ def parse_endpoint(text: str, *, default_port: int | None, names: bool) -> Endpo
             try:
                 ipaddress.IPv4Address(host)
             except ValueError:
-                raise ValueError(f"{host!r} is not an IPv4 address") from None
+                raise ValueError(f"{quote(host)} is not an IPv4 address") from None
         elif not names:
-            raise ValueError(f"{host!r} is not an IP address (give one of this host's, "
+            raise ValueError(f"{quote(host)} is not an IP address (give one of this host's, "
                              f"e.g. {example})")
         elif not re.fullmatch(_DNS_NAME, host) or len(host) > 253:
-            raise ValueError(f"{host!r} is not a host name or IP address (e.g. {example})")
+            raise ValueError(f"{quote(host)} is not a host name or IP address (e.g. {example})")
     if port_text is None:
         if default_port is None:
-            raise ValueError(f"{text!r} has no port: write HOST:PORT, e.g. {example}")
+            raise ValueError(f"{quote(text)} has no port: write HOST:PORT, e.g. {example}")
         return Endpoint(host, default_port)
     if not re.fullmatch(r"[0-9]{1,5}", port_text) or not 1 <= int(port_text) <= 65535:
-        raise ValueError(f"{port_text!r} is not a port: 1 to 65535")
+        raise ValueError(f"{quote(port_text)} is not a port: 1 to 65535")
     return Endpoint(host, int(port_text))
 
 
@@ -377,13 +377,14 @@ def parse_broker(text: str) -> Broker:
     """``mqtt://HOST[:PORT]`` or ``mqtts://HOST[:PORT]``; raises ``ValueError``."""
     scheme, _, rest = text.partition("://")
     if scheme not in BROKER_PORTS:
-        raise ValueError(f"{text!r} is not mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
+        raise ValueError(f"{quote(text)} is not mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
     if "@" in rest:
         raise ValueError("credentials do not belong in the URL: put the user name in "
                          "bus.username and the password in the file bus.password_file names")
     hostport, slash, tail = rest.partition("/")
     if slash and tail:
-        raise ValueError(f"{text!r} has a path ('/{tail}'): a broker URL ends after the port")
+        raise ValueError(f"{quote(text)} has a path ('/{clip(tail)}'): a broker URL ends after "
+                         "the port")
     endpoint = parse_endpoint(hostport, default_port=BROKER_PORTS[scheme], names=True)
     return Broker(cast(Literal["mqtt", "mqtts"], scheme), endpoint)
 
@@ -417,9 +418,9 @@ class _Builder:
             return str(top.get("host") or "")
         short = hostname.split(".")[0]
         if not re.fullmatch(HOST_NAME, short):
-            self.rep.missing(("host",), f"this machine's host name {hostname!r} is not a valid "
-                             f"vnet host name ({HOST_NAME_WHY}): set host: to this host's name "
-                             "under the topology's hosts:")
+            self.rep.missing(("host",), f"this machine's host name {quote(hostname)} is not a "
+                             f"valid vnet host name ({HOST_NAME_WHY}): set host: to this "
+                             "host's name under the topology's hosts:")
         return short
 
     def socket(self, top: Fields) -> Path:
@@ -435,7 +436,7 @@ class _Builder:
             return DatapathConfig()
         python = fields.get("python")
         if python is not None and shutil.which(python) is None:
-            self.rep.error(("datapath", "python"), f"no interpreter {python!r} (not on PATH): "
+            self.rep.error(("datapath", "python"), f"no interpreter {quote(python)} (not on PATH): "
                            "install it (apt-get install pypy3) or leave python: out to run "
                            "the datapath under vnetd's own Python")
         return DatapathConfig(python=python, io=fields.get("io") or DEFAULT_IO,

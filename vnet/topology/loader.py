@@ -32,7 +32,15 @@ from vnet.topology.model import (
     Topology,
     forward_address,
 )
-from vnet.topology.report import INVALID, KeyPath, Reporter, format_path, undefined
+from vnet.topology.report import (
+    INVALID,
+    KeyPath,
+    Reporter,
+    clip,
+    format_path,
+    quote,
+    undefined,
+)
 from vnet.topology.spec import Fields
 from vnet.topology.values import (
     derive_mac,
@@ -201,7 +209,7 @@ class _Builder:
                 self.rep.error(lease_path, f"lease {address} is the gateway's address")
             elif address in owner:
                 self.rep.error(lease_path, f"lease {address} is also leased to "
-                               f"{owner[address]!r}")
+                               f"{quote(owner[address])}")
             owner.setdefault(address, node)
             leases[node] = address
         if len(bounds) != 2 or None in bounds:
@@ -252,8 +260,8 @@ class _Builder:
                   "cmdline": f.get("cmdline")}
             memory = self.parse(parse_size, f, "memory")
             if memory is not None and memory < fmt.MIN_MEMORY:
-                self.rep.error((*path, "memory"), f"{f.get('memory')} is too little memory: "
-                               "a guest needs at least 16M")
+                self.rep.error((*path, "memory"), f"{clip(str(f.get('memory')))} is too little "
+                               "memory: a guest needs at least 16M")
             if len(nics) > MAX_NICS:
                 self.rep.error((*path, "nics"), f"{len(nics)} NICs: a VM has at most "
                                f"{MAX_NICS} (carry several networks on a trunk NIC)")
@@ -278,7 +286,7 @@ class _Builder:
         path = (*f.path, "kernel")
         if kernel.startswith("builtin:"):
             if not re.fullmatch(fmt.KERNEL_BUILTIN, kernel):
-                self.rep.error(path, f"{kernel!r} must match {fmt.KERNEL_BUILTIN}")
+                self.rep.error(path, f"{quote(kernel)} must match {fmt.KERNEL_BUILTIN}")
                 return None
             return kernel
         return str(self.path(kernel, path))
@@ -299,7 +307,7 @@ class _Builder:
                 continue
             name = item.get("name")
             if name is not None and name in first:
-                self.rep.error((*item.path, "name"), f"NIC name {name!r} is already used by "
+                self.rep.error((*item.path, "name"), f"NIC name {quote(name)} is already used by "
                                f"nics[{first[name]}] of this node")
                 continue
             if name is not None:
@@ -349,10 +357,10 @@ class _Builder:
         if not isinstance(fields, Fields) or mode is None:
             return  # undefined or broken network: reported already
         if mode != "nat":
-            self.rep.error(path, f"ip: dhcp needs a network with mode: nat; {network!r} is "
+            self.rep.error(path, f"ip: dhcp needs a network with mode: nat; {quote(network)} is "
                            f"{mode}")
         elif "dhcp" not in fields:
-            self.rep.error(path, f"network {network!r} serves no DHCP: give it "
+            self.rep.error(path, f"network {quote(network)} serves no DHCP: give it "
                            "dhcp: {range: [FIRST, LAST]}, or give this NIC a static ip")
 
     # -- across the lab ---------------------------------------------------------------------
@@ -362,7 +370,7 @@ class _Builder:
         for net in self.networks.values():
             if net.vlan in owner:
                 self.rep.error(("networks", net.name, "vlan"), f"VLAN {net.vlan} is already "
-                               f"used by network {owner[net.vlan]!r}: each network needs its "
+                               f"used by network {quote(owner[net.vlan])}: each network needs its "
                                "own VLAN")
             owner.setdefault(net.vlan, net.name)
 
@@ -375,7 +383,7 @@ class _Builder:
                 assert other.subnet is not None
                 if net.subnet.overlaps(other.subnet):
                     self.rep.error(("networks", net.name, "subnet"), f"{net.subnet} overlaps "
-                                   f"the subnet {other.subnet} of network {other.name!r}")
+                                   f"the subnet {other.subnet} of network {quote(other.name)}")
             seen.append(net)
 
     def check_vnis(self) -> None:
@@ -385,7 +393,8 @@ class _Builder:
                 continue
             if net.vni in owner:
                 self.rep.error(("networks", net.name, "vni"), f"VNI {net.vni} is already used "
-                               f"by network {owner[net.vni]!r}: each network needs its own VNI")
+                               f"by network {quote(owner[net.vni])}: each network needs its "
+                               "own VNI")
             owner.setdefault(net.vni, net.name)
 
     def check_uplinks(self) -> None:
@@ -399,9 +408,9 @@ class _Builder:
                 path: KeyPath = ("networks", net.name, "uplink")
                 on = ""
                 if host is not None:
-                    path, on = (*path, host), f" on host {host!r}"
+                    path, on = (*path, host), f" on host {quote(host)}"
                 if (host, uplink) in untagged:
-                    self.rep.error(path, f"network {untagged[(host, uplink)]!r} is already "
+                    self.rep.error(path, f"network {quote(untagged[(host, uplink)])} is already "
                                    f"bridged untagged onto {uplink}{on}: at most one untagged "
                                    "network per uplink (set tagged: true on the others)")
                 untagged.setdefault((host, uplink), net.name)
@@ -430,7 +439,7 @@ class _Builder:
                 where = format_path(port.path)
                 ip_path = (*port.path, "ip")
                 if ip.ip in owner:
-                    self.rep.error(ip_path, f"{ip.ip} is already used in network {name!r} by "
+                    self.rep.error(ip_path, f"{ip.ip} is already used in network {quote(name)} by "
                                    f"{owner[ip.ip]}")
                 owner.setdefault(ip.ip, where)
                 if net is not None and net.subnet is not None and isinstance(ip, IPv4Interface):
@@ -440,14 +449,14 @@ class _Builder:
         assert net.subnet is not None
         if ip.ip not in net.subnet:
             self.rep.error(path, f"{ip} is outside the subnet {net.subnet} of network "
-                           f"{net.name!r}")
+                           f"{quote(net.name)}")
         elif ip.network.prefixlen != net.subnet.prefixlen:
             self.rep.error(path, f"{ip} has prefix length /{ip.network.prefixlen} but network "
-                           f"{net.name!r} has /{net.subnet.prefixlen}")
+                           f"{quote(net.name)} has /{net.subnet.prefixlen}")
         elif not self.is_host(ip.ip, net.subnet):
             self.rep.error(path, f"{ip.ip} is the network or broadcast address of {net.subnet}")
         elif ip.ip == net.gateway:
-            self.rep.error(path, f"{ip.ip} is the gateway of network {net.name!r}")
+            self.rep.error(path, f"{ip.ip} is the gateway of network {quote(net.name)}")
 
     def check_dhcp(self, net: Network) -> None:
         """Leases go to nodes with a NIC in the network, and not to a taken address."""
@@ -461,10 +470,11 @@ class _Builder:
                 continue
             if not any(p.node == node and not p.nic.is_trunk
                        for p in self.ports.get(net.name, [])):
-                self.rep.error(path, f"node {node!r} has no access NIC in network {net.name!r}")
+                self.rep.error(path, f"node {quote(node)} has no access NIC in network "
+                               f"{quote(net.name)}")
             if address in static and static[address] != node:
                 self.rep.error(path, f"lease {address} is the static address of node "
-                               f"{static[address]!r}")
+                               f"{quote(static[address])}")
 
     def check_forwards(self, net: Network) -> None:
         """A forward's node must have a known IPv4 address in the network."""
@@ -475,11 +485,11 @@ class _Builder:
             ports = [p for p in self.ports.get(net.name, [])
                      if p.node == fw.node and not p.nic.is_trunk]
             if not ports:
-                self.rep.error(path, f"node {fw.node!r} has no access NIC in network "
-                               f"{net.name!r}")
+                self.rep.error(path, f"node {quote(fw.node)} has no access NIC in network "
+                               f"{quote(net.name)}")
             elif forward_address(net, fw.node, (p.nic for p in ports)) is None:
-                self.rep.error(path, f"node {fw.node!r} has no fixed address in network "
-                               f"{net.name!r}: give it a static ip or a dhcp lease")
+                self.rep.error(path, f"node {quote(fw.node)} has no fixed address in network "
+                               f"{quote(net.name)}: give it a static ip or a dhcp lease")
 
     def check_reach(self, net: Network) -> None:
         """``reach`` names other NAT networks of this lab."""
@@ -488,12 +498,12 @@ class _Builder:
             if name is INVALID:
                 continue
             if name == net.name:
-                self.rep.error(path, f"network {name!r} reaching itself: its nodes always "
+                self.rep.error(path, f"network {quote(name)} reaching itself: its nodes always "
                                "reach each other; list other NAT networks")
             elif name not in self.net_fields:
                 self.reference("network", name, path)
             elif self.modes.get(name) not in ("nat", None):
-                self.rep.error(path, f"network {name!r} is {self.modes[name]}, not nat: only "
+                self.rep.error(path, f"network {quote(name)} is {self.modes[name]}, not nat: only "
                                "NAT networks have a gateway to route between")
 
     def check_forward_ports(self) -> None:

@@ -16,8 +16,9 @@ the time in the garbage collector.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, cast
 
 import yaml
 from yaml import events
@@ -120,7 +121,8 @@ def compose(data: bytes, limits: YamlLimits = LIMITS) -> Node | None:
 class _Composer:
     def __init__(self, parser: yaml.SafeLoader | yaml.CSafeLoader, limits: YamlLimits) -> None:
         self.parser, self.limits = parser, limits
-        self.resolve = yaml.resolver.Resolver().resolve
+        self.resolve = cast(Callable[[type, str | None, Any], str],
+                            yaml.resolver.Resolver().resolve)
         self.anchors: dict[str, Node] = {}
         self.count = 0
 
@@ -130,17 +132,16 @@ class _Composer:
         documents = 0
         while True:
             event = self.parser.get_event()
-            kind = type(event)
-            if kind is events.StreamEndEvent:
+            if event is None or isinstance(event, events.StreamEndEvent):
                 return root
-            if kind is events.DocumentStartEvent:
+            if isinstance(event, events.DocumentStartEvent):
                 documents += 1
                 if documents > 1:
                     first = root.line if root is not None else 1
                     raise Refused(_line(event), "invalid YAML: expected a single document in "
                                   f"the stream (line {first}), but found another document")
                 continue
-            if kind is events.SequenceEndEvent or kind is events.MappingEndEvent:
+            if isinstance(event, events.CollectionEndEvent):
                 stack.pop()
                 continue
             if not isinstance(event, events.NodeEvent):
@@ -162,18 +163,18 @@ class _Composer:
             raise Refused(line, f"more than {self.limits.max_nodes:,} YAML nodes (keys, "
                           "values and collections) by this line: vnet reads no more (a "
                           f"topology of a thousand nodes has about 15,000); {HINT}")
+        anchor = event.anchor
         if isinstance(event, events.AliasEvent):
-            target = self.anchors.get(event.anchor)
+            target = self.anchors.get(anchor or "")
             if target is None:
-                raise Refused(line, f"invalid YAML: undefined alias *{clip(event.anchor)}"
-                              ": define the anchor (&NAME) before using it")
+                raise Refused(line, f"invalid YAML: undefined alias *{clip(anchor or '')}: "
+                              "define the anchor (&NAME) before using it")
             return target
         if isinstance(event, events.ScalarEvent):
             tag = event.tag
             if tag is None or tag == "!":
                 tag = self.resolve(ScalarNode, event.value, event.implicit)
             node = Node("scalar", tag, event.value, line, event.style or None)  # libyaml: ''
-
         else:
             assert isinstance(event, events.CollectionStartEvent)
             seq = isinstance(event, events.SequenceStartEvent)
@@ -181,13 +182,12 @@ class _Composer:
             if tag is None or tag == "!":
                 tag = self.resolve(SequenceNode if seq else MappingNode, None, event.implicit)
             node = Node("seq" if seq else "map", tag, [], line)
-        if event.anchor is not None:
-            first = self.anchors.get(event.anchor)
+        if anchor is not None:
+            first = self.anchors.get(anchor)
             if first is not None:
-                raise Refused(line, f"invalid YAML: duplicate anchor "
-                              f"&{clip(event.anchor)} (first at line {first.line}): "
-                              "give each anchor its own name")
-            self.anchors[event.anchor] = node
+                raise Refused(line, f"invalid YAML: duplicate anchor &{clip(anchor)} (first at "
+                              f"line {first.line}): give each anchor its own name")
+            self.anchors[anchor] = node
         return node
 
 
