@@ -19,7 +19,7 @@ from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
 from vnet.topology.model import Host
-from vnet.topology.report import INVALID, Reporter, quote, undefined
+from vnet.topology.report import INVALID, Reporter, quote
 from vnet.topology.spec import Fields
 from vnet.topology.values import parse_broker, parse_ip
 
@@ -117,7 +117,8 @@ class HostChecks:
             elif self.known:
                 for host in uplink:
                     if host not in self.host_fields:
-                        self.rep.key_error((*path, host), undefined("host", host, self.names))
+                        self.rep.key_error((*path, host),
+                                           self.rep.undefined("host", host, self.names))
         elif mode == "bridged" and self.multi:
             self.rep.error(path, "say on which host: in a lab with hosts a bridged network's "
                            f"uplink maps hosts to interfaces, e.g. uplink: {{{self.names[0]}: "
@@ -145,7 +146,7 @@ class HostChecks:
             self.rep.error(path, f"host {quote(name)} is not defined: this lab declares no hosts "
                            f"({_DECLARE})")
         elif name not in self.host_fields:
-            self.rep.error(path, undefined("host", name, self.names))
+            self.rep.error(path, self.rep.undefined("host", name, self.names))
 
     @property
     def choices(self) -> str:

@@ -10,7 +10,9 @@ with its ``FILE:LINE: KEY.PATH:`` prefix and the whole list is raised as one
 
 from __future__ import annotations
 
+import bisect
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
@@ -39,7 +41,6 @@ from vnet.topology.report import (
     clip,
     format_path,
     quote,
-    undefined,
 )
 from vnet.topology.spec import Fields
 from vnet.topology.values import (
@@ -109,6 +110,7 @@ class _Builder:
         self.ports: dict[str, list[_Port]] = {}  # network name -> NICs in it
         self.nic_paths: dict[tuple[str, str], KeyPath] = {}  # (node, NIC) -> its path
         self.forward_index: dict[str, list[int]] = {}  # network -> file index of forwards[i]
+        self.access_index: dict[str, dict[str, list[_Port]]] = {}  # see access_ports
 
     def build(self) -> Topology | None:
         for name, fields in self.net_fields.items():
@@ -375,16 +377,28 @@ class _Builder:
             owner.setdefault(net.vlan, net.name)
 
     def check_subnets(self) -> None:
-        seen: list[Network] = []
+        """No subnet overlaps an earlier one.  Two IPv4 networks overlap when one holds the
+        other, so a subnet looks up its supernets (one per shorter prefix) and, among the
+        sorted first addresses of the earlier ones, one inside it: O(n log n), not pairs."""
+        by_prefix: dict[tuple[int, int], Network] = {}  # (first address, prefix length)
+        starts: list[int] = []  # first addresses of the earlier subnets, sorted
+        at_start: list[Network] = []  # the network of each of ``starts``
         for net in self.networks.values():
             if net.subnet is None:
                 continue
-            for other in seen:
-                assert other.subnet is not None
-                if net.subnet.overlaps(other.subnet):
-                    self.rep.error(("networks", net.name, "subnet"), f"{net.subnet} overlaps "
-                                   f"the subnet {other.subnet} of network {quote(other.name)}")
-            seen.append(net)
+            first = int(net.subnet.network_address)
+            last = int(net.subnet.broadcast_address)
+            other = next((by_prefix[key] for key in _supernets(first, net.subnet.prefixlen)
+                          if key in by_prefix), None)
+            i = bisect.bisect_left(starts, first)
+            if other is None and i < len(starts) and starts[i] <= last:
+                other = at_start[i]
+            if other is not None:
+                self.rep.error(("networks", net.name, "subnet"), f"{net.subnet} overlaps "
+                               f"the subnet {other.subnet} of network {quote(other.name)}")
+            by_prefix.setdefault((first, net.subnet.prefixlen), net)
+            starts.insert(i, first)
+            at_start.insert(i, net)
 
     def check_vnis(self) -> None:
         owner: dict[int, str] = {}
@@ -458,6 +472,17 @@ class _Builder:
         elif ip.ip == net.gateway:
             self.rep.error(path, f"{ip.ip} is the gateway of network {quote(net.name)}")
 
+    def access_ports(self, network: str) -> dict[str, list[_Port]]:
+        """The access NICs in ``network`` by node; built once, for leases and forwards to
+        look their nodes up in."""
+        index = self.access_index.get(network)
+        if index is None:
+            index = self.access_index[network] = {}
+            for port in self.ports.get(network, []):
+                if not port.nic.is_trunk:
+                    index.setdefault(port.node, []).append(port)
+        return index
+
     def check_dhcp(self, net: Network) -> None:
         """Leases go to nodes with a NIC in the network, and not to a taken address."""
         if net.dhcp is None:
@@ -468,8 +493,7 @@ class _Builder:
             path = ("networks", net.name, "dhcp", "leases", node)
             if node not in self.node_fields:
                 continue
-            if not any(p.node == node and not p.nic.is_trunk
-                       for p in self.ports.get(net.name, [])):
+            if node not in self.access_ports(net.name):
                 self.rep.error(path, f"node {quote(node)} has no access NIC in network "
                                f"{quote(net.name)}")
             if address in static and static[address] != node:
@@ -482,8 +506,7 @@ class _Builder:
             path = ("networks", net.name, "forward", i, "to")
             if fw.node not in self.node_fields:
                 continue
-            ports = [p for p in self.ports.get(net.name, [])
-                     if p.node == fw.node and not p.nic.is_trunk]
+            ports = self.access_ports(net.name).get(fw.node, [])
             if not ports:
                 self.rep.error(path, f"node {quote(fw.node)} has no access NIC in network "
                                f"{quote(net.name)}")
@@ -526,7 +549,7 @@ class _Builder:
         if name in defined or not self.sections_ok[section]:
             return
         report = self.rep.key_error if key else self.rep.error
-        report(path, undefined(kind, name, defined))
+        report(path, self.rep.undefined(kind, name, defined))
 
     def parse(self, parser: Any, f: Fields, key: str) -> Any:
         """``parser`` applied to a key's value or default; None if absent, wrong or refused."""
@@ -547,3 +570,9 @@ class _Builder:
             return True
         return address not in (subnet.network_address, subnet.broadcast_address)
 
+
+def _supernets(first: int, prefixlen: int) -> Iterator[tuple[int, int]]:
+    """(first address, prefix length) of each IPv4 network that holds this one, itself too."""
+    for length in range(prefixlen + 1):
+        mask = (0xFFFFFFFF << (32 - length)) & 0xFFFFFFFF
+        yield first & mask, length

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -21,6 +21,10 @@ offending value to point at it, not to echo a megabyte back."""
 MAX_PROBLEMS = 100
 """The most problems one file reports; the rest are counted.  Fixing the first hundred is the
 next step anyway, and a file of 100,000 bad values must not print 100,000 lines."""
+MAX_SUGGESTION_WORK = 50_000
+"""The most names that "did you mean" look-ups compare, in all, for one file (about 0.3 s):
+each compares the name with every defined one (difflib), so 8,000 undefined names among
+4,000 defined ones would take minutes.  Past it, messages go without the suggestion."""
 _NAMES_SHOWN = 10
 
 
@@ -82,17 +86,6 @@ def format_path(path: KeyPath) -> str:
     return out
 
 
-def undefined(kind: str, name: str, defined: Iterable[str]) -> str:
-    """``network 'offce' is not defined (defined: lab, office); did you mean 'office'?``"""
-    names = sorted(defined)
-    close = difflib.get_close_matches(name, names, n=1) if len(name) <= QUOTE_LIMIT else []
-    hint = f"; did you mean {quote(close[0])}?" if close else ""
-    shown = ", ".join(clip(n) for n in names[:_NAMES_SHOWN]) or "none"
-    if len(names) > _NAMES_SHOWN:
-        shown += f", … ({len(names):,} in all)"
-    return f"{kind} {quote(name)} is not defined (defined: {shown}){hint}"
-
-
 @dataclass
 class Reporter:
     """Collects problems of one source; ``lines`` maps key paths to 1-based line numbers."""
@@ -103,6 +96,8 @@ class Reporter:
     raw: Mapping[KeyPath, str] = field(default_factory=dict)  # text of plain non-str scalars
     _problems: list[tuple[int, str]] = field(default_factory=list)
     _seen: set[tuple[int, str]] = field(default_factory=set)
+    _suggested: int = 0  # names compared by near-miss look-ups
+    _sorted: dict[int, tuple[Collection[str], list[str]]] = field(default_factory=dict)
 
     def line(self, path: KeyPath) -> int:
         """The line of ``path``, or of its nearest ancestor that the file has."""
@@ -123,6 +118,25 @@ class Reporter:
     def missing(self, path: KeyPath, message: str) -> None:
         """A problem with a key that is absent: reported at its mapping's line."""
         self.at(self.line(path[:-1]), path, message)
+
+    def undefined(self, kind: str, name: str, defined: Collection[str]) -> str:
+        """``network 'offce' is not defined (defined: lab, office); did you mean 'office'?``
+
+        ``defined`` is sorted once per collection (callers pass the same one each time);
+        near misses are looked up within ``MAX_SUGGESTION_WORK``."""
+        cached = self._sorted.get(id(defined))
+        if cached is None or cached[0] is not defined or len(cached[1]) != len(defined):
+            cached = self._sorted[id(defined)] = (defined, sorted(defined))
+        names = cached[1]
+        close: list[str] = []
+        if len(name) <= QUOTE_LIMIT and self._suggested + len(names) <= MAX_SUGGESTION_WORK:
+            self._suggested += len(names)
+            close = difflib.get_close_matches(name, names, n=1)
+        hint = f"; did you mean {quote(close[0])}?" if close else ""
+        shown = ", ".join(clip(n) for n in names[:_NAMES_SHOWN]) or "none"
+        if len(names) > _NAMES_SHOWN:
+            shown += f", … ({len(names):,} in all)"
+        return f"{kind} {quote(name)} is not defined (defined: {shown}){hint}"
 
     def at(self, line: int, path: KeyPath, message: str) -> None:
         where = f"{format_path(path)}: " if path else ""

@@ -15,6 +15,7 @@ Topology files and vnetd's config are both read here, under the same limits.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -172,8 +173,9 @@ class _Walker:
             if node.tag != INT_TAG:
                 raise
             digits = sum(c.isdigit() for c in node.text)
-            self.rep.at(node.line, path, f"{quote(node.text)} is too long for a number "
-                        f"({digits:,} digits): no setting takes one near this large")
+            self.rep.at(node.line, path, f"a number of {digits:,} digits is too long to read "
+                        f"(at most {sys.get_int_max_str_digits():,}), and far larger than any "
+                        "setting takes")
             return INVALID
         finally:
             self.constructor.constructed_objects.clear()  # one node each: nothing to share
