@@ -87,11 +87,13 @@ class Node:
         return list(zip(items[::2], items[1::2], strict=True))
 
 
-def too_large(size: int, limits: YamlLimits = LIMITS) -> str | None:
-    """The problem with a document of ``size`` bytes, or None if it may be read."""
+def too_large(size: int, limits: YamlLimits = LIMITS, *, exact: bool = True) -> str | None:
+    """The problem with a document of ``size`` bytes (at least, unless ``exact``), or None if
+    it may be read."""
     if size <= limits.max_bytes:
         return None
-    return (f"the file is {size:,} bytes: vnet reads YAML files of at most "
+    size_text = f"{size:,} bytes" if exact else f"more than {limits.max_bytes:,} bytes"
+    return (f"the file is {size_text}: vnet reads YAML files of at most "
             f"{limits.max_bytes:,} bytes (a topology of a thousand nodes takes about 100 KB); "
             f"{HINT}")
 

@@ -15,6 +15,7 @@ Topology files and vnetd's config are both read here, under the same limits.
 from __future__ import annotations
 
 import os
+import stat
 import sys
 from pathlib import Path
 from typing import Any
@@ -50,8 +51,9 @@ def read_file(file: Path, limits: YamlLimits = LIMITS) -> str:
     ``UnicodeDecodeError`` or ``FileTooLarge`` (its message is for the user)."""
     with file.open("rb") as stream:
         data = stream.read(limits.max_bytes + 1)
-        size = max(len(data), os.fstat(stream.fileno()).st_size)
-    problem = too_large(size, limits)
+        info = os.fstat(stream.fileno())
+    regular = stat.S_ISREG(info.st_mode)  # else its size is unknown: a pipe, /dev/zero
+    problem = too_large(max(len(data), info.st_size if regular else 0), limits, exact=regular)
     if problem is not None:
         raise FileTooLarge(problem)
     return data.decode("utf-8")
@@ -69,8 +71,9 @@ def read_yaml(text: str, rep: Reporter, *, empty_ok: bool = False,
         data = text.encode("utf-8")
     except UnicodeEncodeError as err:  # a lone surrogate, from a JSON request say
         line = text.count("\n", 0, err.start) + 1
-        rep.at(line, (), f"not UTF-8 text: character {err.start + 1} is U+"
-               f"{ord(text[err.start]):04X}, a lone surrogate")
+        column = err.start - text.rfind("\n", 0, err.start)
+        rep.at(line, (), f"not UTF-8 text: a lone surrogate (U+{ord(text[err.start]):04X}) at "
+               f"column {column}")
         return INVALID
     try:
         root = compose(data, limits)
