@@ -41,7 +41,7 @@ from vnet.datapath.engine import BUSY_POLL, IO_MODES
 from vnet.errors import VnetError
 from vnet.topology.fields import BROKER, HOST_NAME, HOST_NAME_WHY, TOPIC_ROOT
 from vnet.topology.model import DEFAULT_TOPIC_ROOT
-from vnet.topology.report import KeyPath, Reporter, clip, quote
+from vnet.topology.report import PATH_LIMIT, KeyPath, Reporter, clip, quote
 from vnet.topology.spec import JSON, Enum, Field, Fields, Int, ListOf, Obj, Str
 from vnet.topology.yamlsource import FileTooLarge, read_file, read_yaml
 
@@ -159,8 +159,9 @@ class DaemonConfig:
 
 # ---- the format ---------------------------------------------------------------------------------
 
-PATH = r"^\S(.*\S)?$"
-PATH_WHY = "a file path without leading or trailing spaces; relative to this file's directory"
+PATH = r"^[^\s\x00]([^\n\x00]*[^\s\x00])?$"
+PATH_WHY = ("a file path without leading or trailing spaces, or NUL characters; relative to this "
+            "file's directory")
 NETNS = r"^(?!\.\.?$)[A-Za-z0-9_.-]{1,64}$"
 LISTEN = r"^(\[[0-9A-Fa-f:.]+\]|[0-9]{1,3}(\.[0-9]{1,3}){3}):[0-9]{1,5}$"
 GROUP = r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$"
@@ -427,8 +428,8 @@ class _Builder:
         path = self.path(top.get("socket")) or Path(DEFAULT_SOCKET)
         size = len(os.fsencode(path))
         if size > MAX_SOCKET_PATH:
-            self.rep.error(("socket",), f"{path} is {size} bytes long: a Unix socket path has at "
-                           f"most {MAX_SOCKET_PATH}; choose a shorter one")
+            self.rep.error(("socket",), f"{clip(str(path), PATH_LIMIT)} is {size} bytes long: a "
+                           f"Unix socket path has at most {MAX_SOCKET_PATH}; choose a shorter one")
         return path
 
     def datapath(self, fields: Fields | None) -> DatapathConfig:
@@ -475,27 +476,28 @@ class _Builder:
 
     def check_file(self, key: KeyPath, file: Path, *, secret: bool) -> None:
         """The file must exist; one that holds a secret must be root's, and only root's."""
+        shown = clip(str(file), PATH_LIMIT)
         try:
             info = file.stat()
         except FileNotFoundError:
-            self.rep.error(key, f"{file} does not exist: give the path of an existing file")
+            self.rep.error(key, f"{shown} does not exist: give the path of an existing file")
             return
         except OSError as err:
-            self.rep.error(key, f"cannot look at {file}: {(err.strerror or str(err)).lower()}")
+            self.rep.error(key, f"cannot look at {shown}: {(err.strerror or str(err)).lower()}")
             return
         if not stat.S_ISREG(info.st_mode):
-            self.rep.error(key, f"{file} is not a regular file")
+            self.rep.error(key, f"{shown} is not a regular file")
             return
         if not secret:
             return
         mode = stat.S_IMODE(info.st_mode)
         if info.st_uid not in (0, os.geteuid()):
-            self.rep.error(key, f"{file} belongs to uid {info.st_uid}, who could read or "
-                           f"replace the secret in it: chown root {file}")
+            self.rep.error(key, f"{shown} belongs to uid {info.st_uid}, who could read or "
+                           f"replace the secret in it: chown root {shown}")
         if mode & 0o077:
             who = "every user" if mode & 0o007 else "its group"
-            self.rep.error(key, f"{file} is open to {who} (mode {mode:04o}) but holds a secret: "
-                           f"make it readable only by root (chmod 600 {file})")
+            self.rep.error(key, f"{shown} is open to {who} (mode {mode:04o}) but holds a secret: "
+                           f"make it readable only by root (chmod 600 {shown})")
 
     def metrics(self, fields: Fields | None) -> MetricsConfig | None:
         if fields is None:

@@ -296,6 +296,8 @@ class _Builder:
     def path(self, text: str, path: KeyPath) -> Path:
         if not text:
             self.rep.error(path, "the path is empty")
+        elif "\x00" in text:
+            self.rep.error(path, f"{quote(text)} holds a NUL character, which no file name can")
         file = Path(text)
         if self.base_dir is None or file.is_absolute():
             return file

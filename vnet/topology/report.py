@@ -18,6 +18,9 @@ KeyPath = tuple[str | int, ...]
 QUOTE_LIMIT = 60
 """The most characters of a value from a file that a message shows: a message quotes the
 offending value to point at it, not to echo a megabyte back."""
+PATH_LIMIT = 200
+"""The same for a file's path, which a message shows whole when it can (to copy it into a
+command, chmod 600 PATH): any real path is shorter."""
 MAX_PROBLEMS = 100
 """The most problems one file reports; the rest are counted.  Fixing the first hundred is the
 next step anyway, and a file of 100,000 bad values must not print 100,000 lines."""
@@ -40,12 +43,12 @@ INVALID: Final = _Invalid()
 later checks skip it instead of reporting follow-on problems."""
 
 
-def clip(text: str) -> str:
-    """``text`` as it is, or its first ``QUOTE_LIMIT`` characters, an ellipsis and its length:
+def clip(text: str, limit: int = QUOTE_LIMIT) -> str:
+    """``text`` as it is, or its first ``limit`` characters, an ellipsis and its length:
     ``xxxx… (1,200,000 characters)``."""
-    if len(text) <= QUOTE_LIMIT:
+    if len(text) <= limit:
         return text
-    return f"{text[:QUOTE_LIMIT]}… ({len(text):,} characters)"
+    return f"{text[:limit]}… ({len(text):,} characters)"
 
 
 def quote(value: object) -> str:

@@ -216,7 +216,8 @@ class Enum(Spec):
 
     def check_value(self, value: Any, path: KeyPath, rep: Reporter) -> Any:
         if value not in self.values:
-            hint = _suggest(str(value), [str(v) for v in self.values])
+            hint = _suggest(value, [str(v) for v in self.values]) if isinstance(
+                value, str) else ""
             if len(self.values) == 1:
                 rep.error(path, f"{quote(value)} is not supported: the only value is "
                           f"{self.choices}")

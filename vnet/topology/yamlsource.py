@@ -168,23 +168,28 @@ class _Walker:
         yaml_node = ScalarNode(node.tag, node.value, style=node.style)
         try:
             value = self.constructor.construct_object(yaml_node)
-        except yaml.YAMLError as err:
-            problem = getattr(err, "problem", None) or str(err)
-            self.rep.at(node.line, path, f"cannot read this value: {clip(problem)}")
-            return INVALID
-        except ValueError:  # int() of more than sys.get_int_max_str_digits() digits
-            if node.tag != INT_TAG:
-                raise
-            digits = sum(c.isdigit() for c in node.text)
-            self.rep.at(node.line, path, f"a number of {digits:,} digits is too long to read "
-                        f"(at most {sys.get_int_max_str_digits():,}), and far larger than any "
-                        "setting takes")
+        except (yaml.YAMLError, ValueError, TypeError, AttributeError, KeyError, OverflowError):
+            # an unknown tag; a value that its tag (!!float x) forces on a constructor that
+            # fails on it, in any of these ways; int() of more than 4,300 digits
+            self.rep.at(node.line, path, self.unreadable(node))
             return INVALID
         finally:
             self.constructor.constructed_objects.clear()  # one node each: nothing to share
         if node.style is None and not isinstance(value, str):
             self.raw[path] = node.text  # for "quote it" hints: YAML 1.1 reads 52:54:.. as int
         return value
+
+    @staticmethod
+    def unreadable(node: Node) -> str:
+        digits = sum(c.isdigit() for c in node.text)
+        if node.tag == INT_TAG and digits > sys.get_int_max_str_digits():
+            return (f"a number of {digits:,} digits is too long to read (at most "
+                    f"{sys.get_int_max_str_digits():,}), and far larger than any setting takes")
+        if node.tag not in SafeConstructor.yaml_constructors:
+            return ("cannot read this value: could not determine a constructor for the tag "
+                    f"{quote(node.tag)}")
+        kind = node.tag.removeprefix("tag:yaml.org,2002:")
+        return f"cannot read this value: {quote(node.text)} is not a valid {kind}"
 
     def mapping(self, node: Node, path: KeyPath) -> dict[str, Any]:
         result: dict[str, Any] = {}
