@@ -184,6 +184,19 @@ def test_merge_keys_that_expand_beyond_the_limit_are_refused() -> None:
            "aliases" in found[0]
 
 
+def test_merged_keys_that_are_all_taken_still_count() -> None:
+    """Two anchors per level, each merging both of the level before: every merge source is
+    new (no visit-once saving) and brings only the key ``a``, taken already: nothing to
+    walk, but 2 * 600**2 sources to visit.  They count."""
+    lines = ["m0: &m0 {a: 0}", "w0: &w0 {a: 0}"]
+    for i in range(1, 600):
+        lines += [f"m{i}: &m{i} {{a: {i}, <<: [*m{i - 1}, *w{i - 1}]}}",
+                  f"w{i}: &w{i} {{a: {i}, <<: [*m{i - 1}, *w{i - 1}]}}"]
+    value, found = read("\n".join(lines) + "\n")
+    assert value is INVALID
+    assert len(found) == 1 and "expand the document to more than 200,000 values" in found[0]
+
+
 def test_a_long_merge_chain_merges_all_of_it() -> None:
     """300 levels: no silent cut at some depth (PyYAML merges the whole chain)."""
     lines = ["m0: &m0 {k0: 0}"]
@@ -267,3 +280,29 @@ def test_a_control_character_is_reported_at_its_line() -> None:
     assert problems("name: x\nnetworks: {}\nnodes: {a: \x07}\n") == [
         "t.yaml:3: invalid YAML: character U+0007 is not allowed (a control character): "
         "remove it"]
+
+
+@pytest.mark.parametrize("value,kind", [("!!timestamp x", "timestamp"), ("!!float nics", "float"),
+                                        ("!!bool maybe", "bool"), ("!!int abc", "int")])
+def test_a_tag_forced_on_a_value_it_cannot_read_is_an_error(value: str, kind: str) -> None:
+    value_text = value.split(" ", 1)[1].strip("'")
+    assert problems(f"name: x\nnetworks: {{a: {{vlan: {value}}}}}\nnodes: {{}}\n") == [
+        f"t.yaml:2: networks.a.vlan: cannot read this value: '{value_text}' is not a valid "
+        f"{kind}"]
+
+
+def test_a_huge_integer_where_a_small_one_belongs() -> None:
+    assert problems("version: 0x" + "f" * 5000 + "\nname: x\nnetworks: {}\nnodes: {}\n") == [
+        "t.yaml:1: version: an integer of about 6,021 digits is not supported: the only value "
+        "is 1"]
+
+
+def test_a_path_with_a_nul_character_is_refused() -> None:
+    assert problems('name: x\nnetworks: {}\nnodes:\n  v: {kind: vm, kernel: "/boot/a\\0b"}\n') == [
+        r"t.yaml:4: nodes.v.kernel: '/boot/a\x00b' holds a NUL character, which no file name can"]
+    with pytest.raises(ConfigError) as info:
+        parse_config('socket: "/run/a\\0b"\n', "c.yaml", hostname="h1")
+    assert info.value.problems == [
+        r"c.yaml:1: socket: '/run/a\x00b' must match ^[^\s\x00]([^\n\x00]*[^\s\x00])?$ (a file "
+        "path without leading or trailing spaces, or NUL characters; relative to this file's "
+        "directory)"]

@@ -152,3 +152,11 @@ def test_subnet_overlaps_are_those_of_every_pair() -> None:
             assert other < i and subnets[i].overlaps(subnets[other]), problem
             reported.add(i)
         assert reported == expected, subnets
+
+
+def test_a_config_path_is_shown_whole_up_to_200_characters_then_cut() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config("socket: /run/" + "s" * 5000 + "\n", "c.yaml", hostname="h1")
+    assert info.value.problems == [
+        "c.yaml:1: socket: /run/" + "s" * 195 + "… (5,005 characters) is 5005 bytes long: a "
+        "Unix socket path has at most 107; choose a shorter one"]
