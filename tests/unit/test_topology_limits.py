@@ -109,7 +109,7 @@ def test_too_many_nodes_are_refused_at_the_line_that_passes_the_limit() -> None:
     # root map 1, three keys and values 6, z and its list 2: the 100,001st node is item 99,992
     assert found == [f"t.yaml:{4 + 99_992}: more than 100,000 YAML nodes (keys, values and "
                      "collections) by this line: vnet reads no more (a topology of a thousand "
-                     "nodes has about 15,000); is this the right file?"]
+                     "nodes has about 20,000); is this the right file?"]
 
 
 def test_a_small_file_of_80_thousand_flow_nodes_is_read() -> None:

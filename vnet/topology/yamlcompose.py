@@ -37,7 +37,7 @@ Kind = Literal["scalar", "seq", "map"]
 @dataclass(frozen=True)
 class YamlLimits:
     """What vnet reads of one YAML document.  A topology of a thousand nodes is about 100 KB,
-    15,000 YAML nodes and 6 levels deep: the bounds are far above any real file, and low
+    20,000 YAML nodes and 6 levels deep: the bounds are far above any real file, and low
     enough that reading the largest document they allow takes about a second."""
 
     max_bytes: int = 2**20
@@ -164,7 +164,7 @@ class _Composer:
         if self.count > self.limits.max_nodes:
             raise Refused(line, f"more than {self.limits.max_nodes:,} YAML nodes (keys, "
                           "values and collections) by this line: vnet reads no more (a "
-                          f"topology of a thousand nodes has about 15,000); {HINT}")
+                          f"topology of a thousand nodes has about 20,000); {HINT}")
         anchor = event.anchor
         if isinstance(event, events.AliasEvent):
             target = self.anchors.get(anchor or "")
