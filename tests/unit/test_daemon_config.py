@@ -39,6 +39,7 @@ from vnet.daemon.config import (
     with_flags,
 )
 from vnet.daemon.main import configure, parse_args
+from vnet.topology.yamlcompose import LIBYAML
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_FILE = ROOT / "vnet" / "daemon" / "vnetd.schema.json"
@@ -184,8 +185,10 @@ CASES: dict[str, tuple[str, list[str]]] = {
         """, ["c.yaml:1: expected a mapping, got a list"]),
     "invalid YAML": ("""
         host: [a
-        """, ["c.yaml:2: invalid YAML: expected ',' or ']', but got '<stream end>' "
-              "(while parsing a flow sequence at line 1)"]),
+        """, ["c.yaml:2: invalid YAML: " + (
+            "did not find expected ',' or ']'" if LIBYAML
+            else "expected ',' or ']', but got '<stream end>'")
+            + " (while parsing a flow sequence at line 1)"]),
     "duplicate key": ("""
         log_level: info
         log_level: debug

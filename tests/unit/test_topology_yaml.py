@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from textwrap import dedent
 from typing import Any
 
@@ -11,7 +10,8 @@ import pytest
 from vnet.errors import TopologyError
 from vnet.topology import parse_topology
 from vnet.topology.report import INVALID, Reporter, format_path
-from vnet.topology.yamlsource import MAX_NODES, read_yaml
+from vnet.topology.yamlcompose import LIBYAML
+from vnet.topology.yamlsource import read_yaml
 
 
 def read(text: str) -> tuple[Any, Reporter]:
@@ -76,8 +76,9 @@ def test_malformed_yaml_reports_the_parsers_line() -> None:
         networks:
           a: {vlan: 1
         nodes: {}
-        """) == ["t.yaml:4: invalid YAML: expected ',' or '}', but got ':' (while parsing a "
-                 "flow mapping at line 3)"]
+        """) == ["t.yaml:4: invalid YAML: " + (
+            "did not find expected ',' or '}'" if LIBYAML else "expected ',' or '}', but got ':'")
+            + " (while parsing a flow mapping at line 3)"]
 
 
 def test_bad_indentation() -> None:
@@ -88,8 +89,10 @@ def test_bad_indentation() -> None:
             vlan: 1
            mode: nat
         nodes: {}
-        """) == ["t.yaml:5: invalid YAML: expected <block end>, but found '<block mapping "
-                 "start>' (while parsing a block mapping at line 3)"]
+        """) == ["t.yaml:5: invalid YAML: " + (
+            "did not find expected key" if LIBYAML
+            else "expected <block end>, but found '<block mapping start>'")
+            + " (while parsing a block mapping at line 3)"]
 
 
 def test_tab_indentation() -> None:
@@ -250,15 +253,17 @@ def test_recursive_alias() -> None:
     assert value == {"a": [1, INVALID]}
 
 
-def test_alias_bomb_is_refused_quickly() -> None:
+def test_alias_bomb_is_refused() -> None:
+    """A "billion laughs": 10**8 values from nine lines; refused by counting, not by time."""
     lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
     lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
-    start = time.monotonic()
     value, rep = read("\n".join(lines) + "\n")
-    assert time.monotonic() - start < 10
     assert value is INVALID
-    assert rep.problems == [f"t.yaml:1: the document has more than {MAX_NODES} values after "
-                            "expanding aliases: refusing to read it"]
+    # a0..a4 hold 123,455 values, a5 111,111 more: the 200,001st is one of the x on line 1
+    assert rep.problems == [
+        "t.yaml:1: a5[0][6][8][8][8][8]: aliases and merge keys (<<) expand the document to "
+        "more than 200,000 values by here: vnet reads no more (an alias bomb?); write the "
+        "values out, or use fewer aliases"]
 
 
 def test_non_printable_characters() -> None:

@@ -41,9 +41,9 @@ from vnet.datapath.engine import BUSY_POLL, IO_MODES
 from vnet.errors import VnetError
 from vnet.topology.fields import BROKER, HOST_NAME, HOST_NAME_WHY, TOPIC_ROOT
 from vnet.topology.model import DEFAULT_TOPIC_ROOT
-from vnet.topology.report import KeyPath, Reporter
+from vnet.topology.report import PATH_LIMIT, KeyPath, Reporter, clip, quote
 from vnet.topology.spec import JSON, Enum, Field, Fields, Int, ListOf, Obj, Str
-from vnet.topology.yamlsource import read_yaml
+from vnet.topology.yamlsource import FileTooLarge, read_file, read_yaml
 
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 IoMode = Literal["ring", "socket"]
@@ -159,8 +159,9 @@ class DaemonConfig:
 
 # ---- the format ---------------------------------------------------------------------------------
 
-PATH = r"^\S(.*\S)?$"
-PATH_WHY = "a file path without leading or trailing spaces; relative to this file's directory"
+PATH = r"^[^\s\x00]([^\n\x00]*[^\s\x00])?$"
+PATH_WHY = ("a file path without leading or trailing spaces, or NUL characters; relative to this "
+            "file's directory")
 NETNS = r"^(?!\.\.?$)[A-Za-z0-9_.-]{1,64}$"
 LISTEN = r"^(\[[0-9A-Fa-f:.]+\]|[0-9]{1,3}(\.[0-9]{1,3}){3}):[0-9]{1,5}$"
 GROUP = r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$"
@@ -261,7 +262,9 @@ def load_config(path: str | Path | None = None, *, hostname: str | None = None) 
     file = DEFAULT_CONFIG_FILE if path is None else Path(path)
     machine = socketlib.gethostname() if hostname is None else hostname
     try:
-        text = file.read_text(encoding="utf-8")
+        text = read_file(file)
+    except FileTooLarge as err:
+        raise ConfigError([f"{file}:1: {err}"]) from None
     except FileNotFoundError:
         if path is None:
             return replace(parse_config("", str(file), hostname=machine), source=None)
@@ -314,7 +317,7 @@ def with_flags(config: DaemonConfig, *, socket: str | None = None, state_dir: st
 def check_host_flag(host: str) -> str:
     """``vnetd --host NAME``'s value, if it can be a key of a topology's hosts:."""
     if not re.fullmatch(HOST_NAME, host):
-        raise ConfigError([f"--host {host!r}: not a valid vnet host name ({HOST_NAME_WHY}); "
+        raise ConfigError([f"--host {quote(host)}: not a valid vnet host name ({HOST_NAME_WHY}); "
                            "give this host's name under the topology's hosts:"])
     return host
 
@@ -343,12 +346,12 @@ def parse_endpoint(text: str, *, default_port: int | None, names: bool) -> Endpo
         except ValueError:
             host = ""
         if not bracket or not host or (rest and not rest.startswith(":")):
-            raise ValueError(f"{text!r}: brackets hold an IPv6 address, e.g. [fd00::1]:9470")
+            raise ValueError(f"{quote(text)}: brackets hold an IPv6 address, e.g. [fd00::1]:9470")
         if rest:
             port_text = rest[1:]
     else:
         if text.count(":") > 1:
-            raise ValueError(f"{text!r}: an IPv6 address goes in brackets, e.g. {example}")
+            raise ValueError(f"{quote(text)}: an IPv6 address goes in brackets, e.g. {example}")
         host, colon, after = text.partition(":")
         if colon:
             port_text = after
@@ -356,18 +359,18 @@ def parse_endpoint(text: str, *, default_port: int | None, names: bool) -> Endpo
             try:
                 ipaddress.IPv4Address(host)
             except ValueError:
-                raise ValueError(f"{host!r} is not an IPv4 address") from None
+                raise ValueError(f"{quote(host)} is not an IPv4 address") from None
         elif not names:
-            raise ValueError(f"{host!r} is not an IP address (give one of this host's, "
+            raise ValueError(f"{quote(host)} is not an IP address (give one of this host's, "
                              f"e.g. {example})")
         elif not re.fullmatch(_DNS_NAME, host) or len(host) > 253:
-            raise ValueError(f"{host!r} is not a host name or IP address (e.g. {example})")
+            raise ValueError(f"{quote(host)} is not a host name or IP address (e.g. {example})")
     if port_text is None:
         if default_port is None:
-            raise ValueError(f"{text!r} has no port: write HOST:PORT, e.g. {example}")
+            raise ValueError(f"{quote(text)} has no port: write HOST:PORT, e.g. {example}")
         return Endpoint(host, default_port)
     if not re.fullmatch(r"[0-9]{1,5}", port_text) or not 1 <= int(port_text) <= 65535:
-        raise ValueError(f"{port_text!r} is not a port: 1 to 65535")
+        raise ValueError(f"{quote(port_text)} is not a port: 1 to 65535")
     return Endpoint(host, int(port_text))
 
 
@@ -375,13 +378,14 @@ def parse_broker(text: str) -> Broker:
     """``mqtt://HOST[:PORT]`` or ``mqtts://HOST[:PORT]``; raises ``ValueError``."""
     scheme, _, rest = text.partition("://")
     if scheme not in BROKER_PORTS:
-        raise ValueError(f"{text!r} is not mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
+        raise ValueError(f"{quote(text)} is not mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
     if "@" in rest:
         raise ValueError("credentials do not belong in the URL: put the user name in "
                          "bus.username and the password in the file bus.password_file names")
     hostport, slash, tail = rest.partition("/")
     if slash and tail:
-        raise ValueError(f"{text!r} has a path ('/{tail}'): a broker URL ends after the port")
+        raise ValueError(f"{quote(text)} has a path ('/{clip(tail)}'): a broker URL ends after "
+                         "the port")
     endpoint = parse_endpoint(hostport, default_port=BROKER_PORTS[scheme], names=True)
     return Broker(cast(Literal["mqtt", "mqtts"], scheme), endpoint)
 
@@ -415,17 +419,17 @@ class _Builder:
             return str(top.get("host") or "")
         short = hostname.split(".")[0]
         if not re.fullmatch(HOST_NAME, short):
-            self.rep.missing(("host",), f"this machine's host name {hostname!r} is not a valid "
-                             f"vnet host name ({HOST_NAME_WHY}): set host: to this host's name "
-                             "under the topology's hosts:")
+            self.rep.missing(("host",), f"this machine's host name {quote(hostname)} is not a "
+                             f"valid vnet host name ({HOST_NAME_WHY}): set host: to this "
+                             "host's name under the topology's hosts:")
         return short
 
     def socket(self, top: Fields) -> Path:
         path = self.path(top.get("socket")) or Path(DEFAULT_SOCKET)
         size = len(os.fsencode(path))
         if size > MAX_SOCKET_PATH:
-            self.rep.error(("socket",), f"{path} is {size} bytes long: a Unix socket path has at "
-                           f"most {MAX_SOCKET_PATH}; choose a shorter one")
+            self.rep.error(("socket",), f"{clip(str(path), PATH_LIMIT)} is {size} bytes long: a "
+                           f"Unix socket path has at most {MAX_SOCKET_PATH}; choose a shorter one")
         return path
 
     def datapath(self, fields: Fields | None) -> DatapathConfig:
@@ -433,7 +437,7 @@ class _Builder:
             return DatapathConfig()
         python = fields.get("python")
         if python is not None and shutil.which(python) is None:
-            self.rep.error(("datapath", "python"), f"no interpreter {python!r} (not on PATH): "
+            self.rep.error(("datapath", "python"), f"no interpreter {quote(python)} (not on PATH): "
                            "install it (apt-get install pypy3) or leave python: out to run "
                            "the datapath under vnetd's own Python")
         return DatapathConfig(python=python, io=fields.get("io") or DEFAULT_IO,
@@ -472,27 +476,28 @@ class _Builder:
 
     def check_file(self, key: KeyPath, file: Path, *, secret: bool) -> None:
         """The file must exist; one that holds a secret must be root's, and only root's."""
+        shown = clip(str(file), PATH_LIMIT)
         try:
             info = file.stat()
         except FileNotFoundError:
-            self.rep.error(key, f"{file} does not exist: give the path of an existing file")
+            self.rep.error(key, f"{shown} does not exist: give the path of an existing file")
             return
         except OSError as err:
-            self.rep.error(key, f"cannot look at {file}: {(err.strerror or str(err)).lower()}")
+            self.rep.error(key, f"cannot look at {shown}: {(err.strerror or str(err)).lower()}")
             return
         if not stat.S_ISREG(info.st_mode):
-            self.rep.error(key, f"{file} is not a regular file")
+            self.rep.error(key, f"{shown} is not a regular file")
             return
         if not secret:
             return
         mode = stat.S_IMODE(info.st_mode)
         if info.st_uid not in (0, os.geteuid()):
-            self.rep.error(key, f"{file} belongs to uid {info.st_uid}, who could read or "
-                           f"replace the secret in it: chown root {file}")
+            self.rep.error(key, f"{shown} belongs to uid {info.st_uid}, who could read or "
+                           f"replace the secret in it: chown root {shown}")
         if mode & 0o077:
             who = "every user" if mode & 0o007 else "its group"
-            self.rep.error(key, f"{file} is open to {who} (mode {mode:04o}) but holds a secret: "
-                           f"make it readable only by root (chmod 600 {file})")
+            self.rep.error(key, f"{shown} is open to {who} (mode {mode:04o}) but holds a secret: "
+                           f"make it readable only by root (chmod 600 {shown})")
 
     def metrics(self, fields: Fields | None) -> MetricsConfig | None:
         if fields is None:

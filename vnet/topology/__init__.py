@@ -22,6 +22,9 @@ is specified once, in ``fields.py``; ``json_schema()`` publishes it for editors
     expect: [{from: NODE, to: NODE | ADDRESS, ping | arp: BOOL | tcp: PORT (connects: BOOL),
               vlan: VID (arp from a trunk), within: SECONDS}]    # checked by vnet test
 
+Reading is bounded (``yamlcompose.YamlLimits``: 1 MiB, 100,000 YAML nodes, 32 levels,
+200,000 values after aliases and merges), and so are messages (``report.quote``).
+
 A NIC without ``mac`` gets ``derive_mac(lab, node, nic)``: ``02`` then 5 bytes of
 blake2b, stable across runs, hosts and Python versions.  ``topology_to_dict`` gives the model
 back as a document of this same format, with every default spelled out.  ``placement``

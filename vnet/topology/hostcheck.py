@@ -19,7 +19,7 @@ from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
 from vnet.topology.model import Host
-from vnet.topology.report import INVALID, Reporter, undefined
+from vnet.topology.report import INVALID, Reporter, quote
 from vnet.topology.spec import Fields
 from vnet.topology.values import parse_broker, parse_ip
 
@@ -60,10 +60,10 @@ class HostChecks:
                                "multicast or IPv6 link-local)")
             elif address in owner:
                 self.rep.error(path, f"{address} is already the address of host "
-                               f"{owner[address]!r}: each host needs its own")
+                               f"{quote(owner[address])}: each host needs its own")
             elif family is not None and address.version != family[0]:
                 self.rep.error(path, f"{address} is IPv{address.version} but host "
-                               f"{family[1]!r} has an IPv{family[0]} address: all hosts of a "
+                               f"{quote(family[1])} has an IPv{family[0]} address: all hosts of a "
                                "lab need the same address family (VXLAN does not cross it)")
             owner.setdefault(address, name)
             family = family or (address.version, name)
@@ -117,7 +117,8 @@ class HostChecks:
             elif self.known:
                 for host in uplink:
                     if host not in self.host_fields:
-                        self.rep.key_error((*path, host), undefined("host", host, self.names))
+                        self.rep.key_error((*path, host),
+                                           self.rep.undefined("host", host, self.names))
         elif mode == "bridged" and self.multi:
             self.rep.error(path, "say on which host: in a lab with hosts a bridged network's "
                            f"uplink maps hosts to interfaces, e.g. uplink: {{{self.names[0]}: "
@@ -131,10 +132,10 @@ class HostChecks:
             if host is None or not isinstance(theirs, Fields) or theirs.get("mode") != "nat":
                 continue
             if theirs.get("host") not in (None, host):
-                self.rep.error((*f.path, "reach", i), f"network {other!r} has its gateway on "
-                               f"host {theirs.get('host')!r}, {name!r} on {host!r}: NAT "
-                               "networks that reach each other need their gateways on one "
-                               "host")
+                self.rep.error((*f.path, "reach", i), f"network {quote(other)} has its gateway "
+                               f"on host {quote(theirs.get('host'))}, {quote(name)} on "
+                               f"{quote(host)}: NAT networks that reach each other need their "
+                               "gateways on one host")
 
     def check_reference(self, f: Fields, key: str) -> None:
         name = f.get(key)
@@ -142,10 +143,10 @@ class HostChecks:
             return
         path = (*f.path, key)
         if not self.multi:
-            self.rep.error(path, f"host {name!r} is not defined: this lab declares no hosts "
+            self.rep.error(path, f"host {quote(name)} is not defined: this lab declares no hosts "
                            f"({_DECLARE})")
         elif name not in self.host_fields:
-            self.rep.error(path, undefined("host", name, self.names))
+            self.rep.error(path, self.rep.undefined("host", name, self.names))
 
     @property
     def choices(self) -> str:

@@ -10,7 +10,9 @@ with its ``FILE:LINE: KEY.PATH:`` prefix and the whole list is raised as one
 
 from __future__ import annotations
 
+import bisect
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
@@ -33,7 +35,14 @@ from vnet.topology.model import (
     Topology,
     forward_address,
 )
-from vnet.topology.report import INVALID, KeyPath, Reporter, format_path, undefined
+from vnet.topology.report import (
+    INVALID,
+    KeyPath,
+    Reporter,
+    clip,
+    format_path,
+    quote,
+)
 from vnet.topology.spec import Fields
 from vnet.topology.values import (
     derive_mac,
@@ -43,14 +52,16 @@ from vnet.topology.values import (
     parse_size,
     parse_subnet,
 )
-from vnet.topology.yamlsource import read_yaml
+from vnet.topology.yamlsource import FileTooLarge, read_file, read_yaml
 
 
 def load_topology(path: str | Path) -> Topology:
     """Read and check a topology file; relative paths in it resolve against its directory."""
     file = Path(path)
     try:
-        text = file.read_text(encoding="utf-8")
+        text = read_file(file)
+    except FileTooLarge as err:
+        raise TopologyError([f"{file}:1: {err}"]) from None
     except UnicodeDecodeError as err:
         raise TopologyError([f"{file}:1: not UTF-8 text ({err.reason})"]) from None
     except OSError as err:
@@ -100,6 +111,7 @@ class _Builder:
         self.ports: dict[str, list[_Port]] = {}  # network name -> NICs in it
         self.nic_paths: dict[tuple[str, str], KeyPath] = {}  # (node, NIC) -> its path
         self.forward_index: dict[str, list[int]] = {}  # network -> file index of forwards[i]
+        self.access_index: dict[str, dict[str, list[_Port]]] = {}  # see access_ports
 
     def build(self) -> Topology | None:
         for name, fields in self.net_fields.items():
@@ -202,7 +214,7 @@ class _Builder:
                 self.rep.error(lease_path, f"lease {address} is the gateway's address")
             elif address in owner:
                 self.rep.error(lease_path, f"lease {address} is also leased to "
-                               f"{owner[address]!r}")
+                               f"{quote(owner[address])}")
             owner.setdefault(address, node)
             leases[node] = address
         if len(bounds) != 2 or None in bounds:
@@ -253,8 +265,8 @@ class _Builder:
                   "cmdline": f.get("cmdline")}
             memory = self.parse(parse_size, f, "memory")
             if memory is not None and memory < fmt.MIN_MEMORY:
-                self.rep.error((*path, "memory"), f"{f.get('memory')} is too little memory: "
-                               "a guest needs at least 16M")
+                self.rep.error((*path, "memory"), f"{clip(str(f.get('memory')))} is too little "
+                               "memory: a guest needs at least 16M")
             if len(nics) > MAX_NICS:
                 self.rep.error((*path, "nics"), f"{len(nics)} NICs: a VM has at most "
                                f"{MAX_NICS} (carry several networks on a trunk NIC)")
@@ -279,7 +291,7 @@ class _Builder:
         path = (*f.path, "kernel")
         if kernel.startswith("builtin:"):
             if not re.fullmatch(fmt.KERNEL_BUILTIN, kernel):
-                self.rep.error(path, f"{kernel!r} must match {fmt.KERNEL_BUILTIN}")
+                self.rep.error(path, f"{quote(kernel)} must match {fmt.KERNEL_BUILTIN}")
                 return None
             return kernel
         return str(self.path(kernel, path))
@@ -287,6 +299,8 @@ class _Builder:
     def path(self, text: str, path: KeyPath) -> Path:
         if not text:
             self.rep.error(path, "the path is empty")
+        elif "\x00" in text:
+            self.rep.error(path, f"{quote(text)} holds a NUL character, which no file name can")
         file = Path(text)
         if self.base_dir is None or file.is_absolute():
             return file
@@ -300,7 +314,7 @@ class _Builder:
                 continue
             name = item.get("name")
             if name is not None and name in first:
-                self.rep.error((*item.path, "name"), f"NIC name {name!r} is already used by "
+                self.rep.error((*item.path, "name"), f"NIC name {quote(name)} is already used by "
                                f"nics[{first[name]}] of this node")
                 continue
             if name is not None:
@@ -350,10 +364,10 @@ class _Builder:
         if not isinstance(fields, Fields) or mode is None:
             return  # undefined or broken network: reported already
         if mode != "nat":
-            self.rep.error(path, f"ip: dhcp needs a network with mode: nat; {network!r} is "
+            self.rep.error(path, f"ip: dhcp needs a network with mode: nat; {quote(network)} is "
                            f"{mode}")
         elif "dhcp" not in fields:
-            self.rep.error(path, f"network {network!r} serves no DHCP: give it "
+            self.rep.error(path, f"network {quote(network)} serves no DHCP: give it "
                            "dhcp: {range: [FIRST, LAST]}, or give this NIC a static ip")
 
     # -- across the lab ---------------------------------------------------------------------
@@ -363,21 +377,33 @@ class _Builder:
         for net in self.networks.values():
             if net.vlan in owner:
                 self.rep.error(("networks", net.name, "vlan"), f"VLAN {net.vlan} is already "
-                               f"used by network {owner[net.vlan]!r}: each network needs its "
+                               f"used by network {quote(owner[net.vlan])}: each network needs its "
                                "own VLAN")
             owner.setdefault(net.vlan, net.name)
 
     def check_subnets(self) -> None:
-        seen: list[Network] = []
+        """No subnet overlaps an earlier one.  Two IPv4 networks overlap when one holds the
+        other, so a subnet looks up its supernets (one per shorter prefix) and, among the
+        sorted first addresses of the earlier ones, one inside it: O(n log n), not pairs."""
+        by_prefix: dict[tuple[int, int], Network] = {}  # (first address, prefix length)
+        starts: list[int] = []  # first addresses of the earlier subnets, sorted
+        at_start: list[Network] = []  # the network of each of ``starts``
         for net in self.networks.values():
             if net.subnet is None:
                 continue
-            for other in seen:
-                assert other.subnet is not None
-                if net.subnet.overlaps(other.subnet):
-                    self.rep.error(("networks", net.name, "subnet"), f"{net.subnet} overlaps "
-                                   f"the subnet {other.subnet} of network {other.name!r}")
-            seen.append(net)
+            first = int(net.subnet.network_address)
+            last = int(net.subnet.broadcast_address)
+            other = next((by_prefix[key] for key in _supernets(first, net.subnet.prefixlen)
+                          if key in by_prefix), None)
+            i = bisect.bisect_left(starts, first)
+            if other is None and i < len(starts) and starts[i] <= last:
+                other = at_start[i]
+            if other is not None:
+                self.rep.error(("networks", net.name, "subnet"), f"{net.subnet} overlaps "
+                               f"the subnet {other.subnet} of network {quote(other.name)}")
+            by_prefix.setdefault((first, net.subnet.prefixlen), net)
+            starts.insert(i, first)
+            at_start.insert(i, net)
 
     def check_vnis(self) -> None:
         owner: dict[int, str] = {}
@@ -386,7 +412,8 @@ class _Builder:
                 continue
             if net.vni in owner:
                 self.rep.error(("networks", net.name, "vni"), f"VNI {net.vni} is already used "
-                               f"by network {owner[net.vni]!r}: each network needs its own VNI")
+                               f"by network {quote(owner[net.vni])}: each network needs its "
+                               "own VNI")
             owner.setdefault(net.vni, net.name)
 
     def check_uplinks(self) -> None:
@@ -400,9 +427,9 @@ class _Builder:
                 path: KeyPath = ("networks", net.name, "uplink")
                 on = ""
                 if host is not None:
-                    path, on = (*path, host), f" on host {host!r}"
+                    path, on = (*path, host), f" on host {quote(host)}"
                 if (host, uplink) in untagged:
-                    self.rep.error(path, f"network {untagged[(host, uplink)]!r} is already "
+                    self.rep.error(path, f"network {quote(untagged[(host, uplink)])} is already "
                                    f"bridged untagged onto {uplink}{on}: at most one untagged "
                                    "network per uplink (set tagged: true on the others)")
                 untagged.setdefault((host, uplink), net.name)
@@ -431,7 +458,7 @@ class _Builder:
                 where = format_path(port.path)
                 ip_path = (*port.path, "ip")
                 if ip.ip in owner:
-                    self.rep.error(ip_path, f"{ip.ip} is already used in network {name!r} by "
+                    self.rep.error(ip_path, f"{ip.ip} is already used in network {quote(name)} by "
                                    f"{owner[ip.ip]}")
                 owner.setdefault(ip.ip, where)
                 if net is not None and net.subnet is not None and isinstance(ip, IPv4Interface):
@@ -441,14 +468,25 @@ class _Builder:
         assert net.subnet is not None
         if ip.ip not in net.subnet:
             self.rep.error(path, f"{ip} is outside the subnet {net.subnet} of network "
-                           f"{net.name!r}")
+                           f"{quote(net.name)}")
         elif ip.network.prefixlen != net.subnet.prefixlen:
             self.rep.error(path, f"{ip} has prefix length /{ip.network.prefixlen} but network "
-                           f"{net.name!r} has /{net.subnet.prefixlen}")
+                           f"{quote(net.name)} has /{net.subnet.prefixlen}")
         elif not self.is_host(ip.ip, net.subnet):
             self.rep.error(path, f"{ip.ip} is the network or broadcast address of {net.subnet}")
         elif ip.ip == net.gateway:
-            self.rep.error(path, f"{ip.ip} is the gateway of network {net.name!r}")
+            self.rep.error(path, f"{ip.ip} is the gateway of network {quote(net.name)}")
+
+    def access_ports(self, network: str) -> dict[str, list[_Port]]:
+        """The access NICs in ``network`` by node; built once, for leases and forwards to
+        look their nodes up in."""
+        index = self.access_index.get(network)
+        if index is None:
+            index = self.access_index[network] = {}
+            for port in self.ports.get(network, []):
+                if not port.nic.is_trunk:
+                    index.setdefault(port.node, []).append(port)
+        return index
 
     def check_dhcp(self, net: Network) -> None:
         """Leases go to nodes with a NIC in the network, and not to a taken address."""
@@ -460,12 +498,12 @@ class _Builder:
             path = ("networks", net.name, "dhcp", "leases", node)
             if node not in self.node_fields:
                 continue
-            if not any(p.node == node and not p.nic.is_trunk
-                       for p in self.ports.get(net.name, [])):
-                self.rep.error(path, f"node {node!r} has no access NIC in network {net.name!r}")
+            if node not in self.access_ports(net.name):
+                self.rep.error(path, f"node {quote(node)} has no access NIC in network "
+                               f"{quote(net.name)}")
             if address in static and static[address] != node:
                 self.rep.error(path, f"lease {address} is the static address of node "
-                               f"{static[address]!r}")
+                               f"{quote(static[address])}")
 
     def check_forwards(self, net: Network) -> None:
         """A forward's node must have a known IPv4 address in the network."""
@@ -473,14 +511,13 @@ class _Builder:
             path = ("networks", net.name, "forward", i, "to")
             if fw.node not in self.node_fields:
                 continue
-            ports = [p for p in self.ports.get(net.name, [])
-                     if p.node == fw.node and not p.nic.is_trunk]
+            ports = self.access_ports(net.name).get(fw.node, [])
             if not ports:
-                self.rep.error(path, f"node {fw.node!r} has no access NIC in network "
-                               f"{net.name!r}")
+                self.rep.error(path, f"node {quote(fw.node)} has no access NIC in network "
+                               f"{quote(net.name)}")
             elif forward_address(net, fw.node, (p.nic for p in ports)) is None:
-                self.rep.error(path, f"node {fw.node!r} has no fixed address in network "
-                               f"{net.name!r}: give it a static ip or a dhcp lease")
+                self.rep.error(path, f"node {quote(fw.node)} has no fixed address in network "
+                               f"{quote(net.name)}: give it a static ip or a dhcp lease")
 
     def check_reach(self, net: Network) -> None:
         """``reach`` names other NAT networks of this lab."""
@@ -489,12 +526,12 @@ class _Builder:
             if name is INVALID:
                 continue
             if name == net.name:
-                self.rep.error(path, f"network {name!r} reaching itself: its nodes always "
+                self.rep.error(path, f"network {quote(name)} reaching itself: its nodes always "
                                "reach each other; list other NAT networks")
             elif name not in self.net_fields:
                 self.reference("network", name, path)
             elif self.modes.get(name) not in ("nat", None):
-                self.rep.error(path, f"network {name!r} is {self.modes[name]}, not nat: only "
+                self.rep.error(path, f"network {quote(name)} is {self.modes[name]}, not nat: only "
                                "NAT networks have a gateway to route between")
 
     def check_forward_ports(self) -> None:
@@ -517,7 +554,7 @@ class _Builder:
         if name in defined or not self.sections_ok[section]:
             return
         report = self.rep.key_error if key else self.rep.error
-        report(path, undefined(kind, name, defined))
+        report(path, self.rep.undefined(kind, name, defined))
 
     def parse(self, parser: Any, f: Fields, key: str) -> Any:
         """``parser`` applied to a key's value or default; None if absent, wrong or refused."""
@@ -538,3 +575,9 @@ class _Builder:
             return True
         return address not in (subnet.network_address, subnet.broadcast_address)
 
+
+def _supernets(first: int, prefixlen: int) -> Iterator[tuple[int, int]]:
+    """(first address, prefix length) of each IPv4 network that holds this one, itself too."""
+    for length in range(prefixlen + 1):
+        mask = (0xFFFFFFFF << (32 - length)) & 0xFFFFFFFF
+        yield first & mask, length

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Literal, TypeVar
 
 from vnet.switch.ports import DEFAULT_MAC_AGING, DEFAULT_MAC_LIMIT
+from vnet.topology.report import quote
 from vnet.topology.values import assign_vnis, parse_broker
 
 Mode = Literal["isolated", "nat", "bridged"]
@@ -258,13 +259,13 @@ class Topology:
         for network in self.networks:
             if network.name == name:
                 return network
-        raise KeyError(f"lab {self.name!r} has no network {name!r}")
+        raise KeyError(f"lab {quote(self.name)} has no network {quote(name)}")
 
     def node(self, name: str) -> Node:
         for node in self.nodes:
             if node.name == name:
                 return node
-        raise KeyError(f"lab {self.name!r} has no node {name!r}")
+        raise KeyError(f"lab {quote(self.name)} has no node {quote(name)}")
 
     def forward_address(self, network: Network, node: str) -> IPv4Address | None:
         """Where a forward into ``network`` to ``node`` goes (see ``forward_address``)."""
@@ -283,4 +284,4 @@ class Topology:
         for host in self.hosts:
             if host.name == name:
                 return host
-        raise KeyError(f"lab {self.name!r} has no host {name!r}")
+        raise KeyError(f"lab {quote(self.name)} has no host {quote(name)}")

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from vnet.topology.model import FrozenMap, Network, Node, Topology
+from vnet.topology.report import quote
 
 
 @dataclass(frozen=True)
@@ -99,8 +100,8 @@ def part_for_host(t: Topology, host: str | None) -> HostPart:
             peers=FrozenMap())
     names = [h.name for h in t.hosts]
     if host not in names:
-        raise KeyError(f"lab {t.name!r} runs on hosts {', '.join(names)}, not on "
-                       f"{host!r}: start vnetd with one of these host names")
+        raise KeyError(f"lab {quote(t.name)} runs on hosts {', '.join(names)}, not on "
+                       f"{quote(host)}: start vnetd with one of these host names")
     spread = network_hosts(t)
     networks = tuple(n for n in t.networks if host in spread[n.name])
     uplinks = tuple((n.name, uplink) for n in networks

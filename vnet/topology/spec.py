@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from vnet.topology.report import INVALID, KeyPath, Reporter
+from vnet.topology.report import INVALID, QUOTE_LIMIT, KeyPath, Reporter, clip, quote
 
 JSON = dict[str, Any]
 
@@ -54,8 +54,8 @@ def describe(value: Any) -> str:
     if kind in ("array", "object", "null"):
         return _WORDS[kind]
     if kind == "other":
-        return f"{type(value).__name__} {value!r}"
-    return f"{_WORDS[kind]} ({value!r})"
+        return f"{type(value).__name__} {quote(value)}"
+    return f"{_WORDS[kind]} ({quote(value)})"
 
 
 class Spec:
@@ -82,7 +82,7 @@ class Spec:
             hint = ""
             raw = rep.raw.get(path)
             if raw is not None and "string" in self.types():
-                hint = f': quote it ("{raw}")'
+                hint = f': quote it ("{clip(raw)}")'
             elif value is None and self.types() & {"object", "array"}:  # `nodes:` and nothing
                 hint = f": write {'{}' if 'object' in self.types() else '[]'} for none"
             rep.error(path, f"expected {self.expected()}, got {describe(value)}{hint}")
@@ -111,7 +111,7 @@ class Str(Spec):
     def check_value(self, value: Any, path: KeyPath, rep: Reporter) -> Any:
         if self.pattern and not re.fullmatch(self.pattern, value):
             why = f" ({self.why})" if self.why else ""
-            rep.error(path, f"{value!r} must match {self.pattern}{why}")
+            rep.error(path, f"{quote(value)} must match {self.pattern}{why}")
             return INVALID
         return value
 
@@ -138,11 +138,11 @@ class Int(Spec):
         high = self.maximum is not None and value > self.maximum
         if low or high:
             if self.minimum is not None and self.maximum is not None:
-                rep.error(path, f"{value} is out of range {self.minimum}..{self.maximum}")
+                rep.error(path, f"{quote(value)} is out of range {self.minimum}..{self.maximum}")
             elif low:
-                rep.error(path, f"{value} is too small: the minimum is {self.minimum}")
+                rep.error(path, f"{quote(value)} is too small: the minimum is {self.minimum}")
             else:
-                rep.error(path, f"{value} is too large: the maximum is {self.maximum}")
+                rep.error(path, f"{quote(value)} is too large: the maximum is {self.maximum}")
             return INVALID
         return value
 
@@ -162,13 +162,19 @@ class Number(Spec):
         return out
 
     def check_value(self, value: Any, path: KeyPath, rep: Reporter) -> Any:
-        if not math.isfinite(value):
-            rep.error(path, f"{value} is not a finite number")
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond any float
+            rep.error(path, f"{quote(value)} is too large to be a number vnet uses")
             return INVALID
-        if self.above is not None and value <= self.above:
-            rep.error(path, f"{value} is too small: it must be greater than {self.above:g}")
+        if not math.isfinite(number):
+            rep.error(path, f"{quote(value)} is not a finite number")
             return INVALID
-        return float(value)
+        if self.above is not None and number <= self.above:
+            rep.error(path, f"{quote(value)} is too small: it must be greater than "
+                      f"{self.above:g}")
+            return INVALID
+        return number
 
 
 @dataclass(frozen=True)
@@ -210,11 +216,13 @@ class Enum(Spec):
 
     def check_value(self, value: Any, path: KeyPath, rep: Reporter) -> Any:
         if value not in self.values:
-            hint = _suggest(str(value), [str(v) for v in self.values])
+            hint = _suggest(value, [str(v) for v in self.values]) if isinstance(
+                value, str) else ""
             if len(self.values) == 1:
-                rep.error(path, f"{value!r} is not supported: the only value is {self.choices}")
+                rep.error(path, f"{quote(value)} is not supported: the only value is "
+                          f"{self.choices}")
             else:
-                rep.error(path, f"{value!r} is not one of {self.choices}{hint}")
+                rep.error(path, f"{quote(value)} is not one of {self.choices}{hint}")
             return INVALID
         return value
 
@@ -258,7 +266,8 @@ class ListOf(Spec):
                 if item is INVALID or not isinstance(item, (str, int)):
                     continue
                 if item in seen:
-                    rep.error((*path, i), f"{item!r} is listed twice (first at [{seen[item]}])")
+                    rep.error((*path, i), f"{quote(item)} is listed twice (first at "
+                              f"[{seen[item]}])")
                     items[i] = INVALID
                 else:
                     seen[item] = i
@@ -286,7 +295,8 @@ class MapOf(Spec):
             child = (*path, name)
             if self.key.pattern and not re.fullmatch(self.key.pattern, name):
                 why = f" ({self.key.why})" if self.key.why else ""
-                rep.key_error(child, f"{self.noun} {name!r} must match {self.key.pattern}{why}")
+                rep.key_error(child, f"{self.noun} {quote(name)} must match "
+                              f"{self.key.pattern}{why}")
                 out[name] = INVALID
             else:
                 out[name] = self.value.check(item, child, rep)
@@ -405,7 +415,7 @@ class Obj(Spec):
                 rep.key_error(child, f"{key} {self.refused[key]}")
                 continue
             if f is None:
-                rep.key_error(child, f"unknown key {key!r}{_suggest(key, list(self.fields))} "
+                rep.key_error(child, f"unknown key {quote(key)}{_suggest(key, list(self.fields))} "
                               f"(allowed: {', '.join(sorted(self.fields))})")
                 continue
             checked = f.spec.check(item, child, rep)
@@ -476,6 +486,8 @@ def _accepts(spec: Spec, value: Any) -> bool:
 
 def _suggest(word: str, choices: list[str]) -> str:
     """``; did you mean 'vlan'?`` for a near miss (case-insensitive), else nothing."""
+    if len(word) > QUOTE_LIMIT:  # no name is this long; and difflib's work grows with it
+        return ""
     lower = {c.lower(): c for c in choices}
     close = difflib.get_close_matches(word.lower(), list(lower), n=1)
-    return f"; did you mean {lower[close[0]]!r}?" if close else ""
+    return f"; did you mean {quote(lower[close[0]])}?" if close else ""

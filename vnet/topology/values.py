@@ -15,6 +15,8 @@ import re
 from collections.abc import Iterable
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface
 
+from vnet.topology.report import clip, quote
+
 _SIZE = re.compile(r"([0-9]+)([KMGkmg]?)")
 _UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30}
 
@@ -34,12 +36,12 @@ def parse_mac(text: str) -> str:
     """A unicast MAC in lower-case colon form; accepts ``:`` or ``-`` separators."""
     parts = re.split(r"[:-]", text)
     if len(parts) != 6 or not all(re.fullmatch(r"[0-9A-Fa-f]{2}", p) for p in parts):
-        raise ValueError(f"{text!r} is not a MAC address (six hex octets: 52:54:00:12:34:56)")
+        raise ValueError(f"{quote(text)} is not a MAC address (six hex octets: 52:54:00:12:34:56)")
     octets = [int(p, 16) for p in parts]
     if not any(octets):
-        raise ValueError(f"{text!r} is the all-zero MAC, which no NIC may use")
+        raise ValueError(f"{quote(text)} is the all-zero MAC, which no NIC may use")
     if octets[0] & 1:
-        raise ValueError(f"{text!r} is a multicast MAC (the first octet is odd): "
+        raise ValueError(f"{quote(text)} is a multicast MAC (the first octet is odd): "
                          "a NIC needs a unicast one, e.g. 02:...")
     return ":".join(f"{o:02x}" for o in octets)
 
@@ -47,12 +49,12 @@ def parse_mac(text: str) -> str:
 def parse_interface(text: str) -> IPv4Interface | IPv6Interface:
     """An address with its prefix length, e.g. ``10.0.0.1/24``; host bits are the point."""
     if "/" not in text:
-        raise ValueError(f"{text!r} has no prefix length: write it as ADDRESS/PREFIX, "
-                         f"e.g. {text}/24")
+        raise ValueError(f"{quote(text)} has no prefix length: write it as ADDRESS/PREFIX, "
+                         f"e.g. {clip(text)}/24")
     try:
         return ipaddress.ip_interface(text)
     except ValueError:
-        raise ValueError(f"{text!r} is not an IP address with prefix length "
+        raise ValueError(f"{quote(text)} is not an IP address with prefix length "
                          "(e.g. 10.0.0.1/24 or fd00::1/64)") from None
 
 
@@ -60,21 +62,21 @@ def parse_ip(text: str) -> IPv4Address | IPv6Address:
     try:
         return ipaddress.ip_address(text)
     except ValueError:
-        raise ValueError(f"{text!r} is not an IP address") from None
+        raise ValueError(f"{quote(text)} is not an IP address") from None
 
 
 def parse_ipv4(text: str) -> IPv4Address:
     try:
         return IPv4Address(text)
     except ValueError:
-        raise ValueError(f"{text!r} is not an IPv4 address (e.g. 192.168.20.1)") from None
+        raise ValueError(f"{quote(text)} is not an IPv4 address (e.g. 192.168.20.1)") from None
 
 
 def parse_subnet(text: str) -> IPv4Network:
     """An IPv4 network without host bits; the error suggests the network it meant."""
     if "/" not in text:
-        raise ValueError(f"{text!r} has no prefix length: write it as NETWORK/PREFIX, "
-                         f"e.g. {text}/24")
+        raise ValueError(f"{quote(text)} has no prefix length: write it as NETWORK/PREFIX, "
+                         f"e.g. {clip(text)}/24")
     try:
         return IPv4Network(text)
     except ValueError:
@@ -82,8 +84,8 @@ def parse_subnet(text: str) -> IPv4Network:
     try:
         loose = IPv4Network(text, strict=False)
     except ValueError:
-        raise ValueError(f"{text!r} is not an IPv4 subnet (e.g. 192.168.20.0/24)") from None
-    raise ValueError(f"{text!r} has host bits set: did you mean {loose}?")
+        raise ValueError(f"{quote(text)} is not an IPv4 subnet (e.g. 192.168.20.0/24)") from None
+    raise ValueError(f"{quote(text)} has host bits set: did you mean {loose}?")
 
 
 def parse_size(value: int | str) -> int:
@@ -92,7 +94,9 @@ def parse_size(value: int | str) -> int:
         return value
     match = _SIZE.fullmatch(value)
     if match is None:
-        raise ValueError(f"{value!r} is not a size: bytes, or a number with K, M or G")
+        raise ValueError(f"{quote(value)} is not a size: bytes, or a number with K, M or G")
+    if len(match[1]) > 20:  # more than any memory, and int() refuses 4,300 digits
+        raise ValueError(f"{quote(value)} is far too large a size")
     return int(match[1]) * _UNITS[match[2].lower()]
 
 
@@ -149,23 +153,23 @@ def parse_broker(text: str) -> tuple[str, int, bool]:
     form = "mqtt://HOST[:PORT] or mqtts://HOST[:PORT]"
     scheme, sep, rest = text.partition("://")
     if not sep or scheme not in ("mqtt", "mqtts"):
-        raise ValueError(f"{text!r} is not a broker URL: write {form}")
+        raise ValueError(f"{quote(text)} is not a broker URL: write {form}")
     if "@" in rest:
-        raise ValueError(f"{text!r} has a user or password: {_SECRET_HINT}; write {form}")
+        raise ValueError(f"{quote(text)} has a user or password: {_SECRET_HINT}; write {form}")
     if any(c in rest for c in "/?#"):
-        raise ValueError(f"{text!r} has a path, query or fragment: write {form}")
+        raise ValueError(f"{quote(text)} has a path, query or fragment: write {form}")
     if rest.startswith("["):
         host, bracket, port_text = rest[1:].partition("]")
         if not bracket or (port_text and not port_text.startswith(":")):
-            raise ValueError(f"{text!r}: an IPv6 broker is written mqtt://[ADDRESS]:PORT")
+            raise ValueError(f"{quote(text)}: an IPv6 broker is written mqtt://[ADDRESS]:PORT")
         try:
             host = str(ipaddress.IPv6Address(host))
         except ValueError:
-            raise ValueError(f"{text!r}: {host!r} is not an IPv6 address") from None
+            raise ValueError(f"{quote(text)}: {quote(host)} is not an IPv6 address") from None
         has_port, port_text = bool(port_text), port_text[1:]
     else:
         if rest.count(":") > 1:
-            raise ValueError(f"{text!r}: put an IPv6 address in brackets: "
+            raise ValueError(f"{quote(text)}: put an IPv6 address in brackets: "
                              "mqtt://[fd00::1]:1883")
         host, colon, port_text = rest.partition(":")
         has_port = bool(colon)
@@ -173,9 +177,9 @@ def parse_broker(text: str) -> tuple[str, int, bool]:
     tls = scheme == "mqtts"
     if not has_port:
         return host, MQTTS_PORT if tls else MQTT_PORT, tls
-    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-        raise ValueError(f"{text!r}: the port must be a number in 1..65535, got "
-                         f"{port_text!r}")
+    if not re.fullmatch(r"[0-9]{1,5}", port_text) or not 1 <= int(port_text) <= 65535:
+        raise ValueError(f"{quote(text)}: the port must be a number in 1..65535, got "
+                         f"{quote(port_text)}")
     return host, int(port_text), tls
 
 
@@ -185,6 +189,6 @@ def _check_broker_host(text: str, host: str) -> None:
         try:
             ipaddress.IPv4Address(host)
         except ValueError:
-            raise ValueError(f"{text!r}: {host!r} is not an IPv4 address") from None
+            raise ValueError(f"{quote(text)}: {quote(host)} is not an IPv4 address") from None
     elif len(host) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in labels):
-        raise ValueError(f"{text!r}: {host!r} is not a host name or IP address")
+        raise ValueError(f"{quote(text)}: {quote(host)} is not a host name or IP address")
