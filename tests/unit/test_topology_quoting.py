@@ -47,7 +47,7 @@ def test_a_long_name_is_quoted_cut() -> None:
 def test_a_long_unknown_key_is_cut_in_the_path_and_the_message() -> None:
     # an explicit key (?): YAML allows implicit keys of at most 1,024 characters
     assert problems(f"name: x\nnetworks: {{}}\nnodes: {{}}\n? {LONG}\n: 1\n") == [
-        f"t.yaml:4: {clip(LONG)}: unknown key {CUT} (allowed: bus, hosts, name, networks, "
+        f"t.yaml:4: {clip(LONG)}: unknown key {CUT} (allowed: bus, expect, hosts, name, networks, "
         "nodes, version)"]
 
 

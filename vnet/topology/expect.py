@@ -14,7 +14,7 @@ from ipaddress import IPv4Address, IPv4Interface, ip_address
 from typing import Any
 
 from vnet.topology.model import Check, Expectation, Network, Nic, Node
-from vnet.topology.report import Reporter, undefined
+from vnet.topology.report import Reporter
 from vnet.topology.spec import Fields
 
 MAX_WINDOW = 60.0
@@ -57,7 +57,7 @@ def _one(rep: Reporter, f: Fields, nodes: Mapping[str, Node],
     source = nodes.get(source_name)
     if source is None:
         if nodes_ok:
-            rep.error((*path, "from"), undefined("node", source_name, nodes))
+            rep.error((*path, "from"), rep.undefined("node", source_name, nodes))
     elif source.kind != "netns":
         rep.error((*path, "from"), f"node {source_name} is a VM: checks run in namespace "
                   f"nodes; turn the expectation around (from a namespace node to {source_name})")
@@ -82,7 +82,7 @@ def _check_target_node(rep: Reporter, e: Expectation, f: Fields, nodes: Mapping[
     target = nodes.get(e.target)
     if target is None:
         if nodes_ok:
-            rep.error(path, undefined("node", e.target, nodes) + " (or give an IP address)")
+            rep.error(path, rep.undefined("node", e.target, nodes) + " (or give an IP address)")
         return
     if not target_nics(e, target, networks):
         where = f" in VLAN {e.vlan}" if e.vlan is not None else ""
