@@ -31,6 +31,7 @@ ETH_P_ALL = 0x0003
 SOL_PACKET = 263
 PACKET_ADD_MEMBERSHIP = 1
 PACKET_MR_PROMISC = 1
+PACKET_STATISTICS = 6
 PACKET_AUXDATA = 8
 PACKET_VNET_HDR = 15
 PACKET_IGNORE_OUTGOING = 23
@@ -123,6 +124,13 @@ def set_buffer(sock: socket.socket, opt: int, size: int) -> None:
         sock.setsockopt(socket.SOL_SOCKET, _FORCED[opt], size)
     except PermissionError:
         sock.setsockopt(socket.SOL_SOCKET, opt, size)
+
+
+def socket_counts(sock: socket.socket) -> tuple[int, int]:
+    """Frames the kernel handed to ``sock`` and frames among them it dropped for want of
+    room (its receive queue or ring full), since the last call: clear on read."""
+    seen, dropped = struct.unpack("II", sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8))
+    return seen, dropped
 
 
 def recv_frame(sock: socket.socket, vnet_hdr: bool = True) -> tuple[bytes, bytes, int | None]:

@@ -34,6 +34,7 @@ from vnet.host.afpacket import (
     bind_receiver,
     prepare_receiver,
     set_buffer,
+    socket_counts,
     unbound_packet_socket,
 )
 from vnet.packet.vnethdr import VNET_HDR_LEN
@@ -43,7 +44,6 @@ PACKET_COPY_THRESH = 7
 PACKET_VERSION = 10
 PACKET_TX_RING = 13
 PACKET_LOSS = 14
-PACKET_STATISTICS = 6
 PACKET_QDISC_BYPASS = 20
 TPACKET_V2 = 1
 
@@ -155,7 +155,7 @@ class PacketRing:
     def kernel_counts(self) -> tuple[int, int]:
         """Frames the kernel saw and dropped on this ring since the last call (clear on read);
         the drops also add up in ``kernel_drops``."""
-        seen, dropped = struct.unpack("II", self.rx.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8))
+        seen, dropped = socket_counts(self.rx)
         self.kernel_drops += dropped
         return seen, dropped
 
