@@ -17,13 +17,14 @@ from __future__ import annotations
 PROC_NET_DEV = "/proc/thread-self/net/dev"
 
 
-def parse_rx_packets(table: bytes, ifname: str) -> int | None:
-    """``ifname``'s received-frames column in a ``/proc/net/dev`` table, or None."""
+def parse_packets(table: bytes, ifname: str) -> tuple[int, int] | None:
+    """``ifname``'s ``(rx_packets, tx_packets)`` in a ``/proc/net/dev`` table, or None."""
     want = ifname.encode()
     for line in table.splitlines()[2:]:  # two header lines
         name, colon, columns = line.partition(b":")
         if colon and name.strip() == want:
-            return int(columns.split()[1])  # bytes, packets, errs, drop, ...
+            fields = columns.split()  # receive: bytes, packets, errs, drop, ...; then transmit
+            return int(fields[1]), int(fields[9])
     return None
 
 
@@ -37,7 +38,8 @@ class RxFrames:
 
     def _read(self) -> int | None:
         self._table.seek(0)
-        return parse_rx_packets(self._table.read(), self.ifname)
+        packets = parse_packets(self._table.read(), self.ifname)
+        return None if packets is None else packets[0]
 
     def count(self) -> int | None:
         """None once the netdev is gone."""
