@@ -33,6 +33,7 @@ from vnet.bench.testbed import (
     run,
 )
 from vnet.host import netns
+from vnet.host.netdev import PROC_NET_DEV, parse_packets
 
 SCALE_MAC_BASE = "02:c0:00:00:00:00"
 SINK_ADDR = "10.254.0.200"  # nobody's: the receiver drops the frames silently (no ICMP)
@@ -71,17 +72,15 @@ class NetdevCounters:
 
     def __init__(self, netns_name: str) -> None:
         with netns.entered(netns_name):
-            self.file: IO[str] = open("/proc/thread-self/net/dev")  # noqa: SIM115
+            self.file: IO[bytes] = open(PROC_NET_DEV, "rb", buffering=0)  # noqa: SIM115
 
     def read(self, ifname: str) -> tuple[int, int]:
         """``(rx_packets, tx_packets)``."""
         self.file.seek(0)
-        for line in self.file.read().splitlines()[2:]:
-            name, _, data = line.partition(":")
-            if name.strip() == ifname:
-                fields = data.split()
-                return int(fields[1]), int(fields[9])
-        raise BenchError(f"no netdev {ifname}")
+        packets = parse_packets(self.file.read(), ifname)
+        if packets is None:
+            raise BenchError(f"no netdev {ifname}")
+        return packets
 
     def close(self) -> None:
         self.file.close()

@@ -13,7 +13,9 @@ The port interface (``Port``), as the loop uses it:
 ``drain(now, budget)``
     take up to ``budget`` received frames, each passed on at once as
     ``deliver(vnet_hdr, frame, tci, now)``: ``frame`` as the kernel delivered it, ``tci``
-    the outer tag the kernel took off (None if none).  At once, not collected first: a
+    the TCI of the 802.1Q C-tag the kernel took off (None if none); a tag of any other TPID
+    it took off (an 802.1ad S-tag) goes back in band first (``c_tag_beside``), so that the
+    switch never takes it for a C-tag.  At once, not collected first: a
     batch of 64 KiB GSO super-frames held back is megabytes out of the cache (CPython's
     TCP fell from about 20 to 11 Gbit/s so)
 ``emit(vnet_hdr, frame)``
@@ -44,6 +46,7 @@ request (``vnet.datapath.protocol``) whose handler constructs it.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import socket
@@ -52,17 +55,20 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from vnet.host import afpacket
+from vnet.host.netdev import RxFrames
 from vnet.host.ring import (
     RX_HDR,
     STATUS,
     TP_STATUS_COPY,
     TP_STATUS_SEND_REQUEST,
     TP_STATUS_USER,
+    TP_STATUS_VLAN_TPID_VALID,
     TP_STATUS_VLAN_VALID,
     TX_DATA_OFFSET,
     TX_HDR,
     PacketRing,
 )
+from vnet.packet.ethernet import ETH_P_8021Q, c_tag_beside
 from vnet.packet.vnethdr import VNET_HDR_LEN
 from vnet.switch import PortConfig
 
@@ -110,6 +116,7 @@ class Port(ABC):
         self.deliver = deliver
         self.io_errors: dict[str, int] = {}
         self.sock: socket.socket  # the socket the loop polls; the subclass opens it
+        self.netdev_rx: RxFrames | None = None  # a netdev port: the kernel's count
 
     def count_error(self, reason: str) -> None:
         self.io_errors[reason] = self.io_errors.get(reason, 0) + 1
@@ -143,12 +150,19 @@ class Port(ABC):
             self.count_error(f"socket-{errno.errorcode.get(err, err)}")
 
     def stats(self, counters: dict[str, Any]) -> dict[str, Any]:
-        """The switch's ``counters`` of this port with the port's own beside them."""
-        return {**counters, "ifname": self.ifname, "tx_errors": dict(self.io_errors)}
+        """The switch's ``counters`` of this port with the port's own beside them, and the
+        kernel's count of what the netdev received (docs/counters.md)."""
+        stats = {**counters, "ifname": self.ifname, "tx_errors": dict(self.io_errors)}
+        received = self.netdev_rx.count() if self.netdev_rx is not None else None
+        if received is not None:
+            stats["netdev_rx_frames"] = received
+        return stats
 
     def close(self) -> None:
         self.schedule.forget(self)
         self.sock.close()
+        if self.netdev_rx is not None:
+            self.netdev_rx.close()
 
 
 PORT_TYPES: dict[str, type[Port]] = {}
@@ -175,7 +189,12 @@ class RingPort(Port):
     def __init__(self, number: int, config: PortConfig, ifname: str, schedule: Schedule,
                  deliver: Deliver) -> None:
         super().__init__(number, config, ifname, schedule, deliver)
-        self._use(PacketRing(ifname))
+        self.netdev_rx = RxFrames(ifname)  # counting before the first frame can be taken
+        try:
+            self._use(PacketRing(ifname))
+        except BaseException:
+            self.netdev_rx.close()
+            raise
 
     def _use(self, ring: PacketRing) -> None:
         """Read and write ``ring`` from its start."""
@@ -206,7 +225,7 @@ class RingPort(Port):
         taken = 0
         while taken < budget:
             off = index * size
-            status, length, snaplen, mac, _n, _s, _ns, vtci, _tpid = unpack(m, off)
+            status, length, snaplen, mac, _n, _s, _ns, vtci, vtpid = unpack(m, off)
             if not status & TP_STATUS_USER:
                 skip_to = self._at_empty_slot(index, now, woken_for_nothing=not taken)
                 if skip_to == index:
@@ -232,7 +251,12 @@ class RingPort(Port):
                 if snaplen < length:
                     self.count_error("rx-truncated")
                     continue
-                tci = vtci if status & TP_STATUS_VLAN_VALID else None
+                if not status & TP_STATUS_VLAN_VALID:
+                    tci = None
+                elif vtpid == ETH_P_8021Q or not status & TP_STATUS_VLAN_TPID_VALID:
+                    tci = vtci
+                else:  # an S-tag (or another TPID): back in band, where the switch sees it
+                    hdr, frame, tci = c_tag_beside(hdr, frame, vtpid, vtci)
             deliver(hdr, frame, tci, now)
         self.rx_index = index
         schedule = self.schedule
@@ -346,6 +370,8 @@ class RingPort(Port):
     def close(self) -> None:
         self.schedule.forget(self)
         self.ring.close()
+        if self.netdev_rx is not None:
+            self.netdev_rx.close()
 
 
 @port_type("socket")
@@ -356,7 +382,13 @@ class SocketPort(Port):
     def __init__(self, number: int, config: PortConfig, ifname: str, schedule: Schedule,
                  deliver: Deliver) -> None:
         super().__init__(number, config, ifname, schedule, deliver)
-        self.sock = afpacket.open_packet_socket(ifname)
+        self.netdev_rx = RxFrames(ifname)  # counting before the first frame can be taken
+        try:
+            self.sock = afpacket.open_packet_socket(ifname)
+        except BaseException:
+            self.netdev_rx.close()
+            raise
+        self.kernel_drops = 0  # frames the kernel found the receive queue full for
 
     def drain(self, now: float, budget: int) -> None:
         recv, sock, deliver = afpacket.recv_frame, self.sock, self.deliver
@@ -372,6 +404,21 @@ class SocketPort(Port):
 
     def emit(self, hdr: bytes, frame: bytes) -> None:
         _send(self, hdr + frame)
+
+    def maintain(self, now: float) -> bool:
+        self._count_kernel_drops()  # often enough that the kernel's 32-bit count cannot wrap
+        return False
+
+    def _count_kernel_drops(self) -> None:
+        with contextlib.suppress(OSError):  # the netdev is going away; vnetd removes the port
+            self.kernel_drops += afpacket.socket_counts(self.sock)[1]
+
+    def stats(self, counters: dict[str, Any]) -> dict[str, Any]:
+        stats = super().stats(counters)
+        self._count_kernel_drops()
+        if self.kernel_drops:  # the receive queue was full: the kernel had nowhere to put them
+            stats["drops"] = {**stats["drops"], "rx-queue-full": self.kernel_drops}
+        return stats
 
 
 def _send(port: Port, data: bytes) -> None:

@@ -2,9 +2,14 @@
 
 Two kernel facts shape this adapter (see docs/architecture.md):
 
-* The kernel strips the outer 802.1Q tag of every received frame into metadata before packet
-  sockets see it, so the tag comes back through ``PACKET_AUXDATA`` and is returned beside the
-  frame; frames we send keep their in-band tag.
+* The kernel strips the outer VLAN tag of every received frame into metadata before packet
+  sockets see it, an 802.1Q C-tag (TPID 0x8100) and an 802.1ad S-tag (0x88a8) alike, so the
+  tag comes back through ``PACKET_AUXDATA``, its TPID beside its TCI.  A C-tag's TCI is
+  returned beside the frame; any other tag is put back in band (``c_tag_beside``), where the
+  switch sees it for what it is.  Frames we send keep their in-band tag.
+* A frame of 14-19 bytes whose EtherType is 0x8100 or 0x88a8 is too short for the kernel to
+  take a tag off: it frees it before any packet socket sees it, and counts it in no drop
+  counter (only in the netdev's ``rx_packets``); see docs/counters.md.
 * veth and TAP netdevs hand over GSO super-frames with partial checksums.  With
   ``PACKET_VNET_HDR`` every frame is preceded by a 10-byte ``virtio_net_hdr`` that describes
   them, and the same header on send lets the kernel segment or pass them on, so TCP works with
@@ -19,16 +24,19 @@ import struct
 from dataclasses import dataclass
 
 from vnet.host import netns
+from vnet.packet.ethernet import c_tag_beside
 from vnet.packet.vnethdr import VNET_HDR_LEN
 
 ETH_P_ALL = 0x0003
 SOL_PACKET = 263
 PACKET_ADD_MEMBERSHIP = 1
 PACKET_MR_PROMISC = 1
+PACKET_STATISTICS = 6
 PACKET_AUXDATA = 8
 PACKET_VNET_HDR = 15
 PACKET_IGNORE_OUTGOING = 23
-TP_STATUS_VLAN_VALID = 0x10
+TP_STATUS_VLAN_VALID = 0x10       # a tag was moved out: its TCI is given
+TP_STATUS_VLAN_TPID_VALID = 0x40  # ... and its TPID (every kernel since 3.14)
 SO_SNDBUFFORCE = 32  # not exported by the socket module on every Python
 SO_RCVBUFFORCE = 33
 SIOCGIFINDEX = 0x8933
@@ -118,23 +126,33 @@ def set_buffer(sock: socket.socket, opt: int, size: int) -> None:
         sock.setsockopt(socket.SOL_SOCKET, opt, size)
 
 
+def socket_counts(sock: socket.socket) -> tuple[int, int]:
+    """Frames the kernel handed to ``sock`` and frames among them it dropped for want of
+    room (its receive queue or ring full), since the last call: clear on read."""
+    seen, dropped = struct.unpack("II", sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8))
+    return seen, dropped
+
+
 def recv_frame(sock: socket.socket, vnet_hdr: bool = True) -> tuple[bytes, bytes, int | None]:
     """Receive one frame: ``(vnet_hdr, frame, tci)``; raises BlockingIOError when empty.
 
-    ``frame`` is as the kernel delivered it (outer tag removed); ``tci`` is the removed
-    outer tag's TCI, or None if the frame came untagged.
+    ``tci`` is the TCI of the 802.1Q C-tag the kernel removed, or None if it removed none
+    or another kind of tag, which is then back in ``frame`` (``c_tag_beside``).
     """
     data, ancdata, _flags, _addr = sock.recvmsg(MAX_FRAME, _CMSG_SPACE)
-    tci = aux_tci(ancdata)
-    if vnet_hdr:
-        return data[:VNET_HDR_LEN], data[VNET_HDR_LEN:], tci
-    return NO_VNET_HDR, data, tci
+    hdr, frame = (data[:VNET_HDR_LEN], data[VNET_HDR_LEN:]) if vnet_hdr else (NO_VNET_HDR, data)
+    tag = aux_tag(ancdata)
+    if tag is None:
+        return hdr, frame, None
+    return c_tag_beside(hdr, frame, *tag)
 
 
-def aux_tci(ancdata: list[tuple[int, int, bytes]]) -> int | None:
+def aux_tag(ancdata: list[tuple[int, int, bytes]]) -> tuple[int, int] | None:
+    """``(tpid, tci)`` of the tag the kernel moved out of the frame (``tpid`` 0 if it did not
+    say), or None."""
     for level, kind, payload in ancdata:
         if level == SOL_PACKET and kind == PACKET_AUXDATA and len(payload) >= _AUXDATA.size:
-            status, _len, _snap, _mac, _net, tci, _tpid = _AUXDATA.unpack_from(payload)
+            status, _len, _snap, _mac, _net, tci, tpid = _AUXDATA.unpack_from(payload)
             if status & TP_STATUS_VLAN_VALID:
-                return int(tci)
+                return (tpid if status & TP_STATUS_VLAN_TPID_VALID else 0), tci
     return None

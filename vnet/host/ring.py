@@ -16,7 +16,9 @@ Why these and not others (measured, see docs/benchmarks.md):
 
 Both sockets use ``PACKET_VNET_HDR``: in the receive ring the kernel writes the 10-byte
 ``virtio_net_hdr`` right before the frame, and in the send ring it is expected before the frame.
-The outer 802.1Q tag comes back in ``tp_vlan_tci`` with ``TP_STATUS_VLAN_VALID``.
+The outer VLAN tag the kernel took off comes back in ``tp_vlan_tci`` with
+``TP_STATUS_VLAN_VALID``, and its TPID (0x8100 for an 802.1Q C-tag, 0x88a8 for an 802.1ad
+S-tag) in ``tp_vlan_tpid`` with ``TP_STATUS_VLAN_TPID_VALID``; see ``vnet.host.afpacket``.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from vnet.host.afpacket import (
     bind_receiver,
     prepare_receiver,
     set_buffer,
+    socket_counts,
     unbound_packet_socket,
 )
 from vnet.packet.vnethdr import VNET_HDR_LEN
@@ -41,7 +44,6 @@ PACKET_COPY_THRESH = 7
 PACKET_VERSION = 10
 PACKET_TX_RING = 13
 PACKET_LOSS = 14
-PACKET_STATISTICS = 6
 PACKET_QDISC_BYPASS = 20
 TPACKET_V2 = 1
 
@@ -50,6 +52,7 @@ TP_STATUS_USER = 1
 TP_STATUS_COPY = 2
 TP_STATUS_LOSING = 4
 TP_STATUS_VLAN_VALID = 0x10
+TP_STATUS_VLAN_TPID_VALID = 0x40
 TP_STATUS_AVAILABLE = 0
 TP_STATUS_SEND_REQUEST = 1
 TP_STATUS_WRONG_FORMAT = 4
@@ -152,7 +155,7 @@ class PacketRing:
     def kernel_counts(self) -> tuple[int, int]:
         """Frames the kernel saw and dropped on this ring since the last call (clear on read);
         the drops also add up in ``kernel_drops``."""
-        seen, dropped = struct.unpack("II", self.rx.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8))
+        seen, dropped = socket_counts(self.rx)
         self.kernel_drops += dropped
         return seen, dropped
 

@@ -6,6 +6,10 @@ with ``vlan_filtering``):
 * ingress: an access port takes untagged and priority-tagged (VID 0) frames into its VLAN and
   drops every other tag, including a tag hidden behind a priority tag (no VLAN hopping); a
   trunk takes tagged frames of its VLANs and untagged ones into its native VLAN, if any;
+* an 802.1ad S-tag (TPID 0x88a8), outermost or behind a priority tag, is dropped on every
+  port (``s-tagged``): this is a C-VLAN bridge, its VLAN tags are 802.1Q C-tags only, and
+  an S-tag of VID 10 is not VLAN 10 (Open vSwitch's NORMAL action takes it for VLAN 10, the
+  Linux bridge for an untagged frame of the native VLAN; see docs/counters.md);
 * frames from group or all-zero source MACs are dropped and never learned, and frames to the
   reserved group 01:80:C2:00:00:00-0F (STP, LACP, LLDP, 802.1X, ...) are not forwarded;
 * the source is learned per VLAN, up to a per-port limit (beyond it the frame is still
@@ -15,8 +19,9 @@ with ``vlan_filtering``):
 * egress: untagged on access ports and on a trunk's native VLAN, tagged elsewhere, keeping
   the ingress priority.
 
-The caller hands over the frame *without* its outer tag and that tag's TCI (the kernel has
-already taken it off; see ``vnet.host.afpacket``) and applies the returned ``Forward``.
+The caller hands over the frame *without* its outer 802.1Q C-tag and that tag's TCI (the
+kernel has already taken it off; see ``vnet.host.afpacket``), every other tag in band, and
+applies the returned ``Forward``.
 
 Decisions are cached per (in-port, the first 14 bytes, TCI), as Open vSwitch's exact-match
 cache does: a frame like the last one of its flow skips the checks, the VLAN rules and both
@@ -31,7 +36,7 @@ sweep over many addresses) does not pay for filling a cache it never hits.
 
 from __future__ import annotations
 
-from vnet.packet.ethernet import TAG_ETHERTYPES, ZERO_MAC
+from vnet.packet.ethernet import S_TAG, TAG_ETHERTYPES, ZERO_MAC
 from vnet.switch.fdb import Fdb, LearnResult, MacEntry
 from vnet.switch.ports import PortConfig, PortCounters, VlanOptions
 
@@ -178,10 +183,14 @@ class Switch:
         pcp = 0 if tci is None else tci >> 13
         if port.access_vid is not None:
             if vid != 0 or frame[12:14] in TAG_ETHERTYPES:
-                counters.drop("tagged-on-access")
-                return _dropped("tagged-on-access")
+                reason = "s-tagged" if vid == 0 and frame[12:14] == S_TAG else "tagged-on-access"
+                counters.drop(reason)
+                return _dropped(reason)
             vid = port.access_vid
         elif vid == 0:
+            if frame[12:14] == S_TAG:
+                counters.drop("s-tagged")
+                return _dropped("s-tagged")
             if port.native is None:
                 counters.drop("untagged-no-native")
                 return _dropped("untagged-no-native")
