@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from vnet.bus.client import BusEvent, BusStats, Connected, Received
+from vnet.bus.client import BusEvent, BusStats, Connected, Disconnected, Received
 from vnet.bus.messages import (
     DesiredLab,
     LabDeleted,
@@ -27,6 +27,7 @@ from vnet.daemon.bus_service import BusService
 from vnet.errors import DaemonError, HostError
 from vnet.topology import Topology, parse_topology
 
+GRACE = 0.05   # s a Will waits before it counts (vnet.bus.liveness)
 C1, C2, C3 = "02:00:00:00:01:01", "02:00:00:00:02:01", "02:00:00:00:03:01"
 LAB = parse_topology(dedent(f"""
     name: lab1
@@ -153,7 +154,7 @@ class Harness:
         self.realiser = FakeRealiser()
         self.overlay = RecordingOverlay()
         self.service = BusService("h1", self.connect, self.realiser, self.overlay,
-                                  backoff=(0.001, 0.002))
+                                  backoff=(0.001, 0.002), will_grace=GRACE)
 
     def connect(self) -> FakeBus:
         bus = FakeBus(self.echo)
@@ -275,11 +276,43 @@ def test_a_lost_host_leaves_the_flood_peers_and_its_macs_go():
         assert h.overlay.macs[key] == {C2: ("10.0.0.2", "10.1.0.2"), C3: ("10.0.0.3", None)}
         h.bus.deliver(Status("h3", "lost", 3))
         await h.settle()
-        assert h.overlay.peers[key] == {"10.0.0.2"}
+        assert h.overlay.peers[key] == {"10.0.0.2", "10.0.0.3"}  # the Will's grace
+        await until(lambda: h.overlay.peers[key] == {"10.0.0.2"}, "h3 withdrawn")
         assert h.overlay.macs[key] == {C2: ("10.0.0.2", "10.1.0.2")}
         h.bus.deliver(online("h3", epoch=4))                     # back, new epoch
         await h.settle()
         assert h.overlay.peers[key] == {"10.0.0.2", "10.0.0.3"}
+    run(scenario)
+
+
+def test_wills_just_before_our_own_disconnect_withdraw_nothing():
+    """mosquitto sends every client's Will when it shuts down, then closes the connections:
+    those Wills say nothing about the hosts; nor do they when they come back retained."""
+    async def scenario(h: Harness) -> None:
+        h.bus.deliver(online("h2"))
+        h.bus.deliver(online("h3"))
+        h.bus.deliver(DesiredLab("lab1", 1, LAB))
+        await h.settle()
+        key = ("lab1", "office")
+        assert h.overlay.peers[key] == {"10.0.0.2", "10.0.0.3"}
+        h.bus.deliver(Status("h2", "lost", 3))
+        h.bus.deliver(Status("h3", "lost", 3))
+        h.bus.connected = False
+        h.bus._events.put_nowait(Disconnected("the broker closed the connection",
+                                              time.monotonic()))
+        await h.settle()
+        await asyncio.sleep(GRACE * 4)
+        h.bus.connect(epoch=8)
+        h.bus._events.put_nowait(Received(Status("h2", "lost", 3), "-", time.monotonic(),
+                                          retained=True))
+        await h.settle()
+        await asyncio.sleep(GRACE * 4)
+        assert h.overlay.peers[key] == {"10.0.0.2", "10.0.0.3"}
+        assert h.overlay.macs[key] == {C2: ("10.0.0.2", "10.1.0.2"), C3: ("10.0.0.3", None)}
+        assert {p.host: p.state for p in h.service.view.peers} == {"h2": "online",
+                                                                  "h3": "online"}
+        h.bus.deliver(Status("h3", "lost", 3))                   # while connected: it counts
+        await until(lambda: h.overlay.peers[key] == {"10.0.0.2"}, "h3 withdrawn")
     run(scenario)
 
 

@@ -120,6 +120,7 @@ class Received:
     message: Message
     topic: str
     at: float
+    retained: bool = False     # sent on our subscription (old news), not as it happened
 
 
 @dataclass(frozen=True)
@@ -355,7 +356,7 @@ class BusClient:
         refresher = asyncio.get_running_loop().create_task(self._refresh(client))
         try:
             async for raw in client.messages:
-                await self._receive(str(raw.topic), raw.payload)
+                await self._receive(str(raw.topic), raw.payload, bool(raw.retain))
         finally:
             refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
@@ -368,7 +369,7 @@ class BusClient:
                 with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
                     await self._send(client, self._status("online"))
 
-    async def _receive(self, topic: str, payload: Any) -> None:
+    async def _receive(self, topic: str, payload: Any, retained: bool = False) -> None:
         if isinstance(payload, str):
             payload = payload.encode()
         elif payload is None:
@@ -382,7 +383,7 @@ class BusClient:
             self.stats.drop(result)
             return
         self.stats.received += 1
-        await self._events.put(Received(result, topic, self._now()))
+        await self._events.put(Received(result, topic, self._now(), retained))
 
     def _explain(self, err: BaseException) -> str:
         """A sentence for the log and ``stats.last_error``: no raw errno text."""

@@ -34,6 +34,7 @@ from typing import Any, Protocol
 from vnet.bus.client import BusConfig as ClientConfig
 from vnet.bus.client import BusEvent, BusStats, Connected, Disconnected, Received
 from vnet.bus.errors import BusError
+from vnet.bus.liveness import WILL_GRACE
 from vnet.bus.messages import DesiredLab, LabDeleted, LabRealised, Message
 from vnet.bus.view import BusView, Effects
 from vnet.daemon.bus_overlay import (
@@ -112,11 +113,13 @@ class BusService:
                  overlay: Overlay | None = None, *, plan: OverlayPlan = static_overlay_plan,
                  clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time,
-                 backoff: tuple[float, float] = (0.2, 10.0)) -> None:
+                 backoff: tuple[float, float] = (0.2, 10.0),
+                 will_grace: float = WILL_GRACE) -> None:
         self.host = host
+        self.will_grace = will_grace
         self.realiser = realiser
         self.overlay: Overlay = overlay if overlay is not None else NoOverlay()
-        self.view = BusView(host)
+        self.view = BusView(host, will_grace=will_grace)
         self.bus: Bus | None = None
         self.realised: dict[str, LabRealised] = {}   # this host's status, per lab
         self.since: dict[str, float] = {}            # host -> when its liveness last changed
@@ -128,6 +131,7 @@ class BusService:
         self._backoff = backoff
         self._pending: dict[str, DesiredLab | LabDeleted | None] = {}
         self._work = asyncio.Event()
+        self._rearm = asyncio.Event()
         self._changed = asyncio.Condition()
         self._advertised: dict[str, frozenset[tuple[str, str]]] = {}
         self._flood: dict[tuple[str, str], frozenset[str]] = {}
@@ -173,7 +177,7 @@ class BusService:
     # -- one session: a connection and a view built from what it brings -----------------------
 
     async def _session(self) -> None:
-        view, bus = BusView(self.host), self._connect()
+        view, bus = BusView(self.host, will_grace=self.will_grace), self._connect()
         self.view, self.bus = view, bus
         ticker = asyncio.get_running_loop().create_task(self._ticker(bus, view))
         try:
@@ -188,6 +192,7 @@ class BusService:
 
     async def _event(self, bus: Bus, view: BusView, event: BusEvent) -> None:
         if isinstance(event, Disconnected):
+            view.disconnected()
             await self._notify()
             return
         if isinstance(event, Connected):
@@ -199,17 +204,26 @@ class BusService:
         else:
             assert isinstance(event, Received)
             try:
-                effects = view.receive(event.message, event.at)
+                effects = view.receive(event.message, event.at, retained=event.retained)
             except BusError as err:
                 bus.stats.drop(err)
                 return
+            self._rearm.set()                     # a Will's grace: the ticker's next timer
         await self._apply(bus, view, effects)
 
     async def _ticker(self, bus: Bus, view: BusView) -> None:
+        """``view.tick`` when its next timer is due (an event may bring an earlier one: a
+        Will's grace), and at least once a second."""
+        regular = self._clock() + 1.0
         while True:
             now = self._clock()
-            await asyncio.sleep(max(0.0, view.next_timer(now) - now))
-            now = self._clock()
+            due = min(view.next_timer(now), regular)
+            if due > now:
+                self._rearm.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._rearm.wait(), due - now)
+                continue
+            regular = now + 1.0
             effects = view.tick(now)
             for lab, macs in sorted(self._advertised.items()):   # they never age out here
                 for network, mac in sorted(macs):
