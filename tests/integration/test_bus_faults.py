@@ -14,6 +14,7 @@ host namespace, never from vnet's own status.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import secrets
@@ -114,6 +115,21 @@ class Cluster:
     def peers(self, host: str) -> dict[str, dict[str, Any]]:
         return {h["host"]: h for h in self.bus(host)["hosts"]}
 
+    def cut_off(self, host: str) -> bool:
+        return bool(self.bus(host)["connection"]["state"] != "connected")
+
+    def wait_online(self, host: str) -> None:
+        def online() -> bool:
+            peers = self.peers(host)
+            return len(peers) == len(USERS) and all(p["state"] == "online"
+                                                    for p in peers.values())
+        wait_until(online, DEADLINE, message=f"{host} to see every host online")
+
+    def wait_converged(self, host: str, epochs_above: dict[str, int] | None = None) -> None:
+        wait_until(lambda: self.converged(host, epochs_above), DEADLINE,
+                   message=lambda: f"{host} to see every host at generation 1 with a new "
+                                   f"epoch: {self.bus(host)}")
+
     def converged(self, host: str, epochs_above: dict[str, int] | None = None) -> bool:
         """``host`` sees every host online at generation 1 (with an epoch above the given)."""
         peers = self.peers(host)
@@ -169,9 +185,7 @@ def cluster() -> Iterator[Cluster]:
         build_underlay(underlay, hosts)
         cluster = Cluster(broker, hosts, topology, path)
         for name in USERS:
-            wait_until(lambda name=name: len(cluster.peers(name)) == len(USERS) and all(
-                p["state"] == "online" for p in cluster.peers(name).values()),
-                DEADLINE, message=f"{name} to see every host online")
+            cluster.wait_online(name)
         hosts["h1"].cli("up", str(path))
         stack.callback(lambda: hosts["h1"].cli("down", "--lab", cluster.lab, check=False))
         yield cluster
@@ -179,7 +193,7 @@ def cluster() -> Iterator[Cluster]:
 
 def wait_pings_across(cluster: Cluster) -> None:
     for source, target in (("n1", "n2"), ("n1", "n3"), ("n2", "n3")):
-        wait_until(lambda s=source, t=target: cluster.ping(s, t), DEADLINE,
+        wait_until(functools.partial(cluster.ping, source, target), DEADLINE,
                    message=f"{source} to ping {target} across hosts")
 
 
@@ -225,16 +239,14 @@ def test_a_host_killed_is_withdrawn_from_the_others_kernels_and_comes_back(
     old_epoch = cluster.peers("h1")["h3"]["epoch"]
     h3._start_daemon()
     for host in USERS:
-        wait_until(lambda host=host: cluster.converged(host, {"h3": old_epoch}), DEADLINE,
-                   message=lambda host=host: f"{host} to see h3 back: {cluster.bus(host)}")
+        cluster.wait_converged(host, {"h3": old_epoch})
         wait_fdb(cluster, host, [p for p in USERS if p != host])
     wait_pings_across(cluster)
 
 
 def test_a_broker_outage_loses_no_frame_and_withdraws_nothing(cluster: Cluster) -> None:
     for host in USERS:
-        wait_until(lambda host=host: cluster.converged(host), DEADLINE,
-                   message=lambda host=host: f"{host} converged: {cluster.bus(host)}")
+        cluster.wait_converged(host)
         wait_fdb(cluster, host, [p for p in USERS if p != host])
     wait_pings_across(cluster)
     before = {host: cluster.fdb(host) for host in USERS}
@@ -251,8 +263,8 @@ def test_a_broker_outage_loses_no_frame_and_withdraws_nothing(cluster: Cluster) 
         cluster.broker.stop()
         stopped_at = time.monotonic()
         for host in USERS:
-            wait_until(lambda host=host: cluster.bus(host)["connection"]["state"] != "connected",
-                       DEADLINE, message=f"{host} to notice the broker is gone")
+            wait_until(functools.partial(cluster.cut_off, host), DEADLINE,
+                       message=f"{host} to notice the broker is gone")
         # the fault lasts OUTAGE seconds; all through it every kernel FDB holds every entry
         # and every host still counts the others alive
         checks = 0
@@ -270,8 +282,7 @@ def test_a_broker_outage_loses_no_frame_and_withdraws_nothing(cluster: Cluster) 
         cluster.broker.start()
         returned_at = time.monotonic()
         for host in USERS:
-            wait_until(lambda host=host: cluster.converged(host, epochs), DEADLINE,
-                       message=lambda host=host: f"{host} to reconverge: {cluster.bus(host)}")
+            cluster.wait_converged(host, epochs)
         reconverged = time.monotonic() - returned_at
         for host in USERS:
             assert cluster.fdb(host) == before[host]
