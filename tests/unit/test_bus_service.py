@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from vnet.bus.client import BusEvent, BusStats, Connected, Disconnected, Received
+from vnet.bus.client import BusEvent, BusStats, Connected, Disconnected, Received, Refusal
 from vnet.bus.messages import (
     DesiredLab,
     LabDeleted,
@@ -72,6 +72,7 @@ class FakeBus:
         self.statuses: list[dict[str, LabRealised]] = []
         self.stopped = False
         self.fail_next: BaseException | None = None
+        self.refuse: Refusal | None = None
         self._events: asyncio.Queue[BusEvent | None] = asyncio.Queue()
 
     async def start(self) -> None:
@@ -86,6 +87,9 @@ class FakeBus:
         return self.connected
 
     async def publish(self, message: Message) -> bool:
+        if self.refuse is not None:
+            self.stats.refuse(self.refuse)
+            return False
         self.published.append(message)
         if self.echo and is_desired_state(message):
             self.deliver(message)
@@ -373,6 +377,20 @@ def test_up_names_the_hosts_that_failed_were_down_or_did_not_answer():
         up = asyncio.create_task(h.service.publish_up(ELSEWHERE_TOO, timeout=0.3))
         with pytest.raises(DaemonError, match="h4: no answer after 0 s: no status from its"):
             await asyncio.wait_for(up, 5)
+    run(scenario)
+
+
+def test_desired_state_the_broker_refuses_is_reported_at_once_with_its_reason():
+    async def scenario(h: Harness) -> None:
+        h.bus.refuse = Refusal("vnet/v1/labs/lab1/desired", 135, "Not authorized")
+        started = time.monotonic()
+        with pytest.raises(DaemonError) as err:
+            await h.service.publish_up(LAB)
+        assert time.monotonic() - started < 1.0          # no wait for an echo
+        assert ("the broker refused generation 1 (Not authorized, MQTT reason 135)"
+                in str(err.value))
+        assert "ACL lets its user 'h1' write ROOT/labs/#" in str(err.value)
+        assert h.realiser.calls == []
     run(scenario)
 
 

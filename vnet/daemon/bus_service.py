@@ -404,12 +404,20 @@ class BusService:
             raise DaemonError(f"lab {message.lab}: this vnetd is not connected to the bus"
                               f"{f' ({why})' if why else ''}, so the other hosts cannot be "
                               "told; try again once it is (vnet status shows the bus)")
+        refused_before = bus.stats.refused
         if not await bus.publish(message):
+            refusal = bus.stats.last_refusal
+            if bus.stats.refused > refused_before and refusal is not None:
+                raise DaemonError(
+                    f"lab {message.lab}: the broker refused generation {message.generation} "
+                    f"({refusal.reason}, MQTT reason {refusal.code}): a host's vnetd may "
+                    f"publish desired state only where the broker's ACL lets its user "
+                    f"{self.host!r} write ROOT/labs/# (docs/bus.md, 'Broker configuration')")
             raise DaemonError(f"lab {message.lab}: publishing generation {message.generation} "
                               f"failed ({bus.stats.last_error or 'the broker did not confirm'})"
                               "; try again")
         if not await self._wait(lambda: self.view.generation(message.lab) >= message.generation,
-                                ECHO_TIMEOUT):
+                                ECHO_TIMEOUT):   # a broker that drops it without a PUBACK code
             raise DaemonError(
                 f"lab {message.lab}: the broker did not pass generation {message.generation} "
                 f"on within {ECHO_TIMEOUT:.0f} s, so it most likely refused it: a host's vnetd "
