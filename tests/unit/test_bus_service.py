@@ -320,6 +320,20 @@ def test_wills_just_before_our_own_disconnect_withdraw_nothing():
     run(scenario)
 
 
+def test_a_will_held_back_is_void_once_the_connection_is_gone_before_its_event():
+    async def scenario(h: Harness) -> None:
+        h.bus.deliver(online("h2"))
+        h.bus.deliver(DesiredLab("lab1", 1, LAB))
+        await h.settle()
+        key = ("lab1", "office")
+        h.bus.deliver(Status("h2", "lost", 3))
+        await h.settle()
+        h.bus.connected = False              # dropped; its Disconnected not handled yet
+        await asyncio.sleep(GRACE * 4)
+        assert h.overlay.peers[key] == {"10.0.0.2", "10.0.0.3"}
+    run(scenario)
+
+
 def test_live_overlay_adds_learned_macs_of_alive_hosts_only():
     plan = static_overlay_plan(LAB, "h1")
     learned = {("office", "02:aa:00:00:00:01"): "h2", ("office", "02:aa:00:00:00:02"): "h3"}

@@ -224,6 +224,8 @@ class BusService:
                     await asyncio.wait_for(self._rearm.wait(), due - now)
                 continue
             regular = now + 1.0
+            if not bus.connected:   # its Disconnected may still wait behind other events
+                view.disconnected()
             effects = view.tick(now)
             for lab, macs in sorted(self._advertised.items()):   # they never age out here
                 for network, mac in sorted(macs):
