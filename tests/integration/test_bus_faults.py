@@ -100,6 +100,17 @@ class Cluster:
                 entries.setdefault(entry["mac"].lower(), set()).add(entry["dst"])
         return entries
 
+    def neighbours(self, host: str) -> dict[str, str]:
+        """The ARP proxy's entries on ``host``'s vxlan netdev of red: IP -> MAC."""
+        ifname = overlay_ifname(self.lab, "red")
+        run = self.hosts[host].exec(["ip", "-j", "-4", "neigh", "show", "dev", ifname])
+        assert run.returncode == 0, f"{host}: ip neigh show failed: {run.stderr}"
+        return {e["dst"]: e["lladdr"].lower() for e in json.loads(run.stdout or "[]")
+                if "lladdr" in e}
+
+    def expected_neighbours(self, peers: list[str]) -> dict[str, str]:
+        return {NODE_IP[f"n{p[1]}"]: self.mac(f"n{p[1]}") for p in peers}
+
     def expected_fdb(self, host: str, peers: list[str]) -> dict[str, set[str]]:
         """What ``host``'s vxlan netdev should hold with ``peers`` alive: a flood entry per
         peer, and each peer's node MAC sent to that peer."""
@@ -203,11 +214,21 @@ def wait_fdb(cluster: Cluster, host: str, peers: list[str]) -> None:
                message=lambda: f"{host}'s vxlan FDB to be {wanted}: {cluster.fdb(host)}")
 
 
+def wait_neighbours(cluster: Cluster, host: str, peers: list[str]) -> None:
+    """(set_remote_macs converges the neighbour entries right after the FDB.)"""
+    wanted = cluster.expected_neighbours(peers)
+    wait_until(lambda: cluster.neighbours(host) == wanted, DEADLINE,
+               message=lambda: f"{host}'s vxlan neighbours to be {wanted}: "
+                               f"{cluster.neighbours(host)}")
+
+
 def test_a_host_killed_is_withdrawn_from_the_others_kernels_and_comes_back(
         cluster: Cluster) -> None:
     wait_pings_across(cluster)
     for host in USERS:
         wait_fdb(cluster, host, [p for p in USERS if p != host])
+        assert cluster.neighbours(host) == cluster.expected_neighbours(
+            [p for p in USERS if p != host])      # red's IPs are all known: ARP proxy
 
     h3 = cluster.hosts["h3"]
     assert h3.process is not None
@@ -233,6 +254,7 @@ def test_a_host_killed_is_withdrawn_from_the_others_kernels_and_comes_back(
     for host in ("h1", "h2"):       # exactly h3's entries went; the rest stayed
         assert cluster.fdb(host) == cluster.expected_fdb(
             host, [p for p in ("h1", "h2") if p != host])
+        wait_neighbours(cluster, host, [p for p in ("h1", "h2") if p != host])
         assert cluster.peers(host)["h3"]["state"] == "lost"
     assert cluster.ping("n1", "n2")
 
@@ -241,6 +263,7 @@ def test_a_host_killed_is_withdrawn_from_the_others_kernels_and_comes_back(
     for host in USERS:
         cluster.wait_converged(host, {"h3": old_epoch})
         wait_fdb(cluster, host, [p for p in USERS if p != host])
+        wait_neighbours(cluster, host, [p for p in USERS if p != host])
     wait_pings_across(cluster)
 
 
@@ -250,6 +273,7 @@ def test_a_broker_outage_loses_no_frame_and_withdraws_nothing(cluster: Cluster) 
         wait_fdb(cluster, host, [p for p in USERS if p != host])
     wait_pings_across(cluster)
     before = {host: cluster.fdb(host) for host in USERS}
+    neighbours = {host: cluster.neighbours(host) for host in USERS}
     epochs = {host: cluster.peers("h1")[host]["epoch"] for host in USERS}
 
     # the established flows: as many pings as cover the outage and the broker's return
@@ -273,6 +297,7 @@ def test_a_broker_outage_loses_no_frame_and_withdraws_nothing(cluster: Cluster) 
                 assert cluster.fdb(host) == before[host], \
                     f"{time.monotonic() - stopped_at:.1f} s into the outage, {host}'s FDB " \
                     f"changed: {cluster.fdb(host)} (was {before[host]})"
+                assert cluster.neighbours(host) == neighbours[host]
                 states = {n: p["state"] for n, p in cluster.peers(host).items()
                           if not p["local"]}
                 assert set(states.values()) == {"online"}, \
@@ -286,6 +311,7 @@ def test_a_broker_outage_loses_no_frame_and_withdraws_nothing(cluster: Cluster) 
         reconverged = time.monotonic() - returned_at
         for host in USERS:
             assert cluster.fdb(host) == before[host]
+            assert cluster.neighbours(host) == neighbours[host]
         results = {}
         for (s, t), flow in flows.items():
             out, _ = flow.communicate(timeout=count * PING_INTERVAL + DEADLINE)
