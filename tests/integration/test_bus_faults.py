@@ -18,6 +18,7 @@ import functools
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -174,6 +175,7 @@ def cluster() -> Iterator[Cluster]:
     topology = parse_topology(path.read_text(), source=str(path))
     underlay = f"vnt-bf-{secrets.token_hex(2)}"
     with contextlib.ExitStack() as stack:
+        stack.callback(shutil.rmtree, workdir, ignore_errors=True)
         stack.callback(netns.remove, underlay)
         broker = stack.enter_context(Broker(USERS, operators=["h1"], listen=None,
                                             persistence=True))
