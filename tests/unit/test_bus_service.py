@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from vnet.bus.client import BusEvent, BusStats, Connected, Received
+from vnet.bus.client import BusEvent, BusStats, Connected, Disconnected, Received, Refusal
 from vnet.bus.messages import (
     DesiredLab,
     LabDeleted,
@@ -27,6 +27,7 @@ from vnet.daemon.bus_service import BusService
 from vnet.errors import DaemonError, HostError
 from vnet.topology import Topology, parse_topology
 
+GRACE = 0.05   # s a Will waits before it counts (vnet.bus.liveness)
 C1, C2, C3 = "02:00:00:00:01:01", "02:00:00:00:02:01", "02:00:00:00:03:01"
 LAB = parse_topology(dedent(f"""
     name: lab1
@@ -71,6 +72,7 @@ class FakeBus:
         self.statuses: list[dict[str, LabRealised]] = []
         self.stopped = False
         self.fail_next: BaseException | None = None
+        self.refuse: Refusal | None = None
         self._events: asyncio.Queue[BusEvent | None] = asyncio.Queue()
 
     async def start(self) -> None:
@@ -85,6 +87,9 @@ class FakeBus:
         return self.connected
 
     async def publish(self, message: Message) -> bool:
+        if self.refuse is not None:
+            self.stats.refuse(self.refuse)
+            return False
         self.published.append(message)
         if self.echo and is_desired_state(message):
             self.deliver(message)
@@ -153,7 +158,7 @@ class Harness:
         self.realiser = FakeRealiser()
         self.overlay = RecordingOverlay()
         self.service = BusService("h1", self.connect, self.realiser, self.overlay,
-                                  backoff=(0.001, 0.002))
+                                  backoff=(0.001, 0.002), will_grace=GRACE)
 
     def connect(self) -> FakeBus:
         bus = FakeBus(self.echo)
@@ -275,10 +280,56 @@ def test_a_lost_host_leaves_the_flood_peers_and_its_macs_go():
         assert h.overlay.macs[key] == {C2: ("10.0.0.2", "10.1.0.2"), C3: ("10.0.0.3", None)}
         h.bus.deliver(Status("h3", "lost", 3))
         await h.settle()
-        assert h.overlay.peers[key] == {"10.0.0.2"}
+        assert h.overlay.peers[key] == {"10.0.0.2", "10.0.0.3"}  # the Will's grace
+        await until(lambda: h.overlay.peers[key] == {"10.0.0.2"}, "h3 withdrawn")
         assert h.overlay.macs[key] == {C2: ("10.0.0.2", "10.1.0.2")}
         h.bus.deliver(online("h3", epoch=4))                     # back, new epoch
         await h.settle()
+        assert h.overlay.peers[key] == {"10.0.0.2", "10.0.0.3"}
+    run(scenario)
+
+
+def test_wills_just_before_our_own_disconnect_withdraw_nothing():
+    """mosquitto sends every client's Will when it shuts down, then closes the connections:
+    those Wills say nothing about the hosts; nor do they when they come back retained."""
+    async def scenario(h: Harness) -> None:
+        h.bus.deliver(online("h2"))
+        h.bus.deliver(online("h3"))
+        h.bus.deliver(DesiredLab("lab1", 1, LAB))
+        await h.settle()
+        key = ("lab1", "office")
+        assert h.overlay.peers[key] == {"10.0.0.2", "10.0.0.3"}
+        h.bus.deliver(Status("h2", "lost", 3))
+        h.bus.deliver(Status("h3", "lost", 3))
+        h.bus.connected = False
+        h.bus._events.put_nowait(Disconnected("the broker closed the connection",
+                                              time.monotonic()))
+        await h.settle()
+        await asyncio.sleep(GRACE * 4)
+        h.bus.connect(epoch=8)
+        h.bus._events.put_nowait(Received(Status("h2", "lost", 3), "-", time.monotonic(),
+                                          retained=True))
+        await h.settle()
+        await asyncio.sleep(GRACE * 4)
+        assert h.overlay.peers[key] == {"10.0.0.2", "10.0.0.3"}
+        assert h.overlay.macs[key] == {C2: ("10.0.0.2", "10.1.0.2"), C3: ("10.0.0.3", None)}
+        assert {p.host: p.state for p in h.service.view.peers} == {"h2": "online",
+                                                                  "h3": "online"}
+        h.bus.deliver(Status("h3", "lost", 3))                   # while connected: it counts
+        await until(lambda: h.overlay.peers[key] == {"10.0.0.2"}, "h3 withdrawn")
+    run(scenario)
+
+
+def test_a_will_held_back_is_void_once_the_connection_is_gone_before_its_event():
+    async def scenario(h: Harness) -> None:
+        h.bus.deliver(online("h2"))
+        h.bus.deliver(DesiredLab("lab1", 1, LAB))
+        await h.settle()
+        key = ("lab1", "office")
+        h.bus.deliver(Status("h2", "lost", 3))
+        await h.settle()
+        h.bus.connected = False              # dropped; its Disconnected not handled yet
+        await asyncio.sleep(GRACE * 4)
         assert h.overlay.peers[key] == {"10.0.0.2", "10.0.0.3"}
     run(scenario)
 
@@ -340,6 +391,20 @@ def test_up_names_the_hosts_that_failed_were_down_or_did_not_answer():
         up = asyncio.create_task(h.service.publish_up(ELSEWHERE_TOO, timeout=0.3))
         with pytest.raises(DaemonError, match="h4: no answer after 0 s: no status from its"):
             await asyncio.wait_for(up, 5)
+    run(scenario)
+
+
+def test_desired_state_the_broker_refuses_is_reported_at_once_with_its_reason():
+    async def scenario(h: Harness) -> None:
+        h.bus.refuse = Refusal("vnet/v1/labs/lab1/desired", 135, "Not authorized")
+        started = time.monotonic()
+        with pytest.raises(DaemonError) as err:
+            await h.service.publish_up(LAB)
+        assert time.monotonic() - started < 1.0          # no wait for an echo
+        assert ("the broker refused generation 1 (Not authorized, MQTT reason 135)"
+                in str(err.value))
+        assert "ACL lets its user 'h1' write ROOT/labs/#" in str(err.value)
+        assert h.realiser.calls == []
     run(scenario)
 
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import aiomqtt
+from paho.mqtt import client as paho_client
 from paho.mqtt.reasoncodes import ReasonCode
 
 from vnet.bus.epoch import EpochFile, next_epoch
@@ -120,6 +121,7 @@ class Received:
     message: Message
     topic: str
     at: float
+    retained: bool = False     # sent on our subscription (old news), not as it happened
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,63 @@ class Disconnected:
 BusEvent = Connected | Received | Disconnected
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """The broker's PUBACK refused a publish (MQTT v5 reason code, e.g. 135 not authorised:
+    its ACL does not let this user write the topic)."""
+
+    topic: str
+    code: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"the broker refused a publish to {self.topic}: {self.reason} (reason {self.code})"
+
+
+class AckedClient(aiomqtt.Client):
+    """aiomqtt's client whose publish says what the broker's PUBACK answered.
+
+    aiomqtt 2.5 receives paho's ``on_publish(..., reason_code, ...)`` and drops the reason
+    code, so a publish the broker refuses (mosquitto: 135 when the ACL denies it) looks
+    confirmed.  ``publish_acked`` issues the publish through paho as aiomqtt does and waits
+    for that message id's PUBACK itself (aiomqtt internals: ``_client``, ``_on_publish``,
+    pinned by ``aiomqtt>=2.5,<3``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._acks: dict[int, asyncio.Future[ReasonCode]] = {}
+
+    def _on_publish(self, client: Any, userdata: Any, mid: int, reason_code: ReasonCode,
+                    properties: Any) -> None:
+        ack = self._acks.pop(mid, None)
+        if ack is not None and not ack.done():
+            ack.set_result(reason_code)
+        super()._on_publish(client, userdata, mid, reason_code, properties)
+
+    async def publish_acked(self, topic: str, payload: bytes, *, qos: int, retain: bool,
+                            timeout: float) -> Refusal | None:
+        """Publish; ``Refusal`` if the broker's PUBACK refused it (QoS 1), else None.
+        Raises ``MqttError`` as aiomqtt's publish does (not connected, timed out)."""
+        info = self._client.publish(topic, payload, qos, retain)
+        if info.rc != paho_client.MQTT_ERR_SUCCESS:
+            raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
+        if qos == 0 or info.is_published():
+            return None
+        # the PUBACK is read on this loop, so it cannot have come before this line
+        ack: asyncio.Future[ReasonCode] = asyncio.get_running_loop().create_future()
+        self._acks[info.mid] = ack
+        try:
+            async with asyncio.timeout(timeout):
+                reason = await ack
+        except TimeoutError:
+            raise aiomqtt.MqttError("Operation timed out") from None
+        finally:
+            self._acks.pop(info.mid, None)
+        if reason.is_failure:
+            return Refusal(topic, reason.value, reason.getName())
+        return None
+
+
 @dataclass
 class BusStats:
     """Counters for ``vnet status`` and logs."""
@@ -140,9 +199,23 @@ class BusStats:
     received: int = 0
     published: int = 0
     publish_failed: int = 0
+    refused: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
     last_error: str | None = None
+    last_refusal: Refusal | None = None
     _logged: set[str] = field(default_factory=set)
+
+    def refuse(self, refusal: Refusal) -> None:
+        """Count a publish the broker refused; log the first to each topic."""
+        self.refused += 1
+        self.publish_failed += 1
+        self.last_refusal, self.last_error = refusal, str(refusal)
+        key = f"refused {refusal.topic}"
+        if key in self._logged:
+            log.debug("bus: %s", refusal)
+        else:
+            self._logged.add(key)
+            log.warning("bus: %s; check the broker's ACL for this host's user", refusal)
 
     def drop(self, error: BusError) -> None:
         """Count a refused message; log the first of each kind (later ones at debug)."""
@@ -157,7 +230,8 @@ class BusStats:
     def as_dict(self) -> dict[str, Any]:
         return {"state": self.state, "connects": self.connects, "received": self.received,
                 "published": self.published, "publish_failed": self.publish_failed,
-                "dropped": dict(self.dropped), "last_error": self.last_error}
+                "refused": self.refused, "dropped": dict(self.dropped),
+                "last_error": self.last_error}
 
 
 class BusClient:
@@ -179,7 +253,7 @@ class BusClient:
         self._status_wanted = False
         self._retained: dict[str, Message] = {}
         self._events: asyncio.Queue[BusEvent | None] = asyncio.Queue(_QUEUE_SIZE)
-        self._client: aiomqtt.Client | None = None
+        self._client: AckedClient | None = None
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -220,7 +294,8 @@ class BusClient:
 
     async def publish(self, message: Message) -> bool:
         """Publish one message of this host (QoS 1; retained ones are also remembered and
-        re-published after a reconnect).  False when not connected or the broker failed."""
+        re-published after a reconnect).  False when not connected, the broker failed, or
+        it refused the publish (then ``stats.last_refusal`` says so)."""
         self._check_own(message)
         if is_retained(message) and not is_desired_state(message):
             # re-published after a reconnect; desired state is not: a newer generation
@@ -231,12 +306,11 @@ class BusClient:
             self.stats.publish_failed += 1
             return False
         try:
-            await self._send(client, message)
+            return await self._send(client, message)
         except (aiomqtt.MqttError, TimeoutError) as err:
             self.stats.publish_failed += 1
             log.debug("publish failed: %s", err)
             return False
-        return True
 
     def __aiter__(self) -> BusClient:
         return self
@@ -271,11 +345,17 @@ class BusClient:
         if host != self.host:
             raise ValueError(f"host {self.host!r} cannot publish a message of host {host!r}")
 
-    async def _send(self, client: aiomqtt.Client, message: Message) -> None:
+    async def _send(self, client: AckedClient, message: Message) -> bool:
+        """Publish at QoS 1; False (counted, logged) if the broker refused it."""
         payload = b"" if isinstance(message, Cleared) else message.to_json()
-        await client.publish(topic_of(self.tree, message), payload, qos=1,
-                             retain=is_retained(message), timeout=self.config.timeout)
+        refusal = await client.publish_acked(topic_of(self.tree, message), payload, qos=1,
+                                             retain=is_retained(message),
+                                             timeout=self.config.timeout)
+        if refusal is not None:
+            self.stats.refuse(refusal)
+            return False
         self.stats.published += 1
+        return True
 
     def _next_epoch(self) -> int:
         if self.config.epoch_file is not None:
@@ -292,13 +372,13 @@ class BusClient:
             raise BusConfigError(f"cannot read the bus password file "
                                  f"{self.config.password_file}: {err.strerror}") from None
 
-    def _make_client(self, epoch: int) -> aiomqtt.Client:
+    def _make_client(self, epoch: int) -> AckedClient:
         hostname, port, tls = self.endpoint
         will = Status(self.host, "lost", epoch, self.config.lease, self.config.address)
         tls_params = (aiomqtt.TLSParameters(ca_certs=self.config.ca_file,
                                             certfile=self.config.cert_file,
                                             keyfile=self.config.key_file) if tls else None)
-        return aiomqtt.Client(
+        return AckedClient(
             hostname, port, username=self.config.username or self.host,
             password=self._password(), identifier=f"vnet-{self.host}",
             protocol=aiomqtt.ProtocolVersion.V5, clean_start=True,
@@ -335,7 +415,7 @@ class BusClient:
                                        delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, self.config.backoff_max)
 
-    async def _session(self, client: aiomqtt.Client, epoch: int) -> None:
+    async def _session(self, client: AckedClient, epoch: int) -> None:
         await client.subscribe(self.tree.subscription, qos=1, timeout=self.config.timeout)
         self.epoch = epoch
         self._client = client
@@ -355,20 +435,20 @@ class BusClient:
         refresher = asyncio.get_running_loop().create_task(self._refresh(client))
         try:
             async for raw in client.messages:
-                await self._receive(str(raw.topic), raw.payload)
+                await self._receive(str(raw.topic), raw.payload, bool(raw.retain))
         finally:
             refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
                 await refresher
 
-    async def _refresh(self, client: aiomqtt.Client) -> None:
+    async def _refresh(self, client: AckedClient) -> None:
         while True:
             await asyncio.sleep(self.config.lease / 3)
             if self._status_wanted:
                 with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
                     await self._send(client, self._status("online"))
 
-    async def _receive(self, topic: str, payload: Any) -> None:
+    async def _receive(self, topic: str, payload: Any, retained: bool = False) -> None:
         if isinstance(payload, str):
             payload = payload.encode()
         elif payload is None:
@@ -382,7 +462,7 @@ class BusClient:
             self.stats.drop(result)
             return
         self.stats.received += 1
-        await self._events.put(Received(result, topic, self._now()))
+        await self._events.put(Received(result, topic, self._now(), retained))
 
     def _explain(self, err: BaseException) -> str:
         """A sentence for the log and ``stats.last_error``: no raw errno text."""
@@ -422,5 +502,5 @@ def open_bus(config: BusConfig, host: str, *, now: Callable[[], float] = time.mo
     return BusClient(config, host, now=now, wall_ns=wall_ns)
 
 
-__all__ = ["BusClient", "BusConfig", "BusConfigError", "BusEvent", "BusStats", "Connected",
-           "Disconnected", "Received", "open_bus"]
+__all__ = ["AckedClient", "BusClient", "BusConfig", "BusConfigError", "BusEvent", "BusStats",
+           "Connected", "Disconnected", "Received", "Refusal", "open_bus"]

@@ -14,6 +14,16 @@ changes nothing):
   state it says;
 * within one epoch, ``TRANSITIONS`` says what may follow what.
 
+Two rules keep a broker outage from looking like every host dying (mosquitto publishes every
+connected client's Will when it shuts down, and with persistence keeps them retained):
+
+* a Will of a host known alive takes effect ``will_grace`` seconds after it arrived, unless
+  our own connection drops first (``cut_off``): then the broker was going away, and the
+  Will says nothing about the host;
+* a Will of a host known alive that comes as a retained message (after our own reconnect:
+  we did not see it happen) is left to the lease, which restarts at our reconnect; and
+  while we are cut off no lease runs out (we hear nobody; that says nothing about them).
+
 ``now`` is a monotonic time passed in by the caller; leases are measured on the receiver's
 clock (from when a status arrived), never from the sender's.
 """
@@ -46,6 +56,7 @@ TRANSITIONS: Mapping[tuple[PeerState, Event], PeerState] = {
 # back: a reconnect takes a new epoch), offline <-> lost (a connection ends once).
 
 ALIVE: frozenset[PeerState] = frozenset({"online"})
+WILL_GRACE = 1.0   # s: the broker's shutdown sends the Wills, then closes our connection
 
 
 @dataclass(frozen=True)
@@ -94,9 +105,12 @@ class Transition:
 class PeerTable:
     """The other hosts' liveness; messages about ``local_host`` itself are not peers."""
 
-    def __init__(self, local_host: str) -> None:
+    def __init__(self, local_host: str, *, will_grace: float = WILL_GRACE) -> None:
         self.local_host = local_host
+        self.will_grace = will_grace
         self._peers: dict[str, Peer] = {}
+        self._wills: dict[str, tuple[Status, float]] = {}   # host -> its Will, when it counts
+        self._cut_off = False
 
     def __iter__(self) -> Iterator[Peer]:
         return iter(sorted(self._peers.values(), key=lambda p: p.host))
@@ -107,8 +121,11 @@ class PeerTable:
     def alive(self) -> frozenset[str]:
         return frozenset(p.host for p in self._peers.values() if p.alive)
 
-    def observe(self, status: Status, now: float) -> Transition | None:
-        """Apply a received status (or Will); ``None`` for the local host's own messages.
+    def observe(self, status: Status, now: float, *, retained: bool = False
+                ) -> Transition | None:
+        """Apply a received status (or Will); ``None`` for the local host's own messages and
+        for a Will held back (see the module docstring).  ``retained``: the broker sent it
+        because we subscribed, not as it happened.
 
         Raises ``BusError`` (``stale`` or ``illegal-transition``) and changes nothing when the
         table refuses the event."""
@@ -116,6 +133,18 @@ class PeerTable:
             return None
         known = self._peers.get(status.host)
         state = _next_state(known, status.state, status.epoch, status.host)
+        if (status.state == "lost" and known is not None and known.alive
+                and status.epoch >= known.epoch):
+            if retained:
+                return None                  # old news: the lease (from our reconnect) decides
+            if self.will_grace > 0:
+                self._wills[status.host] = (status, now + self.will_grace)
+                return None
+        self._wills.pop(status.host, None)
+        return self._apply(known, status, state, now)
+
+    def _apply(self, known: Peer | None, status: Status, state: PeerState, now: float
+               ) -> Transition:
         deadline = now + status.lease if state == "online" else None
         self._peers[status.host] = Peer(status.host, state, status.epoch, deadline,
                                         status.lease, status.address, dict(status.labs))
@@ -123,14 +152,27 @@ class PeerTable:
 
     def forget(self, host: str) -> Transition | None:
         """The host's retained status was cleared (an operator removed the host)."""
+        self._wills.pop(host, None)
         known = self._peers.pop(host, None)
         if known is None:
             return None
         return Transition(host, known.state, None, known.epoch)
 
     def expire(self, now: float) -> list[Transition]:
-        """Mark ``expired`` every online peer whose lease ran out by ``now``."""
+        """Apply the Wills whose grace is over; mark ``expired`` every online peer whose lease
+        ran out by ``now`` (none while we are cut off from the broker)."""
         out: list[Transition] = []
+        for host, (will, due) in sorted(self._wills.items()):
+            if due <= now:
+                del self._wills[host]
+                known = self._peers.get(host)
+                try:
+                    state = _next_state(known, will.state, will.epoch, host)
+                except BusError:
+                    continue                 # overtaken (it cannot be, but never raise here)
+                out.append(self._apply(known, will, state, now))
+        if self._cut_off:
+            return out
         for peer in list(self._peers.values()):
             if peer.state == "online" and peer.deadline is not None and peer.deadline <= now:
                 state = _next_state(peer, "expire", peer.epoch, peer.host)
@@ -138,16 +180,26 @@ class PeerTable:
                 out.append(Transition(peer.host, peer.state, state, peer.epoch))
         return out
 
+    def cut_off(self) -> None:
+        """Our connection to the broker dropped: the Wills held back are dropped with it (the
+        broker sends every client's Will when it shuts down) and no lease runs out until we
+        are back."""
+        self._wills.clear()
+        self._cut_off = True
+
     def restart_leases(self, now: float) -> None:
         """After our own reconnect: we could not hear refreshes while cut off, so every online
         peer's lease starts again from ``now`` (and retained statuses arrive anew)."""
+        self._cut_off = False
         for peer in list(self._peers.values()):
             if peer.state == "online":
                 self._peers[peer.host] = replace(peer, deadline=now + peer.lease)
 
     def next_deadline(self) -> float | None:
         """When ``expire`` next has something to do (for the caller's timer)."""
-        deadlines = [p.deadline for p in self._peers.values() if p.deadline is not None]
+        deadlines = [due for _, due in self._wills.values()]
+        if not self._cut_off:                # while cut off no lease runs out
+            deadlines += [p.deadline for p in self._peers.values() if p.deadline is not None]
         return min(deadlines) if deadlines else None
 
 

@@ -7,6 +7,7 @@ advertiser, so that the daemon's loop is only::
     on a local learn / flush:     effects = view.local_learn(...) / view.local_forget(...)
     on a timer (view.next_timer): effects = view.tick(now)
     after each (re)connect:       effects = view.connected(epoch, now)
+    when the connection drops:    view.disconnected()
 
 and then applies ``effects``: publish ``effects.publish`` (deltas, snapshots, resync
 requests, clears), hand ``effects.changes.fdb`` to the datapath, report duplicates and
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from vnet.bus.advertise import Advertiser
 from vnet.bus.errors import BusError
 from vnet.bus.feeds import ApplyDelta, FeedTracker, ReplaceMacs
-from vnet.bus.liveness import PeerTable, Transition
+from vnet.bus.liveness import WILL_GRACE, PeerTable, Transition
 from vnet.bus.location import Changes, LocationTable
 from vnet.bus.messages import (
     Cleared,
@@ -60,10 +61,10 @@ class BusView:
     """Everything one host knows from the bus (see module docstring)."""
 
     def __init__(self, local_host: str, *, resync_retry: float = 5.0,
-                 snapshot_interval: float = 2.0) -> None:
+                 snapshot_interval: float = 2.0, will_grace: float = WILL_GRACE) -> None:
         self.local_host = local_host
         self.epoch = 0
-        self.peers = PeerTable(local_host)
+        self.peers = PeerTable(local_host, will_grace=will_grace)
         self.feeds = FeedTracker(local_host, retry=resync_retry)
         self.location = LocationTable(local_host)
         self.advertiser = Advertiser(local_host, min_interval=snapshot_interval)
@@ -87,14 +88,20 @@ class BusView:
         self.peers.restart_leases(now)
         return self._snapshots(now)
 
-    def receive(self, message: Message, now: float) -> Effects:
+    def disconnected(self) -> Effects:
+        """Our connection dropped: Wills held back are void, leases wait (``liveness``)."""
+        self.peers.cut_off()
+        return Effects()
+
+    def receive(self, message: Message, now: float, *, retained: bool = False) -> Effects:
+        """``retained``: the broker sent it on our subscription, not as it happened."""
         match message:
             case DesiredLab():
                 return self._desired(message)
             case LabDeleted():
                 return self._tombstone(message)
             case Status():
-                return self._status(message, now)
+                return self._status(message, now, retained)
             case SnapshotPart():
                 return self._snapshot(message, now)
             case Delta():
@@ -190,8 +197,8 @@ class BusView:
             effects.publish.extend(self.advertiser.withdraw_lab(lab))
         return effects
 
-    def _status(self, message: Status, now: float) -> Effects:
-        transition = self.peers.observe(message, now)
+    def _status(self, message: Status, now: float, retained: bool) -> Effects:
+        transition = self.peers.observe(message, now, retained=retained)
         if transition is None:
             return Effects()
         if transition.went_down:

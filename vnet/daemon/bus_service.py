@@ -34,6 +34,7 @@ from typing import Any, Protocol
 from vnet.bus.client import BusConfig as ClientConfig
 from vnet.bus.client import BusEvent, BusStats, Connected, Disconnected, Received
 from vnet.bus.errors import BusError
+from vnet.bus.liveness import WILL_GRACE
 from vnet.bus.messages import DesiredLab, LabDeleted, LabRealised, Message
 from vnet.bus.view import BusView, Effects
 from vnet.daemon.bus_overlay import (
@@ -112,11 +113,13 @@ class BusService:
                  overlay: Overlay | None = None, *, plan: OverlayPlan = static_overlay_plan,
                  clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time,
-                 backoff: tuple[float, float] = (0.2, 10.0)) -> None:
+                 backoff: tuple[float, float] = (0.2, 10.0),
+                 will_grace: float = WILL_GRACE) -> None:
         self.host = host
+        self.will_grace = will_grace
         self.realiser = realiser
         self.overlay: Overlay = overlay if overlay is not None else NoOverlay()
-        self.view = BusView(host)
+        self.view = BusView(host, will_grace=will_grace)
         self.bus: Bus | None = None
         self.realised: dict[str, LabRealised] = {}   # this host's status, per lab
         self.since: dict[str, float] = {}            # host -> when its liveness last changed
@@ -128,6 +131,7 @@ class BusService:
         self._backoff = backoff
         self._pending: dict[str, DesiredLab | LabDeleted | None] = {}
         self._work = asyncio.Event()
+        self._rearm = asyncio.Event()
         self._changed = asyncio.Condition()
         self._advertised: dict[str, frozenset[tuple[str, str]]] = {}
         self._flood: dict[tuple[str, str], frozenset[str]] = {}
@@ -173,7 +177,7 @@ class BusService:
     # -- one session: a connection and a view built from what it brings -----------------------
 
     async def _session(self) -> None:
-        view, bus = BusView(self.host), self._connect()
+        view, bus = BusView(self.host, will_grace=self.will_grace), self._connect()
         self.view, self.bus = view, bus
         ticker = asyncio.get_running_loop().create_task(self._ticker(bus, view))
         try:
@@ -188,6 +192,7 @@ class BusService:
 
     async def _event(self, bus: Bus, view: BusView, event: BusEvent) -> None:
         if isinstance(event, Disconnected):
+            view.disconnected()
             await self._notify()
             return
         if isinstance(event, Connected):
@@ -199,17 +204,28 @@ class BusService:
         else:
             assert isinstance(event, Received)
             try:
-                effects = view.receive(event.message, event.at)
+                effects = view.receive(event.message, event.at, retained=event.retained)
             except BusError as err:
                 bus.stats.drop(err)
                 return
+            self._rearm.set()                     # a Will's grace: the ticker's next timer
         await self._apply(bus, view, effects)
 
     async def _ticker(self, bus: Bus, view: BusView) -> None:
+        """``view.tick`` when its next timer is due (an event may bring an earlier one: a
+        Will's grace), and at least once a second."""
+        regular = self._clock() + 1.0
         while True:
             now = self._clock()
-            await asyncio.sleep(max(0.0, view.next_timer(now) - now))
-            now = self._clock()
+            due = min(view.next_timer(now), regular)
+            if due > now:
+                self._rearm.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._rearm.wait(), due - now)
+                continue
+            regular = now + 1.0
+            if not bus.connected:   # its Disconnected may still wait behind other events
+                view.disconnected()
             effects = view.tick(now)
             for lab, macs in sorted(self._advertised.items()):   # they never age out here
                 for network, mac in sorted(macs):
@@ -390,12 +406,20 @@ class BusService:
             raise DaemonError(f"lab {message.lab}: this vnetd is not connected to the bus"
                               f"{f' ({why})' if why else ''}, so the other hosts cannot be "
                               "told; try again once it is (vnet status shows the bus)")
+        refused_before = bus.stats.refused
         if not await bus.publish(message):
+            refusal = bus.stats.last_refusal
+            if bus.stats.refused > refused_before and refusal is not None:
+                raise DaemonError(
+                    f"lab {message.lab}: the broker refused generation {message.generation} "
+                    f"({refusal.reason}, MQTT reason {refusal.code}): a host's vnetd may "
+                    f"publish desired state only where the broker's ACL lets its user "
+                    f"{self.host!r} write ROOT/labs/# (docs/bus.md, 'Broker configuration')")
             raise DaemonError(f"lab {message.lab}: publishing generation {message.generation} "
                               f"failed ({bus.stats.last_error or 'the broker did not confirm'})"
                               "; try again")
         if not await self._wait(lambda: self.view.generation(message.lab) >= message.generation,
-                                ECHO_TIMEOUT):
+                                ECHO_TIMEOUT):   # a broker that drops it without a PUBACK code
             raise DaemonError(
                 f"lab {message.lab}: the broker did not pass generation {message.generation} "
                 f"on within {ECHO_TIMEOUT:.0f} s, so it most likely refused it: a host's vnetd "

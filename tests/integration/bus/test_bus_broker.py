@@ -23,7 +23,7 @@ from tests.integration.bus.conftest import (
 )
 from vnet.bus.advertise import Advertiser
 from vnet.bus.client import BusConfig, Disconnected, open_bus
-from vnet.bus.messages import LabRealised, MacEntry, SnapshotPart, Status
+from vnet.bus.messages import LabDeleted, LabRealised, MacEntry, SnapshotPart, Status
 from vnet.testing import wait_until
 from vnet.testing.broker import Broker
 
@@ -209,6 +209,29 @@ def test_the_acl_keeps_a_host_out_of_another_hosts_subtree(broker: Broker) -> No
     assert "hosts/h1/status" not in retained.stdout and "labs/lab1" not in retained.stdout
 
 
+def test_a_publish_the_acl_denies_is_reported_refused_at_once(broker: Broker) -> None:
+    """mosquitto answers an ACL-denied QoS 1 publish with PUBACK reason 135; aiomqtt alone
+    would call it confirmed.  No host of this broker may write desired state."""
+    async def scenario() -> tuple[bool, float, Any, bool, dict[str, Any]]:
+        async with open_bus(config(broker, "h2"), "h2") as h2:
+            observer = Observer(h2)
+            await observer.until(lambda: h2.connected, "h2 to connect")
+            started = time.monotonic()
+            denied = await h2.publish(LabDeleted("lab1", 3))
+            took = time.monotonic() - started
+            allowed = await h2.publish_status()
+            return denied, took, h2.stats.last_refusal, allowed, h2.stats.as_dict()
+
+    denied, took, refusal, allowed, stats = broker.run(scenario)
+    print(f"\nrefused publish reported after {took * 1000:.1f} ms: {refusal}")
+    assert denied is False and allowed is True
+    assert refusal is not None and refusal.code == 135
+    assert refusal.topic == "vnet/v1/labs/lab1/desired"
+    assert refusal.reason == "Not authorized"
+    assert took < 5.0                       # the PUBACK, not the 10 s publish timeout
+    assert stats["refused"] == 1 and stats["state"] == "connected"
+
+
 def test_a_fresh_host_gets_a_2000_mac_snapshot_through_mosquittos_default_queue() -> None:
     """mosquitto's default max_queued_messages (1000) drops per-MAC retained topics beyond
     it; batched snapshots are 2 retained messages for 2,000 MACs."""
@@ -287,7 +310,9 @@ def test_tls_with_a_client_certificate_whose_cn_is_the_username() -> None:
                 # the forged status never arrives, h3's own status (the marker) does
                 async with open_bus(over_tls("h2", "h3"), "h2") as forger:
                     await Observer(forger).until(lambda: forger.connected, "the forger")
-                    assert await forger.publish_status()
+                    assert not await forger.publish_status()      # PUBACK 135, at once
+                    refusal = forger.stats.last_refusal
+                    assert refusal is not None and refusal.code == 135, refusal
                     client = forger._client
                     assert client is not None
                     await client.publish("vnet/v1/hosts/h3/status",

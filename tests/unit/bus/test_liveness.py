@@ -8,7 +8,7 @@ import pytest
 
 from vnet.bus.epoch import EpochFile, next_epoch
 from vnet.bus.errors import BusError
-from vnet.bus.liveness import TRANSITIONS, PeerTable
+from vnet.bus.liveness import TRANSITIONS, WILL_GRACE, PeerTable
 from vnet.bus.messages import LabRealised, State, Status
 
 
@@ -16,13 +16,66 @@ def status(state: State, epoch: int, host: str = "h2", lease: float = 10.0) -> S
     return Status(host, state, epoch, lease)
 
 
-def test_online_then_will_is_lost_and_went_down():
-    peers = PeerTable("h1")
+def test_online_then_will_is_lost_and_went_down_after_the_grace():
+    peers = PeerTable("h1", will_grace=0.5)
     up = peers.observe(status("online", 5), now=0)
     assert up is not None and up.came_up and peers.alive() == {"h2"}
+    assert peers.observe(status("lost", 5), now=1) is None     # held back for the grace
+    assert peers.next_deadline() == 1.5
+    assert peers.expire(now=1.4) == [] and peers.alive() == {"h2"}
+    [down] = peers.expire(now=1.5)
+    assert down.went_down and (down.before, down.after) == ("online", "lost")
+    assert peers.alive() == frozenset()
+    assert PeerTable("h1").will_grace == WILL_GRACE
+
+
+def test_without_a_grace_a_will_counts_at_once():
+    peers = PeerTable("h1", will_grace=0)
+    peers.observe(status("online", 5), now=0)
     down = peers.observe(status("lost", 5), now=1)
     assert down is not None and down.went_down
-    assert peers.alive() == frozenset()
+
+
+def test_wills_then_our_own_disconnect_are_void_and_leases_wait_while_cut_off():
+    """A broker that shuts down sends every client's Will, then closes the connections."""
+    peers = PeerTable("h1", will_grace=0.5)
+    peers.observe(status("online", 5, lease=10), now=0)
+    peers.observe(status("online", 7, host="h3", lease=10), now=0)
+    assert peers.observe(status("lost", 5), now=1) is None
+    assert peers.observe(status("lost", 7, host="h3"), now=1) is None
+    peers.cut_off()
+    assert peers.next_deadline() is None            # no timer while cut off
+    assert peers.expire(now=100) == []              # neither the Wills nor the leases
+    assert peers.alive() == {"h2", "h3"}
+    peers.restart_leases(now=100)                   # back: the retained Wills come again
+    assert peers.observe(status("lost", 5), now=100, retained=True) is None
+    assert peers.expire(now=109.9) == [] and peers.alive() == {"h2", "h3"}
+    back = peers.observe(status("online", 6, lease=10), now=101)   # h2 reconnected
+    assert back is not None and (back.after, back.epoch) == ("online", 6)
+    [silent] = peers.expire(now=110)                # h3 never came back: its lease decides
+    assert (silent.host, silent.after, silent.went_down) == ("h3", "expired", True)
+    assert peers.alive() == {"h2"}
+
+
+def test_a_held_will_gives_way_to_a_newer_epoch_and_to_forget():
+    peers = PeerTable("h1", will_grace=0.5)
+    peers.observe(status("online", 5), now=0)
+    peers.observe(status("lost", 5), now=1)
+    peers.observe(status("online", 6), now=1.1)     # a fast reconnect
+    assert peers.expire(now=2) == [] and peers.alive() == {"h2"}
+    peers.observe(status("lost", 6), now=3)
+    assert peers.forget("h2") is not None
+    assert peers.expire(now=4) == [] and peers.get("h2") is None
+
+
+def test_a_will_of_a_host_not_alive_counts_at_once():
+    peers = PeerTable("h1", will_grace=0.5)
+    first = peers.observe(status("lost", 5), now=0)            # at start: retained
+    assert first is not None and first.after == "lost"
+    peers.observe(status("online", 6, lease=1), now=1)
+    peers.expire(now=2)                                         # expired: not alive
+    down = peers.observe(status("lost", 6), now=3)
+    assert down is not None and (down.before, down.after) == ("expired", "lost")
 
 
 def test_a_late_will_of_an_older_connection_is_ignored():
@@ -64,7 +117,7 @@ def test_refresh_moves_the_deadline_and_restart_leases_after_our_reconnect():
 def test_new_epoch_starts_a_new_incarnation_from_any_state():
     states: tuple[State, ...] = ("online", "offline", "lost")
     for before, after in itertools.product(states, repeat=2):
-        peers = PeerTable("h1")
+        peers = PeerTable("h1", will_grace=0)
         peers.observe(status(before, 5), now=0)
         t = peers.observe(status(after, 6), now=1)
         assert t is not None and t.after == after

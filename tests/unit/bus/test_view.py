@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vnet.bus.errors import BusError
+from vnet.bus.liveness import WILL_GRACE
 from vnet.bus.location import RemoteDelete, RemoteSet
 from vnet.bus.messages import (
     Cleared,
@@ -82,10 +83,12 @@ def test_a_host_converges_from_retained_state_alone_in_any_order():
 
 
 def test_a_lost_host_is_withdrawn_and_its_late_old_will_is_stale():
-    view = BusView("h1")
+    view = BusView("h1", will_grace=0.5)
     view.receive(Status("h2", "online", 7, 30), now=0)
     view.receive(snap("h2", 7, 0, M), now=0)
-    effects = view.receive(Status("h2", "lost", 7, 30), now=1)
+    assert not view.receive(Status("h2", "lost", 7, 30), now=1)   # the Will's grace
+    assert view.next_timer(now=1) == 1.5
+    effects = view.tick(now=1.5)
     assert fdb(effects) == [RemoteDelete("lab1", "office", M)]
     view.receive(Status("h2", "online", 8, 30), now=2)
     before = state(view)
@@ -117,8 +120,24 @@ def test_an_expired_host_that_refreshes_in_the_same_epoch_comes_back_at_once():
     assert view.feeds.synced("h2", "lab1")                          # deltas continue
     # a lost host, by contrast, starts afresh: its next epoch brings a new snapshot
     view.receive(Status("h2", "lost", 7, 10), now=12)
+    view.tick(now=12 + WILL_GRACE)
     assert not view.feeds.synced("h2", "lab1")
     assert view.location.claims("lab1", "office", M) == {}
+
+
+def test_a_broker_outage_withdraws_nothing():
+    """The broker's shutdown sends the Wills, cuts us off; its restart sends them retained."""
+    view = BusView("h1", will_grace=0.5)
+    view.connected(epoch=2, now=0)
+    view.receive(Status("h2", "online", 7, 10), now=0)
+    view.receive(snap("h2", 7, 0, M), now=0)
+    view.receive(Status("h2", "lost", 7, 10), now=5)
+    view.disconnected()
+    assert not any(view.tick(now=t).changes for t in (5.5, 10, 20, 40))
+    view.connected(epoch=3, now=40)
+    assert not view.receive(Status("h2", "lost", 7, 10), now=40, retained=True)
+    assert view.location.remote_fdb("lab1") == {("office", M): "h2"}
+    assert fdb(view.tick(now=50)) == [RemoteDelete("lab1", "office", M)]   # never came back
 
 
 def test_a_gap_asks_the_peer_and_the_peer_answers_with_a_snapshot():
