@@ -31,7 +31,9 @@ MAX_DEPTH = 64       # nesting of arrays and objects; vnet's messages nest fewer
 MAX_DIGITS = 100     # of an integer; vnet's largest are 64-bit counters (20 digits)
 
 # A JSON string (skipped whole, escapes and all) or a bracket: what nesting is counted on.
-_STRING_OR_BRACKET = re.compile(r'"(?:[^"\\]++|\\.)*+"|[\[\]{}]', re.DOTALL)
+# The string is the unrolled loop "normal* (escape normal*)*": linear, never backtracking,
+# and without possessive quantifiers, which the datapath's PyPy (Python 3.9) does not have.
+_STRING_OR_BRACKET = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', re.DOTALL)
 _OPENING = frozenset("[{")
 
 
