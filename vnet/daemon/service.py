@@ -109,9 +109,11 @@ class Vnetd:
                 ready = record.ready()
                 present = [r for r in ready if not is_datapath_kind(r) and await self._exists(r)]
                 recovery = recovery_plan(ready, present, record.pending())
-                if not recovery.empty:
-                    log.warning("lab %s: %d of its %d resources are not there; rebuilding "
-                                "them", record.lab, len(recovery.rebuild), len(ready))
+                gone = [f"{r.kind} {r.key[1]}" for r in ready
+                        if not is_datapath_kind(r) and r not in present]
+                if gone:
+                    log.warning("lab %s: gone from the kernel while vnetd was away: %s; "
+                                "rebuilding them", record.lab, ", ".join(gone))
                 problems = await restore(recovery, RecordJournal(self.store, record),
                                          self.drivers)
             except Exception:   # a bug: it must not keep vnetd (and every other lab) down
