@@ -159,11 +159,12 @@ def test_down_of_a_lab_whose_namespaces_vanished_leaves_nothing(tmp_path: Path) 
     the files of vnet's own names, and not a stranger's file next to them."""
     stranger = netns.netns_path("vnet-pair-stranger")
     stranger.touch()
+    ours = ("vnet-pair-left", "vnet-pair-right")
     try:
         with TestHost() as host:
             host.up(TOPOLOGIES / "pair.yaml")
             host.stop_daemon()
-            for name in ("vnet-pair-left", "vnet-pair-right"):
+            for name in ours:
                 subprocess.run(["umount", str(netns.netns_path(name))], check=True)
                 assert netns.netns_path(name).exists() and not netns.is_live(name)
             assert len([t for t in nft_tables(host) if "vnet-port-" in t]) == 2
@@ -176,6 +177,9 @@ def test_down_of_a_lab_whose_namespaces_vanished_leaves_nothing(tmp_path: Path) 
         assert stranger.exists()
     finally:
         stranger.unlink(missing_ok=True)
+        for name in ours:   # what a failed run leaves: the empty files this test made
+            if not netns.is_live(name):
+                netns.netns_path(name).unlink(missing_ok=True)
 
 
 def vnetd_processes(state_dir: Path) -> list[int]:
@@ -220,4 +224,7 @@ def test_a_refused_up_stops_the_vnetd_it_started(tmp_path: Path) -> None:
         assert vnetd_processes(state) == []
     finally:
         subprocess.run([*cli, "down", "--lab", "pair"], capture_output=True)
+        for pid in vnetd_processes(state):   # only what this test started
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         netns.remove(host_ns)
