@@ -15,11 +15,11 @@ import pytest
 from tests.unit.test_datapath_replay import FakeDatapath, lab_record
 from vnet.daemon import preflight
 from vnet.daemon.drivers.vm_node import VmNodeDriver
-from vnet.daemon.requests import StatusRequest, UpRequest
+from vnet.daemon.requests import DownRequest, StatusRequest, UpRequest
 from vnet.daemon.resources import NetnsNodeResource, Resource, VmNodeResource
 from vnet.daemon.service import Vnetd
 from vnet.datapath import protocol
-from vnet.errors import DatapathError, HostError
+from vnet.errors import DaemonError, DatapathError, HostError
 
 
 class Kernel:
@@ -203,3 +203,24 @@ def test_a_vm_node_restored_gets_its_taps_and_no_runner(
     assert done == ["taps"]
     asyncio.run(driver.create(vm))
     assert done == ["taps", "taps", "runner"]
+
+
+def test_an_unreadable_record_keeps_neither_vnetd_nor_the_other_labs_down(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A record cut short (a full disk, a hand edit): vnetd starts and restores the others,
+    and the lab's own requests say what is wrong with it, not a traceback."""
+    daemon, fake, _kernel = vnetd(tmp_path, monkeypatch)
+    daemon.store.save(lab_record("lab2"))
+    daemon.store.path("lab1").write_text('{"lab": "lab1", "resources": [')
+
+    async def scenario() -> None:
+        await daemon.start()
+        try:
+            with pytest.raises(DaemonError, match=r"the record of lab 'lab1' \(.*lab1.json\) "
+                                                  r"cannot be read \(JSONDecodeError"):
+                await daemon.op_down(DownRequest("lab1"))
+        finally:
+            await daemon.stop()
+
+    asyncio.run(scenario())
+    assert set(fake.bridges) == {"lab2"}
