@@ -253,3 +253,18 @@ def test_a_resource_left_unfinished_is_not_touched_and_blocks_what_needs_it() ->
                         "left unfinished"]
     assert world.calls == [("create", BRIDGE)]
     assert journal.entries == {BRIDGE: "ready", NODE_A: "pending", PORT_A: "pending"}
+
+
+def test_a_new_datapath_is_programmed_without_a_journal_write() -> None:
+    """The replay after a datapath restart: each write is an fsync, and forwarding waits for
+    the replay, so a bridge or port that is added writes nothing (a crash half-way leaves
+    it ready, and the next start rebuilds every bridge and port anyway); one that fails is
+    written down as pending."""
+    world = FakeWorld()
+    world.fail[("create", PORT_B)] = HostError("interface vnbbbb does not exist on this host")
+    journal = MemoryJournal({BRIDGE: "ready", PORT_A: "ready", PORT_B: "ready"})
+    recovery = recovery_plan([BRIDGE, PORT_A, PORT_B], set())
+    problems = run(restore(recovery, journal, drivers(world)))
+    assert problems == ["port lab/b.eth0: interface vnbbbb does not exist on this host"]
+    assert journal.writes == 1 and journal.pending() == [PORT_B]
+    assert world.present == {BRIDGE, PORT_A}

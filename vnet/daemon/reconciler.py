@@ -170,15 +170,17 @@ async def restore(recovery: Recovery, journal: Journal, drivers: Drivers) -> lis
     problems: list[str] = []
     for step in recovery.rebuild:
         resource = step.resource
-        journal.mark_pending(resource)
         waiting = [r for r in step.needs if r in lost]
         if waiting:
+            journal.mark_pending(resource)
             lost.add(resource)
             if any(r in unfinished for r in waiting):
                 problems.append(f"{_name(resource)} needs {', '.join(_name(r) for r in waiting)}"
                                 f", which an earlier up or down left unfinished")
             continue   # a failure it waits for is named already
         driver = drivers[resource]
+        if step.clear:   # journaled first, as every change; a bridge or a port in a new
+            journal.mark_pending(resource)   # datapath is rebuilt by any next start anyway
         try:
             if step.clear:
                 await driver.delete(resource)
@@ -187,6 +189,7 @@ async def restore(recovery: Recovery, journal: Journal, drivers: Drivers) -> lis
             else:
                 await driver.create(resource)
         except Exception as err:
+            journal.mark_pending(resource)
             lost.add(resource)
             problems.append(f"{_name(resource)}: {_reason(err)}")
             log.error("could not rebuild %s: %s", resource.key, problems[-1])
@@ -196,7 +199,8 @@ async def restore(recovery: Recovery, journal: Journal, drivers: Drivers) -> lis
                 log.error("and could not remove what was half made of %s", resource.key,
                           exc_info=again)
             continue
-        journal.mark_ready(resource)
+        if step.clear:
+            journal.mark_ready(resource)
     return problems
 
 
