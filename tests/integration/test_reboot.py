@@ -144,6 +144,17 @@ def test_a_lab_that_cannot_come_back_is_failed_with_why_and_down_finishes(
     shown = host.cli("status")
     assert "lab brlab: could not be restored at vnetd's start" in shown.stderr
     assert "Traceback" not in shown.stderr and "Errno" not in shown.stderr
+
+    # As the status says: once eth2 is back, vnet up brings the rest of the lab back.
+    lan = External(host, "eth2", "198.51.100.1/24")
+    try:
+        host.cli("up", str(TOPOLOGIES / "bridged.yaml"))
+        status = lab.status()
+        assert status["failed"] is None and status["pending"] == [], status
+        wait_until(lambda: lan.run("ping", "-c", "1", "-W", "1", "198.51.100.10"
+                                   ).returncode == 0, message="the LAN pings b1 through eth2")
+    finally:
+        lan.close()
     down = host.cli("down", "--lab", "brlab")
     assert "lab brlab: down" in down.stdout
     assert lab_namespaces("brlab") == set()
