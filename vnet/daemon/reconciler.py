@@ -192,7 +192,7 @@ async def restore(recovery: Recovery, journal: Journal, drivers: Drivers) -> lis
             journal.mark_pending(resource)
             lost.add(resource)
             problems.append(f"{_name(resource)}: {_reason(err)}")
-            log.error("could not rebuild %s: %s", resource.key, problems[-1])
+            log.error("could not rebuild %s", problems[-1])
             try:
                 await driver.delete(resource)   # what was half made; it stays pending anyway
             except Exception as again:

@@ -26,8 +26,8 @@ class PortDriver:
                 allowed=port.allowed, native=port.native))
         except DatapathError:
             if not _interface_exists(port.ifname):  # the usual reason, said in words
-                raise HostError(f"interface {port.ifname} does not exist on this host, so "
-                                f"port {port.name} cannot be opened on it") from None
+                raise HostError(f"interface {port.ifname} does not exist on this host"
+                                ) from None
             raise
 
     async def delete(self, port: PortResource) -> None:
