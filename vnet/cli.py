@@ -7,6 +7,7 @@ usage (argparse).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import select
@@ -27,6 +28,7 @@ from vnet.host import netns
 from vnet.topology import load_topology
 
 DAEMON_START_TIMEOUT = 15.0
+DAEMON_EXIT_TIMEOUT = 10.0
 CONNECT_PATIENCE = 3.0   # seconds a refused or queue-full connect to vnetd is retried
 REPLY_TIMEOUT = 300.0    # seconds to wait for vnetd's reply (an up of VMs takes a while)
 
@@ -114,9 +116,10 @@ class Client:
         except (NotRunning, StoppedBeforeAnswering):
             return False
 
-    def ensure_daemon(self) -> None:
+    def ensure_daemon(self) -> subprocess.Popen[bytes] | None:
+        """The vnetd this call started (None: one was running)."""
         if self.reachable():
-            return
+            return None
         state_dir = Path(self.state_dir)
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         command = [sys.executable, "-m", "vnet.daemon.main", "--socket", self.socket_path,
@@ -136,6 +139,7 @@ class Client:
                 raise DaemonError(f"vnetd did not answer within {DAEMON_START_TIMEOUT:.0f} s; "
                                   f"see {log_path}")
             time.sleep(0.05)
+        return process
 
 
 def stopped_before_answering(op: str) -> str:
@@ -207,8 +211,14 @@ def cmd_up(client: Client, args: argparse.Namespace) -> int:
     request = {"op": "up", "text": Path(args.file).read_text(),
                "source": str(Path(args.file).resolve())}
     check_size(request)                  # ... or one too big to send
-    client.ensure_daemon()
-    result = client.call(**request)
+    started = client.ensure_daemon()
+    try:
+        result = client.call(**request)
+    except VnetError:
+        if started is not None:  # it leaves when it holds no lab: leave no process behind
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                started.wait(DAEMON_EXIT_TIMEOUT)
+        raise
     if "hosts" in result:    # published on the bus; every host answered
         print(f"lab {topology.name}: generation {result['generation']} up on "
               f"{', '.join(h['host'] for h in result['hosts'])}")
@@ -277,7 +287,9 @@ def cmd_status(client: Client, args: argparse.Namespace) -> int:
                              nic["mac"], ",".join(nic["ip"]) or "-",
                              str(counters.get("rx_frames", "-")),
                              str(counters.get("tx_frames", "-")), str(drops)])
-        if lab["pending"]:
+        if lab.get("failed"):
+            print(f"lab {lab['name']}: {lab['failed']}", file=sys.stderr)
+        elif lab["pending"]:
             print(f"lab {lab['name']}: unfinished changes: {', '.join(lab['pending'])}; "
                   f"run vnet up or vnet down again", file=sys.stderr)
     header = ["LAB", "NODE", "KIND", "STATE", "NIC", "PORT", "MODE", "VLANS", "MAC", "IP",

@@ -36,8 +36,10 @@ def topology() -> Topology:
 
 def old_status() -> dict[str, Any]:
     """What the vnetd before issue 11 said, plus what was added since: each namespace NIC's
-    MTU (1500 off the overlay; multi-host labs set less)."""
+    MTU (1500 off the overlay; multi-host labs set less), and the lab's ``failed`` (None:
+    it is all there)."""
     status: dict[str, Any] = json.loads((DATA / "status-before-issue-11.json").read_text())
+    status["failed"] = None
     for node in status["nodes"]:
         if node["kind"] == "netns":
             for nic in node["nics"]:
@@ -54,7 +56,7 @@ def store(tmp_path: Path) -> StateStore:
 
 @pytest.fixture
 def drivers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Drivers:
-    monkeypatch.setattr(netns, "exists", lambda name: True)  # the nodes' namespaces are up
+    monkeypatch.setattr(netns, "is_live", lambda name: True)  # the nodes' namespaces are up
     datapath = DatapathSupervisor(tmp_path / "dp.sock", tmp_path / "dp.log",
                                   lambda: None)  # type: ignore[arg-type,return-value]
     return host_drivers(tmp_path, datapath, VmSupervisor(tmp_path))

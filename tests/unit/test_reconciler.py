@@ -7,10 +7,12 @@ from typing import Any
 
 import pytest
 
-from vnet.daemon.reconciler import ApplyError, Drivers, apply, remove_all
+from vnet.daemon.reconciler import ApplyError, Drivers, apply, remove_all, restore
+from vnet.daemon.recovery import Rebuild, Recovery, recovery_plan
 from vnet.daemon.resources import (
     BridgeResource,
     NatResource,
+    NetnsNodeResource,
     Plan,
     PortResource,
     Resource,
@@ -169,3 +171,100 @@ def test_a_strangers_object_is_refused_and_never_deleted_by_the_rollback() -> No
     assert ("delete", PORT_B) not in world.calls
     assert ("delete", PORT_A) in world.calls and ("delete", BRIDGE) in world.calls
     assert journal.entries == {}
+
+
+def test_remove_all_goes_on_past_what_it_cannot_delete() -> None:
+    """A down removes whatever it can: one deletion that fails leaves only that resource
+    recorded, and the error names it."""
+    world = FakeWorld()
+    journal = MemoryJournal({BRIDGE: "ready", PORT_A: "ready", NAT: "ready"})
+    world.present = {BRIDGE, PORT_A, NAT}
+    world.fail[("delete", PORT_A)] = HostError("the datapath is not reachable")
+    with pytest.raises(ApplyError, match=r"could not remove port lab/a.eth0 \(the datapath"):
+        run(remove_all(list(journal.entries), journal, drivers(world)))
+    assert world.present == {PORT_A}
+    assert journal.entries == {PORT_A: "ready"}, "what is left stays recorded for the next down"
+
+
+NODE_A = NetnsNodeResource("lab", "a", "vnet-lab-a", ())
+NODE_B = NetnsNodeResource("lab", "b", "vnet-lab-b", ())
+
+
+class FakeRestorer(FakeDriver):
+    """A driver with its own way of being rebuilt (a VM node: TAPs, no runner)."""
+
+    async def restore(self, resource: Any) -> None:
+        self._step("restore", resource)
+        self.world.present.add(resource)
+
+
+def restore_drivers(world: FakeWorld) -> Drivers:
+    return Drivers.of([*drivers(world).by_kind.values(), FakeRestorer("netns-node", world)])
+
+
+RECORDED: list[Resource] = [BRIDGE, NAT, NODE_A, PORT_A, NODE_B, PORT_B]
+
+
+def test_restore_rebuilds_what_is_gone_and_journals_it_ready() -> None:
+    world = FakeWorld()
+    world.present = {NAT, NODE_B}                       # a new datapath; node a vanished
+    journal = MemoryJournal(dict.fromkeys(RECORDED, "ready"))
+    recovery = recovery_plan(RECORDED, world.present)
+    assert run(restore(recovery, journal, restore_drivers(world))) == []
+    assert world.present == set(RECORDED)
+    assert journal.entries == dict.fromkeys(RECORDED, "ready")
+    assert world.calls == [("create", BRIDGE), ("delete", NODE_A), ("restore", NODE_A),
+                           ("create", PORT_A), ("create", PORT_B)], \
+        "leftovers of node a deleted first; its driver's restore used, not create"
+
+
+def test_what_cannot_be_rebuilt_stays_pending_with_what_needs_it_and_the_rest_goes_on() -> None:
+    world = FakeWorld()
+    world.present = {NAT, NODE_B}
+    world.fail[("restore", NODE_A)] = HostError("ip netns add vnet-lab-a: out of memory")
+    journal = MemoryJournal(dict.fromkeys(RECORDED, "ready"))
+    problems = run(restore(recovery_plan(RECORDED, world.present), journal,
+                           restore_drivers(world)))
+    assert problems == ["netns-node lab/a: ip netns add vnet-lab-a: out of memory"]
+    assert ("create", PORT_A) not in world.calls, "a port on a node that is not there"
+    assert ("create", PORT_B) in world.calls
+    assert journal.pending() == [NODE_A, PORT_A]
+    assert world.calls.count(("delete", NODE_A)) == 2, "leftovers, then what was half made"
+
+
+def test_a_bug_in_a_driver_is_named_as_an_internal_error() -> None:
+    world = FakeWorld()
+    world.fail[("create", NAT)] = KeyError("ruleset")
+    journal = MemoryJournal({NAT: "ready"})
+    assert run(restore(Recovery(rebuild=(Rebuild(NAT),)), journal, drivers(world))) == [
+        "nat lab: internal error in vnetd (see its log)"]
+    assert journal.entries == {NAT: "pending"}
+
+
+def test_a_resource_left_unfinished_is_not_touched_and_blocks_what_needs_it() -> None:
+    """A node pending from an up that did not finish is the next up's or down's to finish;
+    a ready port on it cannot be rebuilt now, and that is said."""
+    world = FakeWorld()
+    journal = MemoryJournal({BRIDGE: "ready", NODE_A: "pending", PORT_A: "ready"})
+    ready: list[Resource] = [BRIDGE, PORT_A]
+    problems = run(restore(recovery_plan(ready, set(), [NODE_A]), journal,
+                           restore_drivers(world)))
+    assert problems == ["port lab/a.eth0 needs netns-node lab/a, which an earlier up or down "
+                        "left unfinished"]
+    assert world.calls == [("create", BRIDGE)]
+    assert journal.entries == {BRIDGE: "ready", NODE_A: "pending", PORT_A: "pending"}
+
+
+def test_a_new_datapath_is_programmed_without_a_journal_write() -> None:
+    """The replay after a datapath restart: each write is an fsync, and forwarding waits for
+    the replay, so a bridge or port that is added writes nothing (a crash half-way leaves
+    it ready, and the next start rebuilds every bridge and port anyway); one that fails is
+    written down as pending."""
+    world = FakeWorld()
+    world.fail[("create", PORT_B)] = HostError("interface vnbbbb does not exist on this host")
+    journal = MemoryJournal({BRIDGE: "ready", PORT_A: "ready", PORT_B: "ready"})
+    recovery = recovery_plan([BRIDGE, PORT_A, PORT_B], set())
+    problems = run(restore(recovery, journal, drivers(world)))
+    assert problems == ["port lab/b.eth0: interface vnbbbb does not exist on this host"]
+    assert journal.writes == 1 and journal.pending() == [PORT_B]
+    assert world.present == {BRIDGE, PORT_A}

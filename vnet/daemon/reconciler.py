@@ -12,6 +12,12 @@ tunnel, a bus subscription) means adding a driver, never another branch here.
 - A failed step rolls the change back: what this change created is deleted (newest first),
   what it deleted is created again (oldest first), so the lab is left as it was.  A step that
   cannot be undone is not hidden: it is logged with its traceback and named in the error.
+- ``restore`` (vnetd's start, a new datapath) has no "as it was" to go back to: it rebuilds
+  what a ``recovery.Recovery`` says one resource at a time; one that cannot be made stays
+  ``pending`` (so ``vnet status`` lists it and the next up or down finishes it) with what
+  needs it, and the others go on.
+- ``remove_all`` (``vnet down``) tries every resource even when one cannot be deleted, and
+  keeps only those in the journal, so a down removes whatever it can.
 """
 
 from __future__ import annotations
@@ -19,8 +25,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
+from vnet.daemon.recovery import Recovery
 from vnet.daemon.resources import KIND_ORDER, Plan, Resource
 from vnet.errors import NotOurs, VnetError
 
@@ -41,6 +48,15 @@ class Driver(Protocol):
     async def exists(self, resource: Any) -> bool: ...
 
     def describe(self, resource: Any) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class Restorer(Protocol):
+    """A driver whose rebuilding from a record differs from its creation by an up: a VM
+    node's ``restore`` makes its TAPs and leaves the runner to the run state its user
+    chose, where ``create`` starts it."""
+
+    async def restore(self, resource: Any) -> None: ...
 
 
 class Journal(Protocol):
@@ -119,11 +135,7 @@ async def apply(work: Plan, journal: Journal, drivers: Drivers) -> Applied:
         problems = await rollback(journal, drivers, created, deleted)
         if not isinstance(err, Exception):
             raise       # cancelled or interrupted: rolled back, and not turned into an error
-        if isinstance(err, VnetError):
-            reason = str(err)
-        else:  # a bug: its traceback goes to the log, not its repr to the user
-            log.error("a step failed with an internal error", exc_info=err)
-            reason = "internal error in vnetd (see its log)"
+        reason = _reason(err)
         if problems:
             reason += "; and the rollback could not undo: " + "; ".join(problems)
         raise ApplyError(reason) from err
@@ -131,11 +143,65 @@ async def apply(work: Plan, journal: Journal, drivers: Drivers) -> Applied:
 
 
 async def remove_all(resources: Sequence[Resource], journal: Journal, drivers: Drivers) -> int:
-    """Delete every resource (``vnet down``), newest kind first, forgetting each once gone."""
+    """Delete every resource (``vnet down``), newest kind first, forgetting each once gone.
+    One that cannot be deleted stays in the journal and the others are still deleted; the
+    ``ApplyError`` then names what is left, for the next down to finish."""
     ordered = deletion_order(resources)
+    problems = []
     for resource in ordered:
-        await _delete(resource, journal, drivers)
+        try:
+            await _delete(resource, journal, drivers)
+        except Exception as err:
+            problems.append(f"{_name(resource)} ({_reason(err)})")
+    if problems:
+        raise ApplyError(f"could not remove {'; '.join(problems)}; the rest is removed, and "
+                         f"what is left stays recorded: run the down again once that is fixed")
     return len(ordered)
+
+
+async def restore(recovery: Recovery, journal: Journal, drivers: Drivers) -> list[str]:
+    """Rebuild what ``recovery`` says, each resource on its own: what is left of it is
+    deleted (a namespace's stale file, a dead dnsmasq's pid file), then it is made again.
+    Returns what could not be rebuilt, in words; those resources, and what needs them,
+    stay ``pending``.  The journal's ``pending`` resources are not touched (the next up or
+    down finishes them), and what needs one of them is not rebuilt either."""
+    unfinished = set(journal.pending())
+    lost: set[Resource] = set(unfinished)
+    problems: list[str] = []
+    for step in recovery.rebuild:
+        resource = step.resource
+        waiting = [r for r in step.needs if r in lost]
+        if waiting:
+            journal.mark_pending(resource)
+            lost.add(resource)
+            if any(r in unfinished for r in waiting):
+                problems.append(f"{_name(resource)} needs {', '.join(_name(r) for r in waiting)}"
+                                f", which an earlier up or down left unfinished")
+            continue   # a failure it waits for is named already
+        driver = drivers[resource]
+        if step.clear:   # journaled first, as every change; a bridge or a port in a new
+            journal.mark_pending(resource)   # datapath is rebuilt by any next start anyway
+        try:
+            if step.clear:
+                await driver.delete(resource)
+            if isinstance(driver, Restorer):
+                await driver.restore(resource)
+            else:
+                await driver.create(resource)
+        except Exception as err:
+            journal.mark_pending(resource)
+            lost.add(resource)
+            problems.append(f"{_name(resource)}: {_reason(err)}")
+            log.error("could not rebuild %s", problems[-1])
+            try:
+                await driver.delete(resource)   # what was half made; it stays pending anyway
+            except Exception as again:
+                log.error("and could not remove what was half made of %s", resource.key,
+                          exc_info=again)
+            continue
+        if step.clear:
+            journal.mark_ready(resource)
+    return problems
 
 
 async def _delete(resource: Resource, journal: Journal, drivers: Drivers) -> None:
@@ -168,6 +234,15 @@ async def rollback(journal: Journal, drivers: Drivers, created: Sequence[Resourc
                 log.error("and could not remove what was half restored of %s; it stays "
                           "pending for the next up or down", resource.key, exc_info=again)
     return problems
+
+
+def _reason(err: Exception) -> str:
+    """A failed step in the user's words: a ``VnetError`` says it; anything else is a bug,
+    whose traceback goes to the log and not its repr to the user."""
+    if isinstance(err, VnetError):
+        return str(err)
+    log.error("a step failed with an internal error", exc_info=err)
+    return "internal error in vnetd (see its log)"
 
 
 def _name(resource: Resource) -> str:

@@ -415,10 +415,9 @@ def _uplink_ports(topology: Topology, here: list[tuple[Network, str]]) -> list[P
     return ports
 
 
-def datapath_resources(resources: list[Resource]) -> list[BridgeResource | PortResource]:
-    """What a new datapath must be told, in order: the bridges, then their ports."""
-    return sorted((r for r in resources if isinstance(r, BridgeResource | PortResource)),
-                  key=lambda r: KIND_ORDER[r.kind])
+def is_datapath_kind(resource: Resource) -> bool:
+    """Bridges and ports live in the datapath (a new one has none), the rest in the kernel."""
+    return isinstance(resource, BridgeResource | PortResource)
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,8 @@ from vnet.daemon.bus_overlay import DriverOverlay
 from vnet.daemon.bus_service import BusService, client_config
 from vnet.daemon.config import BusConfig
 from vnet.daemon.drivers import host_drivers
-from vnet.daemon.reconciler import apply, remove_all
+from vnet.daemon.reconciler import apply, remove_all, restore
+from vnet.daemon.recovery import recovery_plan
 from vnet.daemon.requests import (
     DownRequest,
     FdbRequest,
@@ -38,9 +39,10 @@ from vnet.daemon.requests import (
 from vnet.daemon.resources import (
     NetnsNodeResource,
     OverlayResource,
+    Resource,
     VmNodeResource,
-    datapath_resources,
     desired_resources,
+    is_datapath_kind,
     plan,
 )
 from vnet.daemon.state import LabRecord, RecordJournal, StateStore
@@ -74,6 +76,7 @@ class Vnetd:
             "ping": self.op_ping, "up": self.op_up, "down": self.op_down,
             "status": self.op_status, "fdb": self.op_fdb, "node": self.op_node,
             "vm": self.op_vm, "shutdown": self.op_shutdown})
+        self.failures: dict[str, str] = {}   # lab -> why it is not all there (vnet status)
         self.bus: BusService | None = None
         if bus is not None:
             if host is None:
@@ -87,7 +90,7 @@ class Vnetd:
     async def start(self) -> None:
         async with self.lock:
             await self.datapath.start()
-            await self.program_datapath()
+            await self._restore_labs()
             await self._start_vms()
         await self.api.start()
         if self.bus is not None:
@@ -95,17 +98,61 @@ class Vnetd:
         log.info("vnetd %s listening on %s, state in %s", __version__, self.socket_path,
                  self.state_dir)
 
+    async def _restore_labs(self) -> None:
+        """Make each lab what its record says again, from what the kernel really has: after
+        a reboot (or anyone's hand) its namespaces, links, TAPs, tables and dnsmasqs may be
+        gone, and the new datapath has no bridge or port.  What is missing is rebuilt
+        (``recovery``); a lab that cannot be rebuilt whole is marked failed, with why, and
+        the others, and vnetd, start all the same."""
+        for record in self.store.load_all():
+            try:
+                ready = record.ready()
+                present = [r for r in ready if not is_datapath_kind(r) and await self._exists(r)]
+                recovery = recovery_plan(ready, present, record.pending())
+                gone = [f"{r.kind} {r.key[1]}" for r in ready
+                        if not is_datapath_kind(r) and r not in present]
+                if gone:
+                    log.warning("lab %s: gone from the kernel while vnetd was away: %s; "
+                                "rebuilding them", record.lab, ", ".join(gone))
+                problems = await restore(recovery, RecordJournal(self.store, record),
+                                         self.drivers)
+            except Exception:   # a bug: it must not keep vnetd (and every other lab) down
+                log.exception("restoring lab %s failed", record.lab)
+                problems = ["internal error in vnetd (see its log)"]
+            self._note_failure(record.lab, problems, record.source, "at vnetd's start")
+
+    async def _exists(self, resource: Resource) -> bool:
+        try:
+            return await self.drivers[resource].exists(resource)
+        except Exception as err:  # whatever cannot be looked at is rebuilt
+            log.warning("cannot tell whether %s exists (%s); rebuilding it", resource.key, err)
+            return False
+
+    def _note_failure(self, lab: str, problems: list[str], source: str, when: str) -> None:
+        if not problems:
+            return
+        how = f"'vnet up {source}'" if source else "'vnet up FILE'"
+        self.failures[lab] = (
+            f"could not be restored {when}: {'; '.join(problems)}; once that is fixed, {how} "
+            f"brings it back, and 'vnet down --lab {lab}' removes what there is of it")
+        log.error("lab %s %s", lab, self.failures[lab])
+
     async def program_datapath(self) -> None:
         """Give a (new) datapath every bridge and port the records say are realised.
 
         The datapath's tables and nothing else: a VM's state changes only by the user or its
         restart policy, so a datapath restart must not start one that was stopped.  Called
-        with the lock held (at start, and by the supervisor when it restarts the datapath),
-        so no up, down or ``vnet vm`` sees a half-programmed datapath or races the replay."""
+        with the lock held (by the supervisor when it restarts the datapath), so no up, down
+        or ``vnet vm`` sees a half-programmed datapath or races the replay.  A port whose
+        netdev is gone is left out (and its lab marked failed), not the rest."""
         assert self.lock.locked(), "the datapath is programmed under the daemon's lock"
         for record in self.store.load_all():
-            for resource in datapath_resources(record.ready()):
-                await self.drivers[resource].create(resource)
+            ready = record.ready()
+            # The kernel's part is taken as it is: the replay touches only the datapath.
+            recovery = recovery_plan(ready, ready, record.pending())
+            problems = await restore(recovery, RecordJournal(self.store, record), self.drivers)
+            self._note_failure(record.lab, problems, record.source,
+                               "after the datapath's restart")
 
     async def _start_vms(self) -> None:
         """At vnetd's start: the runners died with the previous vnetd (PR_SET_PDEATHSIG).
@@ -135,6 +182,22 @@ class Vnetd:
                 "datapath_restarts": self.datapath.restarts}
 
     async def op_up(self, request: UpRequest) -> dict[str, Any]:
+        try:
+            return await self._up(request)
+        except Exception:
+            await self._exit_if_idle()
+            raise
+
+    async def _exit_if_idle(self) -> None:
+        """A vnetd that ``vnet up`` started (``--exit-when-idle``) leaves when it holds no
+        lab: after the last down, and after a refused first up, which would otherwise leave
+        it and its datapath running for nothing."""
+        async with self.lock:
+            if self.exit_when_idle and not self.store.load_all():
+                log.info("no lab is up: exiting, as a vnetd started by vnet up does")
+                asyncio.get_running_loop().call_soon(lambda: asyncio.create_task(self.stop()))
+
+    async def _up(self, request: UpRequest) -> dict[str, Any]:
         topology = await asyncio.to_thread(   # seconds for a big file: not on the loop
             parse_topology, request.text, source=request.source,
             base_dir=Path(request.source).parent)
@@ -165,6 +228,7 @@ class Vnetd:
             await remove_all(list(record.resources), RecordJournal(self.store, record),
                              self.drivers)
             self.store.remove(lab)
+            self.failures.pop(lab, None)
             return True
 
     def _recorded_overlay(self, lab: str, network: str) -> OverlayResource | None:
@@ -184,6 +248,7 @@ class Vnetd:
             removed = await remove_all(list(record.resources), RecordJournal(self.store, record),
                                        self.drivers)
             self.store.remove(lab)
+            self.failures.pop(lab, None)
             answer: dict[str, Any] = {"lab": lab, "removed": removed}
             others = [h for h in record.hosts if h != self.host]
             if others:
@@ -198,8 +263,8 @@ class Vnetd:
     async def op_status(self, request: StatusRequest) -> dict[str, Any]:
         lab = request.lab
         stats = await self.datapath.call(protocol.GetStats())
-        labs = [lab_status(r, self.drivers, stats.get(r.lab, {})) for r in self.store.load_all()
-                if lab is None or r.lab == lab]
+        labs = [lab_status(r, self.drivers, stats.get(r.lab, {}), self.failures.get(r.lab))
+                for r in self.store.load_all() if lab is None or r.lab == lab]
         on_bus = self.bus is not None and lab is not None and lab in (
             self.bus.describe(lab)["desired"])
         if lab is not None and not labs and not on_bus:
@@ -292,5 +357,6 @@ class Vnetd:
         record.vm_run = {node: run for node, run in record.vm_run.items()
                          if node in vms and node not in started}
         self.store.save(record)
+        self.failures.pop(lab, None)   # it is what its file says now
         return {"lab": lab, "created": len(applied.created), "removed": len(applied.deleted),
                 "changed": True}

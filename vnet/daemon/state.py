@@ -9,12 +9,16 @@ leaves a record from which the next ``up`` or ``down`` can finish the job.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from vnet.daemon.resources import NetworkResource, Resource, from_dict, to_dict
+from vnet.errors import DaemonError
+
+log = logging.getLogger("vnet.state")
 
 Status = Literal["pending", "ready"]
 RunState = Literal["running", "stopped"]
@@ -115,13 +119,33 @@ class StateStore:
         os.replace(tmp, self.path(record.lab))
 
     def load(self, lab: str) -> LabRecord | None:
+        """The lab's record (None: there is none); ``DaemonError`` if it cannot be read."""
+        path = self.path(lab)
         try:
-            return LabRecord.from_json(json.loads(self.path(lab).read_text()))
+            text = path.read_text()
         except FileNotFoundError:
             return None
+        try:
+            return LabRecord.from_json(json.loads(text))
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
+            raise DaemonError(
+                f"the record of lab {lab!r} ({path}) cannot be read ({type(err).__name__}: "
+                f"{str(err)[:100]}); move it away and remove what it names by hand "
+                f"(namespaces vnet-{lab}-*, links marked vnet:{lab}:*)") from None
 
     def load_all(self) -> list[LabRecord]:
-        return [r for p in sorted(self.dir.glob("*.json")) if (r := self.load(p.stem))]
+        """Every lab's record that can be read; one that cannot is logged and left out, so
+        that it keeps no other lab (nor vnetd's start) from working."""
+        records = []
+        for path in sorted(self.dir.glob("*.json")):
+            try:
+                record = self.load(path.stem)
+            except DaemonError as err:
+                log.error("%s", err)
+                continue
+            if record is not None:
+                records.append(record)
+        return records
 
     def remove(self, lab: str) -> None:
         self.path(lab).unlink(missing_ok=True)

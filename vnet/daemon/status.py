@@ -18,8 +18,10 @@ from vnet.daemon.resources import (
 from vnet.daemon.state import LabRecord
 
 
-def lab_status(record: LabRecord, drivers: Drivers, stats: Mapping[str, Any]) -> dict[str, Any]:
-    """``stats``: the datapath's counters of this lab's ports, by port name."""
+def lab_status(record: LabRecord, drivers: Drivers, stats: Mapping[str, Any],
+               failure: str | None = None) -> dict[str, Any]:
+    """``stats``: the datapath's counters of this lab's ports, by port name; ``failure``:
+    why the lab is not all there (vnetd could not rebuild it), if it is not."""
     ports = {r.name: r for r in record.resources if isinstance(r, PortResource)}
 
     def nic(node: str, described: dict[str, Any]) -> dict[str, Any]:
@@ -51,4 +53,4 @@ def lab_status(record: LabRecord, drivers: Drivers, stats: Mapping[str, Any]) ->
                for p in ports.values() if naming.is_uplink_port(p.name)]
     return {"name": record.lab, "source": record.source, "networks": networks,
             "nodes": nodes, "uplinks": uplinks,
-            "pending": [f"{r.kind}:{r.key[1]}" for r in record.pending()]}
+            "pending": [f"{r.kind}:{r.key[1]}" for r in record.pending()], "failed": failure}

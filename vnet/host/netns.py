@@ -59,6 +59,16 @@ def exists(name: str) -> bool:
     return netns_path(name).exists()
 
 
+def is_live(name: str) -> bool:
+    """Whether /run/netns/NAME holds a namespace, not just the empty file that an unmounted
+    namespace leaves (or one bind-mounted in a mount namespace the machine cannot see)."""
+    try:
+        os.close(open_netns(name))
+    except NetnsError:
+        return False
+    return True
+
+
 def list_names() -> list[str]:
     try:
         return sorted(p.name for p in NETNS_RUN_DIR.iterdir())

@@ -81,6 +81,23 @@ class TestHost:
             raise DaemonError(f"vnetd did not start in {self.name}: {err}\n{self.log()}"
                               ) from None
 
+    def stop_daemon(self) -> None:
+        """Stop vnetd as a shutdown or a reboot does (SIGTERM): its labs stay recorded, and
+        ``start_daemon`` starts the next one on the same socket and state."""
+        for lab in self.labs.values():
+            lab.close()
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def start_daemon(self) -> None:
+        """Start vnetd again after ``stop_daemon``; returns once it answers."""
+        self._start_daemon()
+
     def call(self, op: str, **args: Any) -> Any:
         try:
             reply = jsonlines.call(self.socket, {"op": op, **args})

@@ -29,7 +29,7 @@ class DhcpLeaseDriver(BlockingDriver[DhcpLeaseResource]):
 
     def exists_blocking(self, lease: DhcpLeaseResource) -> bool:
         """The NIC holds an IPv4 address (what the lease gave it)."""
-        if not netns.exists(lease.netns):
+        if not netns.is_live(lease.netns):
             return False
         with netns.open_iproute(lease.netns) as ns:
             indexes = ns.link_lookup(ifname=lease.nic)

@@ -50,14 +50,14 @@ class NetnsNodeDriver(BlockingDriver[NetnsNodeResource]):
         netns.remove(node.netns)
 
     def exists_blocking(self, node: NetnsNodeResource) -> bool:
-        if not netns.exists(node.netns):
+        if not netns.is_live(node.netns):  # an empty file under /run/netns is no namespace
             return False
         with IPRoute() as ipr:
             return links.all_present(ipr, (nic.host_ifname for nic in node.nics))
 
     def describe(self, node: NetnsNodeResource) -> dict[str, Any]:
         return {"name": node.node, "kind": "netns", "netns": node.netns,
-                "state": "running" if netns.exists(node.netns) else "missing",
+                "state": "running" if netns.is_live(node.netns) else "missing",
                 "nics": [{"name": n.nic, "mac": n.mac,
                           "ip": ["dhcp"] if n.dhcp else list(n.addresses),
                           "ifname": n.host_ifname, "mtu": n.mtu or 1500} for n in node.nics]}

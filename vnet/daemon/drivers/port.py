@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 from vnet.daemon.resources import PortResource
 from vnet.daemon.supervisor import DatapathSupervisor
 from vnet.datapath import protocol
+from vnet.errors import DatapathError, HostError
 
 
 class PortDriver:
@@ -18,9 +20,15 @@ class PortDriver:
         self.datapath = datapath
 
     async def create(self, port: PortResource) -> None:
-        await self.datapath.call(protocol.AddPort(
-            port.lab, port.name, port.ifname, port.mode, vlan=port.vlan, allowed=port.allowed,
-            native=port.native))
+        try:
+            await self.datapath.call(protocol.AddPort(
+                port.lab, port.name, port.ifname, port.mode, vlan=port.vlan,
+                allowed=port.allowed, native=port.native))
+        except DatapathError:
+            if not _interface_exists(port.ifname):  # the usual reason, said in words
+                raise HostError(f"interface {port.ifname} does not exist on this host"
+                                ) from None
+            raise
 
     async def delete(self, port: PortResource) -> None:
         await self.datapath.call(protocol.DelPort(port.lab, port.name))
@@ -33,3 +41,12 @@ class PortDriver:
         """The port's part of a NIC's status (its counters come from the datapath)."""
         return {"port": port.name, "ifname": port.ifname, "mode": port.mode,
                 "vlans": port.vlans, "native": port.native}
+
+
+def _interface_exists(ifname: str) -> bool:
+    """In vnetd's namespace, which is the datapath's (it is vnetd's child)."""
+    try:
+        socket.if_nametoindex(ifname)
+    except OSError:
+        return False
+    return True

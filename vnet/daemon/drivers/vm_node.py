@@ -26,6 +26,12 @@ class VmNodeDriver(BlockingDriver[VmNodeResource]):
         await super().create(vm)
         await self.vms.start(vm)
 
+    async def restore(self, vm: VmNodeResource) -> None:
+        """Its TAPs only, when vnetd rebuilds it from its record (``reconciler.restore``):
+        whether its runner starts is the run state its user chose, which vnetd's start
+        honours for every VM alike."""
+        await super().create(vm)
+
     async def delete(self, vm: VmNodeResource) -> None:
         await self.vms.stop(vm)
         await super().delete(vm)
