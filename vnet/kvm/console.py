@@ -74,13 +74,12 @@ class ConsoleHub:
                 self.clients.discard(channel)  # too slow: dropped
                 channel.close()
 
-    async def serve(self, path: Path, *, task_status: trio.TaskStatus[None]
-                    = trio.TASK_STATUS_IGNORED) -> None:
+    async def serve(self, path: Path, sock: trio.socket.SocketType) -> None:
+        """Serve clients on ``sock`` (bound at ``path`` by ``bind_unix``) until cancelled."""
         self.token = trio.lowlevel.current_trio_token()
-        listener = trio.SocketListener(bind_unix(path))
+        listener = trio.SocketListener(sock)
         try:
             async with trio.open_nursery() as nursery:
-                task_status.started()
                 while True:
                     stream = await listener.accept()
                     nursery.start_soon(self._client, stream)

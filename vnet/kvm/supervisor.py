@@ -81,13 +81,24 @@ class Supervisor:
 
     async def run(self, prepare: Callable[[], Boot], on_reboot: str = "restart") -> int:
         install_kick_handler()
+        listeners: list[tuple[Path, trio.socket.SocketType]] = []
+        for path in (self.console_path if self.hub else None, self.control_path):
+            if path is None:
+                continue
+            try:
+                listeners.append((path, bind_unix(path)))
+            except OSError as err:
+                print(f"vnet-vm {self.name}: cannot listen on {path}: {_describe(err)}",
+                      file=sys.stderr, flush=True)
+                for _path, sock in listeners:
+                    sock.close()
+                return ExitStatus.SETUP_FAILED
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
             nursery.start_soon(self._signals)
-            if self.hub is not None and self.console_path is not None:
-                await nursery.start(self.hub.serve, self.console_path)
-            if self.control_path is not None:
-                await nursery.start(self._serve_control, self.control_path)
+            for path, sock in listeners:
+                serve = self._serve_control if path == self.control_path else self._serve_console
+                nursery.start_soon(serve, path, sock)
             status = await self._boots(prepare, on_reboot)
             nursery.cancel_scope.cancel()
         return status
@@ -196,12 +207,14 @@ class Supervisor:
 
     # ---- the control socket -----------------------------------------------------------------
 
-    async def _serve_control(self, path: Path, *, task_status: trio.TaskStatus[None]
-                             = trio.TASK_STATUS_IGNORED) -> None:
-        listener = trio.SocketListener(bind_unix(path))
+    async def _serve_console(self, path: Path, sock: trio.socket.SocketType) -> None:
+        assert self.hub is not None
+        await self.hub.serve(path, sock)
+
+    async def _serve_control(self, path: Path, sock: trio.socket.SocketType) -> None:
+        listener = trio.SocketListener(sock)
         try:
             async with trio.open_nursery() as nursery:
-                task_status.started()
                 while True:
                     stream = await listener.accept()
                     nursery.start_soon(self._control_client, stream)
