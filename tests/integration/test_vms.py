@@ -80,6 +80,7 @@ def test_status_shows_the_runners_own_counters_and_a_runner_that_does_not_answer
         return runner if queues["rx"]["frames"] > 0 and queues["tx"]["frames"] > 0 else None
 
     runner = wait_until(counting_runner, 30, "vm1's runner to report its NIC's frames")
+    assert runner is not None
     assert runner["state"] == "running" and runner["vcpus"] == [{"index": 0,
                                                                  "state": "running"}]
     assert runner["devices"][0]["kind"] == "virtio-net"

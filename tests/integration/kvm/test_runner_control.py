@@ -65,7 +65,8 @@ class Runner:
             sock.connect(str(self.control))
             sock.sendall(json.dumps(request).encode() + b"\n")
             reply = sock.makefile("rb").readline()
-        return json.loads(reply)
+        decoded: dict[str, Any] = json.loads(reply)
+        return decoded
 
     def last_count(self) -> int:
         counts = re.findall(r"count (\d+)\n", self.text())
