@@ -95,7 +95,7 @@ class Supervisor:
                 return ExitStatus.SETUP_FAILED
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
-            nursery.start_soon(self._signals)
+            await nursery.start(self._signals)
             for path, sock in listeners:
                 serve = self._serve_control if path == self.control_path else self._serve_console
                 nursery.start_soon(serve, path, sock)
@@ -121,8 +121,10 @@ class Supervisor:
         if self.boot_scope is not None:
             self.boot_scope.cancel()
 
-    async def _signals(self) -> None:
+    async def _signals(self, *, task_status: trio.TaskStatus[None]
+                       = trio.TASK_STATUS_IGNORED) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            task_status.started()
             async for signum in signals:
                 self.end(ExitStatus.OK, f"stopped by {signal.Signals(signum).name}")
 
