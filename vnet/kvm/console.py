@@ -83,10 +83,10 @@ class ConsoleHub:
                 while True:
                     stream = await listener.accept()
                     nursery.start_soon(self._client, stream)
-        finally:
+        finally:  # no await here: the scope is cancelled
             self.token = None
-            await listener.aclose()
             path.unlink(missing_ok=True)
+            sock.close()
 
     async def _client(self, stream: trio.SocketStream) -> None:
         send, receive = trio.open_memory_channel[bytes](CLIENT_BACKLOG)

@@ -220,9 +220,9 @@ class Supervisor:
                 while True:
                     stream = await listener.accept()
                     nursery.start_soon(self._control_client, stream)
-        finally:
-            await listener.aclose()
+        finally:  # no await here: the scope is cancelled
             path.unlink(missing_ok=True)
+            sock.close()
 
     async def _control_client(self, stream: trio.SocketStream) -> None:
         async with stream:

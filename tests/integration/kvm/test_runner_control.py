@@ -176,6 +176,7 @@ def test_shutdown_the_guest_powers_off_before_the_deadline(tmp_path: Path) -> No
         assert runner.process.wait(BOOT) == ExitStatus.OK, runner.stderr()
         assert "shutdown requested, powering off" in runner.text()
         assert not runner.control.exists()
+        assert not runner.control.with_name("console.sock").exists()
     finally:
         runner.close()
 
