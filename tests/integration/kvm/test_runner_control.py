@@ -282,3 +282,11 @@ def test_a_device_thread_failure_ends_the_runner_with_its_status(
         assert "device thread virtio-net-io failed" in runner.stderr()
     finally:
         runner.close()
+
+
+def test_sigterm_stops_the_runner_with_status_0_and_removes_its_sockets(
+        counting: Runner) -> None:
+    counting.process.terminate()
+    assert counting.process.wait(BOOT) == ExitStatus.OK, counting.stderr()
+    assert not counting.control.exists()
+    assert not counting.control.with_name("console.sock").exists()
