@@ -292,6 +292,8 @@ class Supervisor:
         for action in actions:
             if action == Action.PAUSE_VCPUS and self.gate is not None:
                 self.gate.pause()
+                if self.boot is not None:
+                    self.boot.machine.wake()  # a vCPU waiting on port 0x502 parks at once
             elif action == Action.RESUME_VCPUS and self.gate is not None:
                 self.gate.resume()
             elif action == Action.ASK_GUEST_TO_POWER_OFF:
