@@ -290,3 +290,23 @@ def test_sigterm_stops_the_runner_with_status_0_and_removes_its_sockets(
     assert counting.process.wait(BOOT) == ExitStatus.OK, counting.stderr()
     assert not counting.control.exists()
     assert not counting.control.with_name("console.sock").exists()
+
+
+def test_a_console_client_that_does_not_read_never_stalls_the_guest(tmp_path: Path) -> None:
+    runner = Runner(tmp_path, "flood")  # console output as fast as the guest can write it
+    try:
+        runner.wait_for_console("count 2\n")
+        with socket.socket(socket.AF_UNIX) as silent:  # connects, never reads
+            silent.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            silent.connect(str(tmp_path / "console.sock"))
+            wait_until(lambda: runner.call({"op": "status"})["result"]["console_clients"] == 1,
+                       30, "the silent client to be counted")
+            size = runner.console.stat().st_size
+            # Far more than the socket buffers hold: a guest stalled by the client stops early.
+            wait_until(lambda: runner.console.stat().st_size > size + (1 << 20), 240,
+                       lambda: f"1 MiB more console output; it grew by "
+                       f"{runner.console.stat().st_size - size} bytes")
+            assert runner.call({"op": "status"})["result"]["console_clients"] == 0, \
+                "the client that fell behind was not dropped"
+    finally:
+        runner.close()
