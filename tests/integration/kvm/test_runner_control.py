@@ -101,8 +101,12 @@ def test_status_pause_and_resume_stop_and_start_the_guest(counting: Runner) -> N
                    30, "the console client in status")
         watcher.settimeout(30)
         seen = bytearray()
-        wait_until(lambda: seen.extend(watcher.recv(4096)) or b"count" in seen, 60,
-                   "the guest's output on the console socket")
+
+        def output_seen() -> bool:
+            seen.extend(watcher.recv(4096))
+            return b"count" in seen
+
+        wait_until(output_seen, 60, "the guest's output on the console socket")
 
     start, before = time.monotonic(), counting.last_count()
     wait_until(lambda: counting.last_count() >= before + 5, 60, "five more counts")
