@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -65,6 +66,36 @@ def test_vms_answer_ping_and_udp_echo_in_their_vlan_only(vnet_lab: Lab) -> None:
     assert not ping(vnet_lab, "c3", "10.10.0.11")    # same subnet, other VLAN
     counters = vm_status(vnet_lab, "vm1")["nics"][0]["counters"]  # type: ignore[index]
     assert counters["rx_frames"] > 0 and counters["tx_frames"] > 0
+
+
+def test_status_shows_the_runners_own_counters_and_a_runner_that_does_not_answer(
+        vnet_lab: Lab) -> None:
+    answers(vnet_lab, "c1", "10.10.0.11")
+
+    def counting_runner() -> dict[str, Any] | None:
+        runner: dict[str, Any] = vm_status(vnet_lab, "vm1")["runner"]  # type: ignore[assignment]
+        if not runner["answering"]:
+            return None
+        queues = {q["queue"]: q for q in runner["devices"][0]["queues"]}
+        return runner if queues["rx"]["frames"] > 0 and queues["tx"]["frames"] > 0 else None
+
+    runner = wait_until(counting_runner, 30, "vm1's runner to report its NIC's frames")
+    assert runner is not None
+    assert runner["state"] == "running" and runner["vcpus"] == [{"index": 0,
+                                                                 "state": "running"}]
+    assert runner["devices"][0]["kind"] == "virtio-net"
+    pid = int(vm_status(vnet_lab, "vm1")["pid"])  # type: ignore[call-overload]
+    os.kill(pid, signal.SIGSTOP)  # a wedged runner: its control socket cannot answer
+    try:
+        stuck = wait_until(lambda: not vm_status(vnet_lab, "vm1")["runner"][  # type: ignore[index]
+            "answering"] and vm_status(vnet_lab, "vm1")["runner"], 30,
+            "status to show vm1's runner as not answering")
+        assert "no answer within" in stuck["why"]  # type: ignore[index]
+        assert vm_status(vnet_lab, "vm1")["pid"] == pid
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    wait_until(lambda: vm_status(vnet_lab, "vm1")["runner"]["answering"],  # type: ignore[index]
+               30, "vm1's runner to answer again")
 
 
 def test_a_killed_runner_is_restarted_and_harms_nobody_else(vnet_lab: Lab) -> None:

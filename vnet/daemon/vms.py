@@ -3,6 +3,12 @@
 A runner is vnetd's child (it dies with vnetd, PR_SET_PDEATHSIG, and is started again from
 the lab records when vnetd comes back).  Its console goes to ``STATE_DIR/console-LAB-NODE.log``,
 which is kept after the VM stops.
+
+Each runner also has a control socket (``STATE_DIR/control-LAB-NODE.sock``, see
+``vnet/kvm/control.py``).  vnetd asks it for status every ``POLL_INTERVAL`` in the
+background and shows the last answer (per-device counters, console clients) in ``vnet
+status``; a runner that does not answer within ``POLL_TIMEOUT`` is shown as not answering,
+and ``vnet status`` never waits for a runner.
 """
 
 from __future__ import annotations
@@ -13,13 +19,51 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+from vnet import jsonlines
 from vnet.daemon.resources import VmNodeResource
 from vnet.daemon.supervisor import _die_with_parent
 from vnet.daemon.vmlifecycle import VmEvent, VmLifecycle, VmState
 
 log = logging.getLogger("vnet.vms")
 STOP_TIMEOUT = 5.0
+POLL_INTERVAL = 2.0
+POLL_TIMEOUT = 1.0
+
+
+async def ask_runner(path: Path, request: dict[str, Any],
+                     timeout: float = POLL_TIMEOUT) -> dict[str, Any]:
+    """One request to a runner's control socket; ``ProtocolError`` or ``TimeoutError`` or
+    ``OSError`` when it does not answer properly within ``timeout``."""
+    async with asyncio.timeout(timeout):
+        reader, writer = await asyncio.open_unix_connection(str(path))
+        try:
+            writer.write(jsonlines.encode(request))
+            await writer.drain()
+            line = await reader.readline()
+        finally:
+            writer.close()
+    if not line:
+        raise jsonlines.ProtocolError("the runner closed its control socket without a reply")
+    reply = jsonlines.decode(line)
+    if not reply.get("ok"):
+        raise jsonlines.ProtocolError(str(reply.get("error")))
+    result = reply.get("result")
+    if not isinstance(result, dict):
+        raise jsonlines.ProtocolError("the runner's status is not an object")
+    return result
+
+
+def runner_unreachable(err: BaseException, timeout: float = POLL_TIMEOUT) -> str:
+    """Why a runner's control socket gave no status, for ``vnet status``."""
+    if isinstance(err, TimeoutError):
+        return f"no answer within {timeout:g} s"
+    if isinstance(err, FileNotFoundError | ConnectionRefusedError):
+        return "its control socket is not there (yet)"
+    if isinstance(err, OSError):
+        return f"cannot reach its control socket: {err.strerror or err}"
+    return f"bad answer: {err}"
 
 
 class VmProcess:
@@ -27,6 +71,9 @@ class VmProcess:
         self.vm = vm
         self.console = state_dir / f"console-{vm.lab}-{vm.node}.log"
         self.console_socket = state_dir / f"console-{vm.lab}-{vm.node}.sock"
+        self.control_socket = state_dir / f"control-{vm.lab}-{vm.node}.sock"
+        self.runner: dict[str, Any] = {"answering": False, "why": "not asked yet"}
+        self._poll: asyncio.Task[None] | None = None
         self.lifecycle = VmLifecycle(vm.restart)  # type: ignore[arg-type]
         self.process: asyncio.subprocess.Process | None = None
         self._watch: asyncio.Task[None] | None = None
@@ -36,7 +83,8 @@ class VmProcess:
                    "--memory", str(self.vm.memory), "--vcpus", str(self.vm.vcpus),
                    "--kernel", self.vm.kernel,
                    "--cmdline", self.vm.cmdline, "--console-log", str(self.console),
-                   "--console-socket", str(self.console_socket)]
+                   "--console-socket", str(self.console_socket),
+                   "--control-socket", str(self.control_socket)]
         if self.vm.initrd is not None:
             command += ["--initrd", self.vm.initrd]
         if self.vm.disk is not None:
@@ -60,6 +108,22 @@ class VmProcess:
         log.info("VM %s/%s: runner started, pid %d", self.vm.lab, self.vm.node,
                  self.process.pid)
         self._watch = asyncio.create_task(self._watch_process(self.process))
+        if self._poll is None or self._poll.done():
+            self._poll = asyncio.create_task(self._poll_runner())
+
+    async def _poll_runner(self) -> None:
+        """Keep ``self.runner`` fresh from the control socket while a runner exists."""
+        while True:
+            process = self.process
+            if process is None or process.returncode is not None:
+                self.runner = {"answering": False, "why": "no runner"}
+            else:
+                try:
+                    status = await ask_runner(self.control_socket, {"op": "status"})
+                    self.runner = {"answering": True, "at": time.monotonic(), **status}
+                except (OSError, TimeoutError, jsonlines.ProtocolError) as err:
+                    self.runner = {"answering": False, "why": runner_unreachable(err)}
+            await asyncio.sleep(POLL_INTERVAL)
 
     async def _watch_process(self, process: asyncio.subprocess.Process) -> None:
         status = await process.wait()
@@ -85,20 +149,34 @@ class VmProcess:
             except TimeoutError:
                 process.kill()
                 await process.wait()
-        if self._watch is not None:
-            self._watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch
+        for task in (self._watch, self._poll):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._poll = None
+        self.runner = {"answering": False, "why": "no runner"}
         if self.lifecycle.state == VmState.STOPPING:
             self.lifecycle.handle(VmEvent.EXITED_OK, time.monotonic(), "stopped")
         self.console_socket.unlink(missing_ok=True)  # a killed runner could not remove it
+        self.control_socket.unlink(missing_ok=True)
 
     def status(self) -> dict[str, object]:
         return {"state": self.lifecycle.state.value,
                 "pid": self.process.pid if self.process and self.process.returncode is None
                 else None,
                 "restarts": len(self.lifecycle.restarts), "last_exit": self.lifecycle.last_exit,
-                "console": str(self.console), "console_socket": str(self.console_socket)}
+                "console": str(self.console), "console_socket": str(self.console_socket),
+                "control_socket": str(self.control_socket), "runner": self.runner_status()}
+
+    def runner_status(self) -> dict[str, Any]:
+        """The runner's last answer on its control socket (its age in seconds), or why
+        there is none."""
+        runner = dict(self.runner)
+        at = runner.pop("at", None)
+        if at is not None:
+            runner["age"] = round(time.monotonic() - at, 1)
+        return runner
 
 
 class VmSupervisor:

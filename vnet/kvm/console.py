@@ -1,66 +1,111 @@
 """The console socket: a Unix socket on which a client (``vnet console``) sees the guest's
-serial output live and types into its UART.  Several clients may watch; all may type."""
+serial output live and types into its UART.  Several clients may watch; all may type.
+
+It runs in the runner's trio nursery.  Guest output arrives on a vCPU thread, which must
+never wait for a client: ``write`` only appends to a buffer and, when the buffer was empty,
+schedules one flush on the event loop.  Each client gets a bounded channel; a client that
+cannot keep up (its channel full) is dropped, not waited for.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import socket
+import socket as stdlib_socket
 import threading
 from pathlib import Path
 
+import trio
+
 from vnet.kvm.serial import Serial16550
 
+CLIENT_BACKLOG = 256   # flushed chunks a client may be behind before it is dropped
+MAX_PENDING = 1 << 20  # guest output buffered while the event loop is busy (oldest lost)
 
-class ConsoleSocket(threading.Thread):
-    def __init__(self, path: Path, serial: Serial16550) -> None:
-        super().__init__(name="console", daemon=True)
-        self.path = path
-        self.serial = serial
-        path.unlink(missing_ok=True)
-        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.listener.bind(str(path))
+
+def bind_unix(path: Path, backlog: int = 8) -> trio.socket.SocketType:
+    """A listening Unix socket at ``path``, mode 0600 (replacing a stale one)."""
+    path.unlink(missing_ok=True)
+    sock = stdlib_socket.socket(stdlib_socket.AF_UNIX, stdlib_socket.SOCK_STREAM)
+    try:
+        sock.bind(str(path))
         os.chmod(path, 0o600)
-        self.listener.listen(4)
-        self.clients: list[socket.socket] = []
+        sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        raise
+    return trio.socket.from_stdlib_socket(sock)
+
+
+class ConsoleHub:
+    def __init__(self, serial: Serial16550) -> None:
+        self.serial = serial
+        self.clients: set[trio.MemorySendChannel[bytes]] = set()
+        self.pending = bytearray()
         self.lock = threading.Lock()
+        self.token: trio.lowlevel.TrioToken | None = None
 
-    def run(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return  # closed
-            with self.lock:
-                self.clients.append(client)
-            threading.Thread(target=self._read, args=(client,), daemon=True).start()
-
-    def _read(self, client: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while data := client.recv(4096):
-                self.serial.feed(data)
-        self._drop(client)
+    @property
+    def client_count(self) -> int:
+        return len(self.clients)
 
     def write(self, data: bytes) -> None:
-        """Guest output to every client; a client that cannot keep up is dropped."""
+        """Guest output, from any thread; never blocks on a client."""
+        token = self.token
+        if token is None:
+            return
         with self.lock:
-            clients = list(self.clients)
-        for client in clients:
+            was_empty = not self.pending
+            self.pending += data
+            if len(self.pending) > MAX_PENDING:
+                del self.pending[:len(self.pending) - MAX_PENDING]
+        if was_empty:
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(self._flush)
+
+    def _flush(self) -> None:
+        with self.lock:
+            data = bytes(self.pending)
+            self.pending.clear()
+        for channel in list(self.clients):
             try:
-                client.sendall(data)
-            except OSError:
-                self._drop(client)
+                channel.send_nowait(data)
+            except (trio.WouldBlock, trio.ClosedResourceError):
+                self.clients.discard(channel)  # too slow: dropped
+                channel.close()
 
-    def _drop(self, client: socket.socket) -> None:
-        with self.lock:
-            if client in self.clients:
-                self.clients.remove(client)
-        client.close()
+    async def serve(self, path: Path, sock: trio.socket.SocketType) -> None:
+        """Serve clients on ``sock`` (bound at ``path`` by ``bind_unix``) until cancelled."""
+        self.token = trio.lowlevel.current_trio_token()
+        listener = trio.SocketListener(sock)
+        try:
+            async with trio.open_nursery() as nursery:
+                while True:
+                    stream = await listener.accept()
+                    nursery.start_soon(self._client, stream)
+        finally:  # no await here: the scope is cancelled
+            self.token = None
+            path.unlink(missing_ok=True)
+            sock.close()
 
-    def close(self) -> None:
-        self.listener.close()
-        with self.lock:
-            for client in self.clients:
-                client.close()
-            self.clients.clear()
-        self.path.unlink(missing_ok=True)
+    async def _client(self, stream: trio.SocketStream) -> None:
+        send, receive = trio.open_memory_channel[bytes](CLIENT_BACKLOG)
+        self.clients.add(send)
+        try:
+            async with stream, trio.open_nursery() as nursery:
+                nursery.start_soon(self._type, stream, nursery.cancel_scope)
+                async with receive:
+                    async for data in receive:
+                        await stream.send_all(data)
+                nursery.cancel_scope.cancel()  # dropped: stop reading its input too
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            self.clients.discard(send)
+            send.close()
+
+    async def _type(self, stream: trio.SocketStream, scope: trio.CancelScope) -> None:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            while data := await stream.receive_some(4096):
+                self.serial.feed(data)
+        scope.cancel()

@@ -4,6 +4,12 @@ The guest's QueueNotify writes are caught in the kernel by KVM_IOEVENTFD and arr
 eventfd wake-ups; the vCPU never exits for them.  Frames from the TAP are moved into the
 receive queue here too; when the guest has posted no receive buffer, the TAP is left alone
 until it posts some (its RX kick), so a full queue never turns into a busy loop.
+
+A device thread that fails (an exception that is not the guest's fault: a bug, a backend that
+broke) marks its device failed and re-raises, so the runner's supervisor ends the VM with
+``ExitStatus.DEVICE_FAILED``.  Test hook: with ``VNET_KVM_TEST_FAIL_DEVICE`` set to a thread's
+name (``virtio-net-io``, ``virtio-blk-io``) that thread fails on its first queue kick; the
+integration tests use it to check what a device failure does to the runner.
 """
 
 from __future__ import annotations
@@ -17,6 +23,11 @@ from vnet.kvm.virtio.mmio import MmioTransport
 from vnet.kvm.virtio.net import RX, TX, VirtioNet
 
 log = logging.getLogger("vnet.kvm.io")
+TEST_FAIL_DEVICE = "VNET_KVM_TEST_FAIL_DEVICE"
+
+
+class InjectedDeviceFailure(RuntimeError):
+    """Raised by the test hook (``VNET_KVM_TEST_FAIL_DEVICE``); never in normal use."""
 
 
 class DeviceThread(threading.Thread):
@@ -29,22 +40,28 @@ class DeviceThread(threading.Thread):
         self.kicks = kicks
         self.stop_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.epoll = select.epoll()
+        self.fail_on_kick = os.environ.get(TEST_FAIL_DEVICE) == name
 
     def run(self) -> None:
         for fd in (*self.kicks, self.stop_fd):
             self.epoll.register(fd, select.EPOLLIN)
         self.watch()
         try:
-            while True:
+            stopping = False
+            while not stopping:  # kicks that arrived with the stop are still served
                 for fd, _ in self.epoll.poll():
                     if fd == self.stop_fd:
-                        return
+                        stopping = True
+                        continue
                     if fd in self.kicks:
                         os.eventfd_read(fd)
+                        if self.fail_on_kick:
+                            raise InjectedDeviceFailure(f"{TEST_FAIL_DEVICE}={self.name}")
                     self.serve(fd)
         except Exception:  # a bug here must not leave the guest hanging silently
-            log.exception("the device thread failed")
+            log.exception("the device thread %s failed", self.name)
             self.transport.fail("internal error in the device thread")
+            raise
         finally:
             self.epoll.close()
 
@@ -55,9 +72,14 @@ class DeviceThread(threading.Thread):
         if self.transport.driver_ok:
             self.transport.notify(self.kicks[fd])
 
-    def stop(self) -> None:
+    def kick(self) -> None:
+        """Ask ``run`` to return (from any thread)."""
         os.eventfd_write(self.stop_fd, 1)
-        self.join(5)
+
+    def stop(self) -> None:
+        self.kick()
+        if self.ident is not None:  # started as a thread of its own (not run by a supervisor)
+            self.join(5)
         os.close(self.stop_fd)
 
 
@@ -85,9 +107,9 @@ class NetIoThread(DeviceThread):
     def _receive(self) -> None:
         if not self.transport.driver_ok:
             return
-        before = self.net.stats["rx_frames"] + self.net.stats["rx_dropped"]
+        before = self.net.stats["rx_frames"] + self.net.stats["rx_drops"]
         self.transport.notify(RX)
-        if self.net.stats["rx_frames"] + self.net.stats["rx_dropped"] != before:
+        if self.net.stats["rx_frames"] + self.net.stats["rx_drops"] != before:
             self.rx_delivered.set()
         self._watch_tap(self.net.pending_rx is None)  # no buffer: wait for the guest's kick
 

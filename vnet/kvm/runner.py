@@ -5,6 +5,13 @@ console, the i8042 reset line, and virtio-mmio devices (a NIC on a TAP, a disk o
 whose kicks arrive on ioeventfds and whose interrupts leave through irqfds.  Two boot paths
 put a guest in it: the project's tiny guest (64-bit, CPL 3) and Linux's 64-bit boot protocol.
 See docs/kvm.md for what each does and does not do yet.
+
+The runner's supervisory side (signals, console and control sockets, the vCPU and device
+threads) is one trio nursery, ``vnet/kvm/supervisor.py``; its exit statuses are
+``vnet.kvm.control.ExitStatus``: 0 when the guest powered off or was stopped by SIGTERM, the
+guest's own status (below 64) from the exit port, 1 when the VM could not be set up, 70 when
+a vCPU failed, 71 when a device thread failed, 72 when a shutdown's deadline passed and the
+guest was forced off, 73 on an internal error of the supervisor.
 """
 
 from __future__ import annotations
@@ -14,18 +21,23 @@ import os
 import signal
 import sys
 import threading
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+import trio
 
 from vnet.errors import VnetError
 from vnet.guest.build import build_tiny_guest
 from vnet.kvm import cpuid_probe, layout
 from vnet.kvm.boot import acpi, linux
-from vnet.kvm.console import ConsoleSocket
+from vnet.kvm.console import ConsoleHub
+from vnet.kvm.control import ExitStatus
 from vnet.kvm.iothread import DeviceThread, NetIoThread
 from vnet.kvm.serial import COM1_IRQ, Serial16550
 from vnet.kvm.slots import DISK_SLOT, MAX_NICS, NIC_SLOTS
+from vnet.kvm.supervisor import REBOOT, Boot, Supervisor
 from vnet.kvm.virtio.blk import VirtioBlk
 from vnet.kvm.virtio.mmio import QUEUE_NOTIFY, MmioTransport
 from vnet.kvm.virtio.net import RX, TX, VirtioNet, open_tap
@@ -34,9 +46,10 @@ from vnet.kvm.vm import IoExit, KvmError, Vcpu, Vm
 EXIT_PORT = 0x501
 I8042_COMMAND = 0x64
 I8042_RESET = 0xFE
-REBOOT = -1  # a boot's status when the guest pulsed the reset line
 WAIT_PORT = 0x502
+SHUTDOWN_PORT = 0x503  # reads 1 once the runner asks the guest to power off (the tiny guest)
 WAIT_TIMEOUT = 0.2
+IDLE_TIMEOUT = 0.05  # the wait port without a NIC: a guest that counts, 20 times a second
 SIZES = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
 
@@ -86,6 +99,10 @@ class Machine:
         self.mem = memoryview(self.vm.memory)
         self.serial = serial
         self.status = 0
+        self.shutdown_requested = False  # read by the guest on SHUTDOWN_PORT
+        self.idle = threading.Event()    # set to cut a wait on WAIT_PORT short
+        self.nics = nics
+        self.disk = disk
         self.serial_wired = False
         self.tap_fds: list[int] = []
         self.blk: VirtioBlk | None = None
@@ -132,6 +149,31 @@ class Machine:
         return " ".join(f"virtio_mmio.device=4K@{base:#x}:{gsi}"
                         for base, gsi in self.virtio_devices())
 
+    def wake(self) -> None:
+        """End a vCPU's wait on WAIT_PORT now (it is being stopped or paused)."""
+        self.idle.set()
+        for thread in self.nic_threads:
+            thread.rx_delivered.set()
+
+    def device_status(self) -> list[dict[str, object]]:
+        """Each virtio device's state and per-queue counters, for the control socket."""
+        devices: list[dict[str, object]] = []
+        for nic, thread in zip(self.nics, self.nic_threads, strict=True):
+            stats = dict(thread.net.stats)
+            devices.append({
+                "kind": "virtio-net", "base": f"{thread.transport.base:#x}", "tap": nic.tap,
+                "mac": nic.mac, "state": _transport_state(thread.transport),
+                "queues": [{"queue": name, "frames": stats[f"{name}_frames"],
+                            "bytes": stats[f"{name}_bytes"], "drops": stats[f"{name}_drops"]}
+                           for name in ("rx", "tx")]})
+        if self.blk is not None and self.disk is not None:
+            transport = self.threads[-1].transport
+            devices.append({"kind": "virtio-blk", "base": f"{transport.base:#x}",
+                            "path": self.disk[0], "readonly": self.disk[1],
+                            "state": _transport_state(transport),
+                            "queues": [{"queue": "requests", **self.blk.stats}]})
+        return devices
+
     def on_io(self, io: IoExit) -> bytes | None:
         if io.port == EXIT_PORT and io.out:
             self.status = io.data[0]
@@ -151,6 +193,12 @@ class Machine:
             first.rx_delivered.wait(WAIT_TIMEOUT)  # paravirtual idle: until a frame
             first.rx_delivered.clear()
             return None
+        if io.port == WAIT_PORT:
+            self.idle.wait(IDLE_TIMEOUT)
+            self.idle.clear()
+            return None
+        if io.port == SHUTDOWN_PORT and not io.out:
+            return b"\1" if self.shutdown_requested else b"\0"
         if self.serial.owns(io.port):
             if io.out:
                 self.serial.write(io.port, io.data[0])
@@ -168,17 +216,16 @@ class Machine:
         return b""
 
     def run(self, vcpu: Vcpu) -> int:
-        for thread in self.threads:
-            thread.start()
-        vcpu.run_until(self.on_io, self.on_mmio)
-        return self.status
+        """Run this boot under a supervisor of its own (no sockets) until it ends; its
+        status (used by tests that set a machine up themselves)."""
+        return trio.run(Supervisor("test").run_one, Boot(self, [vcpu]))
 
     def close(self) -> None:
         if self.serial_wired:  # the console outlives this boot; the VM's irqchip does not
             self.serial.wire(None)
         for thread in self.threads:
-            if thread.is_alive():
-                thread.stop()
+            thread.stop()
+        self.threads.clear()
         self.vm.close()
         if self.blk is not None:
             self.blk.close()
@@ -186,10 +233,10 @@ class Machine:
             os.close(fd)
 
 
-def run_tiny_guest(memory: int, cmdline: str, serial: Serial16550, nics: list[NicArg],
-                   disk: tuple[str, bool] | None = None) -> int:
-    """Boot the tiny guest (it drives the first NIC); returns the status it wrote to the exit
-    port (or REBOOT)."""
+def prepare_tiny_guest(memory: int, cmdline: str, serial: Serial16550, nics: list[NicArg],
+                       disk: tuple[str, bool] | None = None) -> Boot:
+    """Set up a boot of the tiny guest (it drives the first NIC); its status is what it
+    writes to the exit port (or REBOOT)."""
     image = build_tiny_guest().read_bytes()
     if nics and nics[0].ip:
         cmdline = f"{cmdline} ip={nics[0].ip}".strip()
@@ -203,14 +250,16 @@ def run_tiny_guest(memory: int, cmdline: str, serial: Serial16550, nics: list[Ni
         layout.load_image(mem, image, memory)
         vcpu, = machine.vm.create_vcpus(1)
         vcpu.enter_long_mode_user(layout.IMAGE_ADDR, layout.STACK_TOP)
-        return machine.run(vcpu)
-    finally:
+        return Boot(machine, [vcpu])
+    except BaseException:
         machine.close()
+        raise
 
 
-def run_linux(memory: int, kernel_path: Path, cmdline: str, serial: Serial16550,
-              vcpus: int = 1, initrd_path: Path | None = None, nics: list[NicArg] | None = None,
-              disk: tuple[str, bool] | None = None) -> int:
+def prepare_linux(memory: int, kernel_path: Path, cmdline: str, serial: Serial16550,
+                  vcpus: int = 1, initrd_path: Path | None = None,
+                  nics: list[NicArg] | None = None,
+                  disk: tuple[str, bool] | None = None) -> Boot:
     """Boot a Linux bzImage or vmlinux with the 64-bit boot protocol.  On these machines
     (nested KVM, CPL 0 emulated) it prints its early console and then stops with an emulation
     failure (docs/kvm.md); on a host with VT-x/AMD-V this is the normal path."""
@@ -240,14 +289,12 @@ def run_linux(memory: int, kernel_path: Path, cmdline: str, serial: Serial16550,
             mem[segment.physical:segment.physical + len(segment.data)] = segment.data
         tables = acpi.acpi_tables(vcpus, machine.virtio_devices())
         mem[acpi.RSDP_ADDR:acpi.RSDP_ADDR + len(tables)] = tables
-        vcpu, *application_processors = machine.vm.create_vcpus(vcpus)
-        for ap in application_processors:  # they wait in KVM for INIT/SIPI
-            threading.Thread(target=ap.run_until, args=(machine.on_io,), daemon=True,
-                             name=f"vcpu{ap.index}").start()
-        vcpu.enter_long_mode_kernel(kernel.entry, gdt_limit, linux.ZERO_PAGE)
-        return machine.run(vcpu)
-    finally:
+        every = machine.vm.create_vcpus(vcpus)  # the APs wait in KVM for INIT/SIPI
+        every[0].enter_long_mode_kernel(kernel.entry, gdt_limit, linux.ZERO_PAGE)
+        return Boot(machine, every)
+    except BaseException:
         machine.close()
+        raise
 
 
 def report_cpuid_delivery(name: str) -> None:
@@ -264,36 +311,36 @@ def report_cpuid_delivery(name: str) -> None:
 
 
 class Console:
-    """Where the guest's serial output goes: the log file, the console socket's clients and,
-    with --echo, stdout."""
+    """Where the guest's serial output goes: the log file, the console socket's clients (the
+    hub, served in the supervisor's nursery) and, with --echo, stdout."""
 
-    def __init__(self, log: Path | None, socket_path: Path | None, echo: bool) -> None:
+    def __init__(self, log: Path | None, with_socket: bool, echo: bool) -> None:
         self.log = open(log, "ab") if log else None  # noqa: SIM115 - closed in close()
         self.echo = echo
         self.serial = Serial16550(self.write)
-        self.socket = ConsoleSocket(socket_path, self.serial) if socket_path else None
-        if self.socket:
-            self.socket.start()
+        self.hub = ConsoleHub(self.serial) if with_socket else None
 
     def write(self, data: bytes) -> None:
         if self.log:
             self.log.write(data)
             self.log.flush()
-        if self.socket:
-            self.socket.write(data)
+        if self.hub:
+            self.hub.write(data)
         if self.echo:
             sys.stdout.buffer.write(data)
             sys.stdout.flush()
 
     def close(self) -> None:
-        if self.socket:
-            self.socket.close()
         if self.log:
             self.log.close()
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="vnet-vm", description="run one guest on /dev/kvm")
+    parser = argparse.ArgumentParser(prog="vnet-vm", description="run one guest on /dev/kvm",
+                                     epilog="exit status: " + "; ".join(
+                                         f"{int(s)} {s.name.lower().replace('_', ' ')}"
+                                         for s in ExitStatus)
+                                     + "; other values below 64: the guest's own status")
     parser.add_argument("--name", default="vm")
     parser.add_argument("--memory", type=parse_size, default=64 << 20)
     parser.add_argument("--vcpus", type=int, default=1,
@@ -310,33 +357,49 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--console-log", type=Path)
     parser.add_argument("--console-socket", type=Path,
                         help="a Unix socket for `vnet console`: live output, typed input")
+    parser.add_argument("--control-socket", type=Path,
+                        help="a Unix socket (JSON lines) for status, pause, resume, shutdown "
+                        "(vnet/kvm/control.py)")
     parser.add_argument("--echo", action="store_true", help="copy the console to stdout")
     parser.add_argument("--on-reboot", choices=["exit", "restart"], default="restart",
                         help="when the guest resets itself (i8042): boot it again, or exit 0")
     args = parser.parse_args(argv)
-    # SIGTERM: a clean shutdown.  The vCPU's KVM_RUN returns EINTR, the handler raises
-    # SystemExit on the main thread, and the finally blocks close the VM and the console.
+    # SIGTERM before the supervisor runs: a clean exit; then the supervisor handles it.
     signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(0))
     console = None
     try:
-        console = Console(args.console_log, args.console_socket, args.echo)
+        console = Console(args.console_log, args.console_socket is not None, args.echo)
         report_cpuid_delivery(args.name)
+        serial = console.serial
+        prepare: Callable[[], Boot]
         if args.kernel != "builtin:tiny":
-            return run_linux(args.memory, Path(args.kernel), args.cmdline, console.serial,
-                             args.vcpus, args.initrd, args.nic, args.disk)
-        while True:
-            status = run_tiny_guest(args.memory, args.cmdline, console.serial, args.nic,
-                                    args.disk)
-            if status != REBOOT:
-                return status
-            if args.on_reboot == "exit":
-                return 0
+            def prepare() -> Boot:
+                return prepare_linux(args.memory, Path(args.kernel), args.cmdline, serial,
+                                     args.vcpus, args.initrd, args.nic, args.disk)
+        else:
+            def prepare() -> Boot:
+                return prepare_tiny_guest(args.memory, args.cmdline, serial, args.nic,
+                                          args.disk)
+        supervisor = Supervisor(args.name, console.hub, args.console_socket,
+                                args.control_socket)
+        return trio.run(supervisor.run, prepare, args.on_reboot)
     except (KvmError, VnetError, ValueError, OSError) as err:
         print(f"vnet-vm {args.name}: {err}", file=sys.stderr)
-        return 1
+        return ExitStatus.SETUP_FAILED
+    except BaseExceptionGroup as group:  # a bug in the supervisor itself
+        traceback.print_exception(group)
+        print(f"vnet-vm {args.name}: internal error in the runner's supervisor",
+              file=sys.stderr)
+        return ExitStatus.SUPERVISOR_FAILED
     finally:
         if console is not None:
             console.close()
+
+
+def _transport_state(transport: MmioTransport) -> str:
+    if transport.failure is not None:
+        return f"failed: {transport.failure}"
+    return "driver-ok" if transport.driver_ok else "not set up by the guest"
 
 
 if __name__ == "__main__":

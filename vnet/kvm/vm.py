@@ -223,15 +223,22 @@ class Vcpu:
         api.ioctl(self.fd, api.KVM_SET_REGS, api.Regs(rip=entry, rsi=rsi, rflags=RFLAGS_RESERVED))
 
     def run_until(self, on_io: Callable[[IoExit], bytes | None],
-                  on_mmio: Callable[[int, int, bytes | None], bytes] | None = None) -> str:
+                  on_mmio: Callable[[int, int, bytes | None], bytes] | None = None,
+                  interrupted: Callable[[Vcpu], bool] | None = None) -> str:
         """Run until ``on_io`` asks to stop (returns b"stop") or the guest cannot go on;
         returns why.  ``on_io`` returns the bytes an ``in`` reads, or None; ``on_mmio``
         gets (address, length, data written or None for a read) and returns what a read
-        reads."""
+        reads.  When KVM_RUN is interrupted (a signal, ``immediate_exit``), ``interrupted``
+        says whether to go on (default: go on); when it says no, returns "kicked"."""
         run = self.run
         base = self.run_address
         while True:
-            api.ioctl(self.fd, api.KVM_RUN, 0)
+            try:
+                api.ioctl(self.fd, api.KVM_RUN, 0)
+            except InterruptedError:
+                if interrupted is None or interrupted(self):
+                    continue
+                return "kicked"
             reason = run.exit_reason
             if reason == api.EXIT_IO:
                 io = run.exit.io

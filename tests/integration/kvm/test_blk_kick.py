@@ -85,5 +85,9 @@ def test_a_disk_kick_is_served_off_the_vcpu_thread(tmp_path: Path) -> None:
         assert bytes(mem[DATA:DATA + 512]) == (bytes(range(256)) * 2)
         assert mem[STATUS] == S_OK
         assert mmio_exits == [], "the kick went through the vCPU thread"
+        disk_status, = machine.device_status()  # what the control socket's status reports
+        assert disk_status["kind"] == "virtio-blk"
+        assert disk_status["queues"] == [{"queue": "requests", "requests": 1,
+                                          "read_bytes": 512, "written_bytes": 0, "errors": 0}]
     finally:
         machine.close()

@@ -22,6 +22,7 @@ typedef unsigned long u64;
 #define UART_LSR 0x3fd
 #define EXIT_PORT 0x501
 #define WAIT_PORT 0x502
+#define SHUTDOWN_PORT 0x503 /* reads 1 once the VMM asks the guest to power off */
 #define MMIO_BASE 0xd0000000UL
 
 /* virtio-mmio registers */
@@ -359,6 +360,22 @@ void guest_main(void)
         puts("tiny guest: powering off\n");
         outb(0x600, 5 << 2 | 0x20);
     }
+    if (option(BOOT_INFO, "crash") >= 0) { /* hlt at CPL 3 faults; with no IDT: a triple fault */
+        puts("tiny guest: crashing\n");
+        __asm__ volatile("hlt");
+    }
+    int flood = option(BOOT_INFO, "flood") >= 0; /* count without waiting: console at full speed */
+    if (flood || option(BOOT_INFO, "count") >= 0) { /* a guest that visibly runs: pause stops it */
+        int honour = option(BOOT_INFO, "ignore-shutdown") < 0;
+        for (u32 n = 1;; n++) {
+            puts("count "); put_dec(n); puts("\n");
+            if (!flood) outb(WAIT_PORT, 0);
+            if (honour && inb(SHUTDOWN_PORT) == 1) {
+                puts("tiny guest: shutdown requested, powering off\n");
+                outb(0x600, 5 << 2 | 0x20);
+            }
+        }
+    }
     int ip_at = option(BOOT_INFO, "ip=");
     int dhcp = ip_at >= 0 && BOOT_INFO[ip_at] == 'd' && BOOT_INFO[ip_at + 1] == 'h'
                && BOOT_INFO[ip_at + 2] == 'c' && BOOT_INFO[ip_at + 3] == 'p';
@@ -403,6 +420,10 @@ void guest_main(void)
         if (rxq.used->idx == rxq.last_used) {
             while (inb(UART_LSR) & 1) putc((char)inb(UART_THR)); /* echo the console's input */
             outb(WAIT_PORT, 0);
+            if (inb(SHUTDOWN_PORT) == 1) {
+                puts("tiny guest: shutdown requested, powering off\n");
+                outb(0x600, 5 << 2 | 0x20);
+            }
             dhcp_step();
             ping_step();
             continue;

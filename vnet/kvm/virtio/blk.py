@@ -34,6 +34,8 @@ class VirtioBlk:
         self.size = os.fstat(self.fd).st_size
         self.serial = serial.encode()[:ID_BYTES]
         self.features = F_FLUSH | (F_RO if readonly else 0)
+        # Counters, written on the device thread, read by the control socket's status.
+        self.stats = {"requests": 0, "read_bytes": 0, "written_bytes": 0, "errors": 0}
 
     def config(self) -> bytes:
         return struct.pack("<Q", self.size // SECTOR)
@@ -57,6 +59,13 @@ class VirtioBlk:
         kind, _reserved, sector = struct.unpack("<IIQ", q.read([buffers[0]])[:16])
         data = buffers[1:-1]
         code, written = self._request(q, kind, sector, data)
+        self.stats["requests"] += 1
+        if code != S_OK:
+            self.stats["errors"] += 1
+        elif kind == T_IN:
+            self.stats["read_bytes"] += written
+        elif kind == T_OUT:
+            self.stats["written_bytes"] += sum(b.length for b in data)
         q.memory[status.address] = code
         return written + 1
 

@@ -71,7 +71,10 @@ class VirtioNet:
         self.tap_fd = tap_fd
         self.mac = mac_to_bytes(mac)
         self.pending_rx: bytes | None = None  # a frame read from the TAP, waiting for a buffer
-        self.stats = {"rx_frames": 0, "tx_frames": 0, "rx_dropped": 0}
+        # Counters (frames and bytes without the virtio-net header), written on the device
+        # thread, read by the control socket's status.
+        self.stats = {"rx_frames": 0, "rx_bytes": 0, "rx_drops": 0,
+                      "tx_frames": 0, "tx_bytes": 0, "tx_drops": 0}
 
     def config(self) -> bytes:
         return self.mac + struct.pack("<H", 1)  # mac, status: link up
@@ -95,8 +98,9 @@ class VirtioNet:
                 try:
                     os.write(self.tap_fd, data)
                     self.stats["tx_frames"] += 1
+                    self.stats["tx_bytes"] += len(data) - NET_HDR_LEN
                 except OSError:
-                    pass  # the TAP's netdev is down: the frame is lost, as on a wire
+                    self.stats["tx_drops"] += 1  # the TAP's netdev is down: lost, as on a wire
             q.push_used(head, 0)
 
     def receive(self, transport: MmioTransport) -> None:
@@ -114,8 +118,9 @@ class VirtioNet:
             head, buffers = chain
             written = q.write(buffers, self.pending_rx)
             if written < len(self.pending_rx):
-                self.stats["rx_dropped"] += 1
+                self.stats["rx_drops"] += 1  # the guest's buffer was too small
             else:
                 self.stats["rx_frames"] += 1
+                self.stats["rx_bytes"] += written - NET_HDR_LEN
             q.push_used(head, written)
             self.pending_rx = None
