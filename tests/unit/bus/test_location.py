@@ -171,3 +171,43 @@ def test_forget_lab():
     t.replace_host("h2", "lab1", [MacEntry("office", M)], now=-1)
     assert t.forget_lab("lab1").fdb == (RemoteDelete("lab1", "office", M),)
     assert t.remote_fdb("lab1") == {}
+
+
+def test_a_local_entry_left_behind_by_a_move_does_not_take_the_mac_back():
+    """A host that polls its switch keeps seeing a MAC that moved away until the entry ages
+    out: only a sighting after the other host's claim arrived is a move back."""
+    t = table()
+    assert t.local_learn("lab1", "office", M, now=10, seen=9).adverts == (
+        Advert("lab1", "office", M, 0),)
+    changes = t.apply_delta("h2", "lab1", [MacEntry("office", M, 1)], [], now=12)   # moved
+    assert changes.adverts == (Advert("lab1", "office", M, None),)
+    assert changes.fdb == (RemoteSet("lab1", "office", M, "h2"),)
+    for now in (13, 20, 40):                    # the stale entry, last seen at 11.5
+        assert not t.local_learn("lab1", "office", M, now=now, seen=11.5)
+    changes = t.local_learn("lab1", "office", M, now=41, seen=40.5)   # it is back here
+    assert changes.adverts == (Advert("lab1", "office", M, 2),)
+    assert changes.fdb == (RemoteDelete("lab1", "office", M),)
+
+
+def test_a_stale_entry_does_not_claim_a_mac_another_host_holds_after_a_fresh_start():
+    t = table()         # a new session: the other host's retained claim arrives at 5
+    t.replace_host("h2", "lab1", [MacEntry("office", M, 3)], now=5)
+    assert not t.local_learn("lab1", "office", M, now=6, seen=4)
+    assert t.local_learn("lab1", "office", M, now=7, seen=6.5).adverts == (
+        Advert("lab1", "office", M, 4),)
+
+
+def test_a_sighting_older_than_the_networks_aging_is_not_one_and_aging_counts_from_it():
+    t = table()                                 # office: mac_aging 60
+    assert not t.local_learn("lab1", "office", M, now=100, seen=40)
+    t.local_learn("lab1", "office", M, now=100, seen=50)
+    assert not t.age_out(now=109)
+    assert t.age_out(now=110).adverts == (Advert("lab1", "office", M, None),)
+
+
+def test_a_learned_mac_the_topology_places_elsewhere_is_refused_whatever_its_time():
+    t = table()
+    changes = t.local_learn("lab1", "office", C2, now=10, seen=9.9)
+    assert changes.refusals == (Refused("lab1", "office", C2, "h1", "h2"),)
+    assert not changes.adverts and not t.local_claims("lab1")
+    assert not t.local_learn("lab1", "office", C2, now=11, seen=10.9)   # reported once
