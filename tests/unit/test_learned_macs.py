@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vnet.daemon.learned import LearnedMacs, Sighting, local_sightings
+from vnet.daemon.learned import LearnedMacs, Sighting, local_sightings, next_poll
 from vnet.daemon.naming import overlay_port_name, port_name, uplink_port_name
 
 AGING = {"red": 10.0, "blue": 300.0}
@@ -98,3 +98,8 @@ def test_new_macs_beyond_the_per_poll_budget_wait_for_the_next_poll():
         sizes.append((len(update.learn), update.deferred))
     assert sizes == [(300, 400), (300, 100), (100, 0), (0, 0)]
     assert learned.counts()["red"]["left_out_total"] == 0
+
+
+def test_a_big_table_is_read_less_often():
+    assert next_poll(10.0, rows=100) == 11.0
+    assert next_poll(10.0, rows=20480) == 20.0      # 2,048 entries a second at most

@@ -48,7 +48,13 @@ from vnet.daemon.bus_overlay import (
     static_overlay_plan,
 )
 from vnet.daemon.config import BusConfig
-from vnet.daemon.learned import DEFAULT_LIMIT, POLL_INTERVAL, LearnedMacs, local_sightings
+from vnet.daemon.learned import (
+    DEFAULT_LIMIT,
+    POLL_INTERVAL,
+    LearnedMacs,
+    local_sightings,
+    next_poll,
+)
 from vnet.daemon.rollout import HostOutcome, outcomes, summary
 from vnet.errors import DaemonError, VnetError
 from vnet.topology.model import Topology
@@ -148,6 +154,7 @@ class BusService:
         self._learned: dict[str, LearnedMacs] = {}    # lab -> its learned MACs advertised
         self._learn_failed: set[str] = set()
         self._learn_plans: dict[str, tuple[int, dict[int, str], dict[str, float]]] = {}
+        self._learn_due: dict[str, float] = {}          # lab -> when to read its table next
         self._flood: dict[tuple[str, str], frozenset[str]] = {}
         self._macs: dict[tuple[str, str], Mapping[str, tuple[str, str | None]]] = {}
         self._overlay_failed: set[tuple[str, str]] = set()
@@ -318,6 +325,7 @@ class BusService:
             self._advertised.pop(lab, None)
             self._learned.pop(lab, None)
             self._learn_plans.pop(lab, None)
+            self._learn_due.pop(lab, None)
             self._forget_overlay(lab)
         if self.bus is not None:
             await self.bus.publish_status(self.realised)
@@ -360,7 +368,8 @@ class BusService:
             for lab, desired in sorted(view.desired.items()):
                 report = self.realised.get(lab)
                 if (report is None or report.error is not None or lab not in self._advertised
-                        or report.generation != desired.generation):
+                        or report.generation != desired.generation
+                        or self._clock() < self._learn_due.get(lab, 0.0)):
                     continue
                 effects = await self._poll_learned(view, desired)
                 if effects:
@@ -385,6 +394,7 @@ class BusService:
             vlans, aging = self._learning_plan(desired)
             now = self._clock()         # before the read: an entry's age counts from here
             rows = await asyncio.wait_for(self._read_fdb(lab), FDB_TIMEOUT)
+            self._learn_due[lab] = next_poll(now, len(rows), self._learn_interval)
             sightings = local_sightings(rows, vlans, now)
         except Exception as err:
             if lab not in self._learn_failed:
