@@ -371,9 +371,12 @@ class BusService:
                         or report.generation != desired.generation
                         or self._clock() < self._learn_due.get(lab, 0.0)):
                     continue
-                effects = await self._poll_learned(view, desired)
-                if effects:
-                    await self._apply(bus, view, effects)
+                try:
+                    effects = await self._poll_learned(view, desired)
+                    if effects:
+                        await self._apply(bus, view, effects)
+                except Exception:       # a bug: logged, and the next poll tries again
+                    log.exception("bus: lab %s: learned MACs not advertised", lab)
 
     def _learning_plan(self, desired: DesiredLab) -> tuple[dict[int, str], dict[str, float]]:
         """VLAN -> network and network -> mac_aging of the lab's overlay networks here."""
