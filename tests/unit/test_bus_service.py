@@ -580,3 +580,25 @@ def test_a_flood_of_learned_macs_is_bounded_and_counted(caplog):
     with caplog.at_level(logging.WARNING, logger="vnet.daemon.bus"):
         run(scenario, read_fdb=datapath.read_fdb, learn_interval=0.01, learned_limit=100)
     assert sum("more than 100 MACs learned" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_a_new_session_snapshot_has_the_learned_macs_before_any_poll():
+    datapath, new_mac = FakeDatapath(), "02:aa:00:00:00:07"
+    datapath.rows = [fdb_row(new_mac, "c1.eth0")]
+
+    async def scenario(h: Harness) -> None:
+        h.bus.deliver(DesiredLab("lab1", 1, LAB))
+        await h.settle()
+        await until(lambda: new_mac in delta_sets(h), "the learned MAC's delta")
+        h.service._learn_interval = 3600.0      # no poll in the next session
+        first = h.bus
+        first.fail_next = RuntimeError("a bug")
+        first.deliver(online("h2"))
+        await until(lambda: len(h.buses) == 2, "a new session")
+        assert first.stopped
+        h.bus.deliver(DesiredLab("lab1", 1, LAB))     # the retained state, again
+        await h.settle()
+        await until(lambda: any(isinstance(m, SnapshotPart) and new_mac in
+                                {e.mac for e in m.macs} for m in h.bus.published),
+                    "the new session's snapshot with the learned MAC")
+    run(scenario, read_fdb=datapath.read_fdb, learn_interval=0.01)
