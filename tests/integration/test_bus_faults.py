@@ -17,31 +17,22 @@ import contextlib
 import functools
 import json
 import os
-import secrets
-import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from textwrap import dedent
-from typing import Any
 
 import pytest
 
 from tests.conftest import needs_root
 from vnet.daemon.naming import overlay_ifname
-from vnet.host import netns
-from vnet.testing import Lab, TestHost, wait_until
-from vnet.testing.broker import Broker
+from vnet.testing import wait_until
+from vnet.testing.cluster import BusCluster, bus_cluster
 from vnet.testing.lab import popen_in_netns
-from vnet.topology import Topology, parse_topology
 
 pytestmark = needs_root
 
-USERS = {"h1": "pw-one", "h2": "pw-two", "h3": "pw-three"}
+USERS = ("h1", "h2", "h3")
 ADDRESS = {"h1": "10.91.0.1", "h2": "10.91.0.2", "h3": "10.91.0.3"}
 NODE_IP = {"n1": "10.11.0.1", "n2": "10.11.0.2", "n3": "10.11.0.3"}
 ALL_ZEROS = "00:00:00:00:00:00"
@@ -66,40 +57,10 @@ nodes:
 """
 
 
-@dataclass
-class Cluster:
-    broker: Broker
-    hosts: dict[str, TestHost]
-    topology: Topology
-    path: Path
-
-    @property
-    def lab(self) -> str:
-        return self.topology.name
-
-    def node_lab(self, node: str) -> Lab:
-        host = self.topology.node(node).host
-        assert host is not None
-        return Lab(self.hosts[host], self.lab)
-
+class Cluster(BusCluster):
     def ping(self, node: str, target: str) -> bool:
         run = self.node_lab(node).exec(node, ["ping", "-c", "1", "-W", "1", NODE_IP[target]])
         return run.returncode == 0
-
-    def mac(self, node: str) -> str:
-        return self.topology.node(node).nics[0].mac.lower()
-
-    def fdb(self, host: str) -> dict[str, set[str]]:
-        """The kernel FDB of ``host``'s vxlan netdev of red: MAC -> underlay destinations."""
-        ifname = overlay_ifname(self.lab, "red")
-        run = self.hosts[host].exec(["bridge", "-j", "fdb", "show", "dev", ifname])
-        assert run.returncode == 0, f"{host}: bridge fdb show failed: {run.stderr}\n" \
-            f"{self.hosts[host].log()}"
-        entries: dict[str, set[str]] = {}
-        for entry in json.loads(run.stdout or "[]"):
-            if "dst" in entry:
-                entries.setdefault(entry["mac"].lower(), set()).add(entry["dst"])
-        return entries
 
     def neighbours(self, host: str) -> dict[str, str]:
         """The ARP proxy's entries on ``host``'s vxlan netdev of red: IP -> MAC."""
@@ -120,22 +81,8 @@ class Cluster:
             entries[ALL_ZEROS] = {ADDRESS[p] for p in peers}
         return entries
 
-    def bus(self, host: str) -> dict[str, Any]:
-        status: dict[str, Any] = self.hosts[host].call("status")["bus"]
-        return status
-
-    def peers(self, host: str) -> dict[str, dict[str, Any]]:
-        return {h["host"]: h for h in self.bus(host)["hosts"]}
-
     def cut_off(self, host: str) -> bool:
         return bool(self.bus(host)["connection"]["state"] != "connected")
-
-    def wait_online(self, host: str) -> None:
-        def online() -> bool:
-            peers = self.peers(host)
-            return len(peers) == len(USERS) and all(p["state"] == "online"
-                                                    for p in peers.values())
-        wait_until(online, DEADLINE, message=f"{host} to see every host online")
 
     def wait_converged(self, host: str, epochs_above: dict[str, int] | None = None) -> None:
         wait_until(lambda: self.converged(host, epochs_above), DEADLINE,
@@ -150,58 +97,12 @@ class Cluster:
             and p["epoch"] > (epochs_above or {}).get(name, 0) for name, p in peers.items())
 
 
-def ip(namespace: str, *args: str) -> None:
-    subprocess.run(["ip", "-n", namespace, *args], check=True, capture_output=True)
-
-
-def build_underlay(underlay: str, hosts: dict[str, TestHost]) -> None:
-    """A bridge in ``underlay`` and a veth from it to each host (``ul0``, its address)."""
-    netns.create(underlay)
-    ip(underlay, "link", "add", "br0", "type", "bridge")
-    ip(underlay, "link", "set", "br0", "up")
-    for name, host in hosts.items():
-        ip(underlay, "link", "add", name, "type", "veth", "peer", "name", "ul0",
-           "netns", host.name)
-        ip(underlay, "link", "set", name, "master", "br0", "up")
-        ip(host.name, "addr", "add", f"{ADDRESS[name]}/24", "dev", "ul0")
-        ip(host.name, "link", "set", "ul0", "up")
-
-
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
-    workdir = Path(tempfile.mkdtemp(prefix="vnet-busfaults-"))
-    path = workdir / "faults.yaml"
-    path.write_text(TOPOLOGY.format(lab=f"bf{secrets.token_hex(2)}"))
-    topology = parse_topology(path.read_text(), source=str(path))
-    underlay = f"vnt-bf-{secrets.token_hex(2)}"
-    with contextlib.ExitStack() as stack:
-        stack.callback(shutil.rmtree, workdir, ignore_errors=True)
-        stack.callback(netns.remove, underlay)
-        broker = stack.enter_context(Broker(USERS, operators=["h1"], listen=None,
-                                            persistence=True))
-        hosts: dict[str, TestHost] = {}
-        for index, name in enumerate(USERS, start=1):
-            password = workdir / f"{name}.pw"
-            password.write_text(USERS[name] + "\n")
-            password.chmod(0o600)
-            config = workdir / f"{name}.yaml"
-            config.write_text(dedent(f"""
-                host: {name}
-                bus:
-                  broker: mqtt://10.254.{index}.1:1883
-                  username: {name}
-                  password_file: {password}
-                  keepalive: 5
-            """))
-            hosts[name] = stack.enter_context(TestHost(vnetd_args=["--config", str(config)]))
-            broker.link(hosts[name].name, index)
-        build_underlay(underlay, hosts)
-        cluster = Cluster(broker, hosts, topology, path)
-        for name in USERS:
-            cluster.wait_online(name)
-        hosts["h1"].cli("up", str(path))
-        stack.callback(lambda: hosts["h1"].cli("down", "--lab", cluster.lab, check=False))
-        yield cluster
+    with bus_cluster(TOPOLOGY.format(lab="{lab}"), ADDRESS, prefix="bf", persistence=True,
+                     cluster_type=Cluster) as built:
+        assert isinstance(built, Cluster)
+        yield built
 
 
 def wait_pings_across(cluster: Cluster) -> None:

@@ -14,6 +14,7 @@ import pytest
 
 from vnet.bus.client import BusEvent, BusStats, Connected, Disconnected, Received, Refusal
 from vnet.bus.messages import (
+    Delta,
     DesiredLab,
     LabDeleted,
     LabRealised,
@@ -152,13 +153,13 @@ async def until(condition: Callable[[], object], what: str, timeout: float = 5.0
 
 
 class Harness:
-    def __init__(self, echo: bool = True) -> None:
+    def __init__(self, echo: bool = True, **options: Any) -> None:
         self.buses: list[FakeBus] = []
         self.echo = echo
         self.realiser = FakeRealiser()
         self.overlay = RecordingOverlay()
         self.service = BusService("h1", self.connect, self.realiser, self.overlay,
-                                  backoff=(0.001, 0.002), will_grace=GRACE)
+                                  backoff=(0.001, 0.002), will_grace=GRACE, **options)
 
     def connect(self) -> FakeBus:
         bus = FakeBus(self.echo)
@@ -178,9 +179,9 @@ class Harness:
             await asyncio.sleep(0)
 
 
-def run(scenario: Callable[[Harness], Any], echo: bool = True) -> None:
+def run(scenario: Callable[[Harness], Any], echo: bool = True, **options: Any) -> None:
     async def main() -> None:
-        harness = Harness(echo)
+        harness = Harness(echo, **options)
         await harness.service.start()
         try:
             await until(lambda: harness.buses, "a connection")
@@ -499,3 +500,105 @@ def test_vnetd_publishes_a_multi_host_lab_on_its_bus_and_realises_it_alone_witho
         assert service.calls == [("up", "lab1"), ("down", "lab1")] and realised == ["lab1"]
 
     asyncio.run(scenario())
+
+
+# -- MACs learned on local ports --------------------------------------------------------------
+
+class FakeDatapath:
+    """The datapath's fdb op: the rows the test sets (age 0: just seen)."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+        self.reads = 0
+
+    async def read_fdb(self, lab: str) -> list[dict[str, Any]]:
+        assert lab == "lab1"
+        self.reads += 1
+        return [dict(r) for r in self.rows]
+
+
+def fdb_row(mac: str, port: str) -> dict[str, Any]:
+    return {"vlan": 10, "mac": mac, "port": port, "age": 0.0, "static": False}
+
+
+def delta_sets(h: Harness) -> set[str]:
+    return {e.mac for m in h.bus.published if isinstance(m, Delta) for e in m.set}
+
+
+def delta_withdrawals(h: Harness) -> set[str]:
+    return {mac for m in h.bus.published if isinstance(m, Delta) for _, mac in m.withdraw}
+
+
+def test_macs_learned_on_local_ports_are_advertised_and_withdrawn_when_they_go(caplog):
+    """A guest's new MAC on its port is advertised; another host's node MAC shown on a local
+    port is refused (no hijack); what the switch learned from the vxlan port is the other
+    host's and never advertised; the MAC gone from the switch is withdrawn."""
+    datapath, new_mac, remote = FakeDatapath(), "02:aa:00:00:00:01", "02:bb:00:00:00:01"
+
+    async def scenario(h: Harness) -> None:
+        h.bus.deliver(online("h2"))
+        h.bus.deliver(DesiredLab("lab1", 1, LAB))
+        await h.settle()
+        datapath.rows = [fdb_row(new_mac, "c1.eth0"), fdb_row(C2, "c1.eth0"),
+                         fdb_row(C1, "c1.eth0"), fdb_row(remote, "@overlay-office.vxlan")]
+        await until(lambda: new_mac in delta_sets(h), "the learned MAC's delta")
+        await until(lambda: any(isinstance(m, SnapshotPart) and new_mac in
+                                {e.mac for e in m.macs} for m in h.bus.published),
+                    "a snapshot with the learned MAC")
+        assert delta_sets(h) & {C2, remote} == set()
+        assert h.service.describe()["learned"] == {"lab1/office": {
+            "advertised": 2, "left_out": 0, "left_out_total": 0, "limit": 1024}}
+        datapath.rows = [fdb_row(C1, "c1.eth0")]          # aged out of the switch
+        await until(lambda: new_mac in delta_withdrawals(h), "the withdrawal")
+        await until(lambda: any(isinstance(m, SnapshotPart) and {e.mac for e in m.macs} ==
+                                {C1} for m in h.bus.published[-3:]),
+                    "a snapshot with the topology's MAC alone")
+        assert C1 not in delta_withdrawals(h)
+    with caplog.at_level(logging.WARNING, logger="vnet.daemon.bus"):
+        run(scenario, read_fdb=datapath.read_fdb, learn_interval=0.01)
+    refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert refusals == [f"bus: h1 claims MAC {C2} in lab1/office, which the topology places "
+                        "on h2; refused"]
+
+
+def test_a_flood_of_learned_macs_is_bounded_and_counted(caplog):
+    datapath = FakeDatapath()
+    datapath.rows = [fdb_row(f"02:ff:00:00:{i >> 8:02x}:{i & 0xff:02x}", "c1.eth0")
+                     for i in range(500)]   # (a bigger table is read less often)
+
+    async def scenario(h: Harness) -> None:
+        h.bus.deliver(DesiredLab("lab1", 1, LAB))
+        await h.settle()
+        await until(lambda: (h.service.describe()["learned"].get("lab1/office") or {}).get(
+            "advertised") == 100, "the bound's worth advertised")
+        published, reads = len(h.bus.published), datapath.reads
+        await until(lambda: datapath.reads >= reads + 5, "five more polls")
+        assert not [m for m in h.bus.published[published:] if isinstance(m, Delta)]
+        assert h.service.describe()["learned"]["lab1/office"] == {
+            "advertised": 100, "left_out": 400, "left_out_total": 400, "limit": 100}
+        assert len(delta_sets(h) - {C1}) == 100
+    with caplog.at_level(logging.WARNING, logger="vnet.daemon.bus"):
+        run(scenario, read_fdb=datapath.read_fdb, learn_interval=0.01, learned_limit=100)
+    assert sum("more than 100 MACs learned" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_a_new_session_snapshot_has_the_learned_macs_before_any_poll():
+    datapath, new_mac = FakeDatapath(), "02:aa:00:00:00:07"
+    datapath.rows = [fdb_row(new_mac, "c1.eth0")]
+
+    async def scenario(h: Harness) -> None:
+        h.bus.deliver(DesiredLab("lab1", 1, LAB))
+        await h.settle()
+        await until(lambda: new_mac in delta_sets(h), "the learned MAC's delta")
+        h.service._learn_interval = 3600.0      # no poll in the next session
+        first = h.bus
+        first.fail_next = RuntimeError("a bug")
+        first.deliver(online("h2"))
+        await until(lambda: len(h.buses) == 2, "a new session")
+        assert first.stopped
+        h.bus.deliver(DesiredLab("lab1", 1, LAB))     # the retained state, again
+        await h.settle()
+        await until(lambda: any(isinstance(m, SnapshotPart) and new_mac in
+                                {e.mac for e in m.macs} for m in h.bus.published),
+                    "the new session's snapshot with the learned MAC")
+    run(scenario, read_fdb=datapath.read_fdb, learn_interval=0.01)

@@ -15,13 +15,18 @@ MAC-mobility sequence number (RFC 7432 §15).  Resolution, per MAC:
 
 The table returns ``Changes``: the remote FDB entries the datapath must add, replace or
 remove, the duplicates and refusals to report, and the local adverts to publish as deltas.
-A local learn of a MAC that another host claims takes that claim's sequence + 1.  Only frames
-from local ports may be learned here; frames that came over the overlay are the remote
-host's to advertise.  Time (``now``) is a monotonic clock passed in, for local aging.
+A local learn of a MAC that another host claims takes that claim's sequence + 1, but only if
+the local sighting is *newer than that claim's arrival*: a switch entry last refreshed before
+another host claimed the MAC is what the MAC left behind when it moved, not a move back
+(otherwise a host polling its switch would take back every MAC that moved away until its
+entry aged out).  Only frames from local ports may be learned here; frames that came over the
+overlay are the remote host's to advertise.  Time (``now``, ``seen``) is a monotonic clock
+passed in, for local aging and arrival times.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -117,6 +122,7 @@ class LocationTable:
     def __init__(self, local_host: str) -> None:
         self.local_host = local_host
         self._claims: dict[Key, dict[str, int]] = {}
+        self._arrived: dict[tuple[Key, str], float] = {}   # a remote claim at its sequence
         self._by_host: dict[tuple[str, str], set[tuple[str, str]]] = {}   # (host, lab)
         self._winner: dict[Key, str] = {}          # installed: local host or a remote one
         self._duplicates: set[Key] = set()
@@ -175,28 +181,29 @@ class LocationTable:
 
     # -- remote hosts -----------------------------------------------------------------------
 
-    def replace_host(self, host: str, lab: str, entries: Iterable[MacEntry]) -> Changes:
-        """A complete snapshot of ``host``'s claims in ``lab``."""
+    def replace_host(self, host: str, lab: str, entries: Iterable[MacEntry], *,
+                     now: float) -> Changes:
+        """A complete snapshot of ``host``'s claims in ``lab``, arrived at ``now``."""
         new = {e.key: e.seq for e in entries}
         old = self._by_host.get((host, lab), set())
         touched = set(old) | set(new)
         for network, mac in old - set(new):
             self._drop_claim((lab, network, mac), host)
         for (network, mac), seq in new.items():
-            self._put_claim((lab, network, mac), host, seq)
+            self._put_claim((lab, network, mac), host, seq, now)
         out = _Collector()
         for network, mac in sorted(touched):
             self._resolve((lab, network, mac), out)
         return out.changes()
 
     def apply_delta(self, host: str, lab: str, sets: Iterable[MacEntry],
-                    withdraw: Iterable[tuple[str, str]]) -> Changes:
+                    withdraw: Iterable[tuple[str, str]], *, now: float) -> Changes:
         touched: set[tuple[str, str]] = set()
         for network, mac in withdraw:
             self._drop_claim((lab, network, mac), host)
             touched.add((network, mac))
         for entry in sets:
-            self._put_claim((lab, *entry.key), host, entry.seq)
+            self._put_claim((lab, *entry.key), host, entry.seq, now)
             touched.add(entry.key)
         out = _Collector()
         for network, mac in sorted(touched):
@@ -234,17 +241,25 @@ class LocationTable:
 
     # -- the local host ---------------------------------------------------------------------
 
-    def local_learn(self, lab: str, network: str, mac: str, now: float) -> Changes:
-        """The local switch learned (or refreshed) ``mac`` on a local port."""
+    def local_learn(self, lab: str, network: str, mac: str, now: float,
+                    seen: float | None = None) -> Changes:
+        """The local switch learned (or refreshed) ``mac`` on a local port, last ``seen``
+        then (default ``now``: the MACs of this host's NICs are always here)."""
         mac = mac.lower()
         key = (lab, network, mac)
+        seen = now if seen is None else min(seen, now)
+        if now - seen >= self._aging.get((lab, network), DEFAULT_AGING):
+            return Changes()            # aged out already: not a sighting
         claims = self._claims.get(key, {})
         if self.local_host in claims:
-            self._local_seen[key] = now
+            self._local_seen[key] = max(self._local_seen.get(key, seen), seen)
             return Changes()
         owner = self._pins.get(lab, {}).get(mac)
         if owner is not None and owner != self.local_host:
             return self._refuse_local(key, owner)
+        if any(self._arrived.get((key, h), -math.inf) >= seen for h in claims
+               if owner is None or h == owner):
+            return Changes()            # seen before another host claimed it: it moved there
         others = [s for h, s in claims.items() if h != self.local_host]
         seq = min(max(others) + 1, MAX_MOBILITY_SEQ) if others else 0
         if others:
@@ -254,7 +269,7 @@ class LocationTable:
                 return self._dampen(key, claims, seq)
         self._dampened.discard(key)
         self._put_claim(key, self.local_host, seq)
-        self._local_seen[key] = now
+        self._local_seen[key] = seen
         out = _Collector(adverts=[Advert(lab, network, mac, seq)])
         self._resolve(key, out)
         return out.changes()
@@ -270,7 +285,10 @@ class LocationTable:
         return out.changes()
 
     def age_out(self, now: float) -> Changes:
-        """Withdraw local claims not refreshed within their network's ``mac_aging``."""
+        """Withdraw local claims not refreshed within their network's ``mac_aging`` (and
+        forget moves older than the dampening window)."""
+        for key in [k for k, times in self._moves.items() if now - times[-1] >= MOVE_WINDOW]:
+            del self._moves[key]
         out = _Collector()
         for key, seen in sorted(self._local_seen.items()):
             if now - seen >= self._aging.get((key[0], key[1]), DEFAULT_AGING):
@@ -281,8 +299,11 @@ class LocationTable:
 
     # -- internals --------------------------------------------------------------------------
 
-    def _put_claim(self, key: Key, host: str, seq: int) -> None:
-        self._claims.setdefault(key, {})[host] = seq
+    def _put_claim(self, key: Key, host: str, seq: int, now: float | None = None) -> None:
+        claims = self._claims.setdefault(key, {})
+        if now is not None and claims.get(host) != seq:
+            self._arrived[(key, host)] = now
+        claims[host] = seq
         self._by_host.setdefault((host, key[0]), set()).add((key[1], key[2]))
 
     def _drop_claim(self, key: Key, host: str) -> None:
@@ -295,6 +316,7 @@ class LocationTable:
             if not keys:
                 del self._by_host[(host, key[0])]
         self._refused.discard((key, host))
+        self._arrived.pop((key, host), None)
         if host == self.local_host:
             self._local_seen.pop(key, None)
 

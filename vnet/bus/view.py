@@ -133,9 +133,11 @@ class BusView:
 
     # -- the local switch -------------------------------------------------------------------
 
-    def local_learn(self, lab: str, network: str, mac: str, now: float) -> Effects:
+    def local_learn(self, lab: str, network: str, mac: str, now: float,
+                    seen: float | None = None) -> Effects:
+        """``mac`` is on a local port, last seen at ``seen`` (default ``now``)."""
         self.local_labs.add(lab)
-        return self._local(self.location.local_learn(lab, network, mac, now))
+        return self._local(self.location.local_learn(lab, network, mac, now, seen))
 
     def local_forget(self, lab: str, network: str, mac: str) -> Effects:
         return self._local(self.location.local_forget(lab, network, mac))
@@ -229,7 +231,8 @@ class BusView:
         self._check_epoch(part.host, part.epoch)
         result = self.feeds.snapshot_part(part, now)
         if isinstance(result, ReplaceMacs):
-            effects.add(self.location.replace_host(result.host, result.lab, result.entries))
+            effects.add(self.location.replace_host(result.host, result.lab, result.entries,
+                                                   now=now))
         return effects
 
     def _delta(self, delta: Delta, now: float) -> Effects:
@@ -240,7 +243,7 @@ class BusView:
         result = self.feeds.delta(delta, now)
         if isinstance(result, ApplyDelta):
             effects.add(self.location.apply_delta(result.host, result.lab, result.set,
-                                                  result.withdraw))
+                                                  result.withdraw, now=now))
         elif isinstance(result, Resync):
             effects.publish.append(result)
         return effects

@@ -10,7 +10,10 @@ broker (``vnet.bus.client``) and a ``BusView`` of everything on it, and:
 * publishes this host's status: ``online`` with its epoch, refreshed within its lease, and
   per lab the generation it realised or the error that stopped it (a clean stop says
   ``offline``; the broker says ``lost`` through the Will);
-* advertises the MACs of its local node NICs per lab (snapshot and deltas: ``BusView``);
+* advertises the MACs of its local node NICs per lab (snapshot and deltas: ``BusView``),
+  and the MACs its switch learned on local ports (read from the datapath's MAC table every
+  ``learned.POLL_INTERVAL``, bounded per network: ``vnet.daemon.learned``), withdrawn when
+  they age out;
 * tells the overlay the flood peers and remote MACs of each network, the static plan minus
   the hosts the bus knows to be down, plus MACs learned from alive hosts (``bus_overlay``);
 * for ``vnet up``/``vnet down`` of a multi-host lab on this host: publishes the next
@@ -45,6 +48,13 @@ from vnet.daemon.bus_overlay import (
     static_overlay_plan,
 )
 from vnet.daemon.config import BusConfig
+from vnet.daemon.learned import (
+    DEFAULT_LIMIT,
+    POLL_INTERVAL,
+    LearnedMacs,
+    local_sightings,
+    next_poll,
+)
 from vnet.daemon.rollout import HostOutcome, outcomes, summary
 from vnet.errors import DaemonError, VnetError
 from vnet.topology.model import Topology
@@ -56,6 +66,9 @@ ROLLOUT_TIMEOUT = 120.0   # s: generous; a host that is slower is named in the a
 ECHO_TIMEOUT = 10.0       # s for the broker to pass our own desired state back to us
 INTERNAL_ERROR = "internal error in vnetd (see its log)"
 EPOCH_FILE = "bus-epoch"
+FDB_TIMEOUT = 5.0         # s for the datapath to answer one read of a lab's MAC table
+
+ReadFdb = Callable[[str], Awaitable[list[dict[str, Any]]]]   # lab -> the datapath's fdb op
 
 
 class Bus(Protocol):
@@ -114,7 +127,9 @@ class BusService:
                  clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time,
                  backoff: tuple[float, float] = (0.2, 10.0),
-                 will_grace: float = WILL_GRACE) -> None:
+                 will_grace: float = WILL_GRACE, read_fdb: ReadFdb | None = None,
+                 learn_interval: float = POLL_INTERVAL,
+                 learned_limit: int = DEFAULT_LIMIT) -> None:
         self.host = host
         self.will_grace = will_grace
         self.realiser = realiser
@@ -134,6 +149,12 @@ class BusService:
         self._rearm = asyncio.Event()
         self._changed = asyncio.Condition()
         self._advertised: dict[str, frozenset[tuple[str, str]]] = {}
+        self._read_fdb, self._learn_interval = read_fdb, learn_interval
+        self._learned_limit = learned_limit
+        self._learned: dict[str, LearnedMacs] = {}    # lab -> its learned MACs advertised
+        self._learn_failed: set[str] = set()
+        self._learn_plans: dict[str, tuple[int, dict[int, str], dict[str, float]]] = {}
+        self._learn_due: dict[str, float] = {}          # lab -> when to read its table next
         self._flood: dict[tuple[str, str], frozenset[str]] = {}
         self._macs: dict[tuple[str, str], Mapping[str, tuple[str, str | None]]] = {}
         self._overlay_failed: set[tuple[str, str]] = set()
@@ -179,15 +200,20 @@ class BusService:
     async def _session(self) -> None:
         view, bus = BusView(self.host, will_grace=self.will_grace), self._connect()
         self.view, self.bus = view, bus
-        ticker = asyncio.get_running_loop().create_task(self._ticker(bus, view))
+        loop = asyncio.get_running_loop()
+        helpers = [loop.create_task(self._ticker(bus, view))]
+        if self._read_fdb is not None:
+            helpers.append(loop.create_task(self._learner(bus, view)))
         try:
             await bus.start()
             async for event in bus:
                 await self._event(bus, view, event)
         finally:
-            ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await ticker
+            for helper in helpers:
+                helper.cancel()
+            for helper in helpers:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await helper
             await bus.stop()
 
     async def _event(self, bus: Bus, view: BusView, event: BusEvent) -> None:
@@ -200,6 +226,10 @@ class BusService:
             for lab, macs in sorted(self._advertised.items()):
                 for network, mac in sorted(macs):
                     _combine(effects, view.local_learn(lab, network, mac, event.at))
+            for lab, learned in sorted(self._learned.items()):   # the snapshot has them too
+                for sighting in learned.sightings():
+                    _combine(effects, view.local_learn(lab, sighting.network, sighting.mac,
+                                                       event.at, sighting.seen))
             await bus.publish_status(self.realised)
         else:
             assert isinstance(event, Received)
@@ -293,6 +323,9 @@ class BusService:
             else:
                 self.realised[lab] = report
             self._advertised.pop(lab, None)
+            self._learned.pop(lab, None)
+            self._learn_plans.pop(lab, None)
+            self._learn_due.pop(lab, None)
             self._forget_overlay(lab)
         if self.bus is not None:
             await self.bus.publish_status(self.realised)
@@ -324,6 +357,71 @@ class BusService:
         if self.bus is not None:
             for message in effects.publish:
                 await self.bus.publish(message)
+
+    # -- MACs learned on local ports ----------------------------------------------------------
+
+    async def _learner(self, bus: Bus, view: BusView) -> None:
+        """Every ``learn_interval``: read each realised lab's MAC table from the datapath and
+        advertise what its switch learned on local ports (``vnet.daemon.learned``)."""
+        while True:
+            await asyncio.sleep(self._learn_interval)
+            for lab, desired in sorted(view.desired.items()):
+                report = self.realised.get(lab)
+                if (report is None or report.error is not None or lab not in self._advertised
+                        or report.generation != desired.generation
+                        or self._clock() < self._learn_due.get(lab, 0.0)):
+                    continue
+                try:
+                    effects = await self._poll_learned(view, desired)
+                    if effects:
+                        await self._apply(bus, view, effects)
+                except Exception:       # a bug: logged, and the next poll tries again
+                    log.exception("bus: lab %s: learned MACs not advertised", lab)
+
+    def _learning_plan(self, desired: DesiredLab) -> tuple[dict[int, str], dict[str, float]]:
+        """VLAN -> network and network -> mac_aging of the lab's overlay networks here."""
+        cached = self._learn_plans.get(desired.lab)
+        if cached is not None and cached[0] == desired.generation:
+            return cached[1], cached[2]
+        topology = desired.topology
+        networks = sorted(self._plan(topology, self.host))
+        vlans = {topology.vlan_of(n): n for n in networks}
+        aging = {n: topology.network(n).mac_aging for n in networks}
+        self._learn_plans[desired.lab] = (desired.generation, vlans, aging)
+        return vlans, aging
+
+    async def _poll_learned(self, view: BusView, desired: DesiredLab) -> Effects:
+        lab, effects = desired.lab, Effects()
+        assert self._read_fdb is not None
+        try:
+            vlans, aging = self._learning_plan(desired)
+            now = self._clock()         # before the read: an entry's age counts from here
+            rows = await asyncio.wait_for(self._read_fdb(lab), FDB_TIMEOUT)
+            self._learn_due[lab] = next_poll(now, len(rows), self._learn_interval)
+            sightings = local_sightings(rows, vlans, now)
+        except Exception as err:
+            if lab not in self._learn_failed:
+                self._learn_failed.add(lab)
+                log.warning("bus: lab %s: the MACs its switch learned are not read (will "
+                            "retry every %.0f s): %s", lab, self._learn_interval,
+                            err or type(err).__name__,
+                            exc_info=not isinstance(err, VnetError | TimeoutError))
+            return effects
+        self._learn_failed.discard(lab)
+        if view.desired.get(lab) is not desired or lab not in self._advertised:
+            return effects              # the lab changed while the datapath answered
+        learned = self._learned.setdefault(lab, LearnedMacs(self._learned_limit))
+        update = learned.update(sightings, now, aging, self._advertised[lab])
+        for network, mac in update.forget:
+            _combine(effects, view.local_forget(lab, network, mac))
+        for sighting in update.learn:
+            _combine(effects, view.local_learn(lab, sighting.network, sighting.mac, now,
+                                               sighting.seen))
+        for network in update.newly_left_out:
+            log.warning("bus: %s/%s: more than %d MACs learned on local ports; the others "
+                        "are not advertised until places free (vnet status counts them)",
+                        lab, network, learned.limit)
+        return effects
 
     # -- the overlay --------------------------------------------------------------------------
 
@@ -476,8 +574,11 @@ class BusService:
         overlay = {f"{key[0]}/{key[1]}": {"flood_peers": sorted(peers),
                                           "remote_macs": len(self._macs.get(key, {}))}
                    for key, peers in sorted(self._flood.items()) if lab in (None, key[0])}
+        learned = {f"{name}/{network}": {**counts, "limit": macs.limit}
+                   for name, macs in sorted(self._learned.items()) if lab in (None, name)
+                   for network, counts in macs.counts().items()}
         return {"host": self.host, "connection": stats, "hosts": hosts, "desired": desired,
-                "overlay": overlay, "restarts": self.restarts}
+                "overlay": overlay, "learned": learned, "restarts": self.restarts}
 
 
 def _combine(into: Effects, more: Effects) -> Effects:

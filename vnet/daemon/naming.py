@@ -98,5 +98,10 @@ def overlay_port_name(network: str) -> str:
     return port_name(overlay_owner(network), "vxlan")
 
 
+def is_overlay_port(name: str) -> bool:
+    """A vxlan netdev's switch port: what is learned there lives on another host."""
+    return name.startswith(f"{NON_NODE_PORT_PREFIX}overlay-") and name.endswith(".vxlan")
+
+
 def overlay_alias(lab: str, network: str) -> str:
     return owner_alias(lab, overlay_owner(network), "vxlan")

@@ -83,7 +83,8 @@ class Vnetd:
                 raise DaemonError("a vnetd with a bus needs its host name (host: in its config)")
             settings = client_config(bus, host, str(state_dir))
             self.bus = BusService(host, lambda: open_bus(settings, host), realiser=self,
-                                  overlay=DriverOverlay(self._recorded_overlay))
+                                  overlay=DriverOverlay(self._recorded_overlay),
+                                  read_fdb=self._read_fdb)
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -273,6 +274,11 @@ class Vnetd:
         if self.bus is not None:
             answer["bus"] = self.bus.describe(lab)
         return answer
+
+    async def _read_fdb(self, lab: str) -> list[dict[str, Any]]:
+        """The lab's MAC table, for the bus's learned MACs (``vnet.daemon.learned``)."""
+        result: list[dict[str, Any]] = await self.datapath.call(protocol.GetFdb(lab))
+        return result
 
     async def op_fdb(self, request: FdbRequest) -> list[dict[str, Any]]:
         if self.store.load(request.lab) is None:
