@@ -14,6 +14,7 @@ from vnet.daemon.state import LabRecord
 from vnet.errors import HostError
 from vnet.topology import Topology, parse_topology
 from vnet.topology import model as topology_model
+from vnet.topology.values import assign_vnis
 
 
 def lab(name: str, vnis: dict[str, int | None], address: str = "10.90.0.1") -> Topology:
@@ -86,11 +87,10 @@ def test_no_clash_with_other_vnis_or_with_the_lab_itself() -> None:
 def test_a_labs_vnis_are_assigned_once(monkeypatch: pytest.MonkeyPatch) -> None:
     t = lab("alpha", {f"n{i}": None for i in range(20)})
     calls = []
-    real = topology_model.assign_vnis
 
     def counting(*args: object) -> dict[str, int]:
         calls.append(args)
-        return real(*args)  # type: ignore[arg-type]
+        return assign_vnis(*args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(topology_model, "assign_vnis", counting)
     vnis = [t.vni_of(n.name) for n in t.networks]
