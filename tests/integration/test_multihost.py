@@ -25,6 +25,7 @@ from scapy.layers.vxlan import VXLAN
 from scapy.packet import Packet, Raw
 
 from tests.conftest import needs_root
+from vnet.daemon import naming
 from vnet.errors import DaemonError
 from vnet.host import netns
 from vnet.testing import Lab, TestHost, wait_until
@@ -314,6 +315,90 @@ def test_tcp_crosses_hosts_with_offloads_on(span: Span) -> None:
         server.wait()
     received = result["end"]["sum_received"]["bytes"]  # type: ignore[index]
     assert received > 1 << 20, result["end"]
+
+
+def sysfs_mtu(host: TestHost, ifname: str) -> int:
+    return int(host.exec(["cat", f"/sys/class/net/{ifname}/mtu"], check=True).stdout)
+
+
+def dhcp_address(span: Span, node: str, nic: str) -> str:
+    out = span.node(node).exec(node, ["ip", "-4", "-o", "addr", "show", "dev", nic]).stdout
+    return out.split(" inet ")[1].split("/")[0]
+
+
+def test_the_vm_tap_and_the_gateway_carry_the_overlays_mtu_and_big_packets_cross(
+        span: Span, dp: Dataplane) -> None:
+    lab = span.topology.name
+    h1, h2 = span.hosts["h1"], span.hosts["h2"]
+    assert sysfs_mtu(h2, naming.host_ifname(lab, "v2", "eth0")) == 1450   # v2's TAP
+    for end in (naming.gateway_ifname(lab, "inet"), naming.gateway_port_ifname(lab, "inet")):
+        assert sysfs_mtu(h1, end) == 1450
+    c = span.node("c")
+
+    def ping(*args: str) -> subprocess.CompletedProcess[str]:
+        return c.exec("c", ["ping", "-c", "1", "-W", "2", *args, INTERNET])
+
+    # c (h3) through the gateway on h1: the largest packet that fits, with DF, crosses...
+    wait_until(lambda: ping("-M", "do", "-s", "1422").returncode == 0,
+               message="c to ping the Internet with 1450-byte packets, DF set")
+    # ...one byte more is refused by c itself, never sent
+    bigger = ping("-M", "do", "-s", "1423")
+    assert bigger.returncode != 0 and "message too long" in bigger.stdout + bigger.stderr
+    # The gateway refuses too: it is h1's stack that would send the overlay a frame too big.
+    to_c = h1.exec(["ping", "-c", "1", "-W", "2", "-M", "do", "-s", "1423",
+                    dhcp_address(span, "c", "eth1")])
+    assert to_c.returncode != 0 and "message too long" in to_c.stdout + to_c.stderr
+    # A reply the Internet sends in 1500-byte fragments is fragmented again to fit at h1's
+    # gateway (at 1500 it would vanish at h1's vxlan netdev); the underlay carries no
+    # fragment of a VXLAN datagram.
+    wait_until(lambda: ping("-M", "dont", "-s", "2000").returncode == 0,
+               message="c's 2000-byte ping to be answered through the gateway")
+    assert nothing_arrives(dp, "ul:h3", lambda p: IP in p and UDP in p
+                           and p[IP].dst == ADDRESS["h3"] and (p[IP].flags.MF or p[IP].frag > 0),
+                           timeout=0.5)
+
+
+def test_h3_knows_the_gateway_on_h1_from_the_topology(span: Span) -> None:
+    lab = span.topology.name
+    vxlan = naming.overlay_ifname(lab, "inet")
+    gateway_mac = naming.gateway_mac(lab, "inet")
+    h3 = span.hosts["h3"]
+    fdb = h3.exec(["bridge", "fdb", "show", "dev", vxlan], check=True).stdout
+    assert f"{gateway_mac} dst {ADDRESS['h1']} " in fdb, fdb
+    neighbours = h3.exec(["ip", "neigh", "show", "dev", vxlan], check=True).stdout
+    assert f"192.168.30.1 lladdr {gateway_mac} PERMANENT" in neighbours, neighbours
+    address = span.hosts["h1"].exec(
+        ["cat", f"/sys/class/net/{naming.gateway_ifname(lab, 'inet')}/address"]).stdout
+    assert address.strip() == gateway_mac
+
+
+def test_a_second_lab_with_a_vni_in_use_on_the_host_is_refused(span: Span) -> None:
+    lab = span.topology.name
+    vni = span.vni("red")
+    other = span.path.with_name("clash.yaml")
+    other.write_text(f"""
+name: {lab}x
+hosts:
+  h1: {{address: 10.90.0.1}}
+  h2: {{address: 10.90.0.2}}
+bus: {{broker: "mqtt://10.90.0.254:1883"}}
+networks:
+  mauve: {{vlan: 50, vni: {vni}}}
+nodes:
+  m1: {{kind: netns, host: h1, nics: [{{name: eth0, network: mauve, ip: 10.50.0.1/24}}]}}
+  m2: {{kind: netns, host: h2, nics: [{{name: eth0, network: mauve, ip: 10.50.0.2/24}}]}}
+""")
+    h1 = span.hosts["h1"]
+    before = h1.exec(["ip", "-o", "link", "show", "type", "vxlan"]).stdout
+    with pytest.raises(DaemonError) as info:
+        h1.up(other)
+    message = str(info.value)
+    assert (f"network mauve of lab {lab}x has VNI {vni}, which network red of lab {lab} "
+            f"already uses on this host") in message, message
+    assert "set vni: on network mauve" in message
+    assert h1.exec(["ip", "-o", "link", "show", "type", "vxlan"]).stdout == before
+    assert f"vnet-overlay-{lab}x" not in h1.exec(["nft", "list", "tables"]).stdout
+    assert span.ping("a", "10.10.0.3")                 # red still crosses
 
 
 def test_a_vnetd_of_another_host_refuses_the_lab(span: Span) -> None:

@@ -36,14 +36,13 @@ def topology() -> Topology:
 
 def old_status() -> dict[str, Any]:
     """What the vnetd before issue 11 said, plus what was added since: each namespace NIC's
-    MTU (1500 off the overlay; multi-host labs set less), and the lab's ``failed`` (None:
-    it is all there)."""
+    MTU and each VM NIC's (1500 off the overlay; multi-host labs set less), and the lab's
+    ``failed`` (None: it is all there)."""
     status: dict[str, Any] = json.loads((DATA / "status-before-issue-11.json").read_text())
     status["failed"] = None
     for node in status["nodes"]:
-        if node["kind"] == "netns":
-            for nic in node["nics"]:
-                nic["mtu"] = 1500
+        for nic in node["nics"]:
+            nic["mtu"] = 1500
     return status
 
 

@@ -73,7 +73,10 @@ def test_span_lab_overlays_per_host() -> None:
     assert red.mtu == 1450
     assert not red.arp_proxy          # t's trunk brings addresses the file does not know
     assert dict(plans["h3"]["inet"].peers) == {"h1": "10.90.0.1"}
-    assert dict(plans["h3"]["inet"].macs) == {}        # the gateway's MAC is not in the file
+    # the gateway lives on h1 (inet's host:), with a MAC derived from its name
+    assert dict(plans["h3"]["inet"].macs) == {
+        naming.gateway_mac("span", "inet"): RemoteMac("h1", "10.90.0.1", "192.168.30.1",
+                                                      "@gw-inet.port")}
     assert dict(plans["h1"]["inet"].macs) == {
         mac("c", "eth1"): RemoteMac("h3", "10.90.0.3", None, "c.eth1")}  # DHCP: no IP
     assert not plans["h1"]["inet"].arp_proxy
@@ -88,19 +91,26 @@ def test_arp_proxy_only_where_the_file_gives_every_address() -> None:
           leased: {vlan: 6, mode: nat, subnet: 10.6.0.0/24, host: h1,
                    dhcp: {range: [10.6.0.100, 10.6.0.200], leases: {b: 10.6.0.7}}}
           bare: {vlan: 7}
+          pool: {vlan: 8, mode: nat, subnet: 10.8.0.0/24, host: h1,
+                 dhcp: {range: [10.8.0.100, 10.8.0.200]}}
         nodes:
           a: {kind: netns, host: h1, nics: [{name: eth0, network: green, ip: 10.5.0.1/24},
                                             {name: eth1, network: bare, ip: 10.7.0.1/24}]}
           b: {kind: netns, host: h2, nics: [{name: eth0, network: green, ip: 10.5.0.2/24},
                                             {name: eth1, network: leased, ip: dhcp},
-                                            {name: eth2, network: bare}]}
+                                            {name: eth2, network: bare},
+                                            {name: eth3, network: pool, ip: dhcp}]}
         """, hosts=("h1", "h2"))
     plans = overlay_plan(t, "h1")
     assert plans["green"].arp_proxy
     assert plans["green"].macs[mac("b", lab_name="x")].ip == "10.5.0.2"
     assert not plans["bare"].arp_proxy       # b's eth2 has no address in the file
-    assert not plans["leased"].arp_proxy     # a NAT network: the gateway's MAC is unknown
+    # a NAT network whose one node has a fixed lease: its gateway's address and MAC are
+    # known too (h2 knows them: overlay_plan(t, "h2")), so ARP is answered on each host
+    assert plans["leased"].arp_proxy
     assert plans["leased"].macs[mac("b", "eth1", "x")].ip == "10.6.0.7"   # its fixed lease
+    assert overlay_plan(t, "h2")["leased"].arp_proxy
+    assert not plans["pool"].arp_proxy       # b's eth3 takes any address of the range
 
 
 BRIDGED = """

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 
+from vnet.topology.values import derive_mac
+
 NETNS_PREFIX = "vnet"
 IFNAME_PREFIX = "vn"
 IFNAME_MAX = 15
@@ -71,6 +73,13 @@ def gateway_ifname(lab: str, network: str) -> str:
 def gateway_port_ifname(lab: str, network: str) -> str:
     """The other end of the gateway's veth pair: a port of the lab's switch."""
     return host_ifname(lab, gateway_owner(network), "port")
+
+
+def gateway_mac(lab: str, network: str) -> str:
+    """The MAC of a NAT network's gateway (its ``gateway_ifname``): derived as a NIC's is,
+    from the gateway's pseudo-node, whose ``@`` no node name has, so it is stable across
+    hosts and restarts and never a derived node MAC."""
+    return derive_mac(lab, gateway_owner(network), "gw")
 
 
 def gateway_alias(lab: str, network: str) -> str:

@@ -5,7 +5,9 @@ has it too) crosses between them in VXLAN: one kernel vxlan netdev per network, 
 ``Topology.vni_of``, sent from this host's address (``hosts:``).  Its broadcast and unknown
 unicast go head-end to every *peer* (each other host of the overlay: one all-zeros FDB entry
 each); each node NIC MAC on another host gets a unicast FDB entry to that host, and where the
-file gives the NIC's IPv4 address a neighbour entry too.
+file gives the NIC's IPv4 address a neighbour entry too.  So does a NAT network's gateway,
+which lives on the network's ``host`` with a MAC derived from its name
+(``naming.gateway_mac``) and the network's gateway address.
 
 Bridged networks: a host with its own uplink reaches the LAN directly.  The overlay carries
 the network only between the hosts *without* an uplink and one *designated forwarder*, the
@@ -16,10 +18,11 @@ LAN, so hosts without an uplink send to them through the designated forwarder.
 ARP proxy (``arp_proxy``): with it the vxlan netdev answers ARP requests from its neighbour
 entries and *consumes* every other ARP frame (kernel ``arp_reduce``: an ARP request for an
 address it has no entry for, and every ARP reply, never cross; measured on this kernel).  So
-it is on only where the file gives every address of the network: an isolated network each of
-whose NICs is an access NIC with a static IPv4 address (or a DHCP lease the file fixes).  A NAT
-gateway, a LAN behind an uplink, a DHCP client or a trunk brings addresses the file does not
-know: there ARP crosses the overlay as any broadcast does.
+it is on only where the file gives every address of the network: an isolated or NAT network
+each of whose NICs is an access NIC with a static IPv4 address (or a DHCP lease the file
+fixes); a NAT network's gateway address and MAC are known too.  A LAN behind an uplink, a DHCP
+client without a fixed lease or a trunk brings addresses the file does not know: there ARP
+crosses the overlay as any broadcast does.
 
 The bus service reuses these plans, withdrawing the peers that are not alive.
 """
@@ -119,11 +122,22 @@ def known_ipv4(topology: Topology, network: Network, node: str, nic: Nic) -> str
 
 def arp_proxy_safe(topology: Topology, network: Network) -> bool:
     """Whether the file gives every address of ``network`` (see the module's docstring)."""
-    if network.mode != "isolated":
+    if network.mode == "bridged":
         return False
     return all(known_ipv4(topology, network, node.name, nic) is not None
                for node in topology.nodes for nic in node.nics
                if network.name in nic.networks)
+
+
+def remote_gateway(topology: Topology, network: Network, host: str,
+                   addresses: Mapping[str, str]) -> tuple[str, RemoteMac] | None:
+    """A NAT ``network``'s gateway as (MAC, where) when it lives on another host than
+    ``host`` (its ``network.host``), else None."""
+    if network.mode != "nat" or network.host in (None, host) or network.gateway is None:
+        return None
+    return (naming.gateway_mac(topology.name, network.name),
+            RemoteMac(network.host, addresses[network.host], str(network.gateway),
+                      naming.gateway_port_name(network.name)))
 
 
 def overlay_plan(topology: Topology, host: str,
@@ -157,6 +171,9 @@ def overlay_plan(topology: Topology, host: str,
             macs[place.mac] = RemoteMac(peer, addresses[peer],
                                         known_ipv4(topology, network, place.node, nic),
                                         naming.port_name(place.node, place.nic))
+        gateway = remote_gateway(topology, network, host, addresses)
+        if gateway is not None:
+            macs[gateway[0]] = gateway[1]
         plans[network.name] = OverlayPlan(
             network=network.name, ifname=naming.overlay_ifname(topology.name, network.name),
             vni=topology.vni_of(network.name), vlan=network.vlan, local=addresses[host],

@@ -1,22 +1,26 @@
 """What only the host can tell about a topology before ``vnet up`` changes anything: its
-uplinks exist, its NAT subnets do not overlap the host's own addresses, and (a multi-host
-lab whose networks span hosts) which interface holds the host's underlay address, whose MTU
-bounds the overlay's (pyroute2, blocking)."""
+uplinks exist, its NAT subnets do not overlap the host's own addresses, (a multi-host lab
+whose networks span hosts) which interface holds the host's underlay address, whose MTU
+bounds the overlay's (pyroute2, blocking), and that no other lab on this host already uses
+one of its VNIs (``refuse_vni_clashes``, pure, from the lab records)."""
 
 from __future__ import annotations
 
 import ipaddress
 import socket
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from pyroute2 import IPRoute
 
 from vnet.daemon import naming
 from vnet.daemon.overlayplan import DEFAULT_UNDERLAY_MTU, overlay_plan
-from vnet.daemon.resources import refuse_foreign_lab
+from vnet.daemon.resources import OverlayResource, Resource, refuse_foreign_lab
+from vnet.daemon.state import LabRecord
 from vnet.errors import HostError
 from vnet.topology import Topology
 from vnet.topology.placement import part_for_host
+from vnet.topology.values import DERIVED_VNI_MIN
 
 
 @dataclass(frozen=True)
@@ -67,3 +71,40 @@ def check_host(topology: Topology, host: str | None = None) -> HostFacts:
     if problems:
         raise HostError("\n".join(problems))
     return HostFacts(underlay_mtu)
+
+
+def vni_clashes(lab: str, overlays: Iterable[OverlayResource],
+                recorded: Iterable[OverlayResource]) -> list[str]:
+    """Why ``lab``'s ``overlays`` cannot be made next to the ``recorded`` ones of this host's
+    other labs: one sentence per network whose VNI another lab's network already has.
+
+    VNIs are unique within a lab (the loader, ``assign_vnis``) but not across labs, and the
+    kernel demultiplexes VXLAN by VNI alone (one UDP socket on port 4789 for every vxlan
+    netdev of the namespace, whatever its local address): it refuses a second netdev with a
+    VNI in use, and each lab's overlay filter matches its VNIs."""
+    taken = {o.vni: o for o in recorded if o.lab != lab}
+    problems = []
+    for overlay in overlays:
+        other = taken.get(overlay.vni)
+        if other is None:
+            continue
+        problems.append(
+            f"network {overlay.network} of lab {lab} has VNI {overlay.vni}, which network "
+            f"{other.network} of lab {other.lab} already uses on this host (VXLAN tells "
+            f"networks apart by VNI alone); set vni: on network {overlay.network} in "
+            f"{lab}'s file (or on {other.network} in {other.lab}'s) to a value that no other "
+            f"lab on these hosts uses, e.g. one below {DERIVED_VNI_MIN}, which derived VNIs "
+            f"never take")
+    return problems
+
+
+def refuse_vni_clashes(lab: str, desired: Iterable[Resource],
+                       records: Iterable[LabRecord]) -> None:
+    """Refuse ``lab``'s ``desired`` resources if one of its VNIs is another recorded lab's
+    (``vni_clashes``), before anything is changed."""
+    recorded = [r for record in records for r in record.resources
+                if isinstance(r, OverlayResource)]
+    problems = vni_clashes(lab, [r for r in desired if isinstance(r, OverlayResource)],
+                           recorded)
+    if problems:
+        raise HostError("\n".join(problems))

@@ -103,6 +103,8 @@ class GatewayResource(LabResource, kind="gateway", key="{lab}/{network}"):
     port_ifname: str     # the datapath's end
     address: str         # gateway/prefix
     alias: str
+    mac: str | None = None  # of ``ifname``, on a spanning network (None: the kernel's)
+    mtu: int | None = None  # both ends, on a network that spans hosts (None: 1500)
 
     @property
     def node(self) -> str:
@@ -137,6 +139,7 @@ class TapSpec:
     ip: str | None               # ADDR/PREFIX, "dhcp" (the guest asks), or None
     alias: str
     gateway: str | None = None   # the default route's next hop, on a NAT network
+    mtu: int | None = None       # of the TAP and the guest's NIC, on a spanning network
 
 
 @dataclass(frozen=True)
@@ -247,7 +250,7 @@ def desired_resources(topology: Topology, host: str | None = None,
                                      tuple(sorted(n.uplinks.items())))
                      for n in part.networks)
     for network in part.gateways:
-        resources.extend(_gateway(topology, network))
+        resources.extend(_gateway(topology, network, overlays))
     if part.gateways:
         resources.append(NatResource(lab, natrules.ruleset(lab, [
             _nat_network(topology, n) for n in part.gateways])))
@@ -258,7 +261,7 @@ def desired_resources(topology: Topology, host: str | None = None,
             resources.extend(DhcpLeaseResource(lab, node.name, naming.netns_name(lab, node.name),
                                                nic.name) for nic in node.nics if nic.dhcp)
         else:
-            resources.append(_vm_node(topology, node))
+            resources.append(_vm_node(topology, node, overlays))
         resources.extend(_port(topology, node, nic) for nic in node.nics)
     resources.extend(_uplink_ports(topology, [
         (topology.network(name), uplink) for name, uplink in part.uplinks]))
@@ -315,12 +318,14 @@ def _nic_mtu(nic: Nic, overlays: dict[str, OverlayPlan]) -> int | None:
     return min(mtus) if mtus else None
 
 
-def _vm_node(topology: Topology, node: Node) -> VmNodeResource:
+def _vm_node(topology: Topology, node: Node,
+             overlays: dict[str, OverlayPlan] | None = None) -> VmNodeResource:
     lab = topology.name
     return VmNodeResource(lab, node.name, tuple(
         TapSpec(nic.name, naming.host_ifname(lab, node.name, nic.name), nic.mac,
                 "dhcp" if nic.dhcp else str(nic.ip) if nic.ip is not None else None,
-                naming.owner_alias(lab, node.name, nic.name), _default_gateway(topology, nic))
+                naming.owner_alias(lab, node.name, nic.name), _default_gateway(topology, nic),
+                _nic_mtu(nic, overlays or {}))
         for nic in node.nics),
         node.memory, node.vcpus, node.kernel, node.cmdline or "", node.restart,
         str(node.disk.path) if node.disk else None, node.disk.readonly if node.disk else False,
@@ -336,13 +341,21 @@ def _default_gateway(topology: Topology, nic: Nic) -> str | None:
     return None
 
 
-def _gateway(topology: Topology, network: Network) -> list[Resource]:
+def _gateway(topology: Topology, network: Network,
+             overlays: dict[str, OverlayPlan] | None = None) -> list[Resource]:
+    """A NAT network's gateway and its switch port.  On a network that spans hosts its MAC
+    is derived, so that the other hosts know it from the topology (``overlayplan``), and its
+    MTU is the overlay's, so the host's stack never sends the overlay a frame too big.
+    Elsewhere both stay the kernel's, as before (a lab's first up after an upgrade changes
+    nothing)."""
     lab = topology.name
     assert network.subnet is not None and network.gateway is not None
+    overlay = (overlays or {}).get(network.name)
     gateway = GatewayResource(
         lab, network.name, naming.gateway_ifname(lab, network.name),
         naming.gateway_port_ifname(lab, network.name),
-        f"{network.gateway}/{network.subnet.prefixlen}", naming.gateway_alias(lab, network.name))
+        f"{network.gateway}/{network.subnet.prefixlen}", naming.gateway_alias(lab, network.name),
+        *((naming.gateway_mac(lab, network.name), overlay.mtu) if overlay is not None else ()))
     port = PortResource(lab, naming.gateway_port_name(network.name), gateway.port_ifname, "access",
                         vlan=network.vlan, node=gateway.node)
     return [gateway, port]

@@ -342,6 +342,7 @@ class Vnetd:
         record = previous or LabRecord(lab, str(topology.source or ""))
         journal = RecordJournal(self.store, record)
         desired = desired_resources(topology, self.host, facts.underlay_mtu)
+        preflight.refuse_vni_clashes(lab, desired, self.store.load_all())  # under the lock
         work = plan(desired, record.ready())
         if work.empty and not journal.pending():
             return {"lab": lab, "created": 0, "removed": 0, "changed": False}

@@ -92,7 +92,8 @@ class VmProcess:
         for tap in self.vm.taps:
             command += ["--nic", f"tap={tap.ifname},mac={tap.mac}"
                         + (f",ip={tap.ip}" if tap.ip else "")
-                        + (f",gw={tap.gateway}" if tap.gateway else "")]
+                        + (f",gw={tap.gateway}" if tap.gateway else "")
+                        + (f",mtu={tap.mtu}" if tap.mtu else "")]
         return command
 
     async def start(self) -> None:

@@ -67,17 +67,24 @@ class NicArg:
     mac: str
     ip: str | None
     gw: str | None = None   # the default gateway, for a guest on a NAT network
+    mtu: int | None = None  # offered to the guest (VIRTIO_NET_F_MTU): a spanning network's
 
 
-NIC_SYNTAX = "tap=NAME,mac=MAC[,ip=ADDR/PREFIX][,gw=GATEWAY]"
+NIC_SYNTAX = "tap=NAME,mac=MAC[,ip=ADDR/PREFIX][,gw=GATEWAY][,mtu=BYTES]"
+MTU_MIN, MTU_MAX = 68, 65535
 
 
 def parse_nic(text: str) -> NicArg:
     fields = dict(part.split("=", 1) for part in text.split(",") if "=" in part)
-    unknown = set(fields) - {"tap", "mac", "ip", "gw"}
+    unknown = set(fields) - {"tap", "mac", "ip", "gw", "mtu"}
     if unknown or "tap" not in fields or "mac" not in fields:
         raise argparse.ArgumentTypeError(f"--nic {text!r}: say {NIC_SYNTAX}")
-    return NicArg(fields["tap"], fields["mac"], fields.get("ip"), fields.get("gw"))
+    mtu = fields.get("mtu")
+    if mtu is not None and not (mtu.isdigit() and MTU_MIN <= int(mtu) <= MTU_MAX):
+        raise argparse.ArgumentTypeError(
+            f"--nic {text!r}: mtu must be a number of bytes from {MTU_MIN} to {MTU_MAX}")
+    return NicArg(fields["tap"], fields["mac"], fields.get("ip"), fields.get("gw"),
+                  int(mtu) if mtu is not None else None)
 
 
 def parse_disk(text: str) -> tuple[str, bool]:
@@ -116,7 +123,7 @@ class Machine:
             for index, nic in enumerate(nics):
                 base, gsi = NIC_SLOTS[index].base, NIC_SLOTS[index].gsi
                 self.tap_fds.append(open_tap(nic.tap))
-                net = VirtioNet(self.tap_fds[-1], nic.mac)
+                net = VirtioNet(self.tap_fds[-1], nic.mac, nic.mtu)
                 transport = MmioTransport(net, self.mem, base, self._irq(gsi))
                 notify = base + QUEUE_NOTIFY
                 self.nic_threads.append(NetIoThread(net, transport,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from ipaddress import (
     IPv4Address,
     IPv4Interface,
@@ -277,8 +278,15 @@ class Topology:
     def vni_of(self, network_name: str) -> int:
         """The network's VXLAN VNI: its ``vni:``, else derived (``values.assign_vnis``), the
         same on every host."""
-        self.network(network_name)  # KeyError for an unknown network
-        return assign_vnis(self.name, ((n.name, n.vni) for n in self.networks))[network_name]
+        if network_name not in self.vnis:
+            self.network(network_name)  # its KeyError names the lab
+        return self.vnis[network_name]
+
+    @cached_property
+    def vnis(self) -> Mapping[str, int]:
+        """Every network's VNI (``vni_of``), computed once: ``assign_vnis`` looks at all the
+        networks, and a plan asks for each of them."""
+        return FrozenMap(assign_vnis(self.name, ((n.name, n.vni) for n in self.networks)))
 
     def host(self, name: str) -> Host:
         for host in self.hosts:

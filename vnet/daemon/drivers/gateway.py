@@ -20,8 +20,12 @@ class GatewayDriver(BlockingDriver[GatewayResource]):
     def create_blocking(self, gateway: GatewayResource) -> None:
         with IPRoute() as ipr:
             links.refuse_taken(ipr, (gateway.ifname, gateway.port_ifname), "network")
-            ipr.link("add", ifname=gateway.ifname, kind="veth",
-                     peer={"ifname": gateway.port_ifname})
+            # The gateway's MAC and MTU from birth, as a node NIC's (netns_node): the other
+            # hosts of a spanning network know the MAC from the topology.
+            mtu = {"mtu": gateway.mtu} if gateway.mtu is not None else {}
+            mac = {"address": gateway.mac} if gateway.mac is not None else {}
+            ipr.link("add", ifname=gateway.ifname, kind="veth", **mtu, **mac,
+                     peer={"ifname": gateway.port_ifname, **mtu})
             iface = ipaddress.ip_interface(gateway.address)
             index = ipr.link_lookup(ifname=gateway.ifname)[0]
             ipr.addr("add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
@@ -41,4 +45,5 @@ class GatewayDriver(BlockingDriver[GatewayResource]):
 
     def describe(self, gateway: GatewayResource) -> dict[str, Any]:
         return {"network": gateway.network, "address": gateway.address,
-                "ifname": gateway.ifname, "port_ifname": gateway.port_ifname}
+                "ifname": gateway.ifname, "port_ifname": gateway.port_ifname,
+                "mac": gateway.mac, "mtu": gateway.mtu or 1500}

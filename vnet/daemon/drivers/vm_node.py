@@ -41,6 +41,8 @@ class VmNodeDriver(BlockingDriver[VmNodeResource]):
             links.refuse_taken(ipr, (spec.ifname for spec in vm.taps), "node")
             for spec in vm.taps:
                 tap.create_persistent_tap(spec.ifname)
+                if spec.mtu is not None:   # a spanning network's: the overlay's MTU
+                    ipr.link("set", index=ipr.link_lookup(ifname=spec.ifname)[0], mtu=spec.mtu)
                 nft.keep_host_stack_off(spec.ifname)
                 links.bring_up_port_end(ipr, spec.ifname, spec.alias)
 
@@ -58,4 +60,4 @@ class VmNodeDriver(BlockingDriver[VmNodeResource]):
     def describe(self, vm: VmNodeResource) -> dict[str, Any]:
         return {"name": vm.node, "kind": "vm", **self.vms.status(vm.lab, vm.node),
                 "nics": [{"name": t.nic, "mac": t.mac, "ip": [t.ip] if t.ip else [],
-                          "ifname": t.ifname} for t in vm.taps]}
+                          "ifname": t.ifname, "mtu": t.mtu or 1500} for t in vm.taps]}

@@ -5,7 +5,10 @@ The TAP is opened with IFF_TAP | IFF_NO_PI | IFF_VNET_HDR and its header size se
 and the TAP with its header unchanged.  Offloads are negotiated, not assumed: the device
 offers checksum and TSO in both directions, and what the driver accepts for its receive side
 (GUEST_CSUM, GUEST_TSO4/6, GUEST_ECN) becomes the TAP's TUNSETOFFLOAD, so the kernel sends
-partial-checksum or GSO frames only to a guest that said it can take them.
+partial-checksum or GSO frames only to a guest that said it can take them.  A NIC on a
+network that spans hosts has an MTU below 1500 (the overlay's): the device then offers
+VIRTIO_NET_F_MTU with it in its config space, so a guest driver that honours it (Linux's
+virtio_net does) sends no frame too big for the overlay.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from vnet.kvm.virtio.mmio import MmioTransport
 from vnet.packet.ethernet import mac_to_bytes
 
 DEVICE_ID = 1
-F_CSUM, F_GUEST_CSUM, F_MAC = 1 << 0, 1 << 1, 1 << 5
+F_CSUM, F_GUEST_CSUM, F_MTU, F_MAC = 1 << 0, 1 << 1, 1 << 3, 1 << 5
 F_GUEST_TSO4, F_GUEST_TSO6, F_GUEST_ECN = 1 << 7, 1 << 8, 1 << 9
 F_HOST_TSO4, F_HOST_TSO6, F_HOST_ECN = 1 << 11, 1 << 12, 1 << 13
 OFFERED = (F_CSUM | F_GUEST_CSUM | F_MAC | F_GUEST_TSO4 | F_GUEST_TSO6 | F_GUEST_ECN
@@ -67,9 +70,12 @@ class VirtioNet:
     features = OFFERED
     num_queues = 2
 
-    def __init__(self, tap_fd: int, mac: str) -> None:
+    def __init__(self, tap_fd: int, mac: str, mtu: int | None = None) -> None:
         self.tap_fd = tap_fd
         self.mac = mac_to_bytes(mac)
+        self.mtu = mtu
+        if mtu is not None:
+            self.features = OFFERED | F_MTU
         self.pending_rx: bytes | None = None  # a frame read from the TAP, waiting for a buffer
         # Counters (frames and bytes without the virtio-net header), written on the device
         # thread, read by the control socket's status.
@@ -77,7 +83,11 @@ class VirtioNet:
                       "tx_frames": 0, "tx_bytes": 0, "tx_drops": 0}
 
     def config(self) -> bytes:
-        return self.mac + struct.pack("<H", 1)  # mac, status: link up
+        """``virtio_net_config``: mac, status (link up), max_virtqueue_pairs (1), and the
+        mtu where it is offered (the fields sit at fixed offsets)."""
+        if self.mtu is None:
+            return self.mac + struct.pack("<H", 1)
+        return self.mac + struct.pack("<HHH", 1, 1, self.mtu)
 
     def negotiated(self, features: int) -> None:
         self.offloads = tun_offloads(features)
