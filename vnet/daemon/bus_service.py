@@ -45,6 +45,7 @@ from vnet.daemon.bus_overlay import (
     static_overlay_plan,
 )
 from vnet.daemon.config import BusConfig
+from vnet.daemon.overlay_sync import OverlaySync
 from vnet.daemon.rollout import HostOutcome, outcomes, summary
 from vnet.errors import DaemonError, VnetError
 from vnet.topology.model import Topology
@@ -134,9 +135,7 @@ class BusService:
         self._rearm = asyncio.Event()
         self._changed = asyncio.Condition()
         self._advertised: dict[str, frozenset[tuple[str, str]]] = {}
-        self._flood: dict[tuple[str, str], frozenset[str]] = {}
-        self._macs: dict[tuple[str, str], Mapping[str, tuple[str, str | None]]] = {}
-        self._overlay_failed: set[tuple[str, str]] = set()
+        self.overlay_sync = OverlaySync(self.overlay)   # one converge at a time per network
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
 
@@ -157,6 +156,7 @@ class BusService:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.overlay_sync.stop()
 
     async def _supervised(self, name: str, body: Callable[[], Awaitable[None]]) -> None:
         delay = self._backoff[0]
@@ -276,24 +276,24 @@ class BusService:
             return
         if isinstance(desired, DesiredLab) and self.host in {h.name for h in
                                                              desired.topology.hosts}:
-            report = await self._attempt(lab, desired.generation, "realise",
-                                         self.realiser.realise_part(desired.topology))
+            async with self.overlay_sync.held(lab):   # then it starts from the static plan
+                report = await self._attempt(lab, desired.generation, "realise",
+                                             self.realiser.realise_part(desired.topology))
             self.reconciles += 1
             self.realised[lab] = report
-            self._forget_overlay(lab)         # a new realisation starts from the static plan
             if report.error is None:
                 await self._advertise(lab, local_macs(desired.topology, self.host))
         else:   # a tombstone, a cleared topic, or a generation without this host
             generation = (desired.generation if desired is not None
                           else self.realised.get(lab, LabRealised(0)).generation)
-            removal = self.realiser.remove_part(lab)
-            report = await self._attempt(lab, generation, "take down", removal)
+            async with self.overlay_sync.held(lab):
+                removal = self.realiser.remove_part(lab)
+                report = await self._attempt(lab, generation, "take down", removal)
             if report.error is None:
                 self.realised.pop(lab, None)
             else:
                 self.realised[lab] = report
             self._advertised.pop(lab, None)
-            self._forget_overlay(lab)
         if self.bus is not None:
             await self.bus.publish_status(self.realised)
         await self._sync_overlay(self.view)
@@ -327,14 +327,10 @@ class BusService:
 
     # -- the overlay --------------------------------------------------------------------------
 
-    def _forget_overlay(self, lab: str) -> None:
-        for cache in (self._flood, self._macs):
-            for key in [k for k in cache if k[0] == lab]:
-                del cache[key]
-
     async def _sync_overlay(self, view: BusView) -> None:
-        """Converge each realised network's flood peers and remote MACs to what the bus
-        says now; a failed call is logged once and tried again on the next event or tick."""
+        """Tell the overlay what each realised network's flood peers and remote MACs are
+        now; ``OverlaySync`` converges each network to the latest of these, one call at a
+        time, and retries a failed one at the next event or tick."""
         down = {peer.host for peer in view.peers if not peer.alive}
         for lab, desired in sorted(view.desired.items()):
             report, topology = self.realised.get(lab), desired.topology
@@ -349,24 +345,7 @@ class BusService:
                 continue
             live = live_overlay(topology, plan, alive, view.location.remote_fdb(lab))
             for network, target in sorted(live.items()):
-                await self._converge(lab, network, target.peers, target.macs)
-
-    async def _converge(self, lab: str, network: str, peers: frozenset[str],
-                        macs: Mapping[str, tuple[str, str | None]]) -> None:
-        key = (lab, network)
-        try:
-            if self._flood.get(key) != peers:
-                await self.overlay.set_flood_peers(lab, network, peers)
-                self._flood[key] = peers
-            if self._macs.get(key) != macs:
-                await self.overlay.set_remote_macs(lab, network, macs)
-                self._macs[key] = macs
-            self._overlay_failed.discard(key)
-        except Exception as err:
-            if key not in self._overlay_failed:
-                self._overlay_failed.add(key)
-                log.error("bus: overlay of %s/%s not updated (will retry): %s", lab, network,
-                          err, exc_info=not isinstance(err, VnetError))
+                self.overlay_sync.want(lab, network, target)
 
     # -- vnet up / vnet down of a multi-host lab ---------------------------------------------
 
@@ -473,9 +452,10 @@ class BusService:
                           "hosts": [h.name for h in d.topology.hosts] if d else []}
                    for name in sorted(set(self.view.desired) | set(self.view.deleted))
                    if lab in (None, name) for d in [self.view.desired.get(name)]}
+        applied = self.overlay_sync
         overlay = {f"{key[0]}/{key[1]}": {"flood_peers": sorted(peers),
-                                          "remote_macs": len(self._macs.get(key, {}))}
-                   for key, peers in sorted(self._flood.items()) if lab in (None, key[0])}
+                                          "remote_macs": len(applied.macs.get(key, {}))}
+                   for key, peers in sorted(applied.peers.items()) if lab in (None, key[0])}
         return {"host": self.host, "connection": stats, "hosts": hosts, "desired": desired,
                 "overlay": overlay, "restarts": self.restarts}
 
