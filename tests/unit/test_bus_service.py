@@ -364,7 +364,7 @@ def test_overlay_updates_of_a_network_never_overlap_and_the_latest_wins(monkeypa
                     "two ticks of the ticker while the call blocks", timeout=10)
         assert overlay.most_inside[key] == 1 and len(overlay.calls) == 1
         overlay.gate.set()
-        await until(lambda: overlay.peers.get(key) == {"10.0.0.2"}
+        await until(lambda: overlay.peers.get(key) == frozenset({"10.0.0.2"})
                     and overlay.macs.get(key) == {C2: ("10.0.0.2", "10.1.0.2")},
                     "the latest state applied")
         await h.settle()
