@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from tests.unit.test_overlay_sync import BlockingOverlay
 from vnet.bus.client import BusEvent, BusStats, Connected, Disconnected, Received, Refusal
 from vnet.bus.messages import (
     Delta,
@@ -23,6 +24,7 @@ from vnet.bus.messages import (
     Status,
     is_desired_state,
 )
+from vnet.bus.view import BusView
 from vnet.daemon.bus_overlay import live_overlay, static_overlay_plan
 from vnet.daemon.bus_service import BusService
 from vnet.errors import DaemonError, HostError
@@ -153,11 +155,11 @@ async def until(condition: Callable[[], object], what: str, timeout: float = 5.0
 
 
 class Harness:
-    def __init__(self, echo: bool = True, **options: Any) -> None:
+    def __init__(self, echo: bool = True, overlay: Any = None, **options: Any) -> None:
         self.buses: list[FakeBus] = []
         self.echo = echo
         self.realiser = FakeRealiser()
-        self.overlay = RecordingOverlay()
+        self.overlay = overlay if overlay is not None else RecordingOverlay()
         self.service = BusService("h1", self.connect, self.realiser, self.overlay,
                                   backoff=(0.001, 0.002), will_grace=GRACE, **options)
 
@@ -174,14 +176,16 @@ class Harness:
     async def settle(self) -> None:
         """Until every delivered event is handled and the worker is idle."""
         await until(lambda: self.buses and self.bus._events.empty()
-                    and not self.service._pending, "the service to settle")
+                    and not self.service._pending and self.service.overlay_sync.idle,
+                    "the service to settle")
         for _ in range(20):
             await asyncio.sleep(0)
 
 
-def run(scenario: Callable[[Harness], Any], echo: bool = True, **options: Any) -> None:
+def run(scenario: Callable[[Harness], Any], echo: bool = True, overlay: Any = None,
+        **options: Any) -> None:
     async def main() -> None:
-        harness = Harness(echo, **options)
+        harness = Harness(echo, overlay, **options)
         await harness.service.start()
         try:
             await until(lambda: harness.buses, "a connection")
@@ -333,6 +337,44 @@ def test_a_will_held_back_is_void_once_the_connection_is_gone_before_its_event()
         await asyncio.sleep(GRACE * 4)
         assert h.overlay.peers[key] == {"10.0.0.2", "10.0.0.3"}
     run(scenario)
+
+
+def test_overlay_updates_of_a_network_never_overlap_and_the_latest_wins(monkeypatch):
+    """The session, the ticker and the worker all ask for overlay updates; while one call
+    of a network is in the driver no other starts (they would fight over the same FDB
+    entries), and what ends up applied is the latest state."""
+    ticks: list[float] = []
+    tick = BusView.tick
+
+    def counting_tick(view: BusView, now: float) -> Any:
+        ticks.append(now)
+        return tick(view, now)
+
+    monkeypatch.setattr(BusView, "tick", counting_tick)
+    overlay = BlockingOverlay()
+    key = ("lab1", "office")
+
+    async def scenario(h: Harness) -> None:
+        overlay.gate.clear()
+        h.bus.deliver(online("h2"))
+        h.bus.deliver(online("h3"))
+        h.bus.deliver(DesiredLab("lab1", 1, LAB))
+        await until(lambda: overlay.calls, "the first overlay call")
+        h.bus.deliver(Status("h3", "lost", 3))         # the wanted state moves on meanwhile
+        seen = len(ticks)
+        await until(lambda: len(ticks) >= seen + 2 or overlay.most_inside[key] > 1,
+                    "two ticks of the ticker while the call blocks", timeout=10)
+        assert overlay.most_inside[key] == 1 and len(overlay.calls) == 1
+        overlay.gate.set()
+        await until(lambda: overlay.peers.get(key) == frozenset({"10.0.0.2"})
+                    and overlay.macs.get(key) == {C2: ("10.0.0.2", "10.1.0.2")},
+                    "the latest state applied")
+        await h.settle()
+        assert overlay.most_inside[key] == 1
+        assert len(overlay.calls) <= 4                  # not one per tick or event
+        assert h.service.describe()["overlay"]["lab1/office"] == {
+            "flood_peers": ["10.0.0.2"], "remote_macs": 1}
+    run(scenario, overlay=overlay)
 
 
 def test_live_overlay_adds_learned_macs_of_alive_hosts_only():

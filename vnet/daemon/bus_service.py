@@ -55,6 +55,7 @@ from vnet.daemon.learned import (
     local_sightings,
     next_poll,
 )
+from vnet.daemon.overlay_sync import OverlaySync
 from vnet.daemon.rollout import HostOutcome, outcomes, summary
 from vnet.errors import DaemonError, VnetError
 from vnet.topology.model import Topology
@@ -155,9 +156,7 @@ class BusService:
         self._learn_failed: set[str] = set()
         self._learn_plans: dict[str, tuple[int, dict[int, str], dict[str, float]]] = {}
         self._learn_due: dict[str, float] = {}          # lab -> when to read its table next
-        self._flood: dict[tuple[str, str], frozenset[str]] = {}
-        self._macs: dict[tuple[str, str], Mapping[str, tuple[str, str | None]]] = {}
-        self._overlay_failed: set[tuple[str, str]] = set()
+        self.overlay_sync = OverlaySync(self.overlay)   # one converge at a time per network
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
 
@@ -178,6 +177,7 @@ class BusService:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.overlay_sync.stop()
 
     async def _supervised(self, name: str, body: Callable[[], Awaitable[None]]) -> None:
         delay = self._backoff[0]
@@ -306,18 +306,19 @@ class BusService:
             return
         if isinstance(desired, DesiredLab) and self.host in {h.name for h in
                                                              desired.topology.hosts}:
-            report = await self._attempt(lab, desired.generation, "realise",
-                                         self.realiser.realise_part(desired.topology))
+            async with self.overlay_sync.held(lab):   # then it starts from the static plan
+                report = await self._attempt(lab, desired.generation, "realise",
+                                             self.realiser.realise_part(desired.topology))
             self.reconciles += 1
             self.realised[lab] = report
-            self._forget_overlay(lab)         # a new realisation starts from the static plan
             if report.error is None:
                 await self._advertise(lab, local_macs(desired.topology, self.host))
         else:   # a tombstone, a cleared topic, or a generation without this host
             generation = (desired.generation if desired is not None
                           else self.realised.get(lab, LabRealised(0)).generation)
-            removal = self.realiser.remove_part(lab)
-            report = await self._attempt(lab, generation, "take down", removal)
+            async with self.overlay_sync.held(lab):
+                removal = self.realiser.remove_part(lab)
+                report = await self._attempt(lab, generation, "take down", removal)
             if report.error is None:
                 self.realised.pop(lab, None)
             else:
@@ -326,7 +327,6 @@ class BusService:
             self._learned.pop(lab, None)
             self._learn_plans.pop(lab, None)
             self._learn_due.pop(lab, None)
-            self._forget_overlay(lab)
         if self.bus is not None:
             await self.bus.publish_status(self.realised)
         await self._sync_overlay(self.view)
@@ -425,14 +425,10 @@ class BusService:
 
     # -- the overlay --------------------------------------------------------------------------
 
-    def _forget_overlay(self, lab: str) -> None:
-        for cache in (self._flood, self._macs):
-            for key in [k for k in cache if k[0] == lab]:
-                del cache[key]
-
     async def _sync_overlay(self, view: BusView) -> None:
-        """Converge each realised network's flood peers and remote MACs to what the bus
-        says now; a failed call is logged once and tried again on the next event or tick."""
+        """Tell the overlay what each realised network's flood peers and remote MACs are
+        now; ``OverlaySync`` converges each network to the latest of these, one call at a
+        time, and retries a failed one at the next event or tick."""
         down = {peer.host for peer in view.peers if not peer.alive}
         for lab, desired in sorted(view.desired.items()):
             report, topology = self.realised.get(lab), desired.topology
@@ -447,24 +443,7 @@ class BusService:
                 continue
             live = live_overlay(topology, plan, alive, view.location.remote_fdb(lab))
             for network, target in sorted(live.items()):
-                await self._converge(lab, network, target.peers, target.macs)
-
-    async def _converge(self, lab: str, network: str, peers: frozenset[str],
-                        macs: Mapping[str, tuple[str, str | None]]) -> None:
-        key = (lab, network)
-        try:
-            if self._flood.get(key) != peers:
-                await self.overlay.set_flood_peers(lab, network, peers)
-                self._flood[key] = peers
-            if self._macs.get(key) != macs:
-                await self.overlay.set_remote_macs(lab, network, macs)
-                self._macs[key] = macs
-            self._overlay_failed.discard(key)
-        except Exception as err:
-            if key not in self._overlay_failed:
-                self._overlay_failed.add(key)
-                log.error("bus: overlay of %s/%s not updated (will retry): %s", lab, network,
-                          err, exc_info=not isinstance(err, VnetError))
+                self.overlay_sync.want(lab, network, target)
 
     # -- vnet up / vnet down of a multi-host lab ---------------------------------------------
 
@@ -571,9 +550,10 @@ class BusService:
                           "hosts": [h.name for h in d.topology.hosts] if d else []}
                    for name in sorted(set(self.view.desired) | set(self.view.deleted))
                    if lab in (None, name) for d in [self.view.desired.get(name)]}
+        applied = self.overlay_sync
         overlay = {f"{key[0]}/{key[1]}": {"flood_peers": sorted(peers),
-                                          "remote_macs": len(self._macs.get(key, {}))}
-                   for key, peers in sorted(self._flood.items()) if lab in (None, key[0])}
+                                          "remote_macs": len(applied.macs.get(key, {}))}
+                   for key, peers in sorted(applied.peers.items()) if lab in (None, key[0])}
         learned = {f"{name}/{network}": {**counts, "limit": macs.limit}
                    for name, macs in sorted(self._learned.items()) if lab in (None, name)
                    for network, counts in macs.counts().items()}
