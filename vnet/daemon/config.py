@@ -522,7 +522,7 @@ class _Builder:
                  } if roles is not None else {}
         for role, holders in lists.items():
             for index, holder in enumerate(holders):
-                if not _principal_exists(holder):
+                if isinstance(holder, str) and not _principal_exists(holder):
                     self.rep.error(("access", "roles", role, index), _no_such_principal(holder))
         return AccessConfig(group=fields.get("group") or DEFAULT_ACCESS_GROUP,
                             roles=Roles(**lists))
