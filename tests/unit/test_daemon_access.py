@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import grp
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,7 @@ from vnet.daemon.access import (
     resolve,
     role_of,
 )
-from vnet.daemon.api import ApiServer, describe_peer, operation_of
+from vnet.daemon.api import ApiServer, describe_peer, operation_of, peer_of
 from vnet.daemon.audit import AuditLog, Peer, entry
 from vnet.daemon.config import AccessConfig, Roles
 
@@ -194,3 +196,44 @@ def test_a_reload_of_the_roles_holds_for_the_next_request(tmp_path: Path) -> Non
 def test_policy_default_is_root_only() -> None:
     assert resolve(Roles()) == Policy()
     assert role_of(1, [1], resolve(Roles())) is None
+
+
+def test_the_socket_is_0660_and_group_owned(tmp_path: Path,
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("giving a socket to another group needs root")
+
+    async def start(group: str) -> os.stat_result:
+        api, _ = server(tmp_path, AccessConfig(group=group))
+        await api.start()
+        try:
+            return api.path.stat()
+        finally:
+            await api.stop()
+
+    info = asyncio.run(start("staff"))
+    assert (info.st_mode & 0o777, info.st_gid) == (0o660, grp.getgrnam("staff").gr_gid)
+    info = asyncio.run(start("vnet-no-such-group"))
+    assert (info.st_mode & 0o777, info.st_gid) == (0o660, 0)
+    assert any("access.group 'vnet-no-such-group' does not exist: the API socket" in
+               r.getMessage() and "stays root's alone" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_the_peer_of_a_real_connection(tmp_path: Path) -> None:
+    seen: list[Peer] = []
+
+    async def scenario() -> None:
+        async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            seen.append(peer_of(writer))
+            writer.close()
+
+        listener = await asyncio.start_unix_server(client, path=str(tmp_path / "p.sock"))
+        _, writer = await asyncio.open_unix_connection(str(tmp_path / "p.sock"))
+        while not seen:
+            await asyncio.sleep(0.01)
+        writer.close()
+        listener.close()
+
+    asyncio.run(scenario())
+    assert seen == [describe_peer(os.getpid(), os.geteuid(), os.getegid())]
