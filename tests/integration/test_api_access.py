@@ -11,6 +11,7 @@ import pwd
 import secrets
 import subprocess
 import sys
+import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import needs_root
-from vnet import jsonlines
+from vnet import cli, jsonlines
 from vnet.daemon.api import API_VERSION
 from vnet.testing import TestHost
 
@@ -206,27 +207,47 @@ def test_each_role_is_allowed_its_calls_and_refused_the_rest(
     assert logged.count(" vnet.audit: audit {") == len(audit)   # reads are not audited
 
 
+def cli_as(account: Account, *args: str) -> tuple[int, str]:
+    """``vnet ARGS`` run by a forked child that has become ``account`` (the interpreter
+    itself may be unreachable for other users, so no exec): its exit status and stderr."""
+    cli.build_parser()   # its lazy imports, while the standard library is reachable
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        status = 99
+        try:
+            os.close(read_end)
+            os.dup2(write_end, 2)
+            sys.stderr = os.fdopen(2, "w", buffering=1)
+            os.setgroups(list(account.groups))
+            os.setgid(account.gid)
+            os.setuid(account.uid)
+            status = cli.main(list(args))
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            sys.stderr.flush()
+            os._exit(status)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        stderr = pipe.read().decode()
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), stderr
+
+
 def test_the_cli_says_which_role_is_needed(host: TestHost, accounts: Accounts) -> None:
     topology = host.workdir / "acl.yaml"
     topology.write_text(TOPOLOGY)
     topology.chmod(0o644)
     viewer = accounts.viewer
-    result = subprocess.run(
-        [sys.executable, "-m", "vnet.cli", "--socket", host.socket, "--state-dir",
-         host.state_dir, "up", str(topology)], capture_output=True, text=True, timeout=120,
-        user=viewer.uid, group=viewer.gid, extra_groups=list(viewer.groups),
-        env={**os.environ, "HOME": "/nonexistent"}, cwd="/")
-    assert result.returncode == 1, result
-    assert result.stderr.startswith(f"vnet: permission denied: up needs the admin role and "
-                                    f"you (uid {viewer.uid}, user {viewer.name}) hold the "
-                                    f"viewer role; an administrator can add"), result.stderr
-    assert "Traceback" not in result.stderr
-    outsider = accounts.outsider
-    result = subprocess.run(
-        [sys.executable, "-m", "vnet.cli", "--socket", host.socket, "status"],
-        capture_output=True, text=True, timeout=120, user=outsider.uid, group=outsider.gid,
-        extra_groups=list(outsider.groups), env={**os.environ, "HOME": "/nonexistent"},
-        cwd="/")
-    assert result.returncode == 1
-    assert "permission denied: only root and the members of vnetd's access group" in \
-        result.stderr, result.stderr
+    status, stderr = cli_as(viewer, "--socket", host.socket, "--state-dir", host.state_dir,
+                            "up", str(topology))
+    assert status == 1, stderr
+    assert stderr.startswith(f"vnet: permission denied: up needs the admin role and you "
+                             f"(uid {viewer.uid}, user {viewer.name}) hold the viewer role; "
+                             f"an administrator can add"), stderr
+    status, stderr = cli_as(accounts.outsider, "--socket", host.socket, "status")
+    assert status == 1, stderr
+    assert stderr.startswith(f"vnet: {host.socket}: permission denied: only root and the "
+                             f"members of vnetd's access group"), stderr
+    assert "Traceback" not in stderr and "Errno" not in stderr
