@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from vnet import jsonlines
+from vnet.daemon.api import API_VERSION
 from vnet.daemon.config import DEFAULT_SOCKET, DEFAULT_STATE_DIR
 from vnet.daemon.requests import MAX_REQUEST, describe_size
 from vnet.errors import DaemonError, NetnsError, TopologyError, VnetError, describe_os_error
@@ -65,6 +66,7 @@ class Client:
                 raise
             self.ensure_daemon()
             reply = self._exchange(request, retry_refused=True)
+        check_api_version(reply)
         if not reply.get("ok"):
             raise DaemonError(str(reply.get("error")))
         return reply.get("result")
@@ -95,8 +97,10 @@ class Client:
                               f"it may still be at it: see 'vnet status' and its log"
                               ) from None
         except PermissionError:
-            raise DaemonError(f"{self.socket_path}: permission denied: vnetd's socket is "
-                              f"root's; run vnet as root or with sudo") from None
+            raise DaemonError(f"{self.socket_path}: permission denied: only root and the "
+                              f"members of vnetd's access group (access.group in its "
+                              f"config, default 'vnet') may connect; run vnet as root, or "
+                              f"ask an administrator to add you to that group") from None
         except OSError as err:
             raise DaemonError(f"cannot talk to vnetd on {self.socket_path}: "
                               f"{describe_os_error(err)}") from None
@@ -140,6 +144,20 @@ class Client:
                                   f"see {log_path}")
             time.sleep(0.05)
         return process
+
+
+def check_api_version(reply: dict[str, Any]) -> None:
+    """Refuse to read a reply in an API version this vnet does not speak (``docs/api.md``)."""
+    version = reply.get("api")
+    if version == API_VERSION:
+        return
+    if not isinstance(version, int) or isinstance(version, bool) or version < API_VERSION:
+        spoken = f"API version {version}" if isinstance(version, int) else "no API version"
+        raise DaemonError(f"vnetd is older than this vnet: it speaks {spoken}, this vnet "
+                          f"speaks version {API_VERSION}; restart vnetd from this vnet's "
+                          f"installation ('systemctl restart vnetd')")
+    raise DaemonError(f"vnetd is newer than this vnet: it speaks API version {version}, this "
+                      f"vnet speaks version {API_VERSION}; upgrade vnet to vnetd's version")
 
 
 def stopped_before_answering(op: str) -> str:

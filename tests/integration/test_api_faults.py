@@ -21,7 +21,7 @@ import pytest
 from tests.conftest import needs_root
 from vnet import jsonlines
 from vnet.daemon import naming
-from vnet.daemon.api import IDLE_TIMEOUT
+from vnet.daemon.api import API_VERSION, IDLE_TIMEOUT
 from vnet.host import netns
 from vnet.testing import TestHost, wait_until
 
@@ -216,7 +216,8 @@ def test_a_request_over_the_limit_is_refused_with_the_limit(host: TestHost) -> N
     request = {"op": "up", "text": "#" * (15 << 20), "source": "/huge.yaml"}
     reply = jsonlines.call(host.socket, request)
     assert reply == {"ok": False, "error": "bad request: the request is longer than vnetd's "
-                     "limit of 4 MiB (4194304 bytes); a topology file is normally a few KiB"}
+                     "limit of 4 MiB (4194304 bytes); a topology file is normally a few KiB",
+                     "api": API_VERSION}
     assert host.call("ping")["pid"]
 
 
@@ -235,4 +236,4 @@ def test_idle_and_half_sent_requests_are_hung_up_on(host: TestHost) -> None:
             assert reader.readline() == b""
         assert jsonlines.decode(line) == {"ok": False, "error": (
             f"bad request: no whole request line came within {IDLE_TIMEOUT:g} s; vnetd hangs "
-            f"up on idle connections")}
+            f"up on idle connections"), "api": API_VERSION}

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from vnet import cli, jsonlines
+from vnet.daemon.api import API_VERSION
 from vnet.errors import DaemonError
 
 PAIR = Path(__file__).parents[1] / "integration" / "topologies" / "pair.yaml"
@@ -56,7 +57,7 @@ class StandIn:
                 self.requests.append(request)
                 reply = self.answer(request)
                 if reply is not None:
-                    conn.sendall(jsonlines.encode(reply))
+                    conn.sendall(jsonlines.encode({"api": API_VERSION, **reply}))
 
     def close(self) -> None:
         self.sock.shutdown(socket.SHUT_RDWR)
@@ -187,7 +188,7 @@ def test_a_full_backlog_is_waited_out(
             conn, _ = listener.accept()
             with conn:
                 if conn.makefile("rb").readline():
-                    conn.sendall(jsonlines.encode(status_answer({})))
+                    conn.sendall(jsonlines.encode({**status_answer({}), "api": API_VERSION}))
                     return
 
     server = threading.Thread(target=serve)
@@ -286,3 +287,19 @@ def test_ctrl_c_is_no_traceback(sock_path: str, tmp_path: Path,
     assert run_cli(sock_path, tmp_path, "status") == 130
     assert capsys.readouterr().err == ("vnet: interrupted (vnetd finishes what it was asked: "
                                        "see 'vnet status')\n")
+
+
+@pytest.mark.parametrize(("api", "expected"), [
+    (None, "vnet: vnetd is older than this vnet: it speaks no API version, this vnet speaks "
+           f"version {API_VERSION}; restart vnetd from this vnet's installation ('systemctl "
+           "restart vnetd')\n"),
+    (API_VERSION + 1, f"vnet: vnetd is newer than this vnet: it speaks API version "
+                      f"{API_VERSION + 1}, this vnet speaks version {API_VERSION}; upgrade vnet "
+                      "to vnetd's version\n"),
+])
+def test_a_vnetd_of_another_api_version_is_named_older_or_newer(
+        sock_path: str, tmp_path: Path, stand_in: Callable[..., StandIn], api: int | None,
+        expected: str, capsys: pytest.CaptureFixture[str]) -> None:
+    stand_in(lambda request: {**status_answer(request), "api": api})
+    assert run_cli(sock_path, tmp_path, "status") == 1
+    assert clean(capsys.readouterr().err) == expected

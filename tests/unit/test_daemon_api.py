@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from vnet import jsonlines
-from vnet.daemon.api import INTERNAL_ERROR, ApiServer
+from vnet.daemon.api import API_VERSION, INTERNAL_ERROR, ApiServer
 from vnet.daemon.requests import (
     REQUESTS,
     NodeRequest,
@@ -154,7 +154,8 @@ def test_a_line_over_the_limit_is_refused_and_the_client_dropped(tmp_path: Path)
     lines = asyncio.run(scenario())
     assert [json.loads(line) for line in lines] == [{
         "ok": False, "error": "bad request: the request is longer than vnetd's limit of 1 KiB "
-                              "(1024 bytes); a topology file is normally a few KiB"}]
+                              "(1024 bytes); a topology file is normally a few KiB",
+        "api": API_VERSION}]
     assert not (tmp_path / "api.sock").exists()
 
 
@@ -174,9 +175,9 @@ def test_the_socket_answers_line_after_line_and_is_private(tmp_path: Path) -> No
             await server.stop()
 
     replies, mode = asyncio.run(scenario())
-    assert replies == [{"ok": True, "result": {"op": "ping"}},
-                       {"ok": True, "result": {"lab": None}}]
-    assert mode == 0o600
+    assert replies == [{"ok": True, "result": {"op": "ping"}, "api": API_VERSION},
+                       {"ok": True, "result": {"lab": None}, "api": API_VERSION}]
+    assert mode == 0o660   # the owner (root) and access.group
 
 
 def test_a_server_without_a_handler_for_every_operation_is_refused(tmp_path: Path) -> None:
@@ -314,7 +315,8 @@ def test_idle_and_half_sent_requests_are_hung_up_on_with_a_reason(tmp_path: Path
 
     idle, half = asyncio.run(client_scenario(server, scenario))
     expected = {"ok": False, "error": "bad request: no whole request line came within 0.2 s; "
-                                      "vnetd hangs up on idle connections"}
+                                      "vnetd hangs up on idle connections",
+                "api": API_VERSION}
     assert [json.loads(line) for line in idle] == [expected]
     assert [json.loads(line) for line in half] == [expected]
 
@@ -336,8 +338,9 @@ def test_clients_over_the_limit_are_told_vnetd_is_busy(tmp_path: Path) -> None:
 
     refused, later = asyncio.run(client_scenario(server, scenario))
     assert [json.loads(line) for line in refused] == [{
-        "ok": False, "error": "vnetd is busy: 2 clients are connected; try again"}]
-    assert later == {"ok": True, "result": {"op": "ping"}}
+        "ok": False, "error": "vnetd is busy: 2 clients are connected; try again",
+        "api": API_VERSION}]
+    assert later == {"ok": True, "result": {"op": "ping"}, "api": API_VERSION}
 
 
 def test_a_client_that_does_not_read_its_replies_is_cut_off(tmp_path: Path) -> None:

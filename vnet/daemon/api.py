@@ -1,4 +1,10 @@
-"""vnetd's API server: JSON lines on a Unix socket (mode 0600), one reply per request line.
+"""vnetd's API server: JSON lines on a Unix socket (mode 0660), one reply per request line.
+
+Who may connect is the socket's group (``access.group``); what each caller may do is its
+role (``access``), decided from the peer's credentials (``SO_PEERCRED``, taken once per
+connection) before any handler runs.  Every reply carries ``"api": API_VERSION`` so that
+a client can tell a vnetd older or newer than itself (``docs/api.md``).  Every change
+(an operation that is not read-only), allowed or refused, is audited (``audit``).
 
 The edge between users and the daemon: every request is checked (``requests``) before its
 handler runs, and every answer is meant for the user.  A ``VnetError`` says what is wrong
@@ -16,13 +22,22 @@ cannot use up vnetd's file descriptors; and a burst of connects waits in a backl
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import grp
 import logging
 import os
+import pwd
+import socket
+import struct
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from vnet import jsonlines
+from vnet.daemon import access
+from vnet.daemon.audit import AuditLog, Peer, entry
+from vnet.daemon.config import AccessConfig
 from vnet.daemon.requests import (
     MAX_REQUEST,
     REQUESTS,
@@ -42,6 +57,9 @@ IDLE_TIMEOUT = 10.0    # seconds to send a whole request line (a CLI sends it at
 BACKLOG = 4096         # connects waiting to be accepted (the kernel caps it at somaxconn)
 MAX_CLIENTS = 512      # connected at once; vnetd keeps file descriptors for its own work
 OFF_LOOP = 64 << 10    # bytes: a longer line is decoded and checked in a thread
+API_VERSION = 1        # in every reply; raised when a change would break a client
+SOCKET_MODE = 0o660    # the owner (root) and the access group may connect
+_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
 def too_long(limit: int) -> str:
@@ -54,7 +72,8 @@ class ApiServer:
 
     def __init__(self, path: Path, handlers: Mapping[str, Handler],
                  max_line: int = MAX_REQUEST, idle_timeout: float = IDLE_TIMEOUT,
-                 max_clients: int = MAX_CLIENTS) -> None:
+                 max_clients: int = MAX_CLIENTS, access_config: AccessConfig | None = None,
+                 audit: AuditLog | None = None, config_file: Path | None = None) -> None:
         if set(handlers) != set(REQUESTS):
             raise ValueError(f"handlers for {sorted(handlers)}, requests for {sorted(REQUESTS)}")
         self.path = path
@@ -64,13 +83,37 @@ class ApiServer:
         self.max_clients = max_clients
         self.clients = 0
         self.server: asyncio.AbstractServer | None = None
+        self.audit = audit or AuditLog(None)
+        self.config_file = config_file
+        self.set_access(access_config or AccessConfig())
+
+    def set_access(self, access_config: AccessConfig) -> None:
+        """Take a (re)loaded config's ``access:``: its roles hold for the next request.
+        (The socket's group is set at start.)"""
+        self.access_config = access_config
+        self.policy = access.policy_of(access_config)
 
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.unlink(missing_ok=True)
         self.server = await asyncio.start_unix_server(self._client, path=str(self.path),
                                                       limit=self.max_line, backlog=BACKLOG)
-        os.chmod(self.path, 0o600)
+        self._set_owner()
+
+    def _set_owner(self) -> None:
+        """Mode 0660, group ``access.group`` if it exists (else root's alone, said once)."""
+        group = self.access_config.group
+        try:
+            gid = grp.getgrnam(group).gr_gid
+        except KeyError:
+            log.warning("access.group %r does not exist: the API socket %s stays root's "
+                        "alone; create the group (groupadd %s) and add the users of vnet to "
+                        "it, or set access.group to an existing group", group, self.path, group)
+            os.chmod(self.path, SOCKET_MODE)
+            return
+        os.chown(self.path, -1, gid)
+        os.chmod(self.path, SOCKET_MODE)
+        log.info("API socket %s: mode %04o, group %s", self.path, SOCKET_MODE, group)
 
     async def stop(self) -> None:
         if self.server is not None:
@@ -81,13 +124,14 @@ class ApiServer:
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.clients += 1
         try:
+            peer = peer_of(writer)
             if self.clients > self.max_clients:
                 log.warning("refusing a client: %d are connected", self.max_clients)
                 await self._send(writer, jsonlines.failed(
                     f"vnetd is busy: {self.max_clients} clients are connected; try again"))
                 return
             while (line := await self._read_request(reader, writer)) is not None:
-                if not await self._send(writer, await self.handle(line)):
+                if not await self._send(writer, await self.handle(line, peer)):
                     return
         except ConnectionError as err:
             log.warning("dropping a client: %s", err)
@@ -118,7 +162,7 @@ class ApiServer:
 
     async def _send(self, writer: asyncio.StreamWriter, reply: dict[str, Any]) -> bool:
         """Write ``reply``; False if the client did not take it in time (it is cut off)."""
-        writer.write(jsonlines.encode(reply))
+        writer.write(jsonlines.encode({**reply, "api": API_VERSION}))
         try:
             await asyncio.wait_for(writer.drain(), self.idle_timeout)
         except TimeoutError:
@@ -138,8 +182,9 @@ class ApiServer:
         except OSError:
             pass
 
-    async def handle(self, line: bytes) -> dict[str, Any]:
-        """One request line in, one reply out; never raises for what a client sent."""
+    async def handle(self, line: bytes, peer: Peer | None = None) -> dict[str, Any]:
+        """One request line in, one reply out; never raises for what a client sent.
+        (``peer`` None: vnetd itself, or a test in its process, which is root's.)"""
         if len(line) > self.max_line:
             return jsonlines.failed(too_long(self.max_line))
         try:
@@ -152,9 +197,28 @@ class ApiServer:
         except Exception:
             log.exception("internal error in vnetd checking a request")
             return jsonlines.failed(INTERNAL_ERROR)
-        return await self.dispatch(request)
+        return await self.dispatch(request, peer or own_peer())
 
-    async def dispatch(self, request: Request) -> dict[str, Any]:
+    async def dispatch(self, request: Request, peer: Peer) -> dict[str, Any]:
+        operation = operation_of(request)
+        decision = access.decide(peer.uid, peer.gids, self.policy, operation)
+        if not decision.allowed:
+            reply = jsonlines.failed(access.refusal(
+                operation, decision, peer.describe(),
+                str(self.config_file) if self.config_file else None))
+            log.warning("refused %s to %s (pid %d): needs %s", operation, peer.describe(),
+                        peer.pid, decision.needed)
+        else:
+            reply = await self._run(request)
+        if not access.read_only(operation):
+            result = reply.get("result")
+            lab = getattr(request, "lab", None) or (
+                result.get("lab") if isinstance(result, dict) else None)
+            self.audit.record(entry(peer, operation, lab,
+                                    None if reply["ok"] else reply["error"], time.time()))
+        return reply
+
+    async def _run(self, request: Request) -> dict[str, Any]:
         try:
             return jsonlines.ok(await self.handlers[request.op](request))
         except VnetError as err:
@@ -162,6 +226,39 @@ class ApiServer:
         except Exception:
             log.exception("internal error in vnetd during %s", request.op)
             return jsonlines.failed(INTERNAL_ERROR)
+
+
+def operation_of(request: Request) -> str:
+    """The operation ``access`` knows a request as: its op, and its action if it has one
+    (``vm`` with action ``stop`` is ``vm.stop``)."""
+    action = getattr(request, "action", None)
+    return f"{request.op}.{action}" if isinstance(action, str) else request.op
+
+
+def peer_of(writer: asyncio.StreamWriter) -> Peer:
+    """The connecting process's credentials (``SO_PEERCRED``) and all its user's groups."""
+    sock: socket.socket = writer.get_extra_info("socket")
+    pid, uid, gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                  _UCRED.size))
+    return describe_peer(pid, uid, gid)
+
+
+def describe_peer(pid: int, uid: int, gid: int) -> Peer:
+    """``uid``'s name and groups from the user and group databases (``os.getgrouplist``):
+    the groups it is given now, as a new login would have them."""
+    try:
+        user: str | None = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        user = None
+    gids = {gid}
+    if user is not None:
+        with contextlib.suppress(OSError):
+            gids.update(os.getgrouplist(user, gid))
+    return Peer(pid, uid, gid, user, tuple(sorted(gids)))
+
+
+def own_peer() -> Peer:
+    return Peer(os.getpid(), 0, 0, "root", (0,))
 
 
 def _parse(line: bytes) -> Request:

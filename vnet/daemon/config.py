@@ -15,8 +15,9 @@ below (all of them are here).  A missing default file means all defaults; a miss
 Acted on today: ``host`` (which part of a multi-host lab this vnetd realises; ``--host``),
 ``socket``, ``state_dir``, ``netns``, ``log_level``, ``datapath`` (its ``io`` and
 ``busy_poll_us`` reach the datapath process through the two variables above, which it reads)
-and ``bus`` (``vnet.daemon.bus_service``).  Carried for later work, not yet in effect:
-``metrics`` and ``access`` (roles: ``vnet.daemon.access``).
+``bus`` (``vnet.daemon.bus_service``) and ``access`` (the API socket's group and the roles:
+``vnet.daemon.access``; every user and group it names must exist).  Carried for later work,
+not yet in effect: ``metrics``.
 
 Regenerate the published schema after changing the table::
 
@@ -25,9 +26,11 @@ Regenerate the published schema after changing the table::
 
 from __future__ import annotations
 
+import grp
 import ipaddress
 import json
 import os
+import pwd
 import re
 import shutil
 import socket as socketlib
@@ -213,7 +216,7 @@ METRICS = Obj(noun="metrics", description="A Prometheus metrics endpoint (off un
 })
 
 ROLES = Obj(noun="roles", description="Who holds each role; root is always admin. Entries are "
-            "user names or @group (every member of the group); only their shape is checked.",
+            "user names or @group (every member of the group), which must exist.",
             fields={
     "viewer": Field(principals, "May read: status, fdb, console logs."),
     "operator": Field(principals, "A viewer who may also start, stop and restart VMs, attach "
@@ -227,7 +230,7 @@ ACCESS = Obj(noun="access", description="Who may use vnetd's API socket, and for
     "group": Field(Str(GROUP, "a group name"), "The group that may connect to the API socket.",
                    default=DEFAULT_ACCESS_GROUP),
     "roles": Field(ROLES, "Who holds each role (root is always admin): user names and @group "
-                   "entries; only their shape is checked, not that they exist."),
+                   "entries, each of which must exist on this machine."),
 })
 
 DAEMON = Obj(noun="config", description="vnetd's configuration file (version 1).", fields={
@@ -517,8 +520,31 @@ class _Builder:
         roles = _section(fields, "roles")
         lists = {role: tuple(roles.get(role) or ()) for role in ("viewer", "operator", "admin")
                  } if roles is not None else {}
+        for role, holders in lists.items():
+            for index, holder in enumerate(holders):
+                if isinstance(holder, str) and not _principal_exists(holder):
+                    self.rep.error(("access", "roles", role, index), _no_such_principal(holder))
         return AccessConfig(group=fields.get("group") or DEFAULT_ACCESS_GROUP,
                             roles=Roles(**lists))
+
+
+def _principal_exists(holder: str) -> bool:
+    try:
+        if holder.startswith("@"):
+            grp.getgrnam(holder[1:])
+        else:
+            pwd.getpwnam(holder)
+    except KeyError:
+        return False
+    return True
+
+
+def _no_such_principal(holder: str) -> str:
+    if holder.startswith("@"):
+        return (f"no group {quote(holder[1:])} on this machine: create it (groupadd "
+                f"{holder[1:]}) or remove the entry")
+    return (f"no user {quote(holder)} on this machine: create it (useradd {holder}), write "
+            f"@{holder} if a group is meant, or remove the entry")
 
 
 def _section(fields: Fields, key: str) -> Fields | None:

@@ -83,7 +83,8 @@ def datapath_python(choice: str | None) -> str:
 
 async def serve(args: argparse.Namespace, config: DaemonConfig) -> None:
     daemon = Vnetd(config.socket, config.state_dir, args.exit_when_idle,
-                   datapath_python(config.datapath.python), host=config.host, bus=config.bus)
+                   datapath_python(config.datapath.python), host=config.host, bus=config.bus,
+                   access=config.access, config_file=config.source)
     await daemon.start()
     loop = asyncio.get_running_loop()
 

@@ -20,9 +20,11 @@ from vnet import __version__
 from vnet.bus.client import open_bus
 from vnet.daemon import preflight
 from vnet.daemon.api import ApiServer
+from vnet.daemon.audit import FILE_NAME as AUDIT_FILE
+from vnet.daemon.audit import AuditLog
 from vnet.daemon.bus_overlay import DriverOverlay
 from vnet.daemon.bus_service import BusService, client_config
-from vnet.daemon.config import BusConfig
+from vnet.daemon.config import AccessConfig, BusConfig
 from vnet.daemon.drivers import host_drivers
 from vnet.daemon.reconciler import apply, remove_all, restore
 from vnet.daemon.recovery import recovery_plan
@@ -59,7 +61,8 @@ log = logging.getLogger("vnet.daemon")
 class Vnetd:
     def __init__(self, socket_path: Path, state_dir: Path, exit_when_idle: bool = False,
                  datapath_python: str = sys.executable, *, host: str | None = None,
-                 bus: BusConfig | None = None) -> None:
+                 bus: BusConfig | None = None, access: AccessConfig | None = None,
+                 config_file: Path | None = None) -> None:
         self.socket_path = socket_path
         self.host = host
         self.state_dir = state_dir
@@ -75,7 +78,9 @@ class Vnetd:
         self.api = ApiServer(socket_path, {
             "ping": self.op_ping, "up": self.op_up, "down": self.op_down,
             "status": self.op_status, "fdb": self.op_fdb, "node": self.op_node,
-            "vm": self.op_vm, "shutdown": self.op_shutdown})
+            "vm": self.op_vm, "shutdown": self.op_shutdown},
+            access_config=access, audit=AuditLog(state_dir / AUDIT_FILE),
+            config_file=config_file)
         self.failures: dict[str, str] = {}   # lab -> why it is not all there (vnet status)
         self.bus: BusService | None = None
         if bus is not None:
