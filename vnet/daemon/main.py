@@ -183,11 +183,11 @@ async def serve(args: argparse.Namespace, config: DaemonConfig) -> None:
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
+    signal.signal(signal.SIGHUP, on_reload)   # before start: its default would end vnetd
     try:
         await daemon.start()
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, on_stop)
-        signal.signal(signal.SIGHUP, on_reload)
         wedge_file = os.environ.get(WEDGE_FILE_VARIABLE)
         if wedge_file:
             signal.signal(signal.SIGUSR2, lambda _s, _f: loop.call_soon_threadsafe(
