@@ -45,7 +45,7 @@ class Systemd:
         self.sock.settimeout(timeout)
         try:
             data = self.sock.recv(65536)
-        except TimeoutError:
+        except (TimeoutError, BlockingIOError):   # BlockingIOError: timeout 0, nothing queued
             return None
         message = data.decode()
         self.messages.append(message)
