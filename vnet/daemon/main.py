@@ -9,6 +9,9 @@ import os
 import shutil
 import signal
 import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
 
 from vnet.daemon.config import (
     DEFAULT_CONFIG_FILE,
@@ -22,12 +25,17 @@ from vnet.daemon.config import (
     load_config,
     with_flags,
 )
-from vnet.daemon.sdnotify import notify
+from vnet.daemon.readiness import ServiceLink, ServiceStatus, counts
+from vnet.daemon.reload import apply_live, refusal, reload_plan
+from vnet.daemon.sdnotify import Notifier, reloading_message
 from vnet.daemon.service import Vnetd
+from vnet.datapath import protocol
 from vnet.errors import HostError, VnetError, describe_os_error
 from vnet.host import netns
 
 __all__ = ["DEFAULT_SOCKET", "DEFAULT_STATE_DIR", "main"]  # the CLI takes its defaults here
+
+log = logging.getLogger("vnet.daemon.main")
 
 BAD_CONFIG = 2  # exit status for a config that does not check (systemd: no restart on it)
 
@@ -81,24 +89,118 @@ def datapath_python(choice: str | None) -> str:
     return found
 
 
+# Test-only hook (see tests/integration/test_service_notify.py): with this variable naming a
+# file, SIGUSR2 blocks vnetd's event loop for as long as that file exists, after saying
+# STATUS=wedged.  It stands for a wedged loop (a blocking call, a deadlock), which must stop
+# the watchdog pings.  Without the variable SIGUSR2 keeps its default action.
+WEDGE_FILE_VARIABLE = "VNETD_TEST_WEDGE_FILE"
+
+
+def observe(daemon: Vnetd) -> ServiceStatus:
+    """The status line's counts: records on disk, the bus client's connection."""
+    return counts((record.ready() for record in daemon.store.load_all()), bus_connected(daemon))
+
+
+def bus_connected(daemon: Vnetd) -> bool | None:
+    bus = daemon.bus
+    return None if bus is None else bus.bus is not None and bus.bus.connected
+
+
+@dataclass
+class Running:
+    """What a reload needs: the flags (they still win), the config in effect, and the link."""
+
+    args: argparse.Namespace
+    config: DaemonConfig
+    link: ServiceLink
+    notifier: Notifier
+    lock: asyncio.Lock
+    daemon: Vnetd
+
+
+async def reload(running: Running) -> None:
+    """SIGHUP: read the config file again; apply what can change live, report the rest, keep
+    everything on a bad file.  RELOADING=1 ... READY=1 around it, for systemd."""
+    async with running.lock:
+        monotonic_usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        running.notifier.send(reloading_message(monotonic_usec))
+        try:
+            reread = await asyncio.to_thread(configure, running.args)
+        except ConfigError as err:
+            log.error("reload refused: the config file has problems; the running configuration "
+                      "stays:\n%s", err)
+            running.link.set_note(refusal(err.problems))
+        except Exception:  # a bug: the running state stays, and vnetd with it
+            log.exception("reload failed; the running configuration stays")
+            running.link.set_note("reload failed: internal error (see the log)")
+        else:
+            plan = reload_plan(running.config, reread)
+            running.config = apply_live(running.config, reread)
+            set_log_level(running.config.log_level)
+            running.daemon.api.set_access(running.config.access)
+            for change in plan.needs_restart:
+                log.warning("reload: %s waits for a restart (systemctl restart vnetd); the "
+                            "running value stays", change)
+            log.info("%s", plan.summary())
+            running.link.set_note(plan.summary() if plan.needs_restart else None)
+        finally:
+            running.notifier.send("READY=1")
+
+
+def set_log_level(level: str) -> None:
+    logging.getLogger().setLevel(level.upper())
+
+
+def wedge(notifier: Notifier, file: Path) -> None:
+    """The test hook: block the loop (on purpose: time.sleep) while ``file`` exists."""
+    notifier.send("STATUS=wedged (test hook)")
+    while file.exists():
+        time.sleep(0.01)
+
+
 async def serve(args: argparse.Namespace, config: DaemonConfig) -> None:
+    notifier, watchdog_period = Notifier.from_environment()
     daemon = Vnetd(config.socket, config.state_dir, args.exit_when_idle,
                    datapath_python(config.datapath.python), host=config.host, bus=config.bus,
                    access=config.access, config_file=config.source)
-    await daemon.start()
+    link = ServiceLink(notifier, watchdog_period, lambda: observe(daemon))
+    link.start()
+    running = Running(args, config, link, notifier, asyncio.Lock(), daemon)
     loop = asyncio.get_running_loop()
 
-    def on_signal(_signum: int, _frame: object) -> None:
+    def on_stop(_signum: int, _frame: object) -> None:
         # Not loop.add_signal_handler: that routes signals through a wake-up socket which
         # forked children (pyroute2 helpers, for one) share, so a signal sent to such a child
         # would stop vnetd.  A plain handler runs only in the process that got the signal.
-        loop.call_soon_threadsafe(lambda: asyncio.ensure_future(daemon.stop()))
+        def stop() -> None:
+            notifier.send("STOPPING=1")
+            keep(asyncio.ensure_future(daemon.stop()))
+        loop.call_soon_threadsafe(stop)
 
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, on_signal)
-    notify("READY=1")
-    await daemon.stopped.wait()
-    notify("STOPPING=1")
+    def on_reload(_signum: int, _frame: object) -> None:
+        loop.call_soon_threadsafe(lambda: keep(asyncio.ensure_future(reload(running))))
+
+    tasks: set[asyncio.Future[None]] = set()
+
+    def keep(task: asyncio.Future[None]) -> None:
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    signal.signal(signal.SIGHUP, on_reload)   # before start: its default would end vnetd
+    try:
+        await daemon.start()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, on_stop)
+        wedge_file = os.environ.get(WEDGE_FILE_VARIABLE)
+        if wedge_file:
+            signal.signal(signal.SIGUSR2, lambda _s, _f: loop.call_soon_threadsafe(
+                wedge, notifier, Path(wedge_file)))
+        await link.ready(lambda: daemon.datapath.call(protocol.Ping()),
+                         lambda: bus_connected(daemon))
+        await daemon.stopped.wait()
+        notifier.send("STOPPING=1")
+    finally:
+        await link.stop()
 
 
 def check_mounts_reach_machine(netns_option: str | None) -> None:
