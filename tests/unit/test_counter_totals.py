@@ -72,3 +72,11 @@ def test_a_reading_of_one_bridge_leaves_the_others() -> None:
     totals.observe(1, {"one": {"a": port(11)}}, bridges={"one"})
     assert totals.observe(2, {"two": {"b": port(1)}}, bridges={"two"})["two"]["b"][
         "rx_frames"] == 21
+
+
+def test_the_last_totals_while_the_datapath_cannot_be_read() -> None:
+    totals = CounterTotals()
+    totals.observe(1, {"lab": {"a": port(10)}})
+    totals.observe(2, {"lab": {"a": port(4)}})
+    assert totals.last()["lab"]["a"]["rx_frames"] == 14
+    assert totals.last()["lab"]["a"]["ifname"] == "vn1"

@@ -33,6 +33,7 @@ Stats = Mapping[str, Mapping[str, Mapping[str, Any]]]   # bridge -> port -> its 
 class _Reading:
     run: int
     leaves: Leaves
+    stats: Mapping[str, Any]
 
 
 def _leaves(stats: Mapping[str, Any]) -> Leaves:
@@ -58,8 +59,10 @@ def _with_baseline(stats: Mapping[str, Any], base: Leaves) -> dict[str, Any]:
                 continue
             counts = merged.setdefault(name, {})
             counts[reason] = counts.get(reason, 0) + earlier
-        elif isinstance(merged.get(name, 0), int):
-            merged[name] = merged.get(name, 0) + earlier
+        else:
+            value = merged.get(name, 0)
+            if isinstance(value, int):
+                merged[name] = value + earlier
     return merged
 
 
@@ -89,11 +92,19 @@ class CounterTotals:
                     base = self._base.setdefault(key, {})
                     for k, v in last.leaves.items():
                         base[k] = base.get(k, 0) + v
-                self._last[key] = _Reading(run, leaves)
+                self._last[key] = _Reading(run, leaves, port_stats)
                 totals[bridge][port] = _with_baseline(port_stats, self._base.get(key, {}))
         for key, last in list(self._last.items()):
             if (bridges is None or key[0] in bridges) and key not in seen and last.run == run:
                 self.forget(*key)
+        return totals
+
+    def last(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """The totals as last reported (for when the datapath cannot be read)."""
+        totals: dict[str, dict[str, dict[str, Any]]] = {}
+        for (bridge, port), reading in self._last.items():
+            totals.setdefault(bridge, {})[port] = _with_baseline(
+                reading.stats, self._base.get((bridge, port), {}))
         return totals
 
     def forget(self, bridge: str, port: str | None = None) -> None:

@@ -8,7 +8,7 @@ is restarted after a growing delay (``first_delay``, doubled each time up to ``m
 and after more than ``burst`` failures within ``window`` seconds the policy gives up, as
 systemd's ``StartLimitBurst=``/``StartLimitIntervalSec=`` or an OTP supervisor's intensity
 do: the datapath is ``failed`` until someone starts it again deliberately (``start``; vnetd
-does on ``vnet up`` and ``vnet down``).  A start that fails (the new process exits or never
+does on ``vnet up``).  A start that fails (the new process exits or never
 answers) is a failure like a crash.
 """
 
@@ -52,14 +52,14 @@ class Health:
         last = f"last failure: {self.last_failure}" if self.last_failure else ""
         if self.phase is Phase.FAILED:
             return (f"failed: gave up after {self.failures_in_window} failures in "
-                    f"{self.window_span:.1f} s ({last}); 'vnet up' or 'vnet down' starts "
-                    f"it again")
+                    f"{self.window_span:.1f} s ({last}); any 'vnet up' starts it "
+                    f"again")
         if self.phase is Phase.RESTARTING or (self.phase is Phase.STARTING and self.attempt):
             due = f", next start in {self.retry_in:.2f} s" if self.retry_in else ""
             return f"restarting (attempt {self.attempt}{due}, {last})"
         if self.phase is Phase.RUNNING and self.restarts:
             return f"running ({self.restarts} restarts, {last})"
-        return self.phase.value
+        return str(self.phase.value)
 
 
 @dataclass
