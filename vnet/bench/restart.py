@@ -4,7 +4,8 @@
 
 Brings up two namespace nodes on a private host (``vnet.testing.TestHost``), pings from one
 to the other every ``--interval`` seconds (``ping -D``: each reply carries its time), and
-kills the datapath ``--kills`` times, each time once forwarding is back.  Per kill it reports
+kills the datapath ``--kills`` times, ``--spacing`` seconds apart and each time once
+forwarding is back.  Per kill it reports
 the pings lost (the run of missing sequence numbers after the kill) and the time from the
 kill to the first reply after them; then the medians, the CPU, and vnetd's and the
 datapath's CPU time while idle.  Needs root; run it under the integration lock.
@@ -63,6 +64,9 @@ def cpu_seconds(pid: int) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m vnet.bench.restart")
     parser.add_argument("--kills", type=int, default=7)
+    parser.add_argument("--spacing", type=float, default=6.0,
+                        help="seconds between kills (more than the restart policy's stable run: "
+                             "each kill is then a first crash, restarted at once)")
     parser.add_argument("--interval", type=float, default=0.01)
     parser.add_argument("--idle", type=float, default=10.0,
                         help="seconds of idle to measure vnetd's and the datapath's CPU over")
@@ -103,6 +107,7 @@ def main() -> int:
                 os.kill(pid, signal.SIGKILL)
                 wait_until(lambda k=kills[-1]: replied_since(k), 60,  # type: ignore[misc]
                            "forwarding after the kill")
+                time.sleep(max(0.0, kills[-1] + args.spacing - time.time()))
         finally:
             ping.terminate()
             ping.wait()
