@@ -83,12 +83,13 @@ def test_killed_again_and_again_even_while_restarting(vnet_lab: Lab) -> None:
         if health is None:
             now = datapath_pid(host)
             if now not in (None, pid):
-                os.kill(now, signal.SIGKILL)   # type: ignore[arg-type]
+                os.kill(now, signal.SIGKILL)
                 pid = now
         return health
 
     health = wait_until(given_up_or_killed, 60, "the restart policy to give up",
                         interval=0.002)
+    assert health is not None
     assert "gave up after 6 failures in" in health["message"], health
     status = host.cli("status")
     assert "datapath: failed: gave up after 6 failures in" in status.stdout, status.stdout

@@ -108,9 +108,9 @@ def test_a_broken_connection_fails_who_waits_and_the_next_call_reconnects(
     async def scenario() -> tuple[list[object], object]:
         server = await _scripted_server(path, [None, _ok("again")])
         client = ControlClient(path)
-        waiting = await asyncio.gather(client.call(protocol.Ping()),
-                                       client.call(protocol.GetStats()),
-                                       return_exceptions=True)
+        waiting: list[object] = list(await asyncio.gather(
+            client.call(protocol.Ping()), client.call(protocol.GetStats()),
+            return_exceptions=True))
         again = await client.call(protocol.Ping())
         client.close()
         server.close()
