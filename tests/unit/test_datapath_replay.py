@@ -129,6 +129,7 @@ def vnetd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Vnetd, FakeD
     daemon = Vnetd(tmp_path / "vnetd.sock", tmp_path)
     fake = FakeDatapath()
     monkeypatch.setattr(daemon.datapath, "_spawn", fake.spawn)
+    monkeypatch.setattr(daemon.datapath, "_prepare_standby", lambda: None)
     monkeypatch.setattr(daemon.datapath.client, "call", fake.call)
     touched: list[str] = []
 

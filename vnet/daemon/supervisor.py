@@ -58,6 +58,7 @@ class DatapathSupervisor:
         self.totals = CounterTotals()
         self.run = 0                        # which datapath process, counted from 1
         self.child: _Child | None = None
+        self.standby: _Child | None = None  # a warm spare for the next restart
         self.replay_error: str | None = None
         self.supervision_error: str | None = None
         self._supervision: asyncio.Task[None] | None = None
@@ -76,6 +77,7 @@ class DatapathSupervisor:
             raise
         self.policy.started(_now())
         self._supervise(child)
+        self._prepare_standby()
         self._poller = _watched(asyncio.create_task(self._poll_counters(),
                                                     name="datapath counter poller"),
                                 self._task_failed)
@@ -101,14 +103,16 @@ class DatapathSupervisor:
                 task.cancel()
         self.policy.stop()
         self.client.close("vnetd is stopping")
+        if self.standby is not None:
+            self.standby.kill()
         child = self.child
         if child is None or child.process.returncode is not None:
             return
-        child.process.terminate()
+        child.signal(signal.SIGTERM)
         try:
             await asyncio.wait_for(child.process.wait(), 5)
         except TimeoutError:
-            child.process.kill()
+            child.kill()
             await child.process.wait()
 
     # ---- talking to it --------------------------------------------------------------------
@@ -163,7 +167,9 @@ class DatapathSupervisor:
                        f"starts it again")
         elif health.phase is Phase.RUNNING and self.replay_error:
             message += f"; replaying the lab records into it failed: {self.replay_error}"
-        return {"state": state, "pid": self.pid, "restarts": health.restarts,
+        standby = self.standby.pid if self.standby is not None and self.standby.alive else None
+        return {"state": state, "pid": self.pid, "standby_pid": standby,
+                "restarts": health.restarts,
                 "attempt": health.attempt, "last_failure": health.last_failure,
                 "retry_in": health.retry_in, "message": message}
 
@@ -219,11 +225,31 @@ class DatapathSupervisor:
         except Exception as err:
             log.exception("replaying the lab records into the new datapath failed")
             self.replay_error = f"internal error: {err!r}"
+        if child.alive:
+            self._prepare_standby()
         return child, None
 
     async def _spawn(self) -> _Child:
+        """A running datapath: the warm spare woken, or a new process."""
         self.client.close("a new datapath is starting")
         self.control_path.unlink(missing_ok=True)
+        child, self.standby = self.standby, None
+        if child is None or not child.alive:
+            child = await self._new_process()
+        self.run += 1
+        self.child = child
+        try:
+            child.wake()
+            await child.ready(START_TIMEOUT, self.log_path)
+            await self.client.call(protocol.Ping())
+        except DatapathError:
+            child.kill()
+            raise
+        log.info("datapath started, pid %d", child.pid)
+        return child
+
+    async def _new_process(self) -> _Child:
+        """A datapath process that waits to be woken (``--standby``)."""
         env = None
         if self.python != sys.executable:  # it finds vnet where this interpreter does
             env = {**os.environ, "PYTHONPATH": str(Path(vnet.__file__).resolve().parents[1])}
@@ -233,8 +259,8 @@ class DatapathSupervisor:
             with open(self.log_path, "ab") as logfile:
                 process = await asyncio.create_subprocess_exec(
                     self.python, "-m", "vnet.datapath.main", "--control",
-                    str(self.control_path), "--lifeline", str(write_end),
-                    stdin=asyncio.subprocess.DEVNULL, stdout=logfile, stderr=logfile, env=env,
+                    str(self.control_path), "--lifeline", str(write_end), "--standby",
+                    stdin=asyncio.subprocess.PIPE, stdout=logfile, stderr=logfile, env=env,
                     pass_fds=(write_end,), preexec_fn=_die_with_parent)
         except OSError as err:
             os.close(read_end)
@@ -242,16 +268,31 @@ class DatapathSupervisor:
                                 f"{err.strerror or err}") from None
         finally:
             os.close(write_end)
-        self.run += 1
-        child = self.child = _Child(process, read_end)
-        try:
-            await child.ready(START_TIMEOUT, self.log_path)
-            await self.client.call(protocol.Ping())
-        except DatapathError:
-            child.kill()
-            raise
-        log.info("datapath started, pid %d", process.pid)
-        return child
+        return _Child(process, read_end)
+
+    def _prepare_standby(self) -> None:
+        """Start the warm spare for the next restart, in the background (the interpreter's
+        start is most of a restart's time)."""
+        if self._stopping or (self.standby is not None and self.standby.alive):
+            return
+
+        async def prepare() -> None:
+            try:
+                spare = await self._new_process()
+            except DatapathError as err:
+                log.warning("no warm spare datapath: %s", err)
+                return
+            if self._stopping:
+                spare.kill()
+                return
+            self.standby = spare
+            why = await spare.died()
+            if self.standby is spare:   # it died as a spare, not woken
+                self.standby = None
+                log.warning("the spare datapath (pid %d) %s; a restart will start a new "
+                            "process", spare.pid, why)
+
+        _watched(asyncio.create_task(prepare(), name="datapath spare"), self._task_failed)
 
     async def _poll_counters(self) -> None:
         """Read the counters every ``POLL`` seconds, so a death loses at most that much."""
@@ -274,6 +315,9 @@ class _Child:
         self.process = process
         self.pid = process.pid
         self._lifeline = lifeline
+        # signalled through a pidfd: Popen.send_signal would reap a zombie under the child
+        # watcher's feet (which then reports status 255), and a bare pid may be reused
+        self._pidfd: int | None = os.pidfd_open(process.pid)
         loop = asyncio.get_running_loop()
         self._ready: asyncio.Future[None] = loop.create_future()
         self._dead: asyncio.Future[None] = loop.create_future()
@@ -319,10 +363,19 @@ class _Child:
             return f"was killed by {_signal_name(-status)}"
         return f"exited with status {status}"
 
+    def wake(self) -> None:
+        """A spare (``--standby``) goes on to bind the control socket and run."""
+        if self.process.stdin is not None:
+            with contextlib.suppress(OSError):   # it died meanwhile: ready() says so
+                self.process.stdin.write(b"g")
+
     def kill(self) -> None:
-        if self.process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.process.kill()
+        self.signal(signal.SIGKILL)
+
+    def signal(self, number: int) -> None:
+        if self._pidfd is not None:
+            with contextlib.suppress(ProcessLookupError):   # reaped meanwhile
+                signal.pidfd_send_signal(self._pidfd, number)
 
     def _on_lifeline(self) -> None:
         try:
@@ -338,7 +391,12 @@ class _Child:
         self._gone()
 
     async def _wait_exit(self) -> None:
-        await self.process.wait()
+        try:
+            await self.process.wait()
+        finally:
+            if self._pidfd is not None:
+                os.close(self._pidfd)
+                self._pidfd = None
         self._gone()   # in case the lifeline did not tell (it always should)
 
     def _gone(self) -> None:

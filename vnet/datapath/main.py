@@ -5,6 +5,10 @@ listens, and its closing says this process is dying.  It is moved to a high fd n
 because the kernel closes a dying process's files from the highest number down: its end
 then reaches vnetd before the packet sockets' teardown (about 0.1 s with rings, an RCU grace
 period each), so vnetd starts the successor meanwhile.
+
+``--standby`` makes a warm spare: the interpreter is up and everything imported, and it waits
+for one byte on its stdin before it binds the control socket and starts (EOF: it exits).
+vnetd keeps one, so that a restart does not wait for an interpreter to start.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
                                                      BUSY_POLL * 1e6)),
                         help="after forwarding, poll this long before sleeping (0: never)")
     parser.add_argument("--lifeline", type=int, help="vnetd's pipe (see the module's doc)")
+    parser.add_argument("--standby", action="store_true",
+                        help="start only when a byte arrives on stdin (see the module's doc)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s datapath %(levelname)s %(message)s")
@@ -45,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.netns:
             netns.enter_for_good(args.netns)
+        if args.standby and not os.read(0, 1):
+            return 0   # vnetd has no more use for this spare
         datapath = Datapath(args.control, io=args.io,
                             busy_poll=args.busy_poll_us / 1e6)
     except (HostError, OSError) as err:
