@@ -1,14 +1,17 @@
 """What a datapath crash costs: frames lost per ``kill -9`` and time to forwarding again.
 
-    python -m vnet.bench.restart [--kills 7] [--interval 0.01]
+    python -m vnet.bench.restart [--kills 7] [--interval 0.01] [--udp-period 0.001]
 
-Brings up two namespace nodes on a private host (``vnet.testing.TestHost``), pings from one
-to the other every ``--interval`` seconds (``ping -D``: each reply carries its time), and
-kills the datapath ``--kills`` times, ``--spacing`` seconds apart and each time once
-forwarding is back.  Per kill it reports
-the pings lost (the run of missing sequence numbers after the kill) and the time from the
-kill to the first reply after them; then the medians, the CPU, and vnetd's and the
-datapath's CPU time while idle.  Needs root; run it under the integration lock.
+Brings up two namespace nodes on a private host (``vnet.testing.TestHost``) and runs two
+streams from one to the other: ``ping -D -i INTERVAL`` (each reply carries its time; the
+figure the issue was filed with) and UDP datagrams paced by the clock every ``--udp-period``
+(ping sends less often while it gets no replies, about 62 instead of 100 a second at 10 ms,
+so its losses undercount an outage; the datagrams do not).  It kills the datapath
+``--kills`` times, ``--spacing`` seconds apart and each time once both streams flow again,
+and reports per kill what each stream lost (the run of missing sequence numbers after the
+kill) and the time from the kill to the first arrival after them; then the medians, the CPU,
+and vnetd's and the datapath's CPU time while idle.  Needs root; run it under the
+integration lock.
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ import re
 import signal
 import statistics
 import subprocess
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,13 +66,73 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+SENDER = """
+import socket, sys, time
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+period, seq, due = float(sys.argv[1]), 0, time.monotonic()
+while True:
+    seq += 1
+    sock.sendto(b"%d" % seq, ("10.2.0.2", 9999))
+    due += period
+    pause = due - time.monotonic()
+    if pause > 0:
+        time.sleep(pause)
+"""
+RECEIVER = """
+import socket, sys, time
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.bind(("10.2.0.2", 9999))
+while True:
+    seq = sock.recv(64)
+    sys.stdout.write("%s %.6f\\n" % (seq.decode(), time.time()))
+    sys.stdout.flush()
+"""
+
+
+class Stream:
+    """A process whose output lines tell which sequence number arrived when."""
+
+    def __init__(self, process: subprocess.Popen[str],
+                 parse: Callable[[str], tuple[int, float] | None]) -> None:
+        self.process, self.parse = process, parse
+        self.arrivals: dict[int, float] = {}
+        assert process.stdout is not None
+        os.set_blocking(process.stdout.fileno(), False)
+
+    def read(self) -> dict[int, float]:
+        for line in self.process.stdout.readlines() if self.process.stdout else []:
+            parsed = self.parse(line)
+            if parsed:
+                self.arrivals[parsed[0]] = parsed[1]
+        return self.arrivals
+
+    def arrived_since(self, when: float, count: int = 20) -> bool:
+        return sum(t > when for t in self.read().values()) >= count
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait()
+
+
+def _ping_reply(line: str) -> tuple[int, float] | None:
+    match = REPLY.match(line)
+    return (int(match[2]), float(match[1])) if match else None
+
+
+def _datagram(line: str) -> tuple[int, float] | None:
+    seq, _, when = line.partition(" ")
+    return (int(seq), float(when)) if when else None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m vnet.bench.restart")
     parser.add_argument("--kills", type=int, default=7)
     parser.add_argument("--spacing", type=float, default=6.0,
                         help="seconds between kills (more than the restart policy's stable run: "
                              "each kill is then a first crash, restarted at once)")
-    parser.add_argument("--interval", type=float, default=0.01)
+    parser.add_argument("--interval", type=float, default=0.01, help="ping's interval")
+    parser.add_argument("--udp-period", type=float, default=0.001,
+                        help="one datagram every this many seconds, paced by the clock")
     parser.add_argument("--idle", type=float, default=10.0,
                         help="seconds of idle to measure vnetd's and the datapath's CPU over")
     args = parser.parse_args()
@@ -81,42 +146,40 @@ def main() -> int:
         time.sleep(args.idle)
         idle = ((cpu_seconds(host.process.pid) - vnetd_cpu) / args.idle,
                 (cpu_seconds(dp) - dp_cpu) / args.idle)
-        ping = popen_in_netns(lab.netns("left"), ["ping", "-D", "-n", "-i", str(args.interval),
-                                                   "10.2.0.2"],
-                              stdout=subprocess.PIPE, text=True)
-        replies: dict[int, float] = {}
+        left, right = lab.netns("left"), lab.netns("right")
+        streams = [
+            Stream(popen_in_netns(left, ["ping", "-D", "-n", "-i", str(args.interval),
+                                         "10.2.0.2"], stdout=subprocess.PIPE, text=True),
+                   _ping_reply),
+            Stream(popen_in_netns(right, [sys.executable, "-c", RECEIVER],
+                                  stdout=subprocess.PIPE, text=True), _datagram)]
+        sender = popen_in_netns(left, [sys.executable, "-c", SENDER, str(args.udp_period)])
         kills: list[float] = []
         try:
-            assert ping.stdout is not None
-            os.set_blocking(ping.stdout.fileno(), False)
-
-            def read() -> None:
-                for line in ping.stdout.readlines() if ping.stdout else []:
-                    match = REPLY.match(line)
-                    if match:
-                        replies[int(match[2])] = float(match[1])
-
-            def replied_since(when: float) -> bool:
-                read()
-                return sum(t > when for t in replies.values()) >= 20
-
-            wait_until(lambda: replied_since(0), 30, "pings to be answered")
+            wait_until(lambda: all(s.arrived_since(0) for s in streams), 30,
+                       "pings and datagrams to arrive")
             for _ in range(args.kills):
                 pid = host.call("ping")["datapath_pid"]
                 kills.append(time.time())
                 os.kill(pid, signal.SIGKILL)
-                wait_until(lambda k=kills[-1]: replied_since(k), 60,  # type: ignore[misc]
-                           "forwarding after the kill")
+                wait_until(lambda k=kills[-1]: all(  # type: ignore[misc]
+                    s.arrived_since(k) for s in streams), 60, "forwarding after the kill")
                 time.sleep(max(0.0, kills[-1] + args.spacing - time.time()))
         finally:
-            ping.terminate()
-            ping.wait()
-        results = [outage_after(k, replies) for k in kills]
-        for i, r in enumerate(results, 1):
-            print(f"kill {i}: {r.lost} pings lost, forwarding again after {r.outage:.3f} s")
-        print(f"median: {statistics.median(r.lost for r in results)} pings lost "
-              f"(at {args.interval * 1000:.0f} ms), forwarding again after "
-              f"{statistics.median(r.outage for r in results):.3f} s")
+            sender.terminate()
+            sender.wait()
+            for stream in streams:
+                stream.stop()
+        pings = [outage_after(k, streams[0].read()) for k in kills]
+        datagrams = [outage_after(k, streams[1].read()) for k in kills]
+        for i, (p, d) in enumerate(zip(pings, datagrams, strict=True), 1):
+            print(f"kill {i}: {p.lost} pings lost, {d.lost} datagrams lost; forwarding again "
+                  f"after {p.outage:.3f} s (pings), {d.outage:.3f} s (datagrams)")
+        print(f"median: {statistics.median(p.lost for p in pings)} pings lost (every "
+              f"{args.interval * 1000:g} ms), {statistics.median(d.lost for d in datagrams)} "
+              f"datagrams lost (every {args.udp_period * 1000:g} ms); forwarding again after "
+              f"{statistics.median(p.outage for p in pings):.3f} s (pings), "
+              f"{statistics.median(d.outage for d in datagrams):.3f} s (datagrams)")
         model = next(line.split(":", 1)[1].strip() for line in
                      Path("/proc/cpuinfo").read_text().splitlines()
                      if line.startswith("model name"))
