@@ -23,6 +23,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -77,6 +78,8 @@ while True:
     pause = due - time.monotonic()
     if pause > 0:
         time.sleep(pause)
+    else:   # late (a stall): no burst to catch up, the rate stays at most one per period
+        due = time.monotonic()
 """
 RECEIVER = """
 import socket, sys, time
@@ -90,21 +93,25 @@ while True:
 
 
 class Stream:
-    """A process whose output lines tell which sequence number arrived when."""
+    """A process whose output lines tell which sequence number arrived when, read as they
+    come (by a thread: a full pipe would stall the process, and its socket would drop)."""
 
     def __init__(self, process: subprocess.Popen[str],
                  parse: Callable[[str], tuple[int, float] | None]) -> None:
         self.process, self.parse = process, parse
         self.arrivals: dict[int, float] = {}
-        assert process.stdout is not None
-        os.set_blocking(process.stdout.fileno(), False)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
 
-    def read(self) -> dict[int, float]:
-        for line in self.process.stdout.readlines() if self.process.stdout else []:
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
             parsed = self.parse(line)
             if parsed:
                 self.arrivals[parsed[0]] = parsed[1]
-        return self.arrivals
+
+    def read(self) -> dict[int, float]:
+        return dict(self.arrivals)
 
     def arrived_since(self, when: float, count: int = 20) -> bool:
         return sum(t > when for t in self.read().values()) >= count
@@ -112,6 +119,7 @@ class Stream:
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait()
+        self._reader.join(10)
 
 
 def _ping_reply(line: str) -> tuple[int, float] | None:
