@@ -16,6 +16,7 @@ import pytest
 from vnet.daemon.restartpolicy import Limits
 from vnet.daemon.supervisor import DatapathSupervisor
 from vnet.datapath import protocol
+from vnet.errors import DatapathError
 
 FAST = Limits(burst=3, window=30.0, stable=5.0, first_delay=0.01, max_delay=0.05)
 DEADLINE = 30.0
@@ -131,3 +132,31 @@ def test_stop_leaves_no_datapath_process(tmp_path: Path) -> None:
 
     run(scenario)
     assert not [pid for pid in pids if alive(pid)]
+
+
+def test_a_replay_that_fails_is_logged_and_shown_and_the_datapath_stays(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    async def replay() -> None:
+        raise DatapathError("datapath add_port: cannot open port 'c1.eth0' on 'vn1': "
+                            "No such device")
+
+    sup = DatapathSupervisor(tmp_path / "dp.sock", tmp_path / "dp.log", replay, limits=FAST,
+                             spare=False)
+
+    async def scenario() -> None:
+        await sup.start()
+        first = sup.pid
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        await until(lambda: sup.pid not in (None, first) and sup.replay_error,
+                    "the restart and its failed replay")
+        health = sup.health()
+        assert health["state"] == "running", health
+        assert health["message"].endswith("; replaying the lab records into it failed: "
+                                          "datapath add_port: cannot open port 'c1.eth0' on "
+                                          "'vn1': No such device"), health
+        assert (await sup.call(protocol.Ping()))["pid"] == sup.pid   # it still serves
+        await sup.stop()
+
+    run(scenario)
+    assert "replaying the lab records into the new datapath failed" in caplog.text
