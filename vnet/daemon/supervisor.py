@@ -11,10 +11,9 @@ Supervision survives whatever the datapath does: one task watches it, and every 
 in ``health()`` (``vnet status``).  The task itself failing is a bug, and is not silent
 either: its done-callback logs it and ``health()`` says so.
 
-A death is noticed through a lifeline (see ``vnet.datapath.main``): a pipe whose write end
-only the datapath holds; it closes about 0.1 s before ``waitpid`` could tell, and the same
-pipe says when the new one listens.  Requests share one connection (``controlclient``), and
-counters are kept across runs (``counters``).
+A death is noticed through the process's lifeline, and a restart wakes a warm spare
+(``datapathprocess``).  Requests share one connection (``controlclient``), and counters are
+kept across runs (``counters``).
 """
 
 from __future__ import annotations
@@ -22,16 +21,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import vnet
 from vnet.daemon.controlclient import ControlClient
 from vnet.daemon.counters import POLL, CounterTotals
+from vnet.daemon.datapathprocess import DatapathProcess, spawn_spare
+from vnet.daemon.datapathprocess import _die_with_parent as _die_with_parent  # vms.py's
 from vnet.daemon.restartpolicy import Limits, Phase, RestartPolicy
 from vnet.datapath import protocol
 from vnet.errors import DatapathError, VnetError
@@ -59,8 +58,8 @@ class DatapathSupervisor:
         self.client = ControlClient(control_path)
         self.totals = CounterTotals()
         self.run = 0                        # which datapath process, counted from 1
-        self.child: _Child | None = None
-        self.standby: _Child | None = None  # a warm spare for the next restart
+        self.child: DatapathProcess | None = None
+        self.standby: DatapathProcess | None = None  # a warm spare for the next restart
         self.spare = spare
         self.replay_error: str | None = None
         self.supervision_error: str | None = None
@@ -178,12 +177,12 @@ class DatapathSupervisor:
 
     # ---- supervision ----------------------------------------------------------------------
 
-    def _supervise(self, child: _Child | None, why: str | None = None) -> None:
+    def _supervise(self, child: DatapathProcess | None, why: str | None = None) -> None:
         self._supervision = _watched(asyncio.create_task(self._watch(child, why),
                                                          name="datapath supervisor"),
                                      self._task_failed)
 
-    async def _watch(self, child: _Child | None, why: str | None) -> None:
+    async def _watch(self, child: DatapathProcess | None, why: str | None) -> None:
         """Wait for the datapath to die, restart it as the policy says; again, for ever
         (until vnetd stops or the policy gives up).  ``child`` None: its start failed."""
         while True:
@@ -208,7 +207,7 @@ class DatapathSupervisor:
                 self.policy.restart_due(_now())
                 child, why = await self._bring_up()
 
-    async def _bring_up(self) -> tuple[_Child | None, str | None]:
+    async def _bring_up(self) -> tuple[DatapathProcess | None, str | None]:
         """Start a datapath and replay the records into it (the lock is held): the child,
         or None and why it did not start.  A replay that fails is logged and shown, and the
         datapath stays (if it died during the replay, the watch sees that next)."""
@@ -232,13 +231,13 @@ class DatapathSupervisor:
             self._prepare_standby()
         return child, None
 
-    async def _spawn(self) -> _Child:
+    async def _spawn(self) -> DatapathProcess:
         """A running datapath: the warm spare woken, or a new process."""
         self.client.close("a new datapath is starting")
         self.control_path.unlink(missing_ok=True)
         child, self.standby = self.standby, None
         if child is None or not child.alive:
-            child = await self._new_process()
+            child = await spawn_spare(self.python, self.control_path, self.log_path)
         self.run += 1
         self.child = child
         try:
@@ -251,28 +250,6 @@ class DatapathSupervisor:
         log.info("datapath started, pid %d", child.pid)
         return child
 
-    async def _new_process(self) -> _Child:
-        """A datapath process that waits to be woken (``--standby``)."""
-        env = None
-        if self.python != sys.executable:  # it finds vnet where this interpreter does
-            env = {**os.environ, "PYTHONPATH": str(Path(vnet.__file__).resolve().parents[1])}
-        read_end, write_end = os.pipe()
-        os.set_blocking(read_end, False)
-        try:
-            with open(self.log_path, "ab") as logfile:
-                process = await asyncio.create_subprocess_exec(
-                    self.python, "-m", "vnet.datapath.main", "--control",
-                    str(self.control_path), "--lifeline", str(write_end), "--standby",
-                    stdin=asyncio.subprocess.PIPE, stdout=logfile, stderr=logfile, env=env,
-                    pass_fds=(write_end,), preexec_fn=_die_with_parent)
-        except OSError as err:
-            os.close(read_end)
-            raise DatapathError(f"cannot start the datapath with {self.python}: "
-                                f"{err.strerror or err}") from None
-        finally:
-            os.close(write_end)
-        return _Child(process, read_end)
-
     def _prepare_standby(self) -> None:
         """Start the warm spare for the next restart, in the background (the interpreter's
         start is most of a restart's time)."""
@@ -282,7 +259,7 @@ class DatapathSupervisor:
 
         async def prepare() -> None:
             try:
-                spare = await self._new_process()
+                spare = await spawn_spare(self.python, self.control_path, self.log_path)
             except DatapathError as err:
                 log.warning("no warm spare datapath: %s", err)
                 return
@@ -312,124 +289,6 @@ class DatapathSupervisor:
         self.supervision_error = repr(err)
 
 
-class _Child:
-    """One datapath process and its lifeline (the read end of the pipe)."""
-
-    def __init__(self, process: asyncio.subprocess.Process, lifeline: int) -> None:
-        self.process = process
-        self.pid = process.pid
-        self._lifeline = lifeline
-        # signalled through a pidfd: Popen.send_signal would reap a zombie under the child
-        # watcher's feet (which then reports status 255), and a bare pid may be reused
-        self._pidfd: int | None = os.pidfd_open(process.pid)
-        loop = asyncio.get_running_loop()
-        self._ready: asyncio.Future[None] = loop.create_future()
-        self._dead: asyncio.Future[None] = loop.create_future()
-        loop.add_reader(lifeline, self._on_lifeline)
-        self._exit = _watched(asyncio.create_task(self._wait_exit(), name="datapath reaper"),
-                              lambda task, err: log.critical("%s failed: %r", task.get_name(),
-                                                             err, exc_info=err))
-
-    @property
-    def alive(self) -> bool:
-        return not self._dead.done()
-
-    async def ready(self, timeout: float, log_path: Path) -> None:
-        """Until it listens; ``DatapathError`` if it dies first or takes too long."""
-        done, _ = await asyncio.wait({self._ready, self._dead}, timeout=timeout,
-                                     return_when=asyncio.FIRST_COMPLETED)
-        if self._ready in done:
-            return
-        if not done:
-            raise DatapathError(f"the datapath did not start within {timeout:.0f} s; see "
-                                f"{log_path}")
-        raise DatapathError(f"the datapath {await self.death()} at its start; see {log_path}")
-
-    async def died(self) -> str:
-        """Until it dies (it is killed to be sure: no second datapath beside the next);
-        how it died."""
-        await asyncio.shield(self._dead)
-        self.kill()
-        return await self.death()
-
-    async def death(self) -> str:
-        """How it died: from /proc while it is dying, else from its reaping (which the
-        child watcher may have done a moment ago)."""
-        status = self.process.returncode
-        if status is None:
-            status = _exit_status(self.pid)
-        if status is None:
-            with contextlib.suppress(TimeoutError):
-                status = await asyncio.wait_for(asyncio.shield(self.process.wait()), 1.0)
-        if status is None:
-            return "died"
-        if status < 0:
-            return f"was killed by {_signal_name(-status)}"
-        return f"exited with status {status}"
-
-    def wake(self) -> None:
-        """A spare (``--standby``) goes on to bind the control socket and run."""
-        if self.process.stdin is not None:
-            with contextlib.suppress(OSError):   # it died meanwhile: ready() says so
-                self.process.stdin.write(b"g")
-
-    def kill(self) -> None:
-        self.signal(signal.SIGKILL)
-
-    def signal(self, number: int) -> None:
-        if self._pidfd is not None:
-            with contextlib.suppress(ProcessLookupError):   # reaped meanwhile
-                signal.pidfd_send_signal(self._pidfd, number)
-
-    def _on_lifeline(self) -> None:
-        try:
-            data = os.read(self._lifeline, 64)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if data:
-            if not self._ready.done():
-                self._ready.set_result(None)
-            return
-        self._gone()
-
-    async def _wait_exit(self) -> None:
-        try:
-            await self.process.wait()
-        finally:
-            if self._pidfd is not None:
-                os.close(self._pidfd)
-                self._pidfd = None
-        self._gone()   # in case the lifeline did not tell (it always should)
-
-    def _gone(self) -> None:
-        if self._dead.done():
-            return
-        loop = asyncio.get_running_loop()
-        loop.remove_reader(self._lifeline)
-        os.close(self._lifeline)
-        self._dead.set_result(None)
-
-
-def _exit_status(pid: int) -> int | None:
-    """A dying (not yet reaped) process's exit status, from /proc (as ``returncode``:
-    negative for a signal)."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-        status = int(text.rsplit(")", 1)[1].split()[49])
-    except (OSError, IndexError, ValueError):
-        return None
-    return -(status & 0x7F) if status & 0x7F else status >> 8
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
-
-
 def _watched(task: asyncio.Task[None],
              on_failure: Callable[[asyncio.Task[None], BaseException], None]
              ) -> asyncio.Task[None]:
@@ -446,11 +305,3 @@ def _watched(task: asyncio.Task[None],
 
 def _now() -> float:
     return asyncio.get_running_loop().time()
-
-
-def _die_with_parent() -> None:
-    """In the child: receive SIGTERM when vnetd dies, so no orphan datapath outlives it."""
-    import ctypes
-
-    pr_set_pdeathsig = 1
-    ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGTERM)
