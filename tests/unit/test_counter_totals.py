@@ -43,8 +43,9 @@ def test_never_down_whatever_the_readings() -> None:
 def test_a_port_not_yet_replayed_keeps_its_baseline() -> None:
     totals = CounterTotals()
     totals.observe(1, {"lab": {"a": port(10), "b": port(20)}})
-    # the new run has re-added a only: b is not forgotten
-    assert totals.observe(2, {"lab": {"a": port(1)}})["lab"]["a"]["rx_frames"] == 11
+    # the new run has re-added a only: b is not forgotten, and shows as last seen
+    during = totals.observe(2, {"lab": {"a": port(1)}})["lab"]
+    assert (during["a"]["rx_frames"], during["b"]["rx_frames"]) == (11, 20)
     assert totals.observe(2, {"lab": {"a": port(1), "b": port(2)}})["lab"]["b"][
         "rx_frames"] == 22
 

@@ -77,7 +77,8 @@ class CounterTotals:
                 ) -> dict[str, dict[str, dict[str, Any]]]:
         """``stats`` as datapath run number ``run`` reported them (of ``bridges``, or of
         every bridge): the same with every counter made total.  A port that this run had
-        reported before and no longer does was deleted, and is forgotten."""
+        reported before and no longer does was deleted, and is forgotten; one that only
+        earlier runs reported is not re-created yet, and shows as last seen."""
         totals: dict[str, dict[str, dict[str, Any]]] = {}
         seen: set[tuple[str, str]] = set()
         for bridge, ports in stats.items():
@@ -95,8 +96,13 @@ class CounterTotals:
                 self._last[key] = _Reading(run, leaves, port_stats)
                 totals[bridge][port] = _with_baseline(port_stats, self._base.get(key, {}))
         for key, last in list(self._last.items()):
-            if (bridges is None or key[0] in bridges) and key not in seen and last.run == run:
+            if key in seen or (bridges is not None and key[0] not in bridges):
+                continue
+            if last.run == run:
                 self.forget(*key)
+            else:   # not yet re-created in this run (the replay is under way): as last seen
+                totals.setdefault(key[0], {})[key[1]] = _with_baseline(
+                    last.stats, self._base.get(key, {}))
         return totals
 
     def last(self) -> dict[str, dict[str, dict[str, Any]]]:

@@ -84,6 +84,10 @@ class DatapathProcess:
                                 f"{log_path}")
         raise DatapathError(f"the datapath {await self.death()} at its start; see {log_path}")
 
+    async def dead_within(self, timeout: float) -> bool:
+        await asyncio.wait({self._dead}, timeout=timeout)
+        return self._dead.done()
+
     async def died(self) -> str:
         """Until it dies (it is killed to be sure: no second datapath beside the next);
         how it died."""

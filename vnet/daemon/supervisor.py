@@ -244,9 +244,12 @@ class DatapathSupervisor:
             child.wake()
             await child.ready(START_TIMEOUT, self.log_path)
             await self.client.call(protocol.Ping())
-        except DatapathError:
+        except DatapathError as err:
+            if await child.dead_within(1.0):   # it died after it said it listens: say how
+                raise DatapathError(f"the datapath {await child.death()} at its start; see "
+                                    f"{self.log_path}") from None
             child.kill()
-            raise
+            raise err from None
         log.info("datapath started, pid %d", child.pid)
         return child
 
