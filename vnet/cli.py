@@ -291,6 +291,9 @@ def cmd_status(client: Client, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(status, indent=2))
         return 0
+    datapath = status["daemon"].get("datapath") or {}
+    if datapath.get("message", "running") != "running":   # restarts, failures: say so first
+        print(f"datapath: {datapath['message']}")
     rows = []
     for lab in status["labs"]:
         for node in lab["nodes"]:

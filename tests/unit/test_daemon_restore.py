@@ -90,8 +90,9 @@ def vnetd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exit_when_idle: bool 
     daemon = Vnetd(tmp_path / "vnetd.sock", tmp_path, exit_when_idle)
     kernel = Kernel()
     fake = Datapath(kernel)
-    monkeypatch.setattr(daemon.datapath, "start", fake.start)
-    monkeypatch.setattr(daemon.datapath, "call", fake.call)
+    monkeypatch.setattr(daemon.datapath, "_spawn", fake.spawn)
+    monkeypatch.setattr(daemon.datapath, "_prepare_standby", lambda: None)
+    monkeypatch.setattr(daemon.datapath.client, "call", fake.call)
     for kind in list(daemon.drivers.by_kind):
         if kind not in ("bridge", "port"):
             monkeypatch.setitem(daemon.drivers.by_kind, kind, Recorder(kind, kernel))

@@ -3,7 +3,7 @@ records: that touches the datapath's tables and nothing else (no VM is started, 
 created), and it runs under the daemon's lock, so it never interleaves with an up or a down.
 
 The datapath process and its control calls are replaced by an in-memory table here (no root,
-no process); the supervisor's own restart path (``_watch_process``) is the one under test.
+no process); the supervisor's own restart path (``_watch``) is the one under test.
 """
 
 from __future__ import annotations
@@ -41,10 +41,11 @@ class FakeDatapath:
         self.calls: list[tuple[str, str]] = []   # (task name, op)
         self.starts = 0
 
-    async def start(self) -> None:
+    async def spawn(self) -> FakeChild:
         self.starts += 1
         self.bridges.clear()  # a new datapath process knows nothing
         await asyncio.sleep(0)
+        return FakeChild()
 
     async def call(self, request: protocol.Request) -> Any:
         task = asyncio.current_task()
@@ -61,14 +62,45 @@ class FakeDatapath:
         return {}
 
 
-class DeadProcess:
+class FakeChild:
+    """A datapath process that runs until the test ends."""
+
+    pid = 4343
+    alive = True
+
+    async def died(self) -> str:
+        await asyncio.Event().wait()
+        return "never"
+
+    def kill(self) -> None:
+        pass
+
+
+class DeadChild(FakeChild):
     """A datapath process that has just been killed."""
 
     pid = 4242
-    returncode = -9
 
-    async def wait(self) -> int:
-        return -9
+    async def died(self) -> str:
+        return "was killed by SIGKILL"
+
+
+def restart_task(daemon: Vnetd, name: str | None = None) -> asyncio.Task[None]:
+    """The supervisor watching a datapath that has just died."""
+    supervisor = daemon.datapath
+    supervisor.policy.start(0.0)
+    supervisor.policy.started(0.0)
+    return asyncio.create_task(supervisor._watch(DeadChild(), None),  # type: ignore[arg-type]
+                               name=name)
+
+
+async def restarted(daemon: Vnetd, fake: FakeDatapath, task: asyncio.Task[None]) -> None:
+    """Until the new datapath is started and replayed (the lock is free again)."""
+    for _ in range(1000):
+        if fake.starts and not daemon.lock.locked():
+            break
+        await asyncio.sleep(0)
+    task.cancel()
 
 
 def lab_record(lab: str) -> LabRecord:
@@ -96,8 +128,9 @@ def vnetd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Vnetd, FakeD
     VM without it being written down in ``touched``."""
     daemon = Vnetd(tmp_path / "vnetd.sock", tmp_path)
     fake = FakeDatapath()
-    monkeypatch.setattr(daemon.datapath, "start", fake.start)
-    monkeypatch.setattr(daemon.datapath, "call", fake.call)
+    monkeypatch.setattr(daemon.datapath, "_spawn", fake.spawn)
+    monkeypatch.setattr(daemon.datapath, "_prepare_standby", lambda: None)
+    monkeypatch.setattr(daemon.datapath.client, "call", fake.call)
     touched: list[str] = []
 
     class Recorder:
@@ -124,7 +157,7 @@ def test_a_datapath_restart_replays_bridges_and_ports_and_touches_nothing_else(
     daemon, fake, touched = vnetd
 
     async def scenario() -> None:
-        await daemon.datapath._watch_process(DeadProcess())  # type: ignore[arg-type]
+        await restarted(daemon, fake, restart_task(daemon))
 
     asyncio.run(scenario())
     assert fake.starts == 1 and daemon.datapath.restarts == 1
@@ -141,12 +174,11 @@ def test_a_datapath_restart_waits_for_the_lock(
 
     async def scenario() -> None:
         async with daemon.lock:
-            restart = asyncio.create_task(
-                daemon.datapath._watch_process(DeadProcess()))  # type: ignore[arg-type]
+            restart = restart_task(daemon)
             for _ in range(50):  # let it run as far as it can: the fakes never block
                 await asyncio.sleep(0)
             assert (fake.starts, fake.calls) == (0, [])
-        await restart
+        await restarted(daemon, fake, restart)
         assert fake.starts == 1 and len(fake.calls) == 4
 
     asyncio.run(scenario())
@@ -163,10 +195,9 @@ def test_a_replay_never_interleaves_with_a_down(
     async def scenario() -> None:
         down = asyncio.create_task(daemon.op_down(DownRequest("lab1")), name="down")
         await asyncio.sleep(0)  # the down takes the lock first ...
-        restart = asyncio.create_task(
-            daemon.datapath._watch_process(DeadProcess()),  # type: ignore[arg-type]
-            name="replay")  # ... and the datapath dies while it runs
-        await asyncio.gather(down, restart)
+        restart = restart_task(daemon, "replay")  # ... and the datapath dies while it runs
+        await down
+        await restarted(daemon, fake, restart)
 
     asyncio.run(scenario())
     order = [task for task, _ in fake.calls]

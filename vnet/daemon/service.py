@@ -185,7 +185,8 @@ class Vnetd:
 
     async def op_ping(self, request: PingRequest) -> dict[str, Any]:
         return {"pid": os.getpid(), "version": __version__, "datapath_pid": self.datapath.pid,
-                "datapath_restarts": self.datapath.restarts}
+                "datapath_restarts": self.datapath.restarts,
+                "datapath": self.datapath.health()}
 
     async def op_up(self, request: UpRequest) -> dict[str, Any]:
         try:
@@ -222,6 +223,7 @@ class Vnetd:
         serialises it with every other change)."""
         facts = await asyncio.to_thread(preflight.check_host, topology, self.host)
         async with self.lock:
+            await self.datapath.revive()   # if its supervision gave up: a deliberate start
             return await self._reconcile(topology, facts)
 
     async def remove_part(self, lab: str) -> bool:
@@ -268,7 +270,7 @@ class Vnetd:
 
     async def op_status(self, request: StatusRequest) -> dict[str, Any]:
         lab = request.lab
-        stats = await self.datapath.call(protocol.GetStats())
+        stats = await self.datapath.counters()   # the last known if it cannot tell now
         labs = [lab_status(r, self.drivers, stats.get(r.lab, {}), self.failures.get(r.lab))
                 for r in self.store.load_all() if lab is None or r.lab == lab]
         on_bus = self.bus is not None and lab is not None and lab in (

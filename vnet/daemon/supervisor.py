@@ -1,9 +1,19 @@
-"""vnetd's handle on its datapath process: spawn, talk to, restart when it dies.
+"""vnetd's handle on its datapath process: spawn it, talk to it, restart it when it dies.
 
 The datapath holds no state worth keeping: when it dies vnetd starts a new one and replays
 every bridge and port from its lab records (``on_restart``), as Open vSwitch's
 ovs-vswitchd rebuilds its datapath from the database.  Restart and replay hold the daemon's
 lock, so they never interleave with an up or a down.
+
+Supervision survives whatever the datapath does: one task watches it, and every failure
+(a death, a start that fails, one during the replay) goes to the restart policy
+(``vnet.daemon.restartpolicy``: at once, after a back-off, or give up), is logged, and shows
+in ``health()`` (``vnet status``).  The task itself failing is a bug, and is not silent
+either: its done-callback logs it and ``health()`` says so.
+
+A death is noticed through the process's lifeline, and a restart wakes a warm spare
+(``datapathprocess``).  Requests share one connection (``controlclient``), and counters are
+kept across runs (``counters``).
 """
 
 from __future__ import annotations
@@ -11,17 +21,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import vnet
-from vnet import jsonlines
+from vnet.daemon.controlclient import ControlClient
+from vnet.daemon.counters import POLL, CounterTotals
+from vnet.daemon.datapathprocess import DatapathProcess, spawn_spare
+from vnet.daemon.datapathprocess import _die_with_parent as _die_with_parent  # vms.py's
+from vnet.daemon.restartpolicy import Limits, Phase, RestartPolicy
 from vnet.datapath import protocol
-from vnet.errors import DatapathError, ProtocolError
+from vnet.errors import DatapathError, VnetError
 
 log = logging.getLogger("vnet.supervisor")
 
@@ -30,113 +42,269 @@ START_TIMEOUT = 10.0
 
 class DatapathSupervisor:
     """``python`` runs the datapath: this interpreter, or another such as PyPy (the datapath
-    needs only the standard library and vnet's own pure-Python modules)."""
+    needs only the standard library and vnet's own pure-Python modules).  ``spare``: keep a
+    warm spare process for restarts (about 11 MB under CPython, 110 MB under PyPy)."""
 
     def __init__(self, control_path: Path, log_path: Path,
                  on_restart: Callable[[], Awaitable[None]], python: str = sys.executable,
-                 lock: asyncio.Lock | None = None) -> None:
+                 lock: asyncio.Lock | None = None, limits: Limits | None = None,
+                 spare: bool = True) -> None:
         self.control_path = control_path
         self.log_path = log_path
         self.python = python
         self.on_restart = on_restart
         self.lock = lock or asyncio.Lock()  # the daemon's: a restart is one change among others
-        self.process: asyncio.subprocess.Process | None = None
-        self.restarts = 0
-        self._watch: asyncio.Task[None] | None = None
+        self.policy = RestartPolicy(limits or Limits())
+        self.client = ControlClient(control_path)
+        self.totals = CounterTotals()
+        self.run = 0                        # which datapath process, counted from 1
+        self.child: DatapathProcess | None = None
+        self.standby: DatapathProcess | None = None  # a warm spare for the next restart
+        self.spare = spare
+        self.replay_error: str | None = None
+        self.supervision_error: str | None = None
+        self._supervision: asyncio.Task[None] | None = None
+        self._poller: asyncio.Task[None] | None = None
         self._stopping = False
 
+    # ---- lifecycle ------------------------------------------------------------------------
+
     async def start(self) -> None:
-        self.control_path.unlink(missing_ok=True)
-        env = None
-        if self.python != sys.executable:  # it finds vnet where this interpreter does
-            env = {**os.environ, "PYTHONPATH": str(Path(vnet.__file__).resolve().parents[1])}
-        with open(self.log_path, "ab") as logfile:
-            self.process = await asyncio.create_subprocess_exec(
-                self.python, "-m", "vnet.datapath.main", "--control", str(self.control_path),
-                stdin=asyncio.subprocess.DEVNULL, stdout=logfile, stderr=logfile, env=env,
-                preexec_fn=_die_with_parent)
-        deadline = asyncio.get_running_loop().time() + START_TIMEOUT
-        while True:
-            try:
-                await self.call(protocol.Ping())
-                break
-            except (OSError, DatapathError):
-                if self.process.returncode is not None:
-                    raise DatapathError(f"the datapath exited at start (status "
-                                        f"{self.process.returncode}); see {self.log_path}"
-                                        ) from None
-                if asyncio.get_running_loop().time() > deadline:
-                    raise DatapathError(f"the datapath did not answer within {START_TIMEOUT} s; "
-                                        f"see {self.log_path}") from None
-                await asyncio.sleep(0.05)
-        self._watch = asyncio.create_task(self._watch_process(self.process))
-        log.info("datapath started, pid %d", self.process.pid)
+        """The first datapath, at vnetd's start; ``DatapathError`` if it cannot start."""
+        self.policy.start(_now())
+        try:
+            child = await self._spawn()
+        except DatapathError:
+            self.policy.stop()
+            raise
+        self.policy.started(_now())
+        self._supervise(child)
+        self._prepare_standby()
+        self._poller = _watched(asyncio.create_task(self._poll_counters(),
+                                                    name="datapath counter poller"),
+                                self._task_failed)
 
-    async def _watch_process(self, process: asyncio.subprocess.Process) -> None:
-        status = await process.wait()
-        if self._stopping:
+    async def revive(self) -> None:
+        """A deliberate start (any ``vnet up``; the caller holds the lock): if
+        supervision gave up, or failed, a datapath is started again with a clean slate."""
+        if self._stopping or (self._supervision is not None and not self._supervision.done()):
             return
-        self.restarts += 1
-        log.error("datapath exited with status %s; restarting it and replaying the ports", status)
-        # Under the daemon's lock: an up or down in progress finishes first, and none starts
-        # until the new datapath holds every recorded bridge and port again.
-        async with self.lock:
-            if self._stopping:
-                return
-            try:
-                await self.start()
-                await self.on_restart()
-            except Exception:  # it died again (its new watcher restarts it), or cannot start
-                log.exception("restarting the datapath failed")
-
-    async def call(self, request: protocol.Request) -> Any:
-        """Send one request to the datapath; its result, or ``DatapathError``."""
-        op = request.op
-        try:
-            reader, writer = await asyncio.open_unix_connection(str(self.control_path))
-        except FileNotFoundError:
-            raise DatapathError(f"the datapath is not reachable: its control socket "
-                                f"{self.control_path} is missing") from None
-        except ConnectionRefusedError:
-            raise DatapathError(f"the datapath is not reachable: nothing listens on its "
-                                f"control socket {self.control_path}") from None
-        try:
-            writer.write(protocol.encode(request))
-            await writer.drain()
-            line = await reader.readline()
-        finally:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
-        if not line:
-            raise DatapathError(f"the datapath closed the connection during {op!r}")
-        try:
-            reply = jsonlines.decode(line)
-        except ProtocolError as err:
-            raise DatapathError(f"datapath {op}: a malformed reply: {err}") from None
-        return protocol.result(reply, op)
+        self.supervision_error = None
+        if self.child is not None and self.child.alive:
+            self._supervise(self.child)
+            return
+        log.info("starting the datapath again, as asked")
+        self.policy.start(_now())
+        child, why = await self._bring_up()
+        self._supervise(child, why)
 
     async def stop(self) -> None:
         self._stopping = True
-        if self._watch is not None:
-            self._watch.cancel()
-        if self.process is None or self.process.returncode is not None:
+        for task in (self._supervision, self._poller):
+            if task is not None:
+                task.cancel()
+        self.policy.stop()
+        self.client.close("vnetd is stopping")
+        if self.standby is not None:
+            self.standby.kill()
+        child = self.child
+        if child is None or child.process.returncode is not None:
             return
-        self.process.terminate()
+        child.signal(signal.SIGTERM)
         try:
-            await asyncio.wait_for(self.process.wait(), 5)
+            await asyncio.wait_for(child.process.wait(), 5)
         except TimeoutError:
-            self.process.kill()
-            await self.process.wait()
+            child.kill()
+            await child.process.wait()
+
+    # ---- talking to it --------------------------------------------------------------------
+
+    async def call(self, request: protocol.Request) -> Any:
+        """Send one request to the datapath; its result, or ``DatapathError``.  While none
+        runs (restarting, failed) a deletion is done already: the next datapath is
+        programmed from the lab records, which the deleting change updates."""
+        deletes = isinstance(request, protocol.DelPort | protocol.DelBridge)
+        if self.policy.phase in (Phase.RESTARTING, Phase.FAILED) and not deletes:
+            raise DatapathError(f"the datapath is not running: {self.health()['message']}")
+        result = None
+        if self.policy.phase not in (Phase.RESTARTING, Phase.FAILED):
+            result = await self.client.call(request)
+        if isinstance(request, protocol.DelPort):
+            self.totals.forget(request.bridge, request.name)
+        elif isinstance(request, protocol.DelBridge):
+            self.totals.forget(request.bridge)
+        return result
+
+    async def stats(self, bridge: str | None = None) -> dict[str, dict[str, dict[str, Any]]]:
+        """The ports' counters, of one bridge or all, totalled over the datapath's runs."""
+        run = self.run
+        raw = await self.call(protocol.GetStats(bridge))
+        if run != self.run:
+            raise DatapathError("the datapath restarted while its counters were read")
+        return self.totals.observe(run, raw, None if bridge is None else {bridge})
+
+    async def counters(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """The counters as now, or as last read if the datapath cannot tell now."""
+        try:
+            return await self.stats()
+        except DatapathError:
+            return self.totals.last()
 
     @property
     def pid(self) -> int | None:
-        return self.process.pid if self.process else None
+        return self.child.pid if self.child is not None and self.child.alive else None
+
+    @property
+    def restarts(self) -> int:
+        return self.policy.restarts
+
+    def health(self) -> dict[str, Any]:
+        """What ``vnet status`` says of the datapath."""
+        health = self.policy.health(_now())
+        state, message = health.phase.value, health.message
+        if self.supervision_error:
+            state = "failed"
+            message = (f"failed: vnetd's supervision of the datapath stopped "
+                       f"({self.supervision_error}, a bug: see vnetd's log); any 'vnet up' "
+                       f"starts it again")
+        elif health.phase is Phase.RUNNING and self.replay_error:
+            message += f"; replaying the lab records into it failed: {self.replay_error}"
+        standby = self.standby.pid if self.standby is not None and self.standby.alive else None
+        return {"state": state, "pid": self.pid, "standby_pid": standby,
+                "restarts": health.restarts,
+                "attempt": health.attempt, "last_failure": health.last_failure,
+                "retry_in": health.retry_in, "message": message}
+
+    # ---- supervision ----------------------------------------------------------------------
+
+    def _supervise(self, child: DatapathProcess | None, why: str | None = None) -> None:
+        self._supervision = _watched(asyncio.create_task(self._watch(child, why),
+                                                         name="datapath supervisor"),
+                                     self._task_failed)
+
+    async def _watch(self, child: DatapathProcess | None, why: str | None) -> None:
+        """Wait for the datapath to die, restart it as the policy says; again, for ever
+        (until vnetd stops or the policy gives up).  ``child`` None: its start failed."""
+        while True:
+            if child is not None:
+                why = await child.died()
+                log.error("the datapath (pid %d) %s", child.pid, why)
+            if self._stopping:
+                return
+            delay = self.policy.failed(_now(), why or "unknown")
+            if delay is None:
+                log.error("the datapath %s", self.policy.health(_now()).message)
+                return
+            log.info("restarting the datapath %s (attempt %d) and replaying the lab records",
+                     f"in {delay:.2f} s" if delay else "at once", self.policy.attempt)
+            if delay:
+                await asyncio.sleep(delay)
+            # Under the daemon's lock: an up or down in progress finishes first, and none
+            # starts until the new datapath holds every recorded bridge and port again.
+            async with self.lock:
+                if self._stopping:
+                    return
+                self.policy.restart_due(_now())
+                child, why = await self._bring_up()
+
+    async def _bring_up(self) -> tuple[DatapathProcess | None, str | None]:
+        """Start a datapath and replay the records into it (the lock is held): the child,
+        or None and why it did not start.  A replay that fails is logged and shown, and the
+        datapath stays (if it died during the replay, the watch sees that next)."""
+        try:
+            child = await self._spawn()
+        except DatapathError as err:
+            log.error("%s", err)
+            return None, str(err)
+        self.policy.started(_now())
+        try:
+            await self.on_restart()
+            self.replay_error = None
+        except VnetError as err:
+            if child.alive:
+                log.error("replaying the lab records into the new datapath failed: %s", err)
+                self.replay_error = str(err)
+        except Exception as err:
+            log.exception("replaying the lab records into the new datapath failed")
+            self.replay_error = f"internal error: {err!r}"
+        if child.alive:
+            self._prepare_standby()
+        return child, None
+
+    async def _spawn(self) -> DatapathProcess:
+        """A running datapath: the warm spare woken, or a new process."""
+        self.client.close("a new datapath is starting")
+        self.control_path.unlink(missing_ok=True)
+        child, self.standby = self.standby, None
+        if child is None or not child.alive:
+            child = await spawn_spare(self.python, self.control_path, self.log_path)
+        self.run += 1
+        self.child = child
+        try:
+            child.wake()
+            await child.ready(START_TIMEOUT, self.log_path)
+            await self.client.call(protocol.Ping())
+        except DatapathError as err:
+            if await child.dead_within(1.0):   # it died after it said it listens: say how
+                raise DatapathError(f"the datapath {await child.death()} at its start; see "
+                                    f"{self.log_path}") from None
+            child.kill()
+            raise err from None
+        log.info("datapath started, pid %d", child.pid)
+        return child
+
+    def _prepare_standby(self) -> None:
+        """Start the warm spare for the next restart, in the background (the interpreter's
+        start is most of a restart's time)."""
+        if not self.spare or self._stopping or (self.standby is not None and
+                                                 self.standby.alive):
+            return
+
+        async def prepare() -> None:
+            try:
+                spare = await spawn_spare(self.python, self.control_path, self.log_path)
+            except DatapathError as err:
+                log.warning("no warm spare datapath: %s", err)
+                return
+            if self._stopping:
+                spare.kill()
+                return
+            self.standby = spare
+            why = await spare.died()
+            if self.standby is spare and not self._stopping:   # it died as a spare
+                self.standby = None
+                log.warning("the spare datapath (pid %d) %s; a restart will start a new "
+                            "process", spare.pid, why)
+
+        _watched(asyncio.create_task(prepare(), name="datapath spare"), self._task_failed)
+
+    async def _poll_counters(self) -> None:
+        """Read the counters every ``POLL`` seconds, so a death loses at most that much."""
+        while True:
+            await asyncio.sleep(POLL)
+            if self.policy.phase is Phase.RUNNING:
+                with contextlib.suppress(DatapathError):
+                    await self.stats()
+
+    def _task_failed(self, task: asyncio.Task[None], err: BaseException) -> None:
+        log.critical("%s failed (a bug): %r; the datapath is no longer supervised",
+                     task.get_name(), err, exc_info=err)
+        self.supervision_error = repr(err)
 
 
-def _die_with_parent() -> None:
-    """In the child: receive SIGTERM when vnetd dies, so no orphan datapath outlives it."""
-    import ctypes
+def _watched(task: asyncio.Task[None],
+             on_failure: Callable[[asyncio.Task[None], BaseException], None]
+             ) -> asyncio.Task[None]:
+    """``task``, with ``on_failure`` called if it ends with an exception: a supervision task
+    that fails must never be silent."""
 
-    pr_set_pdeathsig = 1
-    ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    def ended(done: asyncio.Task[None]) -> None:
+        if not done.cancelled() and (err := done.exception()) is not None:
+            on_failure(done, err)
+
+    task.add_done_callback(ended)
+    return task
+
+
+def _now() -> float:
+    return asyncio.get_running_loop().time()

@@ -23,17 +23,28 @@ from vnet.errors import VnetError
 log = logging.getLogger("vnet.datapath")
 
 
+BACKLOG = socket.SOMAXCONN   # the kernel's cap (4096): connects queue, none is refused
+MAX_PENDING_OUTPUT = 64 << 20  # replies a client has not read; past this its requests wait
+
+
 class _Connection:
-    __slots__ = ("buffer", "sock")
+    __slots__ = ("buffer", "mask", "output", "sock")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.buffer = bytearray()
+        self.buffer = bytearray()   # request bytes not yet answered
+        self.output = bytearray()   # reply bytes the socket did not take yet
+        self.mask = select.EPOLLIN  # what it is registered for
 
 
 class ControlServer:
     """Listens on ``path`` (mode 0600); ``handle`` carries out one decoded request and
-    returns its result, or raises a ``VnetError`` whose message is the reply's error."""
+    returns its result, or raises a ``VnetError`` whose message is the reply's error.
+
+    Never blocks the loop: every pending connection is accepted at each wake-up, and a reply
+    the socket cannot take at once waits in the connection's ``output`` until epoll says it
+    is writable.  A client that does not read its replies stalls only itself: past
+    ``MAX_PENDING_OUTPUT`` nothing more is read from it until it has read them."""
 
     def __init__(self, path: str, epoll: select.epoll,
                  handle: Callable[[protocol.Request], Any]) -> None:
@@ -48,17 +59,31 @@ class ControlServer:
         os.chmod(path, 0o600)
         bound = os.stat(path)
         self.bound_id = (bound.st_dev, bound.st_ino)   # close removes only this file
-        self.listener.listen(16)
+        self.listener.listen(BACKLOG)
         self.listener.setblocking(False)
         epoll.register(self.listener.fileno(), select.EPOLLIN)
 
-    def on_event(self, fd: int) -> None:
+    def on_event(self, fd: int, events: int = select.EPOLLIN) -> None:
         """An epoll event on ``fd``: the listener, a connection, or an fd closed by an
         earlier event of the same batch (ignored)."""
         if fd == self.listener.fileno():
             self._accept()
-        elif fd in self.connections:
-            self._serve(fd)
+            return
+        control = self.connections.get(fd)
+        if control is None:
+            return
+        if events & ~select.EPOLLOUT and control.mask & select.EPOLLIN:
+            try:
+                chunk = control.sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                chunk = b""
+            if not chunk:
+                self._drop(fd)
+                return
+            control.buffer += chunk
+        self._pump(fd, control)
 
     def answer(self, line: bytes) -> dict[str, Any]:
         """The reply to one request line."""
@@ -71,39 +96,49 @@ class ControlServer:
             return jsonlines.failed(f"internal error in the datapath: {err!r}")
 
     def _accept(self) -> None:
-        try:
-            conn, _ = self.listener.accept()
-        except BlockingIOError:
-            return
-        conn.setblocking(False)
-        self.connections[conn.fileno()] = _Connection(conn)
-        self.epoll.register(conn.fileno(), select.EPOLLIN)
-
-    def _serve(self, fd: int) -> None:
-        control = self.connections[fd]
-        try:
-            chunk = control.sock.recv(65536)
-        except BlockingIOError:
-            return
-        except OSError:
-            chunk = b""
-        if not chunk:
-            self._drop(fd)
-            return
-        control.buffer += chunk
-        while b"\n" in control.buffer:
-            line, _, rest = bytes(control.buffer).partition(b"\n")
-            control.buffer = bytearray(rest)
-            reply = self.answer(line)
-            control.sock.setblocking(True)
+        while True:
             try:
-                control.sock.sendall(jsonlines.encode(reply))
-            except OSError:
-                self._drop(fd)
+                conn, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
                 return
-            control.sock.setblocking(False)
-        if len(control.buffer) > jsonlines.MAX_LINE:
-            self._drop(fd)
+            except OSError as err:   # EMFILE and the like: the rest wait in the backlog
+                log.warning("control socket: cannot accept a connection: %s", err)
+                return
+            conn.setblocking(False)
+            self.connections[conn.fileno()] = _Connection(conn)
+            self.epoll.register(conn.fileno(), select.EPOLLIN)
+
+    def _pump(self, fd: int, control: _Connection) -> None:
+        """Answer the whole lines received and send what the socket takes, until it takes
+        no more or no whole line is left; then wait for what is missing."""
+        buffer, output = control.buffer, control.output
+        while True:
+            while len(output) <= MAX_PENDING_OUTPUT:
+                end = buffer.find(b"\n")
+                if end < 0:
+                    break
+                line = bytes(buffer[:end])
+                del buffer[:end + 1]
+                output += jsonlines.encode(self.answer(line))
+            if len(buffer) > jsonlines.MAX_LINE and b"\n" not in buffer:
+                self._drop(fd)   # a line too long to be a request
+                return
+            while output:
+                try:
+                    sent = control.sock.send(output)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:
+                    self._drop(fd)
+                    return
+                del output[:sent]
+            if output or b"\n" not in buffer:
+                break
+        mask = (select.EPOLLIN if len(output) <= MAX_PENDING_OUTPUT else 0) | (
+            select.EPOLLOUT if output else 0)
+        if mask != control.mask:
+            control.mask = mask
+            self.epoll.modify(fd, mask)
 
     def _drop(self, fd: int) -> None:
         control = self.connections.pop(fd)

@@ -100,7 +100,7 @@ class Datapath:
                         port.socket_error()
                     port.drain(monotonic(), RX_BUDGET)
                 else:
-                    control.on_event(fd)
+                    control.on_event(fd, events)
             if schedule.holes or schedule.backlog:
                 self._revisit()
             if schedule.dirty:

@@ -1,0 +1,187 @@
+"""One datapath process as vnetd sees it: spawned as a warm spare, woken, and its death.
+
+A death is noticed through a *lifeline* (see ``vnet.datapath.main``): a pipe whose write end
+only the datapath holds, at a high fd number.  The kernel closes a dying process's files
+from the highest number down, so the pipe's end reaches vnetd a few ms after the kill,
+before the packet sockets' teardown (~0.1 s with rings) and before ``waitpid`` could tell.
+The same pipe carries one byte when the datapath listens, so nobody polls for its start.
+
+The process is signalled through a pidfd: ``Popen.send_signal`` would reap a zombie under
+asyncio's child watcher (which then reports status 255), and a bare pid may be reused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+import vnet
+from vnet.errors import DatapathError
+
+log = logging.getLogger("vnet.supervisor")
+
+
+async def spawn_spare(python: str, control_path: Path, log_path: Path) -> DatapathProcess:
+    """A datapath process that has started its interpreter and waits to be woken
+    (``--standby``); ``DatapathError`` if it cannot be started."""
+    env = None
+    if python != sys.executable:  # it finds vnet where this interpreter does
+        env = {**os.environ, "PYTHONPATH": str(Path(vnet.__file__).resolve().parents[1])}
+    read_end, write_end = os.pipe()
+    os.set_blocking(read_end, False)
+    try:
+        with open(log_path, "ab") as logfile:
+            process = await asyncio.create_subprocess_exec(
+                python, "-m", "vnet.datapath.main", "--control", str(control_path),
+                "--lifeline", str(write_end), "--standby",
+                stdin=asyncio.subprocess.PIPE, stdout=logfile, stderr=logfile, env=env,
+                pass_fds=(write_end,), preexec_fn=_die_with_parent)
+    except OSError as err:
+        os.close(read_end)
+        raise DatapathError(f"cannot start the datapath with {python}: "
+                            f"{err.strerror or err}") from None
+    finally:
+        os.close(write_end)
+    return DatapathProcess(process, read_end)
+
+
+class DatapathProcess:
+    """One datapath process and its lifeline (the read end of the pipe)."""
+
+    def __init__(self, process: asyncio.subprocess.Process, lifeline: int) -> None:
+        self.process = process
+        self.pid = process.pid
+        self._lifeline = lifeline
+        # signalled through a pidfd: Popen.send_signal would reap a zombie under the child
+        # watcher's feet (which then reports status 255), and a bare pid may be reused
+        self._pidfd: int | None = None
+        with contextlib.suppress(OSError):   # already gone (and reaped): nothing to signal
+            self._pidfd = os.pidfd_open(process.pid)
+        loop = asyncio.get_running_loop()
+        self._ready: asyncio.Future[None] = loop.create_future()
+        self._dead: asyncio.Future[None] = loop.create_future()
+        loop.add_reader(lifeline, self._on_lifeline)
+        self._exit = asyncio.create_task(self._wait_exit(), name="datapath reaper")
+        self._exit.add_done_callback(_log_failure)
+
+    @property
+    def alive(self) -> bool:
+        return not self._dead.done()
+
+    async def ready(self, timeout: float, log_path: Path) -> None:
+        """Until it listens; ``DatapathError`` if it dies first or takes too long."""
+        done, _ = await asyncio.wait({self._ready, self._dead}, timeout=timeout,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if self._ready in done:
+            return
+        if not done:
+            raise DatapathError(f"the datapath did not start within {timeout:.0f} s; see "
+                                f"{log_path}")
+        raise DatapathError(f"the datapath {await self.death()} at its start; see {log_path}")
+
+    async def dead_within(self, timeout: float) -> bool:
+        await asyncio.wait({self._dead}, timeout=timeout)
+        return self._dead.done()
+
+    async def died(self) -> str:
+        """Until it dies (it is killed to be sure: no second datapath beside the next);
+        how it died."""
+        await asyncio.shield(self._dead)
+        self.kill()
+        return await self.death()
+
+    async def death(self) -> str:
+        """How it died: from /proc while it is dying, else from its reaping (which the
+        child watcher may have done a moment ago)."""
+        status = self.process.returncode
+        if status is None:
+            status = _exit_status(self.pid)
+        if status is None:
+            with contextlib.suppress(TimeoutError):
+                status = await asyncio.wait_for(asyncio.shield(self.process.wait()), 1.0)
+        if status is None:
+            return "died"
+        if status < 0:
+            return f"was killed by {_signal_name(-status)}"
+        return f"exited with status {status}"
+
+    def wake(self) -> None:
+        """A spare (``--standby``) goes on to bind the control socket and run."""
+        if self.process.stdin is not None:
+            with contextlib.suppress(OSError):   # it died meanwhile: ready() says so
+                self.process.stdin.write(b"g")
+
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+
+    def signal(self, number: int) -> None:
+        if self._pidfd is not None:
+            with contextlib.suppress(ProcessLookupError):   # reaped meanwhile
+                signal.pidfd_send_signal(self._pidfd, number)
+
+    def _on_lifeline(self) -> None:
+        try:
+            data = os.read(self._lifeline, 64)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if data:
+            if not self._ready.done():
+                self._ready.set_result(None)
+            return
+        self._gone()
+
+    async def _wait_exit(self) -> None:
+        try:
+            await self.process.wait()
+        finally:
+            if self._pidfd is not None:
+                os.close(self._pidfd)
+                self._pidfd = None
+        self._gone()   # in case the lifeline did not tell (it always should)
+
+    def _gone(self) -> None:
+        if self._dead.done():
+            return
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(self._lifeline)
+        os.close(self._lifeline)
+        self._dead.set_result(None)
+
+
+def _exit_status(pid: int) -> int | None:
+    """A dying (not yet reaped) process's exit status, from /proc (as ``returncode``:
+    negative for a signal)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+        status = int(text.rsplit(")", 1)[1].split()[49])
+    except (OSError, IndexError, ValueError):
+        return None
+    return -(status & 0x7F) if status & 0x7F else status >> 8
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def _die_with_parent() -> None:
+    """In the child: receive SIGTERM when vnetd dies, so no orphan datapath outlives it."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    """The reaper failing is a bug: never silent."""
+    if not task.cancelled() and (err := task.exception()) is not None:
+        log.critical("%s failed: %r", task.get_name(), err, exc_info=err)
