@@ -156,7 +156,7 @@ def test_no_ready_when_the_datapath_cannot_start(service_factory: Callable[..., 
     while service.systemd.receive(0) is not None:   # what it said before it exited
         pass
     assert "READY=1" not in service.systemd.messages, service.systemd.messages
-    assert "the datapath exited at start" in service.log()
+    assert "the datapath exited with status 1 at its start" in service.log()
 
 
 def test_watchdog_pings_come_from_the_event_loop(service_factory: Callable[..., Service],
