@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -129,17 +127,11 @@ def test_counters_survive_a_datapath_restart(vnet_lab: Lab) -> None:
 def status_call(path: str) -> str:
     """One status call; "ok" or what went wrong.  A connect that finds vnetd's listen backlog
     full is tried again (as the CLI does): the calls under test are the ones vnetd accepted."""
-    deadline = time.monotonic() + 60
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(120)
-        while True:
-            try:
-                sock.connect(path)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    return "vnetd's backlog stayed full for 60 s"
-                time.sleep(0.01)
+    try:
+        sock = jsonlines.connect(path, timeout=120, patience=60)
+    except BlockingIOError:
+        return "vnetd's backlog stayed full for 60 s"
+    with sock:
         sock.sendall(jsonlines.encode({"op": "status"}))
         line = sock.makefile("rb").readline()
     reply = jsonlines.decode(line) if line else {"error": "no reply"}
