@@ -26,6 +26,7 @@ from vnet.errors import DaemonError
 from vnet.host import netns
 from vnet.testing import TestHost
 from vnet.testing.broker import Broker
+from vnet.testing.cluster import bus_host
 from vnet.testing.wait import wait_until
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces)")
@@ -58,20 +59,8 @@ def cluster(tmp_path: Path) -> Iterator[tuple[Broker, dict[str, TestHost]]]:
         broker = stack.enter_context(Broker(USERS, operators=OPERATORS, listen=None))
         hosts: dict[str, TestHost] = {}
         for index, name in enumerate(USERS, start=1):
-            password = tmp_path / f"{name}.pw"
-            password.write_text(USERS[name] + "\n")
-            password.chmod(0o600)
-            config = tmp_path / f"{name}.yaml"
-            config.write_text(dedent(f"""
-                host: {name}
-                bus:
-                  broker: mqtt://10.254.{index}.1:1883
-                  username: {name}
-                  password_file: {password}
-                  keepalive: 5
-            """))
-            hosts[name] = stack.enter_context(TestHost(vnetd_args=["--config", str(config)]))
-            broker.link(hosts[name].name, index)    # vnetd connects once the link is there
+            hosts[name] = stack.enter_context(
+                bus_host(broker, tmp_path, name, USERS[name], index))
         yield broker, hosts
 
 

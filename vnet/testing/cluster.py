@@ -86,6 +86,31 @@ def ip(namespace: str, *args: str) -> None:
     subprocess.run(["ip", "-n", namespace, *args], check=True, capture_output=True)
 
 
+def bus_host(broker: Broker, workdir: Path, name: str, password: str, index: int) -> TestHost:
+    """Host ``name``'s vnetd with a config file naming it and the broker (on link ``index``,
+    address 10.254.INDEX.1), its password in a 0600 file; linked to the broker, so it
+    connects.  The caller enters it (``with``) and so stops it."""
+    password_file = workdir / f"{name}.pw"
+    password_file.write_text(password + "\n")
+    password_file.chmod(0o600)
+    config = workdir / f"{name}.yaml"
+    config.write_text(dedent(f"""
+        host: {name}
+        bus:
+          broker: mqtt://10.254.{index}.1:1883
+          username: {name}
+          password_file: {password_file}
+          keepalive: 5
+    """))
+    host = TestHost(vnetd_args=["--config", str(config)])
+    try:
+        broker.link(host.name, index)    # vnetd connects once the link is there
+    except BaseException:
+        host.close()
+        raise
+    return host
+
+
 def build_underlay(underlay: str, hosts: Mapping[str, TestHost],
                    addresses: Mapping[str, str]) -> None:
     """A bridge in ``underlay`` and a veth from it to each host (``ul0``, its address/24)."""
@@ -120,20 +145,8 @@ def bus_cluster(topology_text: str, addresses: Mapping[str, str], *, prefix: str
                                             persistence=persistence))
         hosts: dict[str, TestHost] = {}
         for index, name in enumerate(users, start=1):
-            password = workdir / f"{name}.pw"
-            password.write_text(users[name] + "\n")
-            password.chmod(0o600)
-            config = workdir / f"{name}.yaml"
-            config.write_text(dedent(f"""
-                host: {name}
-                bus:
-                  broker: mqtt://10.254.{index}.1:1883
-                  username: {name}
-                  password_file: {password}
-                  keepalive: 5
-            """))
-            hosts[name] = stack.enter_context(TestHost(vnetd_args=["--config", str(config)]))
-            broker.link(hosts[name].name, index)
+            hosts[name] = stack.enter_context(
+                bus_host(broker, workdir, name, users[name], index))
         build_underlay(underlay, hosts, addresses)
         cluster = cluster_type(broker, hosts, topology, path)
         for name in users:
