@@ -45,6 +45,12 @@ class DatapathError(VnetError):
     """The datapath process is unreachable or refused a control request."""
 
 
+class DatapathGone(DatapathError):
+    """The datapath process went away (nothing listens, the connection closed): what was
+    asked of it is not done, and whichever datapath runs next is programmed from the lab
+    records, so a bridge or port that a dying datapath did not take is not a lab's fault."""
+
+
 def describe_os_error(err: OSError) -> str:
     """An unexpected ``OSError`` in words, without its ``[Errno N]`` prefix: what failed, on
     which file, and a hint where one is obvious (most of vnet needs root)."""

@@ -17,7 +17,7 @@ from vnet.daemon.resources import (
     PortResource,
     Resource,
 )
-from vnet.errors import HostError, NotOurs
+from vnet.errors import DatapathGone, HostError, NotOurs
 
 BRIDGE = BridgeResource("lab", ())
 NAT = NatResource("lab", "table ip vnet-lab {}")
@@ -268,3 +268,17 @@ def test_a_new_datapath_is_programmed_without_a_journal_write() -> None:
     assert problems == ["port lab/b.eth0: interface vnbbbb does not exist on this host"]
     assert journal.writes == 1 and journal.pending() == [PORT_B]
     assert world.present == {BRIDGE, PORT_A}
+
+
+def test_a_datapath_that_dies_during_the_replay_leaves_the_records_ready() -> None:
+    """The replay into a datapath that dies half-way: what it did not take stays ready, so
+    the next datapath's replay adds it (marked pending, it was left out of every later
+    replay, and the lab never forwarded again), and it is no problem of the lab's."""
+    world = FakeWorld()
+    world.fail[("create", PORT_A)] = DatapathGone("the datapath closed the connection")
+    world.fail[("create", PORT_B)] = DatapathGone("nothing listens on its control socket")
+    journal = MemoryJournal({BRIDGE: "ready", PORT_A: "ready", PORT_B: "ready"})
+    recovery = recovery_plan([BRIDGE, PORT_A, PORT_B], set())
+    assert run(restore(recovery, journal, drivers(world))) == []
+    assert journal.entries == {BRIDGE: "ready", PORT_A: "ready", PORT_B: "ready"}
+    assert ("delete", PORT_A) not in world.calls, "nothing half made in a datapath that is gone"

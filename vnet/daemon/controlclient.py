@@ -23,7 +23,7 @@ from typing import Any
 
 from vnet import jsonlines
 from vnet.datapath import protocol
-from vnet.errors import DatapathError, ProtocolError
+from vnet.errors import DatapathError, DatapathGone, ProtocolError
 
 log = logging.getLogger("vnet.supervisor")
 
@@ -80,13 +80,13 @@ class ControlClient:
                 reader, writer = await asyncio.open_unix_connection(str(self.path),
                                                                     limit=jsonlines.MAX_LINE)
             except FileNotFoundError:
-                raise DatapathError(f"the datapath is not reachable: its control socket "
+                raise DatapathGone(f"the datapath is not reachable: its control socket "
                                     f"{self.path} is missing") from None
             except ConnectionRefusedError:
-                raise DatapathError(f"the datapath is not reachable: nothing listens on its "
+                raise DatapathGone(f"the datapath is not reachable: nothing listens on its "
                                     f"control socket {self.path}") from None
             except OSError as err:
-                raise DatapathError(f"the datapath is not reachable on {self.path}: "
+                raise DatapathGone(f"the datapath is not reachable on {self.path}: "
                                     f"{err.strerror or err}") from None
             connection = _Connection(reader, writer)
             connection.task = asyncio.create_task(self._read_replies(connection),
@@ -124,7 +124,7 @@ class ControlClient:
         while connection.waiting:
             waiting = connection.waiting.popleft()
             if not waiting.reply.done():
-                waiting.reply.set_exception(DatapathError(
+                waiting.reply.set_exception(DatapathGone(
                     f"{connection.broken} during {waiting.op!r}"))
         connection.writer.close()
         if connection.task is not None and connection.task is not asyncio.current_task():

@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from vnet.daemon.recovery import Recovery
-from vnet.daemon.resources import KIND_ORDER, Plan, Resource
-from vnet.errors import NotOurs, VnetError
+from vnet.daemon.resources import KIND_ORDER, Plan, Resource, is_datapath_kind
+from vnet.errors import DatapathGone, NotOurs, VnetError
 
 log = logging.getLogger("vnet.reconciler")
 
@@ -189,6 +189,14 @@ async def restore(recovery: Recovery, journal: Journal, drivers: Drivers) -> lis
             else:
                 await driver.create(resource)
         except Exception as err:
+            if isinstance(err, DatapathGone) and is_datapath_kind(resource):
+                # Not the lab's fault, and not pending (that would keep it out of the
+                # replay): the next datapath is given every ready bridge and port.
+                log.warning("%s is not in the datapath: %s; the next datapath gets it",
+                            _name(resource), err)
+                if step.clear:
+                    journal.mark_ready(resource)
+                continue
             journal.mark_pending(resource)
             lost.add(resource)
             problems.append(f"{_name(resource)}: {_reason(err)}")

@@ -33,7 +33,7 @@ from vnet.daemon.datapathprocess import DatapathProcess, spawn_spare
 from vnet.daemon.datapathprocess import _die_with_parent as _die_with_parent  # vms.py's
 from vnet.daemon.restartpolicy import Limits, Phase, RestartPolicy
 from vnet.datapath import protocol
-from vnet.errors import DatapathError, VnetError
+from vnet.errors import DatapathError, DatapathGone, VnetError
 
 log = logging.getLogger("vnet.supervisor")
 
@@ -125,7 +125,7 @@ class DatapathSupervisor:
         programmed from the lab records, which the deleting change updates."""
         deletes = isinstance(request, protocol.DelPort | protocol.DelBridge)
         if self.policy.phase in (Phase.RESTARTING, Phase.FAILED) and not deletes:
-            raise DatapathError(f"the datapath is not running: {self.health()['message']}")
+            raise DatapathGone(f"the datapath is not running: {self.health()['message']}")
         result = None
         if self.policy.phase not in (Phase.RESTARTING, Phase.FAILED):
             result = await self.client.call(request)

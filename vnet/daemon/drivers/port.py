@@ -8,7 +8,7 @@ from typing import Any
 from vnet.daemon.resources import PortResource
 from vnet.daemon.supervisor import DatapathSupervisor
 from vnet.datapath import protocol
-from vnet.errors import DatapathError, HostError
+from vnet.errors import DatapathError, DatapathGone, HostError
 
 
 class PortDriver:
@@ -24,6 +24,8 @@ class PortDriver:
             await self.datapath.call(protocol.AddPort(
                 port.lab, port.name, port.ifname, port.mode, vlan=port.vlan,
                 allowed=port.allowed, native=port.native))
+        except DatapathGone:
+            raise
         except DatapathError:
             if not _interface_exists(port.ifname):  # the usual reason, said in words
                 raise HostError(f"interface {port.ifname} does not exist on this host"
