@@ -36,9 +36,14 @@ sweep over many addresses) does not pay for filling a cache it never hits.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from vnet.packet.ethernet import S_TAG, TAG_ETHERTYPES, ZERO_MAC
 from vnet.switch.fdb import Fdb, LearnResult, MacEntry
 from vnet.switch.ports import PortConfig, PortCounters, VlanOptions
+
+if TYPE_CHECKING:
+    from vnet.switch.explain import Explanation
 
 RESERVED_PREFIX = b"\x01\x80\xc2\x00\x00"
 CACHE_MAX = 4096  # flows remembered; a MAC flood just clears it now and then
@@ -66,6 +71,13 @@ class Forward:
 
 def _dropped(reason: str) -> Forward:
     return Forward(0, (), (), 0, reason)
+
+
+def cacheable(src_known: bool, out: int | None, dst_known: bool) -> bool:
+    """May a decision be remembered?  Its source must be in the table, and its destination
+    known or not in the table at all (an aged one could be refreshed without an FDB
+    change, and the remembered flood would then be wrong)."""
+    return src_known and (out is not None or not dst_known)
 
 
 class _Cached:
@@ -146,22 +158,30 @@ class Switch:
     def receive(self, in_port: int, frame: bytes, tci: int | None, now: float) -> Forward:
         size = len(frame)
         if size >= 14:
+            # the check of _cache_hit, inline: this is the path of every frame of a flow
             cached = self._cache.get((in_port, frame[:14], tci))
-            if cached is not None and cached.generation == self.fdb.generation:
-                dst = cached.dst
-                if dst is None or dst.static or now - dst.seen <= cached.aging:
-                    cached.src.seen = now
-                    rx = cached.rx
-                    rx.rx_frames += 1
-                    rx.rx_bytes += size if tci is None else size + 4
-                    for c in cached.untagged:
-                        c.tx_frames += 1
-                        c.tx_bytes += size
-                    for c in cached.tagged:
-                        c.tx_frames += 1
-                        c.tx_bytes += size + 4
-                    return cached.forward
+            if cached is not None and cached.generation == self.fdb.generation and (
+                    (dst := cached.dst) is None or dst.static
+                    or now - dst.seen <= cached.aging):
+                cached.src.seen = now
+                rx = cached.rx
+                rx.rx_frames += 1
+                rx.rx_bytes += size if tci is None else size + 4
+                for c in cached.untagged:
+                    c.tx_frames += 1
+                    c.tx_bytes += size
+                for c in cached.tagged:
+                    c.tx_frames += 1
+                    c.tx_bytes += size + 4
+                return cached.forward
         return self._decide(in_port, frame, tci, now)
+
+    def explain(self, in_port: int, frame: bytes, tci: int | None, now: float) -> Explanation:
+        """What ``receive`` would do with this frame, step by step, changing nothing (no
+        learning, no counting, no caching): see ``vnet.switch.explain``."""
+        from vnet.switch.explain import explain
+
+        return explain(self, in_port, frame, tci, now)
 
     def _decide(self, in_port: int, frame: bytes, tci: int | None, now: float) -> Forward:
         port = self._ports.get(in_port)
@@ -171,39 +191,12 @@ class Switch:
         size = len(frame)
         counters.rx_frames += 1
         counters.rx_bytes += size if tci is None else size + 4
-        if size < 14:
-            counters.drop("runt")
-            return _dropped("runt")
-        src = frame[6:12]
-        if src[0] & 1 or src == ZERO_MAC:
-            counters.drop("bad-src-mac")
-            return _dropped("bad-src-mac")
-
-        vid = 0 if tci is None else tci & 0xFFF
-        pcp = 0 if tci is None else tci >> 13
-        if port.access_vid is not None:
-            if vid != 0 or frame[12:14] in TAG_ETHERTYPES:
-                reason = "s-tagged" if vid == 0 and frame[12:14] == S_TAG else "tagged-on-access"
-                counters.drop(reason)
-                return _dropped(reason)
-            vid = port.access_vid
-        elif vid == 0:
-            if frame[12:14] == S_TAG:
-                counters.drop("s-tagged")
-                return _dropped("s-tagged")
-            if port.native is None:
-                counters.drop("untagged-no-native")
-                return _dropped("untagged-no-native")
-            vid = port.native
-        elif vid not in port.members:
-            counters.drop("vlan-not-allowed")
-            return _dropped("vlan-not-allowed")
-
-        dst = frame[0:6]
-        if dst[0] & 1 and dst[:5] == RESERVED_PREFIX and dst[5] <= 0x0F:
-            counters.drop("reserved-group")
-            return _dropped("reserved-group")
-
+        vid = self._classify(port, frame, tci)
+        if type(vid) is str:
+            counters.drop(vid)
+            return _dropped(vid)
+        assert isinstance(vid, int)
+        src, dst = frame[6:12], frame[0:6]
         learned = self.fdb.learn(vid, src, in_port, now)
         if learned != LearnResult.REFRESHED:
             if learned == LearnResult.LIMITED:
@@ -212,20 +205,11 @@ class Switch:
                 counters.mac_moves += 1
 
         out = None if dst[0] & 1 else self.fdb.lookup(vid, dst, now)
-        if out is None:
-            untagged, tagged = self._flood_set(vid, in_port)
-        elif out == in_port:
+        outputs = self._outputs(vid, in_port, out)
+        if outputs is None:
             counters.drop("hairpin")
             return _dropped("hairpin")
-        else:
-            tags = self._egress_tags(vid, out)
-            if tags is None:  # learned before the port left the VLAN: flood instead
-                untagged, tagged = self._flood_set(vid, in_port)
-            elif tags:
-                untagged, tagged = (), (out,)
-            else:
-                untagged, tagged = (out,), ()
-
+        untagged, tagged = outputs
         ports = self._ports
         for number in untagged:
             c = ports[number].counters
@@ -235,22 +219,76 @@ class Switch:
             c = ports[number].counters
             c.tx_frames += 1
             c.tx_bytes += size + 4
+        pcp = 0 if tci is None else tci >> 13
         forward = Forward(vid, untagged, tagged, pcp << 13 | vid, None)
         self._misses += 1
         if self._misses % self.cache_admit_every:
             return forward
         src_entry = self.fdb.entry(vid, src)
         dst_entry = None if dst[0] & 1 else self.fdb.entry(vid, dst)
-        if src_entry is not None and (out is not None or dst_entry is None):
-            # cacheable: a learned source, and a destination known or not in the table at
-            # all (an aged one could be refreshed without an FDB change)
+        if cacheable(src_entry is not None, out, dst_entry is not None):
             if len(self._cache) >= CACHE_MAX:
                 self._cache.clear()
+            assert src_entry is not None
             self._cache[(in_port, frame[:14], tci)] = _Cached(
                 forward, self.fdb.generation, src_entry, dst_entry,
                 self.fdb.aging(vid), counters, tuple(ports[n].counters for n in untagged),
                 tuple(ports[n].counters for n in tagged))
         return forward
+
+    # The rules, each in one place, for the decision above and for ``explain``: pure, they
+    # change no table and count nothing.
+
+    def _classify(self, port: _Port, frame: bytes, tci: int | None) -> int | str:
+        """Ingress: the frame's VLAN, or the reason it is dropped (a runt, a bad source
+        MAC, a tag the port does not take, a reserved group destination)."""
+        if len(frame) < 14:
+            return "runt"
+        src = frame[6:12]
+        if src[0] & 1 or src == ZERO_MAC:
+            return "bad-src-mac"
+        vid = 0 if tci is None else tci & 0xFFF
+        if port.access_vid is not None:
+            if vid != 0 or frame[12:14] in TAG_ETHERTYPES:
+                return "s-tagged" if vid == 0 and frame[12:14] == S_TAG else "tagged-on-access"
+            vid = port.access_vid
+        elif vid == 0:
+            if frame[12:14] == S_TAG:
+                return "s-tagged"
+            if port.native is None:
+                return "untagged-no-native"
+            vid = port.native
+        elif vid not in port.members:
+            return "vlan-not-allowed"
+        dst = frame[0:6]
+        if dst[0] & 1 and dst[:5] == RESERVED_PREFIX and dst[5] <= 0x0F:
+            return "reserved-group"
+        return vid
+
+    def _outputs(self, vid: int, in_port: int, out: int | None
+                 ) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+        """Egress of a frame of ``vid`` whose destination is behind ``out`` (None: unknown
+        or a group): ``(untagged ports, tagged ports)``, or None for a hairpin."""
+        if out is None:
+            return self._flood_set(vid, in_port)
+        if out == in_port:
+            return None
+        tags = self._egress_tags(vid, out)
+        if tags is None:  # learned before the port left the VLAN: flood instead
+            return self._flood_set(vid, in_port)
+        return ((), (out,)) if tags else ((out,), ())
+
+    def _cache_hit(self, in_port: int, frame: bytes, tci: int | None, now: float
+                   ) -> _Cached | None:
+        """The remembered decision for this frame, if it may still be used (``receive``
+        has the same check inline, for speed; a unit test holds the two together)."""
+        cached = self._cache.get((in_port, frame[:14], tci))
+        if cached is None or cached.generation != self.fdb.generation:
+            return None
+        dst = cached.dst
+        if dst is None or dst.static or now - dst.seen <= cached.aging:
+            return cached
+        return None
 
     def _flood_set(self, vid: int, in_port: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
         key = (vid, in_port)

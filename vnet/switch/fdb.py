@@ -76,28 +76,46 @@ class Fdb:
         """Note that ``mac`` was seen on ``port`` in ``vid``; returns a ``LearnResult``."""
         vlan = self._vlan(vid)
         entry = vlan.macs.get(mac)
-        if entry is not None:
-            if entry.port == port or entry.static:
-                entry.seen = now
-                return LearnResult.REFRESHED
-            old = (entry.port, vid)
-            self._learned[old] -= 1
+        result = self._learn_outcome(vlan.limit, entry, vid, port)
+        if result == LearnResult.REFRESHED:
+            assert entry is not None
+            entry.seen = now
+        elif result == LearnResult.LEARNED:
             self.generation += 1
-            if self._learned.get((port, vid), 0) >= vlan.limit:
-                del vlan.macs[mac]  # moved to a port that may learn no more: forget it
-                return LearnResult.LIMITED
             self._learned[(port, vid)] = self._learned.get((port, vid), 0) + 1
-            entry.port, entry.seen = port, now
-            return LearnResult.MOVED
-        key = (port, vid)
-        count = self._learned.get(key, 0)
-        if count >= vlan.limit:
+            vlan.macs[mac] = MacEntry(port, now, False)
+            vlan.queue.append((now, mac))
+        elif entry is not None:  # moved, or moved to a port that may learn no more
+            self._learned[(entry.port, vid)] -= 1
+            self.generation += 1
+            if result == LearnResult.LIMITED:
+                del vlan.macs[mac]  # forgotten: better flooded than sent to its old port
+            else:
+                self._learned[(port, vid)] = self._learned.get((port, vid), 0) + 1
+                entry.port, entry.seen = port, now
+        return result
+
+    def would_learn(self, vid: int, mac: bytes, port: int) -> tuple[int, int | None]:
+        """What ``learn`` would do, changing nothing: its ``LearnResult`` and the port the
+        MAC's entry would then point to (None: it would have none).  For ``explain``."""
+        vlan = self._vlans.get(vid)
+        entry = vlan.macs.get(mac) if vlan is not None else None
+        limit = vlan.limit if vlan is not None else DEFAULT_MAC_LIMIT
+        result = self._learn_outcome(limit, entry, vid, port)
+        if result == LearnResult.LIMITED:
+            return result, None
+        if result == LearnResult.REFRESHED and entry is not None:
+            return result, entry.port  # a static entry elsewhere stays where it is
+        return result, port
+
+    def _learn_outcome(self, limit: int, entry: MacEntry | None, vid: int, port: int) -> int:
+        """The one rule of learning: refresh an entry on this port (or a static one), move
+        one from another port, learn a new one, unless the port has learned ``limit``."""
+        if entry is not None and (entry.port == port or entry.static):
+            return LearnResult.REFRESHED
+        if self._learned.get((port, vid), 0) >= limit:
             return LearnResult.LIMITED
-        self.generation += 1
-        self._learned[key] = count + 1
-        vlan.macs[mac] = MacEntry(port, now, False)
-        vlan.queue.append((now, mac))
-        return LearnResult.LEARNED
+        return LearnResult.MOVED if entry is not None else LearnResult.LEARNED
 
     def entry(self, vid: int, mac: bytes) -> MacEntry | None:
         """The live entry object (aged or not), for a caller that keeps it to refresh or to
