@@ -231,7 +231,7 @@ def test_explain_says_what_receive_does(history: list[Any], probes: list[Any], a
         decided.append(1)
         return real_decide(*args)
 
-    sw._decide = spy  # type: ignore[method-assign]
+    sw._decide = spy  # type: ignore[method-assign,assignment]
     for spec in probes:   # several in a row: cache hits, moves, hairpins after learning
         now += spec[5]
         port, data, tci = build(spec)
