@@ -39,6 +39,8 @@ EXAMPLES: list[protocol.Request] = [
     protocol.FlushFdb("lab"),
     protocol.GetStats(),
     protocol.GetStats("lab"),
+    protocol.Trace("lab", "c1.eth0", "ff" * 6 + "02" * 6 + "88b5"),
+    protocol.Inject("lab", "c1.eth0", "ff" * 6 + "02" * 6 + "88b5"),
     protocol.Shutdown(),
 ]
 
@@ -181,6 +183,10 @@ def test_a_request_is_checked_where_it_is_built() -> None:
         protocol.AddPort("lab", "r1.eth0", "vn1", "trunk")
     with pytest.raises(ProtocolError, match="add_static: mac must be six hex octets"):
         protocol.AddStatic("lab", 10, "02:00", "p")
+    with pytest.raises(ProtocolError, match="trace: frame must be the frame's bytes in hex"):
+        protocol.Trace("lab", "p", "not hex")
+    with pytest.raises(ProtocolError, match="inject: a frame has 1 to 65535 bytes, not 0"):
+        protocol.Inject("lab", "p", "")
 
 
 def test_a_field_type_without_a_codec_is_refused_at_registration() -> None:

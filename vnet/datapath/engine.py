@@ -29,8 +29,8 @@ from vnet.datapath.control import ControlServer
 from vnet.datapath.ports import HOLE_GRACE, PORT_TYPES, Port, Schedule
 from vnet.errors import DatapathError
 from vnet.packet import insert_tag, split_outer_tag
-from vnet.packet.vnethdr import shift_vnet_hdr
-from vnet.switch import Switch
+from vnet.packet.vnethdr import VNET_HDR_LEN, shift_vnet_hdr
+from vnet.switch import Forward, Switch
 
 if TYPE_CHECKING:
     from vnet.datapath.ports import Deliver
@@ -74,6 +74,7 @@ class Datapath:
             protocol.DelPort: self.del_port, protocol.AddStatic: self.add_static,
             protocol.GetFdb: self.fdb, protocol.GetFdbSize: self.fdb_size,
             protocol.FlushFdb: self.flush_fdb, protocol.GetStats: self.stats,
+            protocol.Trace: self.trace, protocol.Inject: self.inject,
             protocol.Shutdown: self.shutdown}
         self.control = ControlServer(control_path, self.epoll, self.handle)
 
@@ -121,13 +122,13 @@ class Datapath:
         decision, for every port type."""
         receive, ports = switch.receive, self.ports
 
-        def deliver(hdr: bytes, frame: bytes, tci: int | None, now: float) -> None:
+        def deliver(hdr: bytes, frame: bytes, tci: int | None, now: float) -> Forward:
             if tci is None and frame[12:14] == b"\x81\x00":  # the kernel left the tag in
                 frame, tci = split_outer_tag(frame)
                 hdr = shift_vnet_hdr(hdr, -4)
             decision = receive(number, frame, tci, now)
             if decision.drop is not None:
-                return
+                return decision
             for out in decision.untagged:
                 ports[out].emit(hdr, frame)
             if decision.tagged:
@@ -135,6 +136,7 @@ class Datapath:
                 tagged = insert_tag(frame, decision.tci)
                 for out in decision.tagged:
                     ports[out].emit(tagged_hdr, tagged)
+            return decision  # for inject: where it went
 
         return deliver
 
@@ -248,6 +250,30 @@ class Datapath:
                           for name, port in br.ports.items()}
                 for br in self.bridges.values()
                 if request.bridge is None or br.name == request.bridge}
+
+    def trace(self, request: protocol.Trace) -> dict[str, Any]:
+        br, port = self._port(request.bridge, request.port)
+        frame, tci = split_outer_tag(bytes.fromhex(request.frame))  # as ``deliver`` does
+        return br.switch.explain(port.number, frame, tci, time.monotonic()).to_json()
+
+    def inject(self, request: protocol.Inject) -> dict[str, Any]:
+        br, port = self._port(request.bridge, request.port)
+        decision = port.deliver(bytes(VNET_HDR_LEN), bytes.fromhex(request.frame), None,
+                                time.monotonic())
+        assert isinstance(decision, Forward)
+        names = {p.number: name for name, p in br.ports.items()}
+        egress = [{"port": names[n], "tagging": "untagged"} for n in decision.untagged] + [
+            {"port": names[n], "tagging": "tagged"} for n in decision.tagged]
+        return {"drop": decision.drop, "vlan": None if decision.drop else decision.vid,
+                "egress": egress}
+
+    def _port(self, bridge: str, name: str) -> tuple[Bridge, Port]:
+        br = self._bridge(bridge)
+        port = br.ports.get(name)
+        if port is None:
+            raise DatapathError(f"bridge {bridge!r} has no port {name!r} (it has: "
+                                f"{', '.join(sorted(br.ports)) or 'none'})")
+        return br, port
 
     def shutdown(self, _request: protocol.Shutdown) -> None:
         self.running = False

@@ -73,7 +73,8 @@ from vnet.packet.vnethdr import VNET_HDR_LEN
 from vnet.switch import PortConfig
 
 if TYPE_CHECKING:
-    Deliver = Callable[[bytes, bytes, int | None, float], None]  # (vnet_hdr, frame, tci, now)
+    # (vnet_hdr, frame, tci, now) -> the decision (inject reports it; ports ignore it)
+    Deliver = Callable[[bytes, bytes, int | None, float], object]
 
 log = logging.getLogger("vnet.datapath")
 

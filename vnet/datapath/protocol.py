@@ -173,6 +173,49 @@ class GetStats(Request):
     bridge: str | None = None
 
 
+MAX_FRAME = 65535  # bytes of a traced or injected frame
+
+
+def _check_frame(op: str, frame: str) -> None:
+    try:
+        data = bytes.fromhex(frame)
+    except ValueError:
+        raise ProtocolError(f"{op}: frame must be the frame's bytes in hex, not "
+                            f"{json_repr(frame)}") from None
+    if not 1 <= len(data) <= MAX_FRAME:
+        raise ProtocolError(f"{op}: a frame has 1 to {MAX_FRAME} bytes, not {len(data)}")
+
+
+@request("trace")
+@dataclasses.dataclass(frozen=True)
+class Trace(Request):
+    """What the switch of ``bridge`` would do with ``frame`` (hex; as on the wire of port
+    ``port``, any outer 802.1Q tag in band) received on ``port``, step by step, on the live
+    tables and changing nothing.  Result: ``vnet.switch.explain.Explanation.to_json()``."""
+
+    bridge: str
+    port: str
+    frame: str
+
+    def __post_init__(self) -> None:
+        _check_frame(self.op, self.frame)
+
+
+@request("inject")
+@dataclasses.dataclass(frozen=True)
+class Inject(Request):
+    """Switch ``frame`` (as ``Trace``'s) as if port ``port`` had received it, and send it
+    where the decision says (counted as received there).  Result: ``{"drop": reason or
+    null, "vlan": int or null, "egress": [{"port", "tagging"}, ...]}``, where it went."""
+
+    bridge: str
+    port: str
+    frame: str
+
+    def __post_init__(self) -> None:
+        _check_frame(self.op, self.frame)
+
+
 @request("shutdown")
 @dataclasses.dataclass(frozen=True)
 class Shutdown(Request):
