@@ -7,6 +7,7 @@ import grp
 import json
 import os
 import re
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -62,8 +63,9 @@ def test_role_of(uid: int, gids: list[int], role: Role | None) -> None:
 
 
 OPERATIONS_BY_ROLE = {
-    Role.VIEWER: {"ping", "status", "node", "fdb", "console.log"},
-    Role.OPERATOR: {"vm.start", "vm.stop", "vm.restart", "console.attach", "exec"},
+    Role.VIEWER: {"ping", "status", "node", "fdb", "console.log", "trace.explain"},
+    Role.OPERATOR: {"vm.start", "vm.stop", "vm.restart", "console.attach", "exec",
+                    "trace.inject"},
     Role.ADMIN: {"up", "down", "reload", "shutdown"},
 }
 
@@ -85,10 +87,11 @@ def test_the_table_is_the_three_roles() -> None:
 
 
 def test_every_api_request_has_an_entry() -> None:
-    args = {"lab": "a", "node": "n", "text": "", "source": "s"}
+    args = {"lab": "a", "node": "n", "text": "", "source": "s", "frame": "00"}
     for op, cls in requests.REQUESTS.items():
         names = [f.name for f in cls.__dataclass_fields__.values()]
-        actions = ["start", "stop", "restart"] if "action" in names else [None]
+        hints = typing.get_type_hints(cls)
+        actions = list(typing.get_args(hints["action"])) if "action" in names else [None]
         for action in actions:
             fields = {n: args[n] for n in names if n in args}
             request = cls(**fields, **({"action": action} if action else {}))

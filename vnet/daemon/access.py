@@ -41,6 +41,7 @@ OPERATIONS: Mapping[str, Role] = MappingProxyType({
     "status": Role.VIEWER,
     "node": Role.VIEWER,  # where a node lives (its namespace, NICs): what status shows
     "fdb": Role.VIEWER,
+    "trace.explain": Role.VIEWER,  # on the live tables, changing nothing
     "console.log": Role.VIEWER,
     # operator: working the nodes
     "vm.start": Role.OPERATOR,
@@ -48,6 +49,7 @@ OPERATIONS: Mapping[str, Role] = MappingProxyType({
     "vm.restart": Role.OPERATOR,
     "console.attach": Role.OPERATOR,
     "exec": Role.OPERATOR,
+    "trace.inject": Role.OPERATOR,  # really sends a frame into the lab
     # admin: changing the labs and the daemon
     "up": Role.ADMIN,
     "down": Role.ADMIN,

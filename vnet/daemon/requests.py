@@ -20,7 +20,7 @@ from dataclasses import MISSING, dataclass, fields
 from typing import Annotated, Any, ClassVar, Literal
 
 from vnet.errors import VnetError
-from vnet.topology.fields import LAB_NAME, LAB_NAME_WHY, NAME, NAME_WHY
+from vnet.topology.fields import IFNAME, IFNAME_WHY, LAB_NAME, LAB_NAME_WHY, NAME, NAME_WHY
 
 MAX_REQUEST = 4 << 20   # bytes of one request line (4 MiB)
 MAX_PATH = 4096         # characters of a path (Linux's PATH_MAX)
@@ -59,6 +59,9 @@ LAB = Shape("a lab name", LAB_NAME_WHY, LAB_NAME)
 NODE = Shape("a node name", NAME_WHY, NAME)
 PATH = Shape("a path", f"at most {MAX_PATH} characters, no NUL byte")
 TEXT = Shape("a string", "Unicode, no NUL byte", max_length=MAX_REQUEST)
+NIC = Shape("a NIC name", IFNAME_WHY, IFNAME)
+FRAME = Shape("a frame in hex", "its bytes as hex digits, at most 64 KiB",
+              r"(?:[0-9a-fA-F]{2})+", max_length=2 * 65535)
 LabName = Annotated[str, LAB]
 NodeName = Annotated[str, NODE]
 
@@ -114,6 +117,18 @@ class VmRequest(Request, op="vm"):
     action: Literal["start", "stop", "restart"]
     node: NodeName
     lab: LabName | None = None
+
+
+@dataclass(frozen=True)
+class TraceRequest(Request, op="trace"):
+    """``vnet trace``: explain (or, ``inject``, really switch) ``frame`` as received on the
+    port of the node's NIC (None: its only NIC)."""
+
+    node: NodeName
+    frame: Annotated[str, FRAME]
+    nic: Annotated[str, NIC] | None = None
+    lab: LabName | None = None
+    action: Literal["explain", "inject"] = "explain"
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from typing import Any
 
 from vnet import __version__
 from vnet.bus.client import open_bus
-from vnet.daemon import preflight
+from vnet.daemon import preflight, tracing
 from vnet.daemon.api import ApiServer
 from vnet.daemon.audit import FILE_NAME as AUDIT_FILE
 from vnet.daemon.audit import AuditLog
@@ -35,6 +35,7 @@ from vnet.daemon.requests import (
     PingRequest,
     ShutdownRequest,
     StatusRequest,
+    TraceRequest,
     UpRequest,
     VmRequest,
 )
@@ -78,7 +79,7 @@ class Vnetd:
         self.api = ApiServer(socket_path, {
             "ping": self.op_ping, "up": self.op_up, "down": self.op_down,
             "status": self.op_status, "fdb": self.op_fdb, "node": self.op_node,
-            "vm": self.op_vm, "shutdown": self.op_shutdown},
+            "vm": self.op_vm, "trace": self.op_trace, "shutdown": self.op_shutdown},
             access_config=access, audit=AuditLog(state_dir / AUDIT_FILE),
             config_file=config_file)
         self.failures: dict[str, str] = {}   # lab -> why it is not all there (vnet status)
@@ -334,6 +335,13 @@ class Vnetd:
             if action in ("start", "restart"):
                 await self.vms.start(res)
         return await self.op_node(NodeRequest(node, res.lab))
+
+    async def op_trace(self, request: TraceRequest) -> dict[str, Any]:
+        """``vnet trace``: the datapath explains (or injects) a frame on a NIC's port."""
+        call = tracing.datapath_request(self._find_node(request.node, request.lab), request)
+        result: dict[str, Any] = await self.datapath.call(call)
+        return {"lab": call.bridge, "node": request.node, "nic": call.port.split(".", 1)[1],
+                **result}
 
     async def op_shutdown(self, request: ShutdownRequest) -> None:
         asyncio.get_running_loop().call_soon(lambda: asyncio.create_task(self.stop()))
