@@ -487,6 +487,9 @@ def build_parser() -> argparse.ArgumentParser:
     from vnet.cli_observe import add_commands  # graph and test
 
     add_commands(sub)
+    from vnet.cli_trace import add_command as add_trace
+
+    add_trace(sub)
     # `vnet bench ARGS` is handed whole to vnet.bench (see main); listed here for --help.
     sub.add_parser("bench", help="benchmark the datapath against the Linux bridge and OVS "
                    "(vnet bench --help)")
