@@ -164,8 +164,8 @@ def test_the_text_and_the_errors(vnet_lab: Lab) -> None:
     before = vnet_lab.counters("a1:eth0")
     text = host.cli("trace", "a1:eth0", "--dst", UNKNOWN).stdout
     lines = text.splitlines()
-    assert lines[0].startswith(f"trace sw a1:eth0 (port a1.eth0): {mac(vnet_lab, 'a1')} > "
-                               f"{UNKNOWN} (0x88b5)")
+    assert lines[0] == (f"trace sw a1:eth0 (port a1.eth0): {mac(vnet_lab, 'a1')} > "
+                               f"{UNKNOWN}, type 0x88b5 (60 bytes)")
     assert [line.split()[0] for line in lines[1:6]] == ["ingress", "learning", "lookup",
                                                         "cache", "egress"]
     assert lines[-1] == ("verdict: forwarded in VLAN 10 to a2.eth0 (untagged), t2.eth0 "

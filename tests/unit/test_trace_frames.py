@@ -41,6 +41,8 @@ def test_a_scapy_expression_gets_the_nics_source_and_broadcast_by_default() -> N
     explicit = Ether(frame_from_expression("Ether(src='02:00:00:00:00:09', dst='02:00:00:00:"
                                            "00:02')/IP()", NIC))
     assert (explicit.src, explicit.dst) == ("02:00:00:00:00:09", "02:00:00:00:00:02")
+    arp = Ether(frame_from_expression("ARP(pdst='10.0.0.2')", NIC))
+    assert arp["ARP"].hwsrc == NIC and arp.src == NIC
 
 
 @pytest.mark.parametrize(("text", "message"), [
@@ -79,8 +81,20 @@ def test_render_shows_each_step_and_the_injection() -> None:
     text = render("lab a:eth0", frame_from_fields("ff:ff:ff:ff:ff:ff", NIC), traced,
                   {"drop": "hairpin", "vlan": None, "egress": []})
     lines = text.splitlines()
-    assert lines[0].startswith("trace lab a:eth0 (port a.eth0): 02:00:00:00:00:01 > "
-                               "ff:ff:ff:ff:ff:ff (0x88b5)")
+    assert lines[0] == ("trace lab a:eth0 (port a.eth0): 02:00:00:00:00:01 > "
+                         "ff:ff:ff:ff:ff:ff, type 0x88b5 (60 bytes)")
     assert lines[1].split() == ["ingress", "vlan", "VLAN", "10"]
     assert "verdict: forwarded in VLAN 10 to b.eth0 (untagged)" in lines
     assert "injected: dropped (hairpin)" in lines and lines[-1].startswith("note:")
+
+
+def test_the_frame_line_names_every_tag_and_the_upper_layer() -> None:
+    from vnet.observe.trace import describe_frame
+
+    frame = frame_from_expression("Ether(dst='ff:ff:ff:ff:ff:ff')/Dot1AD(vlan=20)/"
+                                  "Dot1Q(vlan=10, prio=5)/ARP(pdst='10.0.0.2', psrc='10.0.0.1')",
+                                  NIC)
+    assert describe_frame(frame) == (
+        "02:00:00:00:00:01 > ff:ff:ff:ff:ff:ff, 802.1ad S-tag VID 20, 802.1Q VID 10 PCP 5, "
+        "type 0x0806: ARP who has 10.0.0.2 says 10.0.0.1 (50 bytes)")
+    assert describe_frame(b"\x00" * 9) == "a runt of 9 bytes"

@@ -13,7 +13,7 @@ import ast
 from typing import Any
 
 from vnet.errors import VnetError
-from vnet.packet.ethernet import mac_to_bytes
+from vnet.packet.ethernet import S_TAG, TAG_ETHERTYPES, mac_to_bytes, mac_to_str
 
 MIN_FRAME = 60          # bytes of a frame built from fields (Ethernet's minimum, without FCS)
 MAX_REPEAT = 65535      # bytes b"x" * N may make
@@ -47,9 +47,10 @@ def frame_from_fields(dst: str, src: str, vlan: int | None = None, pcp: int = 0,
 
 def frame_from_expression(text: str, default_src: str) -> bytes:
     """The frame a scapy expression (``Ether(dst='ff:ff:ff:ff:ff:ff')/Dot1Q(vlan=10)/IP()``)
-    describes; an Ethernet header is added if it has none, its source defaults to
-    ``default_src`` and its destination to broadcast."""
-    from scapy.layers.l2 import Ether
+    describes; an Ethernet header is added if it has none, its source (and an ARP
+    sender's hardware address) defaults to ``default_src`` and its destination to
+    broadcast."""
+    from scapy.layers.l2 import ARP, Ether
     from scapy.packet import Packet
 
     try:
@@ -73,6 +74,9 @@ def frame_from_expression(text: str, default_src: str) -> bytes:
         value.src = default_src
     if "dst" not in value.fields:
         value.dst = "ff:ff:ff:ff:ff:ff"
+    arp = value.getlayer(ARP)
+    if arp is not None and "hwsrc" not in arp.fields:  # scapy would take this machine's MAC
+        arp.hwsrc = default_src
     try:
         return bytes(value)
     except Exception as err:
@@ -134,11 +138,38 @@ def _evaluate(node: ast.expr, layers: dict[str, Any]) -> Any:
 
 
 def describe_frame(frame: bytes) -> str:
-    """One line: scapy's summary of the frame, and its size."""
-    from scapy.layers.l2 import Ether
+    """One line: the addresses, every tag, the EtherType, what scapy makes of the rest (an
+    IP or ARP header, say) and the size."""
+    if len(frame) < 14:
+        return f"a runt of {len(frame)} bytes"
+    parts = [f"{mac_to_str(frame[6:12])} > {mac_to_str(frame[0:6])}"]
+    offset = 12
+    while len(frame) >= offset + 4 and frame[offset:offset + 2] in TAG_ETHERTYPES:
+        kind = "802.1ad S-tag" if frame[offset:offset + 2] == S_TAG else "802.1Q"
+        tci = int.from_bytes(frame[offset + 2:offset + 4], "big")
+        parts.append(f"{kind} VID {tci & 0xFFF}" + (f" PCP {tci >> 13}" if tci >> 13 else ""))
+        offset += 4
+    ethertype = int.from_bytes(frame[offset:offset + 2], "big")
+    parts.append(f"type 0x{ethertype:04x}")
+    upper = _upper_summary(frame)
+    return ", ".join(parts) + (f": {upper}" if upper else "") + f" ({len(frame)} bytes)"
+
+
+def _upper_summary(frame: bytes) -> str:
+    """scapy's summary of what is above Ethernet and its tags, if it knows the protocol."""
+    from scapy.layers.l2 import Dot1Q, Ether
+    from scapy.packet import Padding, Raw
 
     _layers()
-    return f"{Ether(frame).summary()} ({len(frame)} bytes)"
+    try:
+        layer = Ether(frame).payload
+        while isinstance(layer, Dot1Q):  # Dot1AD is one too
+            layer = layer.payload
+        if not layer or isinstance(layer, Raw | Padding):
+            return ""
+        return str(layer.summary())
+    except Exception:  # a frame scapy cannot read: its summary is not worth a traceback
+        return ""
 
 
 def verdict_words(result: dict[str, Any]) -> str:
