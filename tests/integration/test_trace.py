@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,7 +20,7 @@ from scapy.packet import Packet
 
 from tests.conftest import needs_root
 from vnet.observe.trace import frame_from_expression
-from vnet.testing import Lab, wait_until
+from vnet.testing import Lab, TestHost, wait_until
 from vnet.testing.dataplane import DEFAULT_NEGATIVE_TIMEOUT, Dataplane
 
 pytestmark = [needs_root, pytest.mark.vnet_topology("topologies/switch.yaml")]
@@ -27,6 +29,18 @@ BCAST = "ff:ff:ff:ff:ff:ff"
 ALL = ["a1:eth0", "a2:eth0", "b1:eth0", "t1:eth0", "t2:eth0"]
 UNKNOWN = "02:00:00:00:77:77"
 _markers = itertools.count()
+
+
+@pytest.fixture(params=["cpython", "pypy"])
+def vnet_host(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+              ) -> Iterator[TestHost]:
+    """The datapath under vnetd's CPython and under PyPy: explain runs in the datapath."""
+    if request.param == "pypy":
+        if shutil.which("pypy3") is None:
+            pytest.skip("needs pypy3: apt-get install pypy3 (.ci/install does)")
+        monkeypatch.setenv("VNET_DATAPATH_PYTHON", "pypy3")
+    with TestHost() as host:
+        yield host
 
 
 def trace(lab: Lab, port: str, expression: str, inject: bool = False) -> dict[str, Any]:
