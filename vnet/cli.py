@@ -268,6 +268,22 @@ def cmd_down(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_shutdown(client: Client, args: argparse.Namespace) -> int:
+    """Stop vnetd; its datapath and VM runners keep running (the next vnetd adopts them)
+    unless ``--all``.  Waits until vnetd has gone."""
+    pid = client.call("ping")["pid"]
+    client.call("shutdown", all=args.all)
+    deadline = time.monotonic() + 30
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if args.all:
+        print("vnetd: stopped, with its datapath and VM runners")
+    else:
+        print("vnetd: stopped; its datapath and VM runners keep running (the next vnetd "
+              "adopts them; 'vnet shutdown --all' stops them too)")
+    return 0
+
+
 def _lab_name_of(path: str | None) -> str:
     if path is None:
         raise DaemonError("say which lab: vnet down FILE, or vnet down --lab NAME")
@@ -484,6 +500,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lab", help="the node's lab, when several labs have that node")
     p.add_argument("--no-follow", action="store_true", help="print what is there and exit")
     p.set_defaults(func=cmd_console)
+    p = sub.add_parser("shutdown", help="stop vnetd (the datapath and VMs keep running "
+                       "unless --all)")
+    p.add_argument("--all", action="store_true",
+                   help="stop the datapath and every VM runner too")
+    p.set_defaults(func=cmd_shutdown)
     from vnet.cli_observe import add_commands  # graph and test
 
     add_commands(sub)

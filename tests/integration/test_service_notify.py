@@ -24,6 +24,7 @@ import pytest
 from vnet import jsonlines
 from vnet.daemon.readiness import BUS_READY_WAIT
 from vnet.host import netns
+from vnet.testing import kill_leftovers
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces)")
 
@@ -115,6 +116,7 @@ class Service:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        kill_leftovers(self.workdir / "state")   # SIGTERM leaves the datapath running
         self.systemd.close()
         netns.remove(self.name)
 

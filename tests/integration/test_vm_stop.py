@@ -34,8 +34,9 @@ def answers(lab: Lab, address: str) -> None:
 
 
 def restart_vnetd(host: TestHost) -> None:
-    """Stop vnetd as systemd would (SIGTERM: its VMs stop with it, its labs stay) and start
-    it again on the same state; it answers once it has started what it starts."""
+    """Stop vnetd as systemd would (SIGTERM: its VMs keep running, its labs stay) and start
+    it again on the same state, which adopts the runners; it answers once it has started
+    or adopted what it should."""
     assert host.process is not None
     pid = host.process.pid
     host.process.terminate()

@@ -195,7 +195,7 @@ NASTY_VALUES: list[Any] = [
 ]
 NASTY_OPS: list[Any] = ["", "UP", "teleport", "up\0", 7, None, [], {}, True, "x" * 10_000]
 GOOD_VALUES = {"lab": "pair", "node": "c1", "action": "start", "source": "/labs/x.yaml",
-               "text": "name: x", "frame": "ff" * 14, "nic": "eth0"}
+               "text": "name: x", "frame": "ff" * 14, "nic": "eth0", "all": False}
 TEXTS = ["", "name: x", "- 1", "{a: b}", "name: x\nnetworks: 5\nnodes: []\n",
          "name: x\nnetworks: {n: {vlan: a}}\nnodes: {c1: {kind: vm, kernel: ../k}}\n",
          "name: x\nnetworks: []\nnodes: {c1: [1]}\n", "\t", "name: [x]", "name: Pair\n"]
@@ -246,7 +246,7 @@ def real_handlers(tmp_path: Path) -> dict[str, Any]:
     async def realise_part(topology: Any) -> dict[str, Any]:
         raise AssertionError(f"a fuzzed request reached realisation: {topology}")
 
-    async def stop() -> None:
+    async def stop(everything: bool | None = None) -> None:
         pass
 
     async def datapath(request: Any) -> Any:

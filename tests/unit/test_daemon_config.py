@@ -151,7 +151,7 @@ def problems(text: str, hostname: str = "h") -> list[str]:
 
 
 ALLOWED = ("access, bus, datapath, host, log_level, metrics, netns, socket, state_dir, "
-           "version")
+           "stop_all, version")
 CASES: dict[str, tuple[str, list[str]]] = {
     "unknown keys, with and without a suggestion": ("""
         hots: a

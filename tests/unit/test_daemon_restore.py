@@ -171,7 +171,7 @@ def test_a_refused_up_stops_a_vnetd_that_vnet_up_started_and_holds_no_lab(
 
     stops: list[str] = []
 
-    async def stop() -> None:
+    async def stop(everything: bool | None = None) -> None:
         stops.append("stop")
 
     monkeypatch.setattr(daemon, "stop", stop)

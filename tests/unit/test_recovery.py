@@ -135,3 +135,24 @@ def test_unfinished_resources_are_left_alone_and_still_needed() -> None:
 def test_other_labs_are_not_needed() -> None:
     other = NetnsNodeResource("other", "a", "vnet-other-a", A.nics)
     assert needs(PORT_A, [*RECORD, other, BridgeResource("other", ())]) == needs(PORT_A, RECORD)
+
+
+def test_an_adopted_datapath_is_given_every_port_again_and_a_port_on_a_new_netdev_is_replaced(
+        ) -> None:
+    """vnetd adopts the datapath an earlier vnetd left running: each bridge and port is
+    given again (the datapath keeps one it holds as recorded), without deleting it first,
+    except a port whose node was rebuilt: its socket is on the old netdev."""
+    recovery = recovery_plan(RECORD, [r for r in KERNEL if r != A], adopted=True)
+    steps = {step.resource: step for step in recovery.rebuild}
+    assert {r for r in RECORD if isinstance(r, BridgeResource | PortResource)} <= set(steps)
+    assert steps[A].clear
+    assert steps[PORT_A].clear, "a port on a rebuilt node must be replaced"
+    cleared = {r for r, step in steps.items() if step.clear
+               and isinstance(r, BridgeResource | PortResource)}
+    assert cleared == {PORT_A}, "a bridge or port that may be right is never dropped"
+
+
+def test_a_new_datapath_never_deletes_a_port_first() -> None:
+    recovery = recovery_plan(RECORD, [r for r in KERNEL if r != A])
+    assert not any(step.clear for step in recovery.rebuild
+                   if isinstance(step.resource, BridgeResource | PortResource))

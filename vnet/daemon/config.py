@@ -45,7 +45,7 @@ from vnet.errors import VnetError
 from vnet.topology.fields import BROKER, HOST_NAME, HOST_NAME_WHY, TOPIC_ROOT
 from vnet.topology.model import DEFAULT_TOPIC_ROOT
 from vnet.topology.report import PATH_LIMIT, KeyPath, Reporter, clip, quote
-from vnet.topology.spec import JSON, Enum, Field, Fields, Int, ListOf, Obj, Str
+from vnet.topology.spec import JSON, Bool, Enum, Field, Fields, Int, ListOf, Obj, Str
 from vnet.topology.yamlsource import FileTooLarge, read_file, read_yaml
 
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
@@ -157,6 +157,7 @@ class DaemonConfig:
     bus: BusConfig | None = None
     metrics: MetricsConfig | None = None  # None: no metrics endpoint
     access: AccessConfig = field(default_factory=AccessConfig)
+    stop_all: bool = False  # a stop (SIGTERM) stops the datapath and VM runners too
     source: Path | None = None  # the file it came from; None: defaults only
 
 
@@ -246,6 +247,9 @@ DAEMON = Obj(noun="config", description="vnetd's configuration file (version 1).
     "bus": Field(BUS, "The MQTT bus of multi-host labs (off unless given)."),
     "metrics": Field(METRICS, "The metrics endpoint (off unless given)."),
     "access": Field(ACCESS, "Access to the API socket by role."),
+    "stop_all": Field(Bool(), "Whether stopping vnetd (SIGTERM, systemctl stop) stops the "
+                      "datapath and every VM runner too; by default they keep running and the "
+                      "next vnetd adopts them.", default=False),
 })
 
 
@@ -299,7 +303,8 @@ def parse_config(text: str, source: str = "<string>", *, base_dir: Path | None =
 
 def with_flags(config: DaemonConfig, *, socket: str | None = None, state_dir: str | None = None,
                netns: str | None = None, log_level: str | None = None,
-               datapath_python: str | None = None, host: str | None = None) -> DaemonConfig:
+               datapath_python: str | None = None, host: str | None = None,
+               stop_all: bool | None = None) -> DaemonConfig:
     """``config`` with the command line's values (None: not given) in place of the file's."""
     changes: dict[str, Any] = {}
     if host is not None:
@@ -314,6 +319,8 @@ def with_flags(config: DaemonConfig, *, socket: str | None = None, state_dir: st
         changes["log_level"] = log_level.lower()
     if datapath_python is not None:
         changes["datapath"] = replace(config.datapath, python=datapath_python)
+    if stop_all is not None:
+        changes["stop_all"] = stop_all
     return replace(config, **changes)
 
 
@@ -409,7 +416,8 @@ class _Builder:
             datapath=self.datapath(_section(top, "datapath")),
             bus=self.bus(_section(top, "bus")),
             metrics=self.metrics(_section(top, "metrics")),
-            access=self.access(_section(top, "access")))
+            access=self.access(_section(top, "access")),
+            stop_all=top.get("stop_all") is True)
 
     def path(self, value: Any) -> Path | None:
         if not isinstance(value, str):

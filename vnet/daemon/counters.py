@@ -8,6 +8,11 @@ added to the port's baseline, and every reading is reported as baseline plus raw
 reported counter never goes down (as a Prometheus counter must not) for as long as the port
 exists; deleting the port (``forget``) starts it again from zero, as a new series.
 
+The baselines and last readings are saved in the state directory (``snapshot``, every
+reading and at vnetd's stop) and read by the next vnetd (``restore``): one that adopts the
+running datapath goes on with the same run, one that starts a new datapath adds the last
+readings to the baselines as after any restart.
+
 What is lost: what the old datapath counted between vnetd's last reading and its death (at
 most ``POLL`` seconds of traffic).  Frames that it had not yet taken from the kernel when it
 died were never counted anywhere.
@@ -112,6 +117,30 @@ class CounterTotals:
             totals.setdefault(bridge, {})[port] = _with_baseline(
                 reading.stats, self._base.get((bridge, port), {}))
         return totals
+
+    def snapshot(self) -> dict[str, Any]:
+        """The baselines and last readings, as JSON (for the next vnetd: ``restore``)."""
+        return {"ports": [
+            {"bridge": bridge, "port": port,
+             "base": [[n, r, v] for (n, r), v in self._base.get((bridge, port), {}).items()],
+             **({"run": last.run, "leaves": [[n, r, v] for (n, r), v in last.leaves.items()],
+                 "stats": dict(last.stats)} if (last := self._last.get((bridge, port)))
+                else {})}
+            for bridge, port in sorted({*self._base, *self._last})]}
+
+    def restore(self, data: Mapping[str, Any]) -> None:
+        """What ``snapshot`` gave (``ValueError``/``TypeError``/``KeyError`` if it is not)."""
+        base: dict[tuple[str, str], Leaves] = {}
+        last: dict[tuple[str, str], _Reading] = {}
+        for entry in data["ports"]:
+            key = (str(entry["bridge"]), str(entry["port"]))
+            if entry["base"]:
+                base[key] = {(str(n), str(r)): int(v) for n, r, v in entry["base"]}
+            if "run" in entry:
+                last[key] = _Reading(int(entry["run"]),
+                                     {(str(n), str(r)): int(v) for n, r, v in entry["leaves"]},
+                                     dict(entry["stats"]))
+        self._base, self._last = base, last
 
     def forget(self, bridge: str, port: str | None = None) -> None:
         """The port (or every port of the bridge) was deleted: its counters start again."""

@@ -8,6 +8,13 @@ The same pipe carries one byte when the datapath listens, so nobody polls for it
 
 The process is signalled through a pidfd: ``Popen.send_signal`` would reap a zombie under
 asyncio's child watcher (which then reports status 255), and a bare pid may be reused.
+
+The datapath outlives vnetd (a restart without loss): it runs in a session of its own, and
+nothing makes it die with vnetd.  The next vnetd adopts it (``AdoptedDatapath``): it is no
+longer that vnetd's child and has no lifeline to it, so its death is noticed by its pidfd
+(``vnet.daemon.pidfile``), a little later than a lifeline would tell (after its sockets'
+teardown).  A warm spare, by contrast, ends with the vnetd that made it: its stdin reaches
+EOF.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import sys
 from pathlib import Path
 
 import vnet
+from vnet.daemon.pidfile import Watched
 from vnet.errors import DatapathError
 
 log = logging.getLogger("vnet.supervisor")
@@ -40,7 +48,7 @@ async def spawn_spare(python: str, control_path: Path, log_path: Path) -> Datapa
                 python, "-m", "vnet.datapath.main", "--control", str(control_path),
                 "--lifeline", str(write_end), "--standby",
                 stdin=asyncio.subprocess.PIPE, stdout=logfile, stderr=logfile, env=env,
-                pass_fds=(write_end,), preexec_fn=_die_with_parent)
+                pass_fds=(write_end,), start_new_session=True)
     except OSError as err:
         os.close(read_end)
         raise DatapathError(f"cannot start the datapath with {python}: "
@@ -119,6 +127,23 @@ class DatapathProcess:
     def kill(self) -> None:
         self.signal(signal.SIGKILL)
 
+    async def terminate(self, timeout: float) -> None:
+        """SIGTERM, then SIGKILL after ``timeout``; until it is gone."""
+        if self.process.returncode is not None:
+            return
+        self.signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(self.process.wait(), timeout)
+        except TimeoutError:
+            self.kill()
+            await self.process.wait()
+
+    def release(self) -> None:
+        """vnetd leaves and the datapath stays: stop watching it."""
+        if not self._dead.done():
+            asyncio.get_running_loop().remove_reader(self._lifeline)
+        self._exit.cancel()
+
     def signal(self, number: int) -> None:
         if self._pidfd is not None:
             with contextlib.suppress(ProcessLookupError):   # reaped meanwhile
@@ -173,15 +198,50 @@ def _signal_name(number: int) -> str:
         return f"signal {number}"
 
 
-def _die_with_parent() -> None:
-    """In the child: receive SIGTERM when vnetd dies, so no orphan datapath outlives it."""
-    import ctypes
-
-    pr_set_pdeathsig = 1
-    ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGTERM)
-
-
 def _log_failure(task: asyncio.Task[None]) -> None:
     """The reaper failing is a bug: never silent."""
     if not task.cancelled() and (err := task.exception()) is not None:
         log.critical("%s failed: %r", task.get_name(), err, exc_info=err)
+
+
+class AdoptedDatapath:
+    """A datapath an earlier vnetd started, found running (see the module's doc); the
+    supervisor's handle on it is the same as on a ``DatapathProcess``."""
+
+    def __init__(self, pid: int) -> None:
+        """``ProcessLookupError`` if it is gone."""
+        self.pid = pid
+        self._watched = Watched(pid)
+
+    @property
+    def alive(self) -> bool:
+        return self._watched.alive
+
+    async def dead_within(self, timeout: float) -> bool:
+        return await self._watched.wait(timeout)
+
+    async def died(self) -> str:
+        await self._watched.wait()
+        return await self.death()
+
+    async def death(self) -> str:
+        """Not vnetd's child: its exit status is its parent's to know, not vnetd's."""
+        return "died (an adopted datapath: its exit status is not vnetd's to see)"
+
+    def wake(self) -> None:
+        pass
+
+    def kill(self) -> None:
+        self._watched.signal(signal.SIGKILL)
+
+    def signal(self, number: int) -> None:
+        self._watched.signal(number)
+
+    async def terminate(self, timeout: float) -> None:
+        await self._watched.stop(timeout)
+
+    def release(self) -> None:
+        self._watched.close()
+
+
+Datapath = DatapathProcess | AdoptedDatapath

@@ -65,6 +65,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "datapath.python, or vnetd's own)")
     parser.add_argument("--log-level", type=str.lower, choices=LOG_LEVELS,
                         help="default: the config file's log_level, or info")
+    parser.add_argument("--stop-all", action="store_true", default=None,
+                        help="stopping vnetd (SIGTERM) stops the datapath and the VM runners "
+                        "too (default: the config file's stop_all, or no: they keep running "
+                        "and the next vnetd adopts them)")
     return parser.parse_args(argv)
 
 
@@ -74,7 +78,7 @@ def configure(args: argparse.Namespace) -> DaemonConfig:
         check_host_flag(args.host)
     config = load_config(args.config, hostname=args.host)
     return with_flags(config, socket=args.socket, state_dir=args.state_dir, netns=args.netns,
-                      log_level=args.log_level, host=args.host,
+                      log_level=args.log_level, host=args.host, stop_all=args.stop_all,
                       datapath_python=(args.datapath_python
                                        or os.environ.get("VNET_DATAPATH_PYTHON")))
 
@@ -162,7 +166,7 @@ async def serve(args: argparse.Namespace, config: DaemonConfig) -> None:
     notifier, watchdog_period = Notifier.from_environment()
     daemon = Vnetd(config.socket, config.state_dir, args.exit_when_idle,
                    datapath_python(config.datapath.python), host=config.host, bus=config.bus,
-                   access=config.access, config_file=config.source)
+                   access=config.access, config_file=config.source, stop_all=config.stop_all)
     link = ServiceLink(notifier, watchdog_period, lambda: observe(daemon))
     link.start()
     running = Running(args, config, link, notifier, asyncio.Lock(), daemon)

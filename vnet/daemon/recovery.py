@@ -84,10 +84,15 @@ def lives_on(resource: Resource, recorded: Iterable[Resource]) -> tuple[Resource
 
 
 def recovery_plan(ready: Sequence[Resource], present: Collection[Resource],
-                  unfinished: Sequence[Resource] = ()) -> Recovery:
+                  unfinished: Sequence[Resource] = (), adopted: bool = False) -> Recovery:
     """For a new datapath (vnetd's start, the datapath's restart): keep the kernel's
     resources among ``ready`` that are ``present``, rebuild the rest and what lives on them,
     and every bridge and port (a new datapath has none, nor anything left of one).
+
+    ``adopted``: the datapath is one an earlier vnetd left running, which holds its ports.
+    Each is given again all the same (adding a port the datapath holds as recorded changes
+    nothing, one that differs is replaced), but a port whose netdev is rebuilt is deleted
+    first: the datapath's socket is on the old netdev.
 
     ``unfinished``: the lab's ``pending`` resources (an up or down that did not finish),
     left to the next up or down as ever; what needs one of them cannot be rebuilt now."""
@@ -95,12 +100,18 @@ def recovery_plan(ready: Sequence[Resource], present: Collection[Resource],
     keep: list[Resource] = []
     rebuild: list[Rebuild] = []
     rebuilt: set[Resource] = set()
+    remade: set[Resource] = set()   # made anew (not given again to a datapath that has it)
     for resource in sorted(ready, key=lambda r: KIND_ORDER[r.kind]):  # stable: record order
         in_datapath = is_datapath_kind(resource)
         if (in_datapath or resource not in present
                 or any(r in rebuilt for r in lives_on(resource, recorded))):
             rebuilt.add(resource)
-            rebuild.append(Rebuild(resource, needs(resource, recorded), clear=not in_datapath))
+            # an adopted datapath's port is replaced only if what it lives on is new
+            clear = not in_datapath or (adopted and any(
+                r in remade for r in lives_on(resource, recorded)))
+            if clear:
+                remade.add(resource)
+            rebuild.append(Rebuild(resource, needs(resource, recorded), clear=clear))
         else:
             keep.append(resource)
     return Recovery(tuple(keep), tuple(rebuild))

@@ -133,7 +133,7 @@ class TraceRequest(Request, op="trace"):
 
 @dataclass(frozen=True)
 class ShutdownRequest(Request, op="shutdown"):
-    pass
+    all: bool = False   # also stop the datapath and every VM runner (else they stay running)
 
 
 def parse_request(message: dict[str, Any]) -> Request:

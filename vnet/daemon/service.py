@@ -19,6 +19,7 @@ from typing import Any
 from vnet import __version__
 from vnet.bus.client import open_bus
 from vnet.daemon import preflight, tracing
+from vnet.daemon.adoption import VmAction, stale, vm_action
 from vnet.daemon.api import ApiServer
 from vnet.daemon.audit import FILE_NAME as AUDIT_FILE
 from vnet.daemon.audit import AuditLog
@@ -53,7 +54,7 @@ from vnet.daemon.status import lab_status
 from vnet.daemon.supervisor import DatapathSupervisor
 from vnet.daemon.vms import VmSupervisor
 from vnet.datapath import protocol
-from vnet.errors import DaemonError
+from vnet.errors import DaemonError, DatapathError
 from vnet.topology import Topology, parse_topology
 
 log = logging.getLogger("vnet.daemon")
@@ -63,8 +64,11 @@ class Vnetd:
     def __init__(self, socket_path: Path, state_dir: Path, exit_when_idle: bool = False,
                  datapath_python: str = sys.executable, *, host: str | None = None,
                  bus: BusConfig | None = None, access: AccessConfig | None = None,
-                 config_file: Path | None = None) -> None:
+                 config_file: Path | None = None, stop_all: bool = False) -> None:
+        """``stop_all``: a stop (SIGTERM) stops the datapath and VM runners too; by
+        default they keep running for the next vnetd to adopt (``docs/service.md``)."""
         self.socket_path = socket_path
+        self.stop_all = stop_all
         self.host = host
         self.state_dir = state_dir
         self.exit_when_idle = exit_when_idle
@@ -96,8 +100,10 @@ class Vnetd:
 
     async def start(self) -> None:
         async with self.lock:
-            await self.datapath.start()
+            await self.datapath.start()     # adopts the one an earlier vnetd left running
             await self._restore_labs()
+            if self.datapath.adopted:
+                await self._remove_stale()
             await self._start_vms()
         await self.api.start()
         if self.bus is not None:
@@ -110,12 +116,14 @@ class Vnetd:
         a reboot (or anyone's hand) its namespaces, links, TAPs, tables and dnsmasqs may be
         gone, and the new datapath has no bridge or port.  What is missing is rebuilt
         (``recovery``); a lab that cannot be rebuilt whole is marked failed, with why, and
-        the others, and vnetd, start all the same."""
+        the others, and vnetd, start all the same.  An adopted datapath is given its
+        bridges and ports again, which changes only what differs from the records."""
+        adopted = self.datapath.adopted
         for record in self.store.load_all():
             try:
                 ready = record.ready()
                 present = [r for r in ready if not is_datapath_kind(r) and await self._exists(r)]
-                recovery = recovery_plan(ready, present, record.pending())
+                recovery = recovery_plan(ready, present, record.pending(), adopted=adopted)
                 gone = [f"{r.kind} {r.key[1]}" for r in ready
                         if not is_datapath_kind(r) and r not in present]
                 if gone:
@@ -161,25 +169,58 @@ class Vnetd:
             self._note_failure(record.lab, problems, record.source,
                                "after the datapath's restart")
 
+    async def _remove_stale(self) -> None:
+        """What the adopted datapath holds that no lab record has is deleted."""
+        try:
+            held = await self.datapath.call(protocol.GetStats())
+            found = stale(held, (r for record in self.store.load_all()
+                                 for r in record.resources))
+            for bridge in found.bridges:
+                log.warning("the adopted datapath holds bridge %s, which no lab has: deleting "
+                            "it", bridge)
+                await self.datapath.call(protocol.DelBridge(bridge))
+            for bridge, port in found.ports:
+                log.warning("the adopted datapath holds port %s/%s, which no lab has: "
+                            "deleting it", bridge, port)
+                await self.datapath.call(protocol.DelPort(bridge, port))
+        except DatapathError as err:
+            log.error("cannot clean the adopted datapath: %s", err)
+
     async def _start_vms(self) -> None:
-        """At vnetd's start: the runners died with the previous vnetd (PR_SET_PDEATHSIG).
-        Each is started again unless its user had stopped it (``vnet vm stop``)."""
+        """At vnetd's start: a runner an earlier vnetd left running is adopted, one that is
+        gone is started again, unless its user had stopped it (``vnet vm stop``)."""
         for record in self.store.load_all():
             for resource in record.ready():
                 if not isinstance(resource, VmNodeResource):
                     continue
-                if record.vm_run.get(resource.node) == "stopped":
+                action = vm_action(record.vm_run.get(resource.node),
+                                   self.vms.found(resource))
+                if action is VmAction.ADOPT and await self.vms.adopt(resource):
+                    continue
+                if action is VmAction.STOP:
+                    log.info("VM %s/%s: its user stopped it; stopping the runner that still "
+                             "runs", record.lab, resource.node)
+                    await self.vms.stop_pid(resource)
+                elif action is VmAction.STAY_STOPPED:
                     log.info("VM %s/%s stays stopped, as its user left it", record.lab,
                              resource.node)
                 else:
                     await self.vms.start(resource)
 
-    async def stop(self) -> None:
+    async def stop(self, everything: bool | None = None) -> None:
+        """vnetd leaves.  ``everything`` (default: ``stop_all``): the datapath and the VM
+        runners stop too; else they keep forwarding and running, and the next vnetd adopts
+        them (as libvirtd's guests outlive it)."""
+        if everything is None:
+            everything = self.stop_all
         if self.bus is not None:
             await self.bus.stop()      # offline first: peers stop flooding to this host
         await self.api.stop()
-        await self.vms.stop_all()
-        await self.datapath.stop()
+        if everything:
+            await self.vms.stop_all()
+        else:
+            self.vms.release_all()
+        await self.datapath.stop(keep_running=not everything)
         self.stopped.set()
 
     # ---- the API operations ---------------------------------------------------------------
@@ -203,7 +244,8 @@ class Vnetd:
         async with self.lock:
             if self.exit_when_idle and not self.store.load_all():
                 log.info("no lab is up: exiting, as a vnetd started by vnet up does")
-                asyncio.get_running_loop().call_soon(lambda: asyncio.create_task(self.stop()))
+                asyncio.get_running_loop().call_soon(
+                    lambda: asyncio.create_task(self.stop(everything=True)))
 
     async def _up(self, request: UpRequest) -> dict[str, Any]:
         topology = await asyncio.to_thread(   # seconds for a big file: not on the loop
@@ -265,7 +307,8 @@ class Vnetd:
                                   f"host's part is down; run 'vnet down --lab {lab}' on "
                                   f"{', '.join(others)} too")
             if self.exit_when_idle and not self.store.load_all():
-                asyncio.get_running_loop().call_soon(lambda: asyncio.create_task(self.stop()))
+                asyncio.get_running_loop().call_soon(
+                    lambda: asyncio.create_task(self.stop(everything=True)))
                 answer["daemon_exiting"] = os.getpid()
         return answer
 
@@ -344,7 +387,10 @@ class Vnetd:
                 **result}
 
     async def op_shutdown(self, request: ShutdownRequest) -> None:
-        asyncio.get_running_loop().call_soon(lambda: asyncio.create_task(self.stop()))
+        """As SIGTERM; ``all``: the datapath and every VM runner stop too."""
+        everything = True if request.all else None
+        asyncio.get_running_loop().call_soon(
+            lambda: asyncio.create_task(self.stop(everything)))
 
     # ---- reconciliation -------------------------------------------------------------------
 

@@ -11,26 +11,31 @@ Supervision survives whatever the datapath does: one task watches it, and every 
 in ``health()`` (``vnet status``).  The task itself failing is a bug, and is not silent
 either: its done-callback logs it and ``health()`` says so.
 
-A death is noticed through the process's lifeline, and a restart wakes a warm spare
-(``datapathprocess``).  Requests share one connection (``controlclient``), and counters are
-kept across runs (``counters``).
+The datapath outlives vnetd: ``stop(keep_running=True)`` leaves it forwarding, and the next
+vnetd's ``start`` adopts it (found by its pid file and control socket, checked to answer)
+instead of starting a new one.  Its run number and the counters' baselines are kept in the
+state directory, so counters stay monotonic across vnetd's restarts too.
+
+A death is noticed through the process's lifeline (or, adopted, its pidfd), and a restart
+wakes a warm spare (``datapathprocess``).  Requests share one connection
+(``controlclient``), and counters are kept across runs (``counters``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
-import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from vnet.daemon import pidfile
 from vnet.daemon.controlclient import ControlClient
 from vnet.daemon.counters import POLL, CounterTotals
-from vnet.daemon.datapathprocess import DatapathProcess, spawn_spare
-from vnet.daemon.datapathprocess import _die_with_parent as _die_with_parent  # vms.py's
+from vnet.daemon.datapathprocess import AdoptedDatapath, Datapath, DatapathProcess, spawn_spare
 from vnet.daemon.restartpolicy import Limits, Phase, RestartPolicy
 from vnet.datapath import protocol
 from vnet.errors import DatapathError, DatapathGone, VnetError
@@ -38,6 +43,8 @@ from vnet.errors import DatapathError, DatapathGone, VnetError
 log = logging.getLogger("vnet.supervisor")
 
 START_TIMEOUT = 10.0
+ADOPT_TIMEOUT = 5.0   # an adopted datapath that does not answer a ping this soon is wedged
+STOP_TIMEOUT = 5.0
 
 
 class DatapathSupervisor:
@@ -58,7 +65,11 @@ class DatapathSupervisor:
         self.client = ControlClient(control_path)
         self.totals = CounterTotals()
         self.run = 0                        # which datapath process, counted from 1
-        self.child: DatapathProcess | None = None
+        self.pid_path = control_path.with_name("datapath.pid")
+        self.counters_path = control_path.with_name("counters.json")
+        self.adopted = False                # the running datapath is an earlier vnetd's
+        self._saved = ""                    # the counters as last saved
+        self.child: Datapath | None = None
         self.standby: DatapathProcess | None = None  # a warm spare for the next restart
         self.spare = spare
         self.replay_error: str | None = None
@@ -70,13 +81,17 @@ class DatapathSupervisor:
     # ---- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """The first datapath, at vnetd's start; ``DatapathError`` if it cannot start."""
+        """The first datapath, at vnetd's start: the one an earlier vnetd left running,
+        adopted, or a new one; ``DatapathError`` if none can start."""
         self.policy.start(_now())
-        try:
-            child = await self._spawn()
-        except DatapathError:
-            self.policy.stop()
-            raise
+        self._load_counters()
+        child: Datapath | None = await self._adopt()
+        if child is None:
+            try:
+                child = await self._spawn()
+            except DatapathError:
+                self.policy.stop()
+                raise
         self.policy.started(_now())
         self._supervise(child)
         self._prepare_standby()
@@ -98,24 +113,76 @@ class DatapathSupervisor:
         child, why = await self._bring_up()
         self._supervise(child, why)
 
-    async def stop(self) -> None:
+    async def stop(self, keep_running: bool = False) -> None:
+        """vnetd leaves: the datapath too, or (``keep_running``) it goes on forwarding for
+        the next vnetd to adopt (its counters are saved for that one)."""
         self._stopping = True
         for task in (self._supervision, self._poller):
             if task is not None:
                 task.cancel()
         self.policy.stop()
+        if keep_running and self.pid is not None:
+            with contextlib.suppress(DatapathError):
+                await self.stats()       # the latest counters, for the next vnetd
         self.client.close("vnetd is stopping")
         if self.standby is not None:
             self.standby.kill()
         child = self.child
-        if child is None or child.process.returncode is not None:
+        if child is None:
             return
-        child.signal(signal.SIGTERM)
+        if keep_running and child.alive:
+            self._save_counters()
+            child.release()
+            log.info("leaving the datapath (pid %d) running for the next vnetd", child.pid)
+            return
+        await child.terminate(STOP_TIMEOUT)
+        self.pid_path.unlink(missing_ok=True)
+        self.counters_path.unlink(missing_ok=True)
+
+    async def _adopt(self) -> AdoptedDatapath | None:
+        """The datapath an earlier vnetd left running, if it still runs and answers; one
+        that runs but does not answer is killed (a new one must not share its ports)."""
+        record = pidfile.read(self.pid_path)
+        if record is None:
+            return None
+        self.run = max(self.run, int(record.get("run", 0) or 0))
+        if not pidfile.running(record, str(self.control_path)):
+            log.info("the datapath an earlier vnetd ran (pid %d) is gone; starting one",
+                     record.pid)
+            return None
         try:
-            await asyncio.wait_for(child.process.wait(), 5)
-        except TimeoutError:
-            child.kill()
-            await child.process.wait()
+            child = AdoptedDatapath(record.pid)
+        except ProcessLookupError:
+            return None
+        try:
+            await asyncio.wait_for(self.client.call(protocol.Ping()), ADOPT_TIMEOUT)
+        except (DatapathError, TimeoutError) as err:
+            log.warning("the running datapath (pid %d) does not answer (%s); killing it and "
+                        "starting a new one", record.pid, err)
+            self.client.close("the datapath does not answer")
+            await child.terminate(1.0)
+            return None
+        self.child = child
+        self.adopted = True
+        log.info("adopted the running datapath, pid %d (run %d)", child.pid, self.run)
+        return child
+
+    def _load_counters(self) -> None:
+        # none (a first start) or unreadable: the counters start again
+        with contextlib.suppress(OSError, ValueError, TypeError, KeyError, AttributeError):
+            self.totals.restore(json.loads(self.counters_path.read_text()))
+
+    def _save_counters(self) -> None:
+        text = json.dumps(self.totals.snapshot())
+        if text == self._saved:
+            return
+        tmp = self.counters_path.with_name(self.counters_path.name + ".tmp")
+        try:
+            tmp.write_text(text)
+            tmp.replace(self.counters_path)
+            self._saved = text
+        except OSError as err:
+            log.warning("cannot save the counters in %s: %s", self.counters_path, err)
 
     # ---- talking to it --------------------------------------------------------------------
 
@@ -170,19 +237,20 @@ class DatapathSupervisor:
         elif health.phase is Phase.RUNNING and self.replay_error:
             message += f"; replaying the lab records into it failed: {self.replay_error}"
         standby = self.standby.pid if self.standby is not None and self.standby.alive else None
-        return {"state": state, "pid": self.pid, "standby_pid": standby,
+        return {"state": state, "pid": self.pid, "adopted": self.adopted,
+                "standby_pid": standby,
                 "restarts": health.restarts,
                 "attempt": health.attempt, "last_failure": health.last_failure,
                 "retry_in": health.retry_in, "message": message}
 
     # ---- supervision ----------------------------------------------------------------------
 
-    def _supervise(self, child: DatapathProcess | None, why: str | None = None) -> None:
+    def _supervise(self, child: Datapath | None, why: str | None = None) -> None:
         self._supervision = _watched(asyncio.create_task(self._watch(child, why),
                                                          name="datapath supervisor"),
                                      self._task_failed)
 
-    async def _watch(self, child: DatapathProcess | None, why: str | None) -> None:
+    async def _watch(self, child: Datapath | None, why: str | None) -> None:
         """Wait for the datapath to die, restart it as the policy says; again, for ever
         (until vnetd stops or the policy gives up).  ``child`` None: its start failed."""
         while True:
@@ -207,7 +275,7 @@ class DatapathSupervisor:
                 self.policy.restart_due(_now())
                 child, why = await self._bring_up()
 
-    async def _bring_up(self) -> tuple[DatapathProcess | None, str | None]:
+    async def _bring_up(self) -> tuple[Datapath | None, str | None]:
         """Start a datapath and replay the records into it (the lock is held): the child,
         or None and why it did not start.  A replay that fails is logged and shown, and the
         datapath stays (if it died during the replay, the watch sees that next)."""
@@ -240,6 +308,7 @@ class DatapathSupervisor:
             child = await spawn_spare(self.python, self.control_path, self.log_path)
         self.run += 1
         self.child = child
+        self.adopted = False
         try:
             child.wake()
             await child.ready(START_TIMEOUT, self.log_path)
@@ -250,6 +319,7 @@ class DatapathSupervisor:
                                     f"{self.log_path}") from None
             child.kill()
             raise err from None
+        pidfile.write(self.pid_path, child.pid, run=self.run)   # for the next vnetd
         log.info("datapath started, pid %d", child.pid)
         return child
 
@@ -285,6 +355,7 @@ class DatapathSupervisor:
             if self.policy.phase is Phase.RUNNING:
                 with contextlib.suppress(DatapathError):
                     await self.stats()
+                    self._save_counters()   # what a vnetd killed -9 leaves its successor
 
     def _task_failed(self, task: asyncio.Task[None], err: BaseException) -> None:
         log.critical("%s failed (a bug): %r; the datapath is no longer supervised",

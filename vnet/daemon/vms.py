@@ -1,7 +1,11 @@
 """vnetd's VM runners: one process per VM node, supervised with ``vmlifecycle``'s table.
 
-A runner is vnetd's child (it dies with vnetd, PR_SET_PDEATHSIG, and is started again from
-the lab records when vnetd comes back).  Its console goes to ``STATE_DIR/console-LAB-NODE.log``,
+A runner outlives vnetd (a restart without loss, as libvirt's guests outlive libvirtd): it
+runs in a session of its own, its pid is kept in ``STATE_DIR/runner-LAB-NODE.pid``, and the
+next vnetd adopts it (``VmSupervisor.adopt``: the recorded process still runs and answers on
+its control socket) instead of starting it again.  An adopted runner is not that vnetd's
+child: its end is seen through a pidfd, and its exit status is unknown (counted as a
+failure by the restart policy).  Its console goes to ``STATE_DIR/console-LAB-NODE.log``,
 which is kept after the VM stops.
 
 Each runner also has a control socket (``STATE_DIR/control-LAB-NODE.sock``, see
@@ -22,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from vnet import jsonlines
+from vnet.daemon import pidfile
 from vnet.daemon.resources import VmNodeResource
-from vnet.daemon.supervisor import _die_with_parent
 from vnet.daemon.vmlifecycle import VmEvent, VmLifecycle, VmState
 
 log = logging.getLogger("vnet.vms")
@@ -72,6 +76,8 @@ class VmProcess:
         self.console = state_dir / f"console-{vm.lab}-{vm.node}.log"
         self.console_socket = state_dir / f"console-{vm.lab}-{vm.node}.sock"
         self.control_socket = state_dir / f"control-{vm.lab}-{vm.node}.sock"
+        self.pid_file = state_dir / f"runner-{vm.lab}-{vm.node}.pid"
+        self.adopted: pidfile.Watched | None = None   # a runner an earlier vnetd started
         self.runner: dict[str, Any] = {"answering": False, "why": "not asked yet"}
         self._poll: asyncio.Task[None] | None = None
         self.lifecycle = VmLifecycle(vm.restart)  # type: ignore[arg-type]
@@ -104,19 +110,47 @@ class VmProcess:
         with open(self.console.with_suffix(".err"), "ab") as errors:
             self.process = await asyncio.create_subprocess_exec(
                 *self.command(), stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.DEVNULL, stderr=errors, preexec_fn=_die_with_parent)
+                stdout=asyncio.subprocess.DEVNULL, stderr=errors, start_new_session=True)
+        self.adopted = None
         self.lifecycle.handle(VmEvent.SPAWNED, time.monotonic())
+        pidfile.write(self.pid_file, self.process.pid)
         log.info("VM %s/%s: runner started, pid %d", self.vm.lab, self.vm.node,
                  self.process.pid)
         self._watch = asyncio.create_task(self._watch_process(self.process))
         if self._poll is None or self._poll.done():
             self._poll = asyncio.create_task(self._poll_runner())
 
+    def adopt(self, pid: int) -> None:
+        """Supervise the runner ``pid`` an earlier vnetd started (``ProcessLookupError``
+        if it is gone)."""
+        watched = pidfile.Watched(pid)
+        self.adopted, self.process = watched, None
+        now = time.monotonic()
+        self.lifecycle.handle(VmEvent.START, now)
+        self.lifecycle.handle(VmEvent.SPAWNED, now)
+        log.info("VM %s/%s: adopted its running runner, pid %d", self.vm.lab, self.vm.node,
+                 pid)
+        self._watch = asyncio.create_task(self._watch_adopted(watched))
+        if self._poll is None or self._poll.done():
+            self._poll = asyncio.create_task(self._poll_runner())
+
+    @property
+    def pid(self) -> int | None:
+        """The running runner's pid (started or adopted), or None."""
+        if self.adopted is not None:
+            return self.adopted.pid if self.adopted.alive else None
+        if self.process is not None and self.process.returncode is None:
+            return self.process.pid
+        return None
+
+    async def _watch_adopted(self, watched: pidfile.Watched) -> None:
+        await watched.wait()
+        await self._exited(None)
+
     async def _poll_runner(self) -> None:
         """Keep ``self.runner`` fresh from the control socket while a runner exists."""
         while True:
-            process = self.process
-            if process is None or process.returncode is not None:
+            if self.pid is None:
                 self.runner = {"answering": False, "why": "no runner"}
             else:
                 try:
@@ -127,11 +161,16 @@ class VmProcess:
             await asyncio.sleep(POLL_INTERVAL)
 
     async def _watch_process(self, process: asyncio.subprocess.Process) -> None:
-        status = await process.wait()
+        await self._exited(await process.wait())
+
+    async def _exited(self, status: int | None) -> None:
+        """The runner ended (``status`` None: an adopted one, whose status is unknown)."""
+        self.pid_file.unlink(missing_ok=True)
         event = VmEvent.EXITED_OK if status == 0 else VmEvent.EXITED_FAIL
-        state = self.lifecycle.handle(event, time.monotonic(), f"exit status {status}")
-        log.warning("VM %s/%s: runner exited with status %s; now %s", self.vm.lab,
-                    self.vm.node, status, state.value)
+        how = "exit status unknown (adopted)" if status is None else f"exit status {status}"
+        state = self.lifecycle.handle(event, time.monotonic(), how)
+        log.warning("VM %s/%s: runner exited, %s; now %s", self.vm.lab, self.vm.node, how,
+                    state.value)
         if state == VmState.RESTARTING and self.lifecycle.restart_at is not None:
             await asyncio.sleep(max(0.0, self.lifecycle.restart_at - time.monotonic()))
             if self.lifecycle.state == VmState.RESTARTING:
@@ -143,13 +182,16 @@ class VmProcess:
             return
         self.lifecycle.handle(VmEvent.STOP, time.monotonic())
         process = self.process
-        if process is not None and process.returncode is None:
+        if self.adopted is not None:
+            await self.adopted.stop(STOP_TIMEOUT)
+        elif process is not None and process.returncode is None:
             process.terminate()
             try:
                 await asyncio.wait_for(process.wait(), STOP_TIMEOUT)
             except TimeoutError:
                 process.kill()
                 await process.wait()
+        self.pid_file.unlink(missing_ok=True)
         for task in (self._watch, self._poll):
             if task is not None:
                 task.cancel()
@@ -162,10 +204,17 @@ class VmProcess:
         self.console_socket.unlink(missing_ok=True)  # a killed runner could not remove it
         self.control_socket.unlink(missing_ok=True)
 
+    def release(self) -> None:
+        """vnetd leaves and the runner stays, for the next vnetd to adopt."""
+        for task in (self._watch, self._poll):
+            if task is not None:
+                task.cancel()
+        if self.adopted is not None:
+            self.adopted.close()
+
     def status(self) -> dict[str, object]:
-        return {"state": self.lifecycle.state.value,
-                "pid": self.process.pid if self.process and self.process.returncode is None
-                else None,
+        return {"state": self.lifecycle.state.value, "pid": self.pid,
+                "adopted": self.adopted is not None,
                 "restarts": len(self.lifecycle.restarts), "last_exit": self.lifecycle.last_exit,
                 "console": str(self.console), "console_socket": str(self.console_socket),
                 "control_socket": str(self.control_socket), "runner": self.runner_status()}
@@ -206,6 +255,48 @@ class VmSupervisor:
         process = self.vms.pop((vm.lab, vm.node), None)
         if process is not None:
             await process.stop()
+
+    def found(self, vm: VmNodeResource) -> bool:
+        """A runner an earlier vnetd started for ``vm`` still runs (by its pid file)."""
+        process = VmProcess(vm, self.state_dir)
+        record = pidfile.read(process.pid_file)
+        return record is not None and pidfile.running(record, str(process.control_socket))
+
+    async def adopt(self, vm: VmNodeResource) -> bool:
+        """Supervise the runner an earlier vnetd left for ``vm``, if it still runs and
+        answers on its control socket (a runner that does not answer is stopped: the
+        caller starts a new one)."""
+        process = VmProcess(vm, self.state_dir)
+        record = pidfile.read(process.pid_file)
+        if record is None or not pidfile.running(record, str(process.control_socket)):
+            process.pid_file.unlink(missing_ok=True)
+            return False
+        try:
+            process.adopt(record.pid)
+        except ProcessLookupError:
+            return False
+        try:
+            status = await ask_runner(process.control_socket, {"op": "status"})
+        except (OSError, TimeoutError, jsonlines.ProtocolError) as err:
+            log.warning("VM %s/%s: its runner (pid %d) does not answer (%s); starting a new "
+                        "one", vm.lab, vm.node, record.pid, runner_unreachable(err))
+            await process.stop()
+            return False
+        process.runner = {"answering": True, "at": time.monotonic(), **status}
+        self.vms[(vm.lab, vm.node)] = process
+        return True
+
+    async def stop_pid(self, vm: VmNodeResource) -> None:
+        """A runner left running that should not be (its user stopped the VM while no
+        vnetd ran, or vnetd died while stopping it): stopped."""
+        if await self.adopt(vm):
+            await self.stop(vm)
+
+    def release_all(self) -> None:
+        """vnetd leaves; every runner stays, for the next vnetd."""
+        for process in self.vms.values():
+            process.release()
+        self.vms.clear()
 
     async def stop_all(self) -> None:
         for process in list(self.vms.values()):

@@ -13,9 +13,16 @@ The pytest plugin (``vnet.testing.pytest_plugin``) offers the same as fixtures.
 """
 
 from vnet.testing.dataplane import Dataplane
-from vnet.testing.lab import Lab, TestHost, popen_in_netns, run_in_netns
+from vnet.testing.lab import (
+    Lab,
+    TestHost,
+    kill_leftovers,
+    leftovers,
+    popen_in_netns,
+    run_in_netns,
+)
 from vnet.testing.mask import Mask
 from vnet.testing.wait import wait_until
 
-__all__ = ["Dataplane", "Lab", "Mask", "TestHost", "popen_in_netns", "run_in_netns",
-           "wait_until"]
+__all__ = ["Dataplane", "Lab", "Mask", "TestHost", "kill_leftovers", "leftovers",
+           "popen_in_netns", "run_in_netns", "wait_until"]

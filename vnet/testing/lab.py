@@ -9,8 +9,10 @@ with its nodes' places (namespace, interface) for sending, capturing and running
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -82,14 +84,34 @@ class TestHost:
                               ) from None
 
     def stop_daemon(self) -> None:
-        """Stop vnetd as a shutdown or a reboot does (SIGTERM): its labs stay recorded, and
-        ``start_daemon`` starts the next one on the same socket and state."""
+        """Stop vnetd as a machine's shutdown or reboot does (``vnet shutdown --all``: the
+        datapath and VM runners stop too): its labs stay recorded, and ``start_daemon``
+        starts the next one on the same socket and state."""
         for lab in self.labs.values():
             lab.close()
         if self.process is not None and self.process.poll() is None:
+            with contextlib.suppress(OSError, DaemonError):
+                self.call("shutdown", all=True)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        kill_leftovers(self.state_dir)
+
+    def kill_daemon(self) -> None:
+        """``kill -9`` vnetd alone: the datapath and VM runners keep running."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def terminate_daemon(self) -> None:
+        """Stop vnetd as ``systemctl stop`` does (SIGTERM): by default the datapath and VM
+        runners keep running for the next vnetd to adopt."""
+        if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             try:
-                self.process.wait(10)
+                self.process.wait(30)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
@@ -143,6 +165,11 @@ class TestHost:
     def close(self) -> None:
         """Take every lab down, stop vnetd, remove the namespace and the files."""
         try:
+            if (self.process is not None and self.process.poll() is not None
+                    and any(Path(self.state_dir, "labs").glob("*"))):
+                # killed (a test of that failed): a vnetd again, to take its labs down
+                with contextlib.suppress(OSError, DaemonError):
+                    self._start_daemon()
             for lab in list(self.labs):
                 with contextlib.suppress(OSError, DaemonError):
                     self.down(lab)
@@ -152,13 +179,15 @@ class TestHost:
                         self.call("down", lab=record["name"])
                 except (OSError, DaemonError):
                     pass
-                self.process.terminate()
+                with contextlib.suppress(OSError, DaemonError):
+                    self.call("shutdown", all=True)
                 try:
                     self.process.wait(10)
                 except subprocess.TimeoutExpired:
                     self.process.kill()
                     self.process.wait()
         finally:
+            kill_leftovers(self.state_dir)   # what a killed vnetd left running
             netns.remove(self.name)
             shutil.rmtree(self.workdir, ignore_errors=True)
 
@@ -220,6 +249,29 @@ class Lab:
         if self._dataplane is not None:
             self._dataplane.close()
             self._dataplane = None
+
+
+def leftovers(state_dir: str | Path) -> list[int]:
+    """Processes with ``state_dir`` on their command line (a datapath or VM runner that
+    outlived its vnetd, or that vnetd itself)."""
+    marker = str(state_dir).encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if marker in cmdline and b"vnet." in cmdline:
+                found.append(int(entry.name))
+    return found
+
+
+def kill_leftovers(state_dir: str | Path) -> None:
+    """SIGKILL every process ``leftovers`` finds (only a test's own state directory)."""
+    for pid in leftovers(state_dir):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def run_in_netns(name: str, command: Sequence[str], check: bool = False, timeout: float = 120,
