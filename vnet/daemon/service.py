@@ -70,7 +70,7 @@ class Vnetd:
         self.netns_prefix = netns_prefix   # of new nodes; a recorded node keeps its name
         self.state_dir = state_dir
         self.exit_when_idle = exit_when_idle
-        self.store = StateStore(state_dir)
+        self.store = StateStore(state_dir, netns_prefix)
         self.lock = asyncio.Lock()
         self.stopped = asyncio.Event()
         self.datapath = DatapathSupervisor(state_dir / "datapath.sock",
