@@ -179,12 +179,19 @@ class TestHost:
                     self.process.kill()
                     self.process.wait()
         finally:
-            for name in netns.list_names():
-                if name.startswith(f"{self.netns_prefix}-"):
-                    with contextlib.suppress(VnetError):
-                        netns.remove(name)
+            self._remove_leftovers()
             netns.remove(self.name)
             shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def _remove_leftovers(self) -> None:
+        """Node namespaces of this host's prefix that a failed down left (none is looked for
+        under the default prefix, which is every other vnetd's)."""
+        if self.netns_prefix == naming.NETNS_PREFIX:
+            return
+        for name in netns.list_names():
+            if name.startswith(f"{self.netns_prefix}-"):
+                with contextlib.suppress(VnetError):
+                    netns.remove(name)
 
     def __enter__(self) -> TestHost:
         return self
