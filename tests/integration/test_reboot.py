@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -200,6 +201,11 @@ def test_a_refused_up_stops_the_vnetd_it_started(tmp_path: Path) -> None:
     vnetd and its datapath leave again, as after the last down.  One that holds a lab
     stays."""
     host_ns = f"vnt-refuse-{os.getpid()}"
+    # That vnetd has the default prefix: a lab name of this run's own keeps its namespaces
+    # (vnet-LAB-NODE) clear of any other run's.
+    lab = f"refuse-{secrets.token_hex(3)}"
+    pair = tmp_path / "pair.yaml"
+    pair.write_text((TOPOLOGIES / "pair.yaml").read_text().replace("name: pair", f"name: {lab}"))
     netns.create(host_ns)
     state = tmp_path / "state"
     cli = [sys.executable, "-m", "vnet.cli", "--netns", host_ns, "--socket",
@@ -211,18 +217,17 @@ def test_a_refused_up_stops_the_vnetd_it_started(tmp_path: Path) -> None:
         assert vnetd_processes(state) == [], "the vnetd vnet up started is still there"
         assert not (tmp_path / "s.sock").exists()
 
-        subprocess.run([*cli, "up", str(TOPOLOGIES / "pair.yaml")], check=True,
-                       capture_output=True)
+        subprocess.run([*cli, "up", str(pair)], check=True, capture_output=True)
         pid = json.loads(subprocess.run([*cli, "status", "--json"], check=True,
                                         capture_output=True).stdout)["daemon"]["pid"]
         refused = subprocess.run([*cli, "up", str(TOPOLOGIES / "bridged.yaml")],
                                  capture_output=True, text=True)
         assert refused.returncode == 1 and "uplink eth2 does not exist" in refused.stderr
         assert pid in vnetd_processes(state), "a vnetd holding a lab must stay"
-        subprocess.run([*cli, "down", "--lab", "pair"], check=True, capture_output=True)
+        subprocess.run([*cli, "down", "--lab", lab], check=True, capture_output=True)
         assert vnetd_processes(state) == []
     finally:
-        subprocess.run([*cli, "down", "--lab", "pair"], capture_output=True)
+        subprocess.run([*cli, "down", "--lab", lab], capture_output=True)
         for pid in vnetd_processes(state):   # only what this test started
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
