@@ -122,17 +122,15 @@ def call_as(account: Account, path: str, request: dict[str, Any]) -> tuple[int, 
 
 
 @pytest.fixture
-def host(accounts: Accounts, tmp_path: Path) -> Iterator[TestHost]:
-    config = tmp_path / "vnetd.yaml"
-    config.write_text(f"""\
+def host(accounts: Accounts) -> Iterator[TestHost]:
+    with TestHost(config=f"""\
 access:
   group: {accounts.access_group}
   roles:
     viewer: [{accounts.viewer.name}]
     operator: [{accounts.operator.name}]
     admin: ["@{accounts.admin_group}"]
-""")
-    with TestHost(vnetd_args=["--config", str(config)]) as test_host:
+""") as test_host:
         test_host.workdir.chmod(0o711)   # the socket's directory: others may reach the socket
         yield test_host
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import select
 import signal
 import socket
@@ -30,7 +31,8 @@ NODES = 8
 
 
 def lab_namespaces(lab: str) -> set[str]:
-    return {n for n in netns.list_names() if n.startswith(f"{naming.NETNS_PREFIX}-{lab}-")}
+    """The namespaces of ``lab`` under a CLI-started vnetd (the default prefix)."""
+    return {n for n in netns.list_names() if n.startswith(naming.netns_name(lab, ""))}
 
 
 def topology(lab: str, nodes: int) -> str:
@@ -42,10 +44,12 @@ def topology(lab: str, nodes: int) -> str:
 
 class CliHost:
     """A namespace playing a host whose vnetd only the CLI starts (as ``vnet up`` does on a
-    machine without the systemd service)."""
+    machine without the systemd service).  That vnetd has the default prefix, so the lab's
+    name is this host's own (an earlier run's leftovers, vnet-killed-*, never clash)."""
 
     def __init__(self, tmp_path: Path) -> None:
         self.name = f"vnt-kill-{os.getpid()}"
+        self.lab = f"killed-{secrets.token_hex(3)}"
         self.socket = str(tmp_path / "vnetd.sock")
         self.state_dir = tmp_path / "state"
         self.cli_args = [sys.executable, "-m", "vnet.cli", "--netns", self.name, "--socket",
@@ -86,11 +90,11 @@ def cli_host(tmp_path: Path) -> Iterator[CliHost]:
     try:
         yield host
     finally:
-        host.cli("down", "--lab", "killed")
+        host.cli("down", "--lab", host.lab)
         pid = host.vnetd_pid()
         if pid is not None:
             os.kill(pid, signal.SIGKILL)
-        for name in lab_namespaces("killed"):
+        for name in lab_namespaces(host.lab):
             netns.remove(name)
         netns.remove(host.name)
 
@@ -105,7 +109,7 @@ def kill_vnetd_when(host: CliHost, command: subprocess.Popen[str], what: str,
     def under_way() -> bool:
         assert command.poll() is None, (f"the {what} finished before vnetd could be killed "
                                         f"in the middle of it: {command.communicate()}")
-        return bool(condition(host.record("killed")))
+        return bool(condition(host.record(host.lab)))
 
     wait_until(under_way, message=f"the {what} to be half-way")
     os.kill(pid, signal.SIGKILL)
@@ -122,41 +126,42 @@ def says_what_happened(stderr: str, op: str) -> None:
 
 def test_vnetd_killed_mid_up_and_mid_down_is_said_and_the_next_one_finishes(
         cli_host: CliHost, tmp_path: Path) -> None:
+    lab = cli_host.lab
     path = tmp_path / "killed.yaml"
-    path.write_text(topology("killed", NODES))
-    every_namespace = {naming.netns_name("killed", f"n{i}") for i in range(NODES)}
+    path.write_text(topology(lab, NODES))
+    every_namespace = {naming.netns_name(lab, f"n{i}") for i in range(NODES)}
 
     up = cli_host.start_cli("up", str(path))
     status, stderr = kill_vnetd_when(cli_host, up, "up", lambda record: record and sum(
         s == "ready" for s in record.values()) >= 2)
     assert status == 1
     says_what_happened(stderr, "up")
-    half = cli_host.record("killed")
+    half = cli_host.record(lab)
     assert half is not None
 
     again = cli_host.cli("up", str(path))            # starts a new vnetd, which finishes
     assert again.returncode == 0, f"{again.stderr}\n{cli_host.log()}"
     assert "up (created" in again.stdout, again.stdout
-    record = cli_host.record("killed")
+    record = cli_host.record(lab)
     assert record is not None and set(record.values()) == {"ready"}
     assert sum(status == "ready" for status in half.values()) < len(record), (
         "the up was not interrupted half-way", half)
-    assert lab_namespaces("killed") == every_namespace
+    assert lab_namespaces(lab) == every_namespace
     ping = cli_host.cli("exec", "n0", "--", "ping", "-c", "1", "-W", "2", f"10.9.0.{NODES}")
     assert ping.returncode == 0, ping.stdout + ping.stderr
 
     full = len(record)
-    down = cli_host.start_cli("down", "--lab", "killed")
+    down = cli_host.start_cli("down", "--lab", lab)
     status, stderr = kill_vnetd_when(cli_host, down, "down", lambda record: record and (
         len(record) <= full - 2))
     assert status == 1
     says_what_happened(stderr, "down")
-    assert cli_host.record("killed") is not None, "the down was not interrupted half-way"
+    assert cli_host.record(lab) is not None, "the down was not interrupted half-way"
 
-    again = cli_host.cli("down", "--lab", "killed")  # no vnetd runs: down starts one
+    again = cli_host.cli("down", "--lab", lab)  # no vnetd runs: down starts one
     assert again.returncode == 0, f"{again.stderr}\n{cli_host.log()}"
-    assert cli_host.record("killed") is None
-    assert lab_namespaces("killed") == set()
+    assert cli_host.record(lab) is None
+    assert lab_namespaces(lab) == set()
     wait_until(lambda: cli_host.vnetd_pid() is None, message="vnetd to leave with the lab")
 
 

@@ -55,21 +55,12 @@ LOST_BOUND = 3.0   # s from kill -9 to "lost": the Will takes ms, then its 1 s g
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[tuple[Broker, dict[str, TestHost]]]:
     with contextlib.ExitStack() as stack:
-        stack.callback(remove_leftovers)
         broker = stack.enter_context(Broker(USERS, operators=OPERATORS, listen=None))
         hosts: dict[str, TestHost] = {}
         for index, name in enumerate(USERS, start=1):
             hosts[name] = stack.enter_context(
                 bus_host(broker, tmp_path, name, USERS[name], index))
         yield broker, hosts
-
-
-def remove_leftovers() -> None:
-    """After a failed run (a vnetd that could not take its part down): this test's own node
-    namespaces must not make the next run fail."""
-    for index in range(1, len(USERS) + 1):
-        if netns.remove(node_netns(f"c{index}")):
-            print(f"removed the leftover namespace {node_netns(f'c{index}')}")
 
 
 def bus_of(host: TestHost) -> dict[str, Any]:
@@ -99,8 +90,9 @@ def generations(host: TestHost) -> dict[str, int | None]:
             for h in bus_of(host)["hosts"]}
 
 
-def node_netns(name: str) -> str:
-    return f"vnet-{LAB}-{name}"
+def node_netns(hosts: dict[str, TestHost], node: str) -> str:
+    """Where node cI lives: on host hI, named with that host's prefix."""
+    return hosts[f"h{node[1:]}"].netns_name(LAB, node)
 
 
 def test_a_lab_across_three_vnetds_on_one_bus(cluster, tmp_path: Path) -> None:
@@ -119,8 +111,8 @@ def test_a_lab_across_three_vnetds_on_one_bus(cluster, tmp_path: Path) -> None:
     assert up.stdout.strip() == f"lab {LAB}: generation 1 up on h1, h2, h3", up.stdout
     for name, host in hosts.items():
         node = f"c{name[1]}"
-        assert netns.exists(node_netns(node))
-        assert host.call("node", node=node, lab=LAB)["netns"] == node_netns(node)
+        assert netns.exists(node_netns(hosts, node))
+        assert host.call("node", node=node, lab=LAB)["netns"] == node_netns(hosts, node)
     with pytest.raises(DaemonError, match="no node 'c2' is up"):
         h1.call("node", node="c2", lab=LAB)            # h1 realised only its own part
 
@@ -174,14 +166,14 @@ def test_a_lab_across_three_vnetds_on_one_bus(cluster, tmp_path: Path) -> None:
         assert peer(host, "h2")["state"] == "online" and peer(host, "h2")["epoch"] == h2_epoch
         assert bus_of(host)["desired"][LAB]["generation"] == 1
         assert generations(host) == {"h1": 1, "h2": 1, "h3": 1}
-    assert all(netns.exists(node_netns(f"c{i}")) for i in (1, 2, 3))
+    assert all(netns.exists(node_netns(hosts, f"c{i}")) for i in (1, 2, 3))
 
     # vnet down on h2 takes every host's part down
     down = h2.cli("down", "--lab", LAB)
     assert down.stdout.strip() == f"lab {LAB}: down on h1, h2, h3", down.stdout
     for host in hosts.values():
         assert host.call("status")["labs"] == []
-    assert not any(netns.exists(node_netns(f"c{i}")) for i in (1, 2, 3))
+    assert not any(netns.exists(node_netns(hosts, f"c{i}")) for i in (1, 2, 3))
     assert bus_of(h1)["desired"][LAB] == {"generation": 2, "deleted": True, "hosts": []}
 
     # h3 is no operator in the broker's ACL: mosquitto refuses its desired state with PUBACK

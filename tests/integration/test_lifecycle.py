@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -35,10 +36,6 @@ def links_in(host: TestHost) -> set[str]:
         return {str(link.get("IFLA_IFNAME")) for link in ipr.get_links()}
 
 
-def lab_namespaces(lab: str) -> set[str]:
-    return {n for n in netns.list_names() if n.startswith(f"{naming.NETNS_PREFIX}-{lab}-")}
-
-
 @pytest.fixture
 def host():
     with TestHost() as h:
@@ -62,7 +59,7 @@ def test_up_is_idempotent_and_down_removes_everything(host: TestHost) -> None:
     before_links = links_in(host)
     first = host.cli("up", str(PAIR))
     assert "up (created" in first.stdout
-    assert lab_namespaces("pair") == {"vnet-pair-left", "vnet-pair-right"}
+    assert host.lab_namespaces("pair") == {host.netns_name("pair", n) for n in ("left", "right")}
     created_links = links_in(host) - before_links
     assert created_links == {naming.host_ifname("pair", n, "eth0") for n in ("left", "right")}
     again = host.cli("up", str(PAIR))
@@ -70,7 +67,7 @@ def test_up_is_idempotent_and_down_removes_everything(host: TestHost) -> None:
     assert links_in(host) - before_links == created_links
     down = host.cli("down", str(PAIR))
     assert "down" in down.stdout
-    assert lab_namespaces("pair") == set()
+    assert host.lab_namespaces("pair") == set()
     assert links_in(host) == before_links
     assert not list(Path(host.state_dir, "labs").iterdir())
 
@@ -106,18 +103,19 @@ def test_down_leaves_other_labs_and_strangers_alone(host: TestHost) -> None:
     host.cli("up", str(PAIR))
     host.cli("up", str(OTHER))
     # A stranger's namespace and interface with names like ours.
-    netns.create("vnet-pair-leftover")
+    leftover = host.netns_name("pair", "leftover")
+    netns.create(leftover)
     try:
         with IPRoute(netns=host.name) as ipr:
             ipr.link("add", ifname="vn0000000000", kind="veth", peer={"ifname": "vn0000000001"})
         host.cli("down", str(PAIR))
-        assert lab_namespaces("pair") == {"vnet-pair-leftover"}
-        assert lab_namespaces("other") == {"vnet-other-o1"}
+        assert host.lab_namespaces("pair") == {leftover}
+        assert host.lab_namespaces("other") == {host.netns_name("other", "o1")}
         assert {"vn0000000000", "vn0000000001"} <= links_in(host)
         assert host.cli("exec", "o1", "--", "true").returncode == 0
         host.cli("down", str(OTHER))
     finally:
-        netns.remove("vnet-pair-leftover")
+        netns.remove(leftover)
 
 
 def test_failure_half_way_rolls_back(host: TestHost) -> None:
@@ -128,7 +126,7 @@ def test_failure_half_way_rolls_back(host: TestHost) -> None:
     out = host.cli("up", str(PAIR), check=False)
     assert out.returncode == 1
     assert f"interface {clash} already exists" in out.stderr
-    assert lab_namespaces("pair") == set()          # left was created, then rolled back
+    assert host.lab_namespaces("pair") == set()     # left was created, then rolled back
     assert links_in(host) == before                 # the stranger's link is still there
     assert host.call("status")["labs"] == []
 
@@ -136,16 +134,37 @@ def test_failure_half_way_rolls_back(host: TestHost) -> None:
 def test_a_strangers_namespace_of_our_name_is_refused_and_left_alone(host: TestHost) -> None:
     """The rollback of a refused up deletes what the up made, never the stranger's object
     that made it fail (it once removed the namespace it had refused to take over)."""
-    stranger = naming.netns_name("pair", "right")
+    stranger = host.netns_name("pair", "right")
     netns.create(stranger)
     try:
         out = host.cli("up", str(PAIR), check=False)
         assert out.returncode == 1
         assert f"network namespace {stranger!r} already exists" in out.stderr
-        assert lab_namespaces("pair") == {stranger}, "left rolled back, the stranger's kept"
+        assert host.lab_namespaces("pair") == {stranger}, "left rolled back, the stranger's kept"
         assert host.call("status")["labs"] == []
     finally:
         netns.remove(stranger)
+
+
+def test_a_lab_comes_up_beside_a_namespace_of_the_default_name(host: TestHost) -> None:
+    """A test host's vnetd names its nodes with a prefix of its own, so the default name
+    (vnet-pair-left: left by an earlier, killed test run, or another vnetd's) is no clash,
+    and vnet leaves that namespace alone (every later up once refused on such leftovers)."""
+    stranger = naming.netns_name("pair", "left")
+    made = not netns.exists(stranger)     # a real leftover is a stranger too: keep it
+    if made:
+        netns.create(stranger)
+    try:
+        inode = os.stat(netns.netns_path(stranger)).st_ino
+        lab = host.up(PAIR)
+        assert lab.netns("left") == host.netns_name("pair", "left") != stranger
+        assert lab.exec("left", ["ping", "-c", "1", "-W", "2", "10.2.0.2"]).returncode == 0
+        host.down("pair")
+        assert host.lab_namespaces("pair") == set()
+        assert os.stat(netns.netns_path(stranger)).st_ino == inode
+    finally:
+        if made:
+            netns.remove(stranger)
 
 
 def test_a_failed_change_puts_back_what_it_had_removed(host: TestHost, tmp_path: Path) -> None:
@@ -160,7 +179,7 @@ def test_a_failed_change_puts_back_what_it_had_removed(host: TestHost, tmp_path:
         "  third: {kind: netns, nics: [{name: eth0, network: net, ip: 10.2.0.3/24}]}\n"))
     out = host.cli("up", str(changed), check=False)
     assert out.returncode == 1 and f"interface {clash} already exists" in out.stderr
-    assert lab_namespaces("pair") == {"vnet-pair-left", "vnet-pair-right"}
+    assert host.lab_namespaces("pair") == {host.netns_name("pair", n) for n in ("left", "right")}
     left = next(n for n in host.call("status", lab="pair")["labs"][0]["nodes"]
                 if n["name"] == "left")
     assert left["nics"][0]["ip"] == ["10.2.0.1/24"]   # the old address, recorded
@@ -172,19 +191,25 @@ def test_a_failed_change_puts_back_what_it_had_removed(host: TestHost, tmp_path:
 
 def test_vnet_up_starts_a_vnetd_that_leaves_with_the_last_lab(tmp_path: Path) -> None:
     host_ns = f"vnt-auto-{os.getpid()}"
+    # That vnetd has the default prefix: a lab name of this run's own keeps its namespaces
+    # (vnet-LAB-NODE) clear of any other run's.
+    lab = f"auto-{secrets.token_hex(3)}"
+    topology = tmp_path / "pair.yaml"
+    topology.write_text(PAIR.read_text().replace("name: pair", f"name: {lab}", 1))
     netns.create(host_ns)
     cli = [sys.executable, "-m", "vnet.cli", "--netns", host_ns, "--socket",
            str(tmp_path / "s.sock"), "--state-dir", str(tmp_path / "state")]
     try:
-        subprocess.run([*cli, "up", str(PAIR)], check=True, capture_output=True)
+        subprocess.run([*cli, "up", str(topology)], check=True, capture_output=True)
         pid = json.loads(subprocess.run([*cli, "status", "--json"], check=True,
                                         capture_output=True).stdout)["daemon"]["pid"]
-        subprocess.run([*cli, "down", str(PAIR)], check=True, capture_output=True)
+        subprocess.run([*cli, "down", str(topology)], check=True, capture_output=True)
         assert not Path(f"/proc/{pid}").exists(), "vnetd stayed after the last lab went down"
         assert not (tmp_path / "s.sock").exists()
-        assert lab_namespaces("pair") == set()
+        prefix = naming.netns_name(lab, "")
+        assert not [n for n in netns.list_names() if n.startswith(prefix)]
     finally:
-        subprocess.run([*cli, "down", "--lab", "pair"], capture_output=True)
+        subprocess.run([*cli, "down", "--lab", lab], capture_output=True)
         netns.remove(host_ns)
 
 
@@ -206,10 +231,11 @@ def test_up_with_a_changed_file_changes_only_what_changed(host: TestHost, tmp_pa
     changed = tmp_path / "pair.yaml"
     changed.write_text(PAIR.read_text().replace("10.2.0.1/24", "10.2.0.11/24"))
     host.cli("up", str(PAIR))
-    right_netns_inode = os.stat(netns.netns_path("vnet-pair-right")).st_ino
+    right = netns.netns_path(host.netns_name("pair", "right"))
+    right_netns_inode = os.stat(right).st_ino
     out = host.cli("up", str(changed)).stdout
     assert "created 2, removed 2" in out     # left's node and its port, nothing else
-    assert os.stat(netns.netns_path("vnet-pair-right")).st_ino == right_netns_inode
+    assert os.stat(right).st_ino == right_netns_inode
     ping = host.cli("exec", "right", "--", "ping", "-c", "1", "-W", "2", "10.2.0.11")
     assert ping.returncode == 0
     host.cli("down", str(changed))

@@ -290,7 +290,7 @@ def test_down_removes_rules_forwarding_dhcp_and_gateways(nat_lab) -> None:
     with IPRoute(netns=host.name) as ipr:
         names = {link.get("IFLA_IFNAME") for link in ipr.get_links()}
     assert gw not in names and "eth1" in names  # ours gone, the host's uplink untouched
-    assert not [n for n in netns.list_names() if n.startswith("vnet-natlab-")]
+    assert host.lab_namespaces(lab.name) == set()
 
 
 def test_uplink_that_does_not_exist_is_refused(tmp_path: Path) -> None:
@@ -301,7 +301,7 @@ def test_uplink_that_does_not_exist_is_refused(tmp_path: Path) -> None:
         out = host.cli("up", str(bad), check=False)
         assert out.returncode == 1 and "uplink eth9 does not exist" in out.stderr
         assert host.call("status")["labs"] == []
-        assert not [n for n in netns.list_names() if n.startswith("vnet-natlab-")]
+        assert host.lab_namespaces("natlab") == set()
 
 
 @pytest.fixture

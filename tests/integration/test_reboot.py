@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -24,7 +25,6 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from tests.conftest import needs_root
 from tests.integration.test_networks import External
-from vnet.daemon import naming
 from vnet.host import netns
 from vnet.testing import Lab, TestHost, wait_until
 
@@ -32,10 +32,6 @@ pytestmark = needs_root
 TOPOLOGIES = Path(__file__).parent / "topologies"
 needs_kvm = pytest.mark.skipif(not os.access("/dev/kvm", os.R_OK | os.W_OK),
                                reason="needs /dev/kvm")
-
-
-def lab_namespaces(lab: str) -> set[str]:
-    return {n for n in netns.list_names() if n.startswith(f"{naming.NETNS_PREFIX}-{lab}-")}
 
 
 def nft_tables(host: TestHost) -> set[str]:
@@ -47,7 +43,7 @@ def take_everything_away(host: TestHost, lab: str) -> None:
     """What a reboot does to a lab while vnetd is down (its record is on disk and stays)."""
     for pid_file in Path(host.state_dir).glob(f"dhcp-{lab}-*.pid"):
         os.kill(int(pid_file.read_text()), signal.SIGKILL)   # its dnsmasq
-    for name in lab_namespaces(lab):
+    for name in host.lab_namespaces(lab):
         netns.remove(name)
     with IPRoute(netns=host.name) as ipr:
         for link in ipr.get_links():
@@ -70,7 +66,7 @@ def test_a_lab_comes_back_after_a_reboot(tmp_path: Path) -> None:
         wait_until(lambda: pings(lab, "a", "10.10.0.2"), message="a pings b before the reboot")
         host.stop_daemon()
         take_everything_away(host, "reboot")
-        assert lab_namespaces("reboot") == set() and nft_tables(host) == set()
+        assert host.lab_namespaces("reboot") == set() and nft_tables(host) == set()
 
         host.start_daemon()   # before the fix: "datapath add_port: ... No such device"
         status = lab.status()
@@ -85,7 +81,7 @@ def test_a_lab_comes_back_after_a_reboot(tmp_path: Path) -> None:
         assert "ip vnet-reboot" in nft_tables(host)
         assert netns.read_sysctl(host.name, "net.ipv4.ip_forward") == "1"
         host.down("reboot")
-        assert lab_namespaces("reboot") == set()
+        assert host.lab_namespaces("reboot") == set()
         assert not [t for t in nft_tables(host) if "vnet" in t]
 
 
@@ -157,7 +153,7 @@ def test_a_lab_that_cannot_come_back_is_failed_with_why_and_down_finishes(
         lan.close()
     down = host.cli("down", "--lab", "brlab")
     assert "lab brlab: down" in down.stdout
-    assert lab_namespaces("brlab") == set()
+    assert host.lab_namespaces("brlab") == set()
     assert not [t for t in nft_tables(host) if "vnet" in t]
     assert not list(Path(host.state_dir, "labs").iterdir())
     assert host.call("status")["labs"] == []
@@ -168,29 +164,22 @@ def test_down_of_a_lab_whose_namespaces_vanished_leaves_nothing(tmp_path: Path) 
     'ip netns exec' did when it stopped), leaving empty files in /run/netns and the port
     tables of the dead veths.  After vnetd's start, down removes the record, the tables and
     the files of vnet's own names, and not a stranger's file next to them."""
-    stranger = netns.netns_path("vnet-pair-stranger")
-    stranger.touch()
-    ours = ("vnet-pair-left", "vnet-pair-right")
-    try:
-        with TestHost() as host:
-            host.up(TOPOLOGIES / "pair.yaml")
-            host.stop_daemon()
-            for name in ours:
-                subprocess.run(["umount", str(netns.netns_path(name))], check=True)
-                assert netns.netns_path(name).exists() and not netns.is_live(name)
-            assert len([t for t in nft_tables(host) if "vnet-port-" in t]) == 2
+    with TestHost() as host:   # its close removes the files of its prefix a failure left
+        stranger = netns.netns_path(host.netns_name("pair", "stranger"))
+        stranger.touch()
+        ours = [host.netns_name("pair", n) for n in ("left", "right")]
+        host.up(TOPOLOGIES / "pair.yaml")
+        host.stop_daemon()
+        for name in ours:
+            subprocess.run(["umount", str(netns.netns_path(name))], check=True)
+            assert netns.netns_path(name).exists() and not netns.is_live(name)
+        assert len([t for t in nft_tables(host) if "vnet-port-" in t]) == 2
 
-            host.start_daemon()
-            host.cli("down", "--lab", "pair")
-            assert lab_namespaces("pair") == {"vnet-pair-stranger"}
-            assert not [t for t in nft_tables(host) if "vnet" in t]
-            assert not list(Path(host.state_dir, "labs").iterdir())
-        assert stranger.exists()
-    finally:
-        stranger.unlink(missing_ok=True)
-        for name in ours:   # what a failed run leaves: the empty files this test made
-            if not netns.is_live(name):
-                netns.netns_path(name).unlink(missing_ok=True)
+        host.start_daemon()
+        host.cli("down", "--lab", "pair")
+        assert host.lab_namespaces("pair") == {stranger.name}
+        assert not [t for t in nft_tables(host) if "vnet" in t]
+        assert not list(Path(host.state_dir, "labs").iterdir())
 
 
 def vnetd_processes(state_dir: Path) -> list[int]:
@@ -212,6 +201,11 @@ def test_a_refused_up_stops_the_vnetd_it_started(tmp_path: Path) -> None:
     vnetd and its datapath leave again, as after the last down.  One that holds a lab
     stays."""
     host_ns = f"vnt-refuse-{os.getpid()}"
+    # That vnetd has the default prefix: a lab name of this run's own keeps its namespaces
+    # (vnet-LAB-NODE) clear of any other run's.
+    lab = f"refuse-{secrets.token_hex(3)}"
+    pair = tmp_path / "pair.yaml"
+    pair.write_text((TOPOLOGIES / "pair.yaml").read_text().replace("name: pair", f"name: {lab}"))
     netns.create(host_ns)
     state = tmp_path / "state"
     cli = [sys.executable, "-m", "vnet.cli", "--netns", host_ns, "--socket",
@@ -223,18 +217,17 @@ def test_a_refused_up_stops_the_vnetd_it_started(tmp_path: Path) -> None:
         assert vnetd_processes(state) == [], "the vnetd vnet up started is still there"
         assert not (tmp_path / "s.sock").exists()
 
-        subprocess.run([*cli, "up", str(TOPOLOGIES / "pair.yaml")], check=True,
-                       capture_output=True)
+        subprocess.run([*cli, "up", str(pair)], check=True, capture_output=True)
         pid = json.loads(subprocess.run([*cli, "status", "--json"], check=True,
                                         capture_output=True).stdout)["daemon"]["pid"]
         refused = subprocess.run([*cli, "up", str(TOPOLOGIES / "bridged.yaml")],
                                  capture_output=True, text=True)
         assert refused.returncode == 1 and "uplink eth2 does not exist" in refused.stderr
         assert pid in vnetd_processes(state), "a vnetd holding a lab must stay"
-        subprocess.run([*cli, "down", "--lab", "pair"], check=True, capture_output=True)
+        subprocess.run([*cli, "down", "--lab", lab], check=True, capture_output=True)
         assert vnetd_processes(state) == []
     finally:
-        subprocess.run([*cli, "down", "--lab", "pair"], capture_output=True)
+        subprocess.run([*cli, "down", "--lab", lab], capture_output=True)
         for pid in vnetd_processes(state):   # only what this test started
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)

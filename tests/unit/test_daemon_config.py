@@ -68,6 +68,7 @@ host: host-a
 socket: /run/vnet/a.sock
 state_dir: state            # relative: to the file's directory
 netns: hostA
+netns_prefix: suite-7
 log_level: debug
 datapath: {python: %(python)s, io: socket, busy_poll_us: 0}
 bus:
@@ -89,7 +90,7 @@ def test_a_full_file_gives_the_dataclass(files: Path) -> None:
     path.write_text(FULL % {"python": sys.executable})
     assert load_config(path, hostname="ignored") == DaemonConfig(
         host="host-a", socket=Path("/run/vnet/a.sock"), state_dir=files / "state",
-        netns="hostA", log_level="debug",
+        netns="hostA", netns_prefix="suite-7", log_level="debug",
         datapath=DatapathConfig(python=sys.executable, io="socket", busy_poll_us=0),
         bus=BusConfig(broker=Broker("mqtts", Endpoint("fd00::1", 8883)), username="host-a",
                       password_file=files / "mqtt.password",
@@ -107,6 +108,7 @@ def test_an_empty_file_gives_the_defaults_and_the_short_host_name() -> None:
     assert config == DaemonConfig(host="node1", source=Path("e.yaml"))
     assert config.socket == Path("/run/vnet/vnetd.sock")
     assert config.state_dir == Path("/var/lib/vnet")
+    assert config.netns_prefix == "vnet"
     assert config.datapath == DatapathConfig(python=None, io="ring", busy_poll_us=100)
     assert config.bus is None and config.metrics is None
     assert config.access == AccessConfig(group="vnet", roles=Roles())
@@ -150,8 +152,8 @@ def problems(text: str, hostname: str = "h") -> list[str]:
     return info.value.problems
 
 
-ALLOWED = ("access, bus, datapath, host, log_level, metrics, netns, socket, state_dir, "
-           "stop_all, version")
+ALLOWED = ("access, bus, datapath, host, log_level, metrics, netns, netns_prefix, socket, "
+           "state_dir, stop_all, version")
 CASES: dict[str, tuple[str, list[str]]] = {
     "unknown keys, with and without a suggestion": ("""
         hots: a
@@ -193,6 +195,12 @@ CASES: dict[str, tuple[str, list[str]]] = {
         log_level: debug
         """, ["c.yaml:2: log_level: duplicate key 'log_level' (first at line 1): YAML would "
               "silently keep only the last one; remove one"]),
+    "namespace prefixes that cannot start a short namespace name": ("""
+        log_level: info
+        netns_prefix: Vnet_2
+        """, ["c.yaml:2: netns_prefix: 'Vnet_2' must match ^[a-z0-9]([a-z0-9-]{0,18}[a-z0-9])?$ "
+              "(1 to 20 lower-case letters, digits or '-', starting and ending with a letter or "
+              "digit)"]),
     "a socket path too long for a Unix socket": (f"""
         socket: /run/{'s' * 110}
         """, [f"c.yaml:1: socket: /run/{'s' * 110} is 115 bytes long: a Unix socket path has at "
@@ -385,6 +393,7 @@ def test_schema_defaults_are_the_dataclass_defaults() -> None:
     assert Path(table["socket"].default) == defaults.socket
     assert Path(table["state_dir"].default) == defaults.state_dir
     assert table["log_level"].default == defaults.log_level
+    assert table["netns_prefix"].default == defaults.netns_prefix
     dp = cfg.DATAPATH.fields
     assert (dp["io"].default, dp["busy_poll_us"].default) == (
         defaults.datapath.io, defaults.datapath.busy_poll_us)
@@ -421,6 +430,8 @@ BAD = {
     "bad enum": {"datapath": {"io": "rings"}},
     "out of range": {"datapath": {"busy_poll_us": 100_001}},
     "bad host": {"host": "-a b"},
+    "bad namespace prefix": {"netns_prefix": "-vnet"},
+    "long namespace prefix": {"netns_prefix": "a" * 21},
     "bus without broker": {"bus": {}},
     "password without user": {"bus": {"broker": "mqtt://b", "password_file": "/p"}},
     "cert without key": {"bus": {"broker": "mqtts://b", "tls": {"cert_file": "/c"}}},

@@ -162,10 +162,8 @@ class Cluster:
         password = self.workdir / f"{name}.password"
         password.write_text(self.passwords[name] + "\n")
         password.chmod(0o600)
-        config = self.workdir / f"{name}.yaml"
-        config.write_text(daemon_config(name, password))
-        daemon = TestHost(name=f"{self.prefix}-{name}", vnetd_args=[
-            "--config", str(config), "--log-level", self.log_level])
+        daemon = TestHost(name=f"{self.prefix}-{name}", config=daemon_config(name, password),
+                          vnetd_args=["--log-level", self.log_level])
         host = Host(name, host_address(index), daemon)
         with self._lock:
             self.hosts.append(host)
@@ -207,14 +205,16 @@ class Cluster:
         for host in self.hosts:
             key = host.name.upper()
             lines += [f"{key}_NETNS={host.daemon.name}", f"{key}_SOCKET={host.daemon.socket}",
-                      f"{key}_STATE={host.daemon.state_dir}"]
+                      f"{key}_STATE={host.daemon.state_dir}",
+                      f"{key}_CONFIG={host.daemon.workdir / 'vnetd.yaml'}"]
         return "\n".join(lines) + "\n"
 
     # -- removing it ------------------------------------------------------------------------
 
     def close(self, labs: Sequence[str] = ()) -> None:
-        """Stop every vnetd (each takes its labs down first), the broker, the underlay; then
-        remove node namespaces of ``labs`` that a failed take-down left."""
+        """Take ``labs`` down, stop every vnetd (each takes its labs down first, then removes
+        any node namespace with its prefix that a failed take-down left), the broker, the
+        underlay."""
         hosts, self.hosts = self.hosts, []
         for lab in labs if hosts else ():    # once, through the bus, on every host
             try:
@@ -231,11 +231,6 @@ class Cluster:
         if self._made_underlay:
             netns.remove(self.underlay)
             self._made_underlay = False
-        for lab in labs:
-            for name in netns.list_names():
-                if name.startswith(f"vnet-{lab}-"):
-                    self.log(f"removing the leftover namespace {name}")
-                    netns.remove(name)
         subprocess.run(["rm", "-rf", str(self.workdir)], check=False)
 
     def __enter__(self) -> Cluster:

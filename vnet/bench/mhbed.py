@@ -53,8 +53,9 @@ class Bench:
                                extra_users={SOURCE: SOURCE_PASSWORD}, log=self.log)
         self.nodes = tally.base_nodes(self.settings.hosts, {1: MAC_A, 2: MAC_B})
 
-    def node_netns(self, node: str) -> str:
-        return f"vnet-{self.lab}-{node}"
+    def node_netns(self, node: tally.Node) -> str:
+        """Where ``node`` lives: its host's vnetd names it with that host's prefix."""
+        return self.cluster.host(node.host).daemon.netns_name(self.lab, node.name)
 
     def up(self, nodes: Sequence[tally.Node], extra_hosts: Mapping[str, str] | None = None
            ) -> float:

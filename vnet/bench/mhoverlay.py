@@ -61,7 +61,8 @@ class ReferencePair(Testbed):
 def measure_overlay(bench: Bench, log: Log) -> dict[str, Any]:
     s = bench.settings
     h1, h2 = bench.cluster.hosts[0], bench.cluster.hosts[1]
-    vnet = NodePair(bench.node_netns("n1"), bench.node_netns("n2"), f"vmo{bench.tag}")
+    n1, n2 = bench.nodes[:2]
+    vnet = NodePair(bench.node_netns(n1), bench.node_netns(n2), f"vmo{bench.tag}")
     ref = ReferencePair(f"vmr{bench.tag}", ((h1.daemon.name, h1.address, h2.address),
                                             (h2.daemon.name, h2.address, h1.address)))
     settings = replace(measure.Settings(), frame_seconds=s.frame_seconds)

@@ -98,7 +98,7 @@ def _watch_netns(name: str, seen: dict[str, float], stop: threading.Event) -> No
 def measure_reach(bench: Bench, log: Log) -> dict[str, Any]:
     s, n = bench.settings, bench.settings.hosts
     for node in bench.nodes:       # ARP retries every 10 ms, not every second
-        run(ns_cmd(bench.node_netns(node.name), ["sysctl", "-q", "-w",
+        run(ns_cmd(bench.node_netns(node), ["sysctl", "-q", "-w",
                                                  "net.ipv4.neigh.eth0.retrans_time_ms=10"]))
     from_publish: list[float] = []
     from_netns: list[float] = []
@@ -113,7 +113,7 @@ def measure_reach(bench: Bench, log: Log) -> dict[str, Any]:
             if node.host == new.host:
                 continue
             probers[node.host] = subprocess.Popen(
-                ns_cmd(bench.node_netns(node.name), [sys.executable, "-m",
+                ns_cmd(bench.node_netns(node), [sys.executable, "-m",
                                                      "vnet.bench.multihost", "--probe",
                                                      address, str(REACH_TIMEOUT)]),
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -124,7 +124,7 @@ def measure_reach(bench: Bench, log: Log) -> dict[str, Any]:
             seen: dict[str, float] = {}
             stop = threading.Event()
             watcher = threading.Thread(target=_watch_netns, daemon=True, args=(
-                bench.node_netns(new.name), seen, stop))
+                bench.node_netns(new), seen, stop))
             watcher.start()
             published = time.time()
             up_seconds.append(bench.up([*bench.nodes, new]))
@@ -143,8 +143,8 @@ def measure_reach(bench: Bench, log: Log) -> dict[str, Any]:
         got, lost = tally.delays(published, arrivals)
         from_publish += got
         missing += [f"{new.name} from {h}" for h in lost]
-        if bench.node_netns(new.name) in seen:
-            born = seen[bench.node_netns(new.name)]
+        if bench.node_netns(new) in seen:
+            born = seen[bench.node_netns(new)]
             from_netns += [t - born for t in (a for a in arrivals.values() if a is not None)]
         log(f"  reach {new.name} on {new.host}: vnet up {up_seconds[-1]:.2f} s; reached from "
             f"{len(got)}/{len(arrivals)} hosts, p50 {tally.summary(got)['p50']:.2f} s, "

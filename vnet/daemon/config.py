@@ -13,7 +13,8 @@ below (all of them are here).  A missing default file means all defaults; a miss
 ``--config FILE`` is an error.  Relative paths in the file are relative to its directory.
 
 Acted on today: ``host`` (which part of a multi-host lab this vnetd realises; ``--host``),
-``socket``, ``state_dir``, ``netns``, ``log_level``, ``datapath`` (its ``io`` and
+``socket``, ``state_dir``, ``netns``, ``netns_prefix`` (node namespaces are
+``PREFIX-LAB-NODE``), ``log_level``, ``datapath`` (its ``io`` and
 ``busy_poll_us`` reach the datapath process through the two variables above, which it reads)
 ``bus`` (``vnet.daemon.bus_service``) and ``access`` (the API socket's group and the roles:
 ``vnet.daemon.access``; every user and group it names must exist).  Carried for later work,
@@ -40,6 +41,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, cast
 
+from vnet.daemon.naming import NETNS_PREFIX, NETNS_PREFIX_PATTERN, NETNS_PREFIX_WHY
 from vnet.datapath.engine import BUSY_POLL, IO_MODES
 from vnet.errors import VnetError
 from vnet.topology.fields import BROKER, HOST_NAME, HOST_NAME_WHY, TOPIC_ROOT
@@ -152,6 +154,7 @@ class DaemonConfig:
     socket: Path = Path(DEFAULT_SOCKET)
     state_dir: Path = Path(DEFAULT_STATE_DIR)
     netns: str | None = None
+    netns_prefix: str = NETNS_PREFIX
     log_level: LogLevel = DEFAULT_LOG_LEVEL
     datapath: DatapathConfig = field(default_factory=DatapathConfig)
     bus: BusConfig | None = None
@@ -242,6 +245,10 @@ DAEMON = Obj(noun="config", description="vnetd's configuration file (version 1).
     "state_dir": Field(path_text, "Where lab records and logs live.", default=DEFAULT_STATE_DIR),
     "netns": Field(Str(NETNS, "a name under /run/netns"),
                    "Run vnetd inside this network namespace (a test 'host')."),
+    "netns_prefix": Field(Str(NETNS_PREFIX_PATTERN, NETNS_PREFIX_WHY),
+                          "Node namespaces are PREFIX-LAB-NODE: a vnetd of its own on one "
+                          "machine (a test suite's) takes a prefix of its own.",
+                          default=NETNS_PREFIX),
     "log_level": Field(Enum(LOG_LEVELS), "How much vnetd logs.", default=DEFAULT_LOG_LEVEL),
     "datapath": Field(DATAPATH, "The datapath process."),
     "bus": Field(BUS, "The MQTT bus of multi-host labs (off unless given)."),
@@ -412,6 +419,7 @@ class _Builder:
             socket=self.socket(top),
             state_dir=self.path(top.get("state_dir")) or Path(DEFAULT_STATE_DIR),
             netns=top.get("netns"),
+            netns_prefix=top.get("netns_prefix") or NETNS_PREFIX,
             log_level=top.get("log_level") or DEFAULT_LOG_LEVEL,
             datapath=self.datapath(_section(top, "datapath")),
             bus=self.bus(_section(top, "bus")),

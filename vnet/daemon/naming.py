@@ -2,7 +2,9 @@
 
 Kernel interface names hold at most 15 characters, so a host-side interface is named by a
 hash of (lab, node, NIC) rather than by concatenation: ``vn`` + 10 hex digits.  Namespace
-names have no such limit and follow containerlab's readable ``PREFIX-LAB-NODE``.  Every
+names have no such limit and follow containerlab's readable ``PREFIX-LAB-NODE``; the prefix is
+vnetd's ``netns_prefix`` (default ``vnet``), so that several vnetds on one machine (test hosts,
+one per suite) never want the same namespace.  Every
 interface vnet creates also carries an ``ifalias`` naming its owner, and vnet deletes only
 objects its state records, so a stranger's interface with a similar name is never touched.
 """
@@ -14,12 +16,16 @@ import hashlib
 from vnet.topology.values import derive_mac
 
 NETNS_PREFIX = "vnet"
+NETNS_PREFIX_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,18}[a-z0-9])?$"
+NETNS_PREFIX_WHY = ("1 to 20 lower-case letters, digits or '-', starting and ending with a letter "
+                    "or digit")
 IFNAME_PREFIX = "vn"
 IFNAME_MAX = 15
 
 
-def netns_name(lab: str, node: str) -> str:
-    return f"{NETNS_PREFIX}-{lab}-{node}"
+def netns_name(lab: str, node: str, prefix: str = NETNS_PREFIX) -> str:
+    """A node's namespace: ``PREFIX-LAB-NODE``."""
+    return f"{prefix}-{lab}-{node}"
 
 
 def host_ifname(lab: str, node: str, nic: str) -> str:

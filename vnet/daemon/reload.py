@@ -10,6 +10,8 @@ is reported as such, because changing it under a running vnetd would strand what
   what from the next request on (connections already open included).
 * ``socket``, ``state_dir``, ``netns``, ``host``: where vnetd listens, keeps its records,
   runs, and which part of multi-host labs it realises: restart.
+* ``netns_prefix``: restart; it names the namespaces of nodes created after it, never those
+  of nodes already up.
 * ``datapath.*``: read when the datapath process starts: restart.
 * ``bus.*``: the broker, user name, TLS files, keep-alive, topic root of the one bus
   session: restart.  The password *file's content* is read at every connection, so

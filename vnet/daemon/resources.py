@@ -15,7 +15,7 @@ A lab with ``hosts`` is realised in parts: each vnetd derives only its own host'
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from ipaddress import IPv4Address
 from typing import Any, ClassVar, Literal
 
@@ -235,11 +235,13 @@ _CLASSES: dict[str, type[Resource]] = {
 
 
 def desired_resources(topology: Topology, host: str | None = None,
-                      underlay_mtu: int = DEFAULT_UNDERLAY_MTU) -> list[Resource]:
+                      underlay_mtu: int = DEFAULT_UNDERLAY_MTU, *,
+                      netns_prefix: str = naming.NETNS_PREFIX) -> list[Resource]:
     """The resources of ``topology`` on this host.  ``host`` is this vnetd's name (its
     config's ``host:``, ``vnetd --host``): a lab with ``hosts`` gets that host's part and its
     overlay, whose MTU follows ``underlay_mtu`` (of the interface holding the host's
-    address); a lab without hosts is realised whole, whatever ``host`` is."""
+    address); a lab without hosts is realised whole, whatever ``host`` is.  Node namespaces
+    are ``NETNS_PREFIX-LAB-NODE`` (the config's ``netns_prefix``)."""
     lab = topology.name
     refuse_foreign_lab(topology, host)
     part = part_for_host(topology, host)
@@ -257,9 +259,10 @@ def desired_resources(topology: Topology, host: str | None = None,
     resources.extend(_dhcp(topology, n) for n in part.gateways if n.dhcp is not None)
     for node in part.nodes:
         if node.kind == "netns":
-            resources.append(_netns_node(topology, node, overlays))
-            resources.extend(DhcpLeaseResource(lab, node.name, naming.netns_name(lab, node.name),
-                                               nic.name) for nic in node.nics if nic.dhcp)
+            namespace = naming.netns_name(lab, node.name, netns_prefix)
+            resources.append(_netns_node(topology, node, namespace, overlays))
+            resources.extend(DhcpLeaseResource(lab, node.name, namespace, nic.name)
+                             for nic in node.nics if nic.dhcp)
         else:
             resources.append(_vm_node(topology, node, overlays))
         resources.extend(_port(topology, node, nic) for nic in node.nics)
@@ -272,6 +275,17 @@ def desired_resources(topology: Topology, host: str | None = None,
             lab, "ip" if address_family(topology) == 4 else "ip6",
             tuple((p.vni, p.peer_addresses) for p in overlays.values())))
     return resources
+
+
+def keep_recorded_namespaces(desired: list[Resource], realised: list[Resource]
+                             ) -> list[Resource]:
+    """``desired`` with each node that is already up in the namespace its record names: a
+    changed ``netns_prefix`` reaches only nodes created after it, instead of re-creating
+    (and so restarting) every node of a lab at its next up."""
+    names = {(r.lab, r.node): r.netns for r in realised if isinstance(r, NetnsNodeResource)}
+    return [replace(r, netns=names[r.lab, r.node])
+            if isinstance(r, NetnsNodeResource | DhcpLeaseResource) and (r.lab, r.node) in names
+            else r for r in desired]
 
 
 def refuse_foreign_lab(topology: Topology, host: str | None) -> None:
@@ -299,10 +313,10 @@ def _overlay_ports(topology: Topology, overlays: dict[str, OverlayPlan]) -> list
             for o in overlays.values()]
 
 
-def _netns_node(topology: Topology, node: Node,
+def _netns_node(topology: Topology, node: Node, namespace: str,
                 overlays: dict[str, OverlayPlan] | None = None) -> NetnsNodeResource:
     lab = topology.name
-    return NetnsNodeResource(lab, node.name, naming.netns_name(lab, node.name), tuple(
+    return NetnsNodeResource(lab, node.name, namespace, tuple(
         VethSpec(nic=nic.name, host_ifname=naming.host_ifname(lab, node.name, nic.name),
                  mac=nic.mac, addresses=(str(nic.ip),) if nic.ip is not None else (),
                  alias=naming.owner_alias(lab, node.name, nic.name),

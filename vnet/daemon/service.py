@@ -18,7 +18,7 @@ from typing import Any
 
 from vnet import __version__
 from vnet.bus.client import open_bus
-from vnet.daemon import preflight, tracing
+from vnet.daemon import naming, preflight, tracing
 from vnet.daemon.adoption import VmAction, stale, vm_action
 from vnet.daemon.api import ApiServer
 from vnet.daemon.audit import FILE_NAME as AUDIT_FILE
@@ -47,6 +47,7 @@ from vnet.daemon.resources import (
     VmNodeResource,
     desired_resources,
     is_datapath_kind,
+    keep_recorded_namespaces,
     plan,
 )
 from vnet.daemon.state import LabRecord, RecordJournal, StateStore
@@ -64,15 +65,18 @@ class Vnetd:
     def __init__(self, socket_path: Path, state_dir: Path, exit_when_idle: bool = False,
                  datapath_python: str = sys.executable, *, host: str | None = None,
                  bus: BusConfig | None = None, access: AccessConfig | None = None,
-                 config_file: Path | None = None, stop_all: bool = False) -> None:
+                 config_file: Path | None = None, stop_all: bool = False,
+                 netns_prefix: str = naming.NETNS_PREFIX) -> None:
         """``stop_all``: a stop (SIGTERM) stops the datapath and VM runners too; by
-        default they keep running for the next vnetd to adopt (``docs/service.md``)."""
+        default they keep running for the next vnetd to adopt (``docs/service.md``).
+        ``netns_prefix``: of new nodes' namespaces; a recorded node keeps its name."""
         self.socket_path = socket_path
         self.stop_all = stop_all
         self.host = host
+        self.netns_prefix = netns_prefix
         self.state_dir = state_dir
         self.exit_when_idle = exit_when_idle
-        self.store = StateStore(state_dir)
+        self.store = StateStore(state_dir, netns_prefix)
         self.lock = asyncio.Lock()
         self.stopped = asyncio.Event()
         self.datapath = DatapathSupervisor(state_dir / "datapath.sock",
@@ -402,7 +406,9 @@ class Vnetd:
         previous = self.store.load(lab)
         record = previous or LabRecord(lab, str(topology.source or ""))
         journal = RecordJournal(self.store, record)
-        desired = desired_resources(topology, self.host, facts.underlay_mtu)
+        desired = keep_recorded_namespaces(desired_resources(
+            topology, self.host, facts.underlay_mtu, netns_prefix=self.netns_prefix),
+            record.ready())
         preflight.refuse_vni_clashes(lab, desired, self.store.load_all())  # under the lock
         work = plan(desired, record.ready())
         if work.empty and not journal.pending():

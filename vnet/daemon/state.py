@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from vnet.daemon.naming import NETNS_PREFIX
 from vnet.daemon.resources import NetworkResource, Resource, from_dict, to_dict
 from vnet.errors import DaemonError
 
@@ -103,8 +104,9 @@ class RecordJournal:
 class StateStore:
     """Lab records under ``STATE_DIR/labs/``, replaced atomically (write, fsync, rename)."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, netns_prefix: str = NETNS_PREFIX) -> None:
         self.dir = state_dir / "labs"
+        self.netns_prefix = netns_prefix   # named in the advice on an unreadable record
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     def path(self, lab: str) -> Path:
@@ -131,7 +133,7 @@ class StateStore:
             raise DaemonError(
                 f"the record of lab {lab!r} ({path}) cannot be read ({type(err).__name__}: "
                 f"{str(err)[:100]}); move it away and remove what it names by hand "
-                f"(namespaces vnet-{lab}-*, links marked vnet:{lab}:*)") from None
+                f"(namespaces {self.netns_prefix}-{lab}-*, links marked vnet:{lab}:*)") from None
 
     def load_all(self) -> list[LabRecord]:
         """Every lab's record that can be read; one that cannot is logged and left out, so

@@ -93,8 +93,7 @@ def bus_host(broker: Broker, workdir: Path, name: str, password: str, index: int
     password_file = workdir / f"{name}.pw"
     password_file.write_text(password + "\n")
     password_file.chmod(0o600)
-    config = workdir / f"{name}.yaml"
-    config.write_text(dedent(f"""
+    host = TestHost(config=dedent(f"""
         host: {name}
         bus:
           broker: mqtt://10.254.{index}.1:1883
@@ -102,7 +101,6 @@ def bus_host(broker: Broker, workdir: Path, name: str, password: str, index: int
           password_file: {password_file}
           keepalive: 5
     """))
-    host = TestHost(vnetd_args=["--config", str(config)])
     try:
         broker.link(host.name, index)    # vnetd connects once the link is there
     except BaseException:

@@ -1,8 +1,10 @@
 """Labs brought up for a test: a private "host" namespace with its own vnetd.
 
 A test never uses the machine's root namespace: ``TestHost`` creates a namespace that plays a
-host, starts a ``vnetd`` inside it with its own socket and state directory, and removes all
-of it on ``close()``, also when the test failed.  ``Lab`` is one topology brought up there,
+host, starts a ``vnetd`` inside it with its own socket, state directory and node-namespace
+prefix (its own name: ``host.netns_name(lab, node)``, so that no other test host, test run or
+vnetd on the machine wants the same namespaces), and removes all of it on ``close()``, also
+when the test failed.  ``Lab`` is one topology brought up there,
 with its nodes' places (namespace, interface) for sending, capturing and running commands.
 """
 
@@ -16,12 +18,14 @@ import signal
 import subprocess
 import sys
 import tempfile
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from vnet import jsonlines
-from vnet.errors import DaemonError
+from vnet.daemon import naming
+from vnet.errors import DaemonError, VnetError
 from vnet.host import netns
 from vnet.testing.dataplane import Dataplane
 from vnet.testing.wait import wait_until
@@ -35,15 +39,21 @@ class TestHost:
     __test__ = False  # not a pytest test class
 
     def __init__(self, name: str | None = None, host: str | None = None,
-                 vnetd_args: Sequence[str] = ()) -> None:
-        """``host``: the vnetd's host name (``--host``), which part of a multi-host lab it
-        realises; ``vnetd_args``: more of vnetd's flags."""
+                 vnetd_args: Sequence[str] = (), config: str = "") -> None:
+        """``name``: the host namespace's, also its vnetd's ``netns_prefix`` (so a valid
+        one); ``host``: the vnetd's host name (``--host``), which part of a multi-host lab it
+        realises; ``vnetd_args``: more of vnetd's flags; ``config``: more of its vnetd.yaml
+        (never the machine's /etc/vnet/vnetd.yaml)."""
+        if "--config" in vnetd_args:
+            raise ValueError("TestHost writes its vnetd's config file (with the host's own "
+                             "netns_prefix): give the rest of it as config=, not --config")
         self.name = name or f"vnt-{secrets.token_hex(3)}"
+        self.netns_prefix = self.name
         self.workdir = Path(tempfile.mkdtemp(prefix=f"{self.name}-"))
-        if "--config" not in vnetd_args:   # never the machine's /etc/vnet/vnetd.yaml
-            (self.workdir / "vnetd.yaml").write_text("# a test host: every default\n")
-            vnetd_args = ["--config", str(self.workdir / "vnetd.yaml"), *vnetd_args]
-        self.vnetd_args = [*(("--host", host) if host is not None else ()), *vnetd_args]
+        (self.workdir / "vnetd.yaml").write_text(
+            f"netns_prefix: {self.netns_prefix}\n{textwrap.dedent(config)}")
+        self.vnetd_args = [*(("--host", host) if host is not None else ()), "--config",
+                           str(self.workdir / "vnetd.yaml"), *vnetd_args]
         self.socket = str(self.workdir / "vnetd.sock")
         self.state_dir = str(self.workdir / "state")
         self.labs: dict[str, Lab] = {}
@@ -154,6 +164,15 @@ class TestHost:
             known.close()
         self.call("down", lab=lab)
 
+    def netns_name(self, lab: str, node: str) -> str:
+        """The namespace this host's vnetd gives ``node`` of ``lab`` (whether it is up or
+        not; ``Lab.netns`` asks vnetd where an up node is)."""
+        return naming.netns_name(lab, node, self.netns_prefix)
+
+    def lab_namespaces(self, lab: str) -> set[str]:
+        """The namespaces on the machine named as this host's nodes of ``lab`` are."""
+        return {n for n in netns.list_names() if n.startswith(self.netns_name(lab, ""))}
+
     def exec(self, command: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
         """Run a command in the host namespace itself."""
         return run_in_netns(self.name, command, **kwargs)
@@ -163,7 +182,8 @@ class TestHost:
         return path.read_text(errors="replace")[-4000:] if path.exists() else ""
 
     def close(self) -> None:
-        """Take every lab down, stop vnetd, remove the namespace and the files."""
+        """Take every lab down, stop vnetd, remove the namespaces (the host's, and any node
+        namespace with its prefix that a failed down left) and the files."""
         try:
             if (self.process is not None and self.process.poll() is not None
                     and any(Path(self.state_dir, "labs").glob("*"))):
@@ -188,8 +208,19 @@ class TestHost:
                     self.process.wait()
         finally:
             kill_leftovers(self.state_dir)   # what a killed vnetd left running
+            self._remove_leftovers()
             netns.remove(self.name)
             shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def _remove_leftovers(self) -> None:
+        """Node namespaces of this host's prefix that a failed down left (none is looked for
+        under the default prefix, which is every other vnetd's)."""
+        if self.netns_prefix == naming.NETNS_PREFIX:
+            return
+        for name in netns.list_names():
+            if name.startswith(f"{self.netns_prefix}-"):
+                with contextlib.suppress(VnetError):
+                    netns.remove(name)
 
     def __enter__(self) -> TestHost:
         return self
