@@ -9,8 +9,6 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import needs_root
-from vnet.daemon import naming
-from vnet.host import netns
 from vnet.testing import Lab, TestHost, leftovers, run_in_netns, wait_until
 
 pytestmark = needs_root
@@ -37,10 +35,6 @@ def alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def lab_namespaces(lab: str) -> set[str]:
-    return {n for n in netns.list_names() if n.startswith(f"{naming.NETNS_PREFIX}-{lab}-")}
 
 
 def rx_frames(lab: Lab) -> int:
@@ -86,7 +80,7 @@ def test_the_datapath_forwards_while_vnetd_is_down_and_is_adopted(how: str) -> N
         assert rx_frames(lab) >= counted
 
         host.down("pair")
-        assert lab_namespaces("pair") == set()
+        assert host.lab_namespaces("pair") == set()
         assert host.call("status")["labs"] == []
 
 
@@ -148,7 +142,7 @@ def test_a_vm_runner_keeps_running_across_a_vnetd_restart_and_is_adopted() -> No
                    message="c1 pings the VM started again")
 
         host.down("adopt")
-        assert lab_namespaces("adopt") == set()
+        assert host.lab_namespaces("adopt") == set()
         assert host.process is not None
         runners = [p for p in leftovers(host.state_dir) if p != host.process.pid
                    and b"vnet.kvm" in Path(f"/proc/{p}/cmdline").read_bytes()]
