@@ -20,13 +20,8 @@ BOOT_WAIT = 60.0
 
 def pings(lab: Lab, node: str, address: str) -> bool:
     """By the node's namespace name, known without vnetd (which may be down)."""
-    if (lab.name, node) not in NAMESPACES:
-        NAMESPACES[(lab.name, node)] = lab.netns(node)
     ping = ["ping", "-c", "1", "-W", "1", address]
-    return run_in_netns(NAMESPACES[(lab.name, node)], ping).returncode == 0
-
-
-NAMESPACES: dict[tuple[str, str], str] = {}
+    return run_in_netns(lab.host.netns_name(lab.name, node), ping).returncode == 0
 
 
 def alive(pid: int) -> bool:
