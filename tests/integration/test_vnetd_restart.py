@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import needs_root
-from vnet.testing import Lab, TestHost, leftovers, run_in_netns, wait_until
+from vnet.testing import Lab, TestHost, leftovers, process_alive, run_in_netns, wait_until
 
 pytestmark = needs_root
 TOPOLOGIES = Path(__file__).parent / "topologies"
@@ -22,14 +22,6 @@ def pings(lab: Lab, node: str, address: str) -> bool:
     """By the node's namespace name, known without vnetd (which may be down)."""
     ping = ["ping", "-c", "1", "-W", "1", address]
     return run_in_netns(lab.host.netns_name(lab.name, node), ping).returncode == 0
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def rx_frames(lab: Lab) -> int:
@@ -49,7 +41,7 @@ def test_the_datapath_forwards_while_vnetd_is_down_and_is_adopted(how: str) -> N
             host.kill_daemon()
         else:
             host.terminate_daemon()
-        assert alive(datapath), "the datapath died with vnetd"
+        assert process_alive(datapath), "the datapath died with vnetd"
         # vnetd is gone; the switch is not: frames flow.
         wait_until(lambda: pings(lab, "left", "10.2.0.2"),
                    message="left to ping right while vnetd is down")
@@ -86,14 +78,14 @@ def test_shutdown_all_stops_the_datapath_and_plain_shutdown_does_not() -> None:
         assert "keep running" in host.cli("shutdown").stdout
         assert host.process is not None
         host.process.wait(30)
-        assert alive(datapath)
+        assert process_alive(datapath)
         wait_until(lambda: pings(lab, "left", "10.2.0.2"), message="pings with vnetd gone")
 
         host.start_daemon()
         assert host.call("ping")["datapath_pid"] == datapath
         assert "with its datapath" in host.cli("shutdown", "--all").stdout
         host.process.wait(30)
-        wait_until(lambda: not alive(datapath), message="the datapath to stop")
+        wait_until(lambda: not process_alive(datapath), message="the datapath to stop")
         assert leftovers(host.state_dir) == []
 
         host.start_daemon()   # a new datapath, given the lab from its record
@@ -113,7 +105,7 @@ def test_a_vm_runner_keeps_running_across_a_vnetd_restart_and_is_adopted() -> No
         assert isinstance(runner, int)
 
         host.kill_daemon()
-        assert alive(runner), "the VM runner died with vnetd"
+        assert process_alive(runner), "the VM runner died with vnetd"
         wait_until(lambda: pings(lab, "c1", "10.30.0.11"),
                    message="c1 to ping the VM while vnetd is down")
 
@@ -128,7 +120,7 @@ def test_a_vm_runner_keeps_running_across_a_vnetd_restart_and_is_adopted() -> No
 
         # vnet vm stop stops an adopted runner; a restart of vnetd then leaves it stopped.
         assert "vm vm1: stopped" in host.cli("vm", "stop", "vm1").stdout
-        wait_until(lambda: not alive(runner), message="the adopted runner to stop")
+        wait_until(lambda: not process_alive(runner), message="the adopted runner to stop")
         host.terminate_daemon()
         host.start_daemon()
         assert host.call("node", node="vm1")["state"] == "stopped"

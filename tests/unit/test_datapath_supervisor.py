@@ -17,6 +17,7 @@ from vnet.daemon.restartpolicy import Limits
 from vnet.daemon.supervisor import DatapathSupervisor
 from vnet.datapath import protocol
 from vnet.errors import DatapathError
+from vnet.testing import process_alive
 
 FAST = Limits(burst=3, window=30.0, stable=5.0, first_delay=0.01, max_delay=0.05)
 DEADLINE = 30.0
@@ -37,14 +38,6 @@ def supervisor(tmp_path: Path, replayed: list[int]) -> DatapathSupervisor:
 
     sup = DatapathSupervisor(tmp_path / "dp.sock", tmp_path / "dp.log", replay, limits=FAST)
     return sup
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def run(scenario: Callable[[], Awaitable[None]]) -> None:
@@ -131,7 +124,7 @@ def test_stop_leaves_no_datapath_process(tmp_path: Path) -> None:
         await sup.stop()
 
     run(scenario)
-    assert not [pid for pid in pids if alive(pid)]
+    assert not [pid for pid in pids if process_alive(pid)]
 
 
 def test_a_replay_that_fails_is_logged_and_shown_and_the_datapath_stays(

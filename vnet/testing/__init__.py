@@ -19,10 +19,11 @@ from vnet.testing.lab import (
     kill_leftovers,
     leftovers,
     popen_in_netns,
+    process_alive,
     run_in_netns,
 )
 from vnet.testing.mask import Mask
 from vnet.testing.wait import wait_until
 
 __all__ = ["Dataplane", "Lab", "Mask", "TestHost", "kill_leftovers", "leftovers",
-           "popen_in_netns", "run_in_netns", "wait_until"]
+           "popen_in_netns", "process_alive", "run_in_netns", "wait_until"]

@@ -100,14 +100,19 @@ class TestHost:
         for lab in self.labs.values():
             lab.close()
         if self.process is not None and self.process.poll() is None:
-            with contextlib.suppress(OSError, DaemonError):
-                self.call("shutdown", all=True)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+            self._shutdown_all(30)
         kill_leftovers(self.state_dir)
+
+    def _shutdown_all(self, timeout: float) -> None:
+        """``vnet shutdown --all`` and wait for vnetd to exit (killed after ``timeout``)."""
+        assert self.process is not None
+        with contextlib.suppress(OSError, DaemonError):
+            self.call("shutdown", all=True)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
     def kill_daemon(self) -> None:
         """``kill -9`` vnetd alone: the datapath and VM runners keep running."""
@@ -199,13 +204,7 @@ class TestHost:
                         self.call("down", lab=record["name"])
                 except (OSError, DaemonError):
                     pass
-                with contextlib.suppress(OSError, DaemonError):
-                    self.call("shutdown", all=True)
-                try:
-                    self.process.wait(10)
-                except subprocess.TimeoutExpired:
-                    self.process.kill()
-                    self.process.wait()
+                self._shutdown_all(10)
         finally:
             kill_leftovers(self.state_dir)   # what a killed vnetd left running
             self._remove_leftovers()
@@ -296,6 +295,15 @@ def leftovers(state_dir: str | Path) -> list[int]:
             if marker in cmdline and b"vnet." in cmdline:
                 found.append(int(entry.name))
     return found
+
+
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def kill_leftovers(state_dir: str | Path) -> None:
