@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Callable, Collection, Mapping
 from textwrap import dedent
@@ -644,3 +645,30 @@ def test_a_new_session_snapshot_has_the_learned_macs_before_any_poll():
                                 {e.mac for e in m.macs} for m in h.bus.published),
                     "the new session's snapshot with the learned MAC")
     run(scenario, read_fdb=datapath.read_fdb, learn_interval=0.01)
+
+
+def test_the_service_stops_while_the_learner_polls_without_pause():
+    """Stopped again and again while the learner reads MAC tables back to back: each stop
+    ends.  With Python 3.11's ``asyncio.wait_for`` around the read, a cancellation that
+    came as the read completed was swallowed, the learner polled on for ever and the stop
+    (vnetd's too) never returned; the loop runs in a thread so that the test fails then
+    instead of hanging."""
+    async def once() -> None:
+        datapath = FakeDatapath()
+        datapath.rows = [fdb_row(C1, "c1.eth0")]
+        h = Harness(True, None, read_fdb=datapath.read_fdb, learn_interval=0.0)
+        await h.service.start()
+        await until(lambda: h.buses, "a connection")
+        h.bus.deliver(DesiredLab("lab1", 1, LAB))
+        await h.settle()
+        await until(lambda: datapath.reads > 3, "a few polls")
+        await h.service.stop()
+
+    async def many() -> None:
+        for _ in range(500):
+            await once()
+
+    worker = threading.Thread(target=asyncio.run, args=(many(),), daemon=True)
+    worker.start()
+    worker.join(60)
+    assert not worker.is_alive(), "a stop of the bus service never returned"

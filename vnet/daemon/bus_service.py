@@ -251,7 +251,8 @@ class BusService:
             if due > now:
                 self._rearm.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._rearm.wait(), due - now)
+                    async with asyncio.timeout(due - now):   # not wait_for: see _poll_learned
+                        await self._rearm.wait()
                 continue
             regular = now + 1.0
             if not bus.connected:   # its Disconnected may still wait behind other events
@@ -396,7 +397,11 @@ class BusService:
         try:
             vlans, aging = self._learning_plan(desired)
             now = self._clock()         # before the read: an entry's age counts from here
-            rows = await asyncio.wait_for(self._read_fdb(lab), FDB_TIMEOUT)
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a cancellation
+            # that comes as the read completes, and the learner polled on for ever, so the
+            # bus service's stop (and vnetd's) hung.
+            async with asyncio.timeout(FDB_TIMEOUT):
+                rows = await self._read_fdb(lab)
             self._learn_due[lab] = next_poll(now, len(rows), self._learn_interval)
             sightings = local_sightings(rows, vlans, now)
         except Exception as err:
