@@ -21,6 +21,7 @@ import os
 import select
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -68,6 +69,9 @@ class Datapath:
         self.port_by_fd: dict[int, Port] = {}
         self.next_port_number = 1
         self.running = True
+        # Removed ports' sockets are closed here, off the loop (``Port.release``); the
+        # threads overlap the kernel's grace periods, so a lab's down closes its ports at once.
+        self.closer = ThreadPoolExecutor(max_workers=8, thread_name_prefix="port-close")
         self.handlers: dict[type[protocol.Request], Callable[[Any], Any]] = {
             protocol.Ping: self.ping, protocol.AddBridge: self.add_bridge,
             protocol.DelBridge: self.del_bridge, protocol.AddPort: self.add_port,
@@ -221,7 +225,8 @@ class Datapath:
         br.switch.remove_port(port.number)
         del self.ports[port.number]
         self._unregister(port)
-        port.close()
+        port.detach()
+        self.closer.submit(_release, port)
 
     def add_static(self, request: protocol.AddStatic) -> None:
         br = self._bridge(request.bridge)
@@ -289,3 +294,12 @@ class Datapath:
             self.del_bridge(protocol.DelBridge(name))
         self.control.close()
         self.epoll.close()
+        self.closer.shutdown(wait=True)
+
+
+def _release(port: Port) -> None:
+    """``port.release()`` in a closer thread: a failure is logged, never lost silently."""
+    try:
+        port.release()
+    except Exception:
+        log.exception("closing the sockets of removed port %s failed", port.ifname)

@@ -160,7 +160,18 @@ class Port(ABC):
         return stats
 
     def close(self) -> None:
+        """``detach``, then ``release``: a port closed where it is."""
+        self.detach()
+        self.release()
+
+    def detach(self) -> None:
+        """Out of the loop's schedule (the loop's thread only)."""
         self.schedule.forget(self)
+
+    def release(self) -> None:
+        """Close its sockets, from any thread: each close of a packet socket waits for an
+        RCU grace period in the kernel (about 10 ms), so the datapath does it off its loop
+        (``Datapath._del_port``) rather than stall forwarding for every port removed."""
         self.sock.close()
         if self.netdev_rx is not None:
             self.netdev_rx.close()
@@ -368,8 +379,7 @@ class RingPort(Port):
             stats["drops"] = {**stats["drops"], "rx-ring-full": ring.kernel_drops}
         return stats
 
-    def close(self) -> None:
-        self.schedule.forget(self)
+    def release(self) -> None:
         self.ring.close()
         if self.netdev_rx is not None:
             self.netdev_rx.close()
