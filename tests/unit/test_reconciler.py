@@ -306,8 +306,9 @@ class ConcurrentDriver(FakeDriver):
             self.in_flight -= 1
 
 
-PORTS = [PortResource("lab", f"n{i}.eth0", f"vn{i:04x}", "access", vlan=10, node=f"n{i}")
-         for i in range(12)]
+PORTS: list[Resource] = [
+    PortResource("lab", f"n{i}.eth0", f"vn{i:04x}", "access", vlan=10, node=f"n{i}")
+    for i in range(12)]
 
 
 def wave_drivers(world: FakeWorld) -> tuple[Drivers, ConcurrentDriver]:
