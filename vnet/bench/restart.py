@@ -145,6 +145,7 @@ class Run:
     """One case, once."""
 
     case: str
+    at: float                  # when (time.time()) the signal was sent
     ping: Loss
     udp: Loss
     control_back: float        # s from the disruption to vnetd answering with a datapath
@@ -201,7 +202,7 @@ class Bench:
             raise RuntimeError(f"a stream ended without its count: ping {ping.other!r}, "
                                f"receiver {udp.other!r}")
         pings, datagrams = ping.read(), udp.read()
-        return Run(case, restartloss.loss_after(at, pings),
+        return Run(case, at, restartloss.loss_after(at, pings),
                    restartloss.loss_after(at, datagrams), back,
                    restartloss.accounting(summary[0], pings, summary[1]),
                    restartloss.accounting(int(ends[0].split()[1]), datagrams, None), attempt)
