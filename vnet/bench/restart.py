@@ -1,7 +1,7 @@
 """What a restart costs: frames lost while vnetd or the datapath restarts, and time to
 forwarding again (``docs/service.md``, ``docs/benchmarks.md``).
 
-    python -m vnet.bench.restart [--repeat 5] [--interval 0.001] [--udp-period 0.001]
+    python -m vnet.bench.restart [--repeat 5] [--interval 0.001] [--udp-period 0.001] [--idle S]
                                  [--cases vnetd-term,vnetd-kill,datapath-kill,...]
 
 Brings up two namespace nodes on a private host (``vnet.testing.TestHost``).  For each case
@@ -278,6 +278,22 @@ def cpu_model() -> str:
     return f"{model}, {os.cpu_count()} cores"
 
 
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def idle_cpu(host: TestHost, seconds: float) -> str:
+    """vnetd's and the datapath's share of a core over ``seconds`` of idle (from /proc, at
+    its 10 ms resolution)."""
+    assert host.process is not None
+    pids = (host.process.pid, host.call("ping")["datapath_pid"])
+    before = [cpu_seconds(pid) for pid in pids]
+    time.sleep(seconds)
+    used = [(cpu_seconds(pid) - b) / seconds * 100 for pid, b in zip(pids, before, strict=True)]
+    return f"idle CPU over {seconds:g} s: vnetd {used[0]:.2f} %, datapath {used[1]:.2f} %"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vnet.bench.restart")
     parser.add_argument("--repeat", type=int, default=5, help="repetitions of every case")
@@ -286,6 +302,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interval", type=float, default=0.001, help="ping's interval")
     parser.add_argument("--udp-period", type=float, default=0.001,
                         help="one datagram every this many seconds, paced by the clock")
+    parser.add_argument("--idle", type=float, default=0.0,
+                        help="first measure vnetd's and the datapath's CPU over this many "
+                             "seconds of idle (default 0: not)")
     args = parser.parse_args(argv)
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
     unknown = [c for c in cases if c not in CASES]
@@ -298,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.strftime("%Y-%m-%dT%H:%MZ", time.gmtime())
     with TestHost() as host:
         bench = Bench.up(host, args.interval, args.udp_period)
+        if args.idle > 0:
+            print(idle_cpu(host, args.idle), flush=True)
         for i in range(1, args.repeat + 1):
             for case in cases:
                 run = bench.run(case)
