@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -39,7 +40,7 @@ from vnet.errors import DatapathGone, NotOurs, VnetError
 
 log = logging.getLogger("vnet.reconciler")
 
-WAVE_WIDTH = 8   # steps of one wave in flight at once
+WAVE_WIDTH = 32   # steps of one wave in flight at once (blocking ones share the loop's threads)
 
 
 class Driver(Protocol):
@@ -182,7 +183,10 @@ async def apply(work: Plan, journal: Journal, drivers: Drivers) -> Applied:
             deleted.append(resource)
         for wave in waves(work.create, drivers):
             journal.mark_pending(*wave)
+            started = time.monotonic()
             outcomes = await _each(lambda r: drivers[r].create(r), wave)
+            log.debug("made %d %s in %.3f s", len(wave), wave[0].kind,
+                      time.monotonic() - started)
             made = [r for r, failed in zip(wave, outcomes, strict=True) if failed is None]
             if made:
                 journal.mark_ready(*made)

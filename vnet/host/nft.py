@@ -8,12 +8,20 @@ same script works whether the table was there or not.
 from __future__ import annotations
 
 import subprocess
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from vnet.errors import HostError
 
 
 def nft(script: str) -> None:
-    """Run ``script`` as one ``nft -f`` transaction (all or nothing)."""
+    """Run ``script`` as one ``nft -f`` transaction (all or nothing).  Scripts that threads
+    give at the same moment (a lab's nodes made side by side) share one ``nft`` run."""
+    _commits.submit(script)
+
+
+def _run_nft(script: str) -> None:
     try:
         subprocess.run(["nft", "-f", "-"], input=script, text=True, check=True,
                        capture_output=True)
@@ -21,6 +29,71 @@ def nft(script: str) -> None:
         raise HostError("nft is not installed: install the nftables package") from None
     except subprocess.CalledProcessError as err:
         raise HostError(f"nft refused the lab's rules: {err.stderr.strip()}") from None
+
+
+@dataclass
+class _Job:
+    script: str
+    done: bool = False
+    error: HostError | None = None
+
+
+class GroupCommit:
+    """Group commit, as databases do it with their log: a caller that finds ``run`` idle
+    runs its script at once; scripts given while it runs wait and then go together, in the
+    order given, as one transaction.  Nothing waits for company: a lone script runs as soon
+    as it comes.  If a batch is refused, each of its scripts is run on its own, so every
+    caller gets its own script's answer (and only a bad script fails)."""
+
+    def __init__(self, run: Callable[[str], None]) -> None:
+        self.run = run
+        self.queue: list[_Job] = []
+        self.running = False
+        self.changed = threading.Condition()
+
+    def submit(self, script: str) -> None:
+        job = _Job(script)
+        with self.changed:
+            self.queue.append(job)
+            while self.running and not job.done:
+                self.changed.wait()
+            if not job.done:
+                self.running = True
+                batch, self.queue = self.queue, []
+        if not job.done:
+            try:
+                self._commit(batch)
+            finally:
+                with self.changed:
+                    self.running = False
+                    self.changed.notify_all()
+        if job.error is not None:
+            raise job.error
+
+    def _commit(self, batch: list[_Job]) -> None:
+        try:
+            self.run("".join(job.script for job in batch))
+        except HostError as err:
+            if len(batch) == 1:
+                batch[0].error = err
+            else:
+                for job in batch:
+                    job.error = self._alone(job.script)
+        except Exception as err:   # a bug: every caller hears of it, none hangs
+            for job in batch:
+                job.error = HostError(f"running nft failed: {err!r}")
+        for job in batch:
+            job.done = True
+
+    def _alone(self, script: str) -> HostError | None:
+        try:
+            self.run(script)
+        except HostError as err:
+            return err
+        return None
+
+
+_commits = GroupCommit(_run_nft)
 
 
 def no_table(family: str, table: str) -> str:
