@@ -5,6 +5,7 @@ request head (``metricsserver.parse_head``) and replies, without a socket."""
 from __future__ import annotations
 
 import asyncio
+import errno
 from http import HTTPStatus
 
 import pytest
@@ -25,7 +26,7 @@ from vnet.daemon.metrics import (
     port_samples,
     render,
 )
-from vnet.daemon.metricsserver import HttpError, MetricsServer, parse_head
+from vnet.daemon.metricsserver import HttpError, MetricsServer, bind_failure, parse_head
 from vnet.daemon.vmlifecycle import VmEvent, VmLifecycle
 
 STATS = {"pair": {
@@ -247,3 +248,15 @@ def test_a_failing_snapshot_is_a_500_not_a_traceback() -> None:
     status, _, body = split(serve(b"GET /metrics HTTP/1.1\r\n\r\n", RuntimeError("bug")))
     assert status == "HTTP/1.1 500 Internal Server Error"
     assert body == b"internal error in vnetd (see its log)\n"
+
+
+def test_an_address_vnetd_cannot_listen_on_is_said_with_a_remedy() -> None:
+    where = Endpoint("127.0.0.1", 9470)
+    assert bind_failure(where, OSError(errno.EADDRINUSE, "Address in use")) == (
+        "metrics.listen 127.0.0.1:9470: the address is in use (another vnetd, or another "
+        "exporter?): choose a free port for metrics: listen in the config file")
+    assert "is not an address of this host" in bind_failure(
+        Endpoint("::1", 1), OSError(errno.EADDRNOTAVAIL, "x"))
+    assert bind_failure(where, PermissionError(errno.EACCES, "Permission denied")) == (
+        "metrics.listen 127.0.0.1:9470: cannot listen there: Permission denied (vnet needs "
+        "root: run it as root or with sudo)")

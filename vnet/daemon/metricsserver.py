@@ -127,12 +127,6 @@ class MetricsServer:
             raise DaemonError(bind_failure(self.endpoint, err)) from None
         log.info("serving metrics on http://%s%s", self.endpoint, PATH)
 
-    @property
-    def port(self) -> int:
-        """The port listened on (the configured one; the kernel's choice for port 0)."""
-        assert self.server is not None
-        return int(self.server.sockets[0].getsockname()[1])
-
     async def stop(self) -> None:
         if self.server is not None:
             self.server.close()
