@@ -23,6 +23,7 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
 from tests.conftest import needs_root
+from vnet.daemon.metricsserver import MAX_CLIENTS
 from vnet.host import netns
 from vnet.testing import Lab, TestHost, wait_until
 from vnet.testing.broker import Broker
@@ -166,6 +167,13 @@ def test_the_endpoint_survives_bad_requests_and_vnet_status_works(
         assert host.call("ping")["pid"]
     status, _, body = get(host, "/")
     assert status == 200 and "/metrics" in body
+    # more idle connections than it serves at once: the next one is told it is busy
+    with contextlib.ExitStack() as stack, netns.entered(host.name):
+        for _ in range(MAX_CLIENTS):
+            stack.enter_context(socket.create_connection(("127.0.0.1", PORT), timeout=30))
+        wait_until(lambda: raw(host, b"GET /metrics HTTP/1.1\r\n\r\n").startswith(
+            b"HTTP/1.1 503 "), message="a scrape past the limit to be refused as busy")
+    wait_until(lambda: get(host)[0] == 200, message="scrapes to be served again")
     assert scrape(host)[("vnet_datapath_up", frozenset())] == 1
 
 

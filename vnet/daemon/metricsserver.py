@@ -37,6 +37,8 @@ READ_TIMEOUT = 10.0      # seconds to send the whole head, and to take the reply
 SNAPSHOT_TIMEOUT = 10.0  # seconds for vnetd to gather a snapshot (Prometheus' default scrape
                          # timeout); it bounds its own waits on the datapath well below that
 MAX_CLIENTS = 16
+LINGER_TIMEOUT = 2.0     # seconds, and bytes, taken from a client after its reply (``_linger``)
+LINGER_BYTES = 1 << 20
 METHODS = ("GET", "HEAD")
 INTERNAL_ERROR = "internal error in vnetd (see its log)"
 
@@ -144,6 +146,7 @@ class MetricsServer:
                 writer.write(reply)
                 async with asyncio.timeout(self.read_timeout):
                     await writer.drain()
+                await _linger(reader, writer)
         except (OSError, TimeoutError):
             pass   # the client went away, or does not read its reply: nothing to tell it
         except Exception:   # a bug: logged, and the endpoint (and vnetd) go on
@@ -201,6 +204,20 @@ class MetricsServer:
         except ValueError:   # a line over the reader's limit, or a head over MAX_HEAD
             raise HttpError(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
                             f"the request's head is longer than {MAX_HEAD} bytes") from None
+
+
+async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Half-close, and take what the client still sends (the rest of a head too long, or a
+    request not read because the server was busy) until it closes, for at most
+    ``LINGER_TIMEOUT`` s: closing a socket with unread data resets the connection, and the
+    reset can reach the client before it read its reply (Apache's "lingering close")."""
+    with contextlib.suppress(OSError, TimeoutError, ValueError):
+        if writer.can_write_eof():
+            writer.write_eof()
+        taken = 0
+        async with asyncio.timeout(LINGER_TIMEOUT):
+            while taken < LINGER_BYTES and (data := await reader.read(64 << 10)):
+                taken += len(data)
 
 
 def bind_failure(endpoint: Endpoint, err: OSError) -> str:
