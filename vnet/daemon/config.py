@@ -16,9 +16,9 @@ Acted on today: ``host`` (which part of a multi-host lab this vnetd realises; ``
 ``socket``, ``state_dir``, ``netns``, ``netns_prefix`` (node namespaces are
 ``PREFIX-LAB-NODE``), ``log_level``, ``datapath`` (its ``io`` and
 ``busy_poll_us`` reach the datapath process through the two variables above, which it reads)
-``bus`` (``vnet.daemon.bus_service``) and ``access`` (the API socket's group and the roles:
-``vnet.daemon.access``; every user and group it names must exist).  Carried for later work,
-not yet in effect: ``metrics``.
+``bus`` (``vnet.daemon.bus_service``), ``access`` (the API socket's group and the roles:
+``vnet.daemon.access``; every user and group it names must exist) and ``metrics`` (the
+Prometheus endpoint: ``vnet.daemon.metricsserver``).
 
 Regenerate the published schema after changing the table::
 

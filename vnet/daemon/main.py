@@ -166,7 +166,7 @@ async def serve(args: argparse.Namespace, config: DaemonConfig) -> None:
     daemon = Vnetd(config.socket, config.state_dir, args.exit_when_idle,
                    datapath_python(config.datapath.python), host=config.host, bus=config.bus,
                    access=config.access, config_file=config.source, stop_all=config.stop_all,
-                   netns_prefix=config.netns_prefix)
+                   netns_prefix=config.netns_prefix, metrics_config=config.metrics)
     link = ServiceLink(notifier, watchdog_period, lambda: observe(daemon))
     link.start()
     running = Running(args, config, link, notifier, asyncio.Lock(), daemon)

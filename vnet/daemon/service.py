@@ -18,15 +18,16 @@ from typing import Any
 
 from vnet import __version__
 from vnet.bus.client import open_bus
-from vnet.daemon import naming, preflight, tracing
+from vnet.daemon import metrics, naming, preflight, tracing
 from vnet.daemon.adoption import VmAction, stale, vm_action
 from vnet.daemon.api import ApiServer
 from vnet.daemon.audit import FILE_NAME as AUDIT_FILE
 from vnet.daemon.audit import AuditLog
 from vnet.daemon.bus_overlay import DriverOverlay
 from vnet.daemon.bus_service import BusService, client_config
-from vnet.daemon.config import AccessConfig, BusConfig
+from vnet.daemon.config import AccessConfig, BusConfig, MetricsConfig
 from vnet.daemon.drivers import host_drivers
+from vnet.daemon.metricsserver import MetricsServer
 from vnet.daemon.reconciler import apply, remove_all, restore
 from vnet.daemon.recovery import recovery_plan
 from vnet.daemon.requests import (
@@ -60,16 +61,21 @@ from vnet.topology import Topology, parse_topology
 
 log = logging.getLogger("vnet.daemon")
 
+SCRAPE_DATAPATH_TIMEOUT = 3.0   # s a scrape waits for the datapath before it shows the last
+                                # counters read (and vnet_datapath_up 0)
+
 
 class Vnetd:
     def __init__(self, socket_path: Path, state_dir: Path, exit_when_idle: bool = False,
                  datapath_python: str = sys.executable, *, host: str | None = None,
                  bus: BusConfig | None = None, access: AccessConfig | None = None,
                  config_file: Path | None = None, stop_all: bool = False,
-                 netns_prefix: str = naming.NETNS_PREFIX) -> None:
+                 netns_prefix: str = naming.NETNS_PREFIX,
+                 metrics_config: MetricsConfig | None = None) -> None:
         """``stop_all``: a stop (SIGTERM) stops the datapath and VM runners too; by
         default they keep running for the next vnetd to adopt (``docs/service.md``).
-        ``netns_prefix``: of new nodes' namespaces; a recorded node keeps its name."""
+        ``netns_prefix``: of new nodes' namespaces; a recorded node keeps its name.
+        ``metrics_config``: serve Prometheus metrics there (None: no endpoint)."""
         self.socket_path = socket_path
         self.stop_all = stop_all
         self.host = host
@@ -91,6 +97,8 @@ class Vnetd:
             access_config=access, audit=AuditLog(state_dir / AUDIT_FILE),
             config_file=config_file)
         self.failures: dict[str, str] = {}   # lab -> why it is not all there (vnet status)
+        self.metrics = (MetricsServer(metrics_config.listen, self.metrics_snapshot)
+                        if metrics_config is not None else None)
         self.bus: BusService | None = None
         if bus is not None:
             if host is None:
@@ -103,6 +111,8 @@ class Vnetd:
     # ---- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
+        if self.metrics is not None:
+            await self.metrics.start()   # first: an address it cannot have changes nothing
         async with self.lock:
             await self.datapath.start()     # adopts the one an earlier vnetd left running
             await self._restore_labs()
@@ -220,6 +230,8 @@ class Vnetd:
         if self.bus is not None:
             await self.bus.stop()      # offline first: peers stop flooding to this host
         await self.api.stop()
+        if self.metrics is not None:
+            await self.metrics.stop()
         if everything:
             await self.vms.stop_all()
         else:
@@ -329,6 +341,48 @@ class Vnetd:
         if self.bus is not None:
             answer["bus"] = self.bus.describe(lab)
         return answer
+
+    async def metrics_snapshot(self) -> metrics.Snapshot:
+        """What a scrape of the metrics endpoint shows, as of now: the counters and MAC
+        table sizes the datapath tells within ``SCRAPE_DATAPATH_TIMEOUT`` (else the last
+        counters read, and no MAC tables), the VMs' and the bus's state."""
+        stats, up = await self.datapath.read_counters(SCRAPE_DATAPATH_TIMEOUT)
+        fdb: list[tuple[str, int]] = []
+        if up:
+            labs = sorted(stats)
+            try:
+                async with asyncio.timeout(SCRAPE_DATAPATH_TIMEOUT):
+                    sizes = await asyncio.gather(
+                        *(self.datapath.call(protocol.GetFdbSize(lab)) for lab in labs),
+                        return_exceptions=True)
+            except TimeoutError:
+                sizes, up = [], False
+            fdb = [(lab, size) for lab, size in zip(labs, sizes, strict=False)
+                   if isinstance(size, int)]   # a bridge deleted meanwhile is left out
+        records = self.store.load_all()
+        vms = []
+        for record in records:
+            for res in record.ready():
+                if isinstance(res, VmNodeResource):
+                    process = self.vms.get(res.lab, res.node)
+                    vms.append(metrics.VmSample(
+                        res.lab, res.node,
+                        process.lifecycle.state.value if process else "stopped",
+                        process.lifecycle.restarts_total if process else 0))
+        health = self.datapath.health()
+        bus = None
+        if self.bus is not None:
+            client = self.bus.bus
+            bus = metrics.bus_sample(client.stats.as_dict() if client else {"state": "starting"},
+                                     connected=client is not None and client.connected,
+                                     session_restarts=self.bus.restarts)
+        return metrics.Snapshot(
+            version=__version__,
+            datapath=metrics.DatapathSample(up=up, state=health["state"],
+                                            restarts=health["restarts"],
+                                            adopted=health["adopted"]),
+            labs=len(records), ports=metrics.port_samples(stats), fdb=tuple(fdb),
+            vms=tuple(vms), bus=bus)
 
     async def _read_fdb(self, lab: str) -> list[dict[str, Any]]:
         """The lab's MAC table, for the bus's learned MACs (``vnet.daemon.learned``)."""

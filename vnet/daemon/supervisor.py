@@ -212,10 +212,17 @@ class DatapathSupervisor:
 
     async def counters(self) -> dict[str, dict[str, dict[str, Any]]]:
         """The counters as now, or as last read if the datapath cannot tell now."""
+        return (await self.read_counters())[0]
+
+    async def read_counters(self, timeout: float | None = None
+                            ) -> tuple[dict[str, dict[str, dict[str, Any]]], bool]:
+        """The counters, and whether they are as now (True) or as last read (False: the
+        datapath did not answer, within ``timeout`` seconds if given)."""
         try:
-            return await self.stats()
-        except DatapathError:
-            return self.totals.last()
+            async with asyncio.timeout(timeout):
+                return await self.stats(), True
+        except (DatapathError, TimeoutError):
+            return self.totals.last(), False
 
     @property
     def pid(self) -> int | None:

@@ -73,6 +73,7 @@ class VmLifecycle:
     restarts: list[float] = field(default_factory=list)  # times of automatic restarts
     restart_at: float | None = None                       # when RESTARTING ends
     last_exit: str | None = None
+    restarts_total: int = 0    # automatic restarts done (``restarts``: the recent ones' times)
 
     def handle(self, event: VmEvent, now: float, detail: str | None = None) -> VmState:
         key = (self.state, event)
@@ -86,6 +87,8 @@ class VmLifecycle:
             target = self._after_exit(event, now)
         if event == E.START:
             self.restarts.clear()  # a deliberate start resets the burst count
+        elif event == E.RESTART_DUE:
+            self.restarts_total += 1
         self.state = target
         if target != S.RESTARTING:
             self.restart_at = None
