@@ -62,12 +62,12 @@ class Stream:
                  "server")
 
     def __init__(self, server: ControlServer, fd: int, connection: _Connection,
-                 dirty: list[Any], limit: int = STREAM_BUFFER) -> None:
+                 dirty: list[Any], limit: int | None = None) -> None:
         self.server = server
         self.fd = fd
         self.connection = connection
         self.dirty = dirty
-        self.limit = limit
+        self.limit = STREAM_BUFFER if limit is None else limit
         self.on_close: Callable[[], None] | None = None
         self.ending = False   # ``end`` was called: no more writes, close when sent
         self.closed = False   # the connection is gone
