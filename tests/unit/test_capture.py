@@ -208,7 +208,7 @@ def _mirror(path: str, port: str, direction: str = "both") -> tuple[socket.socke
 
 
 def _records(reader: Any, until: int) -> list[Record]:
-    records, got = Records(), []
+    records, got = Records(), list[Record]()
     while len(got) < until:
         data = reader.read1(65536)
         assert data, "the stream closed early"
