@@ -73,6 +73,12 @@ class _Capture:
                     self._write(record.time_ns, record.direction, record.data)
                     if self.count is not None and self.frames >= self.count:
                         self.stop()
+            if self.pcap is not None and batch:   # what came at once, then a flush: a
+                try:                              # reader of the file sees it at once
+                    self.pcap.out.flush()
+                except BrokenPipeError:
+                    self.pcap = None
+                    self.stop()
 
     def _write(self, time_ns: int, direction: int, frame: bytes) -> None:
         try:
@@ -122,7 +128,7 @@ def cmd_capture(client: Client, args: argparse.Namespace) -> int:
     result, sock, reader = client.open_stream("capture", **request)
     try:
         text = sys.stdout if out is None else None
-        pcap = Writer(out, flush_each=args.write in (None, "-")) if out is not None else None
+        pcap = Writer(out) if out is not None else None
         capture = _Capture(sock, reader, args.count, pcap, text)
         print(f"vnet: capturing {result['lab']} {result['node']}:{result['nic']} (port "
               f"{result['port']}), {result['direction']}; Ctrl-C stops", file=sys.stderr,
