@@ -3,7 +3,9 @@ bookkeeping on a port, and mirrors in the real loop over memory ports (socketpai
 
 from __future__ import annotations
 
+import asyncio
 import io
+import json
 import shutil
 import socket
 import subprocess
@@ -289,3 +291,56 @@ def test_removing_a_mirrored_port_ends_its_captures(datapath: str) -> None:  # n
     assert (last.kind, last.data) == (END, b"port a was removed")
     assert reader.read() == b""
     sock.close()
+
+
+# ---- the API's streaming reply and the CLI's lines -------------------------------------------
+
+
+def test_a_streaming_reply_keeps_the_connection_until_the_client_ends(tmp_path: Path) -> None:
+    from vnet.daemon.api import ApiServer, Streaming
+    from vnet.daemon.requests import REQUESTS
+
+    events: list[str] = []
+
+    async def capture(_request: Any) -> Streaming:
+        async def run(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write(b"record-1")
+            await writer.drain()
+            assert await reader.read() == b""      # the client's half-close
+            events.append("client ended")
+
+        return Streaming({"port": "a1.eth0"}, run, lambda: events.append("cancelled"))
+
+    async def other(_request: Any) -> None:
+        return None
+
+    handlers = {op: other for op in REQUESTS} | {"capture": capture}
+    server = ApiServer(tmp_path / "api.sock", handlers)
+
+    async def scenario() -> tuple[bytes, bytes]:
+        await server.start()
+        reader, writer = await asyncio.open_unix_connection(str(tmp_path / "api.sock"))
+        writer.write(b'{"op": "capture", "node": "a1"}\n')
+        reply = await reader.readline()
+        record = await reader.readexactly(8)
+        writer.write_eof()
+        rest = await reader.read()                  # then vnetd closes
+        writer.close()
+        handled = await server.handle(b'{"op": "capture", "node": "a1"}')  # no connection
+        await server.stop()
+        return reply + record + rest, json.dumps(handled).encode()
+
+    streamed, handled = asyncio.run(scenario())
+    assert json.loads(streamed[:streamed.index(b"\n")])["result"] == {"port": "a1.eth0"}
+    assert streamed.endswith(b"\nrecord-1")
+    assert events == ["client ended", "cancelled", "cancelled"]
+    assert json.loads(handled)["ok"]
+
+
+def test_a_line_per_frame_on_a_terminal() -> None:
+    from vnet.cli_capture import summary
+
+    tagged = insert_tag(frame(A, BCAST), 10)
+    line = summary(1_700_000_000_000_000_000, "in", tagged)
+    assert line.endswith(f" in  {A} > {BCAST}, vlan 10, type 0x88b5, {len(tagged)} bytes")
+    assert summary(0, "out", b"short").endswith("out runt frame of 5 bytes")

@@ -98,6 +98,7 @@ class ApiServer:
         self.idle_timeout = idle_timeout
         self.max_clients = max_clients
         self.clients = 0
+        self.streaming: list[Streaming] = []   # running: cancelled when vnetd stops
         self.server: asyncio.AbstractServer | None = None
         self.audit = audit or AuditLog(None)
         self.config_file = config_file
@@ -132,6 +133,8 @@ class ApiServer:
         log.info("API socket %s: mode %04o, group %s", self.path, SOCKET_MODE, group)
 
     async def stop(self) -> None:
+        for streaming in list(self.streaming):   # their connections end with them
+            streaming.cancel()
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()
@@ -153,9 +156,11 @@ class ApiServer:
                         streaming.cancel()
                     return
                 if streaming is not None:
+                    self.streaming.append(streaming)
                     try:
                         await streaming.run(reader, writer)
                     finally:
+                        self.streaming.remove(streaming)
                         streaming.cancel()
                     return
         except ConnectionError as err:
