@@ -17,8 +17,9 @@ import sys
 import termios
 import time
 import tty
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from vnet import jsonlines
 from vnet.daemon.defaults import (
@@ -82,10 +83,39 @@ class Client:
         check_size(request)
         retry = (BlockingIOError, ConnectionRefusedError) if retry_refused else (
             BlockingIOError,)
+        with self._talking(op), jsonlines.connect(self.socket_path, REPLY_TIMEOUT,
+                                                  CONNECT_PATIENCE, retry) as sock:
+            return jsonlines.exchange(sock, request)
+
+    def open_stream(self, op: str, **args: Any) -> tuple[Any, socket.socket, BinaryIO]:
+        """For an operation whose reply is followed by a stream (``capture``): the reply's
+        result, and the connection left open with the reader that holds what follows."""
+        request = {"op": op, **args}
+        with self._talking(op):
+            sock = jsonlines.connect(self.socket_path, REPLY_TIMEOUT, CONNECT_PATIENCE,
+                                     (BlockingIOError, ConnectionRefusedError))
+            try:
+                sock.sendall(jsonlines.encode(request))
+                reader = sock.makefile("rb")
+                line = reader.readline(jsonlines.MAX_LINE)
+                if not line.endswith(b"\n"):
+                    raise jsonlines.NoReply("no reply")
+                reply = jsonlines.decode(line)
+            except BaseException:
+                sock.close()
+                raise
+        check_api_version(reply)
+        if not reply.get("ok"):
+            sock.close()
+            raise DaemonError(str(reply.get("error")))
+        sock.settimeout(None)
+        return reply.get("result"), sock, reader
+
+    @contextlib.contextmanager
+    def _talking(self, op: str) -> Iterator[None]:
+        """Every way talking to vnetd can fail, said in words, with what to do."""
         try:
-            with jsonlines.connect(self.socket_path, REPLY_TIMEOUT, CONNECT_PATIENCE,
-                                   retry) as sock:
-                return jsonlines.exchange(sock, request)
+            yield
         except (FileNotFoundError, ConnectionRefusedError):
             raise NotRunning(f"vnetd is not running (no answer on {self.socket_path}); start "
                              f"it with 'systemctl start vnetd' or 'vnet up FILE'") from None
@@ -515,6 +545,9 @@ def build_parser() -> argparse.ArgumentParser:
     from vnet.cli_trace import add_command as add_trace
 
     add_trace(sub)
+    from vnet.cli_capture import add_command as add_capture
+
+    add_capture(sub)
     # `vnet bench ARGS` is handed whole to vnet.bench (see main); listed here for --help.
     sub.add_parser("bench", help="benchmark the datapath against the Linux bridge and OVS "
                    "(vnet bench --help)")

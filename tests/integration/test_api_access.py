@@ -171,12 +171,16 @@ def test_each_role_is_allowed_its_calls_and_refused_the_rest(
     assert refused_for(call_as(accounts.viewer, sock, up)[1], "up", "admin")
     assert refused_for(call_as(accounts.viewer, sock, {"op": "shutdown"})[1], "shutdown",
                        "admin")
+    capture = {"op": "capture", "node": "n0"}   # the frames' contents: an operator's
+    assert refused_for(call_as(accounts.viewer, sock, capture)[1], "capture", "operator")
 
     # An operator works the nodes (this vm stop passes the check: vnetd's own answer is
     # that n0 is no VM) but does not change labs or the daemon.
     operator_pid, reply = call_as(accounts.operator, sock, vm_stop)
     assert reply == {"ok": False, "error": "node 'n0' is a namespace node, not a VM",
                      "api": API_VERSION}
+    reply = call_as(accounts.operator, sock, capture)[1]   # its end, the client's exit
+    assert reply["ok"] and reply["result"]["port"] == "n0.eth0", reply
     assert call_as(accounts.operator, sock, {"op": "status", "lab": LAB})[1]["ok"]
     assert refused_for(call_as(accounts.operator, sock, {"op": "down", "lab": LAB})[1],
                        "down", "admin")
@@ -194,11 +198,12 @@ def test_each_role_is_allowed_its_calls_and_refused_the_rest(
                         (viewer.name, viewer.uid, viewer_pid, "vm.stop", LAB, "error")]
     assert [(e["user"], e["op"], e["result"]) for e in audit[2:]] == [
         (viewer.name, "up", "error"), (viewer.name, "shutdown", "error"),
-        (operator.name, "vm.stop", "error"), (operator.name, "down", "error"),
+        (viewer.name, "capture", "error"), (operator.name, "vm.stop", "error"),
+        (operator.name, "capture", "ok"), (operator.name, "down", "error"),
         (admin.name, "down", "ok")]
-    assert (audit[4]["pid"], audit[-1]["pid"]) == (operator_pid, down_pid)
+    assert (audit[5]["pid"], audit[-1]["pid"]) == (operator_pid, down_pid)
     assert audit[1]["error"].startswith("permission denied: vm.stop needs the operator role")
-    assert audit[4]["error"] == "node 'n0' is a namespace node, not a VM"
+    assert audit[5]["error"] == "node 'n0' is a namespace node, not a VM"
     assert all(e["time"].endswith("+00:00") for e in audit)
     logged = (host.workdir / "vnetd.log").read_text()
     assert f"audit {json.dumps(audit[0], separators=(',', ':'))}" in logged

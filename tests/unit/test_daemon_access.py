@@ -65,7 +65,7 @@ def test_role_of(uid: int, gids: list[int], role: Role | None) -> None:
 OPERATIONS_BY_ROLE = {
     Role.VIEWER: {"ping", "status", "node", "fdb", "console.log", "trace.explain"},
     Role.OPERATOR: {"vm.start", "vm.stop", "vm.restart", "console.attach", "exec",
-                    "trace.inject"},
+                    "trace.inject", "capture"},
     Role.ADMIN: {"up", "down", "reload", "shutdown"},
 }
 

@@ -39,9 +39,9 @@ def test_a_well_formed_request_becomes_its_dataclass() -> None:
 
 
 @pytest.mark.parametrize(("message", "expected"), [
-    ({"op": "teleport"}, "unknown operation 'teleport'; this vnetd knows: down, fdb, node, "
-                         "ping, shutdown, status, trace, up, vm"),
-    ({"lab": "x"}, 'a request needs an "op"; this vnetd knows: down,'),
+    ({"op": "teleport"}, "unknown operation 'teleport'; this vnetd knows: capture, down, fdb, "
+                         "node, ping, shutdown, status, trace, up, vm"),
+    ({"lab": "x"}, 'a request needs an "op"; this vnetd knows: capture, down,'),
     ({"op": 7}, "unknown operation 7"),
     ({"op": "up", "text": "name: x"},
      "up: missing argument 'source': a path (at most 4096 characters, no NUL byte)"),
@@ -196,7 +196,8 @@ NASTY_VALUES: list[Any] = [
 ]
 NASTY_OPS: list[Any] = ["", "UP", "teleport", "up\0", 7, None, [], {}, True, "x" * 10_000]
 GOOD_VALUES = {"lab": "pair", "node": "c1", "action": "start", "source": "/labs/x.yaml",
-               "text": "name: x", "frame": "ff" * 14, "nic": "eth0", "all": False}
+               "text": "name: x", "frame": "ff" * 14, "nic": "eth0", "all": False,
+               "direction": "both"}
 TEXTS = ["", "name: x", "- 1", "{a: b}", "name: x\nnetworks: 5\nnodes: []\n",
          "name: x\nnetworks: {n: {vlan: a}}\nnodes: {c1: {kind: vm, kernel: ../k}}\n",
          "name: x\nnetworks: []\nnodes: {c1: [1]}\n", "\t", "name: [x]", "name: Pair\n"]

@@ -41,6 +41,8 @@ EXAMPLES: list[protocol.Request] = [
     protocol.GetStats("lab"),
     protocol.Trace("lab", "c1.eth0", "ff" * 6 + "02" * 6 + "88b5"),
     protocol.Inject("lab", "c1.eth0", "ff" * 6 + "02" * 6 + "88b5"),
+    protocol.Mirror("lab", "c1.eth0"),
+    protocol.Mirror("lab", "t1.eth0", "in"),
     protocol.Shutdown(),
 ]
 

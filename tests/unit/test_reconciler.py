@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from vnet.daemon.reconciler import ApplyError, Drivers, apply, remove_all, restore
+from vnet.daemon.reconciler import WAVE_WIDTH, ApplyError, Drivers, apply, remove_all, restore
 from vnet.daemon.recovery import Rebuild, Recovery, recovery_plan
 from vnet.daemon.resources import (
     BridgeResource,
@@ -308,7 +308,7 @@ class ConcurrentDriver(FakeDriver):
 
 PORTS: list[Resource] = [
     PortResource("lab", f"n{i}.eth0", f"vn{i:04x}", "access", vlan=10, node=f"n{i}")
-    for i in range(12)]
+    for i in range(WAVE_WIDTH + 4)]
 
 
 def wave_drivers(world: FakeWorld) -> tuple[Drivers, ConcurrentDriver]:
@@ -328,8 +328,6 @@ async def _opened_when_all_wait(ports: ConcurrentDriver, count: int, work: Any) 
 
 
 def test_a_wave_of_ports_is_made_together_within_the_width_and_journaled_twice() -> None:
-    from vnet.daemon.reconciler import WAVE_WIDTH
-
     world, journal = FakeWorld(), MemoryJournal()
     drivers_, ports = wave_drivers(world)
     applied = run(_opened_when_all_wait(ports, WAVE_WIDTH, apply(

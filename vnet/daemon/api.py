@@ -17,6 +17,10 @@ seconds to send each whole request, and as long to take its reply, or it is hung
 at most ``MAX_CLIENTS`` are connected at once (more are answered "busy"), so idle clients
 cannot use up vnetd's file descriptors; and a burst of connects waits in a backlog of
 ``BACKLOG``, not refused.
+
+A handler may keep the connection (``vnet capture``): it returns a ``Streaming``, whose
+result is sent as the reply and whose ``run`` then has the connection, without the idle
+timeouts, until it returns; then the connection closes.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import socket
 import struct
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +65,17 @@ SOCKET_MODE = 0o660    # the owner (root) and the access group may connect
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
+@dataclass(frozen=True)
+class Streaming:
+    """A handler's result that keeps the connection: ``result`` is the reply's, then
+    ``run(reader, writer)`` has the connection until it returns; ``cancel`` if it never
+    runs (the reply could not be sent)."""
+
+    result: Any
+    run: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+    cancel: Callable[[], None]
+
+
 def too_long(limit: int) -> str:
     return (f"bad request: the request is longer than vnetd's limit of {describe_size(limit)}"
             f" ({limit} bytes); a topology file is normally a few KiB")
@@ -80,6 +96,7 @@ class ApiServer:
         self.idle_timeout = idle_timeout
         self.max_clients = max_clients
         self.clients = 0
+        self.streaming: list[Streaming] = []   # running: cancelled when vnetd stops
         self.server: asyncio.AbstractServer | None = None
         self.audit = audit or AuditLog(None)
         self.config_file = config_file
@@ -114,6 +131,8 @@ class ApiServer:
         log.info("API socket %s: mode %04o, group %s", self.path, SOCKET_MODE, group)
 
     async def stop(self) -> None:
+        for streaming in list(self.streaming):   # their connections end with them
+            streaming.cancel()
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()
@@ -129,7 +148,18 @@ class ApiServer:
                     f"vnetd is busy: {self.max_clients} clients are connected; try again"))
                 return
             while (line := await self._read_request(reader, writer)) is not None:
-                if not await self._send(writer, await self.handle(line, peer)):
+                reply, streaming = await self._serve(line, peer)
+                if not await self._send(writer, reply):
+                    if streaming is not None:
+                        streaming.cancel()
+                    return
+                if streaming is not None:
+                    self.streaming.append(streaming)
+                    try:
+                        await streaming.run(reader, writer)
+                    finally:
+                        self.streaming.remove(streaming)
+                        streaming.cancel()
                     return
         except ConnectionError as err:
             log.warning("dropping a client: %s", err)
@@ -182,48 +212,61 @@ class ApiServer:
 
     async def handle(self, line: bytes, peer: Peer | None = None) -> dict[str, Any]:
         """One request line in, one reply out; never raises for what a client sent.
-        (``peer`` None: vnetd itself, or a test in its process, which is root's.)"""
+        (``peer`` None: vnetd itself, or a test in its process, which is root's.)  A
+        streaming operation's stream is cancelled: only a connection can carry one."""
+        reply, streaming = await self._serve(line, peer)
+        if streaming is not None:
+            streaming.cancel()
+        return reply
+
+    async def _serve(self, line: bytes, peer: Peer | None
+                     ) -> tuple[dict[str, Any], Streaming | None]:
         if len(line) > self.max_line:
-            return jsonlines.failed(too_long(self.max_line))
+            return jsonlines.failed(too_long(self.max_line)), None
         try:
             if len(line) > OFF_LOOP:   # megabytes take a while: let the others be answered
                 request = await asyncio.to_thread(_parse, line)
             else:
                 request = _parse(line)
         except (jsonlines.ProtocolError, RequestError) as err:
-            return jsonlines.failed(f"bad request: {err}")
+            return jsonlines.failed(f"bad request: {err}"), None
         except Exception:
             log.exception("internal error in vnetd checking a request")
-            return jsonlines.failed(INTERNAL_ERROR)
+            return jsonlines.failed(INTERNAL_ERROR), None
         return await self.dispatch(request, peer or own_peer())
 
-    async def dispatch(self, request: Request, peer: Peer) -> dict[str, Any]:
+    async def dispatch(self, request: Request, peer: Peer
+                       ) -> tuple[dict[str, Any], Streaming | None]:
         operation = operation_of(request)
         decision = access.decide(peer.uid, peer.gids, self.policy, operation)
         if not decision.allowed:
             reply = jsonlines.failed(access.refusal(
                 operation, decision, peer.describe(),
                 str(self.config_file) if self.config_file else None))
+            streaming = None
             log.warning("refused %s to %s (pid %d): needs %s", operation, peer.describe(),
                         peer.pid, decision.needed)
         else:
-            reply = await self._run(request)
+            reply, streaming = await self._run(request)
         if not access.read_only(operation):
             result = reply.get("result")
             lab = getattr(request, "lab", None) or (
                 result.get("lab") if isinstance(result, dict) else None)
             self.audit.record(entry(peer, operation, lab,
                                     None if reply["ok"] else reply["error"], time.time()))
-        return reply
+        return reply, streaming
 
-    async def _run(self, request: Request) -> dict[str, Any]:
+    async def _run(self, request: Request) -> tuple[dict[str, Any], Streaming | None]:
         try:
-            return jsonlines.ok(await self.handlers[request.op](request))
+            result = await self.handlers[request.op](request)
         except VnetError as err:
-            return jsonlines.failed(str(err))
+            return jsonlines.failed(str(err)), None
         except Exception:
             log.exception("internal error in vnetd during %s", request.op)
-            return jsonlines.failed(INTERNAL_ERROR)
+            return jsonlines.failed(INTERNAL_ERROR), None
+        if isinstance(result, Streaming):
+            return jsonlines.ok(result.result), result
+        return jsonlines.ok(result), None
 
 
 def operation_of(request: Request) -> str:

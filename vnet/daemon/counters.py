@@ -27,7 +27,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-GAUGES = frozenset({"ring"})
+GAUGES = frozenset({"ring", "mirrors"})   # mirrors: the captures of the port now
 POLL = 1.0   # seconds between vnetd's readings
 
 Leaves = dict[tuple[str, str], int]   # (counter, reason or "") -> value

@@ -132,6 +132,18 @@ class TraceRequest(Request, op="trace"):
 
 
 @dataclass(frozen=True)
+class CaptureRequest(Request, op="capture"):
+    """``vnet capture``: mirror the port of the node's NIC (None: its only NIC); the reply
+    is followed by the mirror's records (``vnet.datapath.mirror``) until the client closes
+    its side (``docs/api.md``)."""
+
+    node: NodeName
+    nic: Annotated[str, NIC] | None = None
+    lab: LabName | None = None
+    direction: Literal["in", "out", "both"] = "both"
+
+
+@dataclass(frozen=True)
 class ShutdownRequest(Request, op="shutdown"):
     all: bool = False   # also stop the datapath and every VM runner (else they stay running)
 

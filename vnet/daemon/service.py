@@ -18,9 +18,9 @@ from typing import Any
 
 from vnet import __version__
 from vnet.bus.client import open_bus
-from vnet.daemon import metrics, naming, preflight, tracing
+from vnet.daemon import capture, metrics, naming, preflight, tracing
 from vnet.daemon.adoption import VmAction, stale, vm_action
-from vnet.daemon.api import ApiServer
+from vnet.daemon.api import ApiServer, Streaming
 from vnet.daemon.audit import FILE_NAME as AUDIT_FILE
 from vnet.daemon.audit import AuditLog
 from vnet.daemon.bus_overlay import DriverOverlay
@@ -31,6 +31,7 @@ from vnet.daemon.metricsserver import MetricsServer
 from vnet.daemon.reconciler import apply, remove_all, restore
 from vnet.daemon.recovery import recovery_plan
 from vnet.daemon.requests import (
+    CaptureRequest,
     DownRequest,
     FdbRequest,
     NodeRequest,
@@ -93,7 +94,8 @@ class Vnetd:
         self.api = ApiServer(socket_path, {
             "ping": self.op_ping, "up": self.op_up, "down": self.op_down,
             "status": self.op_status, "fdb": self.op_fdb, "node": self.op_node,
-            "vm": self.op_vm, "trace": self.op_trace, "shutdown": self.op_shutdown},
+            "vm": self.op_vm, "trace": self.op_trace, "capture": self.op_capture,
+            "shutdown": self.op_shutdown},
             access_config=access, audit=AuditLog(state_dir / AUDIT_FILE),
             config_file=config_file)
         self.failures: dict[str, str] = {}   # lab -> why it is not all there (vnet status)
@@ -443,6 +445,15 @@ class Vnetd:
         result: dict[str, Any] = await self.datapath.call(call)
         return {"lab": call.bridge, "node": request.node, "nic": call.port.split(".", 1)[1],
                 **result}
+
+    async def op_capture(self, request: CaptureRequest) -> Streaming:
+        """``vnet capture``: a mirror of a NIC's port, relayed (``vnet.daemon.capture``)."""
+        nodes = [res for r in self.store.load_all() for res in r.ready()
+                 if isinstance(res, NetnsNodeResource | VmNodeResource)]
+        node, nic = capture.find_port(nodes, request)
+        mirror = capture.mirror_request(node, nic, request.direction)
+        relay = await capture.Relay.open(self.datapath.control_path, mirror)
+        return Streaming(capture.describe(node, nic, mirror), relay.run, relay.close)
 
     async def op_shutdown(self, request: ShutdownRequest) -> None:
         """As SIGTERM; ``all``: the datapath and every VM runner stop too."""

@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from vnet.datapath import protocol
-from vnet.datapath.control import ControlServer
+from vnet.datapath.control import ControlServer, Stream
+from vnet.datapath.mirror import Mirror, install
 from vnet.datapath.ports import HOLE_GRACE, PORT_TYPES, Port, Schedule
 from vnet.errors import DatapathError
 from vnet.packet import insert_tag, split_outer_tag
@@ -75,16 +76,16 @@ class Datapath:
         self.closer = ThreadPoolExecutor(max_workers=8, thread_name_prefix="port-close")
         self.opener = ThreadPoolExecutor(max_workers=8, thread_name_prefix="port-open")
         self.opened_ahead: dict[str, Any] = {}   # ifname -> what open_ahead made for it
-        self.handlers: dict[type[protocol.Request], Callable[[Any], Any]] = {
+        self.handlers: dict[type[protocol.Request], Callable[..., Any]] = {
             protocol.Ping: self.ping, protocol.AddBridge: self.add_bridge,
             protocol.DelBridge: self.del_bridge, protocol.AddPort: self.add_port,
             protocol.DelPort: self.del_port, protocol.AddStatic: self.add_static,
             protocol.GetFdb: self.fdb, protocol.GetFdbSize: self.fdb_size,
             protocol.FlushFdb: self.flush_fdb, protocol.GetStats: self.stats,
             protocol.Trace: self.trace, protocol.Inject: self.inject,
-            protocol.Shutdown: self.shutdown}
+            protocol.Mirror: self.mirror, protocol.Shutdown: self.shutdown}
         self.control = ControlServer(control_path, self.epoll, self.handle,
-                                     prepare=self.open_ports_ahead)
+                                     self.schedule.dirty, prepare=self.open_ports_ahead)
 
     # ---- the loop -------------------------------------------------------------------------
 
@@ -113,8 +114,8 @@ class Datapath:
             if schedule.holes or schedule.backlog:
                 self._revisit()
             if schedule.dirty:
-                for port in schedule.dirty:
-                    port.flush()
+                for queued in schedule.dirty:   # ports, and capture streams
+                    queued.flush()
                 schedule.dirty.clear()
             if busy:
                 spin_until = monotonic() + self.busy_poll
@@ -175,8 +176,9 @@ class Datapath:
 
     # ---- control requests (see vnet.datapath.protocol); all idempotent ------------------------
 
-    def handle(self, request: protocol.Request) -> Any:
-        return self.handlers[type(request)](request)
+    def handle(self, request: protocol.Request, stream: Stream | None = None) -> Any:
+        handler = self.handlers[type(request)]
+        return handler(request) if stream is None else handler(request, stream)
 
     @contextmanager
     def open_ports_ahead(self, requests: list[protocol.Request]) -> Iterator[None]:
@@ -252,6 +254,9 @@ class Datapath:
         port = br.ports.pop(name, None)
         if port is None:
             return
+        for mirror in port.mirrors:
+            mirror.end(f"port {name} was removed")
+        install(port, ())
         br.switch.remove_port(port.number)
         del self.ports[port.number]
         self._unregister(port)
@@ -301,6 +306,27 @@ class Datapath:
             {"port": names[n], "tagging": "tagged"} for n in decision.tagged]
         return {"drop": decision.drop, "vlan": None if decision.drop else decision.vid,
                 "egress": egress}
+
+    def mirror(self, request: protocol.Mirror, stream: Stream | None = None
+               ) -> dict[str, Any]:
+        """Copies of what the port receives and sends go to ``stream`` until its reader
+        closes it (``vnet.datapath.mirror``); then the mirror is removed."""
+        if stream is None:
+            raise DatapathError("mirror needs a connection of its own")
+        _br, port = self._port(request.bridge, request.port)
+        mirror = Mirror(request.direction, stream)
+
+        def closed() -> None:
+            if mirror in port.mirrors:
+                install(port, tuple(m for m in port.mirrors if m is not mirror))
+                log.info("mirror of %s/%s removed (%d frames, %d dropped)", request.bridge,
+                         request.port, mirror.frames, mirror.dropped)
+            mirror.end("the capture ended")
+
+        stream.on_close = closed
+        install(port, (*port.mirrors, mirror))
+        log.info("mirror of %s/%s (%s) added", request.bridge, request.port, request.direction)
+        return {"number": port.number}
 
     def _port(self, bridge: str, name: str) -> tuple[Bridge, Port]:
         br = self._bridge(bridge)

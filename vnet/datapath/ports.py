@@ -52,7 +52,7 @@ import logging
 import socket
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 from vnet.host import afpacket
 from vnet.host.netdev import RxFrames
@@ -73,6 +73,8 @@ from vnet.packet.vnethdr import VNET_HDR_LEN
 from vnet.switch import PortConfig
 
 if TYPE_CHECKING:
+    from vnet.datapath.mirror import Mirror
+
     # (vnet_hdr, frame, tci, now) -> the decision (inject reports it; ports ignore it)
     Deliver = Callable[[bytes, bytes, int | None, float], object]
 
@@ -86,13 +88,17 @@ log = logging.getLogger("vnet.datapath")
 HOLE_GRACE = 20e-3
 
 
+class Flushing(Protocol):
+    def flush(self) -> None: ...
+
+
 class Schedule:
     """Work the loop owes its ports beyond their fds' readiness (see the module docstring)."""
 
     __slots__ = ("backlog", "dirty", "holes")
 
     def __init__(self) -> None:
-        self.dirty: list[Port] = []       # sends queued, not yet flushed (may repeat a port)
+        self.dirty: list[Flushing] = []   # sends queued, not yet flushed (may repeat one)
         self.backlog: set[Port] = set()   # the last drain stopped at its budget
         self.holes: set[Port] = set()     # the reader waits at an empty slot
 
@@ -116,6 +122,8 @@ class Port(ABC):
         self.ifname = ifname
         self.schedule = schedule
         self.deliver = deliver
+        self.own_deliver = deliver  # ``deliver`` is a mirror's wrapper of it while mirrored
+        self.mirrors: tuple[Mirror, ...] = ()  # vnet.datapath.mirror; none by default
         self.io_errors: dict[str, int] = {}
         self.sock: socket.socket  # the socket the loop polls; the subclass opens it
         self.netdev_rx: RxFrames | None = None  # a netdev port: the kernel's count
@@ -165,6 +173,8 @@ class Port(ABC):
         received = self.netdev_rx.count() if self.netdev_rx is not None else None
         if received is not None:
             stats["netdev_rx_frames"] = received
+        if self.mirrors:
+            stats["mirrors"] = len(self.mirrors)
         return stats
 
     def close(self) -> None:

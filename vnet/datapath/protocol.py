@@ -216,6 +216,30 @@ class Inject(Request):
         _check_frame(self.op, self.frame)
 
 
+class StreamRequest(Request):
+    """A request whose connection, once it is answered ok, carries a stream from the
+    datapath (``vnet.datapath.control.Stream``) until the peer closes it."""
+
+
+@request("mirror")
+@dataclasses.dataclass(frozen=True)
+class Mirror(StreamRequest):
+    """Mirror port ``port`` of ``bridge`` (``vnet capture``): after the reply this
+    connection carries ``vnet.datapath.mirror`` records of the frames the port receives
+    (``direction`` "in"), sends ("out") or both, as on its wire, until the peer closes its
+    side; the last record says how many were dropped for want of room.  Result:
+    ``{"number": int}``, the port's number."""
+
+    bridge: str
+    port: str
+    direction: str = "both"
+
+    def __post_init__(self) -> None:
+        if self.direction not in ("in", "out", "both"):
+            raise ProtocolError(f"{self.op}: direction must be in, out or both, not "
+                                f"{json_repr(self.direction)}")
+
+
 @request("shutdown")
 @dataclasses.dataclass(frozen=True)
 class Shutdown(Request):
