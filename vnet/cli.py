@@ -17,11 +17,12 @@ import sys
 import termios
 import time
 import tty
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from vnet import jsonlines
+from vnet.cli_progress import ProgressLine
 from vnet.daemon.defaults import (
     API_VERSION,
     DEFAULT_SOCKET,
@@ -60,23 +61,27 @@ class Client:
         self.state_dir = state_dir
         self.netns_name = netns_name
 
-    def call(self, op: str, **args: Any) -> Any:
-        request = {"op": op, **args}
+    def call(self, op: str, on_progress: Callable[[Any], None] | None = None,
+             **args: Any) -> Any:
+        """``op``'s result; ``on_progress``: asks for vnetd's progress events, and hears
+        them (``up``, ``down``)."""
+        request = {"op": op, **args, **({"progress": True} if on_progress else {})}
         try:
-            reply = self._exchange(request, retry_refused=True)
+            reply = self._exchange(request, retry_refused=True, on_progress=on_progress)
         except NotRunning:
             # A down finishes a lab that vnetd has a record of, even when the vnetd that
             # `vnet up` started is gone (killed, or a reboot): start one for it.
             if op != "down" or not self._has_record(str(args.get("lab"))):
                 raise
             self.ensure_daemon()
-            reply = self._exchange(request, retry_refused=True)
+            reply = self._exchange(request, retry_refused=True, on_progress=on_progress)
         check_api_version(reply)
         if not reply.get("ok"):
             raise DaemonError(str(reply.get("error")))
         return reply.get("result")
 
-    def _exchange(self, request: dict[str, Any], retry_refused: bool) -> dict[str, Any]:
+    def _exchange(self, request: dict[str, Any], retry_refused: bool,
+                  on_progress: Callable[[Any], None] | None = None) -> dict[str, Any]:
         """vnetd's reply to ``request``.  A connect refused (vnetd restarting) or finding
         vnetd's queue full is retried with back-off for ``CONNECT_PATIENCE`` seconds."""
         op = request["op"]
@@ -85,7 +90,7 @@ class Client:
             BlockingIOError,)
         with self._talking(op), jsonlines.connect(self.socket_path, REPLY_TIMEOUT,
                                                   CONNECT_PATIENCE, retry) as sock:
-            return jsonlines.exchange(sock, request)
+            return jsonlines.exchange(sock, request, on_progress)
 
     def open_stream(self, op: str, **args: Any) -> tuple[Any, socket.socket, BinaryIO]:
         """For an operation whose reply is followed by a stream (``capture``): the reply's
@@ -264,13 +269,16 @@ def cmd_up(client: Client, args: argparse.Namespace) -> int:
                "source": str(Path(args.file).resolve())}
     check_size(request)                  # ... or one too big to send
     started = client.ensure_daemon()
+    shown = ProgressLine(sys.stderr, topology.name)
     try:
-        result = client.call(**request)
+        result = client.call(**request, on_progress=shown)
     except VnetError:
         if started is not None:  # it leaves when it holds no lab: leave no process behind
             with contextlib.suppress(subprocess.TimeoutExpired):
                 started.wait(DAEMON_EXIT_TIMEOUT)
         raise
+    finally:
+        shown.close()
     if "hosts" in result:    # published on the bus; every host answered
         print(f"lab {topology.name}: generation {result['generation']} up on "
               f"{', '.join(h['host'] for h in result['hosts'])}")
@@ -287,7 +295,11 @@ def cmd_up(client: Client, args: argparse.Namespace) -> int:
 
 def cmd_down(client: Client, args: argparse.Namespace) -> int:
     lab = args.lab or _lab_name_of(args.file)
-    result = client.call("down", lab=lab)
+    shown = ProgressLine(sys.stderr, lab)
+    try:
+        result = client.call("down", lab=lab, on_progress=shown)
+    finally:
+        shown.close()
     if "hosts" in result:    # through the bus
         print(f"lab {lab}: down on {', '.join(h['host'] for h in result['hosts'])}")
         return 0

@@ -18,7 +18,7 @@ import json
 import re
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from vnet.errors import ProtocolError
@@ -126,20 +126,28 @@ def connect(path: str, timeout: float | None = 60.0, patience: float = 0.0,
             raise
 
 
-def exchange(sock: socket.socket, request: dict[str, Any]) -> dict[str, Any]:
+def exchange(sock: socket.socket, request: dict[str, Any],
+             on_progress: Callable[[Any], None] | None = None) -> dict[str, Any]:
     """Send one request on ``sock`` and return its reply; ``NoReply`` if the other end
     hangs up first (it may have answered before hanging up on a request it refused, so its
-    answer is read even when sending failed)."""
+    answer is read even when sending failed).  Lines ``{"progress": ...}`` before the reply
+    (a request that asked for them) go to ``on_progress``, or are skipped."""
     peer = sock.getpeername() or "the other end"
     with contextlib.suppress(BrokenPipeError, ConnectionResetError):
         sock.sendall(encode(request))
-    try:
-        line = sock.makefile("rb").readline(MAX_LINE)
-    except ConnectionResetError:
-        line = b""
-    if not line.endswith(b"\n"):
-        raise NoReply(f"{peer} closed the connection without a reply")
-    return decode(line)
+    reader = sock.makefile("rb")
+    while True:
+        try:
+            line = reader.readline(MAX_LINE)
+        except ConnectionResetError:
+            line = b""
+        if not line.endswith(b"\n"):
+            raise NoReply(f"{peer} closed the connection without a reply")
+        reply = decode(line)
+        if "progress" not in reply or "ok" in reply:
+            return reply
+        if on_progress is not None:
+            on_progress(reply["progress"])
 
 
 def call(path: str, request: dict[str, Any], timeout: float | None = 60.0,

@@ -274,7 +274,7 @@ def test_a_down_of_a_recorded_lab_starts_vnetd_when_none_runs(
     (tmp_path / "state" / "labs" / "pair.json").write_text("{}")
     assert run_cli(sock_path, tmp_path, "down", "--lab", "pair") == 0
     assert capsys.readouterr().out == "lab pair: down (removed 3)\n"
-    assert started[0].requests == [{"op": "down", "lab": "pair"}]
+    assert started[0].requests == [{"op": "down", "lab": "pair", "progress": True}]
 
 
 def test_ctrl_c_is_no_traceback(sock_path: str, tmp_path: Path,

@@ -197,7 +197,7 @@ NASTY_VALUES: list[Any] = [
 NASTY_OPS: list[Any] = ["", "UP", "teleport", "up\0", 7, None, [], {}, True, "x" * 10_000]
 GOOD_VALUES = {"lab": "pair", "node": "c1", "action": "start", "source": "/labs/x.yaml",
                "text": "name: x", "frame": "ff" * 14, "nic": "eth0", "all": False,
-               "direction": "both"}
+               "direction": "both", "progress": False}
 TEXTS = ["", "name: x", "- 1", "{a: b}", "name: x\nnetworks: 5\nnodes: []\n",
          "name: x\nnetworks: {n: {vlan: a}}\nnodes: {c1: {kind: vm, kernel: ../k}}\n",
          "name: x\nnetworks: []\nnodes: {c1: [1]}\n", "\t", "name: [x]", "name: Pair\n"]
@@ -385,3 +385,37 @@ def test_a_long_line_is_decoded_off_the_event_loop(
     assert answer(server, b'{"op": "ping"}\n')["ok"]
     assert answer(server, big)["ok"]
     assert decoded_in == [True, False]
+
+
+def test_a_request_that_asks_hears_its_progress_before_the_reply(tmp_path: Path) -> None:
+    """``"progress": true``: the handler's reports (``vnet.daemon.progress``) come as
+    ``{"progress": ...}`` lines, then the reply; a request that does not ask hears none."""
+    from vnet.daemon import progress
+
+    async def up(request: Any) -> Any:
+        for done in (1, 2):
+            progress.report(progress.Progress("making", "netns-node", done, 2))
+        return {"lab": "x"}
+
+    server = ApiServer(tmp_path / "api.sock", {**Handlers().table(), "up": up})
+
+    async def scenario() -> list[list[dict[str, Any]]]:
+        heard = []
+        for asks in (True, False):
+            reader, writer = await asyncio.open_unix_connection(str(server.path))
+            writer.write(jsonlines.encode({"op": "up", "text": "name: x", "source": "x.yaml",
+                                           "progress": asks}))
+            await writer.drain()
+            lines = [jsonlines.decode(await reader.readline())]
+            while "ok" not in lines[-1]:
+                lines.append(jsonlines.decode(await reader.readline()))
+            heard.append(lines)
+            writer.close()
+        return heard
+
+    asked, silent = asyncio.run(client_scenario(server, scenario))
+    event = {"verb": "making", "kind": "netns-node", "total": 2}
+    assert asked[:2] == [{"progress": {**event, "done": 1}, "api": API_VERSION},
+                         {"progress": {**event, "done": 2}, "api": API_VERSION}]
+    assert asked[2]["ok"] and asked[2]["result"] == {"lab": "x"} and len(asked) == 3
+    assert len(silent) == 1 and silent[0]["ok"]

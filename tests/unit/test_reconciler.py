@@ -394,3 +394,26 @@ def test_remove_all_deletes_a_wave_and_keeps_only_what_failed() -> None:
         run(remove_all(PORTS, journal, drivers_))
     assert world.present == {PORTS[7]} and journal.entries == {PORTS[7]: "ready"}
     assert journal.writes == 1
+
+
+def test_each_finished_step_of_a_wave_is_reported_to_whoever_listens() -> None:
+    from vnet.daemon import progress
+
+    heard: list[progress.Progress] = []
+
+    async def scenario() -> None:
+        world, journal = FakeWorld(), MemoryJournal()
+        drivers_, ports = wave_drivers(world)
+        ports.gate.set()
+        token = progress.REPORTER.set(heard.append)
+        try:
+            await apply(Plan(create=[BRIDGE, *PORTS[:3]]), journal, drivers_)
+            await remove_all([BRIDGE, *PORTS[:3]], journal, drivers_)
+        finally:
+            progress.REPORTER.reset(token)
+
+    run(scenario())
+    assert [(p.verb, p.kind, p.done, p.total) for p in heard] == [
+        ("making", "bridge", 1, 1), ("making", "port", 1, 3), ("making", "port", 2, 3),
+        ("making", "port", 3, 3), ("removing", "port", 1, 3), ("removing", "port", 2, 3),
+        ("removing", "port", 3, 3), ("removing", "bridge", 1, 1)]

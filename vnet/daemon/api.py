@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from vnet import jsonlines
-from vnet.daemon import access
+from vnet.daemon import access, progress
 from vnet.daemon.audit import AuditLog, Peer, entry
 from vnet.daemon.config import AccessConfig
 from vnet.daemon.defaults import API_VERSION, MAX_REQUEST, describe_size
@@ -147,8 +147,12 @@ class ApiServer:
                 await self._send(writer, jsonlines.failed(
                     f"vnetd is busy: {self.max_clients} clients are connected; try again"))
                 return
+            def tell(event: progress.Progress) -> None:   # small lines: no drain
+                writer.write(jsonlines.encode({"progress": event.to_json(),
+                                               "api": API_VERSION}))
+
             while (line := await self._read_request(reader, writer)) is not None:
-                reply, streaming = await self._serve(line, peer)
+                reply, streaming = await self._serve(line, peer, tell)
                 if not await self._send(writer, reply):
                     if streaming is not None:
                         streaming.cancel()
@@ -219,7 +223,8 @@ class ApiServer:
             streaming.cancel()
         return reply
 
-    async def _serve(self, line: bytes, peer: Peer | None
+    async def _serve(self, line: bytes, peer: Peer | None,
+                     tell: progress.Reporter | None = None
                      ) -> tuple[dict[str, Any], Streaming | None]:
         if len(line) > self.max_line:
             return jsonlines.failed(too_long(self.max_line)), None
@@ -233,10 +238,13 @@ class ApiServer:
         except Exception:
             log.exception("internal error in vnetd checking a request")
             return jsonlines.failed(INTERNAL_ERROR), None
-        return await self.dispatch(request, peer or own_peer())
+        return await self.dispatch(request, peer or own_peer(), tell)
 
-    async def dispatch(self, request: Request, peer: Peer
+    async def dispatch(self, request: Request, peer: Peer,
+                       tell: progress.Reporter | None = None
                        ) -> tuple[dict[str, Any], Streaming | None]:
+        """Carry out ``request`` if ``peer`` may; ``tell`` hears its progress if it asked
+        (``"progress": true``)."""
         operation = operation_of(request)
         decision = access.decide(peer.uid, peer.gids, self.policy, operation)
         if not decision.allowed:
@@ -247,7 +255,8 @@ class ApiServer:
             log.warning("refused %s to %s (pid %d): needs %s", operation, peer.describe(),
                         peer.pid, decision.needed)
         else:
-            reply, streaming = await self._run(request)
+            reporter = tell if getattr(request, "progress", False) else None
+            reply, streaming = await self._run(request, reporter)
         if not access.read_only(operation):
             result = reply.get("result")
             lab = getattr(request, "lab", None) or (
@@ -256,7 +265,9 @@ class ApiServer:
                                     None if reply["ok"] else reply["error"], time.time()))
         return reply, streaming
 
-    async def _run(self, request: Request) -> tuple[dict[str, Any], Streaming | None]:
+    async def _run(self, request: Request, tell: progress.Reporter | None = None
+                   ) -> tuple[dict[str, Any], Streaming | None]:
+        token = progress.REPORTER.set(tell)
         try:
             result = await self.handlers[request.op](request)
         except VnetError as err:
@@ -264,6 +275,8 @@ class ApiServer:
         except Exception:
             log.exception("internal error in vnetd during %s", request.op)
             return jsonlines.failed(INTERNAL_ERROR), None
+        finally:
+            progress.REPORTER.reset(token)
         if isinstance(result, Streaming):
             return jsonlines.ok(result.result), result
         return jsonlines.ok(result), None

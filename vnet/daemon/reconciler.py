@@ -34,6 +34,8 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from vnet.daemon import progress
+from vnet.daemon.progress import Progress, Verb
 from vnet.daemon.recovery import Recovery
 from vnet.daemon.resources import KIND_ORDER, Plan, Resource, is_datapath_kind
 from vnet.errors import DatapathGone, NotOurs, VnetError
@@ -135,17 +137,26 @@ def waves(ordered: Sequence[Resource], drivers: Drivers) -> Iterator[list[Resour
         yield wave
 
 
-async def _each(step: Callable[[Resource], Awaitable[None]], wave: Sequence[Resource]
-                ) -> list[BaseException | None]:
+async def _each(verb: Verb, step: Callable[[Resource], Awaitable[None]],
+                wave: Sequence[Resource]) -> list[BaseException | None]:
     """``step`` on every resource of ``wave``, ``WAVE_WIDTH`` at a time; what each raised
-    (None: it succeeded).  Returns only once no step runs any more: a cancellation stops
-    the steps not yet begun (they raise ``CancelledError``) and waits for the rest, then
-    propagates."""
+    (None: it succeeded); each finished step is reported (``vnet.daemon.progress``).
+    Returns only once no step runs any more: a cancellation stops the steps not yet begun
+    (they raise ``CancelledError``) and waits for the rest, then propagates."""
+    finished = 0
+
+    def done() -> None:
+        nonlocal finished
+        finished += 1
+        progress.report(Progress(verb, wave[0].kind, finished, len(wave)))
+
     if len(wave) == 1:   # the common case, as before waves: no task, no semaphore
         try:
             await step(wave[0])
         except Exception as err:
             return [err]
+        finally:
+            done()
         return [None]
     gate = asyncio.Semaphore(WAVE_WIDTH)
     stopping = False
@@ -154,7 +165,10 @@ async def _each(step: Callable[[Resource], Awaitable[None]], wave: Sequence[Reso
         async with gate:
             if stopping:
                 raise asyncio.CancelledError
-            await step(resource)
+            try:
+                await step(resource)
+            finally:
+                done()
 
     tasks = [asyncio.ensure_future(one(r)) for r in wave]
     cancelled = False
@@ -184,7 +198,7 @@ async def apply(work: Plan, journal: Journal, drivers: Drivers) -> Applied:
         for wave in waves(work.create, drivers):
             journal.mark_pending(*wave)
             started = time.monotonic()
-            outcomes = await _each(lambda r: drivers[r].create(r), wave)
+            outcomes = await _each("making", lambda r: drivers[r].create(r), wave)
             log.debug("made %d %s in %.3f s", len(wave), wave[0].kind,
                       time.monotonic() - started)
             made = [r for r, failed in zip(wave, outcomes, strict=True) if failed is None]
@@ -217,7 +231,7 @@ async def remove_all(resources: Sequence[Resource], journal: Journal, drivers: D
     ordered = deletion_order(resources)
     problems = []
     for wave in waves(ordered, drivers):
-        outcomes = await _each(lambda r: drivers[r].delete(r), wave)
+        outcomes = await _each("removing", lambda r: drivers[r].delete(r), wave)
         gone = [r for r, failed in zip(wave, outcomes, strict=True) if failed is None]
         if gone:
             journal.forget(*gone)

@@ -89,11 +89,13 @@ class PingRequest(Request, op="ping"):
 class UpRequest(Request, op="up"):
     text: Annotated[str, TEXT]      # the topology file's text
     source: Annotated[str, PATH]    # its path, for messages and relative paths
+    progress: bool = False          # send {"progress": ...} lines before the reply
 
 
 @dataclass(frozen=True)
 class DownRequest(Request, op="down"):
     lab: LabName
+    progress: bool = False          # send {"progress": ...} lines before the reply
 
 
 @dataclass(frozen=True)
