@@ -31,6 +31,7 @@ import socket
 import struct
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ from vnet import jsonlines
 from vnet.daemon import access
 from vnet.daemon.audit import AuditLog, Peer, entry
 from vnet.daemon.config import AccessConfig
+from vnet.daemon.fdpass import Channel
 from vnet.daemon.requests import (
     MAX_REQUEST,
     REQUESTS,
@@ -51,6 +53,20 @@ from vnet.errors import VnetError
 log = logging.getLogger("vnet.api")
 
 Handler = Callable[[Any], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a session went, for the audit: ``error`` None, it started (exec) or attached."""
+
+    lab: str | None
+    error: str | None
+    detail: Mapping[str, object]   # what the audit record adds: the node, the command
+
+
+Session = Callable[[Any, Peer, Channel, Callable[[Outcome], None]], Awaitable[None]]
+"""An operation that is a conversation (``exec``, ``console.attach``): it answers on the
+channel itself and reports its outcome for the audit; the connection ends with it."""
 INTERNAL_ERROR = "internal error in vnetd (see its log)"
 IDLE_TIMEOUT = 10.0    # seconds to send a whole request line (a CLI sends it at once),
                        # and for a reply to wait for a client that does not read it
@@ -73,11 +89,15 @@ class ApiServer:
     def __init__(self, path: Path, handlers: Mapping[str, Handler],
                  max_line: int = MAX_REQUEST, idle_timeout: float = IDLE_TIMEOUT,
                  max_clients: int = MAX_CLIENTS, access_config: AccessConfig | None = None,
-                 audit: AuditLog | None = None, config_file: Path | None = None) -> None:
-        if set(handlers) != set(REQUESTS):
-            raise ValueError(f"handlers for {sorted(handlers)}, requests for {sorted(REQUESTS)}")
+                 audit: AuditLog | None = None, config_file: Path | None = None,
+                 sessions: Mapping[str, Session] | None = None) -> None:
+        sessions = dict(sessions or {})
+        served = set(handlers) | {operation.split(".")[0] for operation in sessions}
+        if served != set(REQUESTS):
+            raise ValueError(f"handlers for {sorted(served)}, requests for {sorted(REQUESTS)}")
         self.path = path
         self.handlers = dict(handlers)
+        self.sessions = sessions
         self.max_line = max_line
         self.idle_timeout = idle_timeout
         self.max_clients = max_clients
@@ -131,7 +151,13 @@ class ApiServer:
                     f"vnetd is busy: {self.max_clients} clients are connected; try again"))
                 return
             while (line := await self._read_request(reader, writer)) is not None:
-                if not await self._send(writer, await self.handle(line, peer)):
+                channel = Channel(reader, writer, lambda r: self._send(writer, r),
+                                  self.idle_timeout)
+                try:
+                    reply = await self.handle(line, peer, channel)
+                finally:
+                    channel.close()
+                if reply is None or not await self._send(writer, reply):
                     return
         except ConnectionError as err:
             log.warning("dropping a client: %s", err)
@@ -182,9 +208,11 @@ class ApiServer:
         except OSError:
             pass
 
-    async def handle(self, line: bytes, peer: Peer | None = None) -> dict[str, Any]:
+    async def handle(self, line: bytes, peer: Peer | None = None,
+                     channel: Channel | None = None) -> dict[str, Any] | None:
         """One request line in, one reply out; never raises for what a client sent.
-        (``peer`` None: vnetd itself, or a test in its process, which is root's.)"""
+        (``peer`` None: vnetd itself, or a test in its process, which is root's.)  None:
+        a session on ``channel`` answered, and the connection ends."""
         if len(line) > self.max_line:
             return jsonlines.failed(too_long(self.max_line))
         try:
@@ -197,9 +225,10 @@ class ApiServer:
         except Exception:
             log.exception("internal error in vnetd checking a request")
             return jsonlines.failed(INTERNAL_ERROR)
-        return await self.dispatch(request, peer or own_peer())
+        return await self.dispatch(request, peer or own_peer(), channel)
 
-    async def dispatch(self, request: Request, peer: Peer) -> dict[str, Any]:
+    async def dispatch(self, request: Request, peer: Peer,
+                       channel: Channel | None = None) -> dict[str, Any] | None:
         operation = operation_of(request)
         decision = access.decide(peer.uid, peer.gids, self.policy, operation)
         if not decision.allowed:
@@ -208,6 +237,11 @@ class ApiServer:
                 str(self.config_file) if self.config_file else None))
             log.warning("refused %s to %s (pid %d): needs %s", operation, peer.describe(),
                         peer.pid, decision.needed)
+        elif operation in self.sessions:
+            if channel is None:
+                return jsonlines.failed(f"{operation} needs a connection to vnetd's socket")
+            await self._session(operation, request, peer, channel)
+            return None
         else:
             reply = await self._run(request)
         if not access.read_only(operation):
@@ -217,6 +251,21 @@ class ApiServer:
             self.audit.record(entry(peer, operation, lab,
                                     None if reply["ok"] else reply["error"], time.time()))
         return reply
+
+    async def _session(self, operation: str, request: Request, peer: Peer,
+                       channel: Channel) -> None:
+        def record(outcome: Outcome) -> None:
+            self.audit.record({**entry(peer, operation, outcome.lab, outcome.error,
+                                       time.time()), **outcome.detail})
+
+        try:
+            await self.sessions[operation](request, peer, channel, record)
+        except (ConnectionError, TimeoutError) as err:
+            log.warning("%s session of %s ended: %s", operation, peer.describe(), err)
+        except Exception:
+            log.exception("internal error in vnetd during %s", operation)
+            with contextlib.suppress(Exception):
+                await channel.send(jsonlines.failed(INTERNAL_ERROR))
 
     async def _run(self, request: Request) -> dict[str, Any]:
         try:

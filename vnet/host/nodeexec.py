@@ -1,0 +1,57 @@
+"""The process vnetd starts for ``vnet exec``: it enters the node, becomes the caller, execs.
+
+Run as ``python -m vnet.host.nodeexec SPEC`` (``daemon.attach.ExecPlan.spec``), as root, on
+the caller's stdin, stdout and stderr.  In this order: the node's network namespace and its
+view of /sys and /etc (``netns.become_node``, as ``ip netns exec``), while still root; then
+the caller's groups, gid and uid; then the caller's directory (as the caller: a directory it
+cannot enter is not entered, ``/`` is used) and its environment, given only to the command
+(this interpreter runs with vnetd's).  What goes wrong is said on the caller's stderr with
+the exit status a shell would give: 127 no such command, 126 cannot run it or the node.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from vnet.errors import NetnsError
+from vnet.host import netns
+
+
+def say(message: str) -> None:
+    os.write(2, f"vnet: {message}\n".encode(errors="replace"))
+
+
+def main(argv: list[str]) -> int:
+    spec = json.loads(argv[0])
+    node, command = spec["node"], spec["command"]
+    try:
+        fd = netns.open_netns(spec["netns"])
+        try:
+            netns.become_node(fd, spec["netns"])
+        finally:
+            os.close(fd)
+        os.setgroups(spec["groups"])
+        os.setresgid(spec["gid"], spec["gid"], spec["gid"])
+        os.setresuid(spec["uid"], spec["uid"], spec["uid"])
+    except (NetnsError, OSError) as err:
+        say(f"cannot enter node {node}: {err}")
+        return 126
+    try:
+        os.chdir(spec["cwd"])
+    except OSError:
+        os.chdir("/")
+    env = dict(entry.split("=", 1) for entry in spec["env"])
+    try:
+        os.execvpe(command[0], command, env)
+    except FileNotFoundError:
+        say(f"{command[0]}: command not found in node {node}")
+        return 127
+    except OSError as err:
+        say(f"{command[0]}: cannot run it in node {node}: {err.strerror or err}")
+        return 126
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
