@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 
 from vnet.errors import NetnsError
@@ -43,10 +44,17 @@ def main(argv: list[str]) -> int:
     except OSError:
         os.chdir("/")
     env = dict(entry.split("=", 1) for entry in spec["env"])
-    try:
-        os.execvpe(command[0], command, env)
-    except FileNotFoundError:
+    # As a shell finds it: the first executable of that name on PATH (a directory the user
+    # cannot search is passed over, not a reason to fail).
+    program = command[0] if "/" in command[0] else shutil.which(
+        command[0], path=env.get("PATH", os.defpath))
+    if program is None:
         say(f"{command[0]}: command not found in node {node}")
+        return 127
+    try:
+        os.execve(program, command, env)
+    except FileNotFoundError:
+        say(f"{command[0]}: no such file in node {node}")
         return 127
     except OSError as err:
         say(f"{command[0]}: cannot run it in node {node}: {err.strerror or err}")
