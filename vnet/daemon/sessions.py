@@ -29,7 +29,7 @@ from vnet.daemon.api import API_VERSION, Outcome
 from vnet.daemon.audit import Peer
 from vnet.daemon.fdpass import Channel
 from vnet.daemon.requests import ConsoleRequest, ExecRequest
-from vnet.errors import DaemonError, describe_os_error
+from vnet.errors import DaemonError, NetnsError, describe_os_error
 from vnet.host import netns
 
 log = logging.getLogger("vnet.api")
@@ -48,7 +48,12 @@ async def run_exec(request: ExecRequest, peer: Peer, channel: Channel, find: Fin
         node = find(request.node, request.lab)
         lab = node.lab
         plan = attach.exec_plan(node, peer, request)
-        os.close(netns.open_netns(plan.netns))   # gone? say so now, not in the helper
+        try:   # gone? say so now, not in the helper
+            os.close(netns.open_netns(plan.netns))
+        except NetnsError as err:
+            raise DaemonError(f"node {node.node} of lab {lab} cannot be entered: {err}; "
+                              f"rebuild the lab with 'vnet down --lab {lab}' and "
+                              f"'vnet up FILE'") from None
         fds = await channel.ask_for_fds(jsonlines.ok({"lab": lab, "node": node.node,
                                                       "fds": attach.EXEC_FDS}),
                                         attach.EXEC_FDS)
