@@ -154,7 +154,7 @@ class ApiServer:
                 channel = Channel(reader, writer, lambda r: self._send(writer, r),
                                   self.idle_timeout)
                 try:
-                    reply = await self.handle(line, peer, channel)
+                    reply = await self.serve(line, peer, channel)
                 finally:
                     channel.close()
                 if reply is None or not await self._send(writer, reply):
@@ -208,11 +208,17 @@ class ApiServer:
         except OSError:
             pass
 
-    async def handle(self, line: bytes, peer: Peer | None = None,
-                     channel: Channel | None = None) -> dict[str, Any] | None:
+    async def handle(self, line: bytes, peer: Peer | None = None) -> dict[str, Any]:
         """One request line in, one reply out; never raises for what a client sent.
-        (``peer`` None: vnetd itself, or a test in its process, which is root's.)  None:
-        a session on ``channel`` answered, and the connection ends."""
+        (``peer`` None: vnetd itself, or a test in its process, which is root's.)  A
+        session's operation is refused: it needs a connection (``serve``)."""
+        reply = await self.serve(line, peer, None)
+        return reply if reply is not None else jsonlines.failed(INTERNAL_ERROR)
+
+    async def serve(self, line: bytes, peer: Peer | None,
+                    channel: Channel | None) -> dict[str, Any] | None:
+        """``handle`` for a line that came on ``channel``; None: a session answered on it,
+        and the connection ends."""
         if len(line) > self.max_line:
             return jsonlines.failed(too_long(self.max_line))
         try:
