@@ -432,6 +432,22 @@ def test_an_operator_execs_in_a_node_as_itself_and_a_viewer_is_refused(
             for pid in processes_of(operator.uid, sleeper):
                 os.kill(pid, signal.SIGKILL)
 
+    # vnetd killed: its client is told, and the command goes with it (no orphan).
+    client = spawn_as(operator, sock, "exec", "n0", "--", *sleeper)
+    try:
+        wait_until(lambda: processes_of(operator.uid, sleeper), 30,
+                   message="the operator's sleep to start in n0")
+        host.kill_daemon()
+        assert client.wait(30) == 1
+        assert b"vnetd stopped before it answered this exec" in os.read(client.stderr, 65536)
+        wait_until(lambda: not processes_of(operator.uid, sleeper), 30,
+                   message="the sleep to go with vnetd")
+    finally:
+        client.close()
+        for pid in processes_of(operator.uid, sleeper):
+            os.kill(pid, signal.SIGKILL)
+        host.start_daemon()
+
     execs = [(e["user"], e["op"], e["result"], e.get("command")) for e in audit_of(host)
              if e["op"] == "exec"]
     assert execs[:2] == [

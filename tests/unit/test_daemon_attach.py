@@ -29,22 +29,23 @@ VM = NodeView("lab", "vm1", "vm", state="running", console_socket="/run/c.sock")
 
 
 def test_an_exec_runs_as_the_peer_in_the_nodes_namespace() -> None:
-    plan = attach.exec_plan(NETNS, PEER, ExecRequest("c1", ["id", "-u"], ["HOME=/h"], "/tmp"))
+    plan = attach.exec_plan(NETNS, PEER, ExecRequest("c1", ["id", "-u"], ["HOME=/h"], "/tmp"),
+                            99)
     assert (plan.netns, plan.uid, plan.gid, plan.groups) == ("vnet-lab-c1", 1001, 1001,
                                                              (1001, 2000))
     assert (plan.command, plan.env, plan.cwd) == (("id", "-u"), ("HOME=/h",), "/tmp")
     helper = plan.helper("/py")
     assert helper[:3] == ["/py", "-m", "vnet.host.nodeexec"]
     assert json.loads(helper[3])["uid"] == 1001
-    default = attach.exec_plan(NETNS, PEER, ExecRequest("c1", ["true"]))
+    default = attach.exec_plan(NETNS, PEER, ExecRequest("c1", ["true"]), 99)
     assert default.env == (f"PATH={attach.DEFAULT_PATH}",) and default.cwd == "/"
 
 
 def test_exec_and_attach_refuse_the_wrong_kind_of_node() -> None:
     with pytest.raises(DaemonError, match=r"'vm1' of lab 'lab' is a VM: .*vnet console vm1"):
-        attach.exec_plan(VM, PEER, ExecRequest("vm1", ["true"]))
+        attach.exec_plan(VM, PEER, ExecRequest("vm1", ["true"]), 99)
     with pytest.raises(DaemonError, match="say what to run"):
-        attach.exec_plan(NETNS, PEER, ExecRequest("c1", []))
+        attach.exec_plan(NETNS, PEER, ExecRequest("c1", []), 99)
     with pytest.raises(DaemonError, match="'c1' of lab 'lab' is a namespace node"):
         attach.console_socket(NETNS)
     stopped = NodeView("lab", "vm1", "vm", state="stopped")

@@ -59,9 +59,11 @@ class ExecPlan:
     command: tuple[str, ...]
     env: tuple[str, ...]
     cwd: str
+    parent: int   # vnetd's pid: the command dies with it
 
     def spec(self) -> str:
-        return json.dumps({"netns": self.netns, "node": self.node, "uid": self.uid,
+        return json.dumps({"netns": self.netns, "node": self.node, "parent": self.parent,
+                           "uid": self.uid,
                            "gid": self.gid, "groups": list(self.groups),
                            "command": list(self.command), "env": list(self.env),
                            "cwd": self.cwd})
@@ -72,8 +74,9 @@ class ExecPlan:
         return [python, "-m", "vnet.host.nodeexec", self.spec()]
 
 
-def exec_plan(node: NodeView, peer: Peer, request: ExecRequest) -> ExecPlan:
-    """What ``request`` from ``peer`` runs, or a ``DaemonError`` saying why nothing does."""
+def exec_plan(node: NodeView, peer: Peer, request: ExecRequest, parent: int) -> ExecPlan:
+    """What ``request`` from ``peer`` runs (started by vnetd, pid ``parent``), or a
+    ``DaemonError`` saying why nothing does."""
     if node.kind != "netns" or node.netns is None:
         raise DaemonError(f"node {node.node!r} of lab {node.lab!r} is a VM: exec runs "
                           f"commands in namespace nodes; use 'vnet console {node.node}'")
@@ -81,7 +84,7 @@ def exec_plan(node: NodeView, peer: Peer, request: ExecRequest) -> ExecPlan:
         raise DaemonError("exec: say what to run: vnet exec NODE -- COMMAND [ARGS...]")
     env = tuple(request.env) if request.env is not None else (f"PATH={DEFAULT_PATH}",)
     return ExecPlan(node.lab, node.node, node.netns, peer.uid, peer.gid, peer.gids,
-                    tuple(request.command), env, request.cwd or "/")
+                    tuple(request.command), env, request.cwd or "/", parent)
 
 
 def console_socket(node: NodeView) -> str:

@@ -47,7 +47,7 @@ async def run_exec(request: ExecRequest, peer: Peer, channel: Channel, find: Fin
     try:
         node = find(request.node, request.lab)
         lab = node.lab
-        plan = attach.exec_plan(node, peer, request)
+        plan = attach.exec_plan(node, peer, request, os.getpid())
         try:   # gone? say so now, not in the helper
             os.close(netns.open_netns(plan.netns))
         except NetnsError as err:

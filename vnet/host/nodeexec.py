@@ -5,23 +5,38 @@ the caller's stdin, stdout and stderr.  In this order: the node's network namesp
 view of /sys and /etc (``netns.become_node``, as ``ip netns exec``), while still root; then
 the caller's groups, gid and uid; then the caller's directory (as the caller: a directory it
 cannot enter is not entered, ``/`` is used) and its environment, given only to the command
-(this interpreter runs with vnetd's).  What goes wrong is said on the caller's stderr with
-the exit status a shell would give: 127 no such command, 126 cannot run it or the node.
+(this interpreter runs with vnetd's).  It dies with vnetd (``PR_SET_PDEATHSIG``).  What goes
+wrong is said on the caller's stderr with the exit status a shell would give: 127 no such
+command, 126 cannot run it or enter the node.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
+import signal
 import sys
 
 from vnet.errors import NetnsError
 from vnet.host import netns
 
+PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+
 
 def say(message: str) -> None:
     os.write(2, f"vnet: {message}\n".encode(errors="replace"))
+
+
+def die_with_parent(parent: int) -> None:
+    """Be killed when vnetd goes: a command whose client is gone (vnetd's end of the
+    connection with it) is not left running.  Set after the change of uid, which clears it."""
+    if _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
+    if os.getppid() != parent:   # vnetd went before the setting was made
+        os._exit(126)
 
 
 def main(argv: list[str]) -> int:
@@ -36,6 +51,7 @@ def main(argv: list[str]) -> int:
         os.setgroups(spec["groups"])
         os.setresgid(spec["gid"], spec["gid"], spec["gid"])
         os.setresuid(spec["uid"], spec["uid"], spec["uid"])
+        die_with_parent(spec["parent"])
     except (NetnsError, OSError) as err:
         say(f"cannot enter node {node}: {err}")
         return 126
