@@ -14,7 +14,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -71,9 +70,10 @@ class Client:
     def open(self, retry_refused: bool = True) -> socket.socket:
         """A connection to vnetd (for a session: ``cli_attach``), or a ``DaemonError``
         saying why there is none."""
-        with self._talking("session"):
+        try:
             return self._connect(retry_refused)
-        raise AssertionError("unreachable")
+        except OSError as err:
+            raise self._failure(err, "session") from None
 
     def _connect(self, retry_refused: bool) -> socket.socket:
         retry = (BlockingIOError, ConnectionRefusedError) if retry_refused else (
@@ -84,37 +84,34 @@ class Client:
         """vnetd's reply to ``request``.  A connect refused (vnetd restarting) or finding
         vnetd's queue full is retried with back-off for ``CONNECT_PATIENCE`` seconds."""
         check_size(request)
-        with self._talking(request["op"]), self._connect(retry_refused) as sock:
-            return jsonlines.exchange(sock, request)
-        raise AssertionError("unreachable")
-
-    @contextlib.contextmanager
-    def _talking(self, op: str) -> Iterator[None]:
-        """Every way talking to vnetd fails, said in words."""
         try:
-            yield
-        except (FileNotFoundError, ConnectionRefusedError):
-            raise NotRunning(f"vnetd is not running (no answer on {self.socket_path}); start "
-                             f"it with 'systemctl start vnetd' or 'vnet up FILE'") from None
-        except BlockingIOError:
-            raise DaemonError(f"vnetd is not taking connections on {self.socket_path}: its "
-                              f"queue of waiting connections stayed full for "
-                              f"{CONNECT_PATIENCE:g} s; it is overloaded or stuck (see its "
-                              f"log); try again") from None
-        except jsonlines.NoReply:
-            raise StoppedBeforeAnswering(stopped_before_answering(op)) from None
-        except TimeoutError:
-            raise DaemonError(f"vnetd did not answer this {op} within {REPLY_TIMEOUT:.0f} s; "
-                              f"it may still be at it: see 'vnet status' and its log"
-                              ) from None
-        except PermissionError:
-            raise DaemonError(f"{self.socket_path}: permission denied: only root and the "
-                              f"members of vnetd's access group (access.group in its "
-                              f"config, default 'vnet') may connect; run vnet as root, or "
-                              f"ask an administrator to add you to that group") from None
-        except OSError as err:
-            raise DaemonError(f"cannot talk to vnetd on {self.socket_path}: "
-                              f"{describe_os_error(err)}") from None
+            with self._connect(retry_refused) as sock:
+                return jsonlines.exchange(sock, request)
+        except (OSError, jsonlines.NoReply) as err:
+            raise self._failure(err, request["op"]) from None
+
+    def _failure(self, err: OSError | jsonlines.NoReply, op: str) -> DaemonError:
+        """Every way talking to vnetd fails, said in words."""
+        if isinstance(err, FileNotFoundError | ConnectionRefusedError):
+            return NotRunning(f"vnetd is not running (no answer on {self.socket_path}); "
+                              f"start it with 'systemctl start vnetd' or 'vnet up FILE'")
+        if isinstance(err, BlockingIOError):
+            return DaemonError(f"vnetd is not taking connections on {self.socket_path}: its "
+                               f"queue of waiting connections stayed full for "
+                               f"{CONNECT_PATIENCE:g} s; it is overloaded or stuck (see its "
+                               f"log); try again")
+        if isinstance(err, jsonlines.NoReply):
+            return StoppedBeforeAnswering(stopped_before_answering(op))
+        if isinstance(err, TimeoutError):
+            return DaemonError(f"vnetd did not answer this {op} within {REPLY_TIMEOUT:.0f} s; "
+                               f"it may still be at it: see 'vnet status' and its log")
+        if isinstance(err, PermissionError):
+            return DaemonError(f"{self.socket_path}: permission denied: only root and the "
+                               f"members of vnetd's access group (access.group in its "
+                               f"config, default 'vnet') may connect; run vnet as root, or "
+                               f"ask an administrator to add you to that group")
+        return DaemonError(f"cannot talk to vnetd on {self.socket_path}: "
+                           f"{describe_os_error(err)}")
 
     def _has_record(self, lab: str) -> bool:
         """Does the state directory hold a record of ``lab`` (``daemon.state.StateStore``)?"""

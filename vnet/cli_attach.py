@@ -47,7 +47,10 @@ class Replies:
 
         fds: list[int] = []
         while b"\n" not in self.buffer:
-            data, more, _, _ = socket.recv_fds(self.sock, 65536, MAX_FDS)
+            try:
+                data, more, _, _ = socket.recv_fds(self.sock, 65536, MAX_FDS)
+            except ConnectionResetError:
+                data, more = b"", []
             fds += more
             if not data:
                 for fd in fds:
