@@ -31,11 +31,20 @@ class Channel:
         self.writer = writer
         self.send = send          # the server's: adds the API version, bounded wait
         self.timeout = timeout
-        raw = writer.get_extra_info("socket")
-        self.raw = socket.socket(fileno=os.dup(raw.fileno()))   # non-blocking, as asyncio's
+        self._raw: socket.socket | None = None
+
+    @property
+    def raw(self) -> socket.socket:
+        """A duplicate of the connection's socket (non-blocking, as asyncio's), made when
+        the first fd is to be passed."""
+        if self._raw is None:
+            fd = self.writer.get_extra_info("socket").fileno()
+            self._raw = socket.socket(fileno=os.dup(fd))
+        return self._raw
 
     def close(self) -> None:
-        self.raw.close()
+        if self._raw is not None:
+            self._raw.close()
 
     async def ask_for_fds(self, reply: dict[str, Any], count: int) -> list[int]:
         """Send ``reply`` (which asks for ``count`` fds) and receive them; a client that
