@@ -18,9 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from vnet import jsonlines
-from vnet.daemon.api import API_VERSION
-from vnet.daemon.config import DEFAULT_SOCKET, DEFAULT_STATE_DIR
-from vnet.daemon.requests import MAX_REQUEST, describe_size
+from vnet.daemon.defaults import (
+    API_VERSION,
+    DEFAULT_SOCKET,
+    DEFAULT_STATE_DIR,
+    MAX_REQUEST,
+    describe_size,
+)
 from vnet.errors import DaemonError, TopologyError, VnetError, describe_os_error
 from vnet.topology import load_topology
 

@@ -19,12 +19,12 @@ import socket
 import sys
 import termios
 import tty
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from vnet import jsonlines
-from vnet.daemon.attach import EXEC_FDS, exit_status
+from vnet.daemon.defaults import EXEC_FDS
 from vnet.errors import DaemonError
 
 if TYPE_CHECKING:
@@ -130,6 +130,15 @@ def forwarding(sock: socket.socket) -> Iterator[None]:
     finally:
         for sig, handler in saved.items():
             signal.signal(sig, handler)
+
+
+def exit_status(result: Mapping[str, Any]) -> int:
+    """The exit status for an exec's last reply: the command's, or 128+N as a shell says
+    a command killed by signal N."""
+    if isinstance(result.get("signal"), int):
+        return 128 + int(result["signal"])
+    status = result.get("exit")
+    return status if isinstance(status, int) and 0 <= status <= 255 else 1
 
 
 def cmd_console(client: Client, args: argparse.Namespace) -> int:

@@ -23,7 +23,7 @@ import pytest
 
 from tests.conftest import needs_root
 from vnet import cli, jsonlines
-from vnet.daemon.api import API_VERSION
+from vnet.daemon.defaults import API_VERSION
 from vnet.testing import TestHost
 
 pytestmark = needs_root

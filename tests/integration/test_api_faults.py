@@ -22,7 +22,8 @@ import pytest
 from tests.conftest import needs_root
 from vnet import jsonlines
 from vnet.daemon import naming
-from vnet.daemon.api import API_VERSION, IDLE_TIMEOUT
+from vnet.daemon.api import IDLE_TIMEOUT
+from vnet.daemon.defaults import API_VERSION
 from vnet.host import netns
 from vnet.testing import TestHost, wait_until
 

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from vnet import cli, jsonlines
-from vnet.daemon.api import API_VERSION
+from vnet.daemon.defaults import API_VERSION
 from vnet.errors import DaemonError
 
 PAIR = Path(__file__).parents[1] / "integration" / "topologies" / "pair.yaml"

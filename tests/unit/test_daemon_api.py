@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from vnet import jsonlines
-from vnet.daemon.api import API_VERSION, INTERNAL_ERROR, ApiServer
+from vnet.daemon.api import INTERNAL_ERROR, ApiServer
+from vnet.daemon.defaults import API_VERSION
 from vnet.daemon.requests import (
     REQUESTS,
     ConsoleRequest,

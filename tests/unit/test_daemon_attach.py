@@ -15,10 +15,12 @@ import pytest
 
 from tests.unit.test_daemon_api import Handlers
 from vnet import jsonlines
+from vnet.cli_attach import exit_status
 from vnet.daemon import attach
-from vnet.daemon.api import API_VERSION, ApiServer, Outcome
+from vnet.daemon.api import ApiServer, Outcome
 from vnet.daemon.attach import NodeView
 from vnet.daemon.audit import AuditLog, Peer
+from vnet.daemon.defaults import API_VERSION
 from vnet.daemon.fdpass import Channel
 from vnet.daemon.requests import ExecRequest
 from vnet.errors import DaemonError
@@ -57,9 +59,9 @@ def test_exec_and_attach_refuse_the_wrong_kind_of_node() -> None:
 def test_exit_statuses_and_forwarded_signals() -> None:
     assert attach.exit_result(7) == {"exit": 7}
     assert attach.exit_result(-signal.SIGINT) == {"signal": 2}
-    assert attach.exit_status({"exit": 7}) == 7
-    assert attach.exit_status({"signal": 2}) == 130
-    assert attach.exit_status({}) == 1
+    assert exit_status({"exit": 7}) == 7
+    assert exit_status({"signal": 2}) == 130
+    assert exit_status({}) == 1
     assert attach.signal_to_forward({"signal": 2}) == signal.SIGINT
     for bad in (9, 19, True, "2", 999, None):
         assert attach.signal_to_forward({"signal": bad}) is None, bad

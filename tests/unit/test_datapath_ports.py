@@ -9,7 +9,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import pytest
 
@@ -151,3 +151,59 @@ def test_a_port_deleted_with_sends_queued_is_forgotten_by_the_schedule() -> None
 
 def _deliver_nowhere(hdr: bytes, frame: bytes, tci: int | None, now: float) -> None:
     raise AssertionError("nothing was sent to this port")
+
+
+class AheadPort(MemoryPort):
+    """A memory port whose slow part is "opened ahead": it records in which thread, and a
+    name it cannot open ahead (``bad*``) is opened by the port itself."""
+
+    made: ClassVar[dict[str, str]] = {}   # ifname -> the thread that opened it
+
+    @classmethod
+    def open_ahead(cls, ifname: str) -> Any:
+        if ifname.startswith("bad"):
+            raise OSError(19, "No such device")
+        cls.made[ifname] = threading.current_thread().name
+        return socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)   # something with close()
+
+    def __init__(self, number: int, config: PortConfig, ifname: str, schedule: Schedule,
+                 deliver: Deliver, opened: Any = None) -> None:
+        super().__init__(number, config, ifname, schedule, deliver)
+        self.opened = opened
+        if opened is not None:
+            opened.close()
+
+
+def test_a_batch_of_new_ports_is_opened_ahead_in_threads(tmp_path: Path) -> None:
+    """vnetd sends a lab's ports at once: the datapath opens the new ones side by side in
+    threads before answering them in order; one it cannot open ahead opens as before."""
+    port_type("ahead")(AheadPort)
+    path = str(tmp_path / "dp.sock")
+    dp = Datapath(path, io="ahead")
+    loop = threading.Thread(target=dp.run, daemon=True)
+    loop.start()
+    try:
+        _call(path, protocol.AddBridge("lab", ()))
+        names = ["p0", "p1", "bad2", "p3"]
+        batch = b"".join(protocol.encode(protocol.AddPort("lab", n, n, "access", vlan=10))
+                         for n in names)
+        with socket.socket(socket.AF_UNIX) as conn:
+            conn.connect(path)
+            conn.sendall(batch)   # one write: the datapath finds them together
+            replies = conn.makefile("rb")
+            numbers = [protocol.result(jsonlines.decode(replies.readline()), "add_port")
+                       for _ in names]
+        assert numbers == [{"number": i} for i in range(1, 5)], "answered in order"
+        ports = {p.ifname: p for p in dp.ports.values() if isinstance(p, AheadPort)}
+        assert len(ports) == len(names)
+        assert all(ports[n].opened is not None for n in ("p0", "p1", "p3"))
+        assert ports["bad2"].opened is None, "opened by the port itself"
+        assert all(AheadPort.made[n].startswith("port-open") for n in ("p0", "p1", "p3"))
+        assert dp.opened_ahead == {}, "nothing left over"
+    finally:
+        jsonlines.call(path, protocol.to_wire(protocol.Shutdown()), timeout=10)
+        loop.join(10)
+        del PORT_TYPES["ahead"]
+        for peer in PEERS.values():
+            peer.close()
+        PEERS.clear()

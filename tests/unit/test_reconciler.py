@@ -67,16 +67,17 @@ class MemoryJournal:
     def pending(self) -> list[Resource]:
         return [r for r, s in self.entries.items() if s == "pending"]
 
-    def mark_pending(self, resource: Resource) -> None:
-        self.entries[resource] = "pending"
+    def mark_pending(self, *resources: Resource) -> None:
+        self.entries.update(dict.fromkeys(resources, "pending"))
         self.writes += 1
 
-    def mark_ready(self, resource: Resource) -> None:
-        self.entries[resource] = "ready"
+    def mark_ready(self, *resources: Resource) -> None:
+        self.entries.update(dict.fromkeys(resources, "ready"))
         self.writes += 1
 
-    def forget(self, resource: Resource) -> None:
-        del self.entries[resource]
+    def forget(self, *resources: Resource) -> None:
+        for resource in resources:
+            del self.entries[resource]
         self.writes += 1
 
 
@@ -282,3 +283,116 @@ def test_a_datapath_that_dies_during_the_replay_leaves_the_records_ready() -> No
     assert run(restore(recovery, journal, drivers(world))) == []
     assert journal.entries == {BRIDGE: "ready", PORT_A: "ready", PORT_B: "ready"}
     assert ("delete", PORT_A) not in world.calls, "nothing half made in a datapath that is gone"
+
+
+class ConcurrentDriver(FakeDriver):
+    """Creates wait at a gate the test opens, so how many run at once can be seen."""
+
+    concurrent = True
+
+    def __init__(self, kind: str, world: FakeWorld) -> None:
+        super().__init__(kind, world)
+        self.in_flight = 0
+        self.most = 0
+        self.gate = asyncio.Event()
+
+    async def create(self, resource: Any) -> None:
+        self.in_flight += 1
+        self.most = max(self.most, self.in_flight)
+        try:
+            await self.gate.wait()
+            await super().create(resource)
+        finally:
+            self.in_flight -= 1
+
+
+PORTS: list[Resource] = [
+    PortResource("lab", f"n{i}.eth0", f"vn{i:04x}", "access", vlan=10, node=f"n{i}")
+    for i in range(12)]
+
+
+def wave_drivers(world: FakeWorld) -> tuple[Drivers, ConcurrentDriver]:
+    ports = ConcurrentDriver("port", world)
+    return Drivers.of([FakeDriver("bridge", world), ports]), ports
+
+
+async def _opened_when_all_wait(ports: ConcurrentDriver, count: int, work: Any) -> Any:
+    """Run ``work``; open the gate once ``count`` creates wait at it together (a reconciler
+    that made them one at a time never gets there, and the deadline fails the test)."""
+    task = asyncio.ensure_future(work)
+    async with asyncio.timeout(10):
+        while ports.in_flight < count:
+            await asyncio.sleep(0)
+    ports.gate.set()
+    return await task
+
+
+def test_a_wave_of_ports_is_made_together_within_the_width_and_journaled_twice() -> None:
+    from vnet.daemon.reconciler import WAVE_WIDTH
+
+    world, journal = FakeWorld(), MemoryJournal()
+    drivers_, ports = wave_drivers(world)
+    applied = run(_opened_when_all_wait(ports, WAVE_WIDTH, apply(
+        Plan(create=[BRIDGE, *PORTS]), journal, drivers_)))
+    assert ports.most == WAVE_WIDTH, "never more than the width in flight"
+    assert applied.created == (BRIDGE, *PORTS), "created in the plan's order"
+    assert journal.entries == dict.fromkeys([BRIDGE, *PORTS], "ready")
+    assert journal.writes == 4, "the bridge pending and ready, then the wave's two"
+
+
+def test_one_failure_in_a_wave_rolls_back_the_rest_of_it() -> None:
+    world, journal = FakeWorld(), MemoryJournal()
+    drivers_, ports = wave_drivers(world)
+    world.fail[("create", PORTS[3])] = HostError("interface vn0003 vanished")
+    ports.gate.set()
+    with pytest.raises(ApplyError, match="vn0003 vanished"):
+        run(apply(Plan(create=[BRIDGE, *PORTS]), journal, drivers_))
+    assert world.present == set() and journal.entries == {}
+    assert ("delete", PORTS[3]) in world.calls, "the failed one was pending: half made"
+
+
+def test_a_stranger_in_a_wave_is_forgotten_and_never_deleted() -> None:
+    world, journal = FakeWorld(), MemoryJournal()
+    drivers_, ports = wave_drivers(world)
+    world.fail[("create", PORTS[5])] = NotOurs("interface vn0005 already exists")
+    ports.gate.set()
+    with pytest.raises(ApplyError, match="vn0005 already exists"):
+        run(apply(Plan(create=PORTS), journal, drivers_))
+    assert ("delete", PORTS[5]) not in world.calls
+    assert world.present == set() and journal.entries == {}
+
+
+def test_a_cancelled_wave_waits_for_the_steps_in_flight_before_rolling_back() -> None:
+    """A step in a thread cannot be stopped: the rollback must come after it, or it would
+    delete what the step then makes."""
+    async def scenario() -> None:
+        world, journal = FakeWorld(), MemoryJournal()
+        drivers_, ports = wave_drivers(world)
+        task = asyncio.ensure_future(apply(Plan(create=PORTS), journal, drivers_))
+        async with asyncio.timeout(10):
+            while ports.in_flight < 2:
+                await asyncio.sleep(0)
+        task.cancel()
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert not task.done(), "the apply waits for its steps in flight"
+        ports.gate.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert world.present == set() and journal.entries == {}
+        first_delete = next(i for i, (verb, _) in enumerate(world.calls) if verb == "delete")
+        assert all(verb == "delete" for verb, _ in world.calls[first_delete:])
+
+    run(scenario())
+
+
+def test_remove_all_deletes_a_wave_and_keeps_only_what_failed() -> None:
+    world = FakeWorld()
+    drivers_, _ = wave_drivers(world)
+    world.present = set(PORTS)
+    journal = MemoryJournal(dict.fromkeys(PORTS, "ready"))
+    world.fail[("delete", PORTS[7])] = HostError("the datapath is not reachable")
+    with pytest.raises(ApplyError, match=r"could not remove port lab/n7.eth0"):
+        run(remove_all(PORTS, journal, drivers_))
+    assert world.present == {PORTS[7]} and journal.entries == {PORTS[7]: "ready"}
+    assert journal.writes == 1

@@ -11,7 +11,7 @@ handler runs, and every answer is meant for the user.  A ``VnetError`` says what
 in its own words; anything else is a bug, logged with its traceback and answered
 "internal error in vnetd (see its log)", never with its repr.
 
-No client can make another wait: a request line is at most ``requests.MAX_REQUEST`` bytes
+No client can make another wait: a request line is at most ``defaults.MAX_REQUEST`` bytes
 and a long one is decoded in a thread, off the event loop; a client has ``IDLE_TIMEOUT``
 seconds to send each whole request, and as long to take its reply, or it is hung up on;
 at most ``MAX_CLIENTS`` are connected at once (more are answered "busy"), so idle clients
@@ -39,13 +39,12 @@ from vnet import jsonlines
 from vnet.daemon import access
 from vnet.daemon.audit import AuditLog, Peer, entry
 from vnet.daemon.config import AccessConfig
+from vnet.daemon.defaults import API_VERSION, MAX_REQUEST, describe_size
 from vnet.daemon.fdpass import Channel
 from vnet.daemon.requests import (
-    MAX_REQUEST,
     REQUESTS,
     Request,
     RequestError,
-    describe_size,
     parse_request,
 )
 from vnet.errors import VnetError
@@ -73,7 +72,6 @@ IDLE_TIMEOUT = 10.0    # seconds to send a whole request line (a CLI sends it at
 BACKLOG = 4096         # connects waiting to be accepted (the kernel caps it at somaxconn)
 MAX_CLIENTS = 512      # connected at once; vnetd keeps file descriptors for its own work
 OFF_LOOP = 64 << 10    # bytes: a longer line is decoded and checked in a thread
-API_VERSION = 1        # in every reply; raised when a change would break a client
 SOCKET_MODE = 0o660    # the owner (root) and the access group may connect
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 

@@ -25,7 +25,6 @@ from vnet.daemon.audit import Peer
 from vnet.daemon.requests import ExecRequest
 from vnet.errors import DaemonError
 
-EXEC_FDS = 3          # the caller's stdin, stdout and stderr, in that order
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 FORWARDED = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
                        signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH})
@@ -102,15 +101,6 @@ def exit_result(returncode: int) -> dict[str, Any]:
     """The final reply's result for a command that ended with ``returncode`` (asyncio's:
     negative for a signal)."""
     return {"signal": -returncode} if returncode < 0 else {"exit": returncode}
-
-
-def exit_status(result: Mapping[str, Any]) -> int:
-    """The CLI's exit status for a final result: the command's, or 128+N as a shell says
-    a command killed by signal N."""
-    if isinstance(result.get("signal"), int):
-        return 128 + int(result["signal"])
-    status = result.get("exit")
-    return status if isinstance(status, int) and 0 <= status <= 255 else 1
 
 
 def signal_to_forward(message: Mapping[str, Any]) -> signal.Signals | None:

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, cast
 
+from vnet.daemon.defaults import DEFAULT_SOCKET, DEFAULT_STATE_DIR
 from vnet.daemon.naming import NETNS_PREFIX, NETNS_PREFIX_PATTERN, NETNS_PREFIX_WHY
 from vnet.datapath.engine import BUSY_POLL, IO_MODES
 from vnet.errors import VnetError
@@ -54,8 +55,6 @@ LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 IoMode = Literal["ring", "socket"]
 
 DEFAULT_CONFIG_FILE = Path("/etc/vnet/vnetd.yaml")
-DEFAULT_SOCKET = "/run/vnet/vnetd.sock"
-DEFAULT_STATE_DIR = "/var/lib/vnet"
 DEFAULT_LOG_LEVEL: LogLevel = "info"
 DEFAULT_IO: IoMode = "ring"
 DEFAULT_BUSY_POLL_US = round(BUSY_POLL * 1e6)  # the datapath's own default

@@ -15,8 +15,6 @@ from pathlib import Path
 
 from vnet.daemon.config import (
     DEFAULT_CONFIG_FILE,
-    DEFAULT_SOCKET,
-    DEFAULT_STATE_DIR,
     LOG_LEVELS,
     ConfigError,
     DaemonConfig,
@@ -25,6 +23,7 @@ from vnet.daemon.config import (
     load_config,
     with_flags,
 )
+from vnet.daemon.defaults import DEFAULT_SOCKET, DEFAULT_STATE_DIR
 from vnet.daemon.readiness import ServiceLink, ServiceStatus, counts
 from vnet.daemon.reload import apply_live, refusal, reload_plan
 from vnet.daemon.sdnotify import Notifier, reloading_message

@@ -19,10 +19,10 @@ import typing
 from dataclasses import MISSING, dataclass, fields
 from typing import Annotated, Any, ClassVar, Literal
 
+from vnet.daemon.defaults import MAX_REQUEST
 from vnet.errors import VnetError
 from vnet.topology.fields import IFNAME, IFNAME_WHY, LAB_NAME, LAB_NAME_WHY, NAME, NAME_WHY
 
-MAX_REQUEST = 4 << 20   # bytes of one request line (4 MiB)
 MAX_PATH = 4096         # characters of a path (Linux's PATH_MAX)
 MAX_PROBLEMS = 10       # said of one request; the rest are counted
 
@@ -244,14 +244,6 @@ def describe_value(value: Any) -> str:
             f" with a NUL byte at character {nul + 1}" if nul >= 0 else
             "" if _is_unicode(value) else " with a lone surrogate (not Unicode)")
     return "a list" if isinstance(value, list) else "an object"
-
-
-def describe_size(size: int) -> str:
-    """A size in bytes, in the unit a person would say it in: 4 MiB, 64 KiB, 5.2 MiB."""
-    for unit, scale in (("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if size >= scale:
-            return f"{size / scale:.1f}".removesuffix(".0") + f" {unit}"
-    return f"{size} bytes"
 
 
 def quote(value: Any, limit: int = 40) -> str:

@@ -25,8 +25,9 @@ from collections.abc import Callable
 
 from vnet import jsonlines
 from vnet.daemon import attach
-from vnet.daemon.api import API_VERSION, Outcome
+from vnet.daemon.api import Outcome
 from vnet.daemon.audit import Peer
+from vnet.daemon.defaults import API_VERSION, EXEC_FDS
 from vnet.daemon.fdpass import Channel
 from vnet.daemon.requests import ConsoleRequest, ExecRequest
 from vnet.errors import DaemonError, NetnsError, describe_os_error
@@ -55,8 +56,8 @@ async def run_exec(request: ExecRequest, peer: Peer, channel: Channel, find: Fin
                               f"rebuild the lab with 'vnet down --lab {lab}' and "
                               f"'vnet up FILE'") from None
         fds = await channel.ask_for_fds(jsonlines.ok({"lab": lab, "node": node.node,
-                                                      "fds": attach.EXEC_FDS}),
-                                        attach.EXEC_FDS)
+                                                      "fds": EXEC_FDS}),
+                                        EXEC_FDS)
         try:
             process = await asyncio.create_subprocess_exec(
                 *plan.helper(), stdin=fds[0], stdout=fds[1], stderr=fds[2],

@@ -88,16 +88,17 @@ class RecordJournal:
     def pending(self) -> list[Resource]:
         return self.record.pending()
 
-    def mark_pending(self, resource: Resource) -> None:
-        self.record.resources[resource] = "pending"
+    def mark_pending(self, *resources: Resource) -> None:
+        self.record.resources.update(dict.fromkeys(resources, "pending"))
         self.store.save(self.record)
 
-    def mark_ready(self, resource: Resource) -> None:
-        self.record.resources[resource] = "ready"
+    def mark_ready(self, *resources: Resource) -> None:
+        self.record.resources.update(dict.fromkeys(resources, "ready"))
         self.store.save(self.record)
 
-    def forget(self, resource: Resource) -> None:
-        del self.record.resources[resource]
+    def forget(self, *resources: Resource) -> None:
+        for resource in resources:
+            del self.record.resources[resource]
         self.store.save(self.record)
 
 

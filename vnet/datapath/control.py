@@ -14,6 +14,7 @@ import os
 import select
 import socket
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 from vnet import jsonlines
@@ -25,6 +26,9 @@ log = logging.getLogger("vnet.datapath")
 
 BACKLOG = socket.SOMAXCONN   # the kernel's cap (4096): connects queue, none is refused
 MAX_PENDING_OUTPUT = 64 << 20  # replies a client has not read; past this its requests wait
+PREPARE_LINES = 64   # whole lines looked at ahead, at most, for ``prepare``
+
+Prepare = Callable[[list[protocol.Request]], AbstractContextManager[None]]
 
 
 class _Connection:
@@ -47,10 +51,14 @@ class ControlServer:
     ``MAX_PENDING_OUTPUT`` nothing more is read from it until it has read them."""
 
     def __init__(self, path: str, epoll: select.epoll,
-                 handle: Callable[[protocol.Request], Any]) -> None:
+                 handle: Callable[[protocol.Request], Any], prepare: Prepare | None = None
+                 ) -> None:
+        """``prepare``: given the requests that arrived together, a context in which they
+        are answered (the datapath opens a batch of new ports in it side by side)."""
         self.path = path
         self.epoll = epoll
         self.handle = handle
+        self.prepare = prepare
         self.connections: dict[int, _Connection] = {}
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         if os.path.exists(path):
@@ -111,6 +119,21 @@ class ControlServer:
     def _pump(self, fd: int, control: _Connection) -> None:
         """Answer the whole lines received and send what the socket takes, until it takes
         no more or no whole line is left; then wait for what is missing."""
+        with self._prepared(control.buffer):
+            self._answer_and_send(fd, control)
+
+    def _prepared(self, buffer: bytearray) -> AbstractContextManager[None]:
+        """``prepare`` of the requests whole in ``buffer`` (those that decode)."""
+        lines = bytes(buffer).split(b"\n")[:-1][:PREPARE_LINES]
+        if self.prepare is None or len(lines) < 2:
+            return contextlib.nullcontext()
+        requests = []
+        for line in lines:
+            with contextlib.suppress(VnetError, ValueError):
+                requests.append(protocol.decode(line))
+        return self.prepare(requests)
+
+    def _answer_and_send(self, fd: int, control: _Connection) -> None:
         buffer, output = control.buffer, control.output
         while True:
             while len(output) <= MAX_PENDING_OUTPUT:

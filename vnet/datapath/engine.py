@@ -20,7 +20,9 @@ import logging
 import os
 import select
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -68,6 +70,11 @@ class Datapath:
         self.port_by_fd: dict[int, Port] = {}
         self.next_port_number = 1
         self.running = True
+        # Removed ports' sockets are closed here, off the loop (``Port.release``); the
+        # threads overlap the kernel's grace periods, so a lab's down closes its ports at once.
+        self.closer = ThreadPoolExecutor(max_workers=8, thread_name_prefix="port-close")
+        self.opener = ThreadPoolExecutor(max_workers=8, thread_name_prefix="port-open")
+        self.opened_ahead: dict[str, Any] = {}   # ifname -> what open_ahead made for it
         self.handlers: dict[type[protocol.Request], Callable[[Any], Any]] = {
             protocol.Ping: self.ping, protocol.AddBridge: self.add_bridge,
             protocol.DelBridge: self.del_bridge, protocol.AddPort: self.add_port,
@@ -76,7 +83,8 @@ class Datapath:
             protocol.FlushFdb: self.flush_fdb, protocol.GetStats: self.stats,
             protocol.Trace: self.trace, protocol.Inject: self.inject,
             protocol.Shutdown: self.shutdown}
-        self.control = ControlServer(control_path, self.epoll, self.handle)
+        self.control = ControlServer(control_path, self.epoll, self.handle,
+                                     prepare=self.open_ports_ahead)
 
     # ---- the loop -------------------------------------------------------------------------
 
@@ -170,6 +178,30 @@ class Datapath:
     def handle(self, request: protocol.Request) -> Any:
         return self.handlers[type(request)](request)
 
+    @contextmanager
+    def open_ports_ahead(self, requests: list[protocol.Request]) -> Iterator[None]:
+        """While a batch of requests is answered: the new ports it adds opened beforehand,
+        side by side in threads (vnetd sends a lab's ports at once, and each ring's setup
+        waits for a grace period that they can then share); what is not used is closed."""
+        new = [r.ifname for r in requests if isinstance(r, protocol.AddPort)
+               and r.bridge in self.bridges and r.name not in self.bridges[r.bridge].ports]
+        if len(new) > 1:
+            for ifname, opened in zip(new, self.opener.map(self._open_ahead, new), strict=True):
+                if opened is not None:
+                    self.opened_ahead[ifname] = opened
+        try:
+            yield
+        finally:
+            for opened in self.opened_ahead.values():
+                self.closer.submit(opened.close)
+            self.opened_ahead.clear()
+
+    def _open_ahead(self, ifname: str) -> Any:
+        try:
+            return self.port_type.open_ahead(ifname)
+        except OSError:
+            return None   # add_port tries again, and reports what is wrong
+
     def ping(self, _request: protocol.Ping) -> dict[str, Any]:
         return {"pid": os.getpid(), "bridges": sorted(self.bridges)}
 
@@ -195,9 +227,11 @@ class Datapath:
             if existing.config == config and existing.ifname == request.ifname:
                 return {"number": number}
             self._del_port(br, request.name)
+        opened = self.opened_ahead.pop(request.ifname, None)   # only a type that opens ahead
         try:
             port = self.port_type(number, config, request.ifname, self.schedule,
-                                  self._deliverer(br.switch, number))
+                                  self._deliverer(br.switch, number),
+                                  **({} if opened is None else {"opened": opened}))
         except OSError as err:
             raise DatapathError(f"cannot open port {request.name!r} on {request.ifname!r}: "
                                 f"{err.strerror or err}") from None
@@ -221,7 +255,8 @@ class Datapath:
         br.switch.remove_port(port.number)
         del self.ports[port.number]
         self._unregister(port)
-        port.close()
+        port.detach()
+        self.closer.submit(_release, port)
 
     def add_static(self, request: protocol.AddStatic) -> None:
         br = self._bridge(request.bridge)
@@ -289,3 +324,13 @@ class Datapath:
             self.del_bridge(protocol.DelBridge(name))
         self.control.close()
         self.epoll.close()
+        self.opener.shutdown(wait=True)
+        self.closer.shutdown(wait=True)
+
+
+def _release(port: Port) -> None:
+    """``port.release()`` in a closer thread: a failure is logged, never lost silently."""
+    try:
+        port.release()
+    except Exception:
+        log.exception("closing the sockets of removed port %s failed", port.ifname)

@@ -109,7 +109,8 @@ class Port(ABC):
     kind: ClassVar[str]
 
     def __init__(self, number: int, config: PortConfig, ifname: str, schedule: Schedule,
-                 deliver: Deliver) -> None:
+                 deliver: Deliver, opened: Any = None) -> None:
+        """``opened``: what ``open_ahead(ifname)`` made for it, if it was called."""
         self.number = number
         self.config = config
         self.ifname = ifname
@@ -118,6 +119,13 @@ class Port(ABC):
         self.io_errors: dict[str, int] = {}
         self.sock: socket.socket  # the socket the loop polls; the subclass opens it
         self.netdev_rx: RxFrames | None = None  # a netdev port: the kernel's count
+
+    @classmethod
+    def open_ahead(cls, ifname: str) -> Any:
+        """The slow part of opening a port on ``ifname``, done before the port is (in a
+        thread, side by side with other ports'); None: this type has nothing to gain.
+        Whatever it returns has a ``close()``."""
+        return None
 
     def count_error(self, reason: str) -> None:
         self.io_errors[reason] = self.io_errors.get(reason, 0) + 1
@@ -160,7 +168,18 @@ class Port(ABC):
         return stats
 
     def close(self) -> None:
+        """``detach``, then ``release``: a port closed where it is."""
+        self.detach()
+        self.release()
+
+    def detach(self) -> None:
+        """Out of the loop's schedule (the loop's thread only)."""
         self.schedule.forget(self)
+
+    def release(self) -> None:
+        """Close its sockets, from any thread: each close of a packet socket waits for an
+        RCU grace period in the kernel (about 10 ms), so the datapath does it off its loop
+        (``Datapath._del_port``) rather than stall forwarding for every port removed."""
         self.sock.close()
         if self.netdev_rx is not None:
             self.netdev_rx.close()
@@ -188,14 +207,22 @@ class RingPort(Port):
     one ``send`` per wake-up flushes the send ring.  The default."""
 
     def __init__(self, number: int, config: PortConfig, ifname: str, schedule: Schedule,
-                 deliver: Deliver) -> None:
+                 deliver: Deliver, opened: PacketRing | None = None) -> None:
         super().__init__(number, config, ifname, schedule, deliver)
-        self.netdev_rx = RxFrames(ifname)  # counting before the first frame can be taken
         try:
-            self._use(PacketRing(ifname))
+            self.netdev_rx = RxFrames(ifname)  # counting before the first frame can be taken
+            self._use(opened if opened is not None else PacketRing(ifname))
         except BaseException:
-            self.netdev_rx.close()
+            if self.netdev_rx is not None:
+                self.netdev_rx.close()
+            if opened is not None:   # it is this port's to close now
+                opened.close()
             raise
+
+    @classmethod
+    def open_ahead(cls, ifname: str) -> PacketRing:
+        """Its rings: setting up each waits for an RCU grace period (``ring.set_ring``)."""
+        return PacketRing(ifname)
 
     def _use(self, ring: PacketRing) -> None:
         """Read and write ``ring`` from its start."""
@@ -368,8 +395,7 @@ class RingPort(Port):
             stats["drops"] = {**stats["drops"], "rx-ring-full": ring.kernel_drops}
         return stats
 
-    def close(self) -> None:
-        self.schedule.forget(self)
+    def release(self) -> None:
         self.ring.close()
         if self.netdev_rx is not None:
             self.netdev_rx.close()

@@ -23,7 +23,9 @@ S-tag) in ``tp_vlan_tpid`` with ``TP_STATUS_VLAN_TPID_VALID``; see ``vnet.host.a
 
 from __future__ import annotations
 
+import ctypes
 import mmap
+import os
 import socket
 import struct
 
@@ -71,6 +73,20 @@ TX_FRAMES = 512
 BLOCK_SIZE = 1 << 16
 
 
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def set_ring(sock: socket.socket, option: int, request: bytes) -> None:
+    """``setsockopt(SOL_PACKET, option, request)`` with the GIL released: setting up a ring
+    waits for an RCU grace period in the kernel (~10 ms), and Python's ``setsockopt`` holds
+    the GIL meanwhile, so rings opened by threads side by side would wait one after the
+    other; a foreign call through ctypes lets them wait together."""
+    buffer = ctypes.create_string_buffer(request, len(request))
+    if _libc.setsockopt(sock.fileno(), SOL_PACKET, option, buffer, len(request)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
 def _ring_request(frame_size: int, frames: int) -> bytes:
     per_block = BLOCK_SIZE // frame_size
     blocks = (frames + per_block - 1) // per_block
@@ -102,7 +118,7 @@ class PacketRing:
             rx.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V2)
             rx.setsockopt(SOL_PACKET, PACKET_COPY_THRESH, 1)
             req = _ring_request(RX_FRAME_SIZE, rx_frames)
-            rx.setsockopt(SOL_PACKET, PACKET_RX_RING, req)
+            set_ring(rx, PACKET_RX_RING, req)
             _bs, blocks, self.rx_frame_size, self.rx_frames = _REQ.unpack(req)
             self.rx_map = mmap.mmap(rx.fileno(), BLOCK_SIZE * blocks)
             bind_receiver(rx, ifname, ifindex, promiscuous)
@@ -113,7 +129,7 @@ class PacketRing:
             tx.setsockopt(SOL_PACKET, PACKET_LOSS, 1)  # skip a malformed slot, do not stall
             set_buffer(tx, socket.SO_SNDBUF, 4 << 20)
             req = _ring_request(TX_FRAME_SIZE, tx_frames)
-            tx.setsockopt(SOL_PACKET, PACKET_TX_RING, req)
+            set_ring(tx, PACKET_TX_RING, req)
             _bs, blocks, self.tx_frame_size, self.tx_frames = _REQ.unpack(req)
             self.tx_map = mmap.mmap(tx.fileno(), BLOCK_SIZE * blocks)
             tx.bind((ifname, 0))

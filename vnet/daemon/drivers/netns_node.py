@@ -16,6 +16,7 @@ from vnet.host import links, netns, nft
 
 class NetnsNodeDriver(BlockingDriver[NetnsNodeResource]):
     kind = NetnsNodeResource.kind
+    concurrent = True   # its resources share nothing: a wave of them runs at once
 
     def create_blocking(self, node: NetnsNodeResource) -> None:
         with IPRoute() as ipr:

@@ -15,6 +15,7 @@ class PortDriver:
     """Each datapath message about ports is built here and nowhere else."""
 
     kind = PortResource.kind
+    concurrent = True   # its resources share nothing: a wave of them runs at once
 
     def __init__(self, datapath: DatapathSupervisor) -> None:
         self.datapath = datapath

@@ -18,6 +18,7 @@ class VmNodeDriver(BlockingDriver[VmNodeResource]):
     TAPs.  The blocking steps are the TAPs'; the runner is the supervisor's."""
 
     kind = VmNodeResource.kind
+    concurrent = True   # its resources share nothing: a wave of them runs at once
 
     def __init__(self, vms: VmSupervisor) -> None:
         self.vms = vms
