@@ -290,7 +290,8 @@ class Child:
                 os.close(fd)
 
 
-def spawn_as(account: Account, sock: str, *args: str) -> Child:
+def spawn_as(account: Account, sock: str, *args: str, env: dict[str, str] | None = None
+             ) -> Child:
     cli.build_parser()   # its lazy imports, while the standard library is reachable
     pipes = [os.pipe() for _ in range(3)]
     pid = os.fork()
@@ -308,6 +309,7 @@ def spawn_as(account: Account, sock: str, *args: str) -> Child:
             os.setgid(account.gid)
             os.setuid(account.uid)
             os.chdir("/")
+            os.environ.update(env or {})
             status = cli.main(["--socket", sock, *args])
         except BaseException:
             traceback.print_exc()
@@ -322,9 +324,9 @@ def spawn_as(account: Account, sock: str, *args: str) -> Child:
     return Child(pid, pipes[0][1], pipes[1][0], pipes[2][0])
 
 
-def run_cli_as(account: Account, sock: str, *args: str,
-               stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
-    child = spawn_as(account, sock, *args)
+def run_cli_as(account: Account, sock: str, *args: str, stdin: bytes = b"",
+               env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+    child = spawn_as(account, sock, *args, env=env)
     try:
         os.write(child.stdin, stdin)
         os.close(child.stdin)
@@ -396,14 +398,16 @@ def test_an_operator_execs_in_a_node_as_itself_and_a_viewer_is_refused(
     operator, viewer = accounts.operator, accounts.viewer
 
     # As the operator's uid and groups, inside n0's namespace with n0's /sys; its status.
-    ran = run_cli_as(operator, sock, "exec", "n0", "--", "sh", "-c",
-                     "id -u; id -G; cat /sys/class/net/eth0/address; ip -o link show eth0; "
-                     "read line; echo \"got $line\"; exit 7", stdin=b"typed\n")
+    script = ("id -u; id -G; cat /sys/class/net/eth0/address; ip -o link show eth0; "
+              "read line; echo \"got $line\"; echo \"$VNET_T\"; exit 7")
+    ran = run_cli_as(operator, sock, "exec", "n0", "--", "sh", "-c", script,
+                     stdin=b"typed\n", env={"VNET_T": "the caller's"})
     assert ran.returncode == 7, ran.stderr
     lines = ran.stdout.decode().splitlines()
     assert lines[0] == str(operator.uid)
     assert sorted(int(g) for g in lines[1].split()) == sorted(set(operator.groups))
     assert lines[2] == mac and "eth0" in lines[3] and lines[4] == "got typed"
+    assert lines[5] == "the caller's"   # its environment
 
     # A viewer: refused, told the role it needs; nothing ran.
     refused = run_cli_as(viewer, sock, "exec", "n0", "--", "id", "-u")
@@ -451,9 +455,7 @@ def test_an_operator_execs_in_a_node_as_itself_and_a_viewer_is_refused(
     execs = [(e["user"], e["op"], e["result"], e.get("command")) for e in audit_of(host)
              if e["op"] == "exec"]
     assert execs[:2] == [
-        (operator.name, "exec", "ok", "sh -c " + json.dumps(
-            "id -u; id -G; cat /sys/class/net/eth0/address; ip -o link show eth0; "
-            "read line; echo \"got $line\"; exit 7")),
+        (operator.name, "exec", "ok", "sh -c " + json.dumps(script)),
         (viewer.name, "exec", "error", None)]
     assert execs[2][2] == "error" and execs[3][:3] == (operator.name, "exec", "ok")
     lab.close()

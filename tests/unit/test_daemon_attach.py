@@ -36,9 +36,9 @@ def test_an_exec_runs_as_the_peer_in_the_nodes_namespace() -> None:
     assert (plan.netns, plan.uid, plan.gid, plan.groups) == ("vnet-lab-c1", 1001, 1001,
                                                              (1001, 2000))
     assert (plan.command, plan.env, plan.cwd) == (("id", "-u"), ("HOME=/h",), "/tmp")
-    helper = plan.helper("/py")
-    assert helper[:3] == ["/py", "-m", "vnet.host.nodeexec"]
-    assert json.loads(helper[3])["uid"] == 1001
+    assert plan.helper(7, "/py") == ["/py", "-m", "vnet.host.nodeexec", "--spec-fd", "7"]
+    assert json.loads(plan.spec())["uid"] == 1001
+    assert "HOME=/h" not in " ".join(plan.helper(7))   # the environment is not on argv
     default = attach.exec_plan(NETNS, PEER, ExecRequest("c1", ["true"]), 99)
     assert default.env == (f"PATH={attach.DEFAULT_PATH}",) and default.cwd == "/"
 

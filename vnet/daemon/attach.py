@@ -46,8 +46,8 @@ class NodeView:
 
 @dataclass(frozen=True)
 class ExecPlan:
-    """A command to start in a node as a user: the helper (``vnet.host.nodeexec``) gets it
-    whole on its command line."""
+    """A command to start in a node as a user: the helper (``vnet.host.nodeexec``) reads it
+    whole (``spec``) from a file descriptor."""
 
     lab: str
     node: str
@@ -67,10 +67,12 @@ class ExecPlan:
                            "command": list(self.command), "env": list(self.env),
                            "cwd": self.cwd})
 
-    def helper(self, python: str = sys.executable) -> list[str]:
+    def helper(self, spec_fd: int, python: str = sys.executable) -> list[str]:
         """The helper's command line: a fresh single-threaded process enters the node and
-        becomes the user (vnetd itself never forks a Python child: ``netns``)."""
-        return [python, "-m", "vnet.host.nodeexec", self.spec()]
+        becomes the user (vnetd itself never forks a Python child: ``netns``).  It reads
+        ``spec`` from ``spec_fd``: a command line is anyone's to read (``ps``), and the
+        caller's environment may hold secrets."""
+        return [python, "-m", "vnet.host.nodeexec", "--spec-fd", str(spec_fd)]
 
 
 def exec_plan(node: NodeView, peer: Peer, request: ExecRequest, parent: int) -> ExecPlan:

@@ -58,12 +58,13 @@ async def run_exec(request: ExecRequest, peer: Peer, channel: Channel, find: Fin
         fds = await channel.ask_for_fds(jsonlines.ok({"lab": lab, "node": node.node,
                                                       "fds": EXEC_FDS}),
                                         EXEC_FDS)
+        spec = spec_file(plan.spec())
         try:
             process = await asyncio.create_subprocess_exec(
-                *plan.helper(), stdin=fds[0], stdout=fds[1], stderr=fds[2],
-                start_new_session=True)
+                *plan.helper(spec), stdin=fds[0], stdout=fds[1], stderr=fds[2],
+                pass_fds=(spec,), start_new_session=True)
         finally:
-            for fd in fds:
+            for fd in (*fds, spec):
                 os.close(fd)
     except DaemonError as err:
         record(Outcome(lab, str(err), detail))
@@ -107,6 +108,20 @@ async def _follow(process: asyncio.subprocess.Process, channel: Channel) -> int 
     finally:
         if not exited.done():
             exited.cancel()
+
+
+def spec_file(spec: str) -> int:
+    """An anonymous file (``memfd``) holding ``spec``, read from its start."""
+    fd = os.memfd_create("vnet-exec-spec", os.MFD_CLOEXEC)
+    try:
+        data = spec.encode()
+        while data:
+            data = data[os.write(fd, data):]
+        os.lseek(fd, 0, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _kill_group(pgid: int, sig: int) -> None:

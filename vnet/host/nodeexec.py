@@ -1,13 +1,14 @@
 """The process vnetd starts for ``vnet exec``: it enters the node, becomes the caller, execs.
 
-Run as ``python -m vnet.host.nodeexec SPEC`` (``daemon.attach.ExecPlan.spec``), as root, on
-the caller's stdin, stdout and stderr.  In this order: the node's network namespace and its
-view of /sys and /etc (``netns.become_node``, as ``ip netns exec``), while still root; then
-the caller's groups, gid and uid; then the caller's directory (as the caller: a directory it
-cannot enter is not entered, ``/`` is used) and its environment, given only to the command
-(this interpreter runs with vnetd's).  It dies with vnetd (``PR_SET_PDEATHSIG``).  What goes
-wrong is said on the caller's stderr with the exit status a shell would give: 127 no such
-command, 126 cannot run it or enter the node.
+Run as ``python -m vnet.host.nodeexec --spec-fd FD`` as root, on the caller's stdin, stdout
+and stderr, with the plan (``daemon.attach.ExecPlan.spec``, JSON) to read from FD.  In this
+order: the node's network namespace and its view of /sys and /etc (``netns.become_node``, as
+``ip netns exec``), while still root; then the caller's groups, gid and uid; then the
+caller's directory (as the caller: a directory it cannot enter is not entered, ``/`` is
+used) and its environment, given only to the command (this interpreter runs with vnetd's).
+It dies with vnetd (``PR_SET_PDEATHSIG``).  What goes wrong is said on the caller's stderr
+with the exit status a shell would give: 127 no such command, 126 cannot run it or enter
+the node.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import os
 import shutil
 import signal
 import sys
+from typing import Any
 
 from vnet.errors import NetnsError
 from vnet.host import netns
@@ -39,8 +41,17 @@ def die_with_parent(parent: int) -> None:
         os._exit(126)
 
 
+def read_spec(fd: int) -> dict[str, Any]:
+    with os.fdopen(fd, "rb") as source:
+        spec: dict[str, Any] = json.loads(source.read())
+    return spec
+
+
 def main(argv: list[str]) -> int:
-    spec = json.loads(argv[0])
+    if len(argv) != 2 or argv[0] != "--spec-fd":
+        say("nodeexec: usage: python -m vnet.host.nodeexec --spec-fd FD (vnetd runs it)")
+        return 2
+    spec = read_spec(int(argv[1]))
     node, command = spec["node"], spec["command"]
     try:
         fd = netns.open_netns(spec["netns"])
