@@ -10,14 +10,11 @@ import argparse
 import contextlib
 import json
 import os
-import select
 import socket
 import subprocess
 import sys
-import termios
 import time
-import tty
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -30,8 +27,7 @@ from vnet.daemon.defaults import (
     MAX_REQUEST,
     describe_size,
 )
-from vnet.errors import DaemonError, NetnsError, TopologyError, VnetError, describe_os_error
-from vnet.host import netns
+from vnet.errors import DaemonError, TopologyError, VnetError, describe_os_error
 from vnet.topology import load_topology
 
 DAEMON_START_TIMEOUT = 15.0
@@ -80,25 +76,36 @@ class Client:
             raise DaemonError(str(reply.get("error")))
         return reply.get("result")
 
+    def open(self, retry_refused: bool = True) -> socket.socket:
+        """A connection to vnetd (for a session: ``cli_attach``), or a ``DaemonError``
+        saying why there is none."""
+        try:
+            return self._connect(retry_refused)
+        except OSError as err:
+            raise self._failure(err, "session") from None
+
+    def _connect(self, retry_refused: bool) -> socket.socket:
+        retry = (BlockingIOError, ConnectionRefusedError) if retry_refused else (
+            BlockingIOError,)
+        return jsonlines.connect(self.socket_path, REPLY_TIMEOUT, CONNECT_PATIENCE, retry)
+
     def _exchange(self, request: dict[str, Any], retry_refused: bool,
                   on_progress: Callable[[Any], None] | None = None) -> dict[str, Any]:
         """vnetd's reply to ``request``.  A connect refused (vnetd restarting) or finding
         vnetd's queue full is retried with back-off for ``CONNECT_PATIENCE`` seconds."""
-        op = request["op"]
         check_size(request)
-        retry = (BlockingIOError, ConnectionRefusedError) if retry_refused else (
-            BlockingIOError,)
-        with self._talking(op), jsonlines.connect(self.socket_path, REPLY_TIMEOUT,
-                                                  CONNECT_PATIENCE, retry) as sock:
-            return jsonlines.exchange(sock, request, on_progress)
+        try:
+            with self._connect(retry_refused) as sock:
+                return jsonlines.exchange(sock, request, on_progress)
+        except (OSError, jsonlines.NoReply) as err:
+            raise self._failure(err, request["op"]) from None
 
     def open_stream(self, op: str, **args: Any) -> tuple[Any, socket.socket, BinaryIO]:
         """For an operation whose reply is followed by a stream (``capture``): the reply's
         result, and the connection left open with the reader that holds what follows."""
         request = {"op": op, **args}
-        with self._talking(op):
-            sock = jsonlines.connect(self.socket_path, REPLY_TIMEOUT, CONNECT_PATIENCE,
-                                     (BlockingIOError, ConnectionRefusedError))
+        try:
+            sock = self._connect(retry_refused=True)
             try:
                 sock.sendall(jsonlines.encode(request))
                 reader = sock.makefile("rb")
@@ -109,6 +116,8 @@ class Client:
             except BaseException:
                 sock.close()
                 raise
+        except (OSError, jsonlines.NoReply) as err:
+            raise self._failure(err, op) from None
         check_api_version(reply)
         if not reply.get("ok"):
             sock.close()
@@ -116,33 +125,28 @@ class Client:
         sock.settimeout(None)
         return reply.get("result"), sock, reader
 
-    @contextlib.contextmanager
-    def _talking(self, op: str) -> Iterator[None]:
-        """Every way talking to vnetd can fail, said in words, with what to do."""
-        try:
-            yield
-        except (FileNotFoundError, ConnectionRefusedError):
-            raise NotRunning(f"vnetd is not running (no answer on {self.socket_path}); start "
-                             f"it with 'systemctl start vnetd' or 'vnet up FILE'") from None
-        except BlockingIOError:
-            raise DaemonError(f"vnetd is not taking connections on {self.socket_path}: its "
-                              f"queue of waiting connections stayed full for "
-                              f"{CONNECT_PATIENCE:g} s; it is overloaded or stuck (see its "
-                              f"log); try again") from None
-        except jsonlines.NoReply:
-            raise StoppedBeforeAnswering(stopped_before_answering(op)) from None
-        except TimeoutError:
-            raise DaemonError(f"vnetd did not answer this {op} within {REPLY_TIMEOUT:.0f} s; "
-                              f"it may still be at it: see 'vnet status' and its log"
-                              ) from None
-        except PermissionError:
-            raise DaemonError(f"{self.socket_path}: permission denied: only root and the "
-                              f"members of vnetd's access group (access.group in its "
-                              f"config, default 'vnet') may connect; run vnet as root, or "
-                              f"ask an administrator to add you to that group") from None
-        except OSError as err:
-            raise DaemonError(f"cannot talk to vnetd on {self.socket_path}: "
-                              f"{describe_os_error(err)}") from None
+    def _failure(self, err: OSError | jsonlines.NoReply, op: str) -> DaemonError:
+        """Every way talking to vnetd fails, said in words."""
+        if isinstance(err, FileNotFoundError | ConnectionRefusedError):
+            return NotRunning(f"vnetd is not running (no answer on {self.socket_path}); "
+                              f"start it with 'systemctl start vnetd' or 'vnet up FILE'")
+        if isinstance(err, BlockingIOError):
+            return DaemonError(f"vnetd is not taking connections on {self.socket_path}: its "
+                               f"queue of waiting connections stayed full for "
+                               f"{CONNECT_PATIENCE:g} s; it is overloaded or stuck (see its "
+                               f"log); try again")
+        if isinstance(err, jsonlines.NoReply):
+            return StoppedBeforeAnswering(stopped_before_answering(op))
+        if isinstance(err, TimeoutError):
+            return DaemonError(f"vnetd did not answer this {op} within {REPLY_TIMEOUT:.0f} s; "
+                               f"it may still be at it: see 'vnet status' and its log")
+        if isinstance(err, PermissionError):
+            return DaemonError(f"{self.socket_path}: permission denied: only root and the "
+                               f"members of vnetd's access group (access.group in its "
+                               f"config, default 'vnet') may connect; run vnet as root, or "
+                               f"ask an administrator to add you to that group")
+        return DaemonError(f"cannot talk to vnetd on {self.socket_path}: "
+                           f"{describe_os_error(err)}")
 
     def _has_record(self, lab: str) -> bool:
         """Does the state directory hold a record of ``lab`` (``daemon.state.StateStore``)?"""
@@ -419,81 +423,10 @@ def cmd_fdb(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_exec(client: Client, args: argparse.Namespace) -> int:
-    """Become COMMAND inside the node, with the node's /sys and /etc as ``ip netns exec``."""
-    command = args.command[1:] if args.command[:1] == ["--"] else args.command
-    if not command:
-        raise DaemonError("say what to run: vnet exec NODE -- COMMAND [ARGS...]")
-    node = client.call("node", node=args.node, lab=args.lab)
-    if node["kind"] != "netns":
-        raise DaemonError(f"node {args.node} is a VM: use vnet console {args.node}")
-    try:
-        netns.exec_in_node(node["netns"], command)
-    except NetnsError as err:
-        lab = node["lab"]
-        raise NetnsError(f"node {args.node} of lab {lab} cannot be entered: {err}; rebuild the "
-                         f"lab with 'vnet down --lab {lab}' and 'vnet up FILE'") from None
-    except FileNotFoundError:
-        raise DaemonError(f"{command[0]}: command not found in node {args.node}") from None
-    except OSError as err:
-        raise DaemonError(f"{command[0]}: cannot run it in node {args.node}: "
-                          f"{err.strerror or err}") from None
-
-
 def cmd_vm(client: Client, args: argparse.Namespace) -> int:
     result = client.call("vm", action=args.action, node=args.node, lab=args.lab)
     print(f"vm {args.node}: {result['state']}")
     return 0
-
-
-DETACH = b"\x1d"  # Ctrl-], as virsh console
-
-
-def cmd_console(client: Client, args: argparse.Namespace) -> int:
-    """A VM's serial console: what it printed so far, then live output and typed input over
-    the runner's console socket, until Ctrl-] (or end of input)."""
-    node = client.call("node", node=args.node, lab=args.lab)
-    if node["kind"] != "vm":
-        raise DaemonError(f"node {args.node} is a namespace node: use vnet exec")
-    log = Path(node["console"])
-    if log.exists():
-        sys.stdout.buffer.write(log.read_bytes())
-        sys.stdout.flush()
-    if args.no_follow:
-        return 0
-    if node.get("state") != "running":
-        raise DaemonError(f"vm {args.node} is {node.get('state')}: start it with "
-                          f"vnet vm start {args.node}")
-    print(f"\r\n[attached to {args.node}; Ctrl-] detaches]\r", file=sys.stderr)
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.connect(node["console_socket"])
-        _relay(sock)
-    print("\r\n[detached]", file=sys.stderr)
-    return 0
-
-
-def _relay(sock: socket.socket) -> None:
-    stdin = sys.stdin.fileno()
-    saved = termios.tcgetattr(stdin) if os.isatty(stdin) else None
-    try:
-        if saved is not None:
-            tty.setraw(stdin)
-        while True:
-            ready, _, _ = select.select([sock, stdin], [], [])
-            if sock in ready:
-                data = sock.recv(65536)
-                if not data:
-                    return
-                os.write(sys.stdout.fileno(), data)
-            if stdin in ready:
-                typed = os.read(stdin, 1024)
-                if not typed or DETACH in typed:
-                    sock.sendall(typed.split(DETACH)[0])
-                    return
-                sock.sendall(typed)
-    finally:
-        if saved is not None:
-            termios.tcsetattr(stdin, termios.TCSADRAIN, saved)
 
 
 def format_table(header: list[str], rows: list[list[str]]) -> str:
@@ -531,26 +464,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("lab")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_fdb)
-    p = sub.add_parser("exec", help="run a command inside a namespace node")
-    p.add_argument("--lab", help="the node's lab, when several labs have that node")
-    p.add_argument("node")
-    p.add_argument("command", nargs=argparse.REMAINDER)
-    p.set_defaults(func=cmd_exec)
     p = sub.add_parser("vm", help="start, stop or restart a VM node")
     p.add_argument("action", choices=["start", "stop", "restart"])
     p.add_argument("node")
     p.add_argument("--lab", help="the node's lab, when several labs have that node")
     p.set_defaults(func=cmd_vm)
-    p = sub.add_parser("console", help="a VM's serial console (Ctrl-] detaches)")
-    p.add_argument("node")
-    p.add_argument("--lab", help="the node's lab, when several labs have that node")
-    p.add_argument("--no-follow", action="store_true", help="print what is there and exit")
-    p.set_defaults(func=cmd_console)
     p = sub.add_parser("shutdown", help="stop vnetd (the datapath and VMs keep running "
                        "unless --all)")
     p.add_argument("--all", action="store_true",
                    help="stop the datapath and every VM runner too")
     p.set_defaults(func=cmd_shutdown)
+    from vnet.cli_attach import add_commands as add_attach  # exec and console
+
+    add_attach(sub)
     from vnet.cli_observe import add_commands  # graph and test
 
     add_commands(sub)

@@ -4,11 +4,13 @@ role, an outsider), each call checked allowed or refused, and the audit file rea
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import json
 import os
 import pwd
 import secrets
+import signal
 import subprocess
 import sys
 import traceback
@@ -254,3 +256,283 @@ def test_the_cli_says_which_role_is_needed(host: TestHost, accounts: Accounts) -
     assert stderr.startswith(f"vnet: {host.socket}: permission denied: only root and the "
                              f"members of vnetd's access group"), stderr
     assert "Traceback" not in stderr and "Errno" not in stderr
+
+
+# ---- exec and console attach: vnetd is the gate ---------------------------------------------
+
+@dataclass
+class Child:
+    """``vnet ARGS`` in a forked child that has become an account (as ``cli_as``), on
+    pipes: its pid and the parent's ends of its stdin, stdout and stderr."""
+
+    pid: int
+    stdin: int
+    stdout: int
+    stderr: int
+    status: int | None = None
+
+    def wait(self, timeout: float = 60) -> int:
+        from vnet.testing import wait_until
+
+        def ended() -> bool:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.status = os.waitstatus_to_exitcode(status)
+            return pid != 0
+
+        if self.status is None:
+            wait_until(ended, timeout, message=f"vnet (pid {self.pid}) to exit")
+        assert self.status is not None
+        return self.status
+
+    def close(self) -> None:
+        if self.status is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+            self.wait()
+        for fd in (self.stdin, self.stdout, self.stderr):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def spawn_as(account: Account, sock: str, *args: str, env: dict[str, str] | None = None
+             ) -> Child:
+    cli.build_parser()   # its lazy imports, while the standard library is reachable
+    pipes = [os.pipe() for _ in range(3)]
+    pid = os.fork()
+    if pid == 0:
+        status = 99
+        try:
+            for target, (read_end, write_end) in enumerate(pipes):
+                os.dup2(read_end if target == 0 else write_end, target)
+                os.close(read_end)
+                os.close(write_end)
+            sys.stdin = os.fdopen(0, "r")
+            sys.stdout = os.fdopen(1, "w", buffering=1)
+            sys.stderr = os.fdopen(2, "w", buffering=1)
+            os.setgroups(list(account.groups))
+            os.setgid(account.gid)
+            os.setuid(account.uid)
+            os.chdir("/")
+            os.environ.update(env or {})
+            status = cli.main(["--socket", sock, *args])
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            with contextlib.suppress(Exception):
+                sys.stdout.flush()
+                sys.stderr.flush()
+            os._exit(status)
+    os.close(pipes[0][0])
+    os.close(pipes[1][1])
+    os.close(pipes[2][1])
+    return Child(pid, pipes[0][1], pipes[1][0], pipes[2][0])
+
+
+def run_cli_as(account: Account, sock: str, *args: str, stdin: bytes = b"",
+               env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+    child = spawn_as(account, sock, *args, env=env)
+    try:
+        os.write(child.stdin, stdin)
+        os.close(child.stdin)
+        with os.fdopen(os.dup(child.stdout), "rb") as out:
+            stdout = out.read()
+        with os.fdopen(os.dup(child.stderr), "rb") as err:
+            stderr = err.read()
+        return subprocess.CompletedProcess(args, child.wait(), stdout, stderr)
+    finally:
+        child.close()
+
+
+def connect_as(account: Account, path: str) -> str:
+    """"connected", or the errno name of ``account``'s connect to the Unix socket ``path``."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(read_end)
+            os.setgroups(list(account.groups))
+            os.setgid(account.gid)
+            os.setuid(account.uid)
+            import errno
+            import socket
+
+            try:
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                    sock.connect(path)
+                answer = "connected"
+            except OSError as err:
+                answer = errno.errorcode.get(err.errno or 0, str(err))
+            os.write(write_end, answer.encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        answer = pipe.read().decode()
+    os.waitpid(pid, 0)
+    return answer
+
+
+def processes_of(uid: int, argv: list[str]) -> list[int]:
+    """The pids of ``uid``'s processes running exactly ``argv``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            running = (entry / "cmdline").read_bytes().split(b"\0")[:-1]
+            if entry.stat().st_uid == uid and running == [a.encode() for a in argv]:
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def audit_of(host: TestHost) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in
+            (Path(host.state_dir) / "audit.log").read_text().splitlines()]
+
+
+def test_an_operator_execs_in_a_node_as_itself_and_a_viewer_is_refused(
+        host: TestHost, accounts: Accounts) -> None:
+    from vnet.testing import wait_until
+
+    sock = host.socket
+    lab = host.up(write_topology(host))
+    mac = host.call("node", node="n0", lab=LAB)["nics"]["eth0"]["mac"]
+    operator, viewer = accounts.operator, accounts.viewer
+
+    # As the operator's uid and groups, inside n0's namespace with n0's /sys; its status.
+    script = ("id -u; id -G; cat /sys/class/net/eth0/address; ip -o link show eth0; "
+              "read line; echo \"got $line\"; echo \"$VNET_T\"; exit 7")
+    ran = run_cli_as(operator, sock, "exec", "n0", "--", "sh", "-c", script,
+                     stdin=b"typed\n", env={"VNET_T": "the caller's"})
+    assert ran.returncode == 7, ran.stderr
+    lines = ran.stdout.decode().splitlines()
+    assert lines[0] == str(operator.uid)
+    assert sorted(int(g) for g in lines[1].split()) == sorted(set(operator.groups))
+    assert lines[2] == mac and "eth0" in lines[3] and lines[4] == "got typed"
+    assert lines[5] == "the caller's"   # its environment
+
+    # A viewer: refused, told the role it needs; nothing ran.
+    refused = run_cli_as(viewer, sock, "exec", "n0", "--", "id", "-u")
+    assert refused.returncode == 1 and refused.stdout == b""
+    assert b"permission denied: exec needs the operator role" in refused.stderr
+    # Bad requests: clear errors.
+    missing = run_cli_as(operator, sock, "exec", "nope", "--", "true")
+    assert missing.returncode == 1 and b"no node 'nope' is up" in missing.stderr
+    notfound = run_cli_as(operator, sock, "exec", "n0", "--", "no-such-command-x")
+    assert notfound.returncode == 127
+    assert b"no-such-command-x: command not found in node n0" in notfound.stderr
+
+    # Ctrl-C (SIGINT to the CLI) reaches the command; killing the CLI kills the command.
+    sleeper = ["sleep", "3600"]
+    for how in (signal.SIGINT, signal.SIGKILL):
+        client = spawn_as(operator, sock, "exec", "n0", "--", *sleeper)
+        try:
+            wait_until(lambda: processes_of(operator.uid, sleeper), 30,
+                       message="the operator's sleep to start in n0")
+            os.kill(client.pid, how)
+            assert client.wait(30) == (130 if how == signal.SIGINT else -signal.SIGKILL)
+            wait_until(lambda: not processes_of(operator.uid, sleeper), 30,
+                       message=f"the sleep to go with its client ({how.name})")
+        finally:
+            client.close()
+            for pid in processes_of(operator.uid, sleeper):
+                os.kill(pid, signal.SIGKILL)
+
+    # vnetd killed: its client is told, and the command goes with it (no orphan).
+    client = spawn_as(operator, sock, "exec", "n0", "--", *sleeper)
+    try:
+        wait_until(lambda: processes_of(operator.uid, sleeper), 30,
+                   message="the operator's sleep to start in n0")
+        host.kill_daemon()
+        assert client.wait(30) == 1
+        assert b"vnetd stopped before it answered this exec" in os.read(client.stderr, 65536)
+        wait_until(lambda: not processes_of(operator.uid, sleeper), 30,
+                   message="the sleep to go with vnetd")
+    finally:
+        client.close()
+        for pid in processes_of(operator.uid, sleeper):
+            os.kill(pid, signal.SIGKILL)
+        host.start_daemon()
+
+    execs = [(e["user"], e["op"], e["result"], e.get("command")) for e in audit_of(host)
+             if e["op"] == "exec"]
+    assert execs[:2] == [
+        (operator.name, "exec", "ok", "sh -c " + json.dumps(script)),
+        (viewer.name, "exec", "error", None)]
+    assert execs[2][2] == "error" and execs[3][:3] == (operator.name, "exec", "ok")
+    lab.close()
+
+
+def write_topology(host: TestHost, text: str = TOPOLOGY) -> Path:
+    path = host.workdir / "acl.yaml"
+    path.write_text(text)
+    return path
+
+
+VM_TOPOLOGY = f"""\
+name: {LAB}
+networks:
+  net: {{vlan: 10}}
+nodes:
+  n0: {{kind: netns, nics: [{{name: eth0, network: net, ip: 10.77.0.1/24}}]}}
+  vm0: {{kind: vm, memory: 16M, nics: [{{name: eth0, network: net, ip: 10.77.0.2/24}}]}}
+"""
+
+
+@pytest.mark.skipif(not os.access("/dev/kvm", os.R_OK | os.W_OK), reason="needs /dev/kvm")
+def test_an_operator_attaches_to_a_console_through_vnetd_and_a_viewer_reads_it_only(
+        host: TestHost, accounts: Accounts) -> None:
+    import select
+
+    from vnet.testing import wait_until
+
+    sock = host.socket
+    lab = host.up(write_topology(host, VM_TOPOLOGY))
+    operator, viewer = accounts.operator, accounts.viewer
+    wait_until(lambda: "ip 10.77.0.2 up" in host.cli("console", "vm0", "--no-follow").stdout,
+               60, message="vm0 to boot")   # the tiny guest echoes its input from then on
+
+    # The runner's console socket is root's alone: only vnetd can hand it over.
+    path = host.call("node", node="vm0", lab=LAB)["console_socket"]
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    assert connect_as(operator, path) == "EACCES"
+
+    # A viewer reads the log, and is refused the live console by name.
+    log = run_cli_as(viewer, sock, "console", "vm0", "--no-follow")
+    assert log.returncode == 0 and b"ip 10.77.0.2 up" in log.stdout, log.stderr
+    refused = run_cli_as(viewer, sock, "console", "vm0")
+    assert refused.returncode == 1 and b"ip 10.77.0.2 up" in refused.stdout
+    assert b"permission denied: console.attach needs the operator role" in refused.stderr
+    wrong = run_cli_as(operator, sock, "console", "n0")
+    assert wrong.returncode == 1 and b"n0' is a namespace node" in wrong.stderr
+    vm_exec = run_cli_as(operator, sock, "exec", "vm0", "--", "true")
+    assert vm_exec.returncode == 1 and b"'vm0' of lab 'acl' is a VM" in vm_exec.stderr
+
+    # The operator: what it types reaches the guest, which echoes it; Ctrl-] detaches.
+    client = spawn_as(operator, sock, "console", "vm0")
+    try:
+        seen = b""
+
+        def echoed() -> bool:
+            nonlocal seen
+            os.write(client.stdin, b"op-hello")
+            while select.select([client.stdout], [], [], 0.2)[0]:
+                chunk = os.read(client.stdout, 65536)
+                if not chunk:
+                    break
+                seen += chunk
+            return b"op-hello" in seen
+
+        wait_until(echoed, 30, message=lambda: f"vm0 to echo; the client saw {seen[-300:]!r}")
+        os.write(client.stdin, b"\x1d")
+        assert client.wait(30) == 0
+        assert b"[detached]" in os.read(client.stderr, 65536)
+    finally:
+        client.close()
+    attaches = [(e["user"], e["result"], e.get("node")) for e in audit_of(host)
+                if e["op"] == "console.attach"]
+    assert attaches == [(viewer.name, "error", None), (operator.name, "ok", "vm0")]
+    lab.close()

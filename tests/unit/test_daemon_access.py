@@ -87,7 +87,8 @@ def test_the_table_is_the_three_roles() -> None:
 
 
 def test_every_api_request_has_an_entry() -> None:
-    args = {"lab": "a", "node": "n", "text": "", "source": "s", "frame": "00"}
+    args = {"lab": "a", "node": "n", "text": "", "source": "s", "frame": "00",
+            "command": ["true"]}
     for op, cls in requests.REQUESTS.items():
         names = [f.name for f in cls.__dataclass_fields__.values()]
         hints = typing.get_type_hints(cls)

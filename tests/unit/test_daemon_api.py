@@ -18,6 +18,8 @@ from vnet.daemon.api import INTERNAL_ERROR, ApiServer
 from vnet.daemon.defaults import API_VERSION
 from vnet.daemon.requests import (
     REQUESTS,
+    ConsoleRequest,
+    ExecRequest,
     NodeRequest,
     RequestError,
     StatusRequest,
@@ -36,12 +38,24 @@ def test_a_well_formed_request_becomes_its_dataclass() -> None:
     assert parse_request({"op": "vm", "action": "stop", "node": "vm1"}) == VmRequest(
         "stop", "vm1")
     assert parse_request({"op": "node", "node": "c1", "lab": "l"}) == NodeRequest("c1", "l")
+    assert parse_request({"op": "exec", "node": "c1", "command": ["sh", "-c", "a b"],
+                          "env": ["A=1\n2", "B="]}) == ExecRequest(
+        "c1", ["sh", "-c", "a b"], ["A=1\n2", "B="])
+    assert parse_request({"op": "console", "node": "vm1"}) == ConsoleRequest("vm1", "log")
 
 
 @pytest.mark.parametrize(("message", "expected"), [
-    ({"op": "teleport"}, "unknown operation 'teleport'; this vnetd knows: capture, down, fdb, "
-                         "node, ping, shutdown, status, trace, up, vm"),
-    ({"lab": "x"}, 'a request needs an "op"; this vnetd knows: capture, down,'),
+    ({"op": "teleport"}, "unknown operation 'teleport'; this vnetd knows: capture, console, "
+                         "down, exec, fdb, node, ping, shutdown, status, trace, up, vm"),
+    ({"op": "exec", "node": "n0", "command": "ls"}, "exec: argument 'command' must be a list, "
+     "each item a command-line argument (Unicode, no NUL byte), not the string 'ls'"),
+    ({"op": "exec", "node": "n0", "command": ["ls", 3]}, "argument 'command' must be a list,"),
+    ({"op": "exec", "node": "n0", "command": ["ls"], "env": ["NOEQUALS"]},
+     "argument 'env' must be a list, each item an environment entry (NAME=VALUE, Unicode, no "
+     "NUL byte) or null, not a list"),
+    ({"op": "console", "node": "vm1", "action": "detach"},
+     "console: argument 'action' must be one of 'log', 'attach', not the string 'detach'"),
+    ({"lab": "x"}, 'a request needs an "op"; this vnetd knows: capture, console, down,'),
     ({"op": 7}, "unknown operation 7"),
     ({"op": "up", "text": "name: x"},
      "up: missing argument 'source': a path (at most 4096 characters, no NUL byte)"),
@@ -197,7 +211,8 @@ NASTY_VALUES: list[Any] = [
 NASTY_OPS: list[Any] = ["", "UP", "teleport", "up\0", 7, None, [], {}, True, "x" * 10_000]
 GOOD_VALUES = {"lab": "pair", "node": "c1", "action": "start", "source": "/labs/x.yaml",
                "text": "name: x", "frame": "ff" * 14, "nic": "eth0", "all": False,
-               "direction": "both", "progress": False}
+               "direction": "both", "progress": False, "command": ["true"], "env": ["A=b"],
+               "cwd": "/"}
 TEXTS = ["", "name: x", "- 1", "{a: b}", "name: x\nnetworks: 5\nnodes: []\n",
          "name: x\nnetworks: {n: {vlan: a}}\nnodes: {c1: {kind: vm, kernel: ../k}}\n",
          "name: x\nnetworks: []\nnodes: {c1: [1]}\n", "\t", "name: [x]", "name: Pair\n"]
@@ -237,7 +252,7 @@ def nasty_lines(count: int, seed: int) -> list[bytes]:
     return lines
 
 
-def real_handlers(tmp_path: Path) -> dict[str, Any]:
+def real_server(tmp_path: Path) -> ApiServer:
     """vnetd's own handlers, on an empty state directory: nothing a request names exists.
     Only what needs root or a datapath is stood in for: building a lab (which a fuzzed
     request never reaches: its topology is refused first), stopping, the datapath."""
@@ -257,7 +272,7 @@ def real_handlers(tmp_path: Path) -> dict[str, Any]:
     daemon.realise_part = realise_part      # type: ignore[method-assign]
     daemon.stop = stop                      # type: ignore[method-assign]
     daemon.datapath.call = datapath         # type: ignore[method-assign]
-    return daemon.api.handlers
+    return daemon.api
 
 
 def test_no_malformed_request_is_an_internal_error(
@@ -267,7 +282,7 @@ def test_no_malformed_request_is_an_internal_error(
     were checked, a NUL byte in a lab name was ``ValueError('embedded null byte')``, a
     long one ``OSError(36)``, deep nesting a ``RecursionError`` that dropped the client
     and a 5000-digit number a ``ValueError`` that did too."""
-    server = ApiServer(tmp_path / "api.sock", real_handlers(tmp_path))
+    server = real_server(tmp_path)
 
     async def answers() -> list[tuple[bytes, dict[str, Any]]]:
         return [(line, await server.handle(line)) for line in nasty_lines(3000, seed=16)]

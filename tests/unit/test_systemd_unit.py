@@ -13,8 +13,9 @@ import pytest
 
 UNIT = Path(__file__).parents[2] / "systemd" / "vnetd.service"
 # "systemd-analyze security --offline=yes" (systemd 252): 7.1 before the hardening of
-# issue 13, 5.1 after.  Lower is better; raise it only with a reason in the unit.
-MAX_EXPOSURE = 5.1
+# issue 13, 5.1 after; 5.4 with CAP_SETUID/CAP_SETGID, which vnet exec needs to run a
+# command as its caller.  Lower is better; raise it only with a reason in the unit.
+MAX_EXPOSURE = 5.4
 
 needs_systemd_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is None,
                                            reason="needs systemd-analyze")

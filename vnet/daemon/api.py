@@ -20,7 +20,10 @@ cannot use up vnetd's file descriptors; and a burst of connects waits in a backl
 
 A handler may keep the connection (``vnet capture``): it returns a ``Streaming``, whose
 result is sent as the reply and whose ``run`` then has the connection, without the idle
-timeouts, until it returns; then the connection closes.
+timeouts, until it returns; then the connection closes.  A *session* (``exec``,
+``console.attach``) is a conversation: it answers on the connection itself, fds passed
+included (``fdpass.Channel``).  A request with ``"progress": true`` (``up``, ``down``)
+hears ``{"progress": ...}`` lines before its reply (``vnet.daemon.progress``).
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from vnet.daemon import access, progress
 from vnet.daemon.audit import AuditLog, Peer, entry
 from vnet.daemon.config import AccessConfig
 from vnet.daemon.defaults import API_VERSION, MAX_REQUEST, describe_size
+from vnet.daemon.fdpass import Channel
 from vnet.daemon.requests import (
     REQUESTS,
     Request,
@@ -55,6 +59,20 @@ from vnet.errors import VnetError
 log = logging.getLogger("vnet.api")
 
 Handler = Callable[[Any], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a session went, for the audit: ``error`` None, it started (exec) or attached."""
+
+    lab: str | None
+    error: str | None
+    detail: Mapping[str, object]   # what the audit record adds: the node, the command
+
+
+Session = Callable[[Any, Peer, Channel, Callable[[Outcome], None]], Awaitable[None]]
+"""An operation that is a conversation (``exec``, ``console.attach``): it answers on the
+channel itself and reports its outcome for the audit; the connection ends with it."""
 INTERNAL_ERROR = "internal error in vnetd (see its log)"
 IDLE_TIMEOUT = 10.0    # seconds to send a whole request line (a CLI sends it at once),
                        # and for a reply to wait for a client that does not read it
@@ -76,6 +94,10 @@ class Streaming:
     cancel: Callable[[], None]
 
 
+Served = tuple[dict[str, Any], Streaming | None]
+"""A request's reply, and the stream that follows it if its handler keeps the connection."""
+
+
 def too_long(limit: int) -> str:
     return (f"bad request: the request is longer than vnetd's limit of {describe_size(limit)}"
             f" ({limit} bytes); a topology file is normally a few KiB")
@@ -87,11 +109,15 @@ class ApiServer:
     def __init__(self, path: Path, handlers: Mapping[str, Handler],
                  max_line: int = MAX_REQUEST, idle_timeout: float = IDLE_TIMEOUT,
                  max_clients: int = MAX_CLIENTS, access_config: AccessConfig | None = None,
-                 audit: AuditLog | None = None, config_file: Path | None = None) -> None:
-        if set(handlers) != set(REQUESTS):
-            raise ValueError(f"handlers for {sorted(handlers)}, requests for {sorted(REQUESTS)}")
+                 audit: AuditLog | None = None, config_file: Path | None = None,
+                 sessions: Mapping[str, Session] | None = None) -> None:
+        sessions = dict(sessions or {})
+        served = set(handlers) | {operation.split(".")[0] for operation in sessions}
+        if served != set(REQUESTS):
+            raise ValueError(f"handlers for {sorted(served)}, requests for {sorted(REQUESTS)}")
         self.path = path
         self.handlers = dict(handlers)
+        self.sessions = sessions
         self.max_line = max_line
         self.idle_timeout = idle_timeout
         self.max_clients = max_clients
@@ -152,7 +178,15 @@ class ApiServer:
                                                "api": API_VERSION}))
 
             while (line := await self._read_request(reader, writer)) is not None:
-                reply, streaming = await self._serve(line, peer, tell)
+                channel = Channel(reader, writer, lambda r: self._send(writer, r),
+                                  self.idle_timeout)
+                try:
+                    served = await self.serve(line, peer, channel, tell)
+                finally:
+                    channel.close()
+                if served is None:   # a session answered on the connection
+                    return
+                reply, streaming = served
                 if not await self._send(writer, reply):
                     if streaming is not None:
                         streaming.cancel()
@@ -217,15 +251,20 @@ class ApiServer:
     async def handle(self, line: bytes, peer: Peer | None = None) -> dict[str, Any]:
         """One request line in, one reply out; never raises for what a client sent.
         (``peer`` None: vnetd itself, or a test in its process, which is root's.)  A
-        streaming operation's stream is cancelled: only a connection can carry one."""
-        reply, streaming = await self._serve(line, peer)
+        session's operation is refused and a streaming operation's stream cancelled: they
+        need a connection (``serve``)."""
+        served = await self.serve(line, peer, None)
+        if served is None:
+            return jsonlines.failed(INTERNAL_ERROR)
+        reply, streaming = served
         if streaming is not None:
             streaming.cancel()
         return reply
 
-    async def _serve(self, line: bytes, peer: Peer | None,
-                     tell: progress.Reporter | None = None
-                     ) -> tuple[dict[str, Any], Streaming | None]:
+    async def serve(self, line: bytes, peer: Peer | None, channel: Channel | None,
+                    tell: progress.Reporter | None = None) -> Served | None:
+        """``handle`` for a line that came on ``channel``; None: a session answered on it,
+        and the connection ends.  ``tell`` hears the request's progress if it asked."""
         if len(line) > self.max_line:
             return jsonlines.failed(too_long(self.max_line)), None
         try:
@@ -238,13 +277,10 @@ class ApiServer:
         except Exception:
             log.exception("internal error in vnetd checking a request")
             return jsonlines.failed(INTERNAL_ERROR), None
-        return await self.dispatch(request, peer or own_peer(), tell)
+        return await self.dispatch(request, peer or own_peer(), channel, tell)
 
-    async def dispatch(self, request: Request, peer: Peer,
-                       tell: progress.Reporter | None = None
-                       ) -> tuple[dict[str, Any], Streaming | None]:
-        """Carry out ``request`` if ``peer`` may; ``tell`` hears its progress if it asked
-        (``"progress": true``)."""
+    async def dispatch(self, request: Request, peer: Peer, channel: Channel | None = None,
+                       tell: progress.Reporter | None = None) -> Served | None:
         operation = operation_of(request)
         decision = access.decide(peer.uid, peer.gids, self.policy, operation)
         if not decision.allowed:
@@ -254,6 +290,12 @@ class ApiServer:
             streaming = None
             log.warning("refused %s to %s (pid %d): needs %s", operation, peer.describe(),
                         peer.pid, decision.needed)
+        elif operation in self.sessions:
+            if channel is None:
+                return jsonlines.failed(f"{operation} needs a connection to vnetd's socket"
+                                        ), None
+            await self._session(operation, request, peer, channel)
+            return None
         else:
             reporter = tell if getattr(request, "progress", False) else None
             reply, streaming = await self._run(request, reporter)
@@ -265,8 +307,22 @@ class ApiServer:
                                     None if reply["ok"] else reply["error"], time.time()))
         return reply, streaming
 
-    async def _run(self, request: Request, tell: progress.Reporter | None = None
-                   ) -> tuple[dict[str, Any], Streaming | None]:
+    async def _session(self, operation: str, request: Request, peer: Peer,
+                       channel: Channel) -> None:
+        def record(outcome: Outcome) -> None:
+            self.audit.record({**entry(peer, operation, outcome.lab, outcome.error,
+                                       time.time()), **outcome.detail})
+
+        try:
+            await self.sessions[operation](request, peer, channel, record)
+        except (ConnectionError, TimeoutError) as err:
+            log.warning("%s session of %s ended: %s", operation, peer.describe(), err)
+        except Exception:
+            log.exception("internal error in vnetd during %s", operation)
+            with contextlib.suppress(Exception):
+                await channel.send(jsonlines.failed(INTERNAL_ERROR))
+
+    async def _run(self, request: Request, tell: progress.Reporter | None = None) -> Served:
         token = progress.REPORTER.set(tell)
         try:
             result = await self.handlers[request.op](request)

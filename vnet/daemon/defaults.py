@@ -12,6 +12,7 @@ DEFAULT_SOCKET = "/run/vnet/vnetd.sock"
 DEFAULT_STATE_DIR = "/var/lib/vnet"
 API_VERSION = 1          # in every reply; raised when a change would break a client
 MAX_REQUEST = 4 << 20    # bytes of one request line (4 MiB)
+EXEC_FDS = 3             # an exec's client passes its stdin, stdout and stderr, in that order
 
 
 def describe_size(size: int) -> str:

@@ -62,6 +62,9 @@ TEXT = Shape("a string", "Unicode, no NUL byte", max_length=MAX_REQUEST)
 NIC = Shape("a NIC name", IFNAME_WHY, IFNAME)
 FRAME = Shape("a frame in hex", "its bytes as hex digits, at most 64 KiB",
               r"(?:[0-9a-fA-F]{2})+", max_length=2 * 65535)
+ARG = Shape("a command-line argument", "Unicode, no NUL byte", max_length=MAX_REQUEST)
+ENV = Shape("an environment entry", "NAME=VALUE, Unicode, no NUL byte",
+            r"[^=]+=(?s:.*)", max_length=MAX_REQUEST)
 LabName = Annotated[str, LAB]
 NodeName = Annotated[str, NODE]
 
@@ -146,6 +149,28 @@ class CaptureRequest(Request, op="capture"):
 
 
 @dataclass(frozen=True)
+class ConsoleRequest(Request, op="console"):
+    """``vnet console``: a VM's console log so far (``log``, viewer), or a connection to
+    its live console handed over on the API socket (``attach``, operator: ``docs/api.md``)."""
+
+    node: NodeName
+    action: Literal["log", "attach"] = "log"
+    lab: LabName | None = None
+
+
+@dataclass(frozen=True)
+class ExecRequest(Request, op="exec"):
+    """``vnet exec``: run ``command`` in a namespace node as the caller, on the caller's
+    stdin, stdout and stderr (passed over the socket after vnetd's first reply)."""
+
+    node: NodeName
+    command: list[Annotated[str, ARG]]
+    env: list[Annotated[str, ENV]] | None = None   # None: vnetd's minimal environment
+    cwd: Annotated[str, PATH] | None = None          # None: /
+    lab: LabName | None = None
+
+
+@dataclass(frozen=True)
 class ShutdownRequest(Request, op="shutdown"):
     all: bool = False   # also stop the datapath and every VM runner (else they stay running)
 
@@ -189,6 +214,9 @@ def fits(value: Any, hint: Any) -> bool:
     if origin is Annotated:
         base, *shapes = typing.get_args(hint)
         return fits(value, base) and all(shape.fits(value) for shape in shapes)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        return isinstance(value, list) and all(fits(v, item) for v in value)
     if origin is Literal:
         return any(value == choice and type(value) is type(choice)
                    for choice in typing.get_args(hint))
@@ -206,6 +234,8 @@ def describe_type(hint: Any) -> str:
     if origin is Annotated:
         shapes = typing.get_args(hint)[1:]
         return " and ".join(f"{shape.noun} ({shape.why})" for shape in shapes)
+    if origin is list:
+        return f"a list, each item {describe_type(typing.get_args(hint)[0])}"
     if origin is Literal:
         return "one of " + ", ".join(repr(choice) for choice in typing.get_args(hint))
     if origin in (typing.Union, types.UnionType):

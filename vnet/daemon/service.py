@@ -10,6 +10,8 @@ handler is one API operation; its request was checked at the edge (``requests``)
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import logging
 import os
 import sys
@@ -18,9 +20,10 @@ from typing import Any
 
 from vnet import __version__
 from vnet.bus.client import open_bus
-from vnet.daemon import capture, metrics, naming, preflight, tracing
+from vnet.daemon import capture, metrics, naming, preflight, sessions, tracing
 from vnet.daemon.adoption import VmAction, stale, vm_action
 from vnet.daemon.api import ApiServer, Streaming
+from vnet.daemon.attach import NodeView
 from vnet.daemon.audit import FILE_NAME as AUDIT_FILE
 from vnet.daemon.audit import AuditLog
 from vnet.daemon.bus_overlay import DriverOverlay
@@ -32,6 +35,7 @@ from vnet.daemon.reconciler import apply, remove_all, restore
 from vnet.daemon.recovery import recovery_plan
 from vnet.daemon.requests import (
     CaptureRequest,
+    ConsoleRequest,
     DownRequest,
     FdbRequest,
     NodeRequest,
@@ -61,6 +65,7 @@ from vnet.errors import DaemonError, DatapathError
 from vnet.topology import Topology, parse_topology
 
 log = logging.getLogger("vnet.daemon")
+CONSOLE_LOG_MAX = 1 << 20   # bytes of a console log sent to `vnet console` (its tail)
 
 SCRAPE_DATAPATH_TIMEOUT = 3.0   # s a scrape waits for the datapath before it shows the last
                                 # counters read (and vnet_datapath_up 0)
@@ -95,9 +100,13 @@ class Vnetd:
             "ping": self.op_ping, "up": self.op_up, "down": self.op_down,
             "status": self.op_status, "fdb": self.op_fdb, "node": self.op_node,
             "vm": self.op_vm, "trace": self.op_trace, "capture": self.op_capture,
-            "shutdown": self.op_shutdown},
+            "shutdown": self.op_shutdown, "console": self.op_console_log},
             access_config=access, audit=AuditLog(state_dir / AUDIT_FILE),
-            config_file=config_file)
+            config_file=config_file, sessions={
+                "exec": lambda request, peer, channel, record: sessions.run_exec(
+                    request, peer, channel, self._node_view, record),
+                "console.attach": lambda request, peer, channel, record:
+                    sessions.run_console_attach(request, channel, self._node_view, record)})
         self.failures: dict[str, str] = {}   # lab -> why it is not all there (vnet status)
         self.metrics = (MetricsServer(metrics_config.listen, self.metrics_snapshot)
                         if metrics_config is not None else None)
@@ -417,6 +426,32 @@ class Vnetd:
                     "nics": {t.nic: {"mac": t.mac, "host_ifname": t.ifname} for t in res.taps}}
         return {"lab": res.lab, "node": node, "kind": "netns", "netns": res.netns,
                 "nics": {n.nic: {"mac": n.mac, "host_ifname": n.host_ifname} for n in res.nics}}
+
+    def _node_view(self, node: str, lab: str | None) -> NodeView:
+        """What exec and console attach check a request against (``attach``)."""
+        res = self._find_node(node, lab)
+        if isinstance(res, VmNodeResource):
+            status = self.vms.status(res.lab, node)
+            return NodeView(res.lab, node, "vm", state=str(status["state"]),
+                            console_socket=str(status.get("console_socket") or "") or None)
+        return NodeView(res.lab, node, "netns", netns=res.netns)
+
+    async def op_console_log(self, request: ConsoleRequest) -> dict[str, Any]:
+        """``vnet console``'s first part: what the VM printed so far (its last
+        ``CONSOLE_LOG_MAX`` bytes), in base64 (a serial console's bytes need not be text)."""
+        res = self._find_node(request.node, request.lab)
+        if not isinstance(res, VmNodeResource):
+            raise DaemonError(f"node {request.node!r} is a namespace node: it has no console;"
+                              f" use 'vnet exec {request.node} -- sh'")
+        path = self.state_dir / f"console-{res.lab}-{res.node}.log"
+        data, size = b"", 0
+        with contextlib.suppress(FileNotFoundError), open(path, "rb") as log_file:
+            size = os.fstat(log_file.fileno()).st_size
+            log_file.seek(max(0, size - CONSOLE_LOG_MAX))
+            data = log_file.read(CONSOLE_LOG_MAX)
+        return {"lab": res.lab, "node": res.node,
+                "state": self.vms.status(res.lab, res.node)["state"],
+                "log": base64.b64encode(data).decode(), "skipped": max(0, size - len(data))}
 
     async def op_vm(self, request: VmRequest) -> dict[str, Any]:
         """``vnet vm start|stop|restart NODE``."""

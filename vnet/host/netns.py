@@ -30,7 +30,7 @@ import os
 import subprocess
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING
 
 from vnet.errors import HostError, NetnsError, NotOurs
 
@@ -179,8 +179,9 @@ def become_node(fd: int, name: str) -> None:
     of /sys and /etc.
 
     Only for a single-threaded process about to exec a command (a ``preexec_fn`` child, or
-    ``exec_in_node``): it unshares the mount namespace, which a thread cannot do, and
-    everything it mounts is private to it and its children, never propagated back."""
+    ``vnet.host.nodeexec``, which vnetd starts for ``vnet exec``): it unshares the mount
+    namespace, which a thread cannot do, and everything it mounts is private to it and its
+    children, never propagated back."""
     setns_fd(fd)
     _check(_libc.unshare(CLONE_NEWNS), "unshare the mount namespace")
     _check(_libc.mount(None, b"/", None, MS_REC | MS_SLAVE, None), "make / a slave mount")
@@ -217,19 +218,6 @@ def node_preexec(name: str) -> Iterator[Callable[[], None]]:
         yield lambda: become_node(fd, name)
     finally:
         os.close(fd)
-
-
-def exec_in_node(name: str, command: list[str]) -> NoReturn:
-    """Replace this process by ``command`` running in node namespace ``name``.
-
-    The process that changes its mounts is the one that becomes the command: nothing of the
-    caller runs in it afterwards.  ``FileNotFoundError`` (no such command) is the caller's."""
-    fd = open_netns(name)
-    try:
-        become_node(fd, name)
-    finally:
-        os.close(fd)
-    os.execvp(command[0], command)
 
 
 # ---- can the rest of the machine see the namespaces we create? ------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket as stdlib_socket
+import tempfile
 import threading
 from pathlib import Path
 
@@ -24,16 +25,26 @@ MAX_PENDING = 1 << 20  # guest output buffered while the event loop is busy (old
 
 
 def bind_unix(path: Path, backlog: int = 8) -> trio.socket.SocketType:
-    """A listening Unix socket at ``path``, mode 0600 (replacing a stale one)."""
-    path.unlink(missing_ok=True)
+    """A listening Unix socket at ``path``, mode 0600 (replacing a stale one): root's alone,
+    since vnetd is what hands its connections to the users of the operator role.
+
+    Bound in a private (0700) directory beside ``path``, made 0600, then renamed into
+    place: a socket bound at ``path`` itself would be there for a moment with the mode the
+    umask gives it, before the chmod."""
+    private = Path(tempfile.mkdtemp(prefix=".s", dir=path.parent))   # short: sun_path
     sock = stdlib_socket.socket(stdlib_socket.AF_UNIX, stdlib_socket.SOCK_STREAM)
     try:
-        sock.bind(str(path))
-        os.chmod(path, 0o600)
+        sock.bind(str(private / "sock"))
+        os.chmod(private / "sock", 0o600)
         sock.listen(backlog)
+        os.replace(private / "sock", path)
     except BaseException:
         sock.close()
         raise
+    finally:
+        with contextlib.suppress(OSError):
+            (private / "sock").unlink()
+        private.rmdir()
     return trio.socket.from_stdlib_socket(sock)
 
 
