@@ -30,10 +30,13 @@ class Poller:
         self._thread = threading.Thread(target=self._run, name="status-poller", daemon=True)
 
     def read_once(self) -> None:
+        status: Mapping[str, Any] | None = None
+        error = None
         try:
-            sample = live.Sample(self._clock(), self._fetch())
+            status = self._fetch()
         except VnetError as err:     # vnetd not running, not answering, refusing
-            sample = live.Sample(self._clock(), None, str(err))
+            error = str(err)
+        sample = live.Sample(self._clock(), status, error)   # as of its answer
         with self._lock:
             self.previous, self.current = self.current, sample
 
