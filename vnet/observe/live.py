@@ -242,7 +242,7 @@ h1 { font-size: 1.3em; margin: 0 0 0.3em 0; }
 #status.ok { background: #e8f5e9; color: #1b5e20; }
 #status.bad { background: #fdecea; color: #b71c1c; font-weight: bold; }
 #status.waiting { background: #f4f4f4; }
-#picture svg { max-width: 100%; height: auto; }
+#picture svg { max-width: 100%; height: auto; overflow: visible; }
 table { border-collapse: collapse; margin-top: 1em; font-size: 0.9em; }
 th, td { border-bottom: 1px solid #ddd; padding: 0.25em 0.8em; text-align: left; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
