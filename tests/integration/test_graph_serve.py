@@ -164,28 +164,50 @@ def test_the_page_shows_the_live_lab(vnet_lab: Lab, served: subprocess.Popen[str
         shutil.copy(shot, Path(keep) / "graph-serve.png")
 
 
+def rgb(hex_colour: str) -> tuple[int, int, int]:
+    return int(hex_colour[1:3], 16), int(hex_colour[3:5], 16), int(hex_colour[5:7], 16)
+
+
+def regions(pixels: set[tuple[int, int]], least: int) -> list[int]:
+    """The sizes of the 4-connected regions of ``pixels`` of at least ``least`` pixels."""
+    sizes, todo = [], set(pixels)
+    while todo:
+        stack, size = [todo.pop()], 0
+        while stack:
+            x, y = stack.pop()
+            size += 1
+            for near in ((x + 1, y), (x - 1, y), (x, y + 1), (x, y - 1)):
+                if near in todo:
+                    todo.remove(near)
+                    stack.append(near)
+        if size >= least:
+            sizes.append(size)
+    return sizes
+
+
 def check_screenshot(path: Path) -> None:
-    """A PNG of the window's size, not blank: mostly white page, but with the running
-    nodes' green outlines and the networks' colours drawn in."""
+    """A PNG of the window's size, not blank, with one filled box per namespace node (the
+    fill colour of ``graph``'s namespace nodes, the letters' holes left out), the running
+    state's green (outlines) and the blue network drawn in."""
     from PIL import Image
 
     data = path.read_bytes()
     assert data.startswith(b"\x89PNG\r\n\x1a\n"), data[:16]
     image = Image.open(io.BytesIO(data)).convert("RGB")
     assert image.size == WINDOW
-    colours = image.getcolors(maxcolors=1 << 20)
+    colours = image.getcolors(maxcolors=1 << 22)
     assert colours is not None
-    counts = {rgb: n for n, rgb in colours}
+    counts = {colour: n for n, colour in colours}
     total = WINDOW[0] * WINDOW[1]
     assert counts.get((255, 255, 255), 0) < total * 0.97, "the page is blank"
     assert len(counts) > 50, "too few colours for a drawn picture"
-
-    def pixels(hex_colour: str) -> int:
-        rgb = (int(hex_colour[1:3], 16), int(hex_colour[3:5], 16), int(hex_colour[5:7], 16))
-        return counts.get(rgb, 0)
-
-    assert pixels(STATE_COLOURS["running"]) > 200, "no node drawn as running (green outline)"
-    assert pixels("#1f77b4") > 200, "the blue network is not drawn"
+    assert counts.get(rgb(STATE_COLOURS["running"]), 0) > 200, "nothing drawn as running"
+    assert counts.get(rgb("#1f77b4"), 0) > 200, "the blue network is not drawn"
+    fill = rgb("#eef4fb")          # graph._node_line: a namespace node's fill
+    raw, width = image.tobytes(), WINDOW[0]
+    boxes = {(i % width, i // width) for i in range(total)
+             if (raw[3 * i], raw[3 * i + 1], raw[3 * i + 2]) == fill}
+    assert len(regions(boxes, least=1000)) == len(NODES), "not one box per node"
 
 
 def test_read_only_for_its_own_host_and_says_when_vnetd_is_gone(
