@@ -50,7 +50,8 @@ def chromium() -> str:
 
 
 def request(host: TestHost, path: str, method: str = "GET",
-            host_header: str = f"127.0.0.1:{DEFAULT_PORT}") -> tuple[int, dict[str, str], bytes]:
+            host_header: str = f"127.0.0.1:{DEFAULT_PORT}", body: bytes = b""
+            ) -> tuple[int, dict[str, str], bytes]:
     """One HTTP request to the server in ``host``'s namespace (the socket is made there)."""
     with netns.entered(host.name):
         sock = socket.create_connection(("127.0.0.1", DEFAULT_PORT), timeout=10)
@@ -59,7 +60,9 @@ def request(host: TestHost, path: str, method: str = "GET",
     try:
         conn.putrequest(method, path, skip_host=True)
         conn.putheader("Host", host_header)
-        conn.endheaders()
+        if body:
+            conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders(body or None)
         answer = conn.getresponse()
         return answer.status, dict(answer.getheaders()), answer.read()
     finally:
@@ -214,7 +217,7 @@ def test_read_only_for_its_own_host_and_says_when_vnetd_is_gone(
         vnet_lab: Lab, served: subprocess.Popen[str], tmp_path: Path) -> None:
     host = vnet_lab.host
     for method in ("POST", "PUT", "DELETE", "OPTIONS", "PATCH"):
-        status, headers, body = request(host, "/live.json", method)
+        status, headers, body = request(host, "/live.json", method, body=b"x" * 100_000)
         assert (status, headers.get("Allow")) == (405, "GET, HEAD"), body
     status, _, body = request(host, "/", host_header=f"rebound.example:{DEFAULT_PORT}")
     assert status == 403 and b"lab" not in body and b"Traceback" not in body

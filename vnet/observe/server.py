@@ -15,6 +15,9 @@ from typing import Any
 from vnet.errors import VnetError
 from vnet.observe import graph, live
 
+REQUEST_TIMEOUT = 10.0   # seconds a request may take to arrive
+MAX_BODY = 1 << 20       # bytes of a (refused) request's body read before answering
+
 
 class Poller:
     """The last two status reads, renewed in a background thread."""
@@ -99,7 +102,10 @@ def make_server(bound: live.Address, content: LivePage) -> http.server.Threading
 
     class Handler(http.server.BaseHTTPRequestHandler):
         server_version = "vnet-graph"
-        sys_version = ""
+        timeout = REQUEST_TIMEOUT      # a client that stalls does not keep its thread
+
+        def version_string(self) -> str:
+            return self.server_version
 
         def parse_request(self) -> bool:
             # Every method is answered here, so that any other than GET and HEAD gets a
@@ -110,6 +116,9 @@ def make_server(bound: live.Address, content: LivePage) -> http.server.Threading
             return False
 
         def _answer(self) -> None:
+            length = self.headers.get("Content-Length", "")
+            if length.isdigit() and int(length) <= MAX_BODY:
+                self.rfile.read(int(length))   # unread, closing would reset the connection
             try:
                 response = live.respond(self.command, self.path, self.headers.get("Host"),
                                         actual, content.page, content.svg, content.view)
