@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vnet.errors import DaemonError, VnetError
-from vnet.observe import graph, live, results, server
+from vnet.observe import graph, results
 from vnet.observe.plan import plan
 from vnet.observe.probes import live_ipv4, run_all
 from vnet.topology import load_topology
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from vnet.cli import Client
 
 DOT_TIMEOUT = 60.0
+SERVE_ADDRESS = "127.0.0.1:8470"   # for --help; vnet.observe.live.DEFAULT_ADDRESS is it
 
 
 def cmd_test(client: Client, args: argparse.Namespace) -> int:
@@ -97,7 +98,9 @@ def _serve(client: Client, args: argparse.Namespace) -> int:
     if args.output is not None or args.json:
         raise VnetError("--serve shows the picture on a web page: leave out -o and --json "
                         "(or --serve, to write the picture to a file)")
-    bound = live.parse_address(args.serve)
+    from vnet.observe import live, server  # only for --serve: the CLI starts faster
+
+    bound = live.parse_address(args.serve or live.DEFAULT_ADDRESS)
     first = _picture(client, args.source)    # the lab or file must be there to begin with
     render(graph.to_dot(first), "svg")       # and graphviz too
     lab_name = first.name
@@ -162,9 +165,9 @@ def add_commands(sub: Any) -> None:
     p.add_argument("-o", "--output", metavar="OUT", help="write OUT.svg, OUT.png or OUT.dot "
                    "(default: DOT text on stdout)")
     p.add_argument("--json", action="store_true", help="the graph's parts as JSON")
-    p.add_argument("--serve", nargs="?", const=live.DEFAULT_ADDRESS, metavar="ADDR",
+    p.add_argument("--serve", nargs="?", const="", metavar="ADDR",
                    help="serve the picture as a web page with live node states and port "
-                   f"counters, read-only, on ADDR (HOST:PORT, default {live.DEFAULT_ADDRESS})")
+                   f"counters, read-only, on ADDR (HOST:PORT, default {SERVE_ADDRESS})")
     p.set_defaults(func=cmd_graph)
     p = sub.add_parser("test", help="check a file's expect: block against its live lab")
     p.add_argument("file", metavar="FILE")

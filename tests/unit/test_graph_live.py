@@ -283,3 +283,9 @@ def test_the_cli_refuses_serve_with_a_file_output(capsys: pytest.CaptureFixture[
     assert "leave out -o and --json" in capsys.readouterr().err
     assert main(["graph", str(DEMO), "--serve", "web.example:80"]) == 1
     assert "'web.example' is not an IP address" in capsys.readouterr().err
+
+
+def test_the_help_names_the_default_address(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["graph", "--help"])
+    assert f"default {live.DEFAULT_ADDRESS}" in " ".join(capsys.readouterr().out.split())
