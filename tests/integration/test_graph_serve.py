@@ -1,8 +1,9 @@
 """``vnet graph LAB --serve`` against a real lab: the CLI serves inside the test host's
 namespace on its default address, its live.json counts the frames the test sends, headless
 Chromium (Debian's ``chromium``) runs the page's script there too, and its DOM and its
-screenshot show the lab's nodes and the live counters; vnetd gone, the page says so; only GET
-and HEAD, only for the bound Host; Ctrl-C stops it cleanly.
+screenshot show the lab's nodes and the live counters; a page kept open (DevTools protocol on
+a pipe) follows new frames and a node gone missing without a reload; vnetd gone, the page
+says so; only GET and HEAD, only for the bound Host; Ctrl-C stops it cleanly.
 
 Topology ``topologies/switch.yaml`` (lab ``sw``): a1, a2 access in blue; b1 access in green;
 t1 and t2 trunks.
@@ -10,11 +11,13 @@ t1 and t2 trunks.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import io
 import json
 import os
 import re
+import select
 import shutil
 import signal
 import socket
@@ -113,6 +116,116 @@ def browse(host: TestHost, profile: Path, *args: str) -> subprocess.CompletedPro
         f"http://127.0.0.1:{DEFAULT_PORT}/"], timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
+
+
+class OpenPage:
+    """A page kept open in headless Chromium (in the host's namespace), read through the
+    DevTools protocol on a pipe (``--remote-debugging-pipe``: commands on the browser's fd
+    3, answers on its fd 4, each a JSON text ended by a NUL)."""
+
+    def __init__(self, host: TestHost, profile: Path) -> None:
+        to_browser, self._commands = os.pipe()
+        self._answers, from_browser = os.pipe()
+        # fds 3 and 4 of the browser, whatever numbers (above 4) the pipes got here
+        assert min(to_browser, from_browser) > 4
+        shell = f'exec "$0" "$@" 3<&{to_browser} 4>&{from_browser}'
+        self.process = popen_in_netns(host.name, [
+            "bash", "-c", shell, chromium(), "--headless", "--no-sandbox", "--disable-gpu",
+            "--no-first-run", f"--user-data-dir={profile}", "--remote-debugging-pipe",
+            f"--window-size={WINDOW[0]},{WINDOW[1]}", f"http://127.0.0.1:{DEFAULT_PORT}/"],
+            pass_fds=(to_browser, from_browser), stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL)
+        os.close(to_browser)
+        os.close(from_browser)
+        self._next = 0
+        self._buffer = b""
+        try:
+            pages = wait_until(lambda: [t for t in self.call("Target.getTargets")[
+                "targetInfos"] if t["type"] == "page"], message="Chromium to open the page")
+            self.session = self.call("Target.attachToTarget", targetId=pages[0]["targetId"],
+                                     flatten=True)["sessionId"]
+        except BaseException:
+            self.close()
+            raise
+
+    def call(self, method: str, session: str | None = None, **params: Any) -> Any:
+        self._next += 1
+        message: dict[str, Any] = {"id": self._next, "method": method, "params": params}
+        if session is not None:
+            message["sessionId"] = session
+        os.write(self._commands, json.dumps(message).encode() + b"\0")
+        while True:                      # events come in between: skip them
+            answer = self._read()
+            if answer.get("id") == self._next:
+                assert "error" not in answer, answer
+                return answer["result"]
+
+    def _read(self) -> dict[str, Any]:
+        while b"\0" not in self._buffer:
+            ready, _, _ = select.select([self._answers], [], [], 60)
+            assert ready, "Chromium did not answer within 60 s"
+            chunk = os.read(self._answers, 1 << 16)
+            assert chunk, "Chromium closed its DevTools pipe"
+            self._buffer += chunk
+        text, self._buffer = self._buffer.split(b"\0", 1)
+        found: dict[str, Any] = json.loads(text)
+        return found
+
+    def evaluate(self, expression: str) -> Any:
+        """The value of a JavaScript expression in the page, as it is now."""
+        result = self.call("Runtime.evaluate", session=self.session, expression=expression,
+                           returnByValue=True)["result"]
+        return result.get("value")
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self._commands)
+        with contextlib.suppress(OSError):
+            os.close(self._answers)
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+
+
+ROW = ("[...document.querySelectorAll('#ports tr')].filter(r => r.dataset.port == %r)"
+       ".map(r => [...r.cells].map(c => c.textContent))[0] || null")
+NODE_TEXT = ("[...document.querySelectorAll('#picture g.node')].filter(g => "
+             "g.querySelector('title').textContent == %r).map(g => g.textContent)[0] || null")
+
+
+def test_an_open_page_follows_the_lab(vnet_lab: Lab, served: subprocess.Popen[str],
+                                      tmp_path: Path) -> None:
+    """Without a reload: the counters of frames sent after the page opened, and a node
+    whose namespace went away shown as missing, in the table and in the picture."""
+    host = vnet_lab.host
+    page = OpenPage(host, tmp_path / "profile")
+    try:
+        shown = wait_until(lambda: page.evaluate(ROW % "a1:eth0"),
+                           message="the page's script to fill the ports table")
+        assert shown[:3] == ["a1", "running", "eth0"]
+        loads = page.evaluate("performance.getEntriesByType('navigation').length")
+        before = int(shown[6])
+        vnet_lab.dataplane.send("a1:eth0", Ether(dst="ff:ff:ff:ff:ff:ff",
+                                                 src="02:00:00:00:aa:02") / Raw(b"x" * 50),
+                                count=SENT)
+        wait_until(lambda: int(page.evaluate(ROW % "a1:eth0")[6]) >= before + SENT,
+                   message=lambda: f"the open page to count {SENT} more frames in on a1: "
+                                   f"{page.evaluate(ROW % 'a1:eth0')}")
+        assert "[running]" in page.evaluate(NODE_TEXT % "node:b1")
+        netns.remove(vnet_lab.netns("b1"))   # the node's namespace is gone: 'missing'
+        wait_until(lambda: page.evaluate(ROW % "b1:eth0")[1] == "missing",
+                   message=lambda: f"the table to show b1 missing: "
+                                   f"{page.evaluate(ROW % 'b1:eth0')}")
+        wait_until(lambda: "[missing]" in page.evaluate(NODE_TEXT % "node:b1"),
+                   message="the picture to show b1 missing")
+        stroke = page.evaluate("[...document.querySelectorAll('#picture g.node')].filter(g =>"
+                               " g.querySelector('title').textContent == 'node:b1')[0]"
+                               ".querySelector('path, polygon').getAttribute('stroke')")
+        assert stroke == STATE_COLOURS["missing"]
+        assert page.evaluate("performance.getEntriesByType('navigation').length") == loads
+        assert page.evaluate("document.getElementById('status').className") == "ok"
+    finally:
+        page.close()
 
 
 def table_rows(dom: str) -> dict[str, list[str]]:
