@@ -375,7 +375,8 @@ def page(lab_name: str, svg: str | None, layout: str, view: Mapping[str, Any]) -
             f"<h2>Ports</h2>\n<table id=\"ports\"><thead><tr>{head}</tr></thead>"
             f"<tbody></tbody></table>\n"
             f"<p><small>Read-only; node states and counters from vnetd's status, every "
-            f"{POLL:g} s. Reload the page to redraw the picture.</small></p>\n"
+            f"{POLL:g} s; the picture is redrawn when the lab's nodes, NICs or VLANs "
+            f"change.</small></p>\n"
             f"<script>{SCRIPT}</script>\n</body></html>\n")
 
 
