@@ -10,6 +10,7 @@ import argparse
 import json
 import shutil
 import subprocess
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from vnet.cli import Client
 
 DOT_TIMEOUT = 60.0
+SERVE_ADDRESS = "127.0.0.1:8470"   # for --help; vnet.observe.live.DEFAULT_ADDRESS is it
 
 
 def cmd_test(client: Client, args: argparse.Namespace) -> int:
@@ -66,7 +68,10 @@ def _write(path: str, text: str) -> None:
 
 def cmd_graph(client: Client, args: argparse.Namespace) -> int:
     """The picture of a topology file or of a live lab (with node states): DOT text, SVG or
-    PNG by ``-o``'s suffix; DOT on stdout without ``-o``; --json: the graph's parts."""
+    PNG by ``-o``'s suffix; DOT on stdout without ``-o``; --json: the graph's parts;
+    --serve: a live page of it."""
+    if args.serve is not None:
+        return _serve(client, args)
     picture = _picture(client, args.source)
     if args.json:
         print(json.dumps(graph.to_json(picture), indent=2))
@@ -84,6 +89,39 @@ def cmd_graph(client: Client, args: argparse.Namespace) -> int:
         raise VnetError(f"cannot tell the format of {args.output}: name it .svg, .png or .dot")
     print(f"{args.output}: {picture.name} ({len(picture.nodes)} nodes, "
           f"{len(picture.networks)} networks)")
+    return 0
+
+
+def _serve(client: Client, args: argparse.Namespace) -> int:
+    """``vnet graph FILE|LAB --serve [ADDR]``: the picture as a page with live node states
+    and port counters, until Ctrl-C (``vnet.observe.live``, ``vnet.observe.server``)."""
+    if args.output is not None or args.json:
+        raise VnetError("--serve shows the picture on a web page: leave out -o and --json "
+                        "(or --serve, to write the picture to a file)")
+    from vnet.observe import live, server  # only for --serve: the CLI starts faster
+
+    bound = live.parse_address(args.serve or live.DEFAULT_ADDRESS)
+    first = _picture(client, args.source)    # the lab or file must be there to begin with
+    render(graph.to_dot(first), "svg")       # and graphviz too
+    lab_name = first.name
+    if first.live:
+
+        def picture(lab: Mapping[str, Any] | None) -> graph.LabGraph | None:
+            return graph.from_status(lab) if lab is not None else None
+    else:
+
+        def picture(lab: Mapping[str, Any] | None) -> graph.LabGraph | None:
+            return live.with_states(first, lab)
+
+    poller = server.Poller(lambda: dict(client.call("status")))
+    content = server.LivePage(lab_name, poller, picture,
+                              lambda dot: render(dot, "svg").decode())
+
+    def announce(url: str) -> None:
+        print(f"serving lab {lab_name} on {url} (read-only; Ctrl-C stops)", flush=True)
+
+    server.serve(bound, content, announce)
+    print("stopped", flush=True)
     return 0
 
 
@@ -127,6 +165,9 @@ def add_commands(sub: Any) -> None:
     p.add_argument("-o", "--output", metavar="OUT", help="write OUT.svg, OUT.png or OUT.dot "
                    "(default: DOT text on stdout)")
     p.add_argument("--json", action="store_true", help="the graph's parts as JSON")
+    p.add_argument("--serve", nargs="?", const="", metavar="ADDR",
+                   help="serve the picture as a web page with live node states and port "
+                   f"counters, read-only, on ADDR (HOST:PORT, default {SERVE_ADDRESS})")
     p.set_defaults(func=cmd_graph)
     p = sub.add_parser("test", help="check a file's expect: block against its live lab")
     p.add_argument("file", metavar="FILE")
