@@ -21,19 +21,13 @@ from typing import Any
 
 from vnet import jsonlines
 from vnet.daemon.naming import port_name
+from vnet.daemon.nics import Node, nics_of, pick_nic
 from vnet.daemon.requests import CaptureRequest
-from vnet.daemon.resources import NetnsNodeResource, VmNodeResource
 from vnet.datapath import protocol
 from vnet.errors import DaemonError, DatapathError, DatapathGone, ProtocolError
 
-Node = NetnsNodeResource | VmNodeResource
 CHUNK = 1 << 16
 ANSWER_TIMEOUT = 30.0
-
-
-def nics_of(node: Node) -> list[str]:
-    return [n.nic for n in node.nics] if isinstance(node, NetnsNodeResource) else [
-        t.nic for t in node.taps]
 
 
 def find_port(nodes: list[Node], request: CaptureRequest) -> tuple[Node, str]:
@@ -51,16 +45,7 @@ def find_port(nodes: list[Node], request: CaptureRequest) -> tuple[Node, str]:
         raise DaemonError(f"node {request.node!r} exists in labs "
                           f"{', '.join(sorted(f.lab for f in found))}; say which with --lab")
     node = found[0]
-    nics = nics_of(node)
-    nic = request.nic
-    if nic is None:
-        if len(nics) != 1:
-            raise DaemonError(f"node {node.node} has NICs {', '.join(nics) or 'none'}: say "
-                              f"which, as {node.node}:NIC")
-        nic = nics[0]
-    elif nic not in nics:
-        raise DaemonError(f"node {node.node} has no NIC {nic!r} (it has: "
-                          f"{', '.join(nics) or 'none'}); the ports to capture are: {ports}")
+    nic = pick_nic(node, request.nic, f"; the ports to capture are: {ports}")
     return node, nic
 
 
