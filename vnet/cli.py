@@ -424,7 +424,8 @@ def cmd_fdb(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_vm(client: Client, args: argparse.Namespace) -> int:
-    result = client.call("vm", action=args.action, node=args.node, lab=args.lab)
+    result = client.call("vm", action=args.action, node=args.node, lab=args.lab,
+                         force=args.force)
     print(f"vm {args.node}: {result['state']}")
     return 0
 
@@ -468,6 +469,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["start", "stop", "restart"])
     p.add_argument("node")
     p.add_argument("--lab", help="the node's lab, when several labs have that node")
+    p.add_argument("--force", action="store_true",
+                   help="stop at once; without it the guest is asked to power off and is "
+                        "turned off if it has not within 10 s")
     p.set_defaults(func=cmd_vm)
     p = sub.add_parser("shutdown", help="stop vnetd (the datapath and VMs keep running "
                        "unless --all)")

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -61,3 +62,23 @@ def test_a_stopped_vm_stays_stopped_across_a_vnetd_restart(vnet_lab: Lab) -> Non
     restart_vnetd(host)
     assert vms(vnet_lab)["vm1"]["state"] == "running"
     answers(vnet_lab, "10.10.0.11")
+
+
+def console_log(lab: Lab, node: str) -> str:
+    return Path(vms(lab)[node]["console"]).read_text(errors="replace")
+
+
+def test_vm_stop_asks_the_guest_to_power_off_and_force_does_not(vnet_lab: Lab) -> None:
+    """`vnet vm stop` is a shutdown (the guest is asked through the runner's control socket,
+    and powers off itself); `--force` turns it off at once, as libvirt's destroy."""
+    host = vnet_lab.host
+    answers(vnet_lab, "10.10.0.11")
+    answers(vnet_lab, "10.10.0.13")
+    assert "vm vm1: stopped" in host.cli("vm", "stop", "vm1").stdout
+    assert "tiny guest: shutdown requested, powering off" in console_log(vnet_lab, "vm1")
+    assert "vm vm3: stopped" in host.cli("vm", "stop", "--force", "vm3").stdout
+    assert "shutdown requested" not in console_log(vnet_lab, "vm3")
+    assert vms(vnet_lab)["vm1"]["state"] == vms(vnet_lab)["vm3"]["state"] == "stopped"
+    for node, address in (("vm1", "10.10.0.11"), ("vm3", "10.10.0.13")):
+        host.cli("vm", "start", node)
+        answers(vnet_lab, address)

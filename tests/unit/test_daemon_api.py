@@ -210,7 +210,7 @@ NASTY_VALUES: list[Any] = [
 ]
 NASTY_OPS: list[Any] = ["", "UP", "teleport", "up\0", 7, None, [], {}, True, "x" * 10_000]
 GOOD_VALUES = {"lab": "pair", "node": "c1", "action": "start", "source": "/labs/x.yaml",
-               "text": "name: x", "frame": "ff" * 14, "nic": "eth0", "all": False,
+               "text": "name: x", "frame": "ff" * 14, "nic": "eth0", "all": False, "force": False,
                "direction": "both", "progress": False, "command": ["true"], "env": ["A=b"],
                "cwd": "/"}
 TEXTS = ["", "name: x", "- 1", "{a: b}", "name: x\nnetworks: 5\nnodes: []\n",

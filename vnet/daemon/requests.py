@@ -122,6 +122,7 @@ class VmRequest(Request, op="vm"):
     action: Literal["start", "stop", "restart"]
     node: NodeName
     lab: LabName | None = None
+    force: bool = False   # stop (or restart) at once, without asking the guest to power off
 
 
 @dataclass(frozen=True)

@@ -469,7 +469,7 @@ class Vnetd:
             if action in ("stop", "restart"):
                 process = self.vms.get(res.lab, res.node)
                 if process is not None:
-                    await process.stop()
+                    await process.stop(power_off=not request.force)
             if action in ("start", "restart"):
                 await self.vms.start(res)
         return await self.op_node(NodeRequest(node, res.lab))

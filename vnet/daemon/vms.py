@@ -32,6 +32,9 @@ from vnet.daemon.vmlifecycle import VmEvent, VmLifecycle, VmState
 
 log = logging.getLogger("vnet.vms")
 STOP_TIMEOUT = 5.0
+POWER_OFF_DEADLINE = 10.0   # s a guest has to power off when asked (`vnet vm stop`); at the
+                            # deadline its runner turns it off (as libvirt's shutdown, then
+                            # destroy)
 POLL_INTERVAL = 2.0
 POLL_TIMEOUT = 1.0
 
@@ -177,13 +180,19 @@ class VmProcess:
                 self.lifecycle.handle(VmEvent.RESTART_DUE, time.monotonic())
                 await self._spawn()
 
-    async def stop(self) -> None:
+    async def stop(self, power_off: bool = False) -> None:
+        """Stop the runner: at once (SIGTERM, then SIGKILL), or with ``power_off`` first
+        by asking the guest to power off through the runner's control socket and waiting
+        for the runner to end (it forces the guest off at the deadline it was given)."""
         if self.lifecycle.state in (VmState.STOPPED,):
             return
         self.lifecycle.handle(VmEvent.STOP, time.monotonic())
         process = self.process
+        if power_off and await self._ask_to_power_off():
+            await self._runner_ended(POWER_OFF_DEADLINE + STOP_TIMEOUT)
         if self.adopted is not None:
-            await self.adopted.stop(STOP_TIMEOUT)
+            if self.adopted.alive:
+                await self.adopted.stop(STOP_TIMEOUT)
         elif process is not None and process.returncode is None:
             process.terminate()
             try:
@@ -203,6 +212,28 @@ class VmProcess:
             self.lifecycle.handle(VmEvent.EXITED_OK, time.monotonic(), "stopped")
         self.console_socket.unlink(missing_ok=True)  # a killed runner could not remove it
         self.control_socket.unlink(missing_ok=True)
+
+    async def _ask_to_power_off(self) -> bool:
+        """Ask the guest to power off; False if the runner does not take the request (it
+        is then stopped at once)."""
+        try:
+            await ask_runner(self.control_socket, {"op": "shutdown",
+                                                   "deadline": POWER_OFF_DEADLINE})
+        except (OSError, TimeoutError, jsonlines.ProtocolError) as err:
+            log.warning("VM %s/%s: its runner did not take the request to power off (%s); "
+                        "stopping it now", self.vm.lab, self.vm.node, err)
+            return False
+        log.info("VM %s/%s: asked the guest to power off (forced off in %g s)", self.vm.lab,
+                 self.vm.node, POWER_OFF_DEADLINE)
+        return True
+
+    async def _runner_ended(self, timeout: float) -> None:
+        """Wait until the runner (started or adopted) has exited, at most ``timeout``."""
+        if self.adopted is not None:
+            await self.adopted.wait(timeout)
+        elif self.process is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.process.wait(), timeout)
 
     def release(self) -> None:
         """vnetd leaves and the runner stays, for the next vnetd to adopt."""
