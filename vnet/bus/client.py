@@ -35,6 +35,7 @@ import aiomqtt
 from paho.mqtt import client as paho_client
 from paho.mqtt.reasoncodes import ReasonCode
 
+from vnet.aiotasks import cancel_and_wait
 from vnet.bus.epoch import EpochFile, next_epoch
 from vnet.bus.errors import BusError
 from vnet.bus.messages import (
@@ -273,9 +274,7 @@ class BusClient:
         if client is not None and self._status_wanted:
             with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
                 await self._send(client, self._status("offline"))
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        await cancel_and_wait([self._task])
         self._client = None
         self.stats.state = "stopped"
         with contextlib.suppress(asyncio.QueueFull):

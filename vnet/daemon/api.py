@@ -212,7 +212,8 @@ class ApiServer:
         """The client's next request line; None when it hung up, or was hung up on (told
         why first) for a line over the limit or one that did not come in time."""
         try:
-            line = await asyncio.wait_for(reader.readline(), self.idle_timeout)
+            async with asyncio.timeout(self.idle_timeout):
+                line = await reader.readline()
         except TimeoutError:
             log.info("hanging up on a client that sent no whole request in %g s",
                      self.idle_timeout)
@@ -230,7 +231,8 @@ class ApiServer:
         """Write ``reply``; False if the client did not take it in time (it is cut off)."""
         writer.write(jsonlines.encode({**reply, "api": API_VERSION}))
         try:
-            await asyncio.wait_for(writer.drain(), self.idle_timeout)
+            async with asyncio.timeout(self.idle_timeout):
+                await writer.drain()
         except TimeoutError:
             log.warning("cutting off a client that did not read its reply in %g s",
                         self.idle_timeout)
@@ -242,7 +244,8 @@ class ApiServer:
         """Close the connection; one whose client does not take what is left is aborted."""
         writer.close()
         try:
-            await asyncio.wait_for(writer.wait_closed(), self.idle_timeout)
+            async with asyncio.timeout(self.idle_timeout):
+                await writer.wait_closed()
         except TimeoutError:
             writer.transport.abort()
         except OSError:

@@ -34,6 +34,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
+from vnet.aiotasks import cancel_and_wait
 from vnet.bus.client import BusConfig as ClientConfig
 from vnet.bus.client import BusEvent, BusStats, Connected, Disconnected, Received
 from vnet.bus.errors import BusError
@@ -172,11 +173,7 @@ class BusService:
         self._stopping = True
         if self.bus is not None:
             await self.bus.stop()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         await self.overlay_sync.stop()
 
     async def _supervised(self, name: str, body: Callable[[], Awaitable[None]]) -> None:
@@ -209,11 +206,7 @@ class BusService:
             async for event in bus:
                 await self._event(bus, view, event)
         finally:
-            for helper in helpers:
-                helper.cancel()
-            for helper in helpers:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await helper
+            await cancel_and_wait(helpers)
             await bus.stop()
 
     async def _event(self, bus: Bus, view: BusView, event: BusEvent) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from vnet import jsonlines
+from vnet.aiotasks import cancel_and_wait
 from vnet.daemon.naming import port_name
 from vnet.daemon.nics import Node, nics_of, pick_nic
 from vnet.daemon.requests import CaptureRequest
@@ -72,7 +73,8 @@ class Relay:
         relay = cls(reader, writer)
         try:
             writer.write(protocol.encode(request))
-            line = await asyncio.wait_for(reader.readline(), ANSWER_TIMEOUT)
+            async with asyncio.timeout(ANSWER_TIMEOUT):
+                line = await reader.readline()
             if not line.endswith(b"\n"):
                 raise DatapathGone("the datapath closed the connection before it answered "
                                    "the mirror request")
@@ -101,9 +103,7 @@ class Relay:
         except (ConnectionError, OSError):
             pass    # the client is gone: closing the datapath's side ends the mirror
         finally:
-            watching.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watching
+            await cancel_and_wait([watching])
             self.close()
 
     async def _client_ends(self, client_reader: asyncio.StreamReader) -> None:

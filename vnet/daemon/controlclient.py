@@ -59,7 +59,8 @@ class ControlClient:
         connection.waiting.append(waiting)
         connection.writer.write(protocol.encode(request))
         try:
-            return await asyncio.wait_for(waiting.reply, self.timeout)
+            async with asyncio.timeout(self.timeout):
+                return await waiting.reply
         except TimeoutError:
             raise DatapathError(f"the datapath did not answer {request.op!r} within "
                                 f"{self.timeout:.0f} s (is it stopped?)") from None

@@ -111,7 +111,8 @@ class DatapathProcess:
             status = _exit_status(self.pid)
         if status is None:
             with contextlib.suppress(TimeoutError):
-                status = await asyncio.wait_for(asyncio.shield(self.process.wait()), 1.0)
+                async with asyncio.timeout(1.0):
+                    status = await asyncio.shield(self.process.wait())
         if status is None:
             return "died"
         if status < 0:
@@ -133,7 +134,8 @@ class DatapathProcess:
             return
         self.signal(signal.SIGTERM)
         try:
-            await asyncio.wait_for(self.process.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self.process.wait()
         except TimeoutError:
             self.kill()
             await self.process.wait()

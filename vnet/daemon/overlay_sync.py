@@ -19,6 +19,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Mapping
 
+from vnet.aiotasks import cancel_and_wait
 from vnet.daemon.bus_overlay import NetworkOverlay, Overlay
 from vnet.errors import VnetError
 
@@ -123,9 +124,4 @@ class OverlaySync:
             self._epoch[key] = self._epoch.get(key, 0) + 1
 
     async def stop(self) -> None:
-        tasks = list(self._tasks.values())
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(list(self._tasks.values()))

@@ -18,11 +18,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
 
+from vnet.aiotasks import cancel_and_wait
 from vnet.daemon.resources import PortResource, Resource
 from vnet.daemon.sdnotify import Notifier, status_message
 
@@ -94,11 +94,7 @@ class ServiceLink:
         self.refresh()
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         self.notifier.close()
 
     async def _watchdog(self, period: float) -> None:

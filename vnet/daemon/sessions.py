@@ -139,8 +139,8 @@ async def run_console_attach(request: ConsoleRequest, channel: Channel, find: Fi
         lab = node.lab
         path = attach.console_socket(node)
         try:
-            await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, path),
-                                   channel.timeout)
+            async with asyncio.timeout(channel.timeout):
+                await asyncio.get_running_loop().sock_connect(sock, path)
         except (OSError, TimeoutError) as err:
             why = describe_os_error(err) if isinstance(err, OSError) else "no answer"
             raise DaemonError(f"the console of vm {node.node!r} does not answer ({why}); see "
