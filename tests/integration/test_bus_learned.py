@@ -63,8 +63,12 @@ def test_a_changed_mac_is_advertised_to_the_other_kernel_and_withdrawn_after_agi
     set_mac(cluster, "n1", NEW_MAC)
     sent_at = time.monotonic()
 
+    last_sent = 0.0
+
     def arrived() -> bool:
+        nonlocal last_sent
         send(cluster)
+        last_sent = time.monotonic()   # the last frame from NEW_MAC has been sent by now
         return cluster.fdb("h2").get(NEW_MAC) == {h1}
     wait_until(arrived, DEADLINE,
                message=lambda: f"h2's FDB to send {NEW_MAC} to h1: {cluster.fdb('h2')}")
@@ -75,10 +79,11 @@ def test_a_changed_mac_is_advertised_to_the_other_kernel_and_withdrawn_after_agi
 
     set_mac(cluster, "n1", cluster.mac("n1"))    # back: the new MAC is no longer refreshed
     send(cluster)
-    back_at = time.monotonic()
     wait_until(lambda: NEW_MAC not in cluster.fdb("h2"), DEADLINE,
                message=lambda: f"{NEW_MAC} withdrawn from h2's FDB: {cluster.fdb('h2')}")
-    withdrawn_in = time.monotonic() - back_at
+    # at least this long after NEW_MAC's last frame (measured from when it had been sent,
+    # not from after the MAC change back, which a loaded machine can make take a second)
+    withdrawn_in = time.monotonic() - last_sent
     assert NEW_MAC not in cluster.fdb("h1")
     assert cluster.fdb("h2").get(cluster.mac("n1")) == {h1}     # the topology's MAC stays
     print(f"\nlearned MAC in h2's kernel FDB {learned_in:.2f} s after the change; withdrawn "

@@ -91,6 +91,9 @@ for _ in range(50):   # the end, sent after every datagram: it arrives after the
 RECEIVER = """
 import socket, sys, time
 sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+# 16 MiB (root may pass rmem_max): a receiver starved of CPU for seconds on a loaded machine,
+# or blocked on its stdout pipe, must not drop what the switch delivered and count it lost
+sock.setsockopt(socket.SOL_SOCKET, 33, 16 << 20)   # SO_RCVBUFFORCE
 sock.bind(("10.2.0.2", 9999))
 while True:
     data = sock.recv(64).decode()

@@ -110,6 +110,9 @@ class VmProcess:
         await self._spawn()
 
     async def _spawn(self) -> None:
+        # The log is there from the start (the runner appends to it): a `vnet console` or a
+        # down right after the up finds it even if the runner has not begun to write.
+        self.console.touch()
         with open(self.console.with_suffix(".err"), "ab") as errors:
             self.process = await asyncio.create_subprocess_exec(
                 *self.command(), stdin=asyncio.subprocess.DEVNULL,
