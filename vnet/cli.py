@@ -240,7 +240,13 @@ def _why_it_stopped(log_path: Path, offset: int) -> str:
 
 def cmd_check(client: Client, args: argparse.Namespace) -> int:
     """Check every file, also after a bad one: each bad file's problems go to stderr; a
-    single good file prints ``ok``, several print ``FILE: ok`` each.  Exit 1 if any is bad."""
+    single good file prints ``ok``, several print ``FILE: ok`` each.  Exit 1 if any is bad.
+    ``--json``: every file with its problems, on stdout."""
+    if args.json:
+        checked = [{"file": path, "ok": not problems, "problems": problems}
+                   for path, problems in ((path, check_file(path)) for path in args.files)]
+        print(json.dumps({"ok": all(f["ok"] for f in checked), "files": checked}, indent=2))
+        return 0 if all(f["ok"] for f in checked) else 1
     bad = 0
     for path in args.files:
         problems = check_file(path)
@@ -449,6 +455,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check", help="validate topology files: prints ok or the errors")
     p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--json", action="store_true",
+                   help="each file's problems as JSON (file:line: key: what)")
     p.set_defaults(func=cmd_check)
     p = sub.add_parser("up", help="build a topology on this host (idempotent)")
     p.add_argument("file", metavar="FILE")

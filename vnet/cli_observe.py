@@ -10,11 +10,13 @@ import argparse
 import json
 import shutil
 import subprocess
+import sys
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from vnet.cli_progress import ProgressLine, counted
 from vnet.errors import DaemonError, VnetError
 from vnet.observe import graph, results
 from vnet.observe.plan import plan
@@ -39,7 +41,12 @@ def cmd_test(client: Client, args: argparse.Namespace) -> int:
                         f"topology format's expect section)")
     lab = _live_lab(client, topology.name, args.file)
     probes = [plan(e, topology, lab, live_ipv4) for e in topology.expect]
-    outcomes = run_all(probes)
+    progress = ProgressLine(sys.stderr, f"test {topology.name}")   # a terminal's only
+    try:
+        outcomes = run_all(probes, lambda done, total: progress.show(
+            counted("expectations checked", done, total)))
+    finally:
+        progress.close()
     if args.junit:
         stamp = datetime.now(UTC).isoformat(timespec="seconds")
         _write(args.junit, results.junit_xml(topology.name, outcomes, stamp))

@@ -8,7 +8,10 @@ carrying both.  b serves TCP on 8080 (started here); nothing listens on port 9.
 from __future__ import annotations
 
 import json
+import os
+import pty
 import re
+import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -55,6 +58,7 @@ def test_passing_and_failing_expectations_give_table_junit_and_exit_code(
                     "t -> a arp vlan 10": "PASS", "t -> 10.77.0.1 no arp vlan 20": "PASS",
                     "c -> a ping": "FAIL", "a -> b tcp/9": "FAIL"}
     assert result.stdout.rstrip().endswith("lab expect: 6 passed, 2 failed")
+    assert result.stderr == ""         # not a terminal: no progress line, only the table
     lines = {cells[0]: cells[3] for cells in table}
     assert "1 received" in lines["a -> b ping"]
     assert "(tagged 10)" in lines["t -> a arp vlan 10"]
@@ -66,6 +70,36 @@ def test_passing_and_failing_expectations_give_table_junit_and_exit_code(
     failed = [case.get("name") for case in suite.iter("testcase")
               if case.find("failure") is not None]
     assert failed == ["c -> a ping", "a -> b tcp/9"]
+
+
+def test_a_terminal_sees_the_expectations_counted(lab: Lab) -> None:
+    """stderr on a pseudo-terminal: an updating ``test expect: N/8 expectations checked``
+    line, cleared at the end; stdout (a pipe) has the table as ever."""
+    controller, terminal = pty.openpty()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "vnet.cli", "--socket", lab.host.socket, "--state-dir",
+             lab.host.state_dir, "--netns", lab.host.name, "test", str(TOPOLOGY)],
+            stdout=subprocess.PIPE, stderr=terminal, text=True, timeout=120, check=False)
+        os.close(terminal)
+        terminal = -1
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(controller, 4096)
+            except OSError:          # EIO: the terminal's other end is closed, all read
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(controller)
+        if terminal >= 0:
+            os.close(terminal)
+    assert done.returncode == 1 and "lab expect: 6 passed, 2 failed" in done.stdout
+    counts = re.findall(rb"\r\x1b\[Ktest expect: (\d)/8 expectations checked", shown)
+    assert counts == [str(n).encode() for n in range(1, 9)], shown
+    assert shown.endswith(b"\r\x1b[K")
 
 
 def test_a_negative_expectation_waits_its_whole_window(lab: Lab) -> None:

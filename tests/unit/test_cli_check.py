@@ -80,3 +80,20 @@ def test_a_file_nested_too_deeply_is_an_error_not_a_traceback(
     assert main(["check", str(deep)]) == 1
     _out, err = capsys.readouterr()
     assert err.startswith(f"{deep}:1: nested more than 32 levels deep: vnet reads no deeper")
+
+
+def test_json_lists_every_file_with_its_problems(
+        files: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    status = main(["check", "--json", str(files["bad1"]), str(files["good"])])
+    out, err = capsys.readouterr()
+    assert status == 1 and err == ""
+    report = json.loads(out)
+    assert report["ok"] is False
+    bad, good = report["files"]
+    assert bad["file"] == str(files["bad1"]) and bad["ok"] is False
+    assert any(p.startswith(f"{files['bad1']}:3:") and "5000" in p for p in bad["problems"])
+    assert good == {"file": str(files["good"]), "ok": True, "problems": []}
+    assert main(["check", "--json", str(files["good"])]) == 0
+    assert json.loads(capsys.readouterr().out)["ok"] is True

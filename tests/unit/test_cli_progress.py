@@ -7,7 +7,7 @@ import io
 
 import pytest
 
-from vnet.cli_progress import ProgressLine, describe
+from vnet.cli_progress import ProgressLine, counted, describe
 
 
 def event(done: int, total: int, verb: str = "making", kind: str = "netns-node"
@@ -51,3 +51,28 @@ def test_a_terminal_gets_one_line_that_updates_and_is_cleared() -> None:
     shown.close()
     assert out.getvalue() == ("\r\x1b[Kdemo: making netns-node 1/2\r\x1b[Kdemo: made 2 "
                               "netns-node\r\x1b[K")
+
+
+def test_a_count_shows_on_a_terminal_only_unless_plain() -> None:
+    plain, terminal = io.StringIO(), Terminal()
+    for out in (plain, terminal):
+        shown = ProgressLine(out, "test demo")
+        shown.show(counted("expectations checked", 4, 6))
+        shown.show("done 1/2", plain=True)
+        shown.close()
+    assert plain.getvalue() == "test demo: done 1/2\n"
+    assert terminal.getvalue() == ("\r\x1b[Ktest demo: 4/6 expectations checked"
+                                   "\r\x1b[Ktest demo: done 1/2\r\x1b[K")
+
+
+def test_other_output_goes_around_the_updating_line() -> None:
+    out = Terminal()
+    shown = ProgressLine(out, "bench")
+    with shown.cleared():          # nothing shown yet: nothing to clear or show again
+        out.write("log 1\n")
+    shown.show("vnet tcp ... 3/12")
+    with shown.cleared():
+        out.write("log 2\n")
+    shown.close()
+    assert out.getvalue() == ("log 1\n\r\x1b[Kbench: vnet tcp ... 3/12\r\x1b[Klog 2\n"
+                              "\r\x1b[Kbench: vnet tcp ... 3/12\r\x1b[K")

@@ -30,6 +30,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -203,9 +204,11 @@ PARTS: dict[str, Callable[[Bench, Log], dict[str, Any]]] = {
     "overlay": measure_overlay}
 
 
-def run_multihost(settings: Settings, log: Log, parts: Sequence[str] = tuple(PARTS)
+def run_multihost(settings: Settings, log: Log, parts: Sequence[str] = tuple(PARTS),
+                  step: Callable[[str], AbstractContextManager[Any]] = nullcontext
                   ) -> dict[str, Any]:
-    """Build the cluster, bring the lab up, measure ``parts``, remove everything."""
+    """Build the cluster, bring the lab up, measure ``parts`` (each inside ``step(part)``:
+    progress), remove everything."""
     bench = Bench(settings, log)
     result: dict[str, Any] = {"hosts": settings.hosts, "settings": settings.__dict__}
     try:
@@ -216,12 +219,13 @@ def run_multihost(settings: Settings, log: Log, parts: Sequence[str] = tuple(PAR
         log(f"  {settings.hosts} hosts online after {result['cluster_build_s']:.0f} s; the lab "
             f"up on all of them in {result['first_up_s']:.1f} s")
         for part in parts:
-            try:
-                result[part] = PARTS[part](bench, log)
-            except (BenchError, VnetError, AssertionError, OSError,
-                    subprocess.TimeoutExpired) as err:
-                log(f"  {part}: failed: {err}")
-                result[part] = {"error": str(err)}
+            with step(part):
+                try:
+                    result[part] = PARTS[part](bench, log)
+                except (BenchError, VnetError, AssertionError, OSError,
+                        subprocess.TimeoutExpired) as err:
+                    log(f"  {part}: failed: {err}")
+                    result[part] = {"error": str(err)}
     finally:
         bench.cluster.close([bench.lab])
     return result

@@ -16,13 +16,17 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, TextIO
 
 from vnet.bench import measure, multihost
 from vnet.bench.testbed import BenchError, Bridge, Ovs, System, Testbed, Vnet, VnetPypy
+from vnet.cli_progress import ProgressLine
 
 SYSTEMS: dict[str, type[System]] = {"bridge": Bridge, "ovs": Ovs, "vnet": Vnet,
                                      "vnet-pypy": VnetPypy}
@@ -44,20 +48,81 @@ METRICS: dict[str, tuple[str, str, bool]] = {
 }
 
 
+class Steps:
+    """Which measurement the bench is at, on stderr: ``bench: vnet tcp ... 3/12`` updating on
+    a terminal, ``bench: vnet tcp done 3/12 (21 s)`` as a line per finished one otherwise.
+    ``log`` writes the bench's own report (stdout) around the updating line."""
+
+    def __init__(self, total: int, stream: TextIO, now: Callable[[], float]) -> None:
+        self.total, self.done, self.now = total, 0, now
+        self.line = ProgressLine(stream, "bench")
+
+    @contextmanager
+    def step(self, what: str) -> Iterator[None]:
+        """One measurement: shown while it runs, counted when it ends (or fails)."""
+        since = self.now()
+        self.line.show(started_text(what, self.done + 1, self.total))
+        try:
+            yield
+        finally:
+            self.done += 1
+            self.line.show(finished_text(what, self.done, self.total, self.now() - since),
+                           plain=True)
+
+    def log(self, message: str) -> None:
+        with self.line.cleared():
+            print(message, flush=True)
+
+    def close(self) -> None:
+        self.line.close()
+
+
+def started_text(what: str, number: int, total: int) -> str:
+    return f"{what} ... {number}/{total}"
+
+
+def finished_text(what: str, done: int, total: int, seconds: float) -> str:
+    return f"{what} done {done}/{total} ({seconds:.0f} s)"
+
+
+def measurements(repeat: int, systems: Sequence[str], what: set[str]) -> list[str]:
+    """Every measurement a run takes, in order, as the progress line names them: each
+    repeat's systems' single-host parts, then the multi-host parts."""
+    run = [part for part in PARTS if part in what]
+    names = [measurement(rep, repeat, name, part)
+             for rep in range(repeat if systems and run else 0) for name in systems
+             for part in run]
+    return names + [f"multihost {part}" for part in multihost.PARTS if part in what]
+
+
+def measured(steps: Steps, rep: int, repeat: int, system: str, part: str
+             ) -> AbstractContextManager[None]:
+    return steps.step(measurement(rep, repeat, system, part))
+
+
+def measurement(rep: int, repeat: int, system: str, part: str) -> str:
+    """``vnet tcp``, or ``run 2/3 vnet tcp`` when there are repeats."""
+    return f"{'' if repeat == 1 else f'run {rep + 1}/{repeat} '}{system} {part}"
+
+
 def measure_system(bed: Testbed, system: System, s: measure.Settings, what: set[str],
-                   log: Any) -> dict[str, float]:
+                   log: Any, step: Callable[[str], AbstractContextManager[Any]] = nullcontext
+                   ) -> dict[str, float]:
+    """Every part of ``what`` on one system, each inside ``step(part)`` (progress)."""
     out: dict[str, float] = {}
     measure.warm_up(bed)
     for part in ("frames", "tcp", "latency", "scale"):
         if part not in what:
             continue
-        if part in ("frames", "scale") and not measure.have_trafgen():
-            log(f"  {part}: skipped, trafgen is not installed (apt-get install netsniff-ng)")
-            continue
-        try:
-            PARTS[part](bed, system, s, out, log)
-        except (BenchError, subprocess.TimeoutExpired, OSError, ValueError) as err:
-            log(f"  {part}: failed: {err}")
+        with step(part):
+            if part in ("frames", "scale") and not measure.have_trafgen():
+                log(f"  {part}: skipped, trafgen is not installed (apt-get install "
+                    f"netsniff-ng)")
+                continue
+            try:
+                PARTS[part](bed, system, s, out, log)
+            except (BenchError, subprocess.TimeoutExpired, OSError, ValueError) as err:
+                log(f"  {part}: failed: {err}")
     return out
 
 
@@ -260,18 +325,20 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    def log(msg: str) -> None:
-        print(msg, flush=True)
-
     skipped: dict[str, str] = {}
     systems = []
     for name in args.systems:
         why = SYSTEMS[name].available()
         if why:
-            log(f"{SYSTEMS[name].label}: skipped, {why}")
+            print(f"{SYSTEMS[name].label}: skipped, {why}", flush=True)
             skipped[name] = why
         else:
             systems.append(name)
+    if not args.measure & SINGLE_HOST:
+        systems = []
+    steps = Steps(len(measurements(args.repeat, systems, args.measure)), sys.stderr,
+                  time.monotonic)
+    log = steps.log
 
     def interrupted(_signum: int, _frame: FrameType | None) -> None:
         raise KeyboardInterrupt
@@ -280,8 +347,6 @@ def main(argv: list[str] | None = None) -> int:
     started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     runs: list[dict[str, dict[str, float]]] = []
     multihost_result: dict[str, Any] | None = None
-    if not args.measure & SINGLE_HOST:
-        systems = []
     try:
         for rep in range(args.repeat if systems else 0):
             figures: dict[str, dict[str, float]] = {}
@@ -294,7 +359,9 @@ def main(argv: list[str] | None = None) -> int:
                               else SYSTEMS[name](bed))
                     system.start(s.scale_entries + 64)
                     t0 = time.monotonic()
-                    figures[name] = measure_system(bed, system, s, args.measure, log)
+                    figures[name] = measure_system(
+                        bed, system, s, args.measure, log,
+                        partial(measured, steps, rep, args.repeat, name))
                     log(f"  ({time.monotonic() - t0:.0f} s)")
                     system.stop()
                 finally:
@@ -310,7 +377,8 @@ def main(argv: list[str] | None = None) -> int:
                 mh = replace(mh, tcp_seconds=max(1.0, args.seconds),
                              frame_seconds=args.seconds)
             log(f"[multihost] {mh.hosts} hosts, one vnetd each, one mosquitto")
-            multihost_result = multihost.run_multihost(mh, log, parts)
+            multihost_result = multihost.run_multihost(
+                mh, log, parts, lambda part: steps.step(f"multihost {part}"))
     except KeyboardInterrupt:
         log("interrupted: everything the benchmark created has been removed")
         return 130
@@ -318,6 +386,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"vnet bench: {err}")
         return 1
     finally:
+        steps.close()
         # Put the caller's handler back: a process forked later (pyroute2 forks helpers that
         # it stops with SIGTERM) must not inherit ours and raise KeyboardInterrupt.
         signal.signal(signal.SIGTERM, previous_handler)

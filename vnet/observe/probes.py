@@ -23,7 +23,7 @@ import struct
 import subprocess
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from ipaddress import IPv4Address
 
 from vnet.errors import NetnsError
@@ -40,8 +40,10 @@ ETH_P_ARP = 0x0806
 _ARP = struct.Struct("!HHBBH6s4s6s4s")
 
 
-def run_all(probes: Sequence[Probe]) -> list[Outcome]:
-    """Every probe's outcome, in the given order; they run in parallel."""
+def run_all(probes: Sequence[Probe],
+            checked: Callable[[int, int], None] | None = None) -> list[Outcome]:
+    """Every probe's outcome, in the given order; they run in parallel.  ``checked(done,
+    total)`` is called (from this thread) each time one more outcome is known."""
     outcomes: dict[int, Outcome] = {}
     pings: dict[int, tuple[subprocess.Popen[str], float]] = {}
     for index, probe in enumerate(probes):
@@ -61,8 +63,14 @@ def run_all(probes: Sequence[Probe]) -> list[Outcome]:
             elif index not in outcomes:
                 check = tcp_check if probe.expectation.check == "tcp" else arp_check
                 futures[index] = pool.submit(_guarded, check, probe)
-        for index, future in futures.items():
-            outcomes[index] = future.result()
+        if checked is not None:
+            for done in range(1, len(outcomes) + 1):   # those that could not even start
+                checked(done, len(probes))
+        index_of = {future: index for index, future in futures.items()}
+        for future in as_completed(index_of):
+            outcomes[index_of[future]] = future.result()
+            if checked is not None:
+                checked(len(outcomes), len(probes))
     return [outcomes[i] for i in range(len(probes))]
 
 
