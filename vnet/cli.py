@@ -385,7 +385,7 @@ def cmd_status(client: Client, args: argparse.Namespace) -> int:
         elif lab["pending"]:
             print(f"lab {lab['name']}: unfinished changes: {', '.join(lab['pending'])}; "
                   f"run vnet up or vnet down again", file=sys.stderr)
-    header = ["LAB", "NODE", "KIND", "STATE", "NIC", "PORT", "MODE", "VLANS", "MAC", "IP",
+    header = ["LAB", "NODE", "KIND", "STATE", "NIC", "IFNAME", "MODE", "VLANS", "MAC", "IP",
               "RX", "TX", "DROPS"]
     print(format_table(header, rows) if rows else "no labs are up")
     networks = [[lab["name"], n["name"], str(n["vlan"]), n["mode"], n["gateway"] or "-",
