@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from vnet.daemon import pidfile
 from vnet.bench.bringup import SUBNET, address, all_answer, scratch_namespace, timed
+from vnet.daemon import pidfile
 from vnet.testing import TestHost
 
 MIB = 1 << 20
