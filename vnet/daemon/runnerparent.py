@@ -74,6 +74,12 @@ class RunnerParent:
         self.process: asyncio.subprocess.Process | None = None
         self._lock = asyncio.Lock()
         self.failed: str | None = None   # why it could not be started: runners are exec'd
+        self._warming: asyncio.Task[bool] | None = None
+
+    def warm_up(self) -> None:
+        """Start it in the background (``spawn`` waits for it)."""
+        if self._warming is None or self._warming.done():
+            self._warming = asyncio.create_task(self._ensure())
 
     @property
     def marker(self) -> str:
@@ -86,10 +92,15 @@ class RunnerParent:
                 return True
             if self.failed is not None:
                 return False
-            self.process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "vnet.kvm.forkserver", "--socket", str(self.socket_path),
-                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                start_new_session=True)
+            try:
+                self.process = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "vnet.kvm.forkserver", "--socket",
+                    str(self.socket_path), stdin=asyncio.subprocess.DEVNULL,
+                    stdout=asyncio.subprocess.PIPE, start_new_session=True)
+            except OSError as err:
+                self.failed = f"the runners' fork server could not be started: {err}"
+                log.warning("%s: starting each runner on its own", self.failed)
+                return False
             assert self.process.stdout is not None
             try:
                 async with asyncio.timeout(START_TIMEOUT):

@@ -259,6 +259,11 @@ class VmSupervisor:
         self.vms: dict[tuple[str, str], VmProcess] = {}
         self.parent = RunnerParent(state_dir) if fork else None
 
+    def warm_up(self) -> None:
+        """Start the runners' fork server now, in the background, if it is not running."""
+        if self.parent is not None:
+            self.parent.warm_up()
+
     def get(self, lab: str, node: str) -> VmProcess | None:
         return self.vms.get((lab, node))
 
