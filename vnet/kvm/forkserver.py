@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import gc
 import json
 import os
@@ -28,6 +29,17 @@ import traceback
 from pathlib import Path
 
 MAX_REQUEST = 1 << 16
+PR_SET_PDEATHSIG = 1
+
+
+def end_with_parent() -> None:
+    """SIGTERM when vnetd ends, even by SIGKILL, so no fork server outlives it (the children
+    do not inherit this)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        return  # not fatal: vnetd stops it when it leaves
+    if os.getppid() == 1:   # vnetd was gone before the call
+        os._exit(0)
 
 
 def warm_up() -> None:
@@ -152,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--socket", type=Path, required=True)
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda _n, _f: os._exit(0))  # the children stay
+    end_with_parent()
     warm_up()
     server = Server(args.socket)
     print("ready", flush=True)
