@@ -110,7 +110,7 @@ class RunnerParent:
             if ready.strip() != b"ready":
                 self.failed = "the runners' fork server did not start"
                 log.warning("%s: starting each runner on its own", self.failed)
-                await self.stop()
+                await self._stop()
                 return False
             log.info("the runners' fork server runs, pid %d", self.process.pid)
             return True
@@ -148,7 +148,12 @@ class RunnerParent:
             raise
 
     async def stop(self) -> None:
-        """vnetd leaves: the fork server ends; the runners it forked go on."""
+        """vnetd leaves, or no VM is left: the fork server ends; the runners it forked go
+        on."""
+        async with self._lock:
+            await self._stop()
+
+    async def _stop(self) -> None:
         process, self.process = self.process, None
         if process is not None and process.returncode is None:
             process.terminate()
