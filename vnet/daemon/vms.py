@@ -258,6 +258,7 @@ class VmSupervisor:
         self.state_dir = state_dir
         self.vms: dict[tuple[str, str], VmProcess] = {}
         self.parent = RunnerParent(state_dir) if fork else None
+        self.stopping = 0   # runners being stopped right now
 
     def warm_up(self) -> None:
         """Start the runners' fork server now, in the background, if it is not running."""
@@ -284,9 +285,15 @@ class VmSupervisor:
     async def stop(self, vm: VmNodeResource) -> None:
         process = self.vms.pop((vm.lab, vm.node), None)
         if process is not None:
-            await process.stop()
-        if not self.vms and self.parent is not None:
-            await self.parent.stop()   # no VM left: its ~17 MiB back (the next VM restarts it)
+            self.stopping += 1
+            try:
+                await process.stop()
+            finally:
+                self.stopping -= 1
+        if not self.vms and not self.stopping and self.parent is not None:
+            # No VM left: its ~17 MiB back (the next VM starts it again).  Not while a
+            # runner still stops: the fork server reaps it and says how it ended.
+            await self.parent.stop()
 
     def found(self, vm: VmNodeResource) -> bool:
         """A runner an earlier vnetd started for ``vm`` still runs (by its pid file)."""
