@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import needs_root
+from vnet.bench.vmbringup import smaps_rollup
 from vnet.testing import Lab, TestHost, wait_until
 
 pytestmark = [needs_root,
@@ -96,6 +97,22 @@ def test_status_shows_the_runners_own_counters_and_a_runner_that_does_not_answer
         os.kill(pid, signal.SIGCONT)
     wait_until(lambda: vm_status(vnet_lab, "vm1")["runner"]["answering"],  # type: ignore[index]
                30, "vm1's runner to answer again")
+
+
+def test_runners_are_forked_from_one_warm_parent_and_share_its_pages(vnet_lab: Lab) -> None:
+    """A runner exec'd on its own imports everything again and holds ~17 MiB of its own
+    (USS); one forked from the warm parent shares the interpreter's pages."""
+    answers(vnet_lab, "c1", "10.10.0.11")
+    answers(vnet_lab, "c1", "10.10.0.12")
+    pids = [int(vm_status(vnet_lab, vm)["pid"]) for vm in ("vm1", "vm2")]  # type: ignore[call-overload]
+    parents = {int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+               for pid in pids}
+    assert len(parents) == 1
+    parent_cmdline = Path(f"/proc/{parents.pop()}/cmdline").read_bytes()
+    assert b"vnet.kvm.forkserver" in parent_cmdline
+    for pid in pids:
+        uss, _pss = smaps_rollup(pid)
+        assert uss < 12 << 20, f"runner {pid}: {uss >> 20} MiB of its own"
 
 
 def test_a_killed_runner_is_restarted_and_harms_nobody_else(vnet_lab: Lab) -> None:

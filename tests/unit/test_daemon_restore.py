@@ -195,6 +195,9 @@ def test_a_vm_node_restored_gets_its_taps_and_no_runner(
     done: list[str] = []
 
     class Vms:
+        def warm_up(self) -> None:
+            pass
+
         async def start(self, _vm: VmNodeResource) -> None:
             done.append("runner")
 

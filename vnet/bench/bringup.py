@@ -2,6 +2,7 @@
 nodes beside a plain ``ip`` script that makes the same namespaces, veths and addresses.
 
     python -m vnet.bench.bringup [--nodes 20] [--repeat 3]
+    python -m vnet.bench.bringup --vms 20      # tiny VMs instead: vnet/bench/vmbringup.py
 
 Each repetition, on a fresh private host (``vnet.testing.TestHost``): the time of ``vnet up``
 (the CLI, as a user runs it), then until every node answers a ping from the first, then of
@@ -162,15 +163,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vnet.bench.bringup",
                                      description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--nodes", type=int, default=20)
+    parser.add_argument("--vms", type=int, default=0,
+                        help="instead: a lab of this many tiny VMs and one namespace node "
+                        "(vnet/bench/vmbringup.py)")
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args(argv)
     if not 2 <= args.nodes <= 4000:
         parser.error("--nodes: give 2 to 4000")
+    if not 0 <= args.vms <= 250:
+        parser.error("--vms: give 1 to 250")
+    if args.vms:
+        return vm_main(args.vms, args.repeat)
     sittings = []
     for i in range(args.repeat):
         sittings.append(sit(args.nodes))
         print(f"sitting {i + 1}: {sittings[-1]}", file=sys.stderr)
     print(report(sittings, args.nodes))
+    return 0
+
+
+def vm_main(vms: int, repeat: int) -> int:
+    from vnet.bench import vmbringup  # it imports this module's helpers
+
+    sittings = []
+    for i in range(repeat):
+        sittings.append(vmbringup.sit(vms))
+        print(f"sitting {i + 1}: {sittings[-1]}", file=sys.stderr)
+    kernel = Path("/proc/sys/kernel/osrelease").read_text().strip()
+    print(vmbringup.report(sittings, vms, f"cpu: {cpu_model()}, kernel {kernel}"))
     return 0
 
 

@@ -81,13 +81,18 @@ def running(record: PidRecord, marker: str) -> bool:
 class Watched:
     """A process vnetd did not start (or no longer waits for): its pidfd, and its end."""
 
-    def __init__(self, pid: int) -> None:
-        """``ProcessLookupError`` if it is gone already."""
+    def __init__(self, pid: int, pidfd: int | None = None) -> None:
+        """``ProcessLookupError`` if it is gone already (``pidfd``: one already open)."""
         self.pid = pid
-        self._pidfd: int | None = os.pidfd_open(pid)
+        self._pidfd: int | None = os.pidfd_open(pid) if pidfd is None else pidfd
         loop = asyncio.get_running_loop()
         self._exited: asyncio.Future[None] = loop.create_future()
         loop.add_reader(self._pidfd, self._on_exit)
+
+    @classmethod
+    def from_pidfd(cls, pid: int, pidfd: int) -> Watched:
+        """Watch through ``pidfd`` (taken over), as the fork server sent it."""
+        return cls(pid, pidfd)
 
     @property
     def alive(self) -> bool:

@@ -246,7 +246,7 @@ class Vnetd:
         if everything:
             await self.vms.stop_all()
         else:
-            self.vms.release_all()
+            await self.vms.release_all()
         await self.datapath.stop(keep_running=not everything)
         self.stopped.set()
 

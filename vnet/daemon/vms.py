@@ -28,6 +28,7 @@ from typing import Any
 from vnet import jsonlines
 from vnet.daemon import pidfile
 from vnet.daemon.resources import VmNodeResource
+from vnet.daemon.runnerparent import ForkedRunner, RunnerParent
 from vnet.daemon.vmlifecycle import VmEvent, VmLifecycle, VmState
 
 log = logging.getLogger("vnet.vms")
@@ -73,9 +74,18 @@ def runner_unreachable(err: BaseException, timeout: float = POLL_TIMEOUT) -> str
     return f"bad answer: {err}"
 
 
+def runner_marker(record: pidfile.PidRecord, process: VmProcess) -> str:
+    """What a runner's command line shows: its control socket's path, or, for one the fork
+    server forked (it has the fork server's command line), the fork server's socket."""
+    marker = record.get("marker")
+    return marker if isinstance(marker, str) else str(process.control_socket)
+
+
 class VmProcess:
-    def __init__(self, vm: VmNodeResource, state_dir: Path) -> None:
+    def __init__(self, vm: VmNodeResource, state_dir: Path,
+                 parent: RunnerParent | None = None) -> None:
         self.vm = vm
+        self.parent = parent   # the warm parent that forks runners; None: exec each
         self.console = state_dir / f"console-{vm.lab}-{vm.node}.log"
         self.console_socket = state_dir / f"console-{vm.lab}-{vm.node}.sock"
         self.control_socket = state_dir / f"control-{vm.lab}-{vm.node}.sock"
@@ -84,11 +94,14 @@ class VmProcess:
         self.runner: dict[str, Any] = {"answering": False, "why": "not asked yet"}
         self._poll: asyncio.Task[None] | None = None
         self.lifecycle = VmLifecycle(vm.restart)  # type: ignore[arg-type]
-        self.process: asyncio.subprocess.Process | None = None
+        self.process: asyncio.subprocess.Process | ForkedRunner | None = None
         self._watch: asyncio.Task[None] | None = None
 
     def command(self) -> list[str]:
-        command = [sys.executable, "-m", "vnet.kvm.runner", "--name", self.vm.node,
+        return [sys.executable, "-m", "vnet.kvm.runner", *self.arguments()]
+
+    def arguments(self) -> list[str]:
+        command = ["--name", self.vm.node,
                    "--memory", str(self.vm.memory), "--vcpus", str(self.vm.vcpus),
                    "--kernel", self.vm.kernel,
                    "--cmdline", self.vm.cmdline, "--console-log", str(self.console),
@@ -113,15 +126,25 @@ class VmProcess:
         # The log is there from the start (the runner appends to it): a `vnet console` or a
         # down right after the up finds it even if the runner has not begun to write.
         self.console.touch()
-        with open(self.console.with_suffix(".err"), "ab") as errors:
-            self.process = await asyncio.create_subprocess_exec(
-                *self.command(), stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.DEVNULL, stderr=errors, start_new_session=True)
+        errors = self.console.with_suffix(".err")
+        forked = None
+        if self.parent is not None:
+            forked = await self.parent.spawn(self.arguments(), errors)
+        if forked is not None:
+            self.process = forked
+        else:
+            with open(errors, "ab") as stderr:
+                self.process = await asyncio.create_subprocess_exec(
+                    *self.command(), stdin=asyncio.subprocess.DEVNULL,
+                    stdout=asyncio.subprocess.DEVNULL, stderr=stderr, start_new_session=True)
         self.adopted = None
         self.lifecycle.handle(VmEvent.SPAWNED, time.monotonic())
-        pidfile.write(self.pid_file, self.process.pid)
-        log.info("VM %s/%s: runner started, pid %d", self.vm.lab, self.vm.node,
-                 self.process.pid)
+        if forked is not None and self.parent is not None:
+            pidfile.write(self.pid_file, self.process.pid, marker=self.parent.marker)
+        else:
+            pidfile.write(self.pid_file, self.process.pid)
+        log.info("VM %s/%s: runner %s, pid %d", self.vm.lab, self.vm.node,
+                 "forked" if forked else "started", self.process.pid)
         self._watch = asyncio.create_task(self._watch_process(self.process))
         if self._poll is None or self._poll.done():
             self._poll = asyncio.create_task(self._poll_runner())
@@ -166,7 +189,8 @@ class VmProcess:
                     self.runner = {"answering": False, "why": runner_unreachable(err)}
             await asyncio.sleep(POLL_INTERVAL)
 
-    async def _watch_process(self, process: asyncio.subprocess.Process) -> None:
+    async def _watch_process(self,
+                             process: asyncio.subprocess.Process | ForkedRunner) -> None:
         await self._exited(await process.wait())
 
     async def _exited(self, status: int | None) -> None:
@@ -264,9 +288,16 @@ class VmProcess:
 
 
 class VmSupervisor:
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, fork: bool = True) -> None:
         self.state_dir = state_dir
         self.vms: dict[tuple[str, str], VmProcess] = {}
+        self.parent = RunnerParent(state_dir) if fork else None
+        self.stopping = 0   # runners being stopped right now
+
+    def warm_up(self) -> None:
+        """Start the runners' fork server now, in the background, if it is not running."""
+        if self.parent is not None:
+            self.parent.warm_up()
 
     def get(self, lab: str, node: str) -> VmProcess | None:
         return self.vms.get((lab, node))
@@ -281,28 +312,36 @@ class VmSupervisor:
         if process is None or process.vm != vm:
             if process is not None:
                 await process.stop()
-            process = self.vms[(vm.lab, vm.node)] = VmProcess(vm, self.state_dir)
+            process = self.vms[(vm.lab, vm.node)] = VmProcess(vm, self.state_dir, self.parent)
         if process.lifecycle.state in (VmState.STOPPED, VmState.CRASHED, VmState.FAILED):
             await process.start()
 
     async def stop(self, vm: VmNodeResource) -> None:
         process = self.vms.pop((vm.lab, vm.node), None)
         if process is not None:
-            await process.stop()
+            self.stopping += 1
+            try:
+                await process.stop()
+            finally:
+                self.stopping -= 1
+        if not self.vms and not self.stopping and self.parent is not None:
+            # No VM left: its ~17 MiB back (the next VM starts it again).  Not while a
+            # runner still stops: the fork server reaps it and says how it ended.
+            await self.parent.stop()
 
     def found(self, vm: VmNodeResource) -> bool:
         """A runner an earlier vnetd started for ``vm`` still runs (by its pid file)."""
         process = VmProcess(vm, self.state_dir)
         record = pidfile.read(process.pid_file)
-        return record is not None and pidfile.running(record, str(process.control_socket))
+        return record is not None and pidfile.running(record, runner_marker(record, process))
 
     async def adopt(self, vm: VmNodeResource) -> bool:
         """Supervise the runner an earlier vnetd left for ``vm``, if it still runs and
         answers on its control socket (a runner that does not answer is stopped: the
         caller starts a new one)."""
-        process = VmProcess(vm, self.state_dir)
+        process = VmProcess(vm, self.state_dir, self.parent)
         record = pidfile.read(process.pid_file)
-        if record is None or not pidfile.running(record, str(process.control_socket)):
+        if record is None or not pidfile.running(record, runner_marker(record, process)):
             process.pid_file.unlink(missing_ok=True)
             return False
         try:
@@ -326,13 +365,17 @@ class VmSupervisor:
         if await self.adopt(vm):
             await self.stop(vm)
 
-    def release_all(self) -> None:
+    async def release_all(self) -> None:
         """vnetd leaves; every runner stays, for the next vnetd."""
         for process in self.vms.values():
             process.release()
         self.vms.clear()
+        if self.parent is not None:
+            await self.parent.stop()
 
     async def stop_all(self) -> None:
         for process in list(self.vms.values()):
             await process.stop()
         self.vms.clear()
+        if self.parent is not None:
+            await self.parent.stop()

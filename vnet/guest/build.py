@@ -7,6 +7,7 @@ paths in the output (``objcopy -O binary`` keeps only the loaded bytes).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
@@ -34,6 +35,7 @@ def source_digest() -> str:
     return digest.hexdigest()[:16]
 
 
+@functools.cache  # a runner asks on every boot; gcc does not change under it
 def _compiler_version() -> str:
     try:
         return subprocess.run(["gcc", "--version"], capture_output=True, text=True,

@@ -24,6 +24,7 @@ class VmNodeDriver(BlockingDriver[VmNodeResource]):
         self.vms = vms
 
     async def create(self, vm: VmNodeResource) -> None:
+        self.vms.warm_up()   # the runners' parent warms up while the TAPs are made
         await super().create(vm)
         await self.vms.start(vm)
 
