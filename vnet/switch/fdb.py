@@ -43,7 +43,7 @@ class _Vlan:
         self.aging = aging
         self.limit = limit
         self.macs: dict[bytes, int] = {}
-        self.qslot = array("l")
+        self.qslot = array("i")
         self.qtime = array("d")
         self.head = 0
 
@@ -67,12 +67,12 @@ class Fdb:
         # Bumped by every change but a refresh (an entry learned, moved, forgotten, expired,
         # made static): a decision taken under an older generation may be stale.
         self.generation = 0
-        self.port = array("l")
+        self.port = array("i")
         self.seen = array("d")
         self.queued = array("d")
         self.static = bytearray()
         self._keys: list[bytes | None] = []
-        self._free = array("l")
+        self._free = array("i")
 
     def configure_vlan(self, vid: int, aging: float = DEFAULT_MAC_AGING,
                        limit: int = DEFAULT_MAC_LIMIT) -> None:
