@@ -291,12 +291,15 @@ def sweep(bed: Testbed, system: System, n: int, rate: int | None) -> dict[str, f
     new source MACs offered at ``rate`` frames/s (None: as fast as trafgen goes).
 
     Returns ``learned`` (entries added, so the two nodes' own do not count), ``sent`` (what
-    left node A's NIC) and ``offered_fps`` (sent over the time from its first frame to its
-    last, read off A's counter every 5 ms: the rate the switch was actually offered)."""
+    left node A's NIC), ``offered_fps`` (sent over the time from its first frame to its
+    last, read off A's counter every 5 ms: the rate the switch was actually offered),
+    ``arrived`` (what the switch's port netdev received) and ``lost_REASON`` for what the
+    switch counted as lost (vnet: ``rx-ring-full``, ``learn-limited``)."""
     system.flush_table()
     time.sleep(0.3)
     warm_up(bed)
     base = system.table_entries()
+    arrived0, losses0 = bed.link_stats(bed.host, bed.port_a)[0], system.port_losses()
     with counters(bed) as (a, _b):
         tx0 = a.read("eth0")[1]
         proc = trafgen(bed, bed.node_a, _sweep_conf(bed, n), rate=rate, count=n)
@@ -319,8 +322,12 @@ def sweep(bed: Testbed, system: System, n: int, rate: int | None) -> dict[str, f
             bed.stop(proc, signal.SIGINT)
     sent = tx - tx0
     span = (last - first) if first and last and last > first else float("nan")
-    return {"learned": float(_settled_entries(system) - base), "sent": float(sent),
-            "offered_fps": sent / span}
+    learned = _settled_entries(system) - base
+    arrived = bed.link_stats(bed.host, bed.port_a)[0] - arrived0
+    losses = {k: v - losses0.get(k, 0) for k, v in system.port_losses().items()}
+    return {"learned": float(learned), "sent": float(sent), "offered_fps": sent / span,
+            "arrived": float(arrived),
+            **{f"lost_{k}": float(v) for k, v in losses.items() if v}}
 
 
 def learning_rate(bed: Testbed, system: System, s: Settings
@@ -377,7 +384,8 @@ def scale(bed: Testbed, system: System, s: Settings) -> dict[str, float]:
             rx1, t1 = a.read("eth0")[0], time.monotonic()
         finally:
             bed.stop(proc, signal.SIGINT)
-    return {"entries": float(entries), "learned_share": fill["learned"] / n,
+    return {**{f"fill_{k}": v for k, v in fill.items()},
+            "entries": float(entries), "learned_share": fill["learned"] / n,
             "learn_offered_fps": fill["offered_fps"], "lookup_fps": (rx1 - rx0) / (t1 - t0),
             "bytes_per_entry": (mem1 - mem0) / entries if entries else float("nan")}
 

@@ -106,6 +106,8 @@ def _scale(bed: Testbed, system: System, s: measure.Settings, out: dict[str, flo
     log(f"  scale: {sc['entries']:.0f} entries ({sc['learned_share']:.1%} of the sweep "
         f"offered at {sc['learn_offered_fps'] / 1e3:.0f} k/s), lookups "
         f"{sc['lookup_fps'] / 1e3:.0f} k/s, {sc['bytes_per_entry']:.0f} B/entry")
+    log("  the fill sweep: " + ", ".join(f"{k[5:]} {v:.0f}" for k, v in sc.items()
+                                         if k.startswith("fill_") and k != "fill_offered_fps"))
     if s.scale_search_steps > 0:
         rate, trials = measure.learning_rate(bed, system, s)
         out["scale_learn_rate_fps"] = rate

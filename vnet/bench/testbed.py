@@ -179,6 +179,11 @@ class System:
     def flush_table(self) -> None:
         raise NotImplementedError
 
+    def port_losses(self) -> dict[str, int]:
+        """The switch's own counts of frames it received but did not learn from or lost
+        (cumulative, by reason), where it keeps any: for telling the bench's figures apart."""
+        return {}
+
 
 class Bridge(System):
     name, label = "bridge", "Linux bridge"
@@ -334,6 +339,15 @@ class Vnet(System):
 
     def flush_table(self) -> None:
         self.call(protocol.FlushFdb("bench"))
+
+    def port_losses(self) -> dict[str, int]:
+        stats = self.call(protocol.GetStats("bench")).get("bench", {})
+        losses: dict[str, int] = {}
+        for port in stats.values():
+            for reason, count in {**port.get("drops", {}),
+                                  "learn-limited": port.get("learn_limited", 0)}.items():
+                losses[reason] = losses.get(reason, 0) + int(count)
+        return {reason: count for reason, count in losses.items() if count}
 
 
 def _rss(pid: int) -> int:
