@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from vnet.bench import pacer
 from vnet.bench.testbed import (
     ADDR_A,
     ADDR_B,
@@ -34,6 +35,7 @@ from vnet.bench.testbed import (
 )
 from vnet.host import netns
 from vnet.host.netdev import PROC_NET_DEV, parse_packets
+from vnet.packet.ethernet import mac_to_bytes
 
 SCALE_MAC_BASE = "02:c0:00:00:00:00"
 SINK_ADDR = "10.254.0.200"  # nobody's: the receiver drops the frames silently (no ICMP)
@@ -266,11 +268,12 @@ LEARN_TARGET = 0.95  # of a sweep learned, for the learning-rate search (the iss
 SEARCH_CEILING = 8   # the search starts at this many times the fixed sweep rate
 
 
-def _sweep_conf(bed: Testbed, n: int) -> Path:
-    """Frames from N source MACs SCALE_MAC_BASE + 0 .. N-1 (the last 4 bytes count) to B."""
-    mac = SCALE_MAC_BASE
-    return _trafgen_conf(bed, f"sweep{n}", udp64(mac, MAC_B, ADDR_A, SINK_ADDR).replace(
-        f"sa={mac})", f"sa={mac}, sa[2:4]=dinc(0, {n - 1}))"))
+def sweep_frames(n: int) -> list[bytes]:
+    """One 60-byte frame to B from each of N source MACs SCALE_MAC_BASE + 0 .. N-1 (its last
+    4 bytes count), of the local experimental EtherType: B's stack ignores them."""
+    dst, prefix = mac_to_bytes(MAC_B), mac_to_bytes(SCALE_MAC_BASE)[:2]
+    tail = b"\x88\xb5" + bytes(46)
+    return [dst + prefix + i.to_bytes(4, "big") + tail for i in range(n)]
 
 
 def _settled_entries(system: System, deadline: float = 15.0) -> int:
@@ -286,46 +289,36 @@ def _settled_entries(system: System, deadline: float = 15.0) -> int:
     return last
 
 
-def sweep(bed: Testbed, system: System, n: int, rate: int | None) -> dict[str, float]:
+def sweep(bed: Testbed, system: System, n: int, rate: float) -> dict[str, float]:
     """One RFC 2889 address-learning trial: an empty table, then one frame from each of N
-    new source MACs offered at ``rate`` frames/s (None: as fast as trafgen goes).
+    new source MACs offered at ``rate`` frames/s, paced smoothly (``vnet.bench.pacer``).
 
     Returns ``learned`` (entries added, so the two nodes' own do not count), ``sent`` (what
-    left node A's NIC), ``offered_fps`` (sent over the time from its first frame to its
-    last, read off A's counter every 5 ms: the rate the switch was actually offered),
-    ``arrived`` (what the switch's port netdev received) and ``lost_REASON`` for what the
-    switch counted as lost (vnet: ``rx-ring-full``, ``learn-limited``)."""
+    left node A's NIC), ``offered_fps`` (sent over the time the sender took: the rate the
+    switch was actually offered), ``arrived`` (what the switch's port netdev received) and
+    ``lost_REASON`` for what the switch counted as lost (vnet: ``rx-ring-full``,
+    ``learn-limited``)."""
     system.flush_table()
     time.sleep(0.3)
     warm_up(bed)
     base = system.table_entries()
     arrived0, losses0 = bed.link_stats(bed.host, bed.port_a)[0], system.port_losses()
-    with counters(bed) as (a, _b):
-        tx0 = a.read("eth0")[1]
-        proc = trafgen(bed, bed.node_a, _sweep_conf(bed, n), rate=rate, count=n)
-        deadline = time.monotonic() + (n / rate if rate else 0) * 3 + 30
-        first = last = None
-        tx = tx0
-        try:
-            while tx - tx0 < n and time.monotonic() < deadline:
-                time.sleep(0.005)
-                now, count = time.monotonic(), a.read("eth0")[1]
-                if count != tx:
-                    first = first or now
-                    last, tx = now, count
-                if proc.poll() is not None and count == tx and last and now - last > 0.1:
-                    break
-            proc.wait(timeout=max(deadline - time.monotonic(), 1))
-        except subprocess.TimeoutExpired as err:
-            raise BenchError("trafgen did not finish the MAC sweep") from err
-        finally:
-            bed.stop(proc, signal.SIGINT)
+    frames = sweep_frames(n)
+    sock = pacer.open_sender(bed.node_a, "eth0")
+    try:
+        with counters(bed) as (a, _b):
+            tx0 = a.read("eth0")[1]
+            elapsed = pacer.send(sock, frames, rate)
+            time.sleep(0.05)  # the last frames leave the qdisc
+            tx = a.read("eth0")[1]
+    finally:
+        sock.close()
     sent = tx - tx0
-    span = (last - first) if first and last and last > first else float("nan")
     learned = _settled_entries(system) - base
     arrived = bed.link_stats(bed.host, bed.port_a)[0] - arrived0
+    time.sleep(1.1)  # vnet's datapath adds up its rings' kernel drops once a second
     losses = {k: v - losses0.get(k, 0) for k, v in system.port_losses().items()}
-    return {"learned": float(learned), "sent": float(sent), "offered_fps": sent / span,
+    return {"learned": float(learned), "sent": float(sent), "offered_fps": sent / elapsed,
             "arrived": float(arrived),
             **{f"lost_{k}": float(v) for k, v in losses.items() if v}}
 
