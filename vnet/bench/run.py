@@ -207,7 +207,7 @@ def chart(result: dict[str, Any], path: Path) -> str | None:
         for m in metrics:
             f = summary[name].get(m)
             ref = summary.get("bridge", {}).get(m, {}).get("median")
-            if f is None or not ref:
+            if f is None or not ref or ref < 0:
                 ratios.append(0.0)
                 lows.append(0.0)
                 highs.append(0.0)

@@ -219,8 +219,10 @@ class Bridge(System):
         return sum(1 for line in out.splitlines() if "permanent" not in line)
 
     def flush_table(self) -> None:
+        # ip-link's ageing_time is in hundredths of a second (the kernel's clock_t): 30000 is
+        # the default 300 s; "300" made it 3 s, and a 200 k sweep aged out while counted
         run(["ip", "-n", self.bed.host, "link", "set", "br0", "type", "bridge",
-             "ageing_time", "300"], check=False)
+             "ageing_time", "30000"], check=False)
         run(["bridge", "-n", self.bed.host, "fdb", "flush", "dev", "br0"], check=False)
 
 
