@@ -33,10 +33,7 @@ def step(e: Explanation, stage: str) -> tuple[str, str]:
 
 def state(sw: Switch) -> Any:
     fdb = sw.fdb
-    return (fdb.generation, dict(fdb._learned), sw._misses, set(sw._cache),
-            {(vid, mac): (e.port, e.seen, e.static)
-             for vid, v in fdb._vlans.items() for mac, e in v.macs.items()},
-            [list(v.queue) for v in fdb._vlans.values()],
+    return (fdb.state(), sw._misses, set(sw._cache),
             {n: p.counters.snapshot() for n, p in sw._ports.items()})
 
 

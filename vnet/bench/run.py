@@ -43,6 +43,10 @@ METRICS: dict[str, tuple[str, str, bool]] = {
     "rtt_load_p50_us": ("round trip under TCP load p50", "µs", False),
     "rtt_load_p99_us": ("round trip under TCP load p99", "µs", False),
     "scale_entries": ("MAC entries learned (of the N sent)", "entries", True),
+    "scale_learned_share": ("MAC sweep learned at a fixed offered rate (RFC 2889)", "%", True),
+    "scale_learn_offered_fps": ("that sweep's offered rate (measured)", "kfps", True),
+    "scale_learn_rate_fps": ("highest offered rate with >= 95 % of a sweep learned", "kfps",
+                             True),
     "scale_lookup_fps": ("frames/s to N learned MACs (lookup rate)", "kfps", True),
     "scale_bytes_per_entry": ("resident memory per MAC entry", "bytes", False),
 }
@@ -160,10 +164,21 @@ def _scale(bed: Testbed, system: System, s: measure.Settings, out: dict[str, flo
            log: Any) -> None:
     sc = measure.scale(bed, system, s)
     out["scale_entries"] = sc["entries"]
+    out["scale_learned_share"] = sc["learned_share"] * 100
+    out["scale_learn_offered_fps"] = sc["learn_offered_fps"]
     out["scale_lookup_fps"] = sc["lookup_fps"]
     out["scale_bytes_per_entry"] = sc["bytes_per_entry"]
-    log(f"  scale: {sc['entries']:.0f} entries, lookups {sc['lookup_fps'] / 1e3:.0f} k/s, "
-        f"{sc['bytes_per_entry']:.0f} B/entry")
+    log(f"  scale: {sc['entries']:.0f} entries ({sc['learned_share']:.1%} of the sweep "
+        f"offered at {sc['learn_offered_fps'] / 1e3:.0f} k/s), lookups "
+        f"{sc['lookup_fps'] / 1e3:.0f} k/s, {sc['bytes_per_entry']:.0f} B/entry")
+    log("  the fill sweep: " + ", ".join(f"{k[5:]} {v:.0f}" for k, v in sc.items()
+                                         if k.startswith("fill_") and k != "fill_offered_fps"))
+    if s.scale_search_steps > 0:
+        rate, trials = measure.learning_rate(bed, system, s)
+        out["scale_learn_rate_fps"] = rate
+        tried = ", ".join(f"{off / 1e3:.0f} k/s: {share:.0%}" for _, off, share in trials)
+        log(f"  learning rate (>= {measure.LEARN_TARGET:.0%} of "
+            f"{s.scale_search_entries} MACs): {rate / 1e3:.0f} k/s ({tried})")
 
 
 PARTS = {"frames": _frames, "tcp": _tcp, "latency": _latency, "scale": _scale}
@@ -196,6 +211,8 @@ def _fmt(metric: str, value: float) -> str:
         return f"{value / 1e3:.0f} k"
     if unit == "Gbit/s":
         return f"{value:.2f}"
+    if unit == "%":
+        return f"{value:.1f}"
     return f"{value:.0f}"
 
 
@@ -227,7 +244,10 @@ def markdown(result: dict[str, Any]) -> str:
               f"**x ratio** to the Linux bridge of the same run. Machine: {m['cpu']}, "
               f"{m['cores']} cores, {m['memory_gib']} GiB, kernel {m['kernel']}; "
               f"{result['started']}; settings: {mode}, "
-              f"MAC table N = {result['settings']['scale_entries']}."]
+              f"MAC table N = {result['settings']['scale_entries']}, filled by a sweep "
+              f"offered at {result['settings']['scale_learn_rate'] / 1e3:.0f} k/s; "
+              f"learning-rate search over sweeps of "
+              f"{result['settings']['scale_search_entries']} MACs."]
     for name, why in result.get("skipped", {}).items():
         lines.append(f"{SYSTEMS[name].label} skipped: {why}.")
     return "\n".join(lines) + "\n"
@@ -252,7 +272,7 @@ def chart(result: dict[str, Any], path: Path) -> str | None:
         for m in metrics:
             f = summary[name].get(m)
             ref = summary.get("bridge", {}).get(m, {}).get("median")
-            if f is None or not ref:
+            if f is None or not ref or ref < 0:
                 ratios.append(0.0)
                 lows.append(0.0)
                 highs.append(0.0)
@@ -295,6 +315,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--vnet-python", help="interpreter for vnet's datapath (e.g. pypy3)")
     p.add_argument("--seconds", type=float, help="override every trial's duration")
     p.add_argument("--scale-entries", type=int, help="MAC table size N (default 1000000)")
+    p.add_argument("--learn-rate", type=int, help="frames/s of the MAC sweep that fills the "
+                   "table, the same for every system (default 100000)")
+    p.add_argument("--learn-steps", type=int, help="sweeps of the search for the highest "
+                   "rate with >= 95 %% learned (default 5; 0: no search)")
     args = p.parse_args(argv)
     args.systems = [x for x in args.systems.split(",") if x]
     for name in args.systems:
@@ -309,6 +333,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                 f"scale,{','.join(multihost.PARTS)},multihost")
     if not 2 <= args.hosts <= 200:
         p.error("--hosts must be 2..200")
+    if args.learn_rate is not None and args.learn_rate < 1:
+        p.error(f"--learn-rate must be a positive number of frames/s, not {args.learn_rate}")
+    if args.learn_steps is not None and args.learn_steps < 0:
+        p.error(f"--learn-steps must be 0 (no search) or more, not {args.learn_steps}")
     if args.macs is not None and not 1 <= args.macs <= 100_000:
         p.error("--macs must be 1..100000")
     return args
@@ -321,7 +349,12 @@ def main(argv: list[str] | None = None) -> int:
         s = replace(s, frame_seconds=args.seconds, search_seconds=args.seconds,
                     tcp_seconds=max(1.0, args.seconds), scale_seconds=args.seconds)
     if args.scale_entries:
-        s = replace(s, scale_entries=args.scale_entries)
+        s = replace(s, scale_entries=args.scale_entries,
+                    scale_search_entries=min(args.scale_entries, s.scale_search_entries))
+    if args.learn_rate is not None:
+        s = replace(s, scale_learn_rate=args.learn_rate)
+    if args.learn_steps is not None:
+        s = replace(s, scale_search_steps=args.learn_steps)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 

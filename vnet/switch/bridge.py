@@ -39,7 +39,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from vnet.packet.ethernet import S_TAG, TAG_ETHERTYPES, ZERO_MAC
-from vnet.switch.fdb import Fdb, LearnResult, MacEntry
+from vnet.switch.fdb import Fdb, LearnResult
 from vnet.switch.ports import PortConfig, PortCounters, VlanOptions
 
 if TYPE_CHECKING:
@@ -85,13 +85,13 @@ class _Cached:
 
     __slots__ = ("aging", "dst", "forward", "generation", "rx", "src", "tagged", "untagged")
 
-    def __init__(self, forward: Forward, generation: int, src: MacEntry, dst: MacEntry | None,
+    def __init__(self, forward: Forward, generation: int, src: int, dst: int | None,
                  aging: float, rx: PortCounters, untagged: tuple[PortCounters, ...],
                  tagged: tuple[PortCounters, ...]) -> None:
         self.forward = forward
         self.generation = generation
-        self.src = src
-        self.dst = dst
+        self.src = src  # FDB slots, valid while the generation is
+        self.dst = dst  # None: no destination entry to age (unknown, group) or a static one
         self.aging = aging
         self.rx = rx
         self.untagged = untagged
@@ -160,10 +160,10 @@ class Switch:
         if size >= 14:
             # the check of _cache_hit, inline: this is the path of every frame of a flow
             cached = self._cache.get((in_port, frame[:14], tci))
-            if cached is not None and cached.generation == self.fdb.generation and (
-                    (dst := cached.dst) is None or dst.static
-                    or now - dst.seen <= cached.aging):
-                cached.src.seen = now
+            fdb = self.fdb
+            if cached is not None and cached.generation == fdb.generation and (
+                    (dst := cached.dst) is None or now - fdb.seen[dst] <= cached.aging):
+                fdb.seen[cached.src] = now
                 rx = cached.rx
                 rx.rx_frames += 1
                 rx.rx_bytes += size if tci is None else size + 4
@@ -224,14 +224,17 @@ class Switch:
         self._misses += 1
         if self._misses % self.cache_admit_every:
             return forward
-        src_entry = self.fdb.entry(vid, src)
-        dst_entry = None if dst[0] & 1 else self.fdb.entry(vid, dst)
-        if cacheable(src_entry is not None, out, dst_entry is not None):
+        fdb = self.fdb
+        src_slot = fdb.slot(vid, src)
+        dst_slot = None if dst[0] & 1 else fdb.slot(vid, dst)
+        if cacheable(src_slot is not None, out, dst_slot is not None):
             if len(self._cache) >= CACHE_MAX:
                 self._cache.clear()
-            assert src_entry is not None
+            assert src_slot is not None
+            if dst_slot is not None and fdb.static[dst_slot]:
+                dst_slot = None  # never ages (and made learned again only by a change)
             self._cache[(in_port, frame[:14], tci)] = _Cached(
-                forward, self.fdb.generation, src_entry, dst_entry,
+                forward, fdb.generation, src_slot, dst_slot,
                 self.fdb.aging(vid), counters, tuple(ports[n].counters for n in untagged),
                 tuple(ports[n].counters for n in tagged))
         return forward
@@ -286,7 +289,7 @@ class Switch:
         if cached is None or cached.generation != self.fdb.generation:
             return None
         dst = cached.dst
-        if dst is None or dst.static or now - dst.seen <= cached.aging:
+        if dst is None or now - self.fdb.seen[dst] <= cached.aging:
             return cached
         return None
 

@@ -11,6 +11,7 @@ VID_MIN, VID_MAX = 1, 4094
 # takes them from here): how long a learned MAC is kept, how many one port may learn.
 DEFAULT_MAC_AGING: float = 300  # seconds (an int, so the JSON Schema says 300)
 DEFAULT_MAC_LIMIT = 1024
+PORT_NUMBER_MAX = 2**31 - 1  # the FDB keeps port numbers in a C int array
 
 PortMode = Literal["access", "trunk"]
 
@@ -58,6 +59,10 @@ class PortConfig:
     members: frozenset[int] = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
+        if isinstance(self.number, bool) or not isinstance(self.number, int) or not (
+                0 <= self.number <= PORT_NUMBER_MAX):
+            raise ValueError(f"port {self.name}: its number must be an integer in "
+                             f"0..{PORT_NUMBER_MAX}, not {self.number!r}")
         if self.mode == "access":
             if self.vlan is None:
                 raise ValueError(f"access port {self.name} needs a VLAN")
