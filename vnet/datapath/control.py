@@ -274,16 +274,16 @@ class ControlServer:
             self.epoll.modify(fd, mask)
 
     def _hand_over(self, fd: int, control: _Connection) -> None:
-        """Send the reply (a few bytes to a fresh connection: the socket takes them), then
-        keep the connection at ``high_fd`` only, in place of what was there (an earlier
-        lifeline, whose vnetd is gone)."""
-        with contextlib.suppress(OSError):
-            control.sock.send(control.output)
+        """Keep the connection at ``high_fd`` only, in place of what was there (an earlier
+        lifeline, whose vnetd is gone), then send the reply (a few bytes to a fresh
+        connection: the socket takes them), so the peer knows it is in place."""
         del self.connections[fd]
         self.epoll.unregister(fd)
         high = high_fd()
         if fd != high:
             os.dup2(fd, high, inheritable=False)
+        with contextlib.suppress(OSError):
+            control.sock.send(control.output)
         if fd == high:
             control.sock.detach()   # already there: the fd stays open
         else:
