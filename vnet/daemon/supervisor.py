@@ -249,7 +249,12 @@ class DatapathSupervisor:
         elif health.phase is Phase.RUNNING and self.replay_error:
             message += f"; replaying the lab records into it failed: {self.replay_error}"
         standby = self.standby.pid if self.standby is not None and self.standby.alive else None
+        # how its death would be heard first: its lifeline (its own or, adopted, a new
+        # one), or only its pidfd (an adopted datapath that gave none)
+        lifeline = self.pid is not None and (not isinstance(self.child, AdoptedDatapath)
+                                             or self.child.has_lifeline)
         return {"state": state, "pid": self.pid, "adopted": self.adopted,
+                "lifeline": lifeline,
                 "standby_pid": standby,
                 "restarts": health.restarts,
                 "attempt": health.attempt, "last_failure": health.last_failure,
