@@ -472,6 +472,42 @@ def write_topology(host: TestHost, text: str = TOPOLOGY) -> Path:
     return path
 
 
+PAIR_TOPOLOGY = f"""\
+name: {LAB}
+networks:
+  net: {{vlan: 10}}
+nodes:
+  n0: {{kind: netns, nics: [{{name: eth0, network: net, ip: 10.77.0.1/24}}]}}
+  n1: {{kind: netns, nics: [{{name: eth0, network: net, ip: 10.77.0.2/24}}]}}
+"""
+
+
+def test_an_operator_pings_from_a_node_without_privileges(host: TestHost,
+                                                          accounts: Accounts) -> None:
+    """Under vnetd's unit (NoNewPrivileges) ping cannot gain CAP_NET_RAW from its file
+    capabilities; ``setpriv --no-new-privs`` makes that so here.  It works all the same: a
+    node's namespace lets every group open ICMP echo sockets (its own ping_group_range;
+    the host's stays as it was)."""
+    from vnet.testing import wait_until
+
+    host_range = Path("/proc/sys/net/ipv4/ping_group_range").read_text()
+    lab = host.up(write_topology(host, PAIR_TOPOLOGY))
+    operator = accounts.operator
+    sysctl = run_cli_as(operator, host.socket, "exec", "n0", "--", "cat",
+                        "/proc/sys/net/ipv4/ping_group_range")
+    assert sysctl.stdout.split() == [b"0", b"2147483647"], sysctl
+    ping = ["setpriv", "--no-new-privs", "--", "ping", "-c1", "-W5", "10.77.0.2"]
+
+    def pings() -> bool:
+        ran = run_cli_as(operator, host.socket, "exec", "n0", "--", *ping)
+        assert b"Operation not permitted" not in ran.stderr, ran.stderr
+        return ran.returncode == 0
+
+    wait_until(pings, 60, message="the operator's unprivileged ping from n0 to n1")
+    assert Path("/proc/sys/net/ipv4/ping_group_range").read_text() == host_range
+    lab.close()
+
+
 VM_TOPOLOGY = f"""\
 name: {LAB}
 networks:

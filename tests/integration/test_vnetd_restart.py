@@ -134,3 +134,33 @@ def test_a_vm_runner_keeps_running_across_a_vnetd_restart_and_is_adopted() -> No
         runners = [p for p in leftovers(host.state_dir) if p != host.process.pid
                    and b"vnet.kvm" in Path(f"/proc/{p}/cmdline").read_bytes()]
         assert runners == []
+
+
+def test_a_crash_of_an_adopted_datapath_is_heard_through_its_new_lifeline() -> None:
+    """vnetd stopped and started again adopts the datapath and asks it for a lifeline; the
+    adopted datapath killed -9 is reported (how it died, from /proc while it was dying:
+    heard before its exit) and restarted, and the lab forwards again."""
+    with TestHost() as host:
+        lab = host.up(TOPOLOGIES / "pair.yaml")
+        wait_until(lambda: pings(lab, "left", "10.2.0.2"), message="left pings right")
+        datapath = host.call("ping")["datapath_pid"]
+        host.terminate_daemon()
+        host.start_daemon()
+        health = host.call("ping")["datapath"]
+        assert (health["pid"], health["adopted"], health["lifeline"]) == (datapath, True,
+                                                                          True), health
+        assert f"adopted the running datapath, pid {datapath} (run 1), with a lifeline" in \
+            host.log()
+
+        os.kill(datapath, 9)
+        wait_until(lambda: f"the datapath (pid {datapath}) was killed by SIGKILL" in host.log(),
+                   message="vnetd's log to report the adopted datapath's death")
+        wait_until(lambda: host.call("ping")["datapath"]["state"] == "running"
+                   and host.call("ping")["datapath_pid"] not in (None, datapath),
+                   message="a new datapath after the adopted one's kill")
+        health = host.call("ping")["datapath"]
+        assert health["restarts"] == 1 and "killed by SIGKILL" in str(health["last_failure"]), \
+            health
+        assert (health["adopted"], health["lifeline"]) == (False, True), health
+        wait_until(lambda: pings(lab, "left", "10.2.0.2"), message="left pings right again")
+        host.down("pair")

@@ -44,6 +44,7 @@ EXAMPLES: list[protocol.Request] = [
     protocol.Mirror("lab", "c1.eth0"),
     protocol.Mirror("lab", "t1.eth0", "in"),
     protocol.Shutdown(),
+    protocol.Lifeline(),
 ]
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from vnet.daemon.datapathprocess import AdoptedDatapath
 from vnet.daemon.restartpolicy import Limits
 from vnet.daemon.supervisor import DatapathSupervisor
 from vnet.datapath import protocol
@@ -153,3 +154,96 @@ def test_a_replay_that_fails_is_logged_and_shown_and_the_datapath_stays(
 
     run(scenario)
     assert "replaying the lab records into the new datapath failed" in caplog.text
+
+
+def lifeline_holder(pid: int) -> str | None:
+    """What the datapath holds at its highest fd number (where its lifeline is)."""
+    limits = Path(f"/proc/{pid}/limits").read_text()
+    soft = next(line.split()[3] for line in limits.splitlines()
+                if line.startswith("Max open files"))
+    high = (65536 if soft == "unlimited" else min(int(soft), 65536)) - 1
+    try:
+        return os.readlink(f"/proc/{pid}/fd/{high}")
+    except FileNotFoundError:
+        return None
+
+
+def adopting(tmp_path: Path, scenario: Callable[[DatapathSupervisor, int], Awaitable[None]]
+             ) -> None:
+    """A first vnetd's supervisor leaves its datapath running; a second adopts it."""
+    first, second = supervisor(tmp_path, []), supervisor(tmp_path, [])
+
+    async def both() -> None:
+        await first.start()
+        pid = first.pid
+        assert pid is not None
+        assert (lifeline_holder(pid) or "").startswith("pipe:"), "no lifeline from the spawn"
+        await first.stop(keep_running=True)
+        await second.start()
+        try:
+            assert second.adopted and second.pid == pid
+            await scenario(second, pid)
+        finally:
+            await second.stop()
+
+    run(both)
+
+
+def test_an_adopted_datapath_gets_a_new_lifeline_and_its_death_is_heard(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "vnet.supervisor")
+
+    async def scenario(sup: DatapathSupervisor, pid: int) -> None:
+        assert isinstance(sup.child, AdoptedDatapath) and sup.child.has_lifeline
+        # the old pipe's place, at the highest fd number, now holds the new connection
+        assert (lifeline_holder(pid) or "").startswith("socket:"), lifeline_holder(pid)
+        os.kill(pid, signal.SIGKILL)
+        await until(lambda: sup.pid not in (None, pid) and sup.health()["state"] == "running",
+                    "a new datapath after the kill")
+        assert (await sup.call(protocol.Ping()))["pid"] == sup.pid
+
+    adopting(tmp_path, scenario)
+    assert "with a lifeline to it" in caplog.text
+    assert "the datapath (pid " in caplog.text
+
+
+def test_the_lifeline_tells_of_a_death_before_the_pidfd_does(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Its end is heard on its own, while the process has not exited (what a dying
+    datapath's end looks like before its sockets' teardown): here another lifeline takes its
+    place, and the supervisor takes the datapath for dead, kills it and starts another."""
+    caplog.set_level(logging.INFO, "vnet.supervisor")
+
+    async def scenario(sup: DatapathSupervisor, pid: int) -> None:
+        reader, writer = await asyncio.open_unix_connection(str(sup.control_path))
+        writer.write(protocol.encode(protocol.Lifeline()))
+        # the reply, or nothing: the supervisor may kill it between the dup2 and the send
+        reply = await reader.readline()
+        assert reply == b"" or reply.startswith(b'{"ok":true'), reply
+        await until(lambda: sup.pid not in (None, pid), "a new datapath")
+        await until(lambda: not process_alive(pid), "the old one killed")
+        writer.close()
+
+    adopting(tmp_path, scenario)
+    assert "was killed by SIGKILL" in caplog.text, caplog.text
+
+
+def test_a_datapath_without_the_lifeline_request_is_watched_by_its_pidfd(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """An older datapath (no ``lifeline`` request): adopted all the same, its death heard
+    through its pidfd, and the log says why it is heard later."""
+    caplog.set_level(logging.INFO, "vnet.supervisor")
+
+    async def no_lifeline(self: AdoptedDatapath, path: Path, timeout: float) -> str:
+        return "datapath lifeline: unknown datapath operation 'lifeline'"
+
+    monkeypatch.setattr(AdoptedDatapath, "attach_lifeline", no_lifeline)
+
+    async def scenario(sup: DatapathSupervisor, pid: int) -> None:
+        assert isinstance(sup.child, AdoptedDatapath) and not sup.child.has_lifeline
+        os.kill(pid, signal.SIGKILL)
+        await until(lambda: sup.pid not in (None, pid), "a new datapath after the kill")
+
+    adopting(tmp_path, scenario)
+    assert "gave no lifeline (datapath lifeline: unknown datapath operation" in caplog.text

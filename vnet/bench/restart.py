@@ -15,8 +15,9 @@ The cases take turns within a repetition, so the machine's noise falls on all al
 * ``datapath-kill``: SIGKILL to vnetd's own datapath (its death heard by the lifeline);
 * ``vnetd-term``: vnetd stopped with SIGTERM (``systemctl stop``) and started again: the
   datapath forwards on and is adopted;
-* ``datapath-kill-adopted``: SIGKILL to a datapath adopted by the vnetd (its death heard by a
-  pidfd, as after any vnetd restart);
+* ``datapath-kill-adopted``: SIGKILL to a datapath adopted by the vnetd, as after any vnetd
+  restart (its death heard by the new lifeline the adopting vnetd asked it for, or by a
+  pidfd if it has none);
 * ``vnetd-kill``: vnetd killed with SIGKILL and started again;
 * ``datapath-term``: SIGTERM to the (adopted) datapath, which then exits cleanly.  vnetd has no
   graceful datapath restart or upgrade: a clean exit is restarted and replayed like a crash,

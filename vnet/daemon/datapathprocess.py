@@ -11,10 +11,14 @@ asyncio's child watcher (which then reports status 255), and a bare pid may be r
 
 The datapath outlives vnetd (a restart without loss): it runs in a session of its own, and
 nothing makes it die with vnetd.  The next vnetd adopts it (``AdoptedDatapath``): it is no
-longer that vnetd's child and has no lifeline to it, so its death is noticed by its pidfd
-(``vnet.daemon.pidfile``), a little later than a lifeline would tell (after its sockets'
-teardown).  A warm spare, by contrast, ends with the vnetd that made it: its stdin reaches
-EOF.
+longer that vnetd's child, and the lifeline's read end died with the vnetd that made it.  A
+pidfd (``vnet.daemon.pidfile``) tells of its death only once it has exited, after its
+packet sockets' teardown (~0.1 s later than a lifeline: measured in docs/benchmarks.md), so
+the adopting vnetd asks for a new lifeline (``protocol.Lifeline``: a control connection the
+datapath keeps at the fd number of the old one) and hears the death from whichever of the
+two tells first.  A datapath that does not know the request (another vnet version) is
+watched by its pidfd alone.  A warm spare, by contrast, ends with the vnetd that made it:
+its stdin reaches EOF.
 """
 
 from __future__ import annotations
@@ -24,12 +28,16 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 
 import vnet
+from vnet import jsonlines
+from vnet.daemon import pidfile
 from vnet.daemon.pidfile import Watched
-from vnet.errors import DatapathError
+from vnet.datapath import protocol
+from vnet.errors import DatapathError, VnetError
 
 log = logging.getLogger("vnet.supervisor")
 
@@ -69,7 +77,7 @@ class DatapathProcess:
         # watcher's feet (which then reports status 255), and a bare pid may be reused
         self._pidfd: int | None = None
         with contextlib.suppress(OSError):   # already gone (and reaped): nothing to signal
-            self._pidfd = os.pidfd_open(process.pid)
+            self._pidfd = pidfile.open_pidfd(process.pid)   # None: no pidfds here
         loop = asyncio.get_running_loop()
         self._ready: asyncio.Future[None] = loop.create_future()
         self._dead: asyncio.Future[None] = loop.create_future()
@@ -150,6 +158,9 @@ class DatapathProcess:
         if self._pidfd is not None:
             with contextlib.suppress(ProcessLookupError):   # reaped meanwhile
                 signal.pidfd_send_signal(self._pidfd, number)
+        elif self.process.returncode is None:   # no pidfds here: by pid, until reaped
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, number)
 
     def _on_lifeline(self) -> None:
         try:
@@ -183,14 +194,10 @@ class DatapathProcess:
 
 
 def _exit_status(pid: int) -> int | None:
-    """A dying (not yet reaped) process's exit status, from /proc (as ``returncode``:
+    """A dying (not yet reaped) child's exit status, from /proc (as ``returncode``:
     negative for a signal)."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-        status = int(text.rsplit(")", 1)[1].split()[49])
-    except (OSError, IndexError, ValueError):
-        return None
-    return -(status & 0x7F) if status & 0x7F else status >> 8
+    found = pidfile.stat(pid)
+    return None if found is None else pidfile.wait_status(found.exit_code)
 
 
 def _signal_name(number: int) -> str:
@@ -210,25 +217,70 @@ class AdoptedDatapath:
     """A datapath an earlier vnetd started, found running (see the module's doc); the
     supervisor's handle on it is the same as on a ``DatapathProcess``."""
 
-    def __init__(self, pid: int) -> None:
-        """``ProcessLookupError`` if it is gone."""
-        self.pid = pid
-        self._watched = Watched(pid)
+    def __init__(self, watched: Watched) -> None:
+        self.pid = watched.pid
+        self._watched = watched
+        self._lifeline: socket.socket | None = None
+        self._dead: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._exit = asyncio.create_task(self._wait_exit(), name="adopted datapath watch")
+        self._exit.add_done_callback(_log_failure)
 
     @property
     def alive(self) -> bool:
-        return self._watched.alive
+        return not self._dead.done()
+
+    @property
+    def has_lifeline(self) -> bool:
+        return self._lifeline is not None
+
+    async def attach_lifeline(self, control_path: Path, timeout: float) -> str | None:
+        """Ask the datapath for a lifeline on a connection of its own; None once it holds
+        one, else why not (the pidfd alone then tells of its death)."""
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        sock.setblocking(False)
+        try:
+            async with asyncio.timeout(timeout):
+                await loop.sock_connect(sock, str(control_path))
+                await loop.sock_sendall(sock, protocol.encode(protocol.Lifeline()))
+                line = b""
+                while not line.endswith(b"\n"):
+                    chunk = await loop.sock_recv(sock, 4096)
+                    if not chunk:
+                        raise DatapathError("the datapath closed the connection")
+                    line += chunk
+            result = protocol.result(jsonlines.decode(line), protocol.Lifeline.op)
+            if not isinstance(result, dict) or result.get("pid") != self.pid:
+                raise DatapathError(f"the lifeline is held by another process ({result!r})")
+        except (OSError, TimeoutError, VnetError) as err:
+            sock.close()
+            return str(err) or type(err).__name__
+        if not self.alive:
+            sock.close()
+            return "the datapath died meanwhile"
+        self._lifeline = sock
+        loop.add_reader(sock.fileno(), self._on_lifeline)
+        return None
 
     async def dead_within(self, timeout: float) -> bool:
-        return await self._watched.wait(timeout)
+        await asyncio.wait({self._dead}, timeout=timeout)
+        return self._dead.done()
 
     async def died(self) -> str:
-        await self._watched.wait()
+        """Until it dies (killed to be sure, as ``DatapathProcess.died``); how it died."""
+        await asyncio.shield(self._dead)
+        self.kill()
         return await self.death()
 
     async def death(self) -> str:
-        """Not vnetd's child: its exit status is its parent's to know, not vnetd's."""
-        return "died (an adopted datapath: its exit status is not vnetd's to see)"
+        """How it died, from /proc while it is dying (the lifeline tells that early); its
+        exit status is otherwise its parent's to know, not vnetd's."""
+        status = self._watched.exit_status()
+        if status is None:
+            return "died (an adopted datapath: its exit status is not vnetd's to see)"
+        if status < 0:
+            return f"was killed by {_signal_name(-status)}"
+        return f"exited with status {status}"
 
     def wake(self) -> None:
         pass
@@ -243,7 +295,38 @@ class AdoptedDatapath:
         await self._watched.stop(timeout)
 
     def release(self) -> None:
+        """vnetd leaves and the datapath stays: stop watching it (the datapath keeps its
+        end of the lifeline until the next vnetd's replaces it)."""
+        self._exit.cancel()
+        self._close_lifeline()
         self._watched.close()
+
+    def _on_lifeline(self) -> None:
+        if self._lifeline is None:
+            return
+        try:
+            data = self._lifeline.recv(64)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:   # nothing but its end is expected
+            self._gone()
+
+    async def _wait_exit(self) -> None:
+        await self._watched.wait()
+        self._gone()   # without a lifeline, or in case it did not tell
+
+    def _gone(self) -> None:
+        self._close_lifeline()
+        if not self._dead.done():
+            self._dead.set_result(None)
+
+    def _close_lifeline(self) -> None:
+        if self._lifeline is not None:
+            asyncio.get_running_loop().remove_reader(self._lifeline.fileno())
+            self._lifeline.close()
+            self._lifeline = None
 
 
 Datapath = DatapathProcess | AdoptedDatapath

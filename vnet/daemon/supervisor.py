@@ -16,7 +16,8 @@ vnetd's ``start`` adopts it (found by its pid file and control socket, checked t
 instead of starting a new one.  Its run number and the counters' baselines are kept in the
 state directory, so counters stay monotonic across vnetd's restarts too.
 
-A death is noticed through the process's lifeline (or, adopted, its pidfd), and a restart
+A death is noticed through the process's lifeline (adopted, a new lifeline it was asked
+for, and its pidfd), and a restart
 wakes a warm spare (``datapathprocess``).  Requests share one connection
 (``controlclient``), and counters are kept across runs (``counters``).
 """
@@ -146,14 +147,12 @@ class DatapathSupervisor:
         if record is None:
             return None
         self.run = max(self.run, int(record.get("run", 0) or 0))
-        if not pidfile.running(record, str(self.control_path)):
+        watched = pidfile.Watched.adopt(record, str(self.control_path))
+        if watched is None:
             log.info("the datapath an earlier vnetd ran (pid %d) is gone; starting one",
                      record.pid)
             return None
-        try:
-            child = AdoptedDatapath(record.pid)
-        except ProcessLookupError:
-            return None
+        child = AdoptedDatapath(watched)
         try:
             await asyncio.wait_for(self.client.call(protocol.Ping()), ADOPT_TIMEOUT)
         except (DatapathError, TimeoutError) as err:
@@ -164,7 +163,13 @@ class DatapathSupervisor:
             return None
         self.child = child
         self.adopted = True
-        log.info("adopted the running datapath, pid %d (run %d)", child.pid, self.run)
+        why = await child.attach_lifeline(self.control_path, ADOPT_TIMEOUT)
+        if why is not None:
+            log.warning("the adopted datapath (pid %d) gave no lifeline (%s): its death is "
+                        "heard through its pidfd alone, after its ports' sockets are closed",
+                        child.pid, why)
+        log.info("adopted the running datapath, pid %d (run %d)%s", child.pid, self.run,
+                 ", with a lifeline to it" if why is None else "")
         return child
 
     def _load_counters(self) -> None:
@@ -244,7 +249,12 @@ class DatapathSupervisor:
         elif health.phase is Phase.RUNNING and self.replay_error:
             message += f"; replaying the lab records into it failed: {self.replay_error}"
         standby = self.standby.pid if self.standby is not None and self.standby.alive else None
+        # how its death would be heard first: its lifeline (its own or, adopted, a new
+        # one), or only its pidfd (an adopted datapath that gave none)
+        lifeline = self.pid is not None and (not isinstance(self.child, AdoptedDatapath)
+                                             or self.child.has_lifeline)
         return {"state": state, "pid": self.pid, "adopted": self.adopted,
+                "lifeline": lifeline,
                 "standby_pid": standby,
                 "restarts": health.restarts,
                 "attempt": health.attempt, "last_failure": health.last_failure,

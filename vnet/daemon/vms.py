@@ -4,7 +4,8 @@ A runner outlives vnetd (a restart without loss, as libvirt's guests outlive lib
 runs in a session of its own, its pid is kept in ``STATE_DIR/runner-LAB-NODE.pid``, and the
 next vnetd adopts it (``VmSupervisor.adopt``: the recorded process still runs and answers on
 its control socket) instead of starting it again.  An adopted runner is not that vnetd's
-child: its end is seen through a pidfd, and its exit status is unknown (counted as a
+child: its end is seen through a pidfd (as soon as vnetd's own child's would be: both are
+told when the process has exited), and its exit status is unknown (counted as a
 failure by the restart policy).  Its console goes to ``STATE_DIR/console-LAB-NODE.log``,
 which is kept after the VM stops.
 
@@ -149,10 +150,9 @@ class VmProcess:
         if self._poll is None or self._poll.done():
             self._poll = asyncio.create_task(self._poll_runner())
 
-    def adopt(self, pid: int) -> None:
-        """Supervise the runner ``pid`` an earlier vnetd started (``ProcessLookupError``
-        if it is gone)."""
-        watched = pidfile.Watched(pid)
+    def adopt(self, watched: pidfile.Watched) -> None:
+        """Supervise the runner an earlier vnetd started (``pidfile.Watched.adopt``)."""
+        pid = watched.pid
         self.adopted, self.process = watched, None
         now = time.monotonic()
         self.lifecycle.handle(VmEvent.START, now)
@@ -341,13 +341,12 @@ class VmSupervisor:
         caller starts a new one)."""
         process = VmProcess(vm, self.state_dir, self.parent)
         record = pidfile.read(process.pid_file)
-        if record is None or not pidfile.running(record, runner_marker(record, process)):
+        watched = (None if record is None
+                   else pidfile.Watched.adopt(record, runner_marker(record, process)))
+        if record is None or watched is None:
             process.pid_file.unlink(missing_ok=True)
             return False
-        try:
-            process.adopt(record.pid)
-        except ProcessLookupError:
-            return False
+        process.adopt(watched)
         try:
             status = await ask_runner(process.control_socket, {"op": "status"})
         except (OSError, TimeoutError, jsonlines.ProtocolError) as err:

@@ -8,6 +8,12 @@ nothing a request does (a bug included) stops the datapath forwarding for everyo
 A ``protocol.StreamRequest`` (a capture's mirror) turns its connection into a ``Stream``
 after the reply: from then on the datapath only writes to it, and the peer ends it by
 closing (or half-closing) its side.
+
+A ``protocol.HandoverRequest`` (the lifeline of a vnetd that adopted the datapath) has its
+connection moved, after the reply, to the highest fd number the process may have
+(``high_fd``) and forgotten: it is never read or polled again, and its only use is its end.
+The kernel closes a dying process's files from the highest number down, so that end
+reaches the peer before the packet sockets' slow teardown.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import resource
 import select
 import socket
 from collections.abc import Callable
@@ -37,8 +44,14 @@ SENDMSG_CHUNKS = 256           # records handed to one sendmsg (the kernel takes
 Prepare = Callable[[list[protocol.Request]], AbstractContextManager[None]]
 
 
+def high_fd() -> int:
+    """The highest fd number this process may use (at most 65535)."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return (65536 if soft == resource.RLIM_INFINITY else min(soft, 65536)) - 1
+
+
 class _Connection:
-    __slots__ = ("buffer", "mask", "output", "sock", "stream")
+    __slots__ = ("buffer", "handover", "mask", "output", "sock", "stream")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -46,6 +59,7 @@ class _Connection:
         self.output = bytearray()   # reply bytes the socket did not take yet
         self.mask = select.EPOLLIN  # what it is registered for
         self.stream: Stream | None = None  # the connection carries a stream
+        self.handover = False              # answered a HandoverRequest: kept, never read
 
 
 class Stream:
@@ -168,6 +182,12 @@ class ControlServer:
         ``StreamRequest`` answered ok turns it into a stream)."""
         try:
             request = protocol.decode(line)
+            if isinstance(request, protocol.HandoverRequest):
+                if control is None:
+                    raise VnetError(f"{request.op} needs a connection of its own")
+                result = jsonlines.ok(self.handle(request))
+                control.handover = True
+                return result
             if not isinstance(request, protocol.StreamRequest):
                 return jsonlines.ok(self.handle(request))
             if control is None:
@@ -222,6 +242,9 @@ class ControlServer:
                 line = bytes(buffer[:end])
                 del buffer[:end + 1]
                 output += jsonlines.encode(self.answer(line, fd, control))
+                if control.handover:
+                    self._hand_over(fd, control)
+                    return
                 stream = control.stream
                 if stream is not None:   # from here on it only carries the stream, whose
                     buffer.clear()       # first bytes are what is still unsent, the reply
@@ -249,6 +272,22 @@ class ControlServer:
         if mask != control.mask:
             control.mask = mask
             self.epoll.modify(fd, mask)
+
+    def _hand_over(self, fd: int, control: _Connection) -> None:
+        """Keep the connection at ``high_fd`` only, in place of what was there (an earlier
+        lifeline, whose vnetd is gone), then send the reply (a few bytes to a fresh
+        connection: the socket takes them), so the peer knows it is in place."""
+        del self.connections[fd]
+        self.epoll.unregister(fd)
+        high = high_fd()
+        if fd != high:
+            os.dup2(fd, high, inheritable=False)
+        with contextlib.suppress(OSError):
+            control.sock.send(control.output)
+        if fd == high:
+            control.sock.detach()   # already there: the fd stays open
+        else:
+            control.sock.close()
 
     def _stream_event(self, stream: Stream, events: int) -> None:
         if events & ~select.EPOLLOUT and not stream.ending:

@@ -83,7 +83,8 @@ class Datapath:
             protocol.GetFdb: self.fdb, protocol.GetFdbSize: self.fdb_size,
             protocol.FlushFdb: self.flush_fdb, protocol.GetStats: self.stats,
             protocol.Trace: self.trace, protocol.Inject: self.inject,
-            protocol.Mirror: self.mirror, protocol.Shutdown: self.shutdown}
+            protocol.Mirror: self.mirror, protocol.Shutdown: self.shutdown,
+            protocol.Lifeline: self.lifeline}
         self.control = ControlServer(control_path, self.epoll, self.handle,
                                      self.schedule.dirty, prepare=self.open_ports_ahead)
 
@@ -335,6 +336,11 @@ class Datapath:
             raise DatapathError(f"bridge {bridge!r} has no port {name!r} (it has: "
                                 f"{', '.join(sorted(br.ports)) or 'none'})")
         return br, port
+
+    def lifeline(self, _request: protocol.Lifeline) -> dict[str, Any]:
+        """The connection itself is the lifeline (``ControlServer`` keeps it); the pid says
+        to the sender which process holds it."""
+        return {"pid": os.getpid()}
 
     def shutdown(self, _request: protocol.Shutdown) -> None:
         self.running = False

@@ -4,7 +4,9 @@
 listens, and its closing says this process is dying.  It is moved to a high fd number
 because the kernel closes a dying process's files from the highest number down: its end
 then reaches vnetd before the packet sockets' teardown (about 0.1 s with rings, an RCU grace
-period each), so vnetd starts the successor meanwhile.
+period each), so vnetd starts the successor meanwhile.  A vnetd that adopts a running
+datapath is not the one that gave it this pipe: it asks for a new lifeline
+(``protocol.Lifeline``), which takes the same fd number.
 
 ``--standby`` makes a warm spare: the interpreter is up and everything imported, and it waits
 for one byte on its stdin before it binds the control socket and starts (EOF: it exits).
@@ -17,11 +19,11 @@ import argparse
 import contextlib
 import logging
 import os
-import resource
 import signal
 import sys
 from types import FrameType
 
+from vnet.datapath.control import high_fd
 from vnet.datapath.engine import BUSY_POLL, IO_MODES, Datapath
 from vnet.errors import HostError
 from vnet.host import netns
@@ -73,8 +75,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _raise(fd: int) -> int:
     """``fd`` moved to the highest number the process may use (up to 65535)."""
-    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    high = (65536 if soft == resource.RLIM_INFINITY else min(soft, 65536)) - 1
+    high = high_fd()
     if high <= fd:
         return fd
     os.dup2(fd, high, inheritable=False)

@@ -240,6 +240,20 @@ class Mirror(StreamRequest):
                                 f"{json_repr(self.direction)}")
 
 
+class HandoverRequest(Request):
+    """A request whose connection, once it is answered ok, the datapath keeps at its
+    highest fd number and never reads again (``vnet.datapath.control``)."""
+
+
+@request("lifeline")
+@dataclasses.dataclass(frozen=True)
+class Lifeline(HandoverRequest):
+    """This connection becomes the datapath's lifeline to the sender, in place of any
+    earlier one (``--lifeline``): its end reaches the sender as soon as the datapath dies,
+    before its ports' sockets are closed (a vnetd that adopted the datapath is not its
+    parent, and has no other early word of its death).  Result: ``{"pid": int}``."""
+
+
 @request("shutdown")
 @dataclasses.dataclass(frozen=True)
 class Shutdown(Request):

@@ -13,6 +13,11 @@ from vnet.daemon.drivers.base import BlockingDriver
 from vnet.daemon.resources import NetnsNodeResource, VethSpec
 from vnet.host import links, netns, nft
 
+# Every group may open ICMP echo ("ping") sockets in a node, as on most desktop
+# distributions: a new namespace has "1 0" (none may), so a non-root operator's
+# ``vnet exec NODE -- ping`` failed where ping cannot gain CAP_NET_RAW (NoNewPrivileges in
+# vnetd's unit).  The sysctl is per namespace: the host's own stays as it is.
+PING_GROUP_RANGE = ("net.ipv4.ping_group_range", "0 2147483647")
 
 class NetnsNodeDriver(BlockingDriver[NetnsNodeResource]):
     kind = NetnsNodeResource.kind
@@ -22,6 +27,7 @@ class NetnsNodeDriver(BlockingDriver[NetnsNodeResource]):
         with IPRoute() as ipr:
             links.refuse_taken(ipr, (nic.host_ifname for nic in node.nics), "node")
         netns.create(node.netns)
+        netns.write_sysctl(node.netns, *PING_GROUP_RANGE)
         if not node.ipv6:
             # No IPv6 unless asked: router solicitations and MLD reports would be noise on
             # every link, and a packet test asserting "no other packets" would see them.
