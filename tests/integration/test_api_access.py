@@ -426,7 +426,7 @@ def test_an_operator_execs_in_a_node_as_itself_and_a_viewer_is_refused(
     assert b"no-such-command-x: command not found in node n0" in notfound.stderr
 
     # Ctrl-C (SIGINT to the CLI) reaches the command; killing the CLI kills the command.
-    sleeper = ["sleep", "3600"]
+    sleeper = ["sleep", "infinity"]   # runs until it is killed
     for how in (signal.SIGINT, signal.SIGKILL):
         client = spawn_as(operator, sock, "exec", "n0", "--", *sleeper)
         try:

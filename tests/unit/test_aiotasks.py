@@ -13,7 +13,7 @@ from vnet.aiotasks import cancel_and_wait
 async def slow_to_stop(release: asyncio.Event) -> None:
     """A helper that, cancelled, still has to finish something (close a session)."""
     try:
-        await asyncio.sleep(3600)
+        await asyncio.Event().wait()   # until cancelled
     except asyncio.CancelledError:
         await release.wait()
         raise
@@ -59,7 +59,7 @@ def test_a_helper_that_failed_raises_its_error_as_awaiting_it_would() -> None:
     async def scenario() -> None:
         task = asyncio.create_task(failing())
         await asyncio.sleep(0)
-        await cancel_and_wait([task, asyncio.create_task(asyncio.sleep(3600))])
+        await cancel_and_wait([task, asyncio.create_task(asyncio.Event().wait())])
 
     with pytest.raises(KeyError, match="bug"):
         asyncio.run(scenario())

@@ -71,7 +71,7 @@ def test_what_a_failed_pidfd_open_means(code: int, kind: PidfdError) -> None:
 def child() -> Iterator[subprocess.Popen[bytes]]:
     """A process that runs until it is signalled, ``MARKER`` on its command line (not
     reaped until the test's end, so a pidfd and /proc both see it exit as a zombie)."""
-    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)",
+    process = subprocess.Popen([sys.executable, "-c", "import signal; signal.pause()",
                                 MARKER])
     try:
         yield process
