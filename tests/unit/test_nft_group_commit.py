@@ -52,36 +52,31 @@ def test_a_lone_script_runs_at_once() -> None:
     assert fake.runs == ["a;"]
 
 
-def test_scripts_given_while_one_runs_go_together_in_order() -> None:
+def given_while_a_runs(scripts: tuple[str, ...]) -> tuple[list[str], dict[str, Exception]]:
+    """Submit "a;", then each of ``scripts`` once it waits in the queue while "a;" runs;
+    let "a;" finish; the runs nft saw and each caller's error."""
     fake = FakeNft()
     commits = GroupCommit(fake)
     errors: dict[str, Exception] = {}
-    first = submit_in_thread(commits, "a;", errors)
+    threads = [submit_in_thread(commits, "a;", errors)]
     until(lambda: len(fake.runs) == 1)
-    others = []
-    for script in ("b;", "c;", "d;"):
-        others.append(submit_in_thread(commits, script, errors))
+    for script in scripts:
+        threads.append(submit_in_thread(commits, script, errors))
         until(lambda s=script: any(j.script == s for j in commits.queue))  # type: ignore[misc]
     fake.first_may_finish.set()
-    for thread in (first, *others):
+    for thread in threads:
         thread.join(30)
-    assert fake.runs == ["a;", "b;c;d;"] and errors == {}
+    return fake.runs, errors
+
+
+def test_scripts_given_while_one_runs_go_together_in_order() -> None:
+    runs, errors = given_while_a_runs(("b;", "c;", "d;"))
+    assert runs == ["a;", "b;c;d;"] and errors == {}
 
 
 def test_a_refused_batch_is_run_script_by_script_and_only_the_bad_one_fails() -> None:
-    fake = FakeNft()
-    commits = GroupCommit(fake)
-    errors: dict[str, Exception] = {}
-    first = submit_in_thread(commits, "a;", errors)
-    until(lambda: len(fake.runs) == 1)
-    others = []
-    for script in ("b;", "bad;", "d;"):
-        others.append(submit_in_thread(commits, script, errors))
-        until(lambda s=script: any(j.script == s for j in commits.queue))  # type: ignore[misc]
-    fake.first_may_finish.set()
-    for thread in (first, *others):
-        thread.join(30)
-    assert fake.runs == ["a;", "b;bad;d;", "b;", "bad;", "d;"]
+    runs, errors = given_while_a_runs(("b;", "bad;", "d;"))
+    assert runs == ["a;", "b;bad;d;", "b;", "bad;", "d;"]
     assert list(errors) == ["bad;"] and "refused 'bad;'" in str(errors["bad;"])
 
 

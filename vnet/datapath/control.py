@@ -223,9 +223,9 @@ class ControlServer:
 
     def _prepared(self, buffer: bytearray) -> AbstractContextManager[None]:
         """``prepare`` of the requests whole in ``buffer`` (those that decode)."""
-        lines = bytes(buffer).split(b"\n")[:-1][:PREPARE_LINES]
-        if self.prepare is None or len(lines) < 2:
+        if self.prepare is None or buffer.count(b"\n") < 2:   # the usual case: no copy
             return contextlib.nullcontext()
+        lines = bytes(buffer).split(b"\n")[:-1][:PREPARE_LINES]
         requests = []
         for line in lines:
             with contextlib.suppress(VnetError, ValueError):
