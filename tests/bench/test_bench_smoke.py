@@ -39,8 +39,17 @@ def test_bench_runs_on_a_tiny_setting(tmp_path: Path) -> None:
     if have_trafgen():
         assert vnet["frames_delivered_fps"]["median"] > 0
         assert vnet["scale_entries"]["median"] >= 1
-    assert "| TCP, one stream |" in (tmp_path / "results.md").read_text()
-    assert not {n for n in _namespaces() - before if n.startswith("vb")}
+    table = (tmp_path / "results.md").read_text()
+    assert "| TCP, one stream |" in table
+    bringup = result["bringup"]          # --quick: 4 netns nodes; 2 VMs
+    assert bringup["netns"]["up"]["vnet"]["median"] > 0
+    assert bringup["netns"]["up"]["ratio"] is not None
+    assert "4 netns nodes: `vnet up` |" in table
+    if Path("/dev/kvm").exists():
+        assert bringup["vms"]["ping"]["vnet"]["median"] > 0
+        assert bringup["vms"]["memory"]["uss"] > 0
+        assert "2 tiny VMs + 1 netns node: runner memory" in table
+    assert not {n for n in _namespaces() - before if n.startswith(("vb", "vnb-"))}
 
 
 def test_bench_rejects_an_unknown_system() -> None:
@@ -72,5 +81,7 @@ def test_multihost_bench_runs_on_two_hosts_and_removes_everything(tmp_path: Path
 def test_bench_rejects_an_unknown_measurement_and_a_bad_host_count() -> None:
     with pytest.raises(SystemExit):
         main(["--measure", "reach,teleport"])
+    with pytest.raises(SystemExit):
+        main(["--measure", "bringup", "--bringup-nodes", "1"])
     with pytest.raises(SystemExit):
         main(["--measure", "multihost", "--hosts", "1"])

@@ -24,7 +24,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-from vnet.bench import measure, multihost
+from vnet.bench import labup, measure, multihost
 from vnet.bench.testbed import BenchError, Bridge, Ovs, System, Testbed, Vnet, VnetPypy
 from vnet.cli_progress import ProgressLine
 
@@ -97,6 +97,12 @@ def measurements(repeat: int, systems: Sequence[str], what: set[str]) -> list[st
              for rep in range(repeat if systems and run else 0) for name in systems
              for part in run]
     return names + [f"multihost {part}" for part in multihost.PARTS if part in what]
+
+
+def labup_settings(args: argparse.Namespace) -> labup.Settings:
+    base = labup.Settings.quick() if args.quick else labup.Settings()
+    return labup.Settings(nodes=args.bringup_nodes or base.nodes,
+                          vms=args.bringup_vms if args.bringup_vms is not None else base.vms)
 
 
 def measured(steps: Steps, rep: int, repeat: int, system: str, part: str
@@ -303,10 +309,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeat", type=int, default=1, help="runs of every system (median, spread)")
     p.add_argument("--systems", default="bridge,ovs,vnet,vnet-pypy",
                    help="comma-separated subset of bridge,ovs,vnet,vnet-pypy")
-    p.add_argument("--measure", default="frames,tcp,latency,scale",
-                   help="comma-separated subset of frames,tcp,latency,scale and the "
-                   "multi-host figures reach,steady,macs,overlay (multihost: all four; a lab "
-                   "across --hosts vnetds and a broker; opt-in: it takes minutes)")
+    p.add_argument("--measure", default="frames,tcp,latency,scale,bringup,vms",
+                   help="comma-separated subset of frames,tcp,latency,scale (the switch), "
+                   "bringup,vms (a lab of --bringup-nodes netns nodes, of --bringup-vms tiny "
+                   "VMs, against an ip script) and the multi-host figures "
+                   "reach,steady,macs,overlay (multihost: all four; a lab across --hosts "
+                   "vnetds and a broker; opt-in: it takes minutes)")
+    p.add_argument("--bringup-nodes", type=int,
+                   help="namespace nodes of --measure bringup's lab (default 20)")
+    p.add_argument("--bringup-vms", type=int,
+                   help="tiny VMs of --measure vms' lab (default 20)")
     p.add_argument("--hosts", type=int, default=16,
                    help="host namespaces (one vnetd each) for --measure multihost")
     p.add_argument("--macs", type=int, help="MACs advertised for --measure multihost's "
@@ -327,10 +339,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.measure = {x for x in args.measure.split(",") if x}
     if "multihost" in args.measure:
         args.measure = (args.measure - {"multihost"}) | set(multihost.PARTS)
-    unknown = args.measure - SINGLE_HOST - set(multihost.PARTS)
+    unknown = args.measure - SINGLE_HOST - set(labup.PARTS) - set(multihost.PARTS)
     if unknown:
         p.error(f"unknown measurement {sorted(unknown)}: choose from frames,tcp,latency,"
-                f"scale,{','.join(multihost.PARTS)},multihost")
+                f"scale,{','.join(labup.PARTS)},{','.join(multihost.PARTS)},multihost")
+    if args.bringup_nodes is not None and not 2 <= args.bringup_nodes <= 4000:
+        p.error("--bringup-nodes must be 2..4000")
+    if args.bringup_vms is not None and not 1 <= args.bringup_vms <= 250:
+        p.error("--bringup-vms must be 1..250")
     if not 2 <= args.hosts <= 200:
         p.error("--hosts must be 2..200")
     if args.learn_rate is not None and args.learn_rate < 1:
@@ -369,7 +385,10 @@ def main(argv: list[str] | None = None) -> int:
             systems.append(name)
     if not args.measure & SINGLE_HOST:
         systems = []
-    steps = Steps(len(measurements(args.repeat, systems, args.measure)), sys.stderr,
+    lab_parts = [part for part in labup.PARTS if part in args.measure]
+    lab_settings = labup_settings(args)
+    steps = Steps(len(measurements(args.repeat, systems, args.measure))
+                  + len(labup.step_names(lab_parts, args.repeat, lab_settings)), sys.stderr,
                   time.monotonic)
     log = steps.log
 
@@ -380,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     runs: list[dict[str, dict[str, float]]] = []
     multihost_result: dict[str, Any] | None = None
+    labup_result: dict[str, Any] | None = None
     try:
         for rep in range(args.repeat if systems else 0):
             figures: dict[str, dict[str, float]] = {}
@@ -400,6 +420,10 @@ def main(argv: list[str] | None = None) -> int:
                 finally:
                     bed.close()
             runs.append(figures)
+        if lab_parts:
+            log(f"[bring-up] {', '.join(lab_parts)}, {args.repeat} sitting(s) each")
+            labup_result = labup.run_labup(lab_settings, lab_parts, args.repeat, log,
+                                           steps.step)
         parts = [part for part in multihost.PARTS if part in args.measure]
         if parts:
             mh = multihost.Settings.quick(args.hosts) if args.quick else multihost.Settings(
@@ -428,10 +452,15 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {"started": started, "machine": measure.machine(),
                               "settings": settings, "skipped": skipped, "runs": runs,
                               "summary": summarize(runs)}
+    if labup_result is not None:
+        result["bringup"] = labup_result
     if multihost_result is not None:
         result["multihost"] = multihost_result
     (out / "results.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     table = markdown(result) if runs else ""
+    if labup_result is not None:
+        table += ("\n" if table else "") + labup.markdown(labup_result, result["machine"],
+                                                          started)
     if multihost_result is not None:
         table += ("\n" if table else "") + multihost.markdown(
             multihost_result, result["machine"], started)
