@@ -226,8 +226,10 @@ static void flush_tx(u16 n)
 {
     barrier();
     mmio_write(R_QUEUE_NOTIFY, 1);
-    while ((u16)(txq.used->idx - txq.last_used) < n) ; /* the device thread sends them */
-    txq.last_used = txq.used->idx;
+    u16 used;
+    while ((u16)((used = txq.used->idx) - txq.last_used) < n) ; /* the device sends them */
+    if ((u16)(used - txq.last_used) != n) fail("the device used more transmit buffers than were put");
+    txq.last_used = used;
 }
 
 static void transmit(const u8 *frame, u32 len) { put_tx(0, frame, len); flush_tx(1); }
