@@ -22,9 +22,9 @@ from vnet.packet.ethernet import mac_to_bytes
 HEADER = bytes(NET_HDR_LEN)
 
 
-def send(fd: int, dst: bytes, mac: bytes) -> None:
+def send(fd: int, dst: bytes, mac: bytes, frames: int | None) -> None:
     seq = 0
-    while True:
+    while frames is None or seq < frames:
         seq += 1
         with contextlib.suppress(OSError):  # the netdev is down: lost, as the VMM does
             os.write(fd, HEADER + bench_frame(dst, mac, DATA, seq))
@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--sink", action="store_true")
     mode.add_argument("--send", metavar="MAC", help="send data frames to MAC")
+    parser.add_argument("--frames", type=int, help="with --send: this many, then sink")
     args = parser.parse_args(argv)
     try:
         mac = mac_to_bytes(args.mac)
@@ -60,8 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     os.set_blocking(fd, True)
     if args.send:
-        send(fd, dst, mac)
-    else:
+        send(fd, dst, mac, args.frames)
+    if not args.send or args.frames is not None:  # as the guest: after its frames, a sink
         sink(fd, mac, ip)
     return 0
 

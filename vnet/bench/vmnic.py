@@ -55,7 +55,7 @@ TAP = "vmtap0"
 TAP_MAC, GUEST_MAC = "02:b0:00:00:01:01", "02:b0:00:00:01:02"
 TAP_IP, GUEST_IP = "10.253.0.1", "10.253.0.2"
 SOL_PACKET, PACKET_STATISTICS = 263, 6
-SO_SNDBUFFORCE = 32
+SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33
 VIRTIO, BARE = "virtio-net", "bare TAP"
 PATHS = (VIRTIO, BARE)
 READY_WAIT = 60.0  # the far end up and answering; generous on a loaded machine
@@ -170,22 +170,26 @@ def _fmt(value: float, unit: str) -> str:
 # ---- the world: a namespace, a TAP, a far end on it ---------------------------------------------
 
 class FarEnd:
-    """The process holding the TAP's fd: a VM runner or the bare TAP loop."""
+    """The process holding the TAP's fd: a VM runner or the bare TAP loop, in ``mode`` send
+    (until stopped, or ``frames`` frames), sink, or plain (a VM without bench options)."""
 
-    def __init__(self, world: NicWorld, path: str, mode: str) -> None:
+    def __init__(self, world: NicWorld, path: str, mode: str, frames: int | None = None) -> None:
         self.path, self.mode = path, mode
         self.console = world.tmp / f"console-{mode}.log"
         self.console.unlink(missing_ok=True)
         self.errors = world.tmp / f"stderr-{mode}.log"
         if path == VIRTIO:
-            cmdline = "sink" if mode == "sink" else f"send={TAP_MAC}"
+            cmdline = {"sink": "sink", "send": f"send={TAP_MAC}", "plain": ""}[mode]
+            if frames is not None and mode == "send":
+                cmdline += f" frames={frames}"
             command = [sys.executable, "-m", "vnet.kvm.runner", "--name", "vmnic", "--memory",
                        "16M", "--nic", f"tap={TAP},mac={GUEST_MAC},ip={GUEST_IP}/24",
                        "--cmdline", cmdline, "--console-log", str(self.console)]
         else:
             command = [sys.executable, "-m", "vnet.bench.tapend", "--tap", TAP, "--mac",
                        GUEST_MAC, "--ip", GUEST_IP,
-                       *(["--sink"] if mode == "sink" else ["--send", TAP_MAC])]
+                       *(["--sink"] if mode == "sink" else ["--send", TAP_MAC]),
+                       *(["--frames", str(frames)] if frames is not None else [])]
         with open(self.errors, "wb") as stderr:
             self.process = popen_in_netns(world.name, command, stdout=subprocess.DEVNULL,
                                           stderr=stderr)
@@ -262,8 +266,8 @@ class NicWorld:
         self.close()
 
     @contextmanager
-    def far_end(self, path: str, mode: str) -> Iterator[FarEnd]:
-        far = FarEnd(self, path, mode)
+    def far_end(self, path: str, mode: str, frames: int | None = None) -> Iterator[FarEnd]:
+        far = FarEnd(self, path, mode, frames)
         self.far_ends.append(far)
         try:
             yield far
@@ -271,10 +275,12 @@ class NicWorld:
             far.stop()
             self.far_ends.remove(far)
 
-    def packet_socket(self, protocol: int) -> socket.socket:
+    def packet_socket(self, protocol: int, rcvbuf: int | None = None) -> socket.socket:
         """A packet socket on the TAP: receiving ``protocol`` (0: none, a sender)."""
         with netns.entered(self.name):
             sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(protocol))
+            if rcvbuf is not None:
+                sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
             sock.bind((TAP, protocol))
         return sock
 
