@@ -19,6 +19,7 @@ from vnet.bench.nicframes import (
     sink_answer,
     udp_echo,
 )
+from vnet.bench.testbed import BenchError
 from vnet.bench.vmnic import BARE, VIRTIO, Rate, RoundTrip, Sitting
 
 MAC, PEER = bytes.fromhex("02b000000102"), bytes.fromhex("02b000000101")
@@ -74,7 +75,7 @@ def test_proc_figures_are_read() -> None:
            "    lo: 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0\n"
            "vmtap0: 6000 100 0 2 0 0 0 0 3000 50 0 7 0 0 0 0\n")
     assert vmnic.netdev_packets(dev, "vmtap0") == (100, 2, 50, 7)
-    with pytest.raises(vmnic.BenchError, match="no eth9"):
+    with pytest.raises(BenchError, match="no eth9"):
         vmnic.netdev_packets(dev, "eth9")
 
 
