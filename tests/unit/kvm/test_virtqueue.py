@@ -180,3 +180,24 @@ def test_used_buffers_raise_the_interrupt_until_acknowledged() -> None:
     offer(mem, 0)
     reg(t, 0x50, 0)
     assert raised == [1]
+
+
+@pytest.mark.parametrize(("desc_at", "avail_at", "used_at", "what"), [
+    (DESC + 8, AVAIL, USED, "descriptor table"), (DESC, AVAIL + 1, USED, "available ring"),
+    (DESC, AVAIL, USED + 2, "used ring")])
+def test_misaligned_rings_are_refused(desc_at: int, avail_at: int, used_at: int,
+                                      what: str) -> None:
+    with pytest.raises(QueueError, match=f"{what} at .* is not .*aligned"):
+        SplitQueue(memory(), SIZE, desc_at, avail_at, used_at).check()
+
+
+def test_the_used_index_counts_on_and_wraps() -> None:
+    mem = memory()
+    desc(mem, 0, 0x10000, 8)
+    struct.pack_into("<H", mem, USED + 2, 0xFFFF)
+    q = queue(mem)
+    q.push_used(0, 8)
+    assert struct.unpack_from("<H", mem, USED + 2) == (0,)
+    assert struct.unpack_from("<II", mem, USED + 4 + 8 * (0xFFFF % SIZE)) == (0, 8)
+    q.push_used(0, 4)
+    assert struct.unpack_from("<H", mem, USED + 2) == (1,)

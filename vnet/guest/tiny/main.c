@@ -7,6 +7,10 @@
  * "gw=A.B.C.D", its default gateway, when the address is outside its ip=/N subnet), and
  * "reboot" makes it pulse the i8042 reset line right after its banner, and "poweroff"
  * makes it write the ACPI soft-off request to the sleep control register (port 0x600).
+ * For the NIC benchmark (vnet/bench/vmnic.py): "sink" makes it count the benchmark's data
+ * frames (EtherType 0x88b5, payload 'D') and answer a query frame ('Q') with the count
+ * ('C'), and "send=MAC" makes it transmit 60-byte data frames to MAC as fast as it can, a
+ * queue's worth per kick ("frames=N": N of them, then it says so and goes on as usual).
  *
  * Freestanding, no interrupts, everything at CPL 3 so that it runs natively on nested KVM:
  * when there is nothing to do it writes to the paravirtual wait port, on which the VMM
@@ -55,7 +59,10 @@ typedef unsigned long u64;
 #define BUF_SIZE 2048
 #define NET_HDR 12
 #define RING_BASE 0x200000UL /* two queues, 16 KiB apart */
-#define BUF_BASE 0x210000UL  /* QSIZE receive buffers, then the transmit buffer */
+#define BUF_BASE 0x210000UL  /* QSIZE receive buffers, then QSIZE transmit buffers */
+#define TX_BUF(i) ((u8 *)(BUF_BASE + (u64)(QSIZE + (i)) * BUF_SIZE))
+#define ETH_BENCH 0x88b5     /* IEEE local experimental: the NIC benchmark's frames */
+#define BENCH_FRAME 60       /* a 64-byte frame on the wire, less its FCS */
 
 struct desc { u64 addr; u32 len; u16 flags; u16 next; };
 struct avail { u16 flags; u16 idx; u16 ring[QSIZE]; };
@@ -77,6 +84,10 @@ static u16 ping_seq;
 enum { DHCP_OFF, DHCP_DISCOVERING, DHCP_REQUESTING, DHCP_BOUND };
 static int dhcp_state;
 static u32 dhcp_xid, dhcp_offer, dhcp_server, dhcp_idle;
+static int sink;             /* count the benchmark's data frames, answer its queries */
+static u32 sunk;             /* data frames counted */
+static u8 send_mac[6];       /* send=: where the data frames go */
+static u32 send_left, sent;  /* frames still to send (~0: no end), sent so far */
 
 static inline void outb(u16 port, u8 v) { __asm__ volatile("outb %0, %1" : : "a"(v), "Nd"(port)); }
 static inline u8 inb(u16 port) { u8 v; __asm__ volatile("inb %1, %0" : "=a"(v) : "Nd"(port)); return v; }
@@ -140,6 +151,26 @@ static u32 parse_dec(const volatile char *s, int j)
     return v;
 }
 
+static int hex_digit(char c)
+{
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+/* "aa:bb:cc:dd:ee:ff" at s[j] */
+static int parse_mac(const volatile char *s, int j, u8 *out)
+{
+    if (j < 0) return 0;
+    for (int i = 0; i < 6; i++, j += 3) {
+        int hi = hex_digit(s[j]), lo = hex_digit(s[j + 1]);
+        if (hi < 0 || lo < 0 || (i < 5 && s[j + 2] != ':')) return 0;
+        out[i] = (u8)(hi << 4 | lo);
+    }
+    return 1;
+}
+
 static void setup_queue(u32 index, struct queue *q)
 {
     u64 base = RING_BASE + index * 0x4000;
@@ -167,9 +198,11 @@ static void post_rx(u16 id)
     rxq.avail->idx++;
 }
 
-static void transmit(const u8 *frame, u32 len)
+/* Put a frame in transmit descriptor (and buffer) SLOT and make it available; the device
+ * sees it at the next kick (flush). */
+static void put_tx(u16 slot, const u8 *frame, u32 len)
 {
-    u8 *buf = (u8 *)(BUF_BASE + (u64)QSIZE * BUF_SIZE);
+    u8 *buf = TX_BUF(slot);
     for (u32 i = 0; i < NET_HDR; i++) buf[i] = 0;
     if (my_vlan) { /* 802.1Q: the tag goes after the MAC addresses */
         copy(buf + NET_HDR, frame, 12);
@@ -180,16 +213,60 @@ static void transmit(const u8 *frame, u32 len)
     } else {
         copy(buf + NET_HDR, frame, len);
     }
-    txq.desc[0].addr = (u64)buf;
-    txq.desc[0].len = NET_HDR + len;
-    txq.desc[0].flags = 0;
-    txq.avail->ring[txq.avail->idx % QSIZE] = 0;
+    txq.desc[slot].addr = (u64)buf;
+    txq.desc[slot].len = NET_HDR + len;
+    txq.desc[slot].flags = 0;
+    txq.avail->ring[txq.avail->idx % QSIZE] = slot;
     barrier();
     txq.avail->idx++;
+}
+
+/* Kick the transmit queue and wait until the device has used all N frames put since. */
+static void flush_tx(u16 n)
+{
     barrier();
     mmio_write(R_QUEUE_NOTIFY, 1);
-    while (txq.used->idx == txq.last_used) ; /* the VMM completes it during the notify */
-    txq.last_used = txq.used->idx;
+    u16 used;
+    while ((u16)((used = txq.used->idx) - txq.last_used) < n) ; /* the device sends them */
+    if ((u16)(used - txq.last_used) != n) fail("the device used more transmit buffers than were put");
+    txq.last_used = used;
+}
+
+static void transmit(const u8 *frame, u32 len) { put_tx(0, frame, len); flush_tx(1); }
+
+/* The benchmark's frame: KIND ('D' data, 'C' count) and a big-endian number, padded. */
+static void bench_frame(u8 *f, const u8 *dst, u8 kind, u32 value)
+{
+    for (int i = 0; i < BENCH_FRAME; i++) f[i] = 0;
+    copy(f, dst, 6); copy(f + 6, my_mac, 6); put_be16(f + 12, ETH_BENCH);
+    f[14] = kind;
+    put_be16(f + 15, (u16)(value >> 16)); put_be16(f + 17, (u16)value);
+}
+
+/* send=: a queue's worth of data frames per kick, numbered from 1. */
+static void send_burst(void)
+{
+    u8 f[BENCH_FRAME];
+    u16 n = 0;
+    for (; n < QSIZE && send_left; n++, send_left--) {
+        bench_frame(f, send_mac, 'D', ++sent);
+        put_tx(n, f, BENCH_FRAME);
+    }
+    flush_tx(n);
+    if (!send_left) { puts("tiny guest: sent "); put_dec(sent); puts(" frames\n"); }
+}
+
+/* sink: count data frames; a query is answered with the count, to whoever asked. */
+static void bench_received(const u8 *f, u32 len)
+{
+    if (len < 15) return;
+    if (f[14] == 'D') {
+        sunk++;
+    } else if (f[14] == 'Q') {
+        u8 reply[BENCH_FRAME];
+        bench_frame(reply, f + 6, 'C', sunk);
+        transmit(reply, BENCH_FRAME);
+    }
 }
 
 static void print_ip(u32 a) { for (int i = 0; i < 4; i++) { put_dec((a >> (8 * i)) & 255); if (i < 3) putc('.'); } }
@@ -275,6 +352,7 @@ static void answer(u8 *f, u32 len)
     static const u8 bcast[6] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
     if (len < 14 || (!same(f, my_mac, 6) && !same(f, bcast, 6))) return;
     u16 type = be16(f + 12);
+    if (type == ETH_BENCH && sink) { bench_received(f, len); return; }
     if (type == 0x0806 && len >= 42 && be16(f + 20) == 2 && hop_ip &&
         same(f + 28, (u8 *)&hop_ip, 4)) {                  /* the next hop's ARP reply */
         copy(peer_mac, f + 22, 6);
@@ -410,14 +488,28 @@ void guest_main(void)
     my_mask = mask >> 24 | (mask >> 8 & 0xff00) | (mask << 8 & 0xff0000) | mask << 24;
     route();
     if (my_vlan) { puts(" vlan "); put_dec(my_vlan); }
+    sink = option(BOOT_INFO, "sink") >= 0;
+    if (parse_mac(BOOT_INFO, option(BOOT_INFO, "send="), send_mac)) {
+        int frames = option(BOOT_INFO, "frames=");
+        send_left = frames >= 0 ? parse_dec(BOOT_INFO, frames) : ~0u;
+        puts(" sending");
+    }
+    if (sink) puts(" sink");
     puts(" up\n");
     if (dhcp) {
         copy((u8 *)&dhcp_xid, my_mac + 2, 4);               /* ours alone on this link */
         dhcp_state = DHCP_DISCOVERING;
         dhcp_send(1);
     }
-    for (;;) {
-        if (rxq.used->idx == rxq.last_used) {
+    for (u32 bursts = 1;; bursts++) {
+        if (send_left) {               /* sending: no waiting, frames in between are answered */
+            send_burst();
+            if (bursts % 64 == 0 && inb(SHUTDOWN_PORT) == 1) {
+                puts("tiny guest: shutdown requested, powering off\n");
+                outb(0x600, 5 << 2 | 0x20);
+            }
+            if (rxq.used->idx == rxq.last_used) continue;
+        } else if (rxq.used->idx == rxq.last_used) {
             while (inb(UART_LSR) & 1) putc((char)inb(UART_THR)); /* echo the console's input */
             outb(WAIT_PORT, 0);
             if (inb(SHUTDOWN_PORT) == 1) {
