@@ -30,7 +30,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -234,6 +234,36 @@ def generate(bed: Testbed, rate: float, seconds: float, cpu: int,
     if proc.returncode != 0:
         raise BenchError(f"the 64-byte generator failed ({proc.returncode}): {err.strip()}")
     return Sent(**json.loads(out.splitlines()[-1]))
+
+
+def _threads(pid: int) -> list[int]:
+    try:
+        return [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return []
+
+
+@contextlib.contextmanager
+def switch_off_cpu(bed: Testbed, cpu: int) -> Iterator[None]:
+    """Keep the switch's processes (every process in the bench-host namespace: vnet's
+    datapath, OVS's daemons; none for the kernel bridge) off the generator's CPU while the
+    64-byte trials run, so that the two do not share a core and the generator offers every
+    system the same rate; their affinity is put back afterwards."""
+    others = set(range(os.cpu_count() or 1)) - {cpu}
+    pids = [int(p) for p in subprocess.run(["ip", "netns", "pids", bed.host], check=False,
+                                           capture_output=True, text=True).stdout.split()]
+    saved: dict[int, set[int]] = {}
+    try:
+        if others:
+            for tid in (t for p in pids for t in _threads(p)):
+                with contextlib.suppress(OSError):
+                    saved[tid] = os.sched_getaffinity(tid)
+                    os.sched_setaffinity(tid, others & saved[tid] or others)
+        yield
+    finally:
+        for tid, mask in saved.items():
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(tid, mask)
 
 
 # ---- receive timestamps -------------------------------------------------------------------

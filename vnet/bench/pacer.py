@@ -79,8 +79,9 @@ def send_repeated(send_batch: Callable[[int], int], n: int, rate: float,
         at = max(due, last + min_gap)
         if at > now:
             sleep(at - now)
-            now = clock()
-        last = now
+            last = at  # as scheduled: a late wake-up must not slow the schedule down
+        else:
+            last = now
         k = min(size, n - done)
         refused += k - send_batch(k)
         done += k

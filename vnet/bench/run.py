@@ -138,6 +138,12 @@ def measure_system(bed: Testbed, system: System, s: measure.Settings, what: set[
 def _frames(bed: Testbed, system: System, s: measure.Settings, out: dict[str, float],
             log: Any) -> None:
     cpu = frames64.generator_cpu()
+    with frames64.switch_off_cpu(bed, cpu):
+        _frames_pinned(bed, s, out, log, cpu)
+
+
+def _frames_pinned(bed: Testbed, s: measure.Settings, out: dict[str, float], log: Any,
+                   cpu: int) -> None:
     pace, missed = frames64.verify(bed, s.frame_rate, s.verify_seconds, cpu)
     out["frames_gen_peak"] = pace.peak_ratio
     log(f"  64 B generator (CPU {cpu}), {s.frame_rate / 1e3:.0f} k/s asked: at the switch's "
