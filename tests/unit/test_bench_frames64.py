@@ -80,6 +80,6 @@ def test_after_a_stall_it_catches_up_slowly_and_forgets_an_old_deficit() -> None
 
 def test_refused_frames_are_counted() -> None:
     fake = FakeTime()
-    took, refused = pacer.send_repeated(lambda k: k - 1, 100, 10_000, 0.001,
+    _took, refused = pacer.send_repeated(lambda k: k - 1, 100, 10_000, 0.001,
                                         clock=fake.clock, sleep=fake.sleep)
     assert refused == 10
