@@ -93,3 +93,11 @@ def test_the_table_says_which_search_figures_are_bounds() -> None:
     notes = bench.bound_notes(runs)
     assert any("Linux bridge: a lower bound in 1 of 1" in n for n in notes)
     assert any("vnet datapath: an upper bound in 1 of 1" in n for n in notes)
+
+
+def test_a_lower_bound_is_the_most_any_passing_trial_offered() -> None:
+    plan = search.Plan(start=200e3, ceiling=800e3, floor=1e3, steps=5)
+    trials = [search.Trial(200e3, 184e3, True), search.Trial(400e3, 173e3, True)]
+    assert search.next_rate(plan, trials) is None     # the generator's limit
+    answer = search.conclude(plan, trials)
+    assert (answer.kind, answer.rate, answer.limited_by_generator) == ("at least", 184e3, True)

@@ -113,7 +113,10 @@ def conclude(plan: Plan, trials: list[Trial]) -> Answer:
     if not passed:
         return Answer("below", 0.0, min(failed, key=lambda t: t.asked).offered)
     best = max(passed, key=lambda t: t.asked)
+    # the most offered by a passing trial (a generator at its limit may offer less when
+    # asked for more)
+    rate = max(t.offered for t in passed)
     above = [t for t in failed if t.asked > best.asked]
     if not above:
-        return Answer("at least", best.offered, best.offered, _generator_limited(plan, best))
-    return Answer("measured", best.offered, min(above, key=lambda t: t.asked).offered)
+        return Answer("at least", rate, rate, _generator_limited(plan, best))
+    return Answer("measured", rate, min(above, key=lambda t: t.asked).offered)
