@@ -367,12 +367,17 @@ def verify(bed: Testbed, rate: float, seconds: float, cpu: int) -> tuple[Smoothn
     return smoothness(stamps, rate), drops
 
 
-def zero_loss(bed: Testbed, ceiling: float, seconds: float, steps: int, cpu: int
+UP = 2.0  # the zero-loss search goes no higher than this many times the fixed rate
+
+
+def zero_loss(bed: Testbed, start: float, seconds: float, steps: int, cpu: int
               ) -> tuple[search.Answer, list[search.Trial]]:
     """RFC 2544's throughput: the highest offered rate at which a trial of ``seconds`` loses
-    no frame, searched from ``ceiling`` (the fixed offered rate) down by halves, then
-    bisected; floor ceiling/64."""
-    plan = search.Plan(start=ceiling, ceiling=ceiling, floor=ceiling / 64, steps=steps)
+    no frame, searched from ``start`` (the fixed offered rate) by factors of 1.5, down to
+    start/32 while trials lose frames, up to UP x start (or the generator's limit) while they
+    do not, then bisected."""
+    plan = search.Plan(start=start, ceiling=start * UP, floor=start / 32, steps=steps,
+                       factor=1.5)
     trials: list[search.Trial] = []
     while (rate := search.next_rate(plan, trials)) is not None:
         o = offer(bed, rate, seconds, cpu)
