@@ -83,3 +83,14 @@ def test_refused_frames_are_counted() -> None:
     _took, refused = pacer.send_repeated(lambda k: k - 1, 100, 10_000, 0.001,
                                         clock=fake.clock, sleep=fake.sleep)
     assert refused == 10
+
+
+def test_the_batch_sender_sends_its_frames_in_turn_and_round_again() -> None:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with a, b:
+        frames = [bytes([i]) * 60 for i in range(3)]
+        send = frames64.BatchSender(a, frames)
+        assert send(2) == 2 and send(3) == 3
+        b.setblocking(False)
+        got = [b.recv(100) for _ in range(5)]
+        assert got == [frames[0], frames[1], frames[2], frames[0], frames[1]]

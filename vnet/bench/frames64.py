@@ -140,35 +140,50 @@ class _Mmsghdr(ctypes.Structure):
 
 
 class BatchSender:
-    """``k`` copies of one frame per system call (``sendmmsg(2)`` through ctypes: the
-    standard library has no binding), so the generator's CPU goes to the kernel's work, not
-    to the interpreter; ``send`` without it."""
+    """Frames from a list, in turn (and round again), ``k`` per system call (``sendmmsg(2)``
+    through ctypes: the standard library has no binding), so the generator's CPU goes to the
+    kernel's work, not to the interpreter; ``send`` one by one without it."""
 
-    def __init__(self, sock: socket.socket, frame: bytes, most: int) -> None:
-        self.sock, self.frame = sock, frame
-        self.buf = ctypes.create_string_buffer(frame, len(frame))
-        self.iov = _Iovec(ctypes.cast(self.buf, ctypes.c_void_p), len(frame))
-        self.msgs = (_Mmsghdr * most)()
-        for m in self.msgs:
-            m.hdr.iov = ctypes.pointer(self.iov)
-            m.hdr.iovlen = 1
+    def __init__(self, sock: socket.socket, frames: Sequence[bytes]) -> None:
+        if not frames:
+            raise ValueError("a batch sender needs at least one frame")
+        self.sock, self.frames, self.next = sock, frames, 0
+        blob = b"".join(frames)
+        self.buf = ctypes.create_string_buffer(blob, len(blob))
+        base = ctypes.addressof(self.buf)
+        self.iovs = (_Iovec * len(frames))()
+        self.msgs = (_Mmsghdr * len(frames))()
+        offset = 0
+        for i, frame in enumerate(frames):
+            self.iovs[i].base, self.iovs[i].len = base + offset, len(frame)
+            self.msgs[i].hdr.iov = ctypes.pointer(self.iovs[i])
+            self.msgs[i].hdr.iovlen = 1
+            offset += len(frame)
         libc = ctypes.CDLL(None, use_errno=True)
         self.sendmmsg = getattr(libc, "sendmmsg", None)
         self.fd = sock.fileno()
 
+    def _one_by_one(self, start: int, k: int) -> int:
+        sent = 0
+        for i in range(start, start + k):
+            with contextlib.suppress(OSError):
+                sent += self.sock.send(self.frames[i]) > 0
+        return sent
+
     def __call__(self, k: int) -> int:
-        if self.sendmmsg is None:
-            sent = 0
-            for _ in range(k):
-                with contextlib.suppress(OSError):
-                    sent += self.sock.send(self.frame) > 0
-            return sent
         done = 0
         while done < k:  # sendmmsg stops at the first frame the socket refuses
-            n = self.sendmmsg(self.fd, ctypes.byref(self.msgs, done * ctypes.sizeof(_Mmsghdr)),
-                              k - done, 0)
-            if n <= 0:
-                return done  # refused (ENOBUFS): the rest of the chunk is not offered
+            start = self.next
+            want = min(k - done, len(self.frames) - start)
+            if self.sendmmsg is None:
+                n = self._one_by_one(start, want)
+            else:
+                n = self.sendmmsg(self.fd, ctypes.byref(self.msgs,
+                                                         start * ctypes.sizeof(_Mmsghdr)),
+                                  want, 0)
+            self.next = (start + want) % len(self.frames)
+            if n < want:  # refused (ENOBUFS): the rest of the chunk is not offered
+                return done + max(n, 0)
             done += n
         return done
 
@@ -178,7 +193,7 @@ def generator_cpu() -> int:
     return max(os.sched_getaffinity(0))
 
 
-def _generate(ifname: str, rate: float, seconds: float, cpu: int, frame: bytes) -> Sent:
+def _generate(ifname: str, rate: float, n: int, cpu: int, frames: Sequence[bytes]) -> Sent:
     os.sched_setaffinity(0, {cpu})
     # the default 50 µs timer slack would stretch every short sleep of the pacer
     with contextlib.suppress(OSError, AttributeError):
@@ -186,9 +201,9 @@ def _generate(ifname: str, rate: float, seconds: float, cpu: int, frame: bytes) 
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
     try:
         sock.bind((ifname, 0))
-        n = max(int(rate * seconds), 1)
+        size = pacer.chunk_size(rate, CHUNK_SECONDS)
+        batch = BatchSender(sock, frames if len(frames) > 1 else list(frames) * size)
         r0 = resource.getrusage(resource.RUSAGE_SELF)
-        batch = BatchSender(sock, frame, pacer.chunk_size(rate, CHUNK_SECONDS))
         took, refused = pacer.send_repeated(batch, n, rate, CHUNK_SECONDS)
         r1 = resource.getrusage(resource.RUSAGE_SELF)
     finally:
@@ -205,13 +220,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate", type=float, required=True, help="frames/s")
     p.add_argument("--seconds", type=float, required=True)
     p.add_argument("--cpu", type=int, required=True, help="the CPU to pin the sender to")
-    p.add_argument("--frame", required=True, help="the frame, in hex")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--frame", help="the frame, in hex, sent over and over")
+    what.add_argument("--sweep", type=int, help="one frame from each of N new source MACs "
+                      "(vnet.bench.measure.sweep_frames), once")
     args = p.parse_args(argv)
     if args.rate <= 0 or args.seconds <= 0:
         p.error("--rate and --seconds must be positive")
+    if args.sweep is not None and args.sweep < 1:
+        p.error("--sweep needs N >= 1")
     try:
-        frame = bytes.fromhex(args.frame)
-        sent = _generate(args.ifname, args.rate, args.seconds, args.cpu, frame)
+        if args.sweep is not None:
+            from vnet.bench.measure import sweep_frames  # measure imports this module
+            frames, n = sweep_frames(args.sweep), args.sweep
+        else:
+            frames, n = [bytes.fromhex(args.frame)], max(int(args.rate * args.seconds), 1)
+        sent = _generate(args.ifname, args.rate, n, args.cpu, frames)
     except (OSError, ValueError) as err:
         print(f"frames64: {err}", file=sys.stderr)
         return 1
@@ -220,12 +244,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def generate(bed: Testbed, rate: float, seconds: float, cpu: int,
-             frame: bytes | None = None) -> Sent:
-    """Run the generator in node A (its eth0) and wait for its report."""
+             frame: bytes | None = None, sweep: int | None = None) -> Sent:
+    """Run the generator in node A (its eth0) and wait for its report: ``frame`` (default
+    ``udp64()``) for ``seconds``, or a MAC sweep of ``sweep`` frames."""
+    what = (["--sweep", str(sweep)] if sweep is not None
+            else ["--frame", (frame or udp64()).hex()])
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     proc = bed.spawn([sys.executable, "-m", "vnet.bench.frames64", "--ifname", "eth0",
                       "--rate", f"{rate:.0f}", "--seconds", f"{seconds:g}", "--cpu", str(cpu),
-                      "--frame", (frame or udp64()).hex()], netns=bed.node_a,
+                      *what], netns=bed.node_a,
                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
     try:
         out, err = proc.communicate(timeout=seconds * 3 + 30)

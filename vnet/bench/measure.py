@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from vnet.bench import pacer, search
+from vnet.bench import frames64, search
 from vnet.bench.testbed import (
     ADDR_A,
     ADDR_B,
@@ -263,7 +263,8 @@ def _settled_entries(system: System, deadline: float = 15.0) -> int:
 
 def sweep(bed: Testbed, system: System, n: int, rate: float) -> dict[str, float]:
     """One RFC 2889 address-learning trial: an empty table, then one frame from each of N
-    new source MACs offered at ``rate`` frames/s, paced smoothly (``vnet.bench.pacer``).
+    new source MACs offered at ``rate`` frames/s by the 64-byte generator (its own process,
+    pinned to one CPU, the switch kept off it, paced smoothly: ``vnet.bench.frames64``).
 
     Returns ``learned`` (entries added, so the two nodes' own do not count), ``sent`` (what
     left node A's NIC), ``offered_fps`` (sent over the time the sender took: the rate the
@@ -275,16 +276,12 @@ def sweep(bed: Testbed, system: System, n: int, rate: float) -> dict[str, float]
     warm_up(bed)
     base = system.table_entries()
     arrived0, losses0 = bed.link_stats(bed.host, bed.port_a)[0], system.port_losses()
-    frames = sweep_frames(n)
-    sock = pacer.open_sender(bed.node_a, "eth0")
-    try:
-        with counters(bed) as (a, _b):
-            tx0 = a.read("eth0")[1]
-            elapsed = pacer.send(sock, frames, rate)
-            time.sleep(0.05)  # the last frames leave the qdisc
-            tx = a.read("eth0")[1]
-    finally:
-        sock.close()
+    cpu = frames64.generator_cpu()
+    with counters(bed) as (a, _b), frames64.switch_off_cpu(bed, cpu):
+        tx0 = a.read("eth0")[1]
+        elapsed = frames64.generate(bed, rate, n / rate, cpu, sweep=n).seconds
+        time.sleep(0.05)  # the last frames leave the qdisc
+        tx = a.read("eth0")[1]
     sent = tx - tx0
     learned = _settled_entries(system) - base
     arrived = bed.link_stats(bed.host, bed.port_a)[0] - arrived0
@@ -300,7 +297,7 @@ def learning_rate(bed: Testbed, system: System, s: Settings
     """RFC 2889's address learning rate: the highest offered rate at which LEARN_TARGET of
     ``scale_search_entries`` new MACs is learned, by ``vnet.bench.search``: from
     SEARCH_START x the fixed sweep rate, halving while sweeps fail and doubling while they
-    pass (up to SEARCH_CEILING x, or the pacer's own limit), then bisecting the bracket.
+    pass (up to SEARCH_CEILING x, or the generator's own limit), then bisecting the bracket.
     Returns the answer (a measured rate or a bound, in offered rates) and the trials (rate
     asked, rate offered, share learned)."""
     n = s.scale_search_entries
