@@ -69,6 +69,11 @@ def test_the_answer_is_in_offered_rates() -> None:
     trials = [search.Trial(100e3, 93e3, False), search.Trial(50e3, 49e3, True)]
     answer = search.conclude(plan, trials)
     assert (answer.kind, answer.rate, answer.bound) == ("measured", 49e3, 93e3)
+    assert answer.text() == "49 k/s (fails at 93 k/s)"
+    # a noisy switch: the failure above offered less than the pass below; said, not hidden
+    noisy = search.conclude(plan, [search.Trial(150e3, 146e3, False),
+                                   search.Trial(148e3, 148e3, True)])
+    assert noisy.kind == "measured" and "noise" in noisy.text()
 
 
 @pytest.mark.parametrize("kwargs", [dict(start=0.0, ceiling=1.0, floor=0.0, steps=1),

@@ -62,6 +62,8 @@ class Answer:
         """``142 k/s (fails at 150 k/s)``, ``>= 200 k/s``, ``< 25 k/s``."""
         def fmt(v: float) -> str:
             return f"{v / unit:.0f}{suffix}"
+        if self.kind == "measured" and self.bound <= self.rate:
+            return f"{fmt(self.rate)} (a trial offered {fmt(self.bound)} failed: noise)"
         if self.kind == "measured":
             return f"{fmt(self.rate)} (fails at {fmt(self.bound)})"
         if self.kind == "at least":
