@@ -195,8 +195,8 @@ def generator_cpu() -> int:
 
 def _generate(ifname: str, rate: float, n: int, cpu: int, frames: Sequence[bytes]) -> Sent:
     os.sched_setaffinity(0, {cpu})
-    # the machine's other work must not take the generator's pace: measured, at nice 0 a
-    # 200 k/s trial offered 127-191 k/s on a busy machine, at -20 199-200 k/s
+    # the machine's other work should not take the generator's pace (at nice 0 a 200 k/s
+    # trial offered 127-191 k/s on a busy machine; at -20 once 199-200, once 132-160 k/s)
     with contextlib.suppress(OSError):
         os.setpriority(os.PRIO_PROCESS, 0, -20)
     # the default 50 µs timer slack would stretch every short sleep of the pacer
