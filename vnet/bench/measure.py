@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from vnet.bench import pacer
+from vnet.bench import frames64, search
 from vnet.bench.testbed import (
     ADDR_A,
     ADDR_B,
@@ -43,10 +43,14 @@ SINK_ADDR = "10.254.0.200"  # nobody's: the receiver drops the frames silently (
 
 @dataclass(frozen=True)
 class Settings:
-    frame_seconds: float = 3.0       # each full-rate trial
-    search_seconds: float = 2.0      # each zero-loss trial
+    # 64-byte frames (vnet.bench.frames64): the generator's fixed rate asked for, the same for
+    # every system; the "delivered" trial, the capture that checks the pace, each zero-loss
+    # trial (RFC 2544: loss = any frame lost) and the search's trials at most
+    frame_rate: int = 200_000
+    frame_seconds: float = 3.0
+    verify_seconds: float = 0.5
+    search_seconds: float = 2.0
     search_steps: int = 7
-    loss_tolerance: float = 0.0      # fraction of offered frames that may be lost in a trial
     tcp_seconds: float = 5.0
     tcp_streams: int = 4
     pings: int = 1000
@@ -63,7 +67,8 @@ class Settings:
 
     @classmethod
     def quick(cls) -> Settings:
-        return cls(frame_seconds=1.0, search_seconds=0.5, search_steps=3, tcp_seconds=1.0,
+        return cls(frame_rate=20_000, frame_seconds=1.0, verify_seconds=0.2,
+                   search_seconds=0.5, search_steps=3, tcp_seconds=1.0,
                    tcp_streams=2, pings=100, ping_interval=0.005, scale_entries=5000,
                    scale_learn_rate=20_000, scale_search_entries=5000, scale_search_steps=3,
                    scale_seconds=1.0)
@@ -157,41 +162,6 @@ def full_rate(bed: Testbed, s: Settings) -> dict[str, float]:
     return {"offered_fps": (tx1 - tx0) / elapsed, "delivered_fps": (rx1 - rx0) / elapsed}
 
 
-def trial(bed: Testbed, conf: Path, rate: int, seconds: float) -> tuple[float, int, int]:
-    """Offer ``rate`` frames/s for ``seconds``: ``(achieved offered rate, sent, lost)``."""
-    count = max(int(rate * seconds), 1)
-    with counters(bed) as (a, b):
-        tx0, rx0 = a.read("eth0")[1], b.read("eth0")[0]
-        start = time.monotonic()
-        proc = trafgen(bed, bed.node_a, conf, rate=rate, count=count)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=seconds * 3 + 10)
-        elapsed = time.monotonic() - start
-        bed.stop(proc, signal.SIGINT)
-        time.sleep(0.2)  # let the switch drain its queues
-        tx1, rx1 = a.read("eth0")[1], b.read("eth0")[0]
-    sent = tx1 - tx0
-    return sent / max(elapsed, 1e-6), sent, max(sent - (rx1 - rx0), 0)
-
-
-def zero_loss_rate(bed: Testbed, s: Settings, ceiling: float) -> float:
-    """RFC 2544 style: binary search on trafgen's rate for the highest one with no loss."""
-    conf = _trafgen_conf(bed, "udp64", udp64(MAC_A, MAC_B, ADDR_A, SINK_ADDR))
-    lo, hi, best, rate = 0.0, ceiling, 0.0, ceiling
-    for step in range(s.search_steps):
-        achieved, sent, lost = trial(bed, conf, int(rate), s.search_seconds)
-        if sent and lost <= s.loss_tolerance * sent:
-            best, lo = max(best, achieved), rate
-            if step == 0:  # no loss even at the generator's full rate
-                break
-        else:
-            hi = rate
-        if hi - lo < ceiling * 0.01:
-            break
-        rate = (lo + hi) / 2
-    return best
-
-
 # ---- TCP ---------------------------------------------------------------------------------------
 
 
@@ -265,7 +235,9 @@ def latency(bed: Testbed, s: Settings, under_load: bool) -> dict[str, float]:
 
 
 LEARN_TARGET = 0.95  # of a sweep learned, for the learning-rate search (the issue's goal)
-SEARCH_CEILING = 8   # the search starts at this many times the fixed sweep rate
+SEARCH_START = 2     # the search starts at this many times the fixed sweep rate,
+SEARCH_CEILING = 8   # goes no higher than this many times it
+SEARCH_FLOOR = 16    # and no lower than it divided by this
 
 
 def sweep_frames(n: int) -> list[bytes]:
@@ -291,7 +263,8 @@ def _settled_entries(system: System, deadline: float = 15.0) -> int:
 
 def sweep(bed: Testbed, system: System, n: int, rate: float) -> dict[str, float]:
     """One RFC 2889 address-learning trial: an empty table, then one frame from each of N
-    new source MACs offered at ``rate`` frames/s, paced smoothly (``vnet.bench.pacer``).
+    new source MACs offered at ``rate`` frames/s by the 64-byte generator (its own process,
+    pinned to one CPU, the switch kept off it, paced smoothly: ``vnet.bench.frames64``).
 
     Returns ``learned`` (entries added, so the two nodes' own do not count), ``sent`` (what
     left node A's NIC), ``offered_fps`` (sent over the time the sender took: the rate the
@@ -303,16 +276,12 @@ def sweep(bed: Testbed, system: System, n: int, rate: float) -> dict[str, float]
     warm_up(bed)
     base = system.table_entries()
     arrived0, losses0 = bed.link_stats(bed.host, bed.port_a)[0], system.port_losses()
-    frames = sweep_frames(n)
-    sock = pacer.open_sender(bed.node_a, "eth0")
-    try:
-        with counters(bed) as (a, _b):
-            tx0 = a.read("eth0")[1]
-            elapsed = pacer.send(sock, frames, rate)
-            time.sleep(0.05)  # the last frames leave the qdisc
-            tx = a.read("eth0")[1]
-    finally:
-        sock.close()
+    cpu = frames64.generator_cpu()
+    with counters(bed) as (a, _b), frames64.switch_off_cpu(bed, cpu):
+        tx0 = a.read("eth0")[1]
+        elapsed = frames64.generate(bed, rate, n / rate, cpu, sweep=n).seconds
+        time.sleep(0.05)  # the last frames leave the qdisc
+        tx = a.read("eth0")[1]
     sent = tx - tx0
     learned = _settled_entries(system) - base
     arrived = bed.link_stats(bed.host, bed.port_a)[0] - arrived0
@@ -324,27 +293,25 @@ def sweep(bed: Testbed, system: System, n: int, rate: float) -> dict[str, float]
 
 
 def learning_rate(bed: Testbed, system: System, s: Settings
-                  ) -> tuple[float, list[tuple[float, float, float]]]:
-    """RFC 2889's address learning rate: a binary search on the sweep's offered rate for the
-    highest one at which LEARN_TARGET of ``scale_search_entries`` new MACs is learned.
-    Returns that rate as offered (measured, not as asked for; 0: not even at the lowest
-    rate tried) and the trials (rate asked, rate offered, share learned)."""
+                  ) -> tuple[search.Answer, list[tuple[float, float, float]]]:
+    """RFC 2889's address learning rate: the highest offered rate at which LEARN_TARGET of
+    ``scale_search_entries`` new MACs is learned, by ``vnet.bench.search``: from
+    SEARCH_START x the fixed sweep rate, halving while sweeps fail and doubling while they
+    pass (up to SEARCH_CEILING x, or the generator's own limit), then bisecting the bracket.
+    Returns the answer (a measured rate or a bound, in offered rates) and the trials (rate
+    asked, rate offered, share learned)."""
     n = s.scale_search_entries
-    ceiling = float(s.scale_learn_rate * SEARCH_CEILING)
-    lo, hi, best, rate = 0.0, ceiling, 0.0, ceiling
-    trials: list[tuple[float, float, float]] = []
-    for step in range(s.scale_search_steps):
+    base = float(s.scale_learn_rate)
+    plan = search.Plan(start=base * SEARCH_START, ceiling=base * SEARCH_CEILING,
+                       floor=base / SEARCH_FLOOR, steps=s.scale_search_steps)
+    trials: list[search.Trial] = []
+    shares: list[tuple[float, float, float]] = []
+    while (rate := search.next_rate(plan, trials)) is not None:
         t = sweep(bed, system, n, int(rate))
         share = t["learned"] / n
-        trials.append((rate, t["offered_fps"], share))
-        if share >= LEARN_TARGET:
-            best, lo = max(best, t["offered_fps"]), rate
-            if step == 0:
-                break
-        else:
-            hi = rate
-        rate = (lo + hi) / 2
-    return best, trials
+        trials.append(search.Trial(rate, t["offered_fps"], share >= LEARN_TARGET))
+        shares.append((rate, t["offered_fps"], share))
+    return search.conclude(plan, trials), shares
 
 
 def scale(bed: Testbed, system: System, s: Settings) -> dict[str, float]:

@@ -19,16 +19,18 @@ from vnet.host import netns
 CHUNK_SECONDS = 0.0005  # frames sent back to back at most: 50 at 100 k/s
 
 
-def chunk_size(rate: float) -> int:
-    return max(1, int(rate * CHUNK_SECONDS))
+def chunk_size(rate: float, chunk_seconds: float = CHUNK_SECONDS) -> int:
+    return max(1, int(rate * chunk_seconds))
 
 
-def plan(n: int, rate: float) -> list[tuple[float, int, int]]:
+def plan(n: int, rate: float, chunk_seconds: float = CHUNK_SECONDS
+         ) -> list[tuple[float, int, int]]:
     """``(due time from the start, first frame, end frame)`` of each chunk: pure, for tests
     and for ``send``."""
-    if n < 0 or rate <= 0:
-        raise ValueError(f"a paced send needs n >= 0 frames and a rate > 0, not {n}, {rate}")
-    size = chunk_size(rate)
+    if n < 0 or rate <= 0 or chunk_seconds <= 0:
+        raise ValueError(f"a paced send needs n >= 0 frames, a rate > 0 and a chunk > 0 s, "
+                         f"not {n}, {rate}, {chunk_seconds}")
+    size = chunk_size(rate, chunk_seconds)
     return [(start / rate, start, min(start + size, n)) for start in range(0, n, size)]
 
 
@@ -48,6 +50,43 @@ def send(sock: socket.socket, frames: Sequence[bytes], rate: float,
             except BlockingIOError:  # the qdisc is full: the frame is not offered
                 continue
     return clock() - t0
+
+
+CATCH_UP = 1.1          # behind schedule, the 64-byte sender runs at most 10 % fast
+BEHIND_SECONDS = 0.005  # and forgets a deficit older than this (it was descheduled)
+
+
+def send_repeated(send_batch: Callable[[int], int], n: int, rate: float,
+                  chunk_seconds: float = CHUNK_SECONDS,
+                  clock: Callable[[], float] = time.monotonic,
+                  sleep: Callable[[float], None] = time.sleep) -> tuple[float, int]:
+    """Send ``n`` frames at ``rate`` frames/s in chunks of ``chunk_size``, each by one
+    ``send_batch(k)`` (which returns how many of the k it sent): ``(seconds it took, frames
+    refused)``.  Stricter than ``send`` (the 64-byte trials): a sender that falls behind
+    (descheduled) catches up at no more than CATCH_UP times the rate, and gives up a deficit
+    of more than BEHIND_SECONDS, so no 1 ms holds much more than the rate's share (at most
+    CATCH_UP x it plus a chunk), at the cost of a lower average rate, which the caller
+    measures."""
+    size = chunk_size(rate, chunk_seconds)
+    interval = size / rate
+    min_gap = interval / CATCH_UP
+    t0 = clock()
+    due, last, done, refused = t0, t0 - min_gap, 0, 0
+    while done < n:
+        now = clock()
+        if now - due > BEHIND_SECONDS:
+            due = now
+        at = max(due, last + min_gap)
+        if at > now:
+            sleep(at - now)
+            last = at  # as scheduled: a late wake-up must not slow the schedule down
+        else:
+            last = now
+        k = min(size, n - done)
+        refused += k - send_batch(k)
+        done += k
+        due += interval
+    return clock() - t0, refused
 
 
 def open_sender(netns_name: str, ifname: str) -> socket.socket:

@@ -24,7 +24,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-from vnet.bench import labup, measure, multihost
+from vnet.bench import frames64, labup, measure, multihost, search
 from vnet.bench.testbed import BenchError, Bridge, Ovs, System, Testbed, Vnet, VnetPypy
 from vnet.cli_progress import ProgressLine
 
@@ -33,9 +33,13 @@ SYSTEMS: dict[str, type[System]] = {"bridge": Bridge, "ovs": Ovs, "vnet": Vnet,
 
 # metric -> (label, unit, higher is better)
 METRICS: dict[str, tuple[str, str, bool]] = {
-    "frames_delivered_fps": ("64 B frames/s delivered at full offered rate", "kfps", True),
-    "frames_offered_fps": ("64 B frames/s offered (trafgen)", "kfps", True),
-    "zero_loss_fps": ("64 B zero-loss rate (RFC 2544 search)", "kfps", True),
+    "frames_offered_fps": ("64 B frames/s offered (paced generator, same rate asked of all)",
+                           "kfps", True),
+    "frames_delivered_fps": ("64 B frames/s delivered at that offered rate", "kfps", True),
+    "frames_gen_cpu": ("64 B generator CPU (pinned to one core)", "%", False),
+    "frames_gen_peak": ("64 B generator: most frames in any 1 ms / target", "x", False),
+    "zero_loss_fps": ("64 B zero-loss rate (RFC 2544 search, paced generator)", "kfps", True),
+    "zero_loss_fail_fps": ("64 B lowest offered rate that lost frames", "kfps", True),
     "tcp_multi_gbps": ("TCP, several streams", "Gbit/s", True),
     "tcp_1_gbps": ("TCP, one stream", "Gbit/s", True),
     "rtt_idle_p50_us": ("round trip idle p50", "µs", False),
@@ -47,6 +51,7 @@ METRICS: dict[str, tuple[str, str, bool]] = {
     "scale_learn_offered_fps": ("that sweep's offered rate (measured)", "kfps", True),
     "scale_learn_rate_fps": ("highest offered rate with >= 95 % of a sweep learned", "kfps",
                              True),
+    "scale_learn_fail_fps": ("lowest offered rate with < 95 % learned", "kfps", True),
     "scale_lookup_fps": ("frames/s to N learned MACs (lookup rate)", "kfps", True),
     "scale_bytes_per_entry": ("resident memory per MAC entry", "bytes", False),
 }
@@ -125,7 +130,7 @@ def measure_system(bed: Testbed, system: System, s: measure.Settings, what: set[
         if part not in what:
             continue
         with step(part):
-            if part in ("frames", "scale") and not measure.have_trafgen():
+            if part == "scale" and not measure.have_trafgen():
                 log(f"  {part}: skipped, trafgen is not installed (apt-get install "
                     f"netsniff-ng)")
                 continue
@@ -138,14 +143,44 @@ def measure_system(bed: Testbed, system: System, s: measure.Settings, what: set[
 
 def _frames(bed: Testbed, system: System, s: measure.Settings, out: dict[str, float],
             log: Any) -> None:
-    full = measure.full_rate(bed, s)
-    out["frames_offered_fps"] = full["offered_fps"]
-    out["frames_delivered_fps"] = full["delivered_fps"]
-    log(f"  64 B frames: offered {full['offered_fps'] / 1e3:.0f} k/s, "
-        f"delivered {full['delivered_fps'] / 1e3:.0f} k/s")
+    cpu = frames64.generator_cpu()
+    with frames64.switch_off_cpu(bed, cpu):
+        _frames_pinned(bed, s, out, log, cpu)
+
+
+def _frames_pinned(bed: Testbed, s: measure.Settings, out: dict[str, float], log: Any,
+                   cpu: int) -> None:
+    pace, missed = frames64.verify(bed, s.frame_rate, s.verify_seconds, cpu)
+    out["frames_gen_peak"] = pace.peak_ratio
+    log(f"  64 B generator (CPU {cpu}), {s.frame_rate / 1e3:.0f} k/s asked: at the switch's "
+        f"port {pace.rate / 1e3:.0f} k/s, at most {pace.max_per_ms} frames in 1 ms "
+        f"(target {pace.target_per_ms:.0f}, x{pace.peak_ratio:.2f}), longest pause "
+        f"{pace.longest_gap_us / 1e3:.1f} ms" + (f", capture missed {missed}" if missed else ""))
+    o = frames64.offer(bed, s.frame_rate, s.frame_seconds, cpu)
+    out["frames_offered_fps"] = o.offered_fps
+    out["frames_delivered_fps"] = o.delivered_fps
+    out["frames_gen_cpu"] = o.sent.cpu_share * 100
+    log(f"  64 B frames: offered {o.offered_fps / 1e3:.0f} k/s (generator CPU "
+        f"{o.sent.cpu_share:.0%}), delivered {o.delivered_fps / 1e3:.0f} k/s, lost {o.lost}")
     if s.search_steps > 0:
-        out["zero_loss_fps"] = measure.zero_loss_rate(bed, s, full["offered_fps"])
-        log(f"  zero-loss rate {out['zero_loss_fps'] / 1e3:.0f} k/s")
+        answer, trials = frames64.zero_loss(bed, s.frame_rate, s.search_seconds,
+                                            s.search_steps, cpu)
+        _bracket(out, "zero_loss", answer)
+        tried = ", ".join(f"{t.offered / 1e3:.0f} k/s {'ok' if t.passed else 'lost'}"
+                          for t in trials)
+        log(f"  zero-loss rate ({s.search_seconds:g} s trials, no frame lost): "
+            f"{answer.text()} ({tried})")
+
+
+def _bracket(out: dict[str, float], name: str, answer: search.Answer) -> None:
+    """A search's answer as figures: the rate (0 if nothing passed), the lowest failing rate
+    (absent if everything passed), and which kind of answer it is (``NAME_kind``: 0
+    measured, 1 at least, -1 below) for the table's notes."""
+    out[f"{name}_fps"] = answer.rate
+    if answer.kind in ("measured", "below"):
+        out[f"{name}_fail_fps"] = answer.bound
+    out[f"{name}_kind"] = {"measured": 0.0, "at least": 1.0, "below": -1.0}.get(answer.kind,
+                                                                                 float("nan"))
 
 
 def _tcp(bed: Testbed, system: System, s: measure.Settings, out: dict[str, float],
@@ -180,11 +215,13 @@ def _scale(bed: Testbed, system: System, s: measure.Settings, out: dict[str, flo
     log("  the fill sweep: " + ", ".join(f"{k[5:]} {v:.0f}" for k, v in sc.items()
                                          if k.startswith("fill_") and k != "fill_offered_fps"))
     if s.scale_search_steps > 0:
-        rate, trials = measure.learning_rate(bed, system, s)
-        out["scale_learn_rate_fps"] = rate
+        answer, trials = measure.learning_rate(bed, system, s)
+        _bracket(out, "scale_learn_rate", answer)
+        if "scale_learn_rate_fail_fps" in out:
+            out["scale_learn_fail_fps"] = out.pop("scale_learn_rate_fail_fps")
         tried = ", ".join(f"{off / 1e3:.0f} k/s: {share:.0%}" for _, off, share in trials)
         log(f"  learning rate (>= {measure.LEARN_TARGET:.0%} of "
-            f"{s.scale_search_entries} MACs): {rate / 1e3:.0f} k/s ({tried})")
+            f"{s.scale_search_entries} MACs): {answer.text()} ({tried})")
 
 
 PARTS = {"frames": _frames, "tcp": _tcp, "latency": _latency, "scale": _scale}
@@ -219,7 +256,30 @@ def _fmt(metric: str, value: float) -> str:
         return f"{value:.2f}"
     if unit == "%":
         return f"{value:.1f}"
+    if unit == "x":
+        return f"{value:.2f}"
     return f"{value:.0f}"
+
+
+NOT_RATIOS = {"frames_gen_cpu", "frames_gen_peak"}  # about the generator, not the switch
+SEARCHES = {"zero_loss": "64 B zero-loss rate", "scale_learn_rate": "learning rate"}
+
+
+def bound_notes(runs: list[dict[str, dict[str, float]]]) -> list[str]:
+    """Which searches gave a bound rather than a measured rate, per system (``_bracket``)."""
+    notes = []
+    for key, what in SEARCHES.items():
+        for name in SYSTEMS:
+            kinds = [r[name][f"{key}_kind"] for r in runs if f"{key}_kind" in r.get(name, {})]
+            at_least, below = kinds.count(1.0), kinds.count(-1.0)
+            if at_least:
+                notes.append(f"{what}, {SYSTEMS[name].label}: a lower bound in {at_least} of "
+                             f"{len(kinds)} run(s) (no rate tried failed: the generator's "
+                             f"rate or the search's ceiling).")
+            if below:
+                notes.append(f"{what}, {SYSTEMS[name].label}: an upper bound in {below} of "
+                             f"{len(kinds)} run(s) (every rate tried failed; 0 counted).")
+    return notes
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -229,7 +289,7 @@ def markdown(result: dict[str, Any]) -> str:
     lines = ["| figure | unit | " + " | ".join(labels[n] for n in systems) + " |",
              "|---|---|" + "---|" * len(systems)]
     for metric, (label, unit, _) in METRICS.items():
-        if metric == "frames_offered_fps" or not any(metric in summary[n] for n in systems):
+        if not any(metric in summary[n] for n in systems):
             continue
         cells = []
         for name in systems:
@@ -240,7 +300,8 @@ def markdown(result: dict[str, Any]) -> str:
             cell = _fmt(metric, fig["median"])
             if fig["n"] > 1:
                 cell += f" ({_fmt(metric, fig['min'])}..{_fmt(metric, fig['max'])})"
-            if name != "bridge" and fig.get("ratio") is not None:
+            if (name != "bridge" and fig.get("ratio") is not None
+                    and metric not in NOT_RATIOS):
                 cell += f" **x{fig['ratio']:.2f}**"
             cells.append(cell)
         lines.append(f"| {label} | {unit} | " + " | ".join(cells) + " |")
@@ -253,7 +314,10 @@ def markdown(result: dict[str, Any]) -> str:
               f"MAC table N = {result['settings']['scale_entries']}, filled by a sweep "
               f"offered at {result['settings']['scale_learn_rate'] / 1e3:.0f} k/s; "
               f"learning-rate search over sweeps of "
-              f"{result['settings']['scale_search_entries']} MACs."]
+              f"{result['settings']['scale_search_entries']} MACs; 64 B: "
+              f"{result['settings']['frame_rate'] / 1e3:.0f} k/s asked of the paced generator, "
+              f"zero-loss trials of {result['settings']['search_seconds']:g} s."]
+    lines += bound_notes(result.get("runs", []))
     for name, why in result.get("skipped", {}).items():
         lines.append(f"{SYSTEMS[name].label} skipped: {why}.")
     return "\n".join(lines) + "\n"
@@ -268,7 +332,8 @@ def chart(result: dict[str, Any], path: Path) -> str | None:
     except ImportError:
         return "matplotlib is not installed (pip install matplotlib): no chart"
     summary = result["summary"]
-    metrics = [m for m in METRICS if m not in ("frames_offered_fps", "scale_entries")
+    metrics = [m for m in METRICS if m not in ("frames_offered_fps", "scale_entries",
+                                               *NOT_RATIOS)
                and any(m in summary[n] for n in summary)]
     systems = list(summary)
     fig, ax = plt.subplots(figsize=(max(8.0, 1.1 * len(metrics)), 4.8))
@@ -327,6 +392,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--vnet-python", help="interpreter for vnet's datapath (e.g. pypy3)")
     p.add_argument("--seconds", type=float, help="override every trial's duration")
     p.add_argument("--scale-entries", type=int, help="MAC table size N (default 1000000)")
+    p.add_argument("--frame-rate", type=int, help="64 B frames/s asked of the paced "
+                   "generator, the same for every system (default 200000)")
     p.add_argument("--learn-rate", type=int, help="frames/s of the MAC sweep that fills the "
                    "table, the same for every system (default 100000)")
     p.add_argument("--learn-steps", type=int, help="sweeps of the search for the highest "
@@ -351,6 +418,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--hosts must be 2..200")
     if args.learn_rate is not None and args.learn_rate < 1:
         p.error(f"--learn-rate must be a positive number of frames/s, not {args.learn_rate}")
+    if args.frame_rate is not None and args.frame_rate < 1:
+        p.error(f"--frame-rate must be a positive number of frames/s, not {args.frame_rate}")
     if args.learn_steps is not None and args.learn_steps < 0:
         p.error(f"--learn-steps must be 0 (no search) or more, not {args.learn_steps}")
     if args.macs is not None and not 1 <= args.macs <= 100_000:
@@ -369,6 +438,8 @@ def main(argv: list[str] | None = None) -> int:
                     scale_search_entries=min(args.scale_entries, s.scale_search_entries))
     if args.learn_rate is not None:
         s = replace(s, scale_learn_rate=args.learn_rate)
+    if args.frame_rate is not None:
+        s = replace(s, frame_rate=args.frame_rate)
     if args.learn_steps is not None:
         s = replace(s, scale_search_steps=args.learn_steps)
     out = Path(args.out)
