@@ -239,6 +239,7 @@ class RingPort(Port):
         assert ring.rx_map is not None and ring.tx_map is not None
         self.ring = ring
         self.sock = ring.rx  # also takes frames too large for a slot, both ways
+        self.reader = afpacket.FrameReader()
         self.rx_map, self.tx_map = ring.rx_map, ring.tx_map
         self.rx_frame_size, self.rx_frames = ring.rx_frame_size, ring.rx_frames
         self.tx_frame_size, self.tx_max = ring.tx_frame_size, ring.tx_max
@@ -277,7 +278,7 @@ class RingPort(Port):
             if status & TP_STATUS_COPY:  # larger than a slot: the whole frame is queued
                 set_status(m, off, 0)
                 try:
-                    hdr, frame, tci = afpacket.recv_frame(self.sock)
+                    hdr, frame, tci = self.reader.read(self.sock)
                 except OSError:
                     self.count_error("rx-copy-lost")
                     continue
@@ -339,7 +340,7 @@ class RingPort(Port):
         if len(frame) > self.tx_max:  # a super-frame: out through the plain socket, in order
             if self.tx_pending:
                 self.flush()
-            _send(self, hdr + frame)
+            _send(self, hdr, frame)
             return
         m = self.tx_map
         off = self.tx_offset
@@ -426,9 +427,10 @@ class SocketPort(Port):
             self.netdev_rx.close()
             raise
         self.kernel_drops = 0  # frames the kernel found the receive queue full for
+        self.reader = afpacket.FrameReader()
 
     def drain(self, now: float, budget: int) -> None:
-        recv, sock, deliver = afpacket.recv_frame, self.sock, self.deliver
+        recv, sock, deliver = self.reader.read, self.sock, self.deliver
         for _ in range(budget):
             try:
                 hdr, frame, tci = recv(sock)
@@ -440,7 +442,7 @@ class SocketPort(Port):
             deliver(hdr, frame, tci, now)
 
     def emit(self, hdr: bytes, frame: bytes) -> None:
-        _send(self, hdr + frame)
+        _send(self, hdr, frame)
 
     def maintain(self, now: float) -> bool:
         self._count_kernel_drops()  # often enough that the kernel's 32-bit count cannot wrap
@@ -458,9 +460,10 @@ class SocketPort(Port):
         return stats
 
 
-def _send(port: Port, data: bytes) -> None:
+def _send(port: Port, hdr: bytes, frame: bytes) -> None:
+    """Send ``hdr`` and ``frame`` as one frame (gathered by the kernel: no joined copy)."""
     try:
-        port.sock.send(data)
+        port.sock.sendmsg((hdr, frame))
     except BlockingIOError:
         port.count_error("tx-queue-full")
     except OSError as err:
