@@ -210,8 +210,52 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[k]
 
 
-def latency(bed: Testbed, s: Settings, under_load: bool) -> dict[str, float]:
-    """p50/p99 round trip, idle or while one TCP stream runs at full speed from A to B."""
+def forwarding_pid(system: System) -> int | None:
+    """The process that forwards the frames (vnet's datapath, ovs-vswitchd); None for the
+    Linux bridge, whose forwarding runs in the kernel's softirqs, charged to whichever
+    process or CPU is interrupted: not attributable."""
+    proc = getattr(system, "proc", None) or getattr(system, "vswitchd", None)
+    return proc.pid if proc is not None else None
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time of every thread of ``pid`` so far: ``/proc/PID/task/*/schedstat``
+    (nanoseconds), or ``/proc/PID/stat``'s utime + stime (clock ticks) without schedstats."""
+    total, tasks = 0, Path(f"/proc/{pid}/task")
+    try:
+        for task in tasks.iterdir():
+            with contextlib.suppress(FileNotFoundError):   # a thread that just ended
+                total += int((task / "schedstat").read_text().split()[0])
+        if total:
+            return total / 1e9
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError as err:
+        raise BenchError(f"cannot read the CPU time of process {pid}: {err}") from None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@contextlib.contextmanager
+def cpu_share(pid: int | None) -> Iterator[dict[str, float]]:
+    """``{"cpu_pct": ...}`` once the block ends: the share of one core ``pid`` used
+    meanwhile (NaN without a process to measure)."""
+    out = {"cpu_pct": float("nan")}
+    c0, t0 = (cpu_seconds(pid), time.monotonic()) if pid else (0.0, 0.0)
+    yield out
+    if pid:
+        out["cpu_pct"] = 100 * (cpu_seconds(pid) - c0) / max(time.monotonic() - t0, 1e-6)
+
+
+def idle_cpu(pid: int | None, seconds: float) -> float:
+    """The forwarding process's CPU share (% of a core) over ``seconds`` with no traffic."""
+    with cpu_share(pid) as used:
+        time.sleep(seconds)
+    return used["cpu_pct"]
+
+
+def latency(bed: Testbed, s: Settings, under_load: bool, pid: int | None = None
+            ) -> dict[str, float]:
+    """p50/p99 round trip, idle or while one TCP stream runs at full speed from A to B, and
+    ``cpu_pct``: the forwarding process's (``pid``) share of a core during the pings."""
     load = None
     if under_load:
         seconds = s.pings * s.ping_interval * 1.5 + 3
@@ -221,14 +265,15 @@ def latency(bed: Testbed, s: Settings, under_load: bool) -> dict[str, float]:
                          netns=bed.node_a)
         time.sleep(1.0)
     try:
-        rtts = ping_rtts(bed, s.pings, s.ping_interval)
+        with cpu_share(pid) as used:
+            rtts = ping_rtts(bed, s.pings, s.ping_interval)
     finally:
         if load is not None:
             bed.stop(load)
             bed.stop(load_server)
     lost = s.pings - len(rtts)
     return {"p50_us": percentile(rtts, 50), "p99_us": percentile(rtts, 99),
-            "loss": lost / s.pings}
+            "loss": lost / s.pings, "cpu_pct": used["cpu_pct"]}
 
 
 # ---- MAC-table scale ----------------------------------------------------------------------------

@@ -46,6 +46,8 @@ METRICS: dict[str, tuple[str, str, bool]] = {
     "rtt_idle_p99_us": ("round trip idle p99", "µs", False),
     "rtt_load_p50_us": ("round trip under TCP load p50", "µs", False),
     "rtt_load_p99_us": ("round trip under TCP load p99", "µs", False),
+    "cpu_idle_pct": ("forwarding process CPU, no traffic", "% core", False),
+    "cpu_ping_pct": ("forwarding process CPU, during the idle pings", "% core", False),
     "scale_entries": ("MAC entries learned (of the N sent)", "entries", True),
     "scale_learned_share": ("MAC sweep learned at a fixed offered rate (RFC 2889)", "%", True),
     "scale_learn_offered_fps": ("that sweep's offered rate (measured)", "kfps", True),
@@ -193,12 +195,21 @@ def _tcp(bed: Testbed, system: System, s: measure.Settings, out: dict[str, float
 
 def _latency(bed: Testbed, system: System, s: measure.Settings, out: dict[str, float],
              log: Any) -> None:
+    pid = measure.forwarding_pid(system)
+    if pid:   # the bridge has no process to measure: no figure
+        time.sleep(IDLE_SETTLE)   # what came before (warm-up pings, an earlier part) is over
+        out["cpu_idle_pct"] = measure.idle_cpu(pid, IDLE_SECONDS)
     for name, load in (("idle", False), ("load", True)):
-        lat = measure.latency(bed, s, load)
+        lat = measure.latency(bed, s, load, pid)
         out[f"rtt_{name}_p50_us"] = lat["p50_us"]
         out[f"rtt_{name}_p99_us"] = lat["p99_us"]
+        if name == "idle" and pid:
+            out["cpu_ping_pct"] = lat["cpu_pct"]
         lost = f", {lat['loss']:.1%} lost" if lat["loss"] else ""
-        log(f"  RTT {name}: p50 {lat['p50_us']:.0f} µs, p99 {lat['p99_us']:.0f} µs{lost}")
+        log(f"  RTT {name}: p50 {lat['p50_us']:.0f} µs, p99 {lat['p99_us']:.0f} µs{lost}"
+            + (f", forwarding process {lat['cpu_pct']:.1f} % of a core" if pid else ""))
+    log(f"  forwarding process with no traffic: {out['cpu_idle_pct']:.1f} % of a core"
+        if pid else "  CPU: the bridge forwards in softirqs, not attributable to a process")
 
 
 def _scale(bed: Testbed, system: System, s: measure.Settings, out: dict[str, float],
@@ -226,6 +237,8 @@ def _scale(bed: Testbed, system: System, s: measure.Settings, out: dict[str, flo
 
 PARTS = {"frames": _frames, "tcp": _tcp, "latency": _latency, "scale": _scale}
 SINGLE_HOST = set(PARTS)
+IDLE_SETTLE = 1.0    # seconds after the last frame before the idle CPU share is measured
+IDLE_SECONDS = 2.0   # ... and over how long
 
 
 def summarize(runs: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, Any]]:
@@ -254,7 +267,7 @@ def _fmt(metric: str, value: float) -> str:
         return f"{value / 1e3:.0f} k"
     if unit == "Gbit/s":
         return f"{value:.2f}"
-    if unit == "%":
+    if unit in ("%", "% core"):
         return f"{value:.1f}"
     if unit == "x":
         return f"{value:.2f}"
@@ -318,6 +331,11 @@ def markdown(result: dict[str, Any]) -> str:
               f"{result['settings']['frame_rate'] / 1e3:.0f} k/s asked of the paced generator, "
               f"zero-loss trials of {result['settings']['search_seconds']:g} s."]
     lines += bound_notes(result.get("runs", []))
+    if any("cpu_idle_pct" in summary[n] for n in systems):
+        lines.append("CPU: the forwarding process's share of one core (vnet's datapath, "
+                     "ovs-vswitchd), from /proc/PID/task/*/schedstat; the Linux bridge "
+                     "forwards in the kernel's softirqs, charged to whatever runs: not "
+                     "attributable (—).")
     for name, why in result.get("skipped", {}).items():
         lines.append(f"{SYSTEMS[name].label} skipped: {why}.")
     return "\n".join(lines) + "\n"

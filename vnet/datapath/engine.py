@@ -6,8 +6,10 @@ lab), VLANs and ports exist.  The pieces:
 
 * ``vnet.datapath.ports``: port I/O (PACKET_MMAP rings or plain packet sockets), batched;
 * ``vnet.switch``: the switching decision (pure);
-* here: the loop (epoll, the per-port budget, busy-polling, the once-a-second timer for
-  MAC aging and ring upkeep), ``_deliverer``, the one place a decision is applied, whatever
+* ``vnet.datapath.polling``: when the loop spins and how long it sleeps (adaptive polling),
+  and the per-port budget fitted to a time slice (fairness between ports);
+* here: the loop (epoll, the ports' turns, the once-a-second timer for MAC aging and ring
+  upkeep), ``_deliverer``, the one place a decision is applied, whatever
   the ports' I/O, and the handlers of the control requests, which own bridges and ports.
 
 Adding a control request: the dataclass in ``protocol``, a method here, and an entry in
@@ -16,6 +18,8 @@ Adding a control request: the dataclass in ``protocol``, a method here, and an e
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 import os
 import select
@@ -23,12 +27,13 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from vnet.datapath import protocol
 from vnet.datapath.control import ControlServer, Stream
 from vnet.datapath.mirror import Mirror, install
+from vnet.datapath.polling import PollPolicy, PollSettings, next_budget
 from vnet.datapath.ports import HOLE_GRACE, PORT_TYPES, Port, Schedule
 from vnet.errors import DatapathError
 from vnet.packet import insert_tag, split_outer_tag
@@ -40,10 +45,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("vnet.datapath")
 
-RX_BUDGET = 64  # frames drained from one port per wake-up, so one busy port cannot starve others
+RX_BUDGET = 64  # frames of one port per turn at most: one busy port cannot starve others
+RX_SLICE = 150e-6  # seconds one port's turn should take at most (its budget shrinks to fit)
 EXPIRE_INTERVAL = 1.0
 IO_MODES = tuple(PORT_TYPES)  # ring (the default), socket
 BUSY_POLL = 100e-6  # seconds of polling without sleeping after a wake-up that moved frames
+FINE_SLEEP = 2e-3   # sleeps shorter than this wait in select() (µs) rather than epoll (ms)
+PR_SET_TIMERSLACK = 29
 
 
 @dataclass
@@ -59,11 +67,13 @@ class Datapath:
     fallback)."""
 
     def __init__(self, control_path: str, io: str = "ring",
-                 busy_poll: float = BUSY_POLL) -> None:
+                 busy_poll: float = BUSY_POLL, polling: PollSettings | None = None) -> None:
         if io not in PORT_TYPES:
             raise ValueError(f"io must be one of {IO_MODES}, not {io!r}")
         self.port_type = PORT_TYPES[io]
         self.busy_poll = busy_poll
+        self.polling = PollPolicy(replace(polling or PollSettings(), linger=busy_poll))
+        self.budgets: dict[int, int] = {}     # port number -> frames of its next turn
         self.schedule = Schedule()
         self.epoll = select.epoll()
         self.bridges: dict[str, Bridge] = {}
@@ -91,40 +101,62 @@ class Datapath:
     # ---- the loop -------------------------------------------------------------------------
 
     def run(self) -> None:
-        monotonic, poll = time.monotonic, self.epoll.poll
+        monotonic, poll, wait = time.monotonic, self.epoll.poll, select.select
+        epoll_fd = [self.epoll.fileno()]
         schedule, port_by_fd, control = self.schedule, self.port_by_fd, self.control
-        next_expire = monotonic() + EXPIRE_INTERVAL
-        spin_until = 0.0
+        policy, budgets = self.polling, self.budgets
+        _fine_timer_slack()
+        now = monotonic()
+        next_expire = now + EXPIRE_INTERVAL
         while self.running:
-            # busy-poll for a moment after traffic: the reply to what was just forwarded is
-            # usually back within microseconds, sooner than a sleep-and-wake-up round trip
-            if schedule.backlog or (spin_until and monotonic() < spin_until):
+            # spin (timeout 0) where frames are likely, sleep otherwise (vnet.datapath.polling)
+            timeout = 0.0
+            if not schedule.backlog:
+                cap = HOLE_GRACE if schedule.holes else EXPIRE_INTERVAL
+                asked = policy.sleep(now)
+                timeout = cap if asked is None or asked > cap else asked
+            if 0.0 < timeout < FINE_SLEEP:   # epoll's timeout is in whole milliseconds
+                wait(epoll_fd, (), (), timeout)
                 timeout = 0.0
-            else:
-                timeout = HOLE_GRACE if schedule.holes else EXPIRE_INTERVAL
-            busy = False
-            for fd, events in poll(timeout):
+            events = poll(timeout)
+            now = monotonic()
+            policy.woke(now)
+            drained: list[Port] = []
+            for fd, mask in events:
                 port = port_by_fd.get(fd)
                 if port is not None:
-                    busy = True
-                    if events & select.EPOLLERR:
+                    if mask & select.EPOLLERR:
                         port.socket_error()
-                    port.drain(monotonic(), RX_BUDGET)
+                    self._drain(port, budgets)
+                    drained.append(port)
                 else:
-                    control.on_event(fd, events)
+                    control.on_event(fd, mask)
             if schedule.holes or schedule.backlog:
-                self._revisit()
+                self._revisit(drained)
             if schedule.dirty:
                 for queued in schedule.dirty:   # ports, and capture streams
                     queued.flush()
                 schedule.dirty.clear()
-            if busy:
-                spin_until = monotonic() + self.busy_poll
+            arrived = now
             now = monotonic()
+            if drained:
+                policy.moved(arrived, now)
             if now >= next_expire:
                 self._every_second(now)
                 next_expire = now + EXPIRE_INTERVAL
         self.close()
+
+    def _drain(self, port: Port, budgets: dict[int, int]) -> None:
+        """One turn of ``port``: up to its budget of frames, the budget then fitted to the
+        time the turn took (``polling.next_budget``), so that a port of GSO super-frames
+        does not hold the others' small frames for milliseconds."""
+        budget = budgets.get(port.number, RX_BUDGET)
+        start = time.monotonic()
+        port.drain(start, budget)
+        exhausted = port in self.schedule.backlog
+        if exhausted or budget < RX_BUDGET:
+            budgets[port.number] = next_budget(budget, exhausted, time.monotonic() - start,
+                                               RX_SLICE, RX_BUDGET)
 
     def _deliverer(self, switch: Switch, number: int) -> Deliver:
         """Where port ``number`` of ``switch`` delivers what it receives: the frame is
@@ -150,13 +182,15 @@ class Datapath:
 
         return deliver
 
-    def _revisit(self) -> None:
-        """Drain again the ports that may hold frames without the kernel waking us: one left
-        with frames when its budget ran out, one waiting at an empty ring slot.  (The kernel
-        signals a ring readable only while the slot it filled last is taken.)"""
-        schedule = self.schedule
+    def _revisit(self, drained: list[Port]) -> None:
+        """Drain the ports that may hold frames without the kernel waking us and had no turn
+        in this round yet: one left with frames when its budget ran out, one waiting at an
+        empty ring slot.  (The kernel signals a ring readable only while the slot it filled
+        last is taken.)"""
+        schedule, budgets = self.schedule, self.budgets
         for port in list(schedule.backlog | schedule.holes):
-            port.drain(time.monotonic(), RX_BUDGET)
+            if port not in drained:
+                self._drain(port, budgets)
 
     def _every_second(self, now: float) -> None:
         for bridge in self.bridges.values():
@@ -260,6 +294,7 @@ class Datapath:
         install(port, ())
         br.switch.remove_port(port.number)
         del self.ports[port.number]
+        self.budgets.pop(port.number, None)
         self._unregister(port)
         port.detach()
         self.closer.submit(_release, port)
@@ -358,6 +393,13 @@ class Datapath:
         self.epoll.close()
         self.opener.shutdown(wait=True)
         self.closer.shutdown(wait=True)
+
+
+def _fine_timer_slack() -> None:
+    """Timed sleeps end within a microsecond of their deadline rather than the default
+    50 µs slack (the predicted polling windows are a few tens of µs); best effort."""
+    with contextlib.suppress(OSError, AttributeError, TypeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_TIMERSLACK, 1000, 0, 0, 0)
 
 
 def _release(port: Port) -> None:
