@@ -72,6 +72,21 @@ class Restorer(Protocol):
     async def restore(self, resource: Any) -> None: ...
 
 
+@runtime_checkable
+class Staged(Protocol):
+    """A concurrent driver part of whose creation costs the same for one resource as for a
+    whole wave (a wave's port tables in ONE nft transaction: one RCU grace period instead of
+    one per node).  A wave of it is made in three stages: ``create_first`` on each resource,
+    ``create_together`` once on those it made (each one's error, None: made), and
+    ``create_last`` on each of those; its ``create`` of one resource does the three."""
+
+    async def create_first(self, resource: Any) -> None: ...
+
+    async def create_together(self, resources: Sequence[Any]) -> list[Exception | None]: ...
+
+    async def create_last(self, resource: Any) -> None: ...
+
+
 class Journal(Protocol):
     """Where ``apply`` writes down each step before taking it (the lab's state file)."""
 
@@ -137,18 +152,23 @@ def waves(ordered: Sequence[Resource], drivers: Drivers) -> Iterator[list[Resour
         yield wave
 
 
-async def _each(verb: Verb, step: Callable[[Resource], Awaitable[None]],
-                wave: Sequence[Resource]) -> list[BaseException | None]:
+async def _each(verb: Verb | None, step: Callable[[Resource], Awaitable[None]],
+                wave: Sequence[Resource], total: int | None = None, already: int = 0
+                ) -> list[BaseException | None]:
     """``step`` on every resource of ``wave``, ``WAVE_WIDTH`` at a time; what each raised
-    (None: it succeeded); each finished step is reported (``vnet.daemon.progress``).
-    Returns only once no step runs any more: a cancellation stops the steps not yet begun
-    (they raise ``CancelledError``) and waits for the rest, then propagates."""
-    finished = 0
+    (None: it succeeded); each finished step is reported (``vnet.daemon.progress``) as one
+    of ``total`` (the wave's; ``already`` of them reported before), or not at all if
+    ``verb`` is None.  Returns only once no step runs any more: a cancellation stops the
+    steps not yet begun (they raise ``CancelledError``) and waits for the rest, then
+    propagates."""
+    finished = already
 
     def done() -> None:
         nonlocal finished
         finished += 1
-        progress.report(Progress(verb, wave[0].kind, finished, len(wave)))
+        if verb is not None:
+            progress.report(Progress(verb, wave[0].kind, finished,
+                                     len(wave) if total is None else total))
 
     if len(wave) == 1:   # the common case, as before waves: no task, no semaphore
         try:
@@ -198,7 +218,7 @@ async def apply(work: Plan, journal: Journal, drivers: Drivers) -> Applied:
         for wave in waves(work.create, drivers):
             journal.mark_pending(*wave)
             started = time.monotonic()
-            outcomes = await _each("making", lambda r: drivers[r].create(r), wave)
+            outcomes = await _create(wave, drivers)
             log.debug("made %d %s in %.3f s", len(wave), wave[0].kind,
                       time.monotonic() - started)
             made = [r for r, failed in zip(wave, outcomes, strict=True) if failed is None]
@@ -222,6 +242,48 @@ async def apply(work: Plan, journal: Journal, drivers: Drivers) -> Applied:
             reason += "; and the rollback could not undo: " + "; ".join(problems)
         raise ApplyError(reason) from err
     return Applied(tuple(created), tuple(stale + work.delete))
+
+
+async def _create(wave: Sequence[Resource], drivers: Drivers) -> list[BaseException | None]:
+    """Make a wave: each resource on its own, or a ``Staged`` driver's three stages (the
+    middle one once for all that the first made; a failure at any stage is that resource's
+    outcome, and what it half made is rolled back as any failed step's)."""
+    driver = drivers[wave[0]]
+    if len(wave) == 1 or not isinstance(driver, Staged):
+        return await _each("making", lambda r: drivers[r].create(r), wave)
+    outcomes: list[BaseException | None] = list(await _each(None, driver.create_first, wave))
+    made = [i for i, failed in enumerate(outcomes) if failed is None]
+    if made:
+        together = await _whole(driver.create_together([wave[i] for i in made]), len(made))
+        for i, refused in zip(made, together, strict=True):
+            outcomes[i] = refused
+        made = [i for i in made if outcomes[i] is None]
+        last = await _each("making", driver.create_last, [wave[i] for i in made],
+                           total=len(wave), already=len(wave) - len(made))
+        for i, outcome in zip(made, last, strict=True):
+            outcomes[i] = outcome
+    return outcomes
+
+
+async def _whole(step: Awaitable[list[Exception | None]], count: int
+                 ) -> list[Exception | None]:
+    """``step``'s outcomes, waited for whole also when cancelled (its thread cannot be
+    stopped, and the rollback must not race it); a step that raised failed all ``count``."""
+    task = asyncio.ensure_future(step)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.wait([task])
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    failure = task.exception()
+    if failure is not None:
+        if not isinstance(failure, Exception):
+            raise failure
+        return [failure] * count
+    return task.result()
 
 
 async def remove_all(resources: Sequence[Resource], journal: Journal, drivers: Drivers) -> int:

@@ -4,7 +4,9 @@ marked ``vnet:LAB:NODE:NIC`` and closed to the host's own stack (``nft.keep_host
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
+from collections.abc import Sequence
 from typing import Any
 
 from pyroute2 import IPRoute
@@ -20,20 +22,42 @@ from vnet.host import links, netns, nft
 PING_GROUP_RANGE = ("net.ipv4.ping_group_range", "0 2147483647")
 
 class NetnsNodeDriver(BlockingDriver[NetnsNodeResource]):
+    """Made in three stages (``reconciler.Staged``), so that a wave's port tables are one
+    nft transaction: the namespace and the veths (down), their port tables, then the links
+    up and the addresses.  Alone (a rollback, a restore) the three run one after another."""
+
     kind = NetnsNodeResource.kind
     concurrent = True   # its resources share nothing: a wave of them runs at once
 
     def create_blocking(self, node: NetnsNodeResource) -> None:
-        with IPRoute() as ipr:
-            links.refuse_taken(ipr, (nic.host_ifname for nic in node.nics), "node")
-        netns.create(node.netns)
-        netns.write_sysctl(node.netns, *PING_GROUP_RANGE)
+        self.first_blocking(node)
+        failed = nft.keep_host_stacks_off([_host_ends(node)])[0]
+        if failed is not None:
+            raise failed
+        self.last_blocking(node)
+
+    async def create_first(self, node: NetnsNodeResource) -> None:
+        await asyncio.to_thread(self.first_blocking, node)
+
+    async def create_together(self, nodes: Sequence[NetnsNodeResource]
+                              ) -> list[Exception | None]:
+        return list(await asyncio.to_thread(nft.keep_host_stacks_off,
+                                            [_host_ends(node) for node in nodes]))
+
+    async def create_last(self, node: NetnsNodeResource) -> None:
+        await asyncio.to_thread(self.last_blocking, node)
+
+    def first_blocking(self, node: NetnsNodeResource) -> None:
+        """The namespace, its sysctls, and each NIC's veth pair, both ends down."""
+        sysctls = [PING_GROUP_RANGE]
         if not node.ipv6:
             # No IPv6 unless asked: router solicitations and MLD reports would be noise on
             # every link, and a packet test asserting "no other packets" would see them.
-            for key in ("net.ipv6.conf.all.disable_ipv6", "net.ipv6.conf.default.disable_ipv6"):
-                netns.write_sysctl(node.netns, key, "1")
+            sysctls += [("net.ipv6.conf.all.disable_ipv6", "1"),
+                        ("net.ipv6.conf.default.disable_ipv6", "1")]
         with IPRoute() as ipr:
+            links.refuse_taken(ipr, _host_ends(node), "node")
+            netns.create(node.netns, sysctls)
             for nic in node.nics:
                 # The node's end has its MAC (and its MTU, in a network that spans hosts)
                 # from birth, so no frame can carry a temporary one, and goes up last, after
@@ -42,7 +66,11 @@ class NetnsNodeDriver(BlockingDriver[NetnsNodeResource]):
                 ipr.link("add", ifname=nic.host_ifname, kind="veth", **mtu,
                          peer={"ifname": nic.nic, "net_ns_fd": node.netns, "address": nic.mac,
                                **mtu})
-                nft.keep_host_stack_off(nic.host_ifname)
+
+    def last_blocking(self, node: NetnsNodeResource) -> None:
+        """With the port tables in place: the host ends up, then the node's side."""
+        with IPRoute() as ipr:
+            for nic in node.nics:
                 links.bring_up_port_end(ipr, nic.host_ifname, nic.alias)
         with netns.open_iproute(node.netns) as ns:
             ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
@@ -78,3 +106,7 @@ def _configure_nic(ns: IPRoute, nic: VethSpec) -> None:
     ns.link("set", index=index, state="up")
     if nic.gateway is not None:
         ns.route("add", dst="0.0.0.0/0", gateway=nic.gateway, oif=index)
+
+
+def _host_ends(node: NetnsNodeResource) -> list[str]:
+    return [nic.host_ifname for nic in node.nics]
