@@ -76,15 +76,13 @@ class Restorer(Protocol):
 class Staged(Protocol):
     """A concurrent driver part of whose creation costs the same for one resource as for a
     whole wave (a wave's port tables in ONE nft transaction: one RCU grace period instead of
-    one per node).  A wave of it is made in three stages: ``create_first`` on each resource,
-    ``create_together`` once on those it made (each one's error, None: made), and
-    ``create_last`` on each of those; its ``create`` of one resource does the three."""
+    one per node).  A wave of it is made in two stages: ``create_first`` on each resource,
+    then ``create_together`` once on those it made (each one's error; None: made); its
+    ``create`` of one resource does both."""
 
     async def create_first(self, resource: Any) -> None: ...
 
     async def create_together(self, resources: Sequence[Any]) -> list[Exception | None]: ...
-
-    async def create_last(self, resource: Any) -> None: ...
 
 
 class Journal(Protocol):
@@ -152,23 +150,20 @@ def waves(ordered: Sequence[Resource], drivers: Drivers) -> Iterator[list[Resour
         yield wave
 
 
-async def _each(verb: Verb | None, step: Callable[[Resource], Awaitable[None]],
-                wave: Sequence[Resource], total: int | None = None, already: int = 0
-                ) -> list[BaseException | None]:
+async def _each(verb: Verb, step: Callable[[Resource], Awaitable[None]],
+                wave: Sequence[Resource], last_told: bool = True) -> list[BaseException | None]:
     """``step`` on every resource of ``wave``, ``WAVE_WIDTH`` at a time; what each raised
-    (None: it succeeded); each finished step is reported (``vnet.daemon.progress``) as one
-    of ``total`` (the wave's; ``already`` of them reported before), or not at all if
-    ``verb`` is None.  Returns only once no step runs any more: a cancellation stops the
-    steps not yet begun (they raise ``CancelledError``) and waits for the rest, then
-    propagates."""
-    finished = already
+    (None: it succeeded); each finished step is reported (``vnet.daemon.progress``), but
+    the wave's last only if ``last_told`` (else its caller tells when the wave is done).
+    Returns only once no step runs any more: a cancellation stops the steps not yet begun
+    (they raise ``CancelledError``) and waits for the rest, then propagates."""
+    finished = 0
 
     def done() -> None:
         nonlocal finished
         finished += 1
-        if verb is not None:
-            progress.report(Progress(verb, wave[0].kind, finished,
-                                     len(wave) if total is None else total))
+        if last_told or finished < len(wave):
+            progress.report(Progress(verb, wave[0].kind, finished, len(wave)))
 
     if len(wave) == 1:   # the common case, as before waves: no task, no semaphore
         try:
@@ -245,23 +240,24 @@ async def apply(work: Plan, journal: Journal, drivers: Drivers) -> Applied:
 
 
 async def _create(wave: Sequence[Resource], drivers: Drivers) -> list[BaseException | None]:
-    """Make a wave: each resource on its own, or a ``Staged`` driver's three stages (the
-    middle one once for all that the first made; a failure at any stage is that resource's
+    """Make a wave: each resource on its own, or a ``Staged`` driver's two stages (the
+    second once for all that the first made; a failure at either stage is that resource's
     outcome, and what it half made is rolled back as any failed step's)."""
     driver = drivers[wave[0]]
     if len(wave) == 1 or not isinstance(driver, Staged):
         return await _each("making", lambda r: drivers[r].create(r), wave)
-    outcomes: list[BaseException | None] = list(await _each(None, driver.create_first, wave))
+    started = time.monotonic()
+    outcomes: list[BaseException | None] = list(
+        await _each("making", driver.create_first, wave, last_told=False))
     made = [i for i, failed in enumerate(outcomes) if failed is None]
     if made:
+        first = time.monotonic()
         together = await _whole(driver.create_together([wave[i] for i in made]), len(made))
+        log.debug("%s: first stage %.3f s, together %.3f s", wave[0].kind, first - started,
+                  time.monotonic() - first)
         for i, refused in zip(made, together, strict=True):
             outcomes[i] = refused
-        made = [i for i in made if outcomes[i] is None]
-        last = await _each("making", driver.create_last, [wave[i] for i in made],
-                           total=len(wave), already=len(wave) - len(made))
-        for i, outcome in zip(made, last, strict=True):
-            outcomes[i] = outcome
+    progress.report(Progress("making", wave[0].kind, len(wave), len(wave)))
     return outcomes
 
 

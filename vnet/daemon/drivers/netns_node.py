@@ -22,33 +22,29 @@ from vnet.host import links, netns, nft
 PING_GROUP_RANGE = ("net.ipv4.ping_group_range", "0 2147483647")
 
 class NetnsNodeDriver(BlockingDriver[NetnsNodeResource]):
-    """Made in three stages (``reconciler.Staged``), so that a wave's port tables are one
-    nft transaction: the namespace and the veths (down), their port tables, then the links
-    up and the addresses.  Alone (a rollback, a restore) the three run one after another."""
+    """Made in two stages (``reconciler.Staged``), so that a wave's port tables are one nft
+    transaction: each node's namespace, veths and addresses, its side up but the host's
+    ends down (no carrier: no frame passes yet); then, for the whole wave, the port tables
+    and the host ends up.  Alone (a rollback, a restore) the two run one after the other."""
 
     kind = NetnsNodeResource.kind
     concurrent = True   # its resources share nothing: a wave of them runs at once
 
     def create_blocking(self, node: NetnsNodeResource) -> None:
         self.first_blocking(node)
-        failed = nft.keep_host_stacks_off([_host_ends(node)])[0]
+        failed = self.together_blocking([node])[0]
         if failed is not None:
             raise failed
-        self.last_blocking(node)
 
     async def create_first(self, node: NetnsNodeResource) -> None:
         await asyncio.to_thread(self.first_blocking, node)
 
     async def create_together(self, nodes: Sequence[NetnsNodeResource]
                               ) -> list[Exception | None]:
-        return list(await asyncio.to_thread(nft.keep_host_stacks_off,
-                                            [_host_ends(node) for node in nodes]))
-
-    async def create_last(self, node: NetnsNodeResource) -> None:
-        await asyncio.to_thread(self.last_blocking, node)
+        return await asyncio.to_thread(self.together_blocking, nodes)
 
     def first_blocking(self, node: NetnsNodeResource) -> None:
-        """The namespace, its sysctls, and each NIC's veth pair, both ends down."""
+        """The namespace, its sysctls, each NIC's veth pair and the node's side of it."""
         sysctls = [PING_GROUP_RANGE]
         if not node.ipv6:
             # No IPv6 unless asked: router solicitations and MLD reports would be noise on
@@ -66,16 +62,26 @@ class NetnsNodeDriver(BlockingDriver[NetnsNodeResource]):
                 ipr.link("add", ifname=nic.host_ifname, kind="veth", **mtu,
                          peer={"ifname": nic.nic, "net_ns_fd": node.netns, "address": nic.mac,
                                **mtu})
-
-    def last_blocking(self, node: NetnsNodeResource) -> None:
-        """With the port tables in place: the host ends up, then the node's side."""
-        with IPRoute() as ipr:
-            for nic in node.nics:
-                links.bring_up_port_end(ipr, nic.host_ifname, nic.alias)
         with netns.open_iproute(node.netns) as ns:
             ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
             for nic in node.nics:
                 _configure_nic(ns, nic)
+
+    def together_blocking(self, nodes: Sequence[NetnsNodeResource]) -> list[Exception | None]:
+        """The port tables of every node's host ends in one nft transaction, then those
+        ends up, marked as ours; each node's error (None: it is made)."""
+        outcomes: list[Exception | None] = list(
+            nft.keep_host_stacks_off([_host_ends(node) for node in nodes]))
+        with IPRoute() as ipr:
+            for i, node in enumerate(nodes):
+                if outcomes[i] is not None:
+                    continue
+                try:
+                    for nic in node.nics:
+                        links.bring_up_port_end(ipr, nic.host_ifname, nic.alias)
+                except Exception as err:
+                    outcomes[i] = err
+        return outcomes
 
     def delete_blocking(self, node: NetnsNodeResource) -> None:
         with IPRoute() as ipr:
