@@ -18,13 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 from vnet.cli_progress import ProgressLine, counted
 from vnet.errors import DaemonError, VnetError
-from vnet.observe import graph, results
-from vnet.observe.plan import plan
-from vnet.observe.probes import live_ipv4, run_all
-from vnet.topology import load_topology
 
+# The topology's and the probes' modules are imported by the commands that use them: the
+# parser is built by every vnet command (``vnet up`` included), and they are ~0.1 s of imports.
 if TYPE_CHECKING:
     from vnet.cli import Client
+    from vnet.observe import graph
 
 DOT_TIMEOUT = 60.0
 SERVE_ADDRESS = "127.0.0.1:8470"   # for --help; vnet.observe.live.DEFAULT_ADDRESS is it
@@ -34,6 +33,10 @@ def cmd_test(client: Client, args: argparse.Namespace) -> int:
     """Check every expectation of FILE against its live lab: a table (or --json), JUnit XML
     with --junit; exit 1 when any fails."""
     from vnet.cli import format_table
+    from vnet.observe import results
+    from vnet.observe.plan import plan
+    from vnet.observe.probes import live_ipv4, run_all
+    from vnet.topology import load_topology
 
     topology = load_topology(args.file)
     if not topology.expect:
@@ -77,6 +80,8 @@ def cmd_graph(client: Client, args: argparse.Namespace) -> int:
     """The picture of a topology file or of a live lab (with node states): DOT text, SVG or
     PNG by ``-o``'s suffix; DOT on stdout without ``-o``; --json: the graph's parts;
     --serve: a live page of it."""
+    from vnet.observe import graph
+
     if args.serve is not None:
         return _serve(client, args)
     picture = _picture(client, args.source)
@@ -105,7 +110,7 @@ def _serve(client: Client, args: argparse.Namespace) -> int:
     if args.output is not None or args.json:
         raise VnetError("--serve shows the picture on a web page: leave out -o and --json "
                         "(or --serve, to write the picture to a file)")
-    from vnet.observe import live, server  # only for --serve: the CLI starts faster
+    from vnet.observe import graph, live, server  # only for --serve: the CLI starts faster
 
     bound = live.parse_address(args.serve or live.DEFAULT_ADDRESS)
     first = _picture(client, args.source)    # the lab or file must be there to begin with
@@ -134,6 +139,9 @@ def _serve(client: Client, args: argparse.Namespace) -> int:
 
 def _picture(client: Client, source: str) -> graph.LabGraph:
     """A file if SOURCE names one (or looks like a path), else a lab that vnetd runs."""
+    from vnet.observe import graph
+    from vnet.topology import load_topology
+
     if Path(source).exists() or "/" in source or source.endswith((".yaml", ".yml")):
         return graph.from_topology(load_topology(source))
     labs = [lab for lab in client.call("status")["labs"] if lab["name"] == source]

@@ -12,15 +12,17 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from vnet.errors import DaemonError
-from vnet.observe import trace
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:   # vnet.observe.trace is imported by the command: every vnet command
+    # builds the parser, and its imports are ~10 ms
     from vnet.cli import Client
 
 FIELDS = ("dst", "src", "vlan", "pcp", "tpid", "ethertype")
 
 
 def cmd_trace(client: Client, args: argparse.Namespace) -> int:
+    from vnet.observe import trace
+
     node_name, _, nic = args.target.partition(":")
     node = client.call("node", node=node_name, lab=args.lab)
     nics: dict[str, Any] = node["nics"]
@@ -45,6 +47,8 @@ def cmd_trace(client: Client, args: argparse.Namespace) -> int:
 
 
 def _frame(args: argparse.Namespace, nic_mac: str) -> bytes:
+    from vnet.observe import trace
+
     if args.frame is not None:
         given = [f"--{f}" for f in FIELDS if getattr(args, f) is not None]
         if given:

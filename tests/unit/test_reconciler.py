@@ -417,3 +417,66 @@ def test_each_finished_step_of_a_wave_is_reported_to_whoever_listens() -> None:
         ("making", "bridge", 1, 1), ("making", "port", 1, 3), ("making", "port", 2, 3),
         ("making", "port", 3, 3), ("removing", "port", 1, 3), ("removing", "port", 2, 3),
         ("removing", "port", 3, 3), ("removing", "bridge", 1, 1)]
+
+
+class StagedDriver(FakeDriver):
+    """A ``reconciler.Staged`` driver: the first stage on each, the second once for all
+    (``together`` records each call's resources; ``refuse`` names those it fails)."""
+
+    concurrent = True
+
+    def __init__(self, kind: str, world: FakeWorld) -> None:
+        super().__init__(kind, world)
+        self.together: list[list[Resource]] = []
+        self.refuse: set[Resource] = set()
+
+    async def create_first(self, resource: Any) -> None:
+        self._step("first", resource)
+        self.world.present.add(resource)
+
+    async def create_together(self, resources: Any) -> list[Exception | None]:
+        self.together.append(list(resources))
+        return [HostError(f"nft refused {r.key[1]}") if r in self.refuse else None
+                for r in resources]
+
+
+def test_a_staged_wave_has_its_second_stage_once_for_all_its_first_made() -> None:
+    world, journal = FakeWorld(), MemoryJournal()
+    ports = StagedDriver("port", world)
+    applied = run(apply(Plan(create=[BRIDGE, *PORTS[:5]]), journal,
+                        Drivers.of([FakeDriver("bridge", world), ports])))
+    assert ports.together == [PORTS[:5]], "one call for the whole wave, in its order"
+    assert ("create", PORTS[0]) not in world.calls, "no resource made alone"
+    assert applied.created == (BRIDGE, *PORTS[:5])
+    assert journal.entries == dict.fromkeys([BRIDGE, *PORTS[:5]], "ready")
+
+
+def test_a_staged_wave_leaves_out_of_the_second_stage_what_the_first_failed() -> None:
+    world, journal = FakeWorld(), MemoryJournal()
+    ports = StagedDriver("port", world)
+    world.fail[("first", PORTS[1])] = NotOurs("interface vn0001 already exists")
+    ports.refuse = {PORTS[3]}
+    with pytest.raises(ApplyError, match="vn0001 already exists"):
+        run(apply(Plan(create=PORTS[:5]), journal, Drivers.of([ports])))
+    assert ports.together == [[PORTS[0], PORTS[2], PORTS[3], PORTS[4]]]
+    assert ("delete", PORTS[1]) not in world.calls, "a stranger's: never deleted"
+    assert ("delete", PORTS[3]) in world.calls, "refused in the second stage: half made"
+    assert world.present == set() and journal.entries == {}
+
+
+def test_a_staged_wave_reports_its_end_once_both_stages_are_done() -> None:
+    from vnet.daemon import progress
+
+    heard: list[progress.Progress] = []
+
+    async def scenario() -> None:
+        world, journal = FakeWorld(), MemoryJournal()
+        token = progress.REPORTER.set(heard.append)
+        try:
+            await apply(Plan(create=PORTS[:3]), journal,
+                        Drivers.of([StagedDriver("port", world)]))
+        finally:
+            progress.REPORTER.reset(token)
+
+    run(scenario())
+    assert [(p.done, p.total) for p in heard] == [(1, 3), (2, 3), (3, 3)]

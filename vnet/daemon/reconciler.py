@@ -72,6 +72,19 @@ class Restorer(Protocol):
     async def restore(self, resource: Any) -> None: ...
 
 
+@runtime_checkable
+class Staged(Protocol):
+    """A concurrent driver part of whose creation costs the same for one resource as for a
+    whole wave (a wave's port tables in ONE nft transaction: one RCU grace period instead of
+    one per node).  A wave of it is made in two stages: ``create_first`` on each resource,
+    then ``create_together`` once on those it made (each one's error; None: made); its
+    ``create`` of one resource does both."""
+
+    async def create_first(self, resource: Any) -> None: ...
+
+    async def create_together(self, resources: Sequence[Any]) -> list[Exception | None]: ...
+
+
 class Journal(Protocol):
     """Where ``apply`` writes down each step before taking it (the lab's state file)."""
 
@@ -138,9 +151,10 @@ def waves(ordered: Sequence[Resource], drivers: Drivers) -> Iterator[list[Resour
 
 
 async def _each(verb: Verb, step: Callable[[Resource], Awaitable[None]],
-                wave: Sequence[Resource]) -> list[BaseException | None]:
+                wave: Sequence[Resource], last_told: bool = True) -> list[BaseException | None]:
     """``step`` on every resource of ``wave``, ``WAVE_WIDTH`` at a time; what each raised
-    (None: it succeeded); each finished step is reported (``vnet.daemon.progress``).
+    (None: it succeeded); each finished step is reported (``vnet.daemon.progress``), but
+    the wave's last only if ``last_told`` (else its caller tells when the wave is done).
     Returns only once no step runs any more: a cancellation stops the steps not yet begun
     (they raise ``CancelledError``) and waits for the rest, then propagates."""
     finished = 0
@@ -148,7 +162,8 @@ async def _each(verb: Verb, step: Callable[[Resource], Awaitable[None]],
     def done() -> None:
         nonlocal finished
         finished += 1
-        progress.report(Progress(verb, wave[0].kind, finished, len(wave)))
+        if last_told or finished < len(wave):
+            progress.report(Progress(verb, wave[0].kind, finished, len(wave)))
 
     if len(wave) == 1:   # the common case, as before waves: no task, no semaphore
         try:
@@ -198,7 +213,7 @@ async def apply(work: Plan, journal: Journal, drivers: Drivers) -> Applied:
         for wave in waves(work.create, drivers):
             journal.mark_pending(*wave)
             started = time.monotonic()
-            outcomes = await _each("making", lambda r: drivers[r].create(r), wave)
+            outcomes = await _create(wave, drivers)
             log.debug("made %d %s in %.3f s", len(wave), wave[0].kind,
                       time.monotonic() - started)
             made = [r for r, failed in zip(wave, outcomes, strict=True) if failed is None]
@@ -222,6 +237,49 @@ async def apply(work: Plan, journal: Journal, drivers: Drivers) -> Applied:
             reason += "; and the rollback could not undo: " + "; ".join(problems)
         raise ApplyError(reason) from err
     return Applied(tuple(created), tuple(stale + work.delete))
+
+
+async def _create(wave: Sequence[Resource], drivers: Drivers) -> list[BaseException | None]:
+    """Make a wave: each resource on its own, or a ``Staged`` driver's two stages (the
+    second once for all that the first made; a failure at either stage is that resource's
+    outcome, and what it half made is rolled back as any failed step's)."""
+    driver = drivers[wave[0]]
+    if len(wave) == 1 or not isinstance(driver, Staged):
+        return await _each("making", lambda r: drivers[r].create(r), wave)
+    started = time.monotonic()
+    outcomes: list[BaseException | None] = list(
+        await _each("making", driver.create_first, wave, last_told=False))
+    made = [i for i, failed in enumerate(outcomes) if failed is None]
+    if made:
+        first = time.monotonic()
+        together = await _whole(driver.create_together([wave[i] for i in made]), len(made))
+        log.debug("%s: first stage %.3f s, together %.3f s", wave[0].kind, first - started,
+                  time.monotonic() - first)
+        for i, refused in zip(made, together, strict=True):
+            outcomes[i] = refused
+    progress.report(Progress("making", wave[0].kind, len(wave), len(wave)))
+    return outcomes
+
+
+async def _whole(step: Awaitable[list[Exception | None]], count: int
+                 ) -> list[Exception | None]:
+    """``step``'s outcomes, waited for whole also when cancelled (its thread cannot be
+    stopped, and the rollback must not race it); a step that raised failed all ``count``."""
+    task = asyncio.ensure_future(step)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.wait([task])
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    failure = task.exception()
+    if failure is not None:
+        if not isinstance(failure, Exception):
+            raise failure
+        return [failure] * count
+    return task.result()
 
 
 async def remove_all(resources: Sequence[Resource], journal: Journal, drivers: Drivers) -> int:

@@ -116,7 +116,9 @@ class StateStore:
     def save(self, record: LabRecord) -> None:
         tmp = self.path(record.lab).with_suffix(".tmp")
         with open(tmp, "w") as f:
-            json.dump(record.to_json(), f, indent=1, sort_keys=True)
+            # Unindented: json's C encoder, ~10x the pure-Python one that ``indent`` takes;
+            # this runs on vnetd's loop twice per wave of a lab's bring-up.
+            f.write(json.dumps(record.to_json(), sort_keys=True))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path(record.lab))

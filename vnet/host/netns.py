@@ -17,17 +17,17 @@ them in the machine's mount namespace; ``invisibility_problem`` says when it wou
 Nothing here forks a Python child: pyroute2's own namespace helpers fork the interpreter and
 stop the child with SIGTERM, and a forked child of an asyncio program shares its signal
 wake-up socket, so the parent (vnetd) would receive that SIGTERM as its own.  Creation and
-removal go through ``ip netns`` (fork and exec, which is safe), and netlink sockets are opened
-inside a namespace by entering it (``open_iproute``).
+removal do what ``ip netns`` does, in the calling thread (``unshare`` and a bind mount), and
+netlink sockets are opened inside a namespace by entering it (``open_iproute``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import fcntl
 import os
-import subprocess
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -46,6 +46,7 @@ MS_RDONLY = 0x1
 MS_BIND = 0x1000
 MS_REC = 0x4000
 MS_SLAVE = 0x80000
+MS_SHARED = 0x100000
 MNT_DETACH = 0x2
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -76,29 +77,88 @@ def list_names() -> list[str]:
         return []
 
 
-def create(name: str) -> None:
-    """Create the named namespace; it must not exist yet (we never adopt a stranger's)."""
+def create(name: str, sysctls: Sequence[tuple[str, str]] = ()) -> None:
+    """Create the named namespace, with ``sysctls`` (key, value) written in it; it must not
+    exist yet (we never adopt a stranger's).
+
+    As ``ip netns add`` does it, in-process (no fork of a big, threaded vnetd: ~1.5 ms
+    instead of ~4 ms): /run/netns made a shared mount point (bound on itself first if it
+    is no mount point), an empty file created exclusively, the calling thread moved into a
+    new namespace (``unshare``: per thread), that namespace bind-mounted on the file, and
+    the thread back in its own.  On any failure nothing is left: the file is unmounted and
+    removed."""
     if exists(name):
         raise NotOurs(f"network namespace {name!r} already exists and vnet did not create it; "
                         f"remove it with 'ip netns del {name}' or rename the lab or node")
-    _ip_netns("add", name)
+    _share_run_dir()
+    path = netns_path(name)
+    try:
+        os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0))
+    except FileExistsError:
+        raise NotOurs(f"network namespace {name!r} already exists and vnet did not create "
+                      f"it; remove it with 'ip netns del {name}' or rename the lab or node"
+                      ) from None
+    except OSError as err:
+        raise HostError(f"cannot create {path}: {os.strerror(err.errno or 0)}") from None
+    try:
+        _unshare_onto(path, sysctls)
+    except BaseException:
+        _libc.umount2(os.fsencode(path), MNT_DETACH)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        raise
+
+
+def _share_run_dir() -> None:
+    """/run/netns as ``ip netns add`` leaves it: a mount point whose mounts propagate
+    (shared), so that a namespace bound there is seen by every mount namespace that
+    receives /run's mounts."""
+    NETNS_RUN_DIR.mkdir(mode=0o755, parents=True, exist_ok=True)
+    run_dir = os.fsencode(NETNS_RUN_DIR)
+    if _libc.mount(b"", run_dir, b"none", MS_SHARED | MS_REC, None) == 0:
+        return
+    if ctypes.get_errno() != errno.EINVAL:   # EINVAL: no mount point yet
+        _check(-1, f"make {NETNS_RUN_DIR} a shared mount")
+    _check(_libc.mount(run_dir, run_dir, b"none", MS_BIND | MS_REC, None),
+           f"bind {NETNS_RUN_DIR} on itself")
+    _check(_libc.mount(b"", run_dir, b"none", MS_SHARED | MS_REC, None),
+           f"make {NETNS_RUN_DIR} a shared mount")
+
+
+def _unshare_onto(path: Path, sysctls: Sequence[tuple[str, str]]) -> None:
+    """Bind a new network namespace on ``path``, with ``sysctls`` written in it, from the
+    calling thread, which ends where it began."""
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _check(_libc.unshare(CLONE_NEWNET), "create a network namespace (unshare)")
+        try:
+            _check(_libc.mount(b"/proc/thread-self/ns/net", os.fsencode(path), b"none",
+                               MS_BIND, None), f"bind the new namespace on {path}")
+            for key, value in sysctls:
+                with open("/proc/sys/" + key.replace(".", "/"), "w") as f:
+                    f.write(value)
+        finally:
+            setns_fd(home)
+    finally:
+        os.close(home)
 
 
 def remove(name: str) -> bool:
-    """Remove the named namespace; returns False if it was already gone."""
+    """Remove the named namespace; returns False if it was already gone.  As ``ip netns
+    delete``: unmounted (lazily: a process still in it keeps it) and its file removed."""
+    path = netns_path(name)
     if not exists(name):
         return False
-    _ip_netns("delete", name)
-    return True
-
-
-def _ip_netns(verb: str, name: str) -> None:
+    if _libc.umount2(os.fsencode(path), MNT_DETACH) != 0 and ctypes.get_errno() not in (
+            errno.EINVAL, errno.ENOENT):   # EINVAL: nothing mounted there (a stale file)
+        _check(-1, f"unmount {path}")
     try:
-        subprocess.run(["ip", "netns", verb, name], check=True, capture_output=True, text=True)
+        path.unlink()
     except FileNotFoundError:
-        raise HostError("the ip command is missing: install iproute2") from None
-    except subprocess.CalledProcessError as err:
-        raise HostError(f"ip netns {verb} {name}: {err.stderr.strip()}") from None
+        pass
+    except OSError as err:
+        raise HostError(f"cannot remove {path}: {os.strerror(err.errno or 0)}") from None
+    return True
 
 
 def open_iproute(name: str | None) -> IPRoute:

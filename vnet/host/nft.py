@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import subprocess
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from vnet.errors import HostError
@@ -113,16 +113,45 @@ def port_table(ifname: str) -> str:
     return f"vnet-port-{ifname}"
 
 
+def port_tables_script(ifnames: Iterable[str]) -> str:
+    """The nft commands that (re)make the port table of each of ``ifnames``; pure."""
+    return "".join(no_table("netdev", port_table(ifname))
+                   + f"table netdev {port_table(ifname)} {{\n  chain ingress {{\n"
+                   f'    type filter hook ingress device "{ifname}" priority -500; '
+                   "policy drop;\n  }\n}\n" for ifname in ifnames)
+
+
 def keep_host_stack_off(ifname: str) -> None:
     """A switch port's frames are the datapath's alone.  An nftables ingress hook on the port
     drops every frame after AF_PACKET has seen it and before ARP or IP do, as a bridge port
     keeps frames from its own stack.  Without it the host answered a node's ARP for the
     gateway's address with the port's MAC, and routed frames sent to that MAC past the
     switch, its VLANs and the NAT rules."""
-    nft(no_table("netdev", port_table(ifname))
-        + f"table netdev {port_table(ifname)} {{\n  chain ingress {{\n"
-        f'    type filter hook ingress device "{ifname}" priority -500; policy drop;\n'
-        "  }\n}\n")
+    nft(port_tables_script([ifname]))
+
+
+def keep_host_stacks_off(groups: Sequence[Sequence[str]]) -> list[HostError | None]:
+    """``keep_host_stack_off`` for every port of every group (a wave's nodes, each with its
+    NICs) in ONE transaction: each commit waits for an RCU grace period, so a wave pays one
+    instead of one per node.  If nft refuses it, each group is tried alone, so only a bad
+    group fails; returns each group's error (None: its tables are in place)."""
+    if not groups:
+        return []
+    try:
+        nft(port_tables_script(ifname for group in groups for ifname in group))
+    except HostError as err:
+        if len(groups) == 1:
+            return [err]
+        return [_tried(port_tables_script(group)) for group in groups]
+    return [None] * len(groups)
+
+
+def _tried(script: str) -> HostError | None:
+    try:
+        nft(script)
+    except HostError as err:
+        return err
+    return None
 
 
 def forget_port_table(ifname: str) -> None:

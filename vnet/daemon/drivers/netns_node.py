@@ -4,7 +4,9 @@ marked ``vnet:LAB:NODE:NIC`` and closed to the host's own stack (``nft.keep_host
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
+from collections.abc import Sequence
 from typing import Any
 
 from pyroute2 import IPRoute
@@ -20,20 +22,38 @@ from vnet.host import links, netns, nft
 PING_GROUP_RANGE = ("net.ipv4.ping_group_range", "0 2147483647")
 
 class NetnsNodeDriver(BlockingDriver[NetnsNodeResource]):
+    """Made in two stages (``reconciler.Staged``), so that a wave's port tables are one nft
+    transaction: each node's namespace, veths and addresses, its side up but the host's
+    ends down (no carrier: no frame passes yet); then, for the whole wave, the port tables
+    and the host ends up.  Alone (a rollback, a restore) the two run one after the other."""
+
     kind = NetnsNodeResource.kind
     concurrent = True   # its resources share nothing: a wave of them runs at once
 
     def create_blocking(self, node: NetnsNodeResource) -> None:
-        with IPRoute() as ipr:
-            links.refuse_taken(ipr, (nic.host_ifname for nic in node.nics), "node")
-        netns.create(node.netns)
-        netns.write_sysctl(node.netns, *PING_GROUP_RANGE)
+        self.first_blocking(node)
+        failed = self.together_blocking([node])[0]
+        if failed is not None:
+            raise failed
+
+    async def create_first(self, node: NetnsNodeResource) -> None:
+        await asyncio.to_thread(self.first_blocking, node)
+
+    async def create_together(self, nodes: Sequence[NetnsNodeResource]
+                              ) -> list[Exception | None]:
+        return await asyncio.to_thread(self.together_blocking, nodes)
+
+    def first_blocking(self, node: NetnsNodeResource) -> None:
+        """The namespace, its sysctls, each NIC's veth pair and the node's side of it."""
+        sysctls = [PING_GROUP_RANGE]
         if not node.ipv6:
             # No IPv6 unless asked: router solicitations and MLD reports would be noise on
             # every link, and a packet test asserting "no other packets" would see them.
-            for key in ("net.ipv6.conf.all.disable_ipv6", "net.ipv6.conf.default.disable_ipv6"):
-                netns.write_sysctl(node.netns, key, "1")
+            sysctls += [("net.ipv6.conf.all.disable_ipv6", "1"),
+                        ("net.ipv6.conf.default.disable_ipv6", "1")]
         with IPRoute() as ipr:
+            links.refuse_taken(ipr, _host_ends(node), "node")
+            netns.create(node.netns, sysctls)
             for nic in node.nics:
                 # The node's end has its MAC (and its MTU, in a network that spans hosts)
                 # from birth, so no frame can carry a temporary one, and goes up last, after
@@ -42,12 +62,26 @@ class NetnsNodeDriver(BlockingDriver[NetnsNodeResource]):
                 ipr.link("add", ifname=nic.host_ifname, kind="veth", **mtu,
                          peer={"ifname": nic.nic, "net_ns_fd": node.netns, "address": nic.mac,
                                **mtu})
-                nft.keep_host_stack_off(nic.host_ifname)
-                links.bring_up_port_end(ipr, nic.host_ifname, nic.alias)
         with netns.open_iproute(node.netns) as ns:
             ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
             for nic in node.nics:
                 _configure_nic(ns, nic)
+
+    def together_blocking(self, nodes: Sequence[NetnsNodeResource]) -> list[Exception | None]:
+        """The port tables of every node's host ends in one nft transaction, then those
+        ends up, marked as ours; each node's error (None: it is made)."""
+        outcomes: list[Exception | None] = list(
+            nft.keep_host_stacks_off([_host_ends(node) for node in nodes]))
+        with IPRoute() as ipr:
+            for i, node in enumerate(nodes):
+                if outcomes[i] is not None:
+                    continue
+                try:
+                    for nic in node.nics:
+                        links.bring_up_port_end(ipr, nic.host_ifname, nic.alias)
+                except Exception as err:
+                    outcomes[i] = err
+        return outcomes
 
     def delete_blocking(self, node: NetnsNodeResource) -> None:
         with IPRoute() as ipr:
@@ -78,3 +112,7 @@ def _configure_nic(ns: IPRoute, nic: VethSpec) -> None:
     ns.link("set", index=index, state="up")
     if nic.gateway is not None:
         ns.route("add", dst="0.0.0.0/0", gateway=nic.gateway, oif=index)
+
+
+def _host_ends(node: NetnsNodeResource) -> list[str]:
+    return [nic.host_ifname for nic in node.nics]
