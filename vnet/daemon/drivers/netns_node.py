@@ -12,6 +12,7 @@ from typing import Any
 from pyroute2 import IPRoute
 
 from vnet.daemon.drivers.base import BlockingDriver
+from vnet.daemon.drivers.port_ends import open_port_ends
 from vnet.daemon.resources import NetnsNodeResource, VethSpec
 from vnet.host import links, netns, nft
 
@@ -70,18 +71,8 @@ class NetnsNodeDriver(BlockingDriver[NetnsNodeResource]):
     def together_blocking(self, nodes: Sequence[NetnsNodeResource]) -> list[Exception | None]:
         """The port tables of every node's host ends in one nft transaction, then those
         ends up, marked as ours; each node's error (None: it is made)."""
-        outcomes: list[Exception | None] = list(
-            nft.keep_host_stacks_off([_host_ends(node) for node in nodes]))
-        with IPRoute() as ipr:
-            for i, node in enumerate(nodes):
-                if outcomes[i] is not None:
-                    continue
-                try:
-                    for nic in node.nics:
-                        links.bring_up_port_end(ipr, nic.host_ifname, nic.alias)
-                except Exception as err:
-                    outcomes[i] = err
-        return outcomes
+        return open_port_ends([[(nic.host_ifname, nic.alias) for nic in node.nics]
+                               for node in nodes])
 
     def delete_blocking(self, node: NetnsNodeResource) -> None:
         with IPRoute() as ipr:

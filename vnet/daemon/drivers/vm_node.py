@@ -3,11 +3,14 @@ namespace node's host ends are), and a runner process that the ``VmSupervisor`` 
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 from pyroute2 import IPRoute
 
 from vnet.daemon.drivers.base import BlockingDriver
+from vnet.daemon.drivers.port_ends import open_port_ends
 from vnet.daemon.resources import VmNodeResource
 from vnet.daemon.vms import VmSupervisor
 from vnet.host import links, nft, tap
@@ -15,7 +18,10 @@ from vnet.host import links, nft, tap
 
 class VmNodeDriver(BlockingDriver[VmNodeResource]):
     """Created: its TAPs, then its runner started.  Deleted: the runner stopped, then the
-    TAPs.  The blocking steps are the TAPs'; the runner is the supervisor's."""
+    TAPs.  The blocking steps are the TAPs'; the runner is the supervisor's.  A wave is
+    made in two stages (``reconciler.Staged``), as namespace nodes are: each VM's TAPs,
+    down; then, for the whole wave, their port tables in ONE nft transaction and the TAPs
+    up, and only then the runners of those whose TAPs are ready."""
 
     kind = VmNodeResource.kind
     concurrent = True   # its resources share nothing: a wave of them runs at once
@@ -38,15 +44,43 @@ class VmNodeDriver(BlockingDriver[VmNodeResource]):
         await self.vms.stop(vm)
         await super().delete(vm)
 
+    async def create_first(self, vm: VmNodeResource) -> None:
+        self.vms.warm_up()   # the runners' parent warms up while the TAPs are made
+        await asyncio.to_thread(self.first_blocking, vm)
+
+    async def create_together(self, vms: Sequence[VmNodeResource]) -> list[Exception | None]:
+        outcomes = await asyncio.to_thread(self.together_blocking, vms)
+        ready = [vm for vm, failed in zip(vms, outcomes, strict=True) if failed is None]
+        started = iter(await asyncio.gather(*(self.vms.start(vm) for vm in ready),
+                                            return_exceptions=True))
+        for i, failed in enumerate(outcomes):
+            if failed is None:
+                outcome = next(started)
+                if isinstance(outcome, BaseException):
+                    if not isinstance(outcome, Exception):
+                        raise outcome
+                    outcomes[i] = outcome
+        return outcomes
+
     def create_blocking(self, vm: VmNodeResource) -> None:
+        self.first_blocking(vm)
+        failed = self.together_blocking([vm])[0]
+        if failed is not None:
+            raise failed
+
+    def first_blocking(self, vm: VmNodeResource) -> None:
+        """Its TAPs, with their MTUs, still down (no frame passes before the port tables)."""
         with IPRoute() as ipr:
             links.refuse_taken(ipr, (spec.ifname for spec in vm.taps), "node")
             for spec in vm.taps:
                 tap.create_persistent_tap(spec.ifname)
                 if spec.mtu is not None:   # a spanning network's: the overlay's MTU
                     ipr.link("set", index=ipr.link_lookup(ifname=spec.ifname)[0], mtu=spec.mtu)
-                nft.keep_host_stack_off(spec.ifname)
-                links.bring_up_port_end(ipr, spec.ifname, spec.alias)
+
+    def together_blocking(self, vms: Sequence[VmNodeResource]) -> list[Exception | None]:
+        """Every VM's TAPs' port tables in one nft transaction, then those TAPs up, marked
+        as ours; each VM's error (None: its TAPs are ready)."""
+        return open_port_ends([[(spec.ifname, spec.alias) for spec in vm.taps] for vm in vms])
 
     def delete_blocking(self, vm: VmNodeResource) -> None:
         with IPRoute() as ipr:
