@@ -3,53 +3,22 @@
 trafgen's ``--rate`` keeps the average but not the pace: measured here (AMD EPYC, 2 cores),
 ``--rate 100000pps`` sent 5 000 frames in 11 ms (~470 k/s) and a 200 k sweep with 1 ms
 peaks of 560 k/s, so a switch with a receive queue of a few thousand frames was offered
-bursts at five times the rate asked for.  This sender keeps every frame within one small
-chunk (``CHUNK_SECONDS`` of frames) of its due time ``i / rate``: it never runs ahead, and
-when it falls behind it sends chunk by chunk rather than in one catch-up burst.
+bursts at five times the rate asked for.  This sender (``send_repeated``, driven by the
+64-byte generator, ``vnet.bench.frames64``) sends a chunk of frames at each due time: it
+never runs ahead, and when it falls behind it catches up only a little faster than the rate
+rather than in one burst.
 """
 
 from __future__ import annotations
 
-import socket
 import time
-from collections.abc import Callable, Sequence
-
-from vnet.host import netns
+from collections.abc import Callable
 
 CHUNK_SECONDS = 0.0005  # frames sent back to back at most: 50 at 100 k/s
 
 
 def chunk_size(rate: float, chunk_seconds: float = CHUNK_SECONDS) -> int:
     return max(1, int(rate * chunk_seconds))
-
-
-def plan(n: int, rate: float, chunk_seconds: float = CHUNK_SECONDS
-         ) -> list[tuple[float, int, int]]:
-    """``(due time from the start, first frame, end frame)`` of each chunk: pure, for tests
-    and for ``send``."""
-    if n < 0 or rate <= 0 or chunk_seconds <= 0:
-        raise ValueError(f"a paced send needs n >= 0 frames, a rate > 0 and a chunk > 0 s, "
-                         f"not {n}, {rate}, {chunk_seconds}")
-    size = chunk_size(rate, chunk_seconds)
-    return [(start / rate, start, min(start + size, n)) for start in range(0, n, size)]
-
-
-def send(sock: socket.socket, frames: Sequence[bytes], rate: float,
-         clock: Callable[[], float] = time.monotonic,
-         sleep: Callable[[float], None] = time.sleep) -> float:
-    """Send ``frames`` on ``sock`` at ``rate`` frames/s; returns the seconds it took."""
-    t0 = clock()
-    sendall = sock.send
-    for due, start, end in plan(len(frames), rate):
-        wait = t0 + due - clock()
-        if wait > 0:
-            sleep(wait)
-        for i in range(start, end):
-            try:
-                sendall(frames[i])
-            except BlockingIOError:  # the qdisc is full: the frame is not offered
-                continue
-    return clock() - t0
 
 
 CATCH_UP = 1.1          # behind schedule, the 64-byte sender runs at most 10 % fast
@@ -62,11 +31,14 @@ def send_repeated(send_batch: Callable[[int], int], n: int, rate: float,
                   sleep: Callable[[float], None] = time.sleep) -> tuple[float, int]:
     """Send ``n`` frames at ``rate`` frames/s in chunks of ``chunk_size``, each by one
     ``send_batch(k)`` (which returns how many of the k it sent): ``(seconds it took, frames
-    refused)``.  Stricter than ``send`` (the 64-byte trials): a sender that falls behind
+    refused)``.  A sender that falls behind
     (descheduled) catches up at no more than CATCH_UP times the rate, and gives up a deficit
     of more than BEHIND_SECONDS, so no 1 ms holds much more than the rate's share (at most
     CATCH_UP x it plus a chunk), at the cost of a lower average rate, which the caller
     measures."""
+    if n < 0 or rate <= 0 or chunk_seconds <= 0:
+        raise ValueError(f"a paced send needs n >= 0 frames, a rate > 0 and a chunk > 0 s, "
+                         f"not {n}, {rate}, {chunk_seconds}")
     size = chunk_size(rate, chunk_seconds)
     interval = size / rate
     min_gap = interval / CATCH_UP
@@ -87,15 +59,3 @@ def send_repeated(send_batch: Callable[[int], int], n: int, rate: float,
         done += k
         due += interval
     return clock() - t0, refused
-
-
-def open_sender(netns_name: str, ifname: str) -> socket.socket:
-    """A raw packet socket on ``ifname`` inside ``netns_name`` (it stays there)."""
-    with netns.entered(netns_name):
-        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
-        try:
-            sock.bind((ifname, 0))
-        except OSError:
-            sock.close()
-            raise
-    return sock
