@@ -185,15 +185,12 @@ async def _each(verb: Verb, step: Callable[[Resource], Awaitable[None]],
             finally:
                 done()
 
+    def stop() -> None:
+        nonlocal stopping
+        stopping = True
+
     tasks = [asyncio.ensure_future(one(r)) for r in wave]
-    cancelled = False
-    while not all(t.done() for t in tasks):
-        try:
-            await asyncio.wait(tasks)
-        except asyncio.CancelledError:
-            cancelled = stopping = True
-    if cancelled:
-        raise asyncio.CancelledError
+    await _wait_out(tasks, on_cancel=stop)
     return [t.exception() if not t.cancelled() else asyncio.CancelledError()
             for t in tasks]
 
@@ -261,19 +258,28 @@ async def _create(wave: Sequence[Resource], drivers: Drivers) -> list[BaseExcept
     return outcomes
 
 
+async def _wait_out(tasks: Sequence[asyncio.Future[Any]],
+                    on_cancel: Callable[[], None] = lambda: None) -> None:
+    """Wait until every task is done, also when cancelled meanwhile (a step's thread cannot
+    be stopped, and a rollback must not race it: ``on_cancel`` is told at once), then
+    propagate that cancellation."""
+    cancelled = False
+    while not all(t.done() for t in tasks):
+        try:
+            await asyncio.wait(tasks)
+        except asyncio.CancelledError:
+            cancelled = True
+            on_cancel()
+    if cancelled:
+        raise asyncio.CancelledError
+
+
 async def _whole(step: Awaitable[list[Exception | None]], count: int
                  ) -> list[Exception | None]:
     """``step``'s outcomes, waited for whole also when cancelled (its thread cannot be
     stopped, and the rollback must not race it); a step that raised failed all ``count``."""
     task = asyncio.ensure_future(step)
-    cancelled = False
-    while not task.done():
-        try:
-            await asyncio.wait([task])
-        except asyncio.CancelledError:
-            cancelled = True
-    if cancelled:
-        raise asyncio.CancelledError
+    await _wait_out([task])
     failure = task.exception()
     if failure is not None:
         if not isinstance(failure, Exception):

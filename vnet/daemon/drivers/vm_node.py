@@ -50,16 +50,14 @@ class VmNodeDriver(BlockingDriver[VmNodeResource]):
 
     async def create_together(self, vms: Sequence[VmNodeResource]) -> list[Exception | None]:
         outcomes = await asyncio.to_thread(self.together_blocking, vms)
-        ready = [vm for vm, failed in zip(vms, outcomes, strict=True) if failed is None]
-        started = iter(await asyncio.gather(*(self.vms.start(vm) for vm in ready),
-                                            return_exceptions=True))
-        for i, failed in enumerate(outcomes):
-            if failed is None:
-                outcome = next(started)
-                if isinstance(outcome, BaseException):
-                    if not isinstance(outcome, Exception):
-                        raise outcome
-                    outcomes[i] = outcome
+        ready = [i for i, failed in enumerate(outcomes) if failed is None]
+        started = await asyncio.gather(*(self.vms.start(vms[i]) for i in ready),
+                                       return_exceptions=True)
+        for i, outcome in zip(ready, started, strict=True):
+            if isinstance(outcome, BaseException):
+                if not isinstance(outcome, Exception):
+                    raise outcome
+                outcomes[i] = outcome
         return outcomes
 
     def create_blocking(self, vm: VmNodeResource) -> None:
