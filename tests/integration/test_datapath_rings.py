@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import needs_root
 from vnet.bench import measure
-from vnet.bench.testbed import ADDR_A, ADDR_B, MAC_A, MAC_B, Testbed, Vnet, ns_cmd, run
+from vnet.bench.testbed import ADDR_A, ADDR_B, MAC_A, MAC_B, SINK_ADDR, Testbed, Vnet, ns_cmd, run
 from vnet.datapath.protocol import GetStats
 
 
@@ -35,7 +35,7 @@ def test_ring_datapath_forwards_right_after_a_64_byte_flood(
         switch.start(mac_table=1024)
         measure.warm_up(bed)
         conf = measure._trafgen_conf(bed, "flood",
-                                     measure.udp64(MAC_A, MAC_B, ADDR_A, measure.SINK_ADDR))
+                                     measure.udp64(MAC_A, MAC_B, ADDR_A, SINK_ADDR))
         for _ in range(3):
             flood = measure.trafgen(bed, bed.node_a, conf)
             time.sleep(2.0)

@@ -8,14 +8,16 @@ import pytest
 
 from vnet.bench import frames64, pacer
 from vnet.bench.frames64 import smoothness
+from vnet.bench.testbed import SINK_ADDR
+from vnet.packet.inet import internet_checksum
 
 
 def test_the_frame_is_60_bytes_of_ipv4_udp_with_a_valid_header_checksum() -> None:
     frame = frames64.udp64()
     assert len(frame) == 60 and frame[12:14] == b"\x08\x00"
     ip = frame[14:34]
-    assert frames64._checksum(ip) == 0           # a correct header sums to 0xffff
-    assert ip[9] == 17 and socket.inet_ntoa(ip[16:20]) == frames64.SINK_ADDR
+    assert internet_checksum(ip) == 0           # a correct header sums to 0xffff
+    assert ip[9] == 17 and socket.inet_ntoa(ip[16:20]) == SINK_ADDR
 
 
 def test_an_even_pace_has_the_target_per_ms_and_a_burst_shows() -> None:

@@ -14,13 +14,13 @@ from vnet.bench.nicframes import (
     FRAME_LEN,
     QUERY,
     bench_frame,
-    ipv4_checksum,
     parse_bench,
     sink_answer,
     udp_echo,
 )
 from vnet.bench.testbed import BenchError
 from vnet.bench.vmnic import BARE, VIRTIO, Rate, RoundTrip, Sitting
+from vnet.packet.inet import internet_checksum
 
 MAC, PEER = bytes.fromhex("02b000000102"), bytes.fromhex("02b000000101")
 IP, PEER_IP = bytes([10, 253, 0, 2]), bytes([10, 253, 0, 1])
@@ -30,7 +30,7 @@ def udp_frame(dport: int = 7, dst_ip: bytes = IP, payload: bytes = b"vnet") -> b
     udp = struct.pack("!HHHH", 40000, dport, 8 + len(payload), 0x1234) + payload
     header = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 63, 17, 0,
                                    PEER_IP, dst_ip))
-    header[10:12] = struct.pack("!H", ipv4_checksum(bytes(header)))
+    header[10:12] = struct.pack("!H", internet_checksum(bytes(header)))
     return MAC + PEER + b"\x08\x00" + bytes(header) + udp
 
 
@@ -60,7 +60,7 @@ def test_the_udp_echo_swaps_addresses_and_ports_and_keeps_a_valid_header() -> No
     assert echo is not None
     assert echo[0:6] == PEER and echo[6:12] == MAC
     assert echo[26:30] == IP and echo[30:34] == PEER_IP and echo[22] == 64
-    assert ipv4_checksum(echo[14:34]) == 0
+    assert internet_checksum(echo[14:34]) == 0
     assert struct.unpack("!HHHH", echo[34:42]) == (7, 40000, 12, 0) and echo[42:] == b"vnet"
     assert udp_echo(udp_frame(dport=9), MAC, IP) is None
     assert udp_echo(udp_frame(dst_ip=PEER_IP), MAC, IP) is None

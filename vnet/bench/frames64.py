@@ -36,29 +36,20 @@ from pathlib import Path
 from typing import Any
 
 from vnet.bench import pacer, search
-from vnet.bench.testbed import ADDR_A, MAC_A, MAC_B, BenchError, Testbed
+from vnet.bench.testbed import ADDR_A, MAC_A, MAC_B, SINK_ADDR, BenchError, Testbed
 from vnet.host import netns
+from vnet.host.afpacket import ETH_P_ALL, socket_counts
 from vnet.packet.ethernet import mac_to_bytes
+from vnet.packet.inet import internet_checksum
 
-SINK_ADDR = "10.254.0.200"  # nobody's: the receiver drops the frames silently (no ICMP)
 CHUNK_SECONDS = 0.0002      # at most this many seconds' worth of frames back to back
 PR_SET_TIMERSLACK = 29
 SO_TIMESTAMPNS = 35
 SO_RCVBUFFORCE = 33
-SOL_PACKET = 263
-PACKET_STATISTICS = 6
 PACKET_OUTGOING = 4
-ETH_P_ALL = 0x0003
 
 
 # ---- the frame ------------------------------------------------------------------------------
-
-
-def _checksum(data: bytes) -> int:
-    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
 
 
 def udp64(src_mac: str = MAC_A, dst_mac: str = MAC_B, src_ip: str = ADDR_A,
@@ -68,7 +59,7 @@ def udp64(src_mac: str = MAC_A, dst_mac: str = MAC_B, src_ip: str = ADDR_A,
     udp = struct.pack("!HHHH", 9, 9, 8 + 18, 0) + bytes(18)
     ip = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0,
                                socket.inet_aton(src_ip), socket.inet_aton(dst_ip)))
-    ip[10:12] = _checksum(bytes(ip)).to_bytes(2, "big")
+    ip[10:12] = internet_checksum(bytes(ip)).to_bytes(2, "big")
     return mac_to_bytes(dst_mac) + mac_to_bytes(src_mac) + b"\x08\x00" + bytes(ip) + udp
 
 
@@ -333,8 +324,7 @@ class Capture:
                 if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
                     sec, nsec = struct.unpack("qq", value[:16])
                     stamps.append(sec * 1_000_000_000 + nsec)
-        _packets, drops = struct.unpack("II", self.sock.getsockopt(SOL_PACKET,
-                                                                   PACKET_STATISTICS, 8))
+        _packets, drops = socket_counts(self.sock)
         return stamps, drops
 
     def close(self) -> None:

@@ -27,6 +27,7 @@ from vnet.bench.testbed import (
     ADDR_B,
     MAC_A,
     MAC_B,
+    SINK_ADDR,
     BenchError,
     System,
     Testbed,
@@ -38,7 +39,6 @@ from vnet.host.netdev import PROC_NET_DEV, parse_packets
 from vnet.packet.ethernet import mac_to_bytes
 
 SCALE_MAC_BASE = "02:c0:00:00:00:00"
-SINK_ADDR = "10.254.0.200"  # nobody's: the receiver drops the frames silently (no ICMP)
 
 
 @dataclass(frozen=True)

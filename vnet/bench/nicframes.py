@@ -18,6 +18,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from vnet.packet.inet import internet_checksum
+
 ETH_BENCH = 0x88B5
 FRAME_LEN = 60
 DATA, QUERY, COUNT = ord("D"), ord("Q"), ord("C")
@@ -48,13 +50,6 @@ def parse_bench(frame: bytes) -> BenchFrame | None:
     return BenchFrame(dst, src, kind, value)
 
 
-def ipv4_checksum(header: bytes) -> int:
-    total = sum(struct.unpack(f"!{len(header) // 2}H", header))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return int(~total & 0xFFFF)
-
-
 def udp_echo(frame: bytes, mac: bytes, ip: bytes) -> bytes | None:
     """The echo of a UDP datagram to port 7 of ``ip`` at ``mac`` (as the tiny guest answers:
     addresses and ports swapped, TTL 64, no UDP checksum), or None for any other frame."""
@@ -74,7 +69,7 @@ def udp_echo(frame: bytes, mac: bytes, ip: bytes) -> bytes | None:
     header[12:16], header[16:20] = frame[30:34], frame[26:30]
     header[8] = 64
     header[10:12] = b"\0\0"
-    header[10:12] = struct.pack("!H", ipv4_checksum(bytes(header)))
+    header[10:12] = struct.pack("!H", internet_checksum(bytes(header)))
     udp = bytearray(frame[l4:14 + total])
     udp[0:2], udp[2:4] = frame[l4 + 2:l4 + 4], frame[l4:l4 + 2]
     udp[6:8] = b"\0\0"

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from vnet.bench.cluster import host_address, host_name, hosts_block
 from vnet.bus.messages import MAX_ENTRIES, MacEntry, SnapshotPart
+from vnet.packet.inet import internet_checksum
 
 NETWORK = "red"
 VLAN = 10
@@ -178,19 +179,9 @@ def delays(started: float, arrivals: Mapping[str, float | None]) -> tuple[list[f
 ICMP_ECHO_REQUEST, ICMP_ECHO_REPLY = 8, 0
 
 
-def checksum(data: bytes) -> int:
-    """The Internet checksum (RFC 1071)."""
-    if len(data) % 2:
-        data += b"\0"
-    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
 def echo_request(ident: int, seq: int, payload: bytes = b"vnet-reach") -> bytes:
     header = struct.pack("!BBHHH", ICMP_ECHO_REQUEST, 0, 0, ident & 0xFFFF, seq & 0xFFFF)
-    csum = checksum(header + payload)
+    csum = internet_checksum(header + payload)
     return struct.pack("!BBHHH", ICMP_ECHO_REQUEST, 0, csum, ident & 0xFFFF,
                        seq & 0xFFFF) + payload
 

@@ -30,6 +30,7 @@ from vnet.switch import DEFAULT_MAC_LIMIT, VlanOptions
 
 ADDR_A, ADDR_B = "10.254.0.1", "10.254.0.2"
 MAC_A, MAC_B = "02:b0:00:00:00:0a", "02:b0:00:00:00:0b"
+SINK_ADDR = "10.254.0.200"  # nobody's: the receiver drops the frames silently (no ICMP)
 BENCH_VLAN = 10
 NETNS_DIR = Path("/run/netns")
 

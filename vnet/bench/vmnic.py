@@ -48,13 +48,13 @@ from vnet.bench.nicframes import COUNT, DATA, ETH_BENCH, QUERY, bench_frame, par
 from vnet.bench.tally import percentile
 from vnet.bench.testbed import BenchError
 from vnet.host import netns, tap
+from vnet.host.afpacket import socket_counts
 from vnet.packet.ethernet import mac_to_bytes
 from vnet.testing import popen_in_netns, wait_until
 
 TAP = "vmtap0"
 TAP_MAC, GUEST_MAC = "02:b0:00:00:01:01", "02:b0:00:00:01:02"
 TAP_IP, GUEST_IP = "10.253.0.1", "10.253.0.2"
-SOL_PACKET, PACKET_STATISTICS = 263, 6
 SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33
 VIRTIO, BARE = "virtio-net", "bare TAP"
 PATHS = (VIRTIO, BARE)
@@ -300,8 +300,7 @@ class NicWorld:
 
 def offered_to_socket(sock: socket.socket) -> int:
     """Frames offered to a packet socket since the last call (queued or dropped alike)."""
-    packets, _drops = struct.unpack("II", sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8))
-    return int(packets)
+    return socket_counts(sock)[0]
 
 
 def guest_to_host(world: NicWorld, far: FarEnd, seconds: float) -> Rate:
