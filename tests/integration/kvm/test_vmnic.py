@@ -75,16 +75,21 @@ def test_the_sink_counts_every_frame_the_host_sent_and_echoes(world: NicWorld,
                 sender.send(bench_frame(dst, src, DATA, seq))
             assert query(sender, replies, far) == 300
             assert world.tap_packets()[3] == dropped  # none dropped on its way out
-            udp = world.udp_socket()
-            try:
-                udp.settimeout(5)
-                udp.sendto(b"vnet", (GUEST_IP, 7))
-                assert udp.recvfrom(64)[0] == b"vnet"
-            finally:
-                udp.close()
+            assert_echoes(world)
     finally:
         sender.close()
         replies.close()
+
+
+def assert_echoes(world: NicWorld) -> None:
+    """The far end answers a UDP datagram to its echo port (port 7) with the same bytes."""
+    udp = world.udp_socket()
+    try:
+        udp.settimeout(5)
+        udp.sendto(b"vnet", (GUEST_IP, 7))
+        assert udp.recvfrom(64)[0] == b"vnet"
+    finally:
+        udp.close()
 
 
 def test_the_guest_without_bench_options_ignores_bench_frames(world: NicWorld) -> None:
@@ -96,13 +101,7 @@ def test_the_guest_without_bench_options_ignores_bench_frames(world: NicWorld) -
                                            else ""), 60, "the guest to come up")
             assert "sink" not in far.console.read_text()
             sender.send(bench_frame(mac_to_bytes(GUEST_MAC), mac_to_bytes(TAP_MAC), ord("Q")))
-            udp = world.udp_socket()  # an echo, after the query: the guest has seen it
-            try:
-                udp.settimeout(5)
-                udp.sendto(b"vnet", (GUEST_IP, 7))
-                assert udp.recvfrom(64)[0] == b"vnet"
-            finally:
-                udp.close()
+            assert_echoes(world)  # an echo, after the query: the guest has seen it
             replies.settimeout(0.2)
             with pytest.raises(TimeoutError):
                 replies.recv(128)
