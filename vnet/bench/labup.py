@@ -16,6 +16,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from vnet.bench import bringup, vmbringup
+from vnet.bench.measure import median_spread
 from vnet.bench.vmbringup import MIB
 
 PARTS = ("bringup", "vms")
@@ -35,11 +36,6 @@ class Settings:
         return cls(nodes=4, vms=2)
 
 
-def spread(values: Sequence[float]) -> dict[str, float]:
-    return {"median": float(statistics.median(values)), "min": min(values),
-            "max": max(values), "n": len(values)}
-
-
 # figure -> (label, the vnet field, the script field it is divided by)
 NETNS_ROWS = (("up", "`vnet up`", "vnet_up", "script_up"),
               ("ping", "`vnet up` until every node answers a ping", "vnet_ping",
@@ -57,8 +53,8 @@ def summarize(sittings: Sequence[Any], rows: Sequence[tuple[str, str, str, str]]
     out: dict[str, Any] = {"sittings": [{f.name: getattr(s, f.name) for f in fields(s)}
                                         for s in sittings]}
     for key, _label, vnet_field, script_field in rows:
-        vnet = spread([getattr(s, vnet_field) for s in sittings])
-        script = spread([getattr(s, script_field) for s in sittings])
+        vnet = median_spread([getattr(s, vnet_field) for s in sittings])
+        script = median_spread([getattr(s, script_field) for s in sittings])
         out[key] = {"vnet": vnet, "script": script,
                     "ratio": vnet["median"] / script["median"] if script["median"] else None}
     return out
