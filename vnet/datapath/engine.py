@@ -71,7 +71,6 @@ class Datapath:
         if io not in PORT_TYPES:
             raise ValueError(f"io must be one of {IO_MODES}, not {io!r}")
         self.port_type = PORT_TYPES[io]
-        self.busy_poll = busy_poll
         self.polling = PollPolicy(replace(polling or PollSettings(), linger=busy_poll))
         self.budgets: dict[int, int] = {}     # port number -> frames of its next turn
         self.schedule = Schedule()
