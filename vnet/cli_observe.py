@@ -82,6 +82,7 @@ def cmd_graph(client: Client, args: argparse.Namespace) -> int:
     --serve: a live page of it."""
     from vnet.observe import graph
 
+    args.source, args.serve = _source_and_address(args.source, args.serve)
     if args.serve is not None:
         return _serve(client, args)
     picture = _picture(client, args.source)
@@ -102,6 +103,22 @@ def cmd_graph(client: Client, args: argparse.Namespace) -> int:
     print(f"{args.output}: {picture.name} ({len(picture.nodes)} nodes, "
           f"{len(picture.networks)} networks)")
     return 0
+
+
+def _source_and_address(source: str | None, serve: str | None) -> tuple[str, str | None]:
+    """``vnet graph --serve LAB``: argparse hands LAB to --serve, whose ADDR is optional; a
+    value that is not an address is the FILE|LAB the command was missing."""
+    if source is not None:
+        return source, serve
+    if serve:
+        from vnet.observe import live
+
+        try:
+            live.parse_address(serve)
+        except VnetError:
+            return serve, ""
+    raise VnetError("vnet graph needs a topology FILE or a LAB name: e.g. vnet graph demo "
+                    "--serve, or vnet graph topologies/demo.yaml -o demo.svg")
 
 
 def _serve(client: Client, args: argparse.Namespace) -> int:
@@ -176,7 +193,7 @@ def _write_bytes(path: str, data: bytes) -> None:
 def add_commands(sub: Any) -> None:
     """Add ``graph`` and ``test`` to the CLI's subcommands."""
     p = sub.add_parser("graph", help="a picture of a topology file or a live lab (graphviz)")
-    p.add_argument("source", metavar="FILE|LAB")
+    p.add_argument("source", metavar="FILE|LAB", nargs="?")
     p.add_argument("-o", "--output", metavar="OUT", help="write OUT.svg, OUT.png or OUT.dot "
                    "(default: DOT text on stdout)")
     p.add_argument("--json", action="store_true", help="the graph's parts as JSON")

@@ -178,3 +178,18 @@ def test_vnet_test_needs_an_expect_block(tmp_path: Path,
     assert main(["--socket", str(tmp_path / "none.sock"), "test", str(path)]) == 1
     assert capsys.readouterr().err == (f"vnet: {path} has no expect: block: nothing to test "
                                        f"(see the topology format's expect section)\n")
+
+
+def test_serve_before_the_lab_takes_the_lab_not_an_address(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # argparse gives DEMO to --serve (its ADDR is optional): the source must still be found,
+    # as the refusal of -o with --serve (checked before any server starts) shows.
+    assert main(["graph", "--serve", str(DEMO), "-o", "x.svg"]) == 1
+    assert "leave out -o and --json" in capsys.readouterr().err
+
+
+def test_graph_without_a_source_says_what_to_give(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["graph", "--serve", "127.0.0.1:0"]) == 1
+    assert "needs a topology FILE or a LAB name" in capsys.readouterr().err
+    assert main(["graph"]) == 1
+    assert "needs a topology FILE or a LAB name" in capsys.readouterr().err
