@@ -150,6 +150,21 @@ async def reload(running: Running) -> None:
             running.notifier.send("READY=1")
 
 
+def configure_logging(level: str) -> None:
+    """vnetd's log on stderr (the journal adds time and unit).  pyroute2's DEBUG is every
+    netlink message, and each IPRoute opens an event loop that asyncio announces at DEBUG:
+    neither says anything about vnet, so neither is logged."""
+    logging.basicConfig(level=level.upper(),
+                        format="%(asctime)s vnetd %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("pyroute2").setLevel(logging.WARNING)
+    logging.getLogger("asyncio").addFilter(not_a_selector_notice)
+
+
+def not_a_selector_notice(record: logging.LogRecord) -> bool:
+    """False for asyncio's "Using selector: ..." (a new event loop), True for the rest."""
+    return not record.getMessage().startswith("Using selector")
+
+
 def set_log_level(level: str) -> None:
     logging.getLogger().setLevel(level.upper())
 
@@ -239,9 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     for name, value in datapath_environment(config).items():
         os.environ.setdefault(name, value)  # the datapath reads them; a set variable wins
-    logging.basicConfig(level=config.log_level.upper(),
-                        format="%(asctime)s vnetd %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("pyroute2").setLevel(logging.WARNING)  # its DEBUG is every netlink message
+    configure_logging(config.log_level)
     try:
         check_mounts_reach_machine(config.netns)
         if config.netns:
