@@ -31,6 +31,7 @@ from vnet.host import netns
 from vnet.testing import Lab, TestHost, wait_until
 from vnet.testing.dataplane import Dataplane
 from vnet.testing.lab import popen_in_netns, run_in_netns
+from vnet.testing.underlay import attach, ip, make_underlay
 from vnet.topology import Topology, parse_topology
 
 pytestmark = [needs_root,
@@ -98,23 +99,13 @@ class Span:
         return self.topology.vni_of(network)
 
 
-def ip(namespace: str, *args: str) -> None:
-    subprocess.run(["ip", "-n", namespace, *args], check=True, capture_output=True)
-
-
 def build_underlay(underlay: str, hosts: dict[str, TestHost], rogue: str) -> None:
-    """A bridge in ``underlay``; a veth from it to each host (``ul0``, the host's address)
-    and to the rogue namespace (``eth0``, an address no topology declares)."""
-    netns.create(underlay)
-    ip(underlay, "link", "add", "br0", "type", "bridge")
-    ip(underlay, "link", "set", "br0", "up")
-    ends = [(name, host.name, "ul0", ADDRESS[name]) for name, host in hosts.items()]
-    for port, namespace, ifname, address in [*ends, ("rogue", rogue, "eth0", ROGUE)]:
-        ip(underlay, "link", "add", port, "type", "veth", "peer", "name", ifname,
-           "netns", namespace)
-        ip(underlay, "link", "set", port, "master", "br0", "up")
-        ip(namespace, "addr", "add", f"{address}/24", "dev", ifname)
-        ip(namespace, "link", "set", ifname, "up")
+    """The underlay: each host's ``ul0`` (its address) and the rogue namespace's ``eth0``
+    (an address no topology declares) on one bridge."""
+    make_underlay(underlay)
+    for name, host in hosts.items():
+        attach(underlay, host.name, name, f"{ADDRESS[name]}/24")
+    attach(underlay, rogue, "rogue", f"{ROGUE}/24", ifname="eth0")
 
 
 def attach_internet(internet: str, h1: TestHost) -> None:

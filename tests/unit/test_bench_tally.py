@@ -9,11 +9,12 @@ import struct
 import pytest
 
 from vnet.bench import tally
-from vnet.bench.cluster import daemon_config, host_address, hosts_block
+from vnet.bench.cluster import broker_url, host_address, hosts_block
 from vnet.bus.messages import MAX_ENTRIES
 from vnet.bus.topics import TopicTree
 from vnet.daemon.config import parse_config
 from vnet.packet.inet import internet_checksum
+from vnet.testing.underlay import daemon_config
 from vnet.topology import parse_topology
 
 
@@ -49,7 +50,8 @@ def test_daemon_config_is_a_valid_vnetd_config(tmp_path) -> None:
     password = tmp_path / "h2.password"
     password.write_text("secret\n")
     password.chmod(0o600)
-    config = parse_config(daemon_config("h2", password), source="<h2>", hostname="other")
+    config = parse_config(daemon_config("h2", broker_url(), password), source="<h2>",
+                          hostname="other")
     assert config.host == "h2"
     assert config.bus is not None and config.bus.username == "h2"
 

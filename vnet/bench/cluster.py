@@ -40,6 +40,7 @@ from vnet.errors import VnetError
 from vnet.host import netns
 from vnet.testing import TestHost
 from vnet.testing.broker import Broker
+from vnet.testing.underlay import attach, daemon_config, make_underlay
 from vnet.testing.wait import wait_until
 
 UNDERLAY_PREFIX = "10.90"          # hosts 10.90.X.Y/16; the broker at 10.90.255.254
@@ -79,16 +80,6 @@ def hosts_block(count: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def daemon_config(host: str, password_file: Path, keepalive: int = 5) -> str:
-    """vnetd's config file for a host of the cluster (pure)."""
-    return (f"host: {host}\n"
-            f"bus:\n"
-            f"  broker: {broker_url()}\n"
-            f"  username: {host}\n"
-            f"  password_file: {password_file}\n"
-            f"  keepalive: {keepalive}\n")
-
-
 @dataclass(frozen=True)
 class Host:
     """One host of the cluster: its name in topologies and its vnetd."""
@@ -96,12 +87,6 @@ class Host:
     name: str
     address: str
     daemon: TestHost
-
-
-def ip(namespace: str, *args: str) -> None:
-    result = subprocess.run(["ip", "-n", namespace, *args], capture_output=True, text=True)
-    if result.returncode != 0:
-        raise ClusterError(f"ip -n {namespace} {' '.join(args)}: {result.stderr.strip()}")
 
 
 class Cluster:
@@ -140,14 +125,11 @@ class Cluster:
             if netns.exists(name):
                 raise ClusterError(f"network namespace {name} exists already; remove it with "
                                    f"'ip netns del {name}' if an earlier run left it")
-        netns.create(self.underlay)
         self._made_underlay = True
-        ip(self.underlay, "link", "set", "lo", "up")
-        ip(self.underlay, "link", "add", "br0", "type", "bridge")
-        ip(self.underlay, "link", "set", "br0", "up")
+        make_underlay(self.underlay)
         self.broker = Broker({**self.passwords, **self.extra_users},
                              operators=list(self.passwords), listen=None, port=BROKER_PORT)
-        self._attach(self.broker.netns, "bk", BROKER_ADDRESS)
+        attach(self.underlay, self.broker.netns, "bk", f"{BROKER_ADDRESS}/16")
         self.log(f"broker: mosquitto in {self.broker.netns} at {broker_url()}")
         with concurrent.futures.ThreadPoolExecutor(START_WORKERS) as pool:
             for host in pool.map(self._start_host, range(1, self.count + 1)):
@@ -162,21 +144,14 @@ class Cluster:
         password = self.workdir / f"{name}.password"
         password.write_text(self.passwords[name] + "\n")
         password.chmod(0o600)
-        daemon = TestHost(name=f"{self.prefix}-{name}", config=daemon_config(name, password),
+        daemon = TestHost(name=f"{self.prefix}-{name}",
+                          config=daemon_config(name, broker_url(), password),
                           vnetd_args=["--log-level", self.log_level])
         host = Host(name, host_address(index), daemon)
         with self._lock:
             self.hosts.append(host)
-        self._attach(daemon.name, f"u{index}", host.address)
+        attach(self.underlay, daemon.name, f"u{index}", f"{host.address}/16")
         return host
-
-    def _attach(self, namespace: str, port: str, address: str) -> None:
-        """A veth from the underlay's bridge to ``namespace`` (``ul0`` there, ``address``)."""
-        ip(self.underlay, "link", "add", port, "type", "veth", "peer", "name", "ul0", "netns",
-           namespace)
-        ip(self.underlay, "link", "set", port, "master", "br0", "up")
-        ip(namespace, "addr", "add", f"{address}/16", "dev", "ul0")
-        ip(namespace, "link", "set", "ul0", "up")
 
     # -- looking at it ----------------------------------------------------------------------
 

@@ -17,18 +17,17 @@ import contextlib
 import json
 import secrets
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from textwrap import dedent
 from typing import Any
 
 from vnet.daemon.naming import overlay_ifname
 from vnet.host import netns
 from vnet.testing.broker import Broker
 from vnet.testing.lab import Lab, TestHost
+from vnet.testing.underlay import attach, daemon_config, make_underlay
 from vnet.testing.wait import wait_until
 from vnet.topology import Topology, parse_topology
 
@@ -82,10 +81,6 @@ class BusCluster:
         wait_until(online, DEADLINE, message=f"{host} to see every host online")
 
 
-def ip(namespace: str, *args: str) -> None:
-    subprocess.run(["ip", "-n", namespace, *args], check=True, capture_output=True)
-
-
 def bus_host(broker: Broker, workdir: Path, name: str, password: str, index: int) -> TestHost:
     """Host ``name``'s vnetd with a config file naming it and the broker (on link ``index``,
     address 10.254.INDEX.1), its password in a 0600 file; linked to the broker, so it
@@ -93,14 +88,7 @@ def bus_host(broker: Broker, workdir: Path, name: str, password: str, index: int
     password_file = workdir / f"{name}.pw"
     password_file.write_text(password + "\n")
     password_file.chmod(0o600)
-    host = TestHost(config=dedent(f"""
-        host: {name}
-        bus:
-          broker: mqtt://10.254.{index}.1:1883
-          username: {name}
-          password_file: {password_file}
-          keepalive: 5
-    """))
+    host = TestHost(config=daemon_config(name, f"mqtt://10.254.{index}.1:1883", password_file))
     try:
         broker.link(host.name, index)    # vnetd connects once the link is there
     except BaseException:
@@ -111,16 +99,10 @@ def bus_host(broker: Broker, workdir: Path, name: str, password: str, index: int
 
 def build_underlay(underlay: str, hosts: Mapping[str, TestHost],
                    addresses: Mapping[str, str]) -> None:
-    """A bridge in ``underlay`` and a veth from it to each host (``ul0``, its address/24)."""
-    netns.create(underlay)
-    ip(underlay, "link", "add", "br0", "type", "bridge")
-    ip(underlay, "link", "set", "br0", "up")
+    """The underlay's bridge and each host's ``ul0`` on it (its address/24)."""
+    make_underlay(underlay)
     for name, host in hosts.items():
-        ip(underlay, "link", "add", name, "type", "veth", "peer", "name", "ul0",
-           "netns", host.name)
-        ip(underlay, "link", "set", name, "master", "br0", "up")
-        ip(host.name, "addr", "add", f"{addresses[name]}/24", "dev", "ul0")
-        ip(host.name, "link", "set", "ul0", "up")
+        attach(underlay, host.name, name, f"{addresses[name]}/24")
 
 
 @contextlib.contextmanager
