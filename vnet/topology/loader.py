@@ -2,17 +2,15 @@
 
 The structural pass (``fields.TOPOLOGY``) has already refused unknown keys, wrong types and
 out-of-range numbers when ``_Builder`` runs; the builder checks what a schema cannot say:
-references between networks and nodes, addresses and subnets, uniqueness across the lab;
-``hostcheck`` checks where the parts of a multi-host lab are.  Every problem is collected
-with its ``FILE:LINE: KEY.PATH:`` prefix and the whole list is raised as one
+references between networks and nodes, addresses and subnets; ``uniqueness`` what must be
+unique across the lab; ``hostcheck`` where the parts of a multi-host lab are.  Every problem
+is collected with its ``FILE:LINE: KEY.PATH:`` prefix and the whole list is raised as one
 ``TopologyError``, so a user fixes a file in one round.
 """
 
 from __future__ import annotations
 
-import bisect
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
@@ -44,6 +42,7 @@ from vnet.topology.report import (
     quote,
 )
 from vnet.topology.spec import Fields
+from vnet.topology.uniqueness import check_unique
 from vnet.topology.values import (
     derive_mac,
     parse_interface,
@@ -125,17 +124,13 @@ class _Builder:
                 self.hostchecks.check_node(fields)
         hosts = self.hostchecks.hosts()
         self.hostchecks.check_bus()
-        self.check_vlans()
-        self.check_vnis()
-        self.check_subnets()
-        self.check_uplinks()
-        self.check_macs()
+        check_unique(self.rep, tuple(self.networks.values()), self.nodes, self.nic_paths,
+                     self.forward_index)
         self.check_addresses()
         for network in self.networks.values():
             self.check_dhcp(network)
             self.check_forwards(network)
             self.check_reach(network)
-        self.check_forward_ports()
         expect = check_expectations(self.rep, self.top.get("expect"), self.nodes, self.networks,
                                     nodes_ok=self.sections_ok["nodes"])
         bus = self.top.get("bus")
@@ -372,80 +367,6 @@ class _Builder:
 
     # -- across the lab ---------------------------------------------------------------------
 
-    def check_vlans(self) -> None:
-        owner: dict[int, str] = {}
-        for net in self.networks.values():
-            if net.vlan in owner:
-                self.rep.error(("networks", net.name, "vlan"), f"VLAN {net.vlan} is already "
-                               f"used by network {quote(owner[net.vlan])}: each network needs its "
-                               "own VLAN")
-            owner.setdefault(net.vlan, net.name)
-
-    def check_subnets(self) -> None:
-        """No subnet overlaps an earlier one.  Two IPv4 networks overlap when one holds the
-        other, so a subnet looks up its supernets (one per shorter prefix) and, among the
-        sorted first addresses of the earlier ones, one inside it: O(n log n), not pairs."""
-        by_prefix: dict[tuple[int, int], Network] = {}  # (first address, prefix length)
-        starts: list[int] = []  # first addresses of the earlier subnets, sorted
-        at_start: list[Network] = []  # the network of each of ``starts``
-        for net in self.networks.values():
-            if net.subnet is None:
-                continue
-            first = int(net.subnet.network_address)
-            last = int(net.subnet.broadcast_address)
-            other = next((by_prefix[key] for key in _supernets(first, net.subnet.prefixlen)
-                          if key in by_prefix), None)
-            i = bisect.bisect_left(starts, first)
-            if other is None and i < len(starts) and starts[i] <= last:
-                other = at_start[i]
-            if other is not None:
-                self.rep.error(("networks", net.name, "subnet"), f"{net.subnet} overlaps "
-                               f"the subnet {other.subnet} of network {quote(other.name)}")
-            by_prefix.setdefault((first, net.subnet.prefixlen), net)
-            starts.insert(i, first)
-            at_start.insert(i, net)
-
-    def check_vnis(self) -> None:
-        owner: dict[int, str] = {}
-        for net in self.networks.values():
-            if net.vni is None:
-                continue
-            if net.vni in owner:
-                self.rep.error(("networks", net.name, "vni"), f"VNI {net.vni} is already used "
-                               f"by network {quote(owner[net.vni])}: each network needs its "
-                               "own VNI")
-            owner.setdefault(net.vni, net.name)
-
-    def check_uplinks(self) -> None:
-        untagged: dict[tuple[str | None, str], str] = {}
-        for net in self.networks.values():
-            if net.mode != "bridged" or net.tagged:
-                continue
-            pairs = (list(net.uplinks.items()) if net.uplinks
-                     else [(None, net.uplink)] if net.uplink is not None else [])
-            for host, uplink in pairs:
-                path: KeyPath = ("networks", net.name, "uplink")
-                on = ""
-                if host is not None:
-                    path, on = (*path, host), f" on host {quote(host)}"
-                if (host, uplink) in untagged:
-                    self.rep.error(path, f"network {quote(untagged[(host, uplink)])} is already "
-                                   f"bridged untagged onto {uplink}{on}: at most one untagged "
-                                   "network per uplink (set tagged: true on the others)")
-                untagged.setdefault((host, uplink), net.name)
-
-    def check_macs(self) -> None:
-        owner: dict[str, str] = {}
-        for node in self.nodes:
-            for nic in node.nics:
-                path = self.nic_paths[(node.name, nic.name)]
-                where = f"nodes.{node.name}.nics[{path[-1]}]"
-                if nic.mac in owner:
-                    derived = "" if (*path, "mac") in self.rep.lines else " (derived)"
-                    self.rep.error((*path, "mac"), f"MAC {nic.mac}{derived} is already used "
-                                   f"by {owner[nic.mac]}")
-                owner.setdefault(nic.mac, where)
-
     def check_addresses(self) -> None:
         """Per network: addresses unique, inside the subnet, not the gateway."""
         for name, ports in self.ports.items():
@@ -534,17 +455,6 @@ class _Builder:
                 self.rep.error(path, f"network {quote(name)} is {self.modes[name]}, not nat: only "
                                "NAT networks have a gateway to route between")
 
-    def check_forward_ports(self) -> None:
-        owner: dict[tuple[str, int], str] = {}
-        for net in self.networks.values():
-            for fw, i in zip(net.forwards, self.forward_index[net.name], strict=True):
-                key = (fw.proto, fw.port)
-                if key in owner:
-                    self.rep.error(("networks", net.name, "forward", i, "port"),
-                                   f"host port {fw.proto}/{fw.port} is already forwarded by "
-                                   f"{owner[key]}")
-                owner.setdefault(key, f"networks.{net.name}.forward[{i}]")
-
     # -- helpers ----------------------------------------------------------------------------
 
     def reference(self, kind: str, name: str, path: KeyPath, *, key: bool = False) -> None:
@@ -574,10 +484,3 @@ class _Builder:
         if subnet.prefixlen >= 31:
             return True
         return address not in (subnet.network_address, subnet.broadcast_address)
-
-
-def _supernets(first: int, prefixlen: int) -> Iterator[tuple[int, int]]:
-    """(first address, prefix length) of each IPv4 network that holds this one, itself too."""
-    for length in range(prefixlen + 1):
-        mask = (0xFFFFFFFF << (32 - length)) & 0xFFFFFFFF
-        yield first & mask, length
