@@ -21,6 +21,7 @@ from vnet.host import links, netns, nft
 # ``vnet exec NODE -- ping`` failed where ping cannot gain CAP_NET_RAW (NoNewPrivileges in
 # vnetd's unit).  The sysctl is per namespace: the host's own stays as it is.
 PING_GROUP_RANGE = ("net.ipv4.ping_group_range", "0 2147483647")
+LOOPBACK_IFINDEX = 1   # the kernel's, in every namespace (include/net/flow.h)
 
 class NetnsNodeDriver(BlockingDriver[NetnsNodeResource]):
     """Made in two stages (``reconciler.Staged``), so that a wave's port tables are one nft
@@ -52,40 +53,43 @@ class NetnsNodeDriver(BlockingDriver[NetnsNodeResource]):
             # every link, and a packet test asserting "no other packets" would see them.
             sysctls += [("net.ipv6.conf.all.disable_ipv6", "1"),
                         ("net.ipv6.conf.default.disable_ipv6", "1")]
-        with IPRoute() as ipr:
-            links.refuse_taken(ipr, _host_ends(node), "node")
-            netns.create(node.netns, sysctls)
-            for nic in node.nics:
-                # The node's end has its MAC (and its MTU, in a network that spans hosts)
-                # from birth, so no frame can carry a temporary one, and goes up last, after
-                # its addresses (_configure_nic).
-                mtu = {"mtu": nic.mtu} if nic.mtu is not None else {}
-                ipr.link("add", ifname=nic.host_ifname, kind="veth", **mtu,
-                         peer={"ifname": nic.nic, "net_ns_fd": node.netns, "address": nic.mac,
-                               **mtu})
+        ipr = links.host_iproute()
+        links.refuse_taken(ipr, _host_ends(node), "node")
+        netns.create(node.netns, sysctls)
+        indexes = []
+        for nic in node.nics:
+            # The node's end has its MAC (and its MTU, in a network that spans hosts) from
+            # birth, so no frame can carry a temporary one, and goes up last, after its
+            # addresses (_configure_nic).  The host's end is marked as ours now, beside the
+            # wave's other nodes, so the second stage (one thread for the wave) only ups it.
+            mtu = {"mtu": nic.mtu} if nic.mtu is not None else {}
+            index, peer = links.add_veth(
+                ipr, nic.host_ifname, {"ifname": nic.nic, "net_ns_fd": node.netns,
+                                       "address": nic.mac, **mtu}, **mtu)
+            links.mark_port_end(ipr, index, nic.host_ifname, nic.alias)
+            indexes.append(peer)
         with netns.open_iproute(node.netns) as ns:
-            ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
-            for nic in node.nics:
-                _configure_nic(ns, nic)
+            ns.link("set", index=LOOPBACK_IFINDEX, state="up")
+            for nic, index in zip(node.nics, indexes, strict=True):
+                _configure_nic(ns, nic, index)
 
     def together_blocking(self, nodes: Sequence[NetnsNodeResource]) -> list[Exception | None]:
         """The port tables of every node's host ends in one nft transaction, then those
         ends up, marked as ours; each node's error (None: it is made)."""
         return open_port_ends([[(nic.host_ifname, nic.alias) for nic in node.nics]
-                               for node in nodes])
+                               for node in nodes], marked=True)
 
     def delete_blocking(self, node: NetnsNodeResource) -> None:
-        with IPRoute() as ipr:
-            for nic in node.nics:
-                nft.forget_port_table(nic.host_ifname)
-                links.delete_owned_link(ipr, nic.host_ifname, nic.alias)
+        ipr = links.host_iproute()
+        for nic in node.nics:
+            nft.forget_port_table(nic.host_ifname)
+            links.delete_owned_link(ipr, nic.host_ifname, nic.alias)
         netns.remove(node.netns)
 
     def exists_blocking(self, node: NetnsNodeResource) -> bool:
         if not netns.is_live(node.netns):  # an empty file under /run/netns is no namespace
             return False
-        with IPRoute() as ipr:
-            return links.all_present(ipr, (nic.host_ifname for nic in node.nics))
+        return links.all_present(links.host_iproute(), (nic.host_ifname for nic in node.nics))
 
     def describe(self, node: NetnsNodeResource) -> dict[str, Any]:
         return {"name": node.node, "kind": "netns", "netns": node.netns,
@@ -95,8 +99,7 @@ class NetnsNodeDriver(BlockingDriver[NetnsNodeResource]):
                           "ifname": n.host_ifname, "mtu": n.mtu or 1500} for n in node.nics]}
 
 
-def _configure_nic(ns: IPRoute, nic: VethSpec) -> None:
-    index = ns.link_lookup(ifname=nic.nic)[0]
+def _configure_nic(ns: IPRoute, nic: VethSpec, index: int) -> None:
     for address in nic.addresses:
         iface = ipaddress.ip_interface(address)
         ns.addr("add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
