@@ -5,16 +5,13 @@ marked ``vnet:LAB:NODE:NIC`` and closed to the host's own stack (``nft.keep_host
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 from collections.abc import Sequence
 from typing import Any
-
-from pyroute2 import IPRoute
 
 from vnet.daemon.drivers.base import BlockingDriver
 from vnet.daemon.drivers.port_ends import open_port_ends
 from vnet.daemon.resources import NetnsNodeResource, VethSpec
-from vnet.host import links, netns, nft
+from vnet.host import links, netns, nft, rtnl
 
 # Every group may open ICMP echo ("ping") sockets in a node, as on most desktop
 # distributions: a new namespace has "1 0" (none may), so a non-root operator's
@@ -60,7 +57,7 @@ class NetnsNodeDriver(BlockingDriver[NetnsNodeResource]):
         for nic in node.nics:
             # The node's end has its MAC (and its MTU, in a network that spans hosts) from
             # birth, so no frame can carry a temporary one, and goes up last, after its
-            # addresses (_configure_nic).  The host's end is marked as ours now, beside the
+            # addresses (below).  The host's end is marked as ours now, beside the
             # wave's other nodes, so the second stage (one thread for the wave) only ups it.
             mtu = {"mtu": nic.mtu} if nic.mtu is not None else {}
             index, peer = links.add_veth(
@@ -68,14 +65,15 @@ class NetnsNodeDriver(BlockingDriver[NetnsNodeResource]):
                                        "address": nic.mac, **mtu}, **mtu)
             links.mark_port_end(ipr, index, nic.host_ifname, nic.alias)
             indexes.append(peer)
-        with netns.open_iproute(node.netns) as ns:
-            ns.link("set", index=LOOPBACK_IFINDEX, state="up")
-            for nic, index in zip(node.nics, indexes, strict=True):
-                _configure_nic(ns, nic, index)
+        # the node's side in one exchange: loopback, then each NIC's addresses, the NIC up
+        # (after its addresses), its default route
+        rtnl.run_in(node.netns, [rtnl.link_up(LOOPBACK_IFINDEX, "lo")] + [
+            request for nic, index in zip(node.nics, indexes, strict=True)
+            for request in _nic_requests(nic, index)])
 
     def together_blocking(self, nodes: Sequence[NetnsNodeResource]) -> list[Exception | None]:
         """The port tables of every node's host ends in one nft transaction, then those
-        ends up, marked as ours; each node's error (None: it is made)."""
+        ends up (marked as ours in the first stage); each node's error (None: made)."""
         return open_port_ends([[(nic.host_ifname, nic.alias) for nic in node.nics]
                                for node in nodes], marked=True)
 
@@ -99,13 +97,12 @@ class NetnsNodeDriver(BlockingDriver[NetnsNodeResource]):
                           "ifname": n.host_ifname, "mtu": n.mtu or 1500} for n in node.nics]}
 
 
-def _configure_nic(ns: IPRoute, nic: VethSpec, index: int) -> None:
-    for address in nic.addresses:
-        iface = ipaddress.ip_interface(address)
-        ns.addr("add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
-    ns.link("set", index=index, state="up")
+def _nic_requests(nic: VethSpec, index: int) -> list[rtnl.Request]:
+    requests = [rtnl.address_add(index, nic.nic, address) for address in nic.addresses]
+    requests.append(rtnl.link_up(index, nic.nic))
     if nic.gateway is not None:
-        ns.route("add", dst="0.0.0.0/0", gateway=nic.gateway, oif=index)
+        requests.append(rtnl.default_route(nic.gateway, index, nic.nic))
+    return requests
 
 
 def _host_ends(node: NetnsNodeResource) -> list[str]:
