@@ -19,12 +19,16 @@ import sys
 from types import FrameType
 from typing import IO, TYPE_CHECKING, Any, BinaryIO
 
-from vnet.datapath.mirror import DIRECTION_NAMES, DIRECTIONS, END, Records, StreamError
 from vnet.errors import DaemonError
-from vnet.observe.pcap import Writer
 
 if TYPE_CHECKING:
     from vnet.cli import Client
+    from vnet.observe.pcap import Writer
+
+# vnet.datapath.mirror's DIRECTIONS (a unit test keeps them alike): every CLI command builds
+# this parser, and importing the mirror's module (dataclasses, vnet.packet) for it cost each
+# `vnet up` ~10-20 ms; the capture imports it when it runs.
+DIRECTIONS = ("in", "out", "both")
 
 END_PATIENCE = 5.0   # seconds to wait, once stopped, for the datapath's last record
 
@@ -51,6 +55,8 @@ class _Capture:
             self.sock.shutdown(socket.SHUT_WR)
 
     def run(self) -> None:
+        from vnet.datapath.mirror import END, Records, StreamError
+
         records = Records()
         while self.end_reason is None:
             try:
@@ -85,6 +91,8 @@ class _Capture:
             if self.pcap is not None:
                 self.pcap.write(time_ns, frame)
             elif self.text is not None:
+                from vnet.datapath.mirror import DIRECTION_NAMES
+
                 print(summary(time_ns, DIRECTION_NAMES[direction], frame), file=self.text,
                       flush=True)
         except BrokenPipeError:   # the reader (tcpdump, head) is gone: stop, quietly
@@ -128,6 +136,8 @@ def cmd_capture(client: Client, args: argparse.Namespace) -> int:
     result, sock, reader = client.open_stream("capture", **request)
     try:
         text = sys.stdout if out is None else None
+        from vnet.observe.pcap import Writer
+
         pcap = Writer(out) if out is not None else None
         capture = _Capture(sock, reader, args.count, pcap, text)
         print(f"vnet: capturing {result['lab']} {result['node']}:{result['nic']} (port "

@@ -344,3 +344,20 @@ def test_a_line_per_frame_on_a_terminal() -> None:
     line = summary(1_700_000_000_000_000_000, "in", tagged)
     assert line.endswith(f" in  {A} > {BCAST}, vlan 10, type 0x88b5, {len(tagged)} bytes")
     assert summary(0, "out", b"short").endswith("out runt frame of 5 bytes")
+
+
+def test_the_clis_capture_directions_are_the_mirrors() -> None:
+    from vnet import cli_capture
+    from vnet.datapath import mirror
+
+    assert cli_capture.DIRECTIONS == mirror.DIRECTIONS
+
+
+def test_the_cli_starts_without_the_mirrors_module() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, vnet.cli; vnet.cli.build_parser(); "
+            "print('vnet.datapath.mirror' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -480,3 +480,116 @@ def test_a_staged_wave_reports_its_end_once_both_stages_are_done() -> None:
 
     run(scenario())
     assert [(p.done, p.total) for p in heard] == [(1, 3), (2, 3), (3, 3)]
+
+
+NODES: list[Resource] = [NetnsNodeResource("lab", f"n{i}", f"vnet-lab-n{i}", ())
+                         for i in range(4)]
+
+
+class HeldStagedDriver(StagedDriver):
+    """A staged node driver whose second stage waits at a gate the test opens."""
+
+    def __init__(self, kind: str, world: FakeWorld) -> None:
+        super().__init__(kind, world)
+        self.gate = asyncio.Event()
+        self.holding = False
+
+    async def create_together(self, resources: Any) -> list[Exception | None]:
+        self.holding = True
+        try:
+            await self.gate.wait()
+        finally:
+            self.holding = False
+        for r in resources:
+            self.world.calls.append(("together", r))
+        return await super().create_together(resources)
+
+
+class LaterPorts(FakeDriver):
+    """Ports that need only a node's first stage (``after_first_stage``)."""
+
+    concurrent = True
+    after_first_stage = True
+
+
+def overlap_drivers(world: FakeWorld) -> tuple[Drivers, HeldStagedDriver]:
+    nodes = HeldStagedDriver("netns-node", world)
+    return Drivers.of([nodes, LaterPorts("port", world)]), nodes
+
+
+def test_a_wave_of_ports_is_made_beside_the_nodes_second_stage() -> None:
+    world, journal = FakeWorld(), MemoryJournal()
+    drivers, nodes = overlap_drivers(world)
+
+    async def scenario() -> Any:
+        task = asyncio.ensure_future(apply(Plan(create=[*NODES, *PORTS[:4]]), journal, drivers))
+        async with asyncio.timeout(10):   # a reconciler waiting for the second stage first
+            while sum(verb == "create" for verb, _ in world.calls) < 4:   # never gets here
+                await asyncio.sleep(0)
+        assert nodes.holding, "the ports were made while the nodes' second stage runs"
+        assert all(journal.entries[p] == "pending" for p in PORTS[:4]), "journaled first"
+        nodes.gate.set()
+        return await task
+
+    applied = run(scenario())
+    verbs = [verb for verb, _ in world.calls]
+    assert verbs[:4] == ["first"] * 4, "no port before every node's first stage"
+    assert set(verbs[4:8]) == {"create"} and verbs[8:] == ["together"] * 4
+    assert set(applied.created) == {*NODES, *PORTS[:4]}
+    assert journal.entries == dict.fromkeys([*NODES, *PORTS[:4]], "ready")
+
+
+def test_a_node_refused_in_the_second_stage_rolls_back_the_ports_made_beside_it() -> None:
+    world, journal = FakeWorld(), MemoryJournal()
+    drivers, nodes = overlap_drivers(world)
+    nodes.gate.set()
+    nodes.refuse = {NODES[2]}
+    with pytest.raises(ApplyError, match="nft refused lab/n2"):
+        run(apply(Plan(create=[*NODES, *PORTS[:4]]), journal, drivers))
+    assert world.present == set() and journal.entries == {}
+    deletes = [r for verb, r in world.calls if verb == "delete"]
+    assert set(deletes[:4]) == set(PORTS[:4]), "the ports first, then their nodes"
+    assert set(deletes[4:]) == set(NODES)
+
+
+def test_a_port_failing_beside_the_second_stage_rolls_back_both_waves() -> None:
+    world, journal = FakeWorld(), MemoryJournal()
+    drivers, nodes = overlap_drivers(world)
+    nodes.gate.set()
+    world.fail[("create", PORTS[1])] = HostError("interface vn0001 does not exist")
+    with pytest.raises(ApplyError, match="vn0001 does not exist"):
+        run(apply(Plan(create=[*NODES, *PORTS[:4]]), journal, drivers))
+    assert world.present == set() and journal.entries == {}
+    assert [verb for verb, _ in world.calls].count("together") == 4, "the second stage ended"
+
+
+def test_no_port_is_begun_when_a_nodes_first_stage_failed() -> None:
+    world, journal = FakeWorld(), MemoryJournal()
+    drivers, nodes = overlap_drivers(world)
+    nodes.gate.set()
+    world.fail[("first", NODES[1])] = HostError("no veth for n1")
+    with pytest.raises(ApplyError, match="no veth for n1"):
+        run(apply(Plan(create=[*NODES, *PORTS[:4]]), journal, drivers))
+    assert not any(verb == "create" for verb, _ in world.calls)
+    assert world.present == set() and journal.entries == {}
+
+
+def test_a_cancelled_overlap_waits_for_the_second_stage_then_rolls_back() -> None:
+    world, journal = FakeWorld(), MemoryJournal()
+    drivers, nodes = overlap_drivers(world)
+
+    async def scenario() -> None:
+        task = asyncio.ensure_future(apply(Plan(create=[*NODES, *PORTS[:4]]), journal, drivers))
+        async with asyncio.timeout(10):
+            while not nodes.holding:
+                await asyncio.sleep(0)
+        task.cancel()
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not task.done(), "the second stage (a thread) is waited for"
+        nodes.gate.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    run(scenario())
+    assert world.present == set() and journal.entries == {}

@@ -4,14 +4,12 @@ runners started only after, and only for the VMs whose TAPs are ready (no root, 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from vnet.daemon import reconciler
-from vnet.daemon.drivers import port_ends
 from vnet.daemon.drivers.vm_node import VmNodeDriver
 from vnet.daemon.resources import VmNodeResource, desired_resources
 from vnet.errors import HostError
@@ -63,7 +61,7 @@ def wave(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
             raise HostError("nft refused it")
 
     monkeypatch.setattr(nft, "nft", fake_nft)
-    monkeypatch.setattr(port_ends, "IPRoute", contextlib.nullcontext)
+    monkeypatch.setattr(links, "host_iproute", lambda: None)
     monkeypatch.setattr(links, "bring_up_port_end",
                         lambda _ipr, ifname, _alias: up.append(ifname))
     return vms, bad, scripts, up

@@ -23,6 +23,11 @@ tunnel, a bus subscription) means adding a driver, never another branch here.
   most of a node's cost is waiting on the kernel (RCU grace periods, ``nft``), and journaled
   again in one write.  A wave is waited for whole, also when cancelled: a step running in a
   thread cannot be stopped, and the rollback must not race it.
+- A wave whose driver says ``after_first_stage`` (a lab's ports: each needs only its netdev)
+  runs beside the second stage of a ``Staged`` wave just before it (the nodes' nft
+  transaction and host ends up), once that wave's first stage made every one of its
+  resources (which made those netdevs); each wave is journaled as on its own, and a failure
+  of either rolls both back.
 """
 
 from __future__ import annotations
@@ -207,22 +212,17 @@ async def apply(work: Plan, journal: Journal, drivers: Drivers) -> Applied:
         for resource in work.delete:
             await _delete(resource, journal, drivers)
             deleted.append(resource)
-        for wave in waves(work.create, drivers):
+        todo = list(waves(work.create, drivers))
+        while todo:
+            wave = todo.pop(0)
+            later = todo[0] if todo and _beside(wave, todo[0], drivers) else None
             journal.mark_pending(*wave)
-            started = time.monotonic()
-            outcomes = await _create(wave, drivers)
-            log.debug("made %d %s in %.3f s", len(wave), wave[0].kind,
-                      time.monotonic() - started)
-            made = [r for r, failed in zip(wave, outcomes, strict=True) if failed is None]
-            if made:
-                journal.mark_ready(*made)
-                created.extend(made)
-            # refused as a stranger's: nothing of it was made, so nothing to delete
-            strangers = [r for r, failed in zip(wave, outcomes, strict=True)
-                         if isinstance(failed, NotOurs)]
-            if strangers:
-                journal.forget(*strangers)
-            failure = next((f for f in outcomes if f is not None), None)
+            outcomes, later_outcomes = await _create(wave, drivers, later, journal)
+            failures = [_settle(wave, outcomes, journal, created)]
+            if later is not None and later_outcomes is not None:
+                todo.pop(0)
+                failures.append(_settle(later, later_outcomes, journal, created))
+            failure = next((f for f in failures if f is not None), None)
             if failure is not None:
                 raise failure
     except BaseException as err:
@@ -236,26 +236,90 @@ async def apply(work: Plan, journal: Journal, drivers: Drivers) -> Applied:
     return Applied(tuple(created), tuple(stale + work.delete))
 
 
-async def _create(wave: Sequence[Resource], drivers: Drivers) -> list[BaseException | None]:
+def _beside(wave: Sequence[Resource], later: Sequence[Resource], drivers: Drivers) -> bool:
+    """Whether ``later`` may run beside ``wave``'s second stage (see module docstring)."""
+    return (len(wave) > 1 and isinstance(drivers[wave[0]], Staged)
+            and getattr(drivers[later[0]], "after_first_stage", False))
+
+
+def _settle(wave: Sequence[Resource], outcomes: Sequence[BaseException | None],
+            journal: Journal, created: list[Resource]) -> BaseException | None:
+    """Journal a wave's outcomes (the made ready, a stranger's forgotten: nothing of it was
+    made, so nothing to delete); its first failure, if any."""
+    made = [r for r, failed in zip(wave, outcomes, strict=True) if failed is None]
+    if made:
+        journal.mark_ready(*made)
+        created.extend(made)
+    strangers = [r for r, failed in zip(wave, outcomes, strict=True)
+                 if isinstance(failed, NotOurs)]
+    if strangers:
+        journal.forget(*strangers)
+    return next((f for f in outcomes if f is not None), None)
+
+
+Outcomes = list[BaseException | None]
+
+
+async def _create(wave: Sequence[Resource], drivers: Drivers,
+                  later: Sequence[Resource] | None = None, journal: Journal | None = None
+                  ) -> tuple[Outcomes, Outcomes | None]:
     """Make a wave: each resource on its own, or a ``Staged`` driver's two stages (the
     second once for all that the first made; a failure at either stage is that resource's
-    outcome, and what it half made is rolled back as any failed step's)."""
+    outcome, and what it half made is rolled back as any failed step's).  ``later`` (a wave
+    that needs only what the first stage makes) is journaled pending and made beside the
+    second stage if the first made everything; its outcomes, or None if it was not begun."""
     driver = drivers[wave[0]]
-    if len(wave) == 1 or not isinstance(driver, Staged):
-        return await _each("making", lambda r: drivers[r].create(r), wave)
     started = time.monotonic()
-    outcomes: list[BaseException | None] = list(
-        await _each("making", driver.create_first, wave, last_told=False))
+    if len(wave) == 1 or not isinstance(driver, Staged):
+        outcomes = await _each("making", lambda r: drivers[r].create(r), wave)
+        _log_made(wave, started)
+        return outcomes, None
+    outcomes = list(await _each("making", driver.create_first, wave, last_told=False))
     made = [i for i, failed in enumerate(outcomes) if failed is None]
-    if made:
-        first = time.monotonic()
-        together = await _whole(driver.create_together([wave[i] for i in made]), len(made))
+    first = time.monotonic()
+
+    def told() -> None:   # the wave's end, when its second stage ends (the later may run on)
         log.debug("%s: first stage %.3f s, together %.3f s", wave[0].kind, first - started,
                   time.monotonic() - first)
-        for i, refused in zip(made, together, strict=True):
-            outcomes[i] = refused
-    progress.report(Progress("making", wave[0].kind, len(wave), len(wave)))
+        progress.report(Progress("making", wave[0].kind, len(wave), len(wave)))
+        _log_made(wave, started)
+
+    if not made:
+        told()
+        return outcomes, None
+
+    async def second_stage() -> list[Exception | None]:
+        try:
+            return await driver.create_together([wave[i] for i in made])
+        finally:
+            told()
+
+    second = asyncio.ensure_future(second_stage())
+    beside: asyncio.Future[Outcomes] | None = None
+    if later is not None and journal is not None and len(made) == len(wave):
+        journal.mark_pending(*later)
+        beside = asyncio.ensure_future(_made_later(later, drivers))
+
+    def stop_later() -> None:   # the second stage's thread cannot be stopped
+        if beside is not None:
+            beside.cancel()   # the later wave waits for the steps it has begun
+
+    await _wait_out([second] if beside is None else [second, beside], stop_later)
+    for i, refused in zip(made, _whole_outcome(second, len(made)), strict=True):
+        outcomes[i] = refused
+    return outcomes, None if beside is None else beside.result()
+
+
+async def _made_later(wave: Sequence[Resource], drivers: Drivers) -> Outcomes:
+    started = time.monotonic()
+    outcomes = await _each("making", lambda r: drivers[r].create(r), wave)
+    _log_made(wave, started, " (beside the last wave's second stage)")
     return outcomes
+
+
+def _log_made(wave: Sequence[Resource], started: float, how: str = "") -> None:
+    log.debug("made %d %s in %.3f s%s", len(wave), wave[0].kind, time.monotonic() - started,
+              how)
 
 
 async def _wait_out(tasks: Sequence[asyncio.Future[Any]],
@@ -274,12 +338,11 @@ async def _wait_out(tasks: Sequence[asyncio.Future[Any]],
         raise asyncio.CancelledError
 
 
-async def _whole(step: Awaitable[list[Exception | None]], count: int
-                 ) -> list[Exception | None]:
-    """``step``'s outcomes, waited for whole also when cancelled (its thread cannot be
-    stopped, and the rollback must not race it); a step that raised failed all ``count``."""
-    task = asyncio.ensure_future(step)
-    await _wait_out([task])
+def _whole_outcome(task: asyncio.Future[list[Exception | None]], count: int
+                   ) -> list[Exception | None]:
+    """A finished second stage's outcomes; one that raised failed all ``count``."""
+    if task.cancelled():
+        raise asyncio.CancelledError
     failure = task.exception()
     if failure is not None:
         if not isinstance(failure, Exception):

@@ -5,22 +5,20 @@ marked ``vnet:LAB:NODE:NIC`` and closed to the host's own stack (``nft.keep_host
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 from collections.abc import Sequence
 from typing import Any
-
-from pyroute2 import IPRoute
 
 from vnet.daemon.drivers.base import BlockingDriver
 from vnet.daemon.drivers.port_ends import open_port_ends
 from vnet.daemon.resources import NetnsNodeResource, VethSpec
-from vnet.host import links, netns, nft
+from vnet.host import links, netns, nft, rtnl
 
 # Every group may open ICMP echo ("ping") sockets in a node, as on most desktop
 # distributions: a new namespace has "1 0" (none may), so a non-root operator's
 # ``vnet exec NODE -- ping`` failed where ping cannot gain CAP_NET_RAW (NoNewPrivileges in
 # vnetd's unit).  The sysctl is per namespace: the host's own stays as it is.
 PING_GROUP_RANGE = ("net.ipv4.ping_group_range", "0 2147483647")
+LOOPBACK_IFINDEX = 1   # the kernel's, in every namespace (include/net/flow.h)
 
 class NetnsNodeDriver(BlockingDriver[NetnsNodeResource]):
     """Made in two stages (``reconciler.Staged``), so that a wave's port tables are one nft
@@ -52,40 +50,44 @@ class NetnsNodeDriver(BlockingDriver[NetnsNodeResource]):
             # every link, and a packet test asserting "no other packets" would see them.
             sysctls += [("net.ipv6.conf.all.disable_ipv6", "1"),
                         ("net.ipv6.conf.default.disable_ipv6", "1")]
-        with IPRoute() as ipr:
-            links.refuse_taken(ipr, _host_ends(node), "node")
-            netns.create(node.netns, sysctls)
-            for nic in node.nics:
-                # The node's end has its MAC (and its MTU, in a network that spans hosts)
-                # from birth, so no frame can carry a temporary one, and goes up last, after
-                # its addresses (_configure_nic).
-                mtu = {"mtu": nic.mtu} if nic.mtu is not None else {}
-                ipr.link("add", ifname=nic.host_ifname, kind="veth", **mtu,
-                         peer={"ifname": nic.nic, "net_ns_fd": node.netns, "address": nic.mac,
-                               **mtu})
-        with netns.open_iproute(node.netns) as ns:
-            ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
-            for nic in node.nics:
-                _configure_nic(ns, nic)
+        ipr = links.host_iproute()
+        links.refuse_taken(ipr, _host_ends(node), "node")
+        netns.create(node.netns, sysctls)
+        indexes = []
+        for nic in node.nics:
+            # The node's end has its MAC (and its MTU, in a network that spans hosts) from
+            # birth, so no frame can carry a temporary one, and goes up last, after its
+            # addresses (below).  The host's end is marked as ours now, beside the
+            # wave's other nodes, so the second stage (one thread for the wave) only ups it.
+            mtu = {"mtu": nic.mtu} if nic.mtu is not None else {}
+            index, peer = links.add_veth(
+                ipr, nic.host_ifname, {"ifname": nic.nic, "net_ns_fd": node.netns,
+                                       "address": nic.mac, **mtu}, **mtu)
+            links.mark_port_end(ipr, index, nic.host_ifname, nic.alias)
+            indexes.append(peer)
+        # the node's side in one exchange: loopback, then each NIC's addresses, the NIC up
+        # (after its addresses), its default route
+        rtnl.run_in(node.netns, [rtnl.link_up(LOOPBACK_IFINDEX, "lo")] + [
+            request for nic, index in zip(node.nics, indexes, strict=True)
+            for request in _nic_requests(nic, index)])
 
     def together_blocking(self, nodes: Sequence[NetnsNodeResource]) -> list[Exception | None]:
         """The port tables of every node's host ends in one nft transaction, then those
-        ends up, marked as ours; each node's error (None: it is made)."""
+        ends up (marked as ours in the first stage); each node's error (None: made)."""
         return open_port_ends([[(nic.host_ifname, nic.alias) for nic in node.nics]
-                               for node in nodes])
+                               for node in nodes], marked=True)
 
     def delete_blocking(self, node: NetnsNodeResource) -> None:
-        with IPRoute() as ipr:
-            for nic in node.nics:
-                nft.forget_port_table(nic.host_ifname)
-                links.delete_owned_link(ipr, nic.host_ifname, nic.alias)
+        ipr = links.host_iproute()
+        for nic in node.nics:
+            nft.forget_port_table(nic.host_ifname)
+            links.delete_owned_link(ipr, nic.host_ifname, nic.alias)
         netns.remove(node.netns)
 
     def exists_blocking(self, node: NetnsNodeResource) -> bool:
         if not netns.is_live(node.netns):  # an empty file under /run/netns is no namespace
             return False
-        with IPRoute() as ipr:
-            return links.all_present(ipr, (nic.host_ifname for nic in node.nics))
+        return links.all_present(links.host_iproute(), (nic.host_ifname for nic in node.nics))
 
     def describe(self, node: NetnsNodeResource) -> dict[str, Any]:
         return {"name": node.node, "kind": "netns", "netns": node.netns,
@@ -95,14 +97,12 @@ class NetnsNodeDriver(BlockingDriver[NetnsNodeResource]):
                           "ifname": n.host_ifname, "mtu": n.mtu or 1500} for n in node.nics]}
 
 
-def _configure_nic(ns: IPRoute, nic: VethSpec) -> None:
-    index = ns.link_lookup(ifname=nic.nic)[0]
-    for address in nic.addresses:
-        iface = ipaddress.ip_interface(address)
-        ns.addr("add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
-    ns.link("set", index=index, state="up")
+def _nic_requests(nic: VethSpec, index: int) -> list[rtnl.Request]:
+    requests = [rtnl.address_add(index, nic.nic, address) for address in nic.addresses]
+    requests.append(rtnl.link_up(index, nic.nic))
     if nic.gateway is not None:
-        ns.route("add", dst="0.0.0.0/0", gateway=nic.gateway, oif=index)
+        requests.append(rtnl.default_route(nic.gateway, index, nic.nic))
+    return requests
 
 
 def _host_ends(node: NetnsNodeResource) -> list[str]:

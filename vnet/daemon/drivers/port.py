@@ -16,6 +16,9 @@ class PortDriver:
 
     kind = PortResource.kind
     concurrent = True   # its resources share nothing: a wave of them runs at once
+    # A port needs only its netdev, which a node's first stage makes (the host end, still
+    # down): a wave of ports runs beside the nodes' second stage (``reconciler``).
+    after_first_stage = True
 
     def __init__(self, datapath: DatapathSupervisor) -> None:
         self.datapath = datapath
