@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from vnet.datapath import protocol
 from vnet.datapath.control import ControlServer, Stream
 from vnet.datapath.mirror import Mirror, install
-from vnet.datapath.polling import PollPolicy, PollSettings, next_budget
+from vnet.datapath.polling import PollPolicy, PollSettings, next_budget, turn_order
 from vnet.datapath.ports import HOLE_GRACE, PORT_TYPES, Port, Schedule
 from vnet.errors import DatapathError
 from vnet.packet import insert_tag, split_outer_tag
@@ -120,16 +120,18 @@ class Datapath:
             events = poll(timeout)
             now = monotonic()
             policy.woke(now)
-            drained: list[Port] = []
+            ready: list[Port] = []
             for fd, mask in events:
                 port = port_by_fd.get(fd)
                 if port is not None:
                     if mask & select.EPOLLERR:
                         port.socket_error()
-                    self._drain(port, budgets)
-                    drained.append(port)
+                    ready.append(port)
                 else:
                     control.on_event(fd, mask)
+            drained = turn_order(ready, schedule.backlog) if len(ready) > 1 else ready
+            for port in drained:
+                self._drain(port, budgets)
             if schedule.holes or schedule.backlog:
                 self._revisit(drained)
             if schedule.dirty:
