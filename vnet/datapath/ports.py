@@ -21,8 +21,8 @@ The port interface (``Port``), as the loop uses it:
 ``emit(vnet_hdr, frame)``
     send one frame; it may only be queued, for ``flush``
 ``flush()``
-    hand what ``emit`` queued to the kernel (the loop calls it once per wake-up for each
-    port in ``Schedule.dirty``)
+    hand what ``emit`` queued to the kernel (the loop calls it after each port's turn for
+    every port in ``Schedule.dirty``)
 ``maintain(now)``
     once a second; True asks the loop to ``rebuild()`` the port (its fd changes)
 ``socket_error()``
@@ -222,7 +222,7 @@ def port_type(kind: str) -> Callable[[P], P]:
 class RingPort(Port):
     """A netdev port on PACKET_MMAP rings (``vnet.host.ring``): frames are read from the
     receive ring and written into the send ring in place, with no system call per frame;
-    one ``send`` per wake-up flushes the send ring.  The default."""
+    one ``send`` after each turn of the loop's flushes the send ring.  The default."""
 
     def __init__(self, number: int, config: PortConfig, ifname: str, schedule: Schedule,
                  deliver: Deliver, opened: PacketRing | None = None) -> None:
@@ -272,6 +272,7 @@ class RingPort(Port):
         size, count, index = self.rx_frame_size, self.rx_frames, self.rx_index
         unpack, set_status, hdr_len = RX_HDR.unpack_from, STATUS.pack_into, VNET_HDR_LEN
         deliver, lookahead = self.deliver, self.lookahead
+        examined = lookahead.slots   # its deque: a test of it costs a small frame no call
         schedule = self.schedule
         taken = 0
         over = False
@@ -292,7 +293,7 @@ class RingPort(Port):
             index += 1
             if index == count:
                 index = 0
-            if lookahead and lookahead.consume():   # it went ahead: only give the slot back
+            if examined and lookahead.consume():   # it went ahead: only give the slot back
                 set_status(m, off, 0)
                 continue
             taken += 1
