@@ -198,3 +198,33 @@ def test_both_port_types_open_under_pypy(kind: str, veth: str) -> None:
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "True"
+
+
+def test_a_ring_port_delivers_a_small_frame_of_another_flow_before_super_frames(
+        veth: str) -> None:
+    """Frames too large for a slot (as GSO super-frames are) wait in the socket's queue; a
+    small frame of another flow behind them is delivered first, one of their own flow keeps
+    its place; and a turn past ``Schedule.turn_end`` stops after one large frame."""
+    port, received = open_port("ring", veth)
+    peer = afpacket.open_packet_socket("p1", afpacket.PacketOptions(vnet_hdr=False), veth)
+    try:
+        assert isinstance(port, RingPort)
+        bigs = [frame(bytes([n]) * 8000) for n in range(3)]
+        own = frame(b"same flow")
+        other = bytes.fromhex("02aa00000003") + SRC + ETHERTYPE + b"another flow"
+        for data in (*bigs, own, other):
+            peer.send(data)
+        wait_until(lambda: port.ring.ready_count() == 5, 10, "the five frames in the ring")
+        port.schedule.turn_end = 0.0   # this turn is over after its first large frame
+        port.drain(time.monotonic(), 64)
+        assert [f[1] for f in received] == [other, bigs[0]]
+        assert port in port.schedule.backlog
+        port.schedule.turn_end = float("inf")
+        port.drain(time.monotonic(), 64)
+        assert [f[1] for f in received] == [other, *bigs, own]
+        assert port not in port.schedule.backlog and port.ring.ready_count() == 0
+        peer.send(frame(b"next"))   # the ring goes on in order after the slot given back
+        assert drain_until(port, received, 6)[-1][1] == frame(b"next")
+    finally:
+        port.close()
+        peer.close()

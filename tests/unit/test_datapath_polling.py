@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from vnet.datapath.polling import MISSES, PollPolicy, PollSettings, next_budget
+from vnet.datapath.polling import MISSES, PollPolicy, PollSettings, next_budget, turn_order
 
 US = 1e-6
 MS = 1e-3
@@ -134,3 +134,12 @@ def test_bad_settings_say_what_is_wrong() -> None:
 def test_a_ports_turn_is_fitted_to_the_slice(budget: int, exhausted: bool, elapsed: float,
                                               expected: int) -> None:
     assert next_budget(budget, exhausted, elapsed, 150 * US, 64) == expected
+
+
+def test_a_port_whose_turn_left_frames_goes_after_the_others() -> None:
+    """The bulk port ``a`` (frames left) listed first by epoll takes its turn after ``b``
+    (a reply waiting) and ``c``; ports keep their order within each group."""
+    assert turn_order(["a", "b", "c"], {"a"}) == ["b", "c", "a"]
+    assert turn_order(["a", "b", "c"], {"a", "c"}) == ["b", "a", "c"]
+    assert turn_order(["a", "b"], set()) == ["a", "b"]
+    assert turn_order(["a", "b"], {"a", "b", "z"}) == ["a", "b"]

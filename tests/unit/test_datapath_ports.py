@@ -207,3 +207,27 @@ def test_a_batch_of_new_ports_is_opened_ahead_in_threads(tmp_path: Path) -> None
         for peer in PEERS.values():
             peer.close()
         PEERS.clear()
+
+
+def test_what_a_turn_switched_is_flushed_before_the_next_ports_turn(tmp_path: Path) -> None:
+    """A reply switched in one port's turn goes out at once, not after the next port's turn
+    (a bulk port's, up to a slice long): the flush follows each turn, not each wake-up."""
+    port_type("memory")(MemoryPort)
+    dp = Datapath(str(tmp_path / "dp.sock"), io="memory")
+    try:
+        dp.handle(protocol.AddBridge("lab", ()))
+        for name in ("a", "b"):
+            dp.handle(protocol.AddPort("lab", name, name, "access", vlan=10))
+        a, b = dp.bridges["lab"].ports["a"], dp.bridges["lab"].ports["b"]
+        PEERS["a"].send(frame("02:00:00:00:00:0a", "ff:ff:ff:ff:ff:ff"))
+        dp._drain(a, dp.budgets)
+        assert isinstance(b, MemoryPort) and b.flushes == 1 and not dp.schedule.dirty
+        assert not _nothing_on("b")
+        dp._drain(b, dp.budgets)   # nothing came in on b: nothing to flush
+        assert b.flushes == 1
+    finally:
+        dp.close()
+        del PORT_TYPES["memory"]
+        for peer in PEERS.values():
+            peer.close()
+        PEERS.clear()

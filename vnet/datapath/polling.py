@@ -26,7 +26,11 @@ frames and ``woke(now)`` after every poll.  Everything takes ``now``; nothing re
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
+
+P = TypeVar("P")
 
 MISSES = 2          # predicted windows in a row without a frame: stop predicting
 GAIN = 0.125        # the smoothed gap's gain (TCP's SRTT: 1/8)
@@ -160,3 +164,13 @@ def next_budget(budget: int, exhausted: bool, elapsed: float, slice_: float,
     if elapsed < slice_ / 2:
         return min(ceiling, budget * 2)
     return budget
+
+
+def turn_order(ready: Sequence[P], left_frames: Collection[P]) -> list[P]:
+    """The order the ``ready`` ports take their turns in: those whose last turn did not leave
+    frames behind (``left_frames``) first, then those that did, each group as given.  A bulk
+    port that always has frames would otherwise often come first again (epoll lists it first)
+    and take two turns in a row while a reply waited on another port (deficit round robin
+    puts a flow with a backlog at the back of its list the same way)."""
+    fresh = [port for port in ready if port not in left_frames]
+    return fresh + [port for port in ready if port in left_frames]

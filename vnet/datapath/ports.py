@@ -21,8 +21,8 @@ The port interface (``Port``), as the loop uses it:
 ``emit(vnet_hdr, frame)``
     send one frame; it may only be queued, for ``flush``
 ``flush()``
-    hand what ``emit`` queued to the kernel (the loop calls it once per wake-up for each
-    port in ``Schedule.dirty``)
+    hand what ``emit`` queued to the kernel (the loop calls it after each port's turn for
+    every port in ``Schedule.dirty``)
 ``maintain(now)``
     once a second; True asks the loop to ``rebuild()`` the port (its fd changes)
 ``socket_error()``
@@ -32,8 +32,9 @@ The port interface (``Port``), as the loop uses it:
 ``close()``
 
 A port with work the kernel will not wake the loop for says so in the loop's ``Schedule``:
-``dirty`` (sends queued), ``backlog`` (frames left when its budget ran out), ``holes`` (it
-waits at an empty ring slot: come back within ``HOLE_GRACE``).
+``dirty`` (sends queued), ``backlog`` (frames left when its budget or its time,
+``turn_end``, ran out), ``holes`` (it waits at an empty ring slot: come back within
+``HOLE_GRACE``).
 
 Adding a port type (an overlay port over UDP/VXLAN, a capture mirror): subclass ``Port``,
 implement the interface (a port that only sends delivers nothing), and
@@ -49,11 +50,15 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import mmap
 import socket
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from time import monotonic
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
+from vnet.datapath.sparse import HEAD as FLOW_HEAD
+from vnet.datapath.sparse import Lookahead, flow_key
 from vnet.host import afpacket
 from vnet.host.netdev import RxFrames
 from vnet.host.ring import (
@@ -95,12 +100,15 @@ class Flushing(Protocol):
 class Schedule:
     """Work the loop owes its ports beyond their fds' readiness (see the module docstring)."""
 
-    __slots__ = ("backlog", "dirty", "holes")
+    __slots__ = ("backlog", "dirty", "holes", "turn_end")
 
     def __init__(self) -> None:
         self.dirty: list[Flushing] = []   # sends queued, not yet flushed (may repeat one)
-        self.backlog: set[Port] = set()   # the last drain stopped at its budget
+        self.backlog: set[Port] = set()   # the last drain stopped at its budget (or turn_end)
         self.holes: set[Port] = set()     # the reader waits at an empty slot
+        # when the current port's turn should end (monotonic): a port whose frames take long
+        # (super-frames) stops after the one that passed it and is left in ``backlog``
+        self.turn_end = float("inf")
 
     def forget(self, port: Port) -> None:
         self.dirty[:] = [p for p in self.dirty if p is not port]
@@ -214,7 +222,7 @@ def port_type(kind: str) -> Callable[[P], P]:
 class RingPort(Port):
     """A netdev port on PACKET_MMAP rings (``vnet.host.ring``): frames are read from the
     receive ring and written into the send ring in place, with no system call per frame;
-    one ``send`` per wake-up flushes the send ring.  The default."""
+    one ``send`` after each turn of the loop's flushes the send ring.  The default."""
 
     def __init__(self, number: int, config: PortConfig, ifname: str, schedule: Schedule,
                  deliver: Deliver, opened: PacketRing | None = None) -> None:
@@ -244,24 +252,30 @@ class RingPort(Port):
         self.rx_frame_size, self.rx_frames = ring.rx_frame_size, ring.rx_frames
         self.tx_frame_size, self.tx_max = ring.tx_frame_size, ring.tx_max
         self.tx_end = ring.tx_frame_size * ring.tx_frames
-        self.rx_index = 0       # the next receive slot to read
+        self.rx_index = 0       # the next receive slot to read (and to give back)
         self.tx_offset = 0      # where the next send slot starts
         self.tx_pending = 0     # frames written to the send ring since the last flush
         self.hole_since = 0.0   # when the reader found rx_index empty with frames after it
         self.hole_index = 0     # ... that slot
+        self.lookahead = Lookahead()   # the slots examined ahead of the reader (``_ahead``)
 
     def drain(self, now: float, budget: int) -> None:
-        """Deliver up to ``budget`` frames from the receive ring, in ring order.
+        """Deliver up to ``budget`` frames from the receive ring, in ring order, except that
+        small frames of other flows go ahead of super-frames (``_ahead``); a turn also ends
+        after the super-frame that took it past ``Schedule.turn_end``.
 
-        Frames are taken strictly in ring order, the order the kernel fills slots in: a
-        reader that took them out of order would leave free slots behind the kernel's
-        head, and the kernel wakes the reader only while the slot it filled last is
-        taken, so such a ring can stop waking its reader."""
+        Slots are given back strictly in ring order, the order the kernel fills them in: a
+        reader that freed them out of order would leave free slots behind the kernel's
+        head, and the kernel wakes the reader only while the slot it filled last is taken,
+        so such a ring can stop waking its reader."""
         m = self.rx_map
         size, count, index = self.rx_frame_size, self.rx_frames, self.rx_index
         unpack, set_status, hdr_len = RX_HDR.unpack_from, STATUS.pack_into, VNET_HDR_LEN
-        deliver = self.deliver
+        deliver, lookahead = self.deliver, self.lookahead
+        examined = lookahead.slots   # its deque: a test of it costs a small frame no call
+        schedule = self.schedule
         taken = 0
+        over = False
         while taken < budget:
             off = index * size
             status, length, snaplen, mac, _n, _s, _ns, vtci, vtpid = unpack(m, off)
@@ -271,41 +285,96 @@ class RingPort(Port):
                     break
                 index = skip_to
                 continue
-            taken += 1
+            copied = status & TP_STATUS_COPY
+            if copied:   # a super-frame: small frames of other flows behind it go first
+                taken += self._ahead(index, budget - taken, now)
+                if taken >= budget:
+                    break
             index += 1
             if index == count:
                 index = 0
-            if status & TP_STATUS_COPY:  # larger than a slot: the whole frame is queued
+            if examined and lookahead.consume():   # it went ahead: only give the slot back
+                set_status(m, off, 0)
+                continue
+            taken += 1
+            if copied:  # larger than a slot: the whole frame is queued
                 set_status(m, off, 0)
                 try:
                     hdr, frame, tci = self.reader.read(self.sock)
                 except OSError:
                     self.count_error("rx-copy-lost")
                     continue
-            else:
-                start = off + mac
-                hdr = m[start - hdr_len:start]
-                frame = m[start:start + snaplen]
-                set_status(m, off, 0)
-                if snaplen < length:
-                    self.count_error("rx-truncated")
-                    continue
-                if not status & TP_STATUS_VLAN_VALID:
-                    tci = None
-                elif vtpid == ETH_P_8021Q or not status & TP_STATUS_VLAN_TPID_VALID:
-                    tci = vtci
-                else:  # an S-tag (or another TPID): back in band, where the switch sees it
-                    hdr, frame, tci = c_tag_beside(hdr, frame, vtpid, vtci)
+                deliver(hdr, frame, tci, now)
+                if monotonic() >= schedule.turn_end:
+                    over = True
+                    break
+                continue
+            # as ``_slot_frame``, inline: this is the path of every small frame
+            start = off + mac
+            hdr = m[start - hdr_len:start]
+            frame = m[start:start + snaplen]
+            set_status(m, off, 0)
+            if snaplen < length:
+                self.count_error("rx-truncated")
+                continue
+            if not status & TP_STATUS_VLAN_VALID:
+                tci = None
+            elif vtpid == ETH_P_8021Q or not status & TP_STATUS_VLAN_TPID_VALID:
+                tci = vtci
+            else:  # an S-tag (or another TPID): back in band, where the switch sees it
+                hdr, frame, tci = c_tag_beside(hdr, frame, vtpid, vtci)
             deliver(hdr, frame, tci, now)
         self.rx_index = index
-        schedule = self.schedule
-        if taken == budget:
+        if taken >= budget or over:
             schedule.backlog.add(self)
         elif schedule.backlog:
             schedule.backlog.discard(self)
         if self.hole_since and index != self.hole_index:  # the late frame came: no hole
             self.hole_since = 0.0
             schedule.holes.discard(self)
+
+    def _slot_frame(self, m: mmap.mmap, off: int, status: int, length: int, snaplen: int,
+                    mac: int, vtci: int, vtpid: int) -> tuple[bytes, bytes, int | None] | None:
+        """The frame in the slot at ``off`` (header, frame, C-tag TCI); None if it was
+        truncated (counted)."""
+        start = off + mac
+        hdr = m[start - VNET_HDR_LEN:start]
+        frame = m[start:start + snaplen]
+        if snaplen < length:
+            self.count_error("rx-truncated")
+            return None
+        if not status & TP_STATUS_VLAN_VALID:
+            return hdr, frame, None
+        if vtpid == ETH_P_8021Q or not status & TP_STATUS_VLAN_TPID_VALID:
+            return hdr, frame, vtci
+        # an S-tag (or another TPID): back in band, where the switch sees it
+        return c_tag_beside(hdr, frame, vtpid, vtci)
+
+    def _ahead(self, head: int, budget: int, now: float) -> int:
+        """Look ahead from the super-frame at slot ``head`` (``vnet.datapath.sparse``): the
+        slots not examined yet, in ring order up to the first empty one, each passed over or
+        delivered now (up to ``budget``); a slot delivered ahead stays the reader's until it
+        gets there.  Returns how many were delivered."""
+        m, lookahead, size, count = self.rx_map, self.lookahead, self.rx_frame_size, self.rx_frames
+        unpack, examine, deliver = RX_HDR.unpack_from, lookahead.examine, self.deliver
+        index = (head + len(lookahead)) % count
+        delivered = 0
+        while delivered < budget and len(lookahead) < count:
+            off = index * size
+            status, length, snaplen, mac, _n, _s, _ns, vtci, vtpid = unpack(m, off)
+            if not status & TP_STATUS_USER:
+                break
+            start = off + mac
+            small = not status & TP_STATUS_COPY
+            if examine(flow_key(m[start:start + min(snaplen, FLOW_HEAD)]), small):
+                got = self._slot_frame(m, off, status, length, snaplen, mac, vtci, vtpid)
+                delivered += 1
+                if got is not None:
+                    deliver(got[0], got[1], got[2], now)
+            index += 1
+            if index == count:
+                index = 0
+        return delivered
 
     def _at_empty_slot(self, index: int, now: float, woken_for_nothing: bool) -> int:
         """Where to read next when the slot at ``index`` holds no frame.
