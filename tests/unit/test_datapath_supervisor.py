@@ -225,7 +225,10 @@ def test_the_lifeline_tells_of_a_death_before_the_pidfd_does(
         writer.close()
 
     adopting(tmp_path, scenario)
-    assert "was killed by SIGKILL" in caplog.text, caplog.text
+    # How it died is read from /proc while it is a zombie; here its parent is this test's
+    # process, whose child watcher may reap it first: then vnetd cannot see the status.
+    assert ("was killed by SIGKILL" in caplog.text
+            or "its exit status is not vnetd's to see" in caplog.text), caplog.text
 
 
 def test_a_datapath_without_the_lifeline_request_is_watched_by_its_pidfd(
