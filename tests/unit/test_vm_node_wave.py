@@ -62,8 +62,7 @@ def wave(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
 
     monkeypatch.setattr(nft, "nft", fake_nft)
     monkeypatch.setattr(links, "host_iproute", lambda: None)
-    monkeypatch.setattr(links, "bring_up_port_end",
-                        lambda _ipr, ifname, _alias: up.append(ifname))
+    monkeypatch.setattr(links, "bring_up_marked", lambda _ipr, ifname: up.append(ifname))
     return vms, bad, scripts, up
 
 

@@ -74,8 +74,7 @@ class NetnsNodeDriver(BlockingDriver[NetnsNodeResource]):
     def together_blocking(self, nodes: Sequence[NetnsNodeResource]) -> list[Exception | None]:
         """The port tables of every node's host ends in one nft transaction, then those
         ends up (marked as ours in the first stage); each node's error (None: made)."""
-        return open_port_ends([[(nic.host_ifname, nic.alias) for nic in node.nics]
-                               for node in nodes], marked=True)
+        return open_port_ends([[nic.host_ifname for nic in node.nics] for node in nodes])
 
     def delete_blocking(self, node: NetnsNodeResource) -> None:
         ipr = links.host_iproute()

@@ -7,8 +7,6 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
-from pyroute2 import IPRoute
-
 from vnet.daemon.drivers.base import BlockingDriver
 from vnet.daemon.drivers.port_ends import open_port_ends
 from vnet.daemon.resources import VmNodeResource
@@ -67,29 +65,31 @@ class VmNodeDriver(BlockingDriver[VmNodeResource]):
             raise failed
 
     def first_blocking(self, vm: VmNodeResource) -> None:
-        """Its TAPs, with their MTUs, still down (no frame passes before the port tables)."""
-        with IPRoute() as ipr:
-            links.refuse_taken(ipr, (spec.ifname for spec in vm.taps), "node")
-            for spec in vm.taps:
-                tap.create_persistent_tap(spec.ifname)
-                if spec.mtu is not None:   # a spanning network's: the overlay's MTU
-                    ipr.link("set", index=ipr.link_lookup(ifname=spec.ifname)[0], mtu=spec.mtu)
+        """Its TAPs, with their MTUs, marked as ours, still down (no frame passes before the
+        port tables; a rollback deletes what is marked)."""
+        ipr = links.host_iproute()
+        links.refuse_taken(ipr, (spec.ifname for spec in vm.taps), "node")
+        for spec in vm.taps:
+            tap.create_persistent_tap(spec.ifname)
+            index = ipr.link_lookup(ifname=spec.ifname)[0]
+            if spec.mtu is not None:   # a spanning network's: the overlay's MTU
+                ipr.link("set", index=index, mtu=spec.mtu)
+            links.mark_port_end(ipr, index, spec.ifname, spec.alias)
 
     def together_blocking(self, vms: Sequence[VmNodeResource]) -> list[Exception | None]:
-        """Every VM's TAPs' port tables in one nft transaction, then those TAPs up, marked
-        as ours; each VM's error (None: its TAPs are ready)."""
-        return open_port_ends([[(spec.ifname, spec.alias) for spec in vm.taps] for vm in vms])
+        """Every VM's TAPs' port tables in one nft transaction, then those TAPs up; each VM's
+        error (None: its TAPs are ready)."""
+        return open_port_ends([[spec.ifname for spec in vm.taps] for vm in vms])
 
     def delete_blocking(self, vm: VmNodeResource) -> None:
-        with IPRoute() as ipr:
-            for spec in vm.taps:
-                nft.forget_port_table(spec.ifname)
-                links.delete_owned_link(ipr, spec.ifname, spec.alias)
+        ipr = links.host_iproute()
+        for spec in vm.taps:
+            nft.forget_port_table(spec.ifname)
+            links.delete_owned_link(ipr, spec.ifname, spec.alias)
 
     def exists_blocking(self, vm: VmNodeResource) -> bool:
         """Its TAPs are there (whether its runner runs is its state, not its existence)."""
-        with IPRoute() as ipr:
-            return links.all_present(ipr, (spec.ifname for spec in vm.taps))
+        return links.all_present(links.host_iproute(), (spec.ifname for spec in vm.taps))
 
     def describe(self, vm: VmNodeResource) -> dict[str, Any]:
         return {"name": vm.node, "kind": "vm", **self.vms.status(vm.lab, vm.node),
