@@ -239,6 +239,28 @@ class Switch:
                 tuple(ports[n].counters for n in tagged))
         return forward
 
+    def unicast_egress(self, in_port: int, src: bytes, dst: bytes, now: float
+                       ) -> tuple[int, int] | None:
+        """``(vid, out_port)`` if an untagged frame from ``src`` to ``dst`` arriving on
+        ``in_port`` would now leave by exactly one port, untagged, and only refresh its
+        source's entry (already on ``in_port``); else None.  The full decision's rules,
+        changing nothing: what the datapath may hand to the kernel as a flow
+        (``vnet.datapath.offload``), and checks again whenever the tables change."""
+        port = self._ports.get(in_port)
+        if port is None or dst[0] & 1:
+            return None
+        vid = self._classify(port, dst + src + b"\x08\x00", None)
+        if isinstance(vid, str):
+            return None
+        fdb = self.fdb
+        src_slot = fdb.slot(vid, src)
+        if src_slot is None or fdb.port[src_slot] != in_port:
+            return None
+        out = fdb.lookup(vid, dst, now)
+        if out is None or self._outputs(vid, in_port, out) != ((out,), ()):
+            return None
+        return vid, out
+
     # The rules, each in one place, for the decision above and for ``explain``: pure, they
     # change no table and count nothing.
 
