@@ -7,29 +7,16 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vnet.datapath.offload import ETH_HEADER, FlowCount, Offload, OffloadSettings
+from tests.unit.test_switch_rules import BCAST, A, B, C, five_port_switch, frame
+from vnet.datapath.offload import ETH_HEADER, FlowCount, KernelFlow, Offload, OffloadSettings
 from vnet.packet import mac_to_bytes, make_tci
-from vnet.switch import PortConfig, Switch, VlanOptions
-
-A, B, C = (mac_to_bytes(f"02:00:00:00:00:0{i}") for i in (1, 2, 3))
-BCAST = b"\xff" * 6
-
-
-def frame(dst: bytes, src: bytes) -> bytes:
-    return dst + src + b"\x08\x00" + bytes(46)
+from vnet.switch import DEFAULT_MAC_LIMIT, Switch
 
 
 def switch() -> Switch:
-    """Ports 1, 2 access VLAN 10; 3 access VLAN 20; 4 trunk {10, 20}; 5 trunk {20} native 10."""
-    sw = Switch(cache_admit_every=1)
-    sw.add_vlan(VlanOptions(10, mac_aging=5.0))
-    sw.add_vlan(VlanOptions(20))
-    sw.add_port(PortConfig(1, "a1", "access", vlan=10))
-    sw.add_port(PortConfig(2, "a2", "access", vlan=10))
-    sw.add_port(PortConfig(3, "b1", "access", vlan=20))
-    sw.add_port(PortConfig(4, "t1", "trunk", allowed=frozenset({10, 20})))
-    sw.add_port(PortConfig(5, "t2", "trunk", allowed=frozenset({20}), native=10))
-    return sw
+    """test_switch_rules' five ports (1, 2 access VLAN 10, whose MACs age in 5 s; ...), every
+    decision cached."""
+    return five_port_switch(mac_limit=DEFAULT_MAC_LIMIT, cache_admit_every=1)
 
 
 def offload(sw: Switch, threshold: int = 3) -> Offload:
@@ -52,6 +39,16 @@ def steady(sw: Switch, off: Offload, in_port: int, dst: bytes, src: bytes, frame
 def learned_pair(sw: Switch, now: float = 0.0) -> None:
     sw.receive(1, frame(BCAST, A), None, now)
     sw.receive(2, frame(BCAST, B), None, now)
+
+
+def installed() -> tuple[Switch, Offload, KernelFlow]:
+    """A and B learned on ports 1 and 2, and the flow A -> B offloaded at 0.1."""
+    sw = switch()
+    off = offload(sw)
+    learned_pair(sw)
+    steady(sw, off, 1, B, A, 3, 0.1)
+    (flow,) = off.plan(0.1).install
+    return sw, off, flow
 
 
 def test_a_steady_unicast_flow_is_offloaded_at_its_threshold_once() -> None:
@@ -84,32 +81,20 @@ def test_floods_tagged_egress_and_ineligible_ports_get_no_flow() -> None:
 
 
 def test_a_mac_move_removes_the_flow_at_the_next_plan() -> None:
-    sw = switch()
-    off = offload(sw)
-    learned_pair(sw)
-    steady(sw, off, 1, B, A, 3, 0.1)
-    (flow,) = off.plan(0.1).install
+    sw, off, flow = installed()
     sw.receive(5, frame(BCAST, B), None, 0.2)    # B moved to port 5 (native VLAN 10)
     assert off.plan(0.2).remove == (flow,)
     assert off.pairs(1) == []
 
 
 def test_an_aged_destination_removes_the_flow() -> None:
-    sw = switch()
-    off = offload(sw)
-    learned_pair(sw)
-    steady(sw, off, 1, B, A, 3, 0.1)
-    (flow,) = off.plan(0.1).install
+    sw, off, flow = installed()
     sw.fdb.expire(6.0)               # both aged (5 s), A refreshed by nothing
     assert off.plan(6.0).remove == (flow,)
 
 
 def test_kernel_counts_refresh_the_source_count_on_ports_and_idle_flows_go() -> None:
-    sw = switch()
-    off = offload(sw)
-    learned_pair(sw)
-    steady(sw, off, 1, B, A, 3, 0.1)
-    (flow,) = off.plan(0.1).install
+    sw, off, flow = installed()
     rx_before, tx_before = sw.counters(1).rx_frames, sw.counters(2).tx_frames
     assert not off.account({(1, flow.handle): FlowCount(10, 1000)}, 4.0)
     assert sw.counters(1).rx_frames == rx_before + 10
@@ -120,22 +105,14 @@ def test_kernel_counts_refresh_the_source_count_on_ports_and_idle_flows_go() -> 
 
 
 def test_kernel_bytes_get_the_ethernet_header_back() -> None:
-    sw = switch()
-    off = offload(sw)
-    learned_pair(sw)
-    steady(sw, off, 1, B, A, 3, 0.1)
-    (flow,) = off.plan(0.1).install
+    sw, off, flow = installed()
     before = sw.counters(1).rx_bytes
     off.account({(1, flow.handle): FlowCount(2, 100)}, 1.0)
     assert sw.counters(1).rx_bytes == before + 100 + 2 * ETH_HEADER
 
 
 def test_a_refused_flow_waits_before_it_is_tried_again() -> None:
-    sw = switch()
-    off = offload(sw)
-    learned_pair(sw)
-    steady(sw, off, 1, B, A, 3, 0.1)
-    (flow,) = off.plan(0.1).install
+    sw, off, flow = installed()
     off.refused(flow, 0.1)
     steady(sw, off, 1, B, A, 3, 1.2)   # a new window
     assert not off.plan(1.2).install
@@ -163,9 +140,9 @@ EVENT = st.tuples(st.integers(1, 5), MACS, MACS, st.sampled_from([None, 10, 20, 
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(EVENT, max_size=30), st.integers(1, 5), MACS, MACS)
-def test_unicast_egress_is_the_full_decision(events: list[Event], in_port: int, src: bytes,
-                                             dst: bytes) -> None:
+@given(st.lists(EVENT, max_size=30), st.booleans(), st.integers(1, 5), MACS, MACS)
+def test_unicast_egress_is_the_full_decision(events: list[Event], expire: bool, in_port: int,
+                                             src: bytes, dst: bytes) -> None:
     """Whatever the tables hold: ``unicast_egress`` names (vid, out) exactly when the full
     decision of an untagged frame would send it untagged to that one port and only refresh
     its source, and it changes nothing."""
@@ -174,7 +151,7 @@ def test_unicast_egress_is_the_full_decision(events: list[Event], in_port: int, 
     for port, s, d, vid, step in events:
         now += step
         sw.receive(port, frame(d, s), None if vid is None else make_tci(vid), now)
-    if events and events[0][4] > 1.0:
+    if expire:
         sw.fdb.expire(now)
     before = sw.fdb.state()
     egress = sw.unicast_egress(in_port, src, dst, now)

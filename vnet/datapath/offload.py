@@ -1,13 +1,13 @@
 """Kernel flows: the switch's steady unicast decisions handed to the kernel (a fast path).
 
 Open vSwitch forwards a flow's frames in its kernel datapath once ovs-vswitchd has decided
-them.  vnet does the same with what the kernels here have (cls_bpf and act_mirred:
-``vnet.host.tcflow``): when the Python switch has sent ``threshold`` frames of one
-(in-port, source MAC, destination MAC) within a ``window``, each arriving untagged and sent
-untagged out of exactly one port, the datapath installs a *kernel flow* on the in-port's
-netdev that redirects those frames to the out-port's netdev, and a socket filter that keeps
-them out of its own ring (``vnet.host.cbpf``).  The Python switch stays the one that
-decides; the kernel only repeats a decision, and only while it is still the decision.
+them.  vnet is to do the same with what the kernels here have (cls_bpf and act_mirred): when
+the Python switch has sent ``threshold`` frames of one (in-port, source MAC, destination MAC)
+within a ``window``, each arriving untagged and sent untagged out of exactly one port, the
+datapath installs a *kernel flow* on the in-port's netdev that redirects those frames to the
+out-port's netdev, and a socket filter that keeps them out of its own ring.  The Python switch
+stays the one that decides; the kernel only repeats a decision, and only while it is still
+the decision.
 
 This module is the policy, pure (``now`` is an argument; no I/O), one ``Offload`` per switch:
 
@@ -38,7 +38,9 @@ from dataclasses import dataclass, field
 from vnet.switch import Switch
 from vnet.switch.fdb import LearnResult
 
-ETH_HEADER = 14  # the kernel's byte counts at tc ingress start at the network header
+# tc ingress sees a frame from its network header on, so its action counts are taken to leave
+# out the Ethernet header (to be checked against the kernel when the edge lands)
+ETH_HEADER = 14
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,6 @@ class Plan:
 @dataclass
 class _Installed:
     flow: KernelFlow
-    since: float
     active: float            # when its counts last moved (or it was installed)
     packets: int = 0         # the kernel's counts, as last read
     octets: int = 0
@@ -139,7 +140,7 @@ class Offload:
         for key in self.pending:
             flow = self._candidate(key, now)
             if flow is not None:
-                self.flows[key] = _Installed(flow, now, now)
+                self.flows[key] = _Installed(flow, now)
                 install.append(flow)
         self.pending.clear()
         return Plan(tuple(remove), tuple(install))
