@@ -165,3 +165,18 @@ def test_unicast_egress_is_the_full_decision(events: list[Event], expire: bool, 
     elif simple and sw.fdb.lookup(decision.vid, dst, now) == decision.untagged[0]:
         # a known destination, one untagged way out, nothing learned: it must be offloadable
         raise AssertionError(f"unicast_egress refused {decision}")
+
+
+def test_an_in_port_gets_no_more_flows_than_its_socket_filter_holds() -> None:
+    sw = switch()
+    off = Offload(sw, OffloadSettings(threshold=1, revalidate_every=0.0, max_per_port=1))
+    for port in range(1, 6):
+        off.allow(port)
+    learned_pair(sw)
+    sw.receive(5, frame(BCAST, C), None, 0.0)   # C behind trunk 5, untagged: native VLAN 10
+    steady(sw, off, 1, B, A, 1, 0.1)
+    steady(sw, off, 1, C, A, 1, 0.1)
+    steady(sw, off, 2, A, B, 1, 0.1)
+    plan = off.plan(0.1)
+    assert sorted((f.in_port, f.dst) for f in plan.install) == [(1, B), (2, A)]
+    assert off.pairs(1, leave_out={(1, B + A)}) == []

@@ -25,11 +25,20 @@ from types import FrameType
 from typing import Any, TextIO
 
 from vnet.bench import frames64, labup, measure, multihost, search
-from vnet.bench.testbed import BenchError, Bridge, Ovs, System, Testbed, Vnet, VnetPypy
+from vnet.bench.testbed import (
+    BenchError,
+    Bridge,
+    Ovs,
+    System,
+    Testbed,
+    Vnet,
+    VnetPypy,
+    VnetPython,
+)
 from vnet.cli_progress import ProgressLine
 
 SYSTEMS: dict[str, type[System]] = {"bridge": Bridge, "ovs": Ovs, "vnet": Vnet,
-                                     "vnet-pypy": VnetPypy}
+                                     "vnet-python": VnetPython, "vnet-pypy": VnetPypy}
 
 # metric -> (label, unit, higher is better)
 METRICS: dict[str, tuple[str, str, bool]] = {
@@ -390,8 +399,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="vnet bench", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="short trials and a small MAC table")
     p.add_argument("--repeat", type=int, default=1, help="runs of every system (median, spread)")
-    p.add_argument("--systems", default="bridge,ovs,vnet,vnet-pypy",
-                   help="comma-separated subset of bridge,ovs,vnet,vnet-pypy")
+    p.add_argument("--systems", default="bridge,ovs,vnet,vnet-python,vnet-pypy",
+                   help="comma-separated subset of bridge,ovs,vnet (kernel flows on, the "
+                   "default), vnet-python (every frame in Python), vnet-pypy")
     p.add_argument("--measure", default="frames,tcp,latency,scale,bringup,vms",
                    help="comma-separated subset of frames,tcp,latency,scale (the switch), "
                    "bringup,vms (a lab of --bringup-nodes netns nodes, of --bringup-vms tiny "

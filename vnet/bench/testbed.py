@@ -300,7 +300,10 @@ class Ovs(System):
 
 
 class Vnet(System):
+    """vnet's datapath as shipped: steady unicast flows go to the kernel (kernel flows)."""
+
     name, label = "vnet", "vnet datapath"
+    kernel_flows = "on"
 
     def __init__(self, bed: Testbed, python: str | None = None) -> None:
         super().__init__(bed)
@@ -321,13 +324,15 @@ class Vnet(System):
         log = open(self.bed.tmp / "datapath.log", "wb")  # noqa: SIM115 - lives with the process
         self.proc = self.bed.spawn([self.python, "-m", "vnet.datapath.main", "--control",
                                     self.control, "--netns", self.bed.host,
+                                    "--kernel-flows", self.kernel_flows,
                                     "--log-level", "WARNING"], env=env, stderr=log)
         log.close()
         _wait_for(Path(self.control), "the vnet datapath", self.proc)
         self.call(protocol.AddBridge("bench", (
             VlanOptions(BENCH_VLAN, mac_limit=max(mac_table, DEFAULT_MAC_LIMIT)),)))
         for port in (self.bed.port_a, self.bed.port_b):
-            self.call(protocol.AddPort("bench", port, port, "access", vlan=BENCH_VLAN))
+            self.call(protocol.AddPort("bench", port, port, "access", vlan=BENCH_VLAN,
+                                       kernel_flows=True))
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -370,6 +375,13 @@ def _wait_for(path: Path, what: str, proc: subprocess.Popen[Any] | None = None,
         if time.monotonic() > deadline:
             raise BenchError(f"{what} did not create {path} within {timeout:.0f} s")
         time.sleep(0.05)
+
+
+class VnetPython(Vnet):
+    """vnet's datapath with kernel flows off: every frame through the Python switch."""
+
+    name, label = "vnet-python", "vnet datapath, every frame in Python"
+    kernel_flows = "off"
 
 
 class VnetPypy(Vnet):

@@ -8,14 +8,16 @@ is checked here, at the key's line: the parts of the broker URL, the metrics lis
 files that must exist, secrets that only root may read, the datapath's interpreter.
 
 Precedence: command-line flags, then the environment (``$VNET_DATAPATH_PYTHON``,
-``$VNET_DATAPATH_IO``, ``$VNET_DATAPATH_BUSY_POLL_US``), then this file, then the defaults
+``$VNET_DATAPATH_IO``, ``$VNET_DATAPATH_BUSY_POLL_US``, ``$VNET_DATAPATH_KERNEL_FLOWS``), then
+this file, then the defaults
 below (all of them are here).  A missing default file means all defaults; a missing
 ``--config FILE`` is an error.  Relative paths in the file are relative to its directory.
 
 Acted on today: ``host`` (which part of a multi-host lab this vnetd realises; ``--host``),
 ``socket``, ``state_dir``, ``netns``, ``netns_prefix`` (node namespaces are
-``PREFIX-LAB-NODE``), ``log_level``, ``datapath`` (its ``io`` and
-``busy_poll_us`` reach the datapath process through the two variables above, which it reads)
+``PREFIX-LAB-NODE``), ``log_level``, ``datapath`` (its ``io``,
+``busy_poll_us`` and ``kernel_flows`` reach the datapath process through the variables above,
+which it reads)
 ``bus`` (``vnet.daemon.bus_service``), ``access`` (the API socket's group and the roles:
 ``vnet.daemon.access``; every user and group it names must exist) and ``metrics`` (the
 Prometheus endpoint: ``vnet.daemon.metricsserver``).
@@ -145,6 +147,7 @@ class DatapathConfig:
     python: str | None = None  # None: vnetd's own interpreter
     io: IoMode = DEFAULT_IO
     busy_poll_us: int = DEFAULT_BUSY_POLL_US
+    kernel_flows: bool = True
 
 
 @dataclass(frozen=True)
@@ -186,6 +189,10 @@ DATAPATH = Obj(noun="datapath", description="The datapath process (the learning 
                 "(the reference path).", default=DEFAULT_IO),
     "busy_poll_us": Field(Int(0, 100_000), "Microseconds to poll after forwarding before "
                           "sleeping (0: never).", default=DEFAULT_BUSY_POLL_US),
+    "kernel_flows": Field(Bool(), "Whether steady unicast flows between vnet's own interfaces "
+                          "are handed to the kernel (tc cls_bpf + mirred redirects), as Open "
+                          "vSwitch's kernel datapath does; false: every frame through Python.",
+                          default=True),
 })
 
 TLS = Obj(noun="tls", description="TLS to an mqtts:// broker; the files must exist.", fields={
@@ -341,7 +348,8 @@ def check_host_flag(host: str) -> str:
 def datapath_environment(config: DaemonConfig) -> dict[str, str]:
     """The variables through which the datapath process takes its settings from vnetd."""
     return {"VNET_DATAPATH_IO": config.datapath.io,
-            "VNET_DATAPATH_BUSY_POLL_US": str(config.datapath.busy_poll_us)}
+            "VNET_DATAPATH_BUSY_POLL_US": str(config.datapath.busy_poll_us),
+            "VNET_DATAPATH_KERNEL_FLOWS": "on" if config.datapath.kernel_flows else "off"}
 
 
 # ---- checks of meaning ------------------------------------------------------------------------
@@ -459,7 +467,8 @@ class _Builder:
                            "install it (apt-get install pypy3) or leave python: out to run "
                            "the datapath under vnetd's own Python")
         return DatapathConfig(python=python, io=fields.get("io") or DEFAULT_IO,
-                              busy_poll_us=fields.get("busy_poll_us") or 0)
+                              busy_poll_us=fields.get("busy_poll_us") or 0,
+                              kernel_flows=fields.get("kernel_flows") is not False)
 
     def bus(self, fields: Fields | None) -> BusConfig | None:
         if fields is None:

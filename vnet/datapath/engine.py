@@ -8,6 +8,8 @@ lab), VLANs and ports exist.  The pieces:
 * ``vnet.switch``: the switching decision (pure);
 * ``vnet.datapath.polling``: when the loop spins and how long it sleeps (adaptive polling),
   and the per-port budget fitted to a time slice (fairness between ports);
+* ``vnet.datapath.offload`` and ``vnet.datapath.kernelflows``: kernel flows, the switch's
+  steady unicast decisions repeated by the kernel (tc redirects) until they change;
 * here: the loop (epoll, the ports' turns, the once-a-second timer for MAC aging and ring
   upkeep), ``_deliverer``, the one place a decision is applied, whatever
   the ports' I/O, and the handlers of the control requests, which own bridges and ports.
@@ -32,10 +34,13 @@ from typing import TYPE_CHECKING, Any
 
 from vnet.datapath import protocol
 from vnet.datapath.control import ControlServer, Stream
+from vnet.datapath.kernelflows import KernelFlows
 from vnet.datapath.mirror import Mirror, install
+from vnet.datapath.offload import Offload, OffloadSettings, Plan
 from vnet.datapath.polling import PollPolicy, PollSettings, next_budget, turn_order
 from vnet.datapath.ports import HOLE_GRACE, PORT_TYPES, Port, Schedule
-from vnet.errors import DatapathError
+from vnet.errors import DatapathError, HostError
+from vnet.host import cbpf, tcflow
 from vnet.packet import insert_tag, split_outer_tag
 from vnet.packet.vnethdr import VNET_HDR_LEN, shift_vnet_hdr
 from vnet.switch import Forward, Switch
@@ -52,6 +57,7 @@ IO_MODES = tuple(PORT_TYPES)  # ring (the default), socket
 BUSY_POLL = 100e-6  # seconds of polling without sleeping after a wake-up that moved frames
 FINE_SLEEP = 2e-3   # sleeps shorter than this wait in select() (µs) rather than epoll (ms)
 PR_SET_TIMERSLACK = 29
+OFFLOAD_EVERY = 5e-3  # while frames move, kernel flows are planned at most this often
 
 
 @dataclass
@@ -59,6 +65,7 @@ class Bridge:
     name: str
     switch: Switch = field(default_factory=Switch)
     ports: dict[str, Port] = field(default_factory=dict)
+    offload: Offload | None = None   # its kernel flows' policy, if the datapath has them
 
 
 class Datapath:
@@ -67,7 +74,8 @@ class Datapath:
     fallback)."""
 
     def __init__(self, control_path: str, io: str = "ring",
-                 busy_poll: float = BUSY_POLL, polling: PollSettings | None = None) -> None:
+                 busy_poll: float = BUSY_POLL, polling: PollSettings | None = None,
+                 kernel_flows: bool = True) -> None:
         if io not in PORT_TYPES:
             raise ValueError(f"io must be one of {IO_MODES}, not {io!r}")
         self.port_type = PORT_TYPES[io]
@@ -80,6 +88,8 @@ class Datapath:
         self.port_by_fd: dict[int, Port] = {}
         self.next_port_number = 1
         self.running = True
+        self.kernel_flows = _kernel_flows() if kernel_flows else None
+        self.next_offload = 0.0   # when kernel flows are planned next while frames move
         # Removed ports' sockets are closed here, off the loop (``Port.release``); the
         # threads overlap the kernel's grace periods, so a lab's down closes its ports at once.
         self.closer = ThreadPoolExecutor(max_workers=8, thread_name_prefix="port-close")
@@ -142,6 +152,8 @@ class Datapath:
             now = monotonic()
             if drained:
                 policy.moved(arrived, now)
+                if now >= self.next_offload:
+                    self._plan_kernel_flows(now)
             if now >= next_expire:
                 self._every_second(now)
                 next_expire = now + EXPIRE_INTERVAL
@@ -168,11 +180,13 @@ class Datapath:
                 queued.flush()
             schedule.dirty.clear()
 
-    def _deliverer(self, switch: Switch, number: int) -> Deliver:
-        """Where port ``number`` of ``switch`` delivers what it receives: the frame is
+    def _deliverer(self, br: Bridge, number: int) -> Deliver:
+        """Where port ``number`` of ``br`` delivers what it receives: the frame is
         switched and emitted where the decision says.  The one code path that applies a
-        decision, for every port type."""
-        receive, ports = switch.receive, self.ports
+        decision, for every port type.  A frame that came untagged and went untagged out of
+        one port is noted as a kernel flow's candidate."""
+        receive, ports = br.switch.receive, self.ports
+        note = br.offload.note if br.offload is not None else None
 
         def deliver(hdr: bytes, frame: bytes, tci: int | None, now: float) -> Forward:
             if tci is None and frame[12:14] == b"\x81\x00":  # the kernel left the tag in
@@ -188,6 +202,8 @@ class Datapath:
                 tagged = insert_tag(frame, decision.tci)
                 for out in decision.tagged:
                     ports[out].emit(tagged_hdr, tagged)
+            elif note is not None and tci is None and len(decision.untagged) == 1:
+                note(number, frame)
             return decision  # for inject: where it went
 
         return deliver
@@ -203,13 +219,43 @@ class Datapath:
                 self._drain(port, budgets)
 
     def _every_second(self, now: float) -> None:
+        self._account_kernel_flows(now)   # before aging: a running flow keeps its source
         for bridge in self.bridges.values():
             bridge.switch.fdb.expire(now)
+        self._plan_kernel_flows(now)
         for port in list(self.ports.values()):
             if port.maintain(now):
                 self._unregister(port)
                 port.rebuild()
                 self._register(port)
+
+    # ---- kernel flows (vnet.datapath.offload, vnet.datapath.kernelflows) -------------------
+
+    def _plan_kernel_flows(self, now: float) -> None:
+        """What each switch's kernel flows should be now, told to the kernel."""
+        self.next_offload = now + OFFLOAD_EVERY
+        for br in self.bridges.values():
+            if br.offload is not None:
+                self._apply(br.offload, br.offload.plan(now), now)
+
+    def _account_kernel_flows(self, now: float) -> None:
+        kernel_flows = self.kernel_flows
+        if kernel_flows is None:
+            return
+        for br in self.bridges.values():
+            offload = br.offload
+            if offload is not None and offload.flows:
+                self._apply(offload, offload.account(kernel_flows.counts(offload), now), now)
+
+    def _allow_kernel_flows(self, br: Bridge, port: Port) -> None:
+        """``port`` may have kernel flows again, if its netdev was prepared for them."""
+        if (br.offload is not None and self.kernel_flows is not None
+                and port.number in self.kernel_flows.ifindex and not port.mirrors):
+            br.offload.allow(port.number)
+
+    def _apply(self, offload: Offload, plan: Plan, now: float) -> None:
+        if plan and self.kernel_flows is not None:
+            self.kernel_flows.apply(offload, plan, self.ports, now)
 
     def _register(self, port: Port) -> None:
         self.port_by_fd[port.fileno()] = port
@@ -223,7 +269,9 @@ class Datapath:
 
     def handle(self, request: protocol.Request, stream: Stream | None = None) -> Any:
         handler = self.handlers[type(request)]
-        return handler(request) if stream is None else handler(request, stream)
+        result = handler(request) if stream is None else handler(request, stream)
+        self._plan_kernel_flows(time.monotonic())   # the tables may have changed under them
+        return result
 
     @contextmanager
     def open_ports_ahead(self, requests: list[protocol.Request]) -> Iterator[None]:
@@ -250,10 +298,20 @@ class Datapath:
             return None   # add_port tries again, and reports what is wrong
 
     def ping(self, _request: protocol.Ping) -> dict[str, Any]:
-        return {"pid": os.getpid(), "bridges": sorted(self.bridges)}
+        kernel_flows = self.kernel_flows
+        return {"pid": os.getpid(), "bridges": sorted(self.bridges),
+                "kernel_flows": {"enabled": kernel_flows is not None and kernel_flows.enabled,
+                                 "reason": "off by configuration" if kernel_flows is None
+                                 else kernel_flows.reason,
+                                 "flows": sum(len(br.offload.flows) for br in
+                                              self.bridges.values() if br.offload)}}
 
     def add_bridge(self, request: protocol.AddBridge) -> None:
-        br = self.bridges.setdefault(request.bridge, Bridge(request.bridge))
+        br = self.bridges.get(request.bridge)
+        if br is None:
+            br = self.bridges[request.bridge] = Bridge(request.bridge)
+            if self.kernel_flows is not None:
+                br.offload = Offload(br.switch, OffloadSettings(max_per_port=cbpf.MAX_PAIRS))
         for vlan in request.vlans:
             br.switch.add_vlan(vlan)
 
@@ -277,7 +335,7 @@ class Datapath:
         opened = self.opened_ahead.pop(request.ifname, None)   # only a type that opens ahead
         try:
             port = self.port_type(number, config, request.ifname, self.schedule,
-                                  self._deliverer(br.switch, number),
+                                  self._deliverer(br, number),
                                   **({} if opened is None else {"opened": opened}))
         except OSError as err:
             raise DatapathError(f"cannot open port {request.name!r} on {request.ifname!r}: "
@@ -287,6 +345,9 @@ class Datapath:
         br.ports[request.name] = port
         self.ports[number] = port
         self._register(port)
+        if request.kernel_flows and self.kernel_flows is not None:
+            self.kernel_flows.prepare(port)
+            self._allow_kernel_flows(br, port)
         log.info("port %s/%s on %s added as %d", br.name, request.name, request.ifname, number)
         return {"number": number}
 
@@ -302,6 +363,10 @@ class Datapath:
         for mirror in port.mirrors:
             mirror.end(f"port {name} was removed")
         install(port, ())
+        if br.offload is not None:
+            self._apply(br.offload, br.offload.disallow(port.number), time.monotonic())
+            if self.kernel_flows is not None:
+                self.kernel_flows.forget(port.number)
         br.switch.remove_port(port.number)
         del self.ports[port.number]
         self.budgets.pop(port.number, None)
@@ -332,7 +397,9 @@ class Datapath:
             br.switch.fdb.flush_port(port.number)
 
     def stats(self, request: protocol.GetStats) -> dict[str, dict[str, Any]]:
-        return {br.name: {name: port.stats(br.switch.counters(port.number).snapshot())
+        return {br.name: {name: _with_kernel_flows(
+                              port.stats(br.switch.counters(port.number).snapshot()),
+                              br.offload, port.number)
                           for name, port in br.ports.items()}
                 for br in self.bridges.values()
                 if request.bridge is None or br.name == request.bridge}
@@ -359,17 +426,21 @@ class Datapath:
         closes it (``vnet.datapath.mirror``); then the mirror is removed."""
         if stream is None:
             raise DatapathError("mirror needs a connection of its own")
-        _br, port = self._port(request.bridge, request.port)
+        br, port = self._port(request.bridge, request.port)
         mirror = Mirror(request.direction, stream)
 
         def closed() -> None:
             if mirror in port.mirrors:
                 install(port, tuple(m for m in port.mirrors if m is not mirror))
+                if not port.mirrors:
+                    self._allow_kernel_flows(br, port)
                 log.info("mirror of %s/%s removed (%d frames, %d dropped)", request.bridge,
                          request.port, mirror.frames, mirror.dropped)
             mirror.end("the capture ended")
 
         stream.on_close = closed
+        if br.offload is not None:   # a capture sees every frame: none may bypass Python
+            self._apply(br.offload, br.offload.disallow(port.number), time.monotonic())
         install(port, (*port.mirrors, mirror))
         log.info("mirror of %s/%s (%s) added", request.bridge, request.port, request.direction)
         return {"number": port.number}
@@ -399,10 +470,28 @@ class Datapath:
     def close(self) -> None:
         for name in list(self.bridges):
             self.del_bridge(protocol.DelBridge(name))
+        if self.kernel_flows is not None:
+            self.kernel_flows.close()
         self.control.close()
         self.epoll.close()
         self.opener.shutdown(wait=True)
         self.closer.shutdown(wait=True)
+
+
+def _kernel_flows() -> KernelFlows | None:
+    """The kernel-flows edge; None where no rtnetlink socket can be had (logged)."""
+    try:
+        return KernelFlows(tcflow.Tc())
+    except HostError as err:
+        log.warning("kernel flows are off: %s", err)
+        return None
+
+
+def _with_kernel_flows(stats: dict[str, Any], offload: Offload | None,
+                       number: int) -> dict[str, Any]:
+    if offload is not None:
+        stats["kernel_flows"] = offload.on_port(number)
+    return stats
 
 
 def _fine_timer_slack() -> None:

@@ -43,6 +43,11 @@ def main(argv: list[str] | None = None) -> int:
                         default=float(os.environ.get("VNET_DATAPATH_BUSY_POLL_US",
                                                      BUSY_POLL * 1e6)),
                         help="after forwarding, poll this long before sleeping (0: never)")
+    parser.add_argument("--kernel-flows", choices=("on", "off"),
+                        default=os.environ.get("VNET_DATAPATH_KERNEL_FLOWS", "on"),
+                        help="on: steady unicast flows are handed to the kernel (tc "
+                             "redirects) where it can (default); off: every frame through "
+                             "Python")
     parser.add_argument("--lifeline", type=int, help="vnetd's pipe (see the module's doc)")
     parser.add_argument("--standby", action="store_true",
                         help="start only when a byte arrives on stdin (see the module's doc)")
@@ -56,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.standby and not os.read(0, 1):
             return 0   # vnetd has no more use for this spare
         datapath = Datapath(args.control, io=args.io,
-                            busy_poll=args.busy_poll_us / 1e6)
+                            busy_poll=args.busy_poll_us / 1e6,
+                            kernel_flows=args.kernel_flows == "on")
     except (HostError, OSError) as err:
         print(f"vnet-datapath: {err}", file=sys.stderr)
         return 1

@@ -25,14 +25,13 @@ This module is the policy, pure (``now`` is an argument; no I/O), one ``Offload`
   max-idle).
 
 The edge that applies the plans (tc cls_bpf + mirred redirects on the in-port's netdev, and
-a socket filter keeping their frames out of the datapath's ring; the tc filter first on
-install, the socket filter first on removal) is not in ``main`` yet: see the branch
-``kernelflows`` and docs/benchmarks.md, "Kernel flows".
+a socket filter keeping their frames out of the datapath's ring) is
+``vnet.datapath.kernelflows``; measurements in docs/benchmarks.md, "Kernel flows".
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from vnet.switch import Switch
@@ -50,6 +49,7 @@ class OffloadSettings:
     idle: float = 10.0           # a kernel flow without frames this long is removed
     revalidate_every: float = 5e-3  # at most this often after the tables changed
     max_flows: int = 512         # per switch (each is a filter the kernel tries in turn)
+    max_per_port: int = 48       # per in-port: what its socket filter can hold (cbpf.MAX_PAIRS)
     retry_after: float = 10.0    # a flow the kernel refused is not tried again before this
 
 
@@ -148,7 +148,8 @@ class Offload:
     def _candidate(self, key: tuple[int, bytes], now: float) -> KernelFlow | None:
         in_port, macs = key
         if (key in self.flows or len(self.flows) >= self.settings.max_flows
-                or self._refused.get(key, now) > now):
+                or self._refused.get(key, now) > now
+                or self.on_port(in_port) >= self.settings.max_per_port):
             return None
         dst, src = macs[:6], macs[6:12]
         egress = self.switch.unicast_egress(in_port, src, dst, now)
@@ -231,11 +232,13 @@ class Offload:
             del self.flows[flow.key]
         return taken
 
-    def pairs(self, in_port: int) -> list[tuple[bytes, bytes]]:
-        """(source, destination) of the flows the kernel redirects from ``in_port``: what its
-        socket filter keeps out of the datapath's ring."""
+    def pairs(self, in_port: int, leave_out: Container[tuple[int, bytes]] = ()
+              ) -> list[tuple[bytes, bytes]]:
+        """(source, destination) of the flows the kernel redirects from ``in_port`` (but
+        those keyed in ``leave_out``: not installed yet): what its socket filter keeps out
+        of the datapath's ring."""
         return [(e.flow.src, e.flow.dst) for e in self.flows.values()
-                if e.flow.in_port == in_port]
+                if e.flow.in_port == in_port and e.flow.key not in leave_out]
 
     def on_port(self, in_port: int) -> int:
         return sum(1 for e in self.flows.values() if e.flow.in_port == in_port)

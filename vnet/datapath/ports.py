@@ -29,6 +29,9 @@ The port interface (``Port``), as the loop uses it:
     epoll reported EPOLLERR on the fd
 ``stats(counters)``
     the switch's counters of the port plus the port's own
+``set_rx_filter(program)``
+    a classic BPF socket filter on its receive socket (kernel flows keep their frames out
+    of it, ``vnet.datapath.kernelflows``); kept across a ``rebuild``
 ``close()``
 
 A port with work the kernel will not wake the loop for says so in the loop's ``Schedule``:
@@ -59,7 +62,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 from vnet.datapath.sparse import HEAD as FLOW_HEAD
 from vnet.datapath.sparse import Lookahead, flow_key
-from vnet.host import afpacket
+from vnet.errors import HostError
+from vnet.host import afpacket, cbpf
 from vnet.host.netdev import RxFrames
 from vnet.host.ring import (
     RX_HDR,
@@ -135,6 +139,7 @@ class Port(ABC):
         self.io_errors: dict[str, int] = {}
         self.sock: socket.socket  # the socket the loop polls; the subclass opens it
         self.netdev_rx: RxFrames | None = None  # a netdev port: the kernel's count
+        self.rx_filter: tuple[cbpf.Insn, ...] | None = None  # its socket filter, if any
 
     @classmethod
     def open_ahead(cls, ifname: str) -> Any:
@@ -168,6 +173,15 @@ class Port(ABC):
     def rebuild(self) -> None:  # noqa: B027 - only a port that asks (maintain) needs one
         """Replace the port's sockets with fresh ones on the same netdev (the loop has
         unregistered the fd and registers ``fileno()`` afterwards)."""
+
+    def set_rx_filter(self, program: tuple[cbpf.Insn, ...] | None) -> None:
+        """Receive only what ``program`` accepts (None: everything); a ``HostError`` if the
+        kernel refuses it (the filter before stays)."""
+        if program is None:
+            cbpf.detach_filter(self.sock)
+        else:
+            cbpf.attach_filter(self.sock, program)
+        self.rx_filter = program
 
     def socket_error(self) -> None:
         err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
@@ -465,6 +479,11 @@ class RingPort(Port):
         ring.kernel_drops = old.kernel_drops
         old.close()
         self._use(ring)
+        if self.rx_filter is not None:   # kernel flows' frames stay out of the new ring too
+            try:
+                self.set_rx_filter(self.rx_filter)
+            except HostError as err:
+                log.warning("port %s: cannot filter its new ring: %s", self.ifname, err)
 
     def stats(self, counters: dict[str, Any]) -> dict[str, Any]:
         stats = super().stats(counters)

@@ -66,7 +66,8 @@ def request(op: str) -> Callable[[R], R]:
 @request("ping")
 @dataclasses.dataclass(frozen=True)
 class Ping(Request):
-    """Is the datapath up?  Result: ``{"pid": int, "bridges": [name, ...]}``."""
+    """Is the datapath up?  Result: ``{"pid": int, "bridges": [name, ...], "kernel_flows":
+    {"enabled": bool, "reason": str | null (why not), "flows": int}}``."""
 
 
 @request("add_bridge")
@@ -91,7 +92,9 @@ class DelBridge(Request):
 class AddPort(Request):
     """Open the netdev ``ifname`` as port ``name`` of ``bridge`` (an access port in ``vlan``,
     or a trunk of ``allowed`` with ``native`` untagged); the same request again changes
-    nothing.  Result: ``{"number": int}``, the port's number in the datapath."""
+    nothing.  ``kernel_flows``: the netdev is vnet's own, so the datapath may put a tc
+    qdisc and kernel flows on it (never on a host's uplink).  Result: ``{"number": int}``,
+    the port's number in the datapath."""
 
     bridge: str
     name: str
@@ -100,6 +103,7 @@ class AddPort(Request):
     vlan: int | None = None
     allowed: tuple[int, ...] = ()
     native: int | None = None
+    kernel_flows: bool = False
 
     def __post_init__(self) -> None:
         try:
@@ -367,6 +371,12 @@ def _str(value: Any, where: str) -> str:
     return value
 
 
+def _bool(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise _wrong(where, "true or false", value)
+    return value
+
+
 def _int(value: Any, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise _wrong(where, "an integer", value)
@@ -408,6 +418,7 @@ def _vlan_options(value: Any, where: str) -> VlanOptions:
 _CODECS: dict[str, Callable[[Any, str], Any]] = {
     "str": _str,
     "int": _int,
+    "bool": _bool,
     "float": _number,
     "str | None": _optional(_str, "a string"),
     "int | None": _optional(_int, "an integer"),

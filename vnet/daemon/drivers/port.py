@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 from typing import Any
 
+from vnet.daemon.naming import is_uplink_port
 from vnet.daemon.resources import PortResource
 from vnet.daemon.supervisor import DatapathSupervisor
 from vnet.datapath import protocol
@@ -27,7 +28,8 @@ class PortDriver:
         try:
             await self.datapath.call(protocol.AddPort(
                 port.lab, port.name, port.ifname, port.mode, vlan=port.vlan,
-                allowed=port.allowed, native=port.native))
+                allowed=port.allowed, native=port.native,
+                kernel_flows=not is_uplink_port(port.name)))   # an uplink's tc is the host's
         except DatapathGone:
             raise
         except DatapathError:
