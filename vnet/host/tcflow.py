@@ -242,7 +242,8 @@ class Tc:
 
     def remove_ingress(self, ifindex: int) -> None:
         """No clsact qdisc (so no kernel flow) on ``ifindex``; none there, or no netdev, is
-        fine (ENOENT: no ingress queue or none of its qdiscs; EINVAL: another one there)."""
+        fine (ENOENT: no ingress queue or none of its qdiscs; EINVAL: another one there,
+        such as an ``ingress`` qdisc, which is left alone: ``reset_ingress`` then refuses)."""
         self._call(f"remove the clsact qdisc of ifindex {ifindex}",
                    encode_qdisc(RTM_DELQDISC, ifindex),
                    frozenset({errno.ENOENT, errno.EINVAL, errno.ENODEV}))
