@@ -113,7 +113,7 @@ def test_the_classifier_matches_its_untagged_pair_only() -> None:
 
 
 def test_the_programs_read_the_same_at_tc_ingress_and_in_a_packet_socket() -> None:
-    """skb->data at the network header (tc) or the link-layer header (socket): the same."""
+    """skb->data at the network header or the link-layer header: the same answer."""
     rejecting = cbpf.reject_flows([(A, B)])
     for f in (frame(A, B), frame(B, A), frame(A, C)):
         assert run(cbpf.flow_classifier(A, B), f, data=ETH_HLEN) == run(

@@ -11,9 +11,11 @@ Why the programs load what they load:
 * The kernel moves an 802.1Q (and 802.1ad) tag into skb metadata before tc ingress and
   before packet sockets, so "untagged" is the ancillary load ``SKF_AD_VLAN_TAG_PRESENT``
   (1 if a tag was moved out, else 0), not a look at the EtherType.
-* At tc ingress ``skb->data`` is at the network header, in a packet socket at the link-layer
-  header; MAC bytes are loaded relative to the link-layer header (``SKF_LL_OFF``), which
-  means the same in both places.
+* MAC bytes are loaded relative to the link-layer header (``SKF_LL_OFF``), which means the
+  same wherever ``skb->data`` is.  A packet socket runs its filter with ``skb->data`` at the
+  link-layer header; at tc ingress it is at the network header, though cls_bpf pushes the
+  link-layer header back before running a program (Linux 6.18: plain offsets from 0 were
+  seen to match there too), so this is robustness, not a need.
 * A load past the frame's end ends a classic program with 0: frames shorter than 12 bytes
   are dropped by ``reject_flows`` (no netdev delivers such frames: 14 is Ethernet's header).
 * Jump offsets are 8 bits: every program here is a chain of blocks in which a failed
