@@ -20,6 +20,7 @@ import pytest
 from tests.conftest import needs_root
 from vnet.errors import HostError
 from vnet.host import afpacket, cbpf, netns
+from vnet.host.ring import RX_HDR, TP_STATUS_USER, PacketRing
 
 pytestmark = [needs_root, pytest.mark.root]
 
@@ -132,6 +133,38 @@ def test_a_filter_of_max_pairs_drops_exactly_their_untagged_frames(
         first = sender.sent
         _kept, marker = send_mix(sender, pairs)
         assert received_until(sock, sender.token, marker) == set(range(first, sender.sent))
+
+
+def ring_received_until(ring: PacketRing, token: bytes, marker: int) -> set[int]:
+    """``received_until`` for a receive ring (slots are looked at, never given back)."""
+    assert ring.rx_map is not None
+    seen: set[int] = set()
+    deadline = time.monotonic() + DEADLINE
+    while marker not in seen:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"marker frame {marker} not in the ring; got {sorted(seen)}")
+        select.select([ring.rx], [], [], left)
+        for index in range(ring.rx_frames):
+            slot = index * ring.rx_frame_size
+            status, _len, snap, at_mac, *_ = RX_HDR.unpack_from(ring.rx_map, slot)
+            frame = ring.rx_map[slot + at_mac:slot + at_mac + snap]
+            if status & TP_STATUS_USER and (at := frame.find(token)) >= 0:
+                seen.add(int.from_bytes(frame[at + 8:at + 10], "big"))
+    return seen
+
+
+def test_a_receive_ring_gets_what_the_filter_keeps(ns: str, sender: Sender) -> None:
+    """The datapath's PACKET_MMAP receive ring is filtered as a plain socket is."""
+    pairs = [(mac(n, 1), mac(n, 2)) for n in range(cbpf.MAX_PAIRS)]
+    with netns.entered(ns):
+        ring = PacketRing("v0", rx_frames=256, tx_frames=16)
+    try:
+        cbpf.attach_filter(ring.rx, cbpf.reject_flows(pairs))
+        kept, marker = send_mix(sender, pairs)
+        assert ring_received_until(ring, sender.token, marker) == kept
+    finally:
+        ring.close()
 
 
 def test_the_classifier_as_a_socket_filter_keeps_its_pair_alone(
