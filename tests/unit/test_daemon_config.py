@@ -165,7 +165,7 @@ CASES: dict[str, tuple[str, list[str]]] = {
           io: ring
           busy_pol_us: 5
         """, ["c.yaml:3: datapath.busy_pol_us: unknown key 'busy_pol_us'; did you mean "
-              "'busy_poll_us'? (allowed: busy_poll_us, io, python)"]),
+              "'busy_poll_us'? (allowed: busy_poll_us, io, kernel_flows, python)"]),
     "types, enums and ranges": ("""
         version: 2
         log_level: verbose
@@ -542,9 +542,13 @@ def test_the_command_line_over_the_environment_over_the_file(
 
 
 def test_datapath_settings_travel_in_the_variables_the_datapath_reads() -> None:
-    config = parse_config("datapath: {io: socket, busy_poll_us: 0}\n", hostname="h")
+    config = parse_config("datapath: {io: socket, busy_poll_us: 0, kernel_flows: false}\n",
+                          hostname="h")
     assert datapath_environment(config) == {"VNET_DATAPATH_IO": "socket",
-                                            "VNET_DATAPATH_BUSY_POLL_US": "0"}
+                                            "VNET_DATAPATH_BUSY_POLL_US": "0",
+                                            "VNET_DATAPATH_KERNEL_FLOWS": "off"}
+    assert datapath_environment(parse_config("", hostname="h"))[
+        "VNET_DATAPATH_KERNEL_FLOWS"] == "on"
     from vnet.datapath import main as datapath_main
     source = Path(datapath_main.__file__).read_text()
     assert all(name in source for name in datapath_environment(config))

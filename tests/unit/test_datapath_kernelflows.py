@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from tests.unit.test_datapath_offload import installed, learned_pair, steady
-from tests.unit.test_switch_rules import B, A
+from tests.unit.test_switch_rules import A, B
 from vnet.datapath.kernelflows import PRIO, KernelFlows
 from vnet.datapath.offload import Plan
 from vnet.errors import HostError
@@ -95,7 +95,7 @@ def edge(monkeypatch: pytest.MonkeyPatch, reason: str | None = None
 def test_a_flow_is_redirected_before_its_frames_are_kept_out_of_the_ring(
         monkeypatch: pytest.MonkeyPatch) -> None:
     flows, tc, ports = edge(monkeypatch)
-    sw, off, flow = installed()
+    _sw, off, flow = installed()
     flows.apply(off, Plan(install=(flow,)), ports, 0.1)
     assert tc.log == [("add", 101, flow.handle, 102), ("filter", 1, ONE_PAIR)]
     tc.log.clear()
@@ -132,7 +132,7 @@ def test_a_socket_that_cannot_be_filtered_loses_its_flows_unfiltered_first(
         monkeypatch: pytest.MonkeyPatch) -> None:
     flows, tc, ports = edge(monkeypatch)
     ports[1].fail = True
-    sw, off, flow = installed()
+    _sw, off, flow = installed()
     flows.apply(off, Plan(install=(flow,)), ports, 0.1)
     assert tc.log == [("add", 101, flow.handle, 102), ("filter", 1, ONE_PAIR),
                       ("filter", 1, None), ("delete", 101, flow.handle)]
@@ -141,8 +141,8 @@ def test_a_socket_that_cannot_be_filtered_loses_its_flows_unfiltered_first(
 
 def test_counts_are_read_per_in_port_and_only_at_its_priority(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    flows, tc, ports = edge(monkeypatch)
-    sw, off, flow = installed()
+    flows, tc, _ports = edge(monkeypatch)
+    _sw, off, flow = installed()
     tc.stats[101] = {(PRIO, flow.handle): Stats(5, 500), (PRIO + 1, flow.handle): Stats(9, 9)}
     counts = flows.counts(off)
     assert {k: (c.packets, c.octets) for k, c in counts.items()} == {(1, flow.handle): (5, 500)}
@@ -150,7 +150,7 @@ def test_counts_are_read_per_in_port_and_only_at_its_priority(
 
 def test_a_kernel_without_the_parts_turns_kernel_flows_off(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    flows, tc, ports = edge(monkeypatch, reason="the kernel has no cls_bpf")
+    flows, tc, _ports = edge(monkeypatch, reason="the kernel has no cls_bpf")
     assert not flows.enabled and flows.reason == "the kernel has no cls_bpf"
     assert flows.ifindex == {}
     assert not flows.prepare(FakePort(3, "p3", tc.log)) and tc.log == []

@@ -105,10 +105,11 @@ MALFORMED: list[tuple[bytes, str]] = [
     (_line(op="del_port", bridge="b"), "del_port: missing field 'name'"),
     (_line(op="add_port", bridge="b"), "add_port: missing fields 'name', 'ifname', 'mode'"),
     (_line(**{**PORT, "vlna": 10}), "add_port: unknown field 'vlna' (fields: bridge, name, "
-                                   "ifname, mode, vlan, allowed, native)"),
+                                   "ifname, mode, vlan, allowed, native, kernel_flows)"),
     (_line(**{**PORT, "vlan": "10"}), 'add_port: vlan must be an integer or null, not "10"'),
     (_line(**{**PORT, "vlan": True}), "add_port: vlan must be an integer or null, not true"),
     (_line(**{**PORT, "vlan": 1.5}), "add_port: vlan must be an integer or null, not 1.5"),
+    (_line(**{**PORT, "kernel_flows": 1}), "add_port: kernel_flows must be true or false, not 1"),
     (_line(**{**PORT, "bridge": None}), "add_port: bridge must be a string, not null"),
     (_line(**{**PORT, "vlan": 4095}), "add_port: the VLAN of access port n must be a VLAN ID"),
     (_line(**{**PORT, "vlan": None}), "add_port: access port n needs a VLAN"),

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vnet.datapath.engine import Datapath
+from vnet.datapath.engine import Bridge, Datapath
 from vnet.datapath.ports import Port
 from vnet.packet import c_tag_beside, insert_tag, make_tci
 from vnet.packet.ethernet import C_TAG, S_TAG
@@ -172,7 +172,7 @@ def test_only_an_outer_c_tag_selects_a_vlan(port: PortConfig, tags: list[bytes],
             sw = switch()
             ports = {c.number: Recorder() for c in CONFIGS}
             dp.ports.update(ports)
-            dp._deliverer(sw, port.number)(hdr, frame, c_tci, 0.0)
+            dp._deliverer(Bridge("lab", sw), port.number)(hdr, frame, c_tci, 0.0)
         finally:
             dp.close()
     want = spec(port, on_wire)

@@ -39,7 +39,7 @@ from vnet.datapath.mirror import Mirror, install
 from vnet.datapath.offload import Offload, OffloadSettings, Plan
 from vnet.datapath.polling import PollPolicy, PollSettings, next_budget, turn_order
 from vnet.datapath.ports import HOLE_GRACE, PORT_TYPES, Port, Schedule
-from vnet.errors import DatapathError, HostError
+from vnet.errors import DatapathError
 from vnet.host import cbpf, tcflow
 from vnet.packet import insert_tag, split_outer_tag
 from vnet.packet.vnethdr import VNET_HDR_LEN, shift_vnet_hdr
@@ -479,10 +479,11 @@ class Datapath:
 
 
 def _kernel_flows() -> KernelFlows | None:
-    """The kernel-flows edge; None where no rtnetlink socket can be had (logged)."""
+    """The kernel-flows edge; None where no rtnetlink socket can be had (logged: every
+    frame goes through Python then)."""
     try:
-        return KernelFlows(tcflow.Tc())
-    except HostError as err:
+        return KernelFlows(tcflow.Tc().open())
+    except OSError as err:
         log.warning("kernel flows are off: %s", err)
         return None
 

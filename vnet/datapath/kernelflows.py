@@ -39,8 +39,10 @@ PRIO = 1   # every kernel flow's filter priority (one chain; handles tell them a
 
 
 class FilterStats(Protocol):
-    packets: int
-    bytes: int
+    @property
+    def packets(self) -> int: ...
+    @property
+    def bytes(self) -> int: ...
 
 
 class TcAdapter(Protocol):
