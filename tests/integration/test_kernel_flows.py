@@ -9,6 +9,7 @@ never reached the Python switch.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from collections.abc import Iterator
@@ -18,9 +19,10 @@ import pytest
 
 from tests.conftest import needs_root
 from vnet.bench import testbed
-from vnet.bench.testbed import ADDR_B, Vnet, VnetPython, ns_cmd, run
+from vnet.bench.testbed import ADDR_B, MAC_B, Vnet, VnetPython, ns_cmd, run
 from vnet.datapath import protocol
 from vnet.datapath.kernelflows import PRIO
+from vnet.datapath.mirror import Records
 from vnet.host import netns
 from vnet.host.tcflow import Tc
 from vnet.testing import wait_until
@@ -119,3 +121,26 @@ def test_a_datapath_without_kernel_flows_forwards_every_frame_itself(kf: Bed) ->
     assert not reply["enabled"] and reply["reason"] == "off by configuration"
     kf.ping(60)
     assert kf.flows() == 0 and kf.stats()["pa"]["rx_frames"] >= 60
+
+
+def test_a_capture_takes_its_ports_flows_back_to_python_and_gives_them_up_after(
+        kf: Bed) -> None:
+    kf.ping(60)
+    wait_until(lambda: kf.flows() == 2, message=lambda: f"two kernel flows: {kf.stats()}")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as capture:
+        capture.settimeout(30)
+        capture.connect(kf.switch.control)
+        capture.sendall(protocol.encode(protocol.Mirror("bench", kf.bed.port_b, "in")))
+        reply = b""
+        while not reply.endswith(b"\n"):
+            reply += capture.recv(1)
+        assert json.loads(reply)["ok"], reply
+        assert kf.flows() == 0        # every frame through pb must pass the mirror
+        kf.ping(10)
+        records = Records()
+        seen: list[bytes] = []
+        while len(seen) < 10:        # the echo replies, as pb received them
+            seen += [r.data for r in records.feed(capture.recv(65536))
+                     if r.data[6:12] == bytes.fromhex(MAC_B.replace(":", ""))]
+    kf.ping(60)                       # the capture is gone: the flows come back
+    wait_until(lambda: kf.flows() == 2, message=lambda: f"two kernel flows: {kf.stats()}")
