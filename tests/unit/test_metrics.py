@@ -33,7 +33,7 @@ STATS = {"pair": {
     "left.eth0": {"rx_frames": 12, "rx_bytes": 1176, "tx_frames": 11, "tx_bytes": 1078,
                   "drops": {"hairpin": 2, "rx-ring-full": 0}, "learn_limited": 3,
                   "mac_moves": 1, "tx_errors": {"tx-ring-full": 4}, "netdev_rx_frames": 12,
-                  "ring": {"rx_slots": 64, "rx_index": 3, "rx_ready": 0}, "ifname": "vn0"},
+                  "kernel_flows": 2, "ring": {"rx_slots": 64, "rx_index": 3, "rx_ready": 0}, "ifname": "vn0"},
     "right.eth0": {"rx_frames": 11, "rx_bytes": 1078, "tx_frames": 12, "tx_bytes": 1176,
                    "drops": {}, "learn_limited": 0, "mac_moves": 0, "tx_errors": {}}}}
 
@@ -71,6 +71,8 @@ def test_port_counters_drops_and_errors_per_port() -> None:
     assert value(samples, "vnet_port_learn_limited_total", **left) == 3
     assert value(samples, "vnet_port_mac_moves_total", **left) == 1
     assert value(samples, "vnet_port_netdev_rx_frames_total", **left) == 12
+    assert value(samples, "vnet_port_kernel_flows", **left) == 2
+    assert value(samples, "vnet_port_kernel_flows", lab="pair", port="right.eth0") == 0
     assert value(samples, "vnet_port_drops_total", **left, reason="hairpin") == 2
     assert value(samples, "vnet_port_drops_total", **left, reason="rx-ring-full") == 0
     assert value(samples, "vnet_port_errors_total", **left, reason="tx-ring-full") == 4

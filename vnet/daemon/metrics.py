@@ -49,6 +49,7 @@ class PortSample:
     learn_limited: int = 0
     mac_moves: int = 0
     netdev_rx_frames: int = 0
+    kernel_flows: int = 0       # a gauge: the kernel flows from the port now
     drops: Reasons = ()
     errors: Reasons = ()        # the port's ``tx_errors``: I/O errors of both directions
 
@@ -117,6 +118,7 @@ def port_sample(lab: str, port: str, stats: Mapping[str, Any]) -> PortSample:
                       learn_limited=_count(stats.get("learn_limited")),
                       mac_moves=_count(stats.get("mac_moves")),
                       netdev_rx_frames=_count(stats.get("netdev_rx_frames")),
+                      kernel_flows=_count(stats.get("kernel_flows")),
                       drops=_reasons(stats.get("drops")), errors=_reasons(stats.get("tx_errors")))
 
 
@@ -204,6 +206,10 @@ def families(snap: Snapshot) -> list[Metric]:
                         "directions).", ["lab", "port", "reason"],
                         (([p.lab, p.port, reason], n) for p in snap.ports
                          for reason, n in p.errors)))
+    out.append(_gauge("port_kernel_flows", "Kernel flows (tc redirects) from the port now: "
+                      "their frames bypass Python and are added to the port's counters once "
+                      "a second.", ["lab", "port"],
+                      (([p.lab, p.port], p.kernel_flows) for p in snap.ports)))
     out.append(_gauge("fdb_entries", "Entries in the lab's MAC table (learned and static).",
                       ["lab"], (([lab], n) for lab, n in snap.fdb)))
     out.append(_gauge("vm_state", "Each VM's runner state (1 for the current one).",
