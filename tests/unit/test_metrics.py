@@ -33,7 +33,8 @@ STATS = {"pair": {
     "left.eth0": {"rx_frames": 12, "rx_bytes": 1176, "tx_frames": 11, "tx_bytes": 1078,
                   "drops": {"hairpin": 2, "rx-ring-full": 0}, "learn_limited": 3,
                   "mac_moves": 1, "tx_errors": {"tx-ring-full": 4}, "netdev_rx_frames": 12,
-                  "kernel_flows": 2, "ring": {"rx_slots": 64, "rx_index": 3, "rx_ready": 0}, "ifname": "vn0"},
+                  "kernel_flows": 2, "ring": {"rx_slots": 64, "rx_index": 3, "rx_ready": 0},
+                  "ifname": "vn0"},
     "right.eth0": {"rx_frames": 11, "rx_bytes": 1078, "tx_frames": 12, "tx_bytes": 1176,
                    "drops": {}, "learn_limited": 0, "mac_moves": 0, "tx_errors": {}}}}
 
