@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 from collections.abc import Iterator
 from typing import Any
@@ -33,6 +34,7 @@ pytestmark = [needs_root, pytest.mark.root]
 class Bed:
     def __init__(self, bed: testbed.Testbed, switch: Vnet) -> None:
         self.bed, self.switch = bed, switch
+        self.python = switch.python
         with netns.entered(bed.host):
             self.tc = Tc().open()
             self.index = {name: socket.if_nametoindex(name)
@@ -55,12 +57,16 @@ class Bed:
                    if prio == PRIO)
 
 
-@pytest.fixture
-def kf() -> Iterator[Bed]:
+@pytest.fixture(params=["cpython", "pypy"])
+def kf(request: pytest.FixtureRequest) -> Iterator[Bed]:
+    """The datapath under CPython and under PyPy (whose socket module lacks some calls)."""
+    python = shutil.which("pypy3") if request.param == "pypy" else None
+    if request.param == "pypy" and python is None:
+        pytest.skip("needs pypy3: apt-get install pypy3 (.ci/install does)")
     bed = testbed.Testbed(f"kf{os.getpid() % 10000}")
     try:
         bed.build()
-        switch = Vnet(bed)
+        switch = Vnet(bed, python)
         switch.start(mac_table=1024)
         world = Bed(bed, switch)
         try:
@@ -115,7 +121,7 @@ def test_a_datapath_without_kernel_flows_forwards_every_frame_itself(kf: Bed) ->
     kf.switch.stop()                                 # a clean stop takes its flows away
     qdiscs = run(["tc", "-n", kf.bed.host, "qdisc", "show", "dev", kf.bed.port_a]).stdout
     assert "clsact" not in qdiscs, qdiscs
-    kf.switch = VnetPython(kf.bed)
+    kf.switch = VnetPython(kf.bed, kf.python)
     kf.switch.start(mac_table=1024)
     reply = kf.switch.call(protocol.Ping())["kernel_flows"]
     assert not reply["enabled"] and reply["reason"] == "off by configuration"

@@ -5,6 +5,7 @@ does when the kernel says no.  The real kernel: tests/integration/test_kernel_fl
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
@@ -66,6 +67,7 @@ class FakePort:
     ifname: str
     log: list[tuple[object, ...]]
     fail: bool = False
+    sock: Any = None
     rx_filter: tuple[cbpf.Insn, ...] | None = None
 
     def set_rx_filter(self, program: tuple[cbpf.Insn, ...] | None) -> None:
@@ -81,7 +83,8 @@ ONE_PAIR = len(cbpf.reject_flows([(A, B)]))   # a socket filter's length for one
 def edge(monkeypatch: pytest.MonkeyPatch, reason: str | None = None
          ) -> tuple[KernelFlows, FakeTc, dict[int, FakePort]]:
     """Ports 1 and 2 prepared on ifindexes 101 and 102."""
-    monkeypatch.setattr("socket.if_nametoindex", lambda name: 100 + int(name[1:]))
+    monkeypatch.setattr("vnet.datapath.kernelflows.interface_index",
+                        lambda _sock, name: 100 + int(name[1:]))
     log: list[tuple[object, ...]] = []
     tc = FakeTc(log, reason=reason)
     flows = KernelFlows(tc)
@@ -158,7 +161,7 @@ def test_a_kernel_without_the_parts_turns_kernel_flows_off(
 
 def test_ports_are_reset_when_taken_and_cleaned_when_forgotten(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("socket.if_nametoindex", lambda name: 7)
+    monkeypatch.setattr("vnet.datapath.kernelflows.interface_index", lambda _sock, _name: 7)
     log: list[tuple[object, ...]] = []
     flows = KernelFlows(FakeTc(log))
     assert flows.prepare(FakePort(1, "p1", log))

@@ -32,6 +32,7 @@ from typing import Protocol
 from vnet.datapath.offload import FlowCount, KernelFlow, Offload, Plan
 from vnet.errors import HostError
 from vnet.host import cbpf
+from vnet.host.afpacket import interface_index
 
 log = logging.getLogger("vnet.datapath")
 
@@ -64,6 +65,7 @@ class FilteredPort(Protocol):
 
     number: int
     ifname: str
+    sock: socket.socket
 
     def set_rx_filter(self, program: tuple[cbpf.Insn, ...] | None) -> None: ...
 
@@ -87,7 +89,7 @@ class KernelFlows:
         if not self.enabled:
             return False
         try:
-            ifindex = socket.if_nametoindex(port.ifname)
+            ifindex = interface_index(port.sock, port.ifname)   # (PyPy: no if_nametoindex)
             if not self._probed:
                 self._probed = True
                 self.reason = self.tc.probe(ifindex)
