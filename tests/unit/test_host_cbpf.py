@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import struct
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -214,3 +215,15 @@ def test_the_kernel_refusing_a_program_is_a_host_error() -> None:
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     with a, b, pytest.raises(HostError, match="refused a socket filter of 1 instructions"):
         cbpf.attach_filter(b, (Insn(cbpf.JA, 0, 0, 5),))  # jumps out, no ret
+
+
+def test_a_filter_holds_as_many_flows_as_can_be_replaced_in_place_under_optmem_max(
+        tmp_path: Path) -> None:
+    assert cbpf.pairs_that_fit(131072) == cbpf.MAX_PAIRS        # today's default
+    assert cbpf.pairs_that_fit(20480) == 32                      # older kernels' (measured)
+    assert cbpf.pairs_that_fit(2 * 48 * cbpf.BYTES_PER_PAIR) < 48
+    assert cbpf.pairs_that_fit(0) == 0
+    sysctl = tmp_path / "optmem_max"
+    sysctl.write_text("131072\n")
+    assert cbpf.optmem_max(str(sysctl)) == 131072
+    assert cbpf.optmem_max(str(tmp_path / "absent")) == cbpf.OLD_OPTMEM_MAX

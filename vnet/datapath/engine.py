@@ -90,6 +90,7 @@ class Datapath:
         self.running = True
         self.kernel_flows = _kernel_flows() if kernel_flows else None
         self.next_offload = 0.0   # when kernel flows are planned next while frames move
+        self.max_pairs = cbpf.pairs_that_fit(cbpf.optmem_max())   # kernel flows per in-port
         # Removed ports' sockets are closed here, off the loop (``Port.release``); the
         # threads overlap the kernel's grace periods, so a lab's down closes its ports at once.
         self.closer = ThreadPoolExecutor(max_workers=8, thread_name_prefix="port-close")
@@ -311,7 +312,7 @@ class Datapath:
         if br is None:
             br = self.bridges[request.bridge] = Bridge(request.bridge)
             if self.kernel_flows is not None:
-                br.offload = Offload(br.switch, OffloadSettings(max_per_port=cbpf.MAX_PAIRS))
+                br.offload = Offload(br.switch, OffloadSettings(max_per_port=self.max_pairs))
         for vlan in request.vlans:
             br.switch.add_vlan(vlan)
 

@@ -73,6 +73,27 @@ default) a filter holds 64 pairs but a 48-pair filter cannot replace another of 
 there, detach first or raise optmem_max."""
 
 
+BYTES_PER_PAIR = 310   # of optmem_max, a pair of ``reject_flows`` (48 pairs: 14848 bytes)
+OPTMEM_MAX = "/proc/sys/net/core/optmem_max"
+OLD_OPTMEM_MAX = 20480  # what to assume where the sysctl cannot be read
+
+
+def pairs_that_fit(optmem_max: int) -> int:
+    """How many flows one ``reject_flows`` filter may hold under ``optmem_max`` so that it
+    can still be replaced in place (the old and the new one charged at once): ``MAX_PAIRS``
+    at today's default, 32 at the older 20480."""
+    return max(0, min(MAX_PAIRS, optmem_max // 2 // BYTES_PER_PAIR - 1))
+
+
+def optmem_max(path: str = OPTMEM_MAX) -> int:
+    """This namespace's ``net.core.optmem_max`` (``OLD_OPTMEM_MAX`` if it cannot be read)."""
+    try:
+        with open(path) as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return OLD_OPTMEM_MAX
+
+
 @dataclass(frozen=True)
 class Insn:
     """One ``struct sock_filter``: opcode, jump offsets if true and if false, constant."""
