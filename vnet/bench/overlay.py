@@ -8,7 +8,8 @@ B behind host H2, the hosts joined by an underlay veth, and the network crossing
 The switch and the encapsulation in each host are one of:
 
 * ``vnet``: vnet's datapath with a kernel vxlan netdev as an ordinary access port (what
-  vnetd builds; ``vnet-pypy``: the same datapath under PyPy);
+  vnetd builds, kernel flows on; ``vnet-python``: kernel flows off, every frame through the
+  Python switch; ``vnet-pypy``: the datapath under PyPy);
 * ``bridge``: a Linux bridge with the same vxlan netdev (the kernel's reference);
 * ``pyencap``: a minimal Python loop per host, no switch at all: AF_PACKET receive on ``pa``,
   an 8-byte VXLAN header, one UDP ``sendto`` per frame, and the reverse.  Without
@@ -51,8 +52,10 @@ from vnet.packet import vxlan
 UNDERLAY = ("10.253.0.1", "10.253.0.2")
 VNI, VLAN, PORT = 100, 10, vxlan.VXLAN_PORT
 NODE_MTU = 1450
-VARIANTS = ("vnet", "vnet-pypy", "bridge", "pyencap")
-LABELS = {"vnet": "vnet datapath + kernel vxlan port", "vnet-pypy": "the same, datapath on PyPy",
+VARIANTS = ("vnet", "vnet-python", "vnet-pypy", "bridge", "pyencap")
+LABELS = {"vnet": "vnet datapath + kernel vxlan port",
+          "vnet-python": "the same, every frame in Python (kernel flows off)",
+          "vnet-pypy": "the same, datapath on PyPy",
           "bridge": "Linux bridge + kernel vxlan", "pyencap": "Python encap loop (no switch)"}
 
 
@@ -121,11 +124,13 @@ def start_variant(bed: OverlayBed, variant: str) -> None:
             continue
         for ifname in (port, "vx0"):
             close_to_host_stack(host, ifname)
-        python = sys.executable if variant == "vnet" else "pypy3"
+        python = "pypy3" if variant == "vnet-pypy" else sys.executable
+        kernel_flows = "off" if variant == "vnet-python" else "on"
         control = str(bed.tmp / f"{host}.sock")
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
         proc = bed.spawn([python, "-m", "vnet.datapath.main", "--control", control,
-                          "--netns", host, "--log-level", "WARNING"], env=env)
+                          "--netns", host, "--kernel-flows", kernel_flows,
+                          "--log-level", "WARNING"], env=env)
         deadline = time.monotonic() + 15
         while not Path(control).exists():
             if proc.poll() is not None or time.monotonic() > deadline:
@@ -134,7 +139,7 @@ def start_variant(bed: OverlayBed, variant: str) -> None:
         datapath(control, "add_bridge", bridge="bench", vlans=[{"vid": VLAN}])
         for name in (port, "vx0"):
             datapath(control, "add_port", bridge="bench", name=name, ifname=name,
-                     mode="access", vlan=VLAN)
+                     mode="access", vlan=VLAN, kernel_flows=True)
 
 
 def datapath(control: str, op: str, **args: Any) -> Any:
