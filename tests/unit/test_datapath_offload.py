@@ -180,3 +180,17 @@ def test_an_in_port_gets_no_more_flows_than_its_socket_filter_holds() -> None:
     plan = off.plan(0.1)
     assert sorted((f.in_port, f.dst) for f in plan.install) == [(1, B), (2, A)]
     assert off.pairs(1, leave_out={(1, B + A)}) == []
+
+
+def test_a_sweep_of_new_flows_is_counted_only_up_to_the_candidates_bound() -> None:
+    sw = switch()
+    off = Offload(sw, OffloadSettings(threshold=2, revalidate_every=0.0, max_candidates=1))
+    for port in range(1, 6):
+        off.allow(port)
+    learned_pair(sw)
+    sw.receive(5, frame(BCAST, C), None, 0.0)
+    steady(sw, off, 1, C, A, 1, 0.1)               # the window's one candidate
+    steady(sw, off, 1, B, A, 5, 0.1)               # not counted: the bound is reached
+    assert [f.dst for f in off.plan(0.1).install] == []
+    steady(sw, off, 1, B, A, 2, 1.2)               # a new window
+    assert [f.dst for f in off.plan(1.2).install] == [B]

@@ -50,6 +50,7 @@ class OffloadSettings:
     revalidate_every: float = 5e-3  # at most this often after the tables changed
     max_flows: int = 512         # per switch (each is a filter the kernel tries in turn)
     max_per_port: int = 48       # per in-port: what its socket filter can hold (cbpf.MAX_PAIRS)
+    max_candidates: int = 1024   # flows counted per window: a sweep of new MACs costs no more
     retry_after: float = 10.0    # a flow the kernel refused is not tried again before this
 
 
@@ -121,7 +122,12 @@ class Offload:
         if in_port in self.eligible:
             key = (in_port, frame[:12])
             counts = self._counts
-            seen = counts.get(key, 0) + 1
+            seen = counts.get(key)
+            if seen is None:
+                if len(counts) >= self.settings.max_candidates:
+                    return   # a sweep of new flows: the rest wait for the next window
+                seen = 0
+            seen += 1
             counts[key] = seen
             if seen == self.settings.threshold:
                 self.pending.append(key)
