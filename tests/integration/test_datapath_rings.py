@@ -15,14 +15,13 @@ import time
 import pytest
 
 from tests.conftest import needs_root
-from vnet.bench import measure
+from vnet.bench import measure, testbed
 from vnet.bench.testbed import (
     ADDR_A,
     ADDR_B,
     MAC_A,
     MAC_B,
     SINK_ADDR,
-    Testbed,
     VnetPython,
     ns_cmd,
     run,
@@ -38,7 +37,7 @@ from vnet.datapath.protocol import GetStats
 def test_ring_datapath_forwards_right_after_a_64_byte_flood(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VNET_DATAPATH_IO", "ring")
-    bed = Testbed(f"vr{os.getpid() % 10000}")
+    bed = testbed.Testbed(f"vr{os.getpid() % 10000}")
     try:
         bed.build()
         switch = VnetPython(bed)   # the rings under overload: no kernel flow takes the flood

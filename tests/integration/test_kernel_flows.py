@@ -45,6 +45,15 @@ class Bed:
                                               interval, "-W", "1", ADDR_B]), check=False)
         assert " 0% packet loss" in result.stdout, (result.stdout, self.stats())
 
+    def steady(self) -> None:
+        """Ping until both ways are kernel flows (a flow needs 32 frames within a second
+        once the switch has cached its decision; pinging in bursts until then waits for
+        that, whatever the window's phase)."""
+        def offloaded() -> bool:
+            self.ping(20, interval="0.005")
+            return self.flows() == 2
+        wait_until(offloaded, timeout=30, message=lambda: f"two kernel flows: {self.stats()}")
+
     def stats(self) -> dict[str, Any]:
         return dict(self.switch.call(protocol.GetStats("bench"))["bench"])
 
@@ -80,8 +89,7 @@ def kf(request: pytest.FixtureRequest) -> Iterator[Bed]:
 def test_a_steady_ping_is_forwarded_by_the_kernel_until_the_table_changes(kf: Bed) -> None:
     reply = kf.switch.call(protocol.Ping())["kernel_flows"]
     assert reply["enabled"], reply["reason"]
-    kf.ping(60)                                     # A <-> B, steady: over the threshold
-    wait_until(lambda: kf.flows() == 2, message=lambda: f"two kernel flows: {kf.stats()}")
+    kf.steady()                                     # A <-> B, steady: over the threshold
     stats = kf.stats()
     assert stats["pa"]["kernel_flows"] == 1 and stats["pb"]["kernel_flows"] == 1, stats
     before = kf.kernel_packets("pa"), kf.kernel_packets("pb")
@@ -103,8 +111,7 @@ def test_a_steady_ping_is_forwarded_by_the_kernel_until_the_table_changes(kf: Be
 
 
 def test_a_removed_port_takes_its_flows_and_its_qdisc_with_it(kf: Bed) -> None:
-    kf.ping(60)
-    wait_until(lambda: kf.flows() == 2, message=lambda: f"two kernel flows: {kf.stats()}")
+    kf.steady()
     kf.switch.call(protocol.DelPort("bench", kf.bed.port_a))
     assert kf.flows() == 0                           # both: in from pa, and out to pa
     qdiscs = run(["tc", "-n", kf.bed.host, "qdisc", "show", "dev", kf.bed.port_a]).stdout
@@ -116,8 +123,7 @@ def test_a_removed_port_takes_its_flows_and_its_qdisc_with_it(kf: Bed) -> None:
 
 
 def test_a_datapath_without_kernel_flows_forwards_every_frame_itself(kf: Bed) -> None:
-    kf.ping(60)
-    wait_until(lambda: kf.flows() == 2, message=lambda: f"two kernel flows: {kf.stats()}")
+    kf.steady()
     kf.switch.stop()                                 # a clean stop takes its flows away
     qdiscs = run(["tc", "-n", kf.bed.host, "qdisc", "show", "dev", kf.bed.port_a]).stdout
     assert "clsact" not in qdiscs, qdiscs
@@ -131,8 +137,7 @@ def test_a_datapath_without_kernel_flows_forwards_every_frame_itself(kf: Bed) ->
 
 def test_a_capture_takes_its_ports_flows_back_to_python_and_gives_them_up_after(
         kf: Bed) -> None:
-    kf.ping(60)
-    wait_until(lambda: kf.flows() == 2, message=lambda: f"two kernel flows: {kf.stats()}")
+    kf.steady()
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as capture:
         capture.settimeout(30)
         capture.connect(kf.switch.control)
@@ -148,5 +153,4 @@ def test_a_capture_takes_its_ports_flows_back_to_python_and_gives_them_up_after(
         while len(seen) < 10:        # the echo replies, as pb received them
             seen += [r.data for r in records.feed(capture.recv(65536))
                      if r.data[6:12] == bytes.fromhex(MAC_B.replace(":", ""))]
-    kf.ping(60)                       # the capture is gone: the flows come back
-    wait_until(lambda: kf.flows() == 2, message=lambda: f"two kernel flows: {kf.stats()}")
+    kf.steady()                       # the capture is gone: the flows come back

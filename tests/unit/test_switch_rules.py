@@ -310,3 +310,11 @@ def test_only_one_decision_in_n_is_remembered() -> None:
     for t in range(4, 40):
         sw.receive(1, frame(B, A), None, t / 10)
     assert len(sw._cache) == 1 and sw._misses == 4
+
+
+def test_a_decision_says_whether_it_is_remembered(switch: Switch) -> None:
+    switch.cache_admit_every = 2
+    switch.receive(2, frame(BCAST, B), None, 0.0)   # miss 1: not remembered
+    first = switch.receive(1, frame(B, A), None, 0.1)   # miss 2: remembered
+    assert first.cached and switch.receive(1, frame(B, A), None, 0.2) is first
+    assert not switch.receive(1, frame(C, A), None, 0.3).cached   # miss 3: not remembered

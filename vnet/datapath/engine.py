@@ -184,8 +184,9 @@ class Datapath:
     def _deliverer(self, br: Bridge, number: int) -> Deliver:
         """Where port ``number`` of ``br`` delivers what it receives: the frame is
         switched and emitted where the decision says.  The one code path that applies a
-        decision, for every port type.  A frame that came untagged and went untagged out of
-        one port is noted as a kernel flow's candidate."""
+        decision, for every port type.  A frame of a steady flow (its decision cached) that
+        came untagged and went untagged out of one port is noted as a kernel flow's
+        candidate; a sweep of new flows never reaches ``note``."""
         receive, ports = br.switch.receive, self.ports
         note = br.offload.note if br.offload is not None else None
 
@@ -203,8 +204,9 @@ class Datapath:
                 tagged = insert_tag(frame, decision.tci)
                 for out in decision.tagged:
                     ports[out].emit(tagged_hdr, tagged)
-            elif note is not None and tci is None and len(decision.untagged) == 1:
-                note(number, frame)
+            elif (note is not None and decision.cached and tci is None
+                    and len(decision.untagged) == 1):
+                note(number, frame)   # a steady flow's frame: a kernel flow's candidate
             return decision  # for inject: where it went
 
         return deliver

@@ -11,8 +11,9 @@ the decision.
 
 This module is the policy, pure (``now`` is an argument; no I/O), one ``Offload`` per switch:
 
-* **Candidates** (``note``, on the path of every frame, kept short): untagged in, one untagged
-  out.  Floods, tagged frames, mirrored ports and non-netdev ports never get one.
+* **Candidates** (``note``, on the path of every frame of a steady flow, kept short: the
+  switch's decision was cached): untagged in, one untagged out.  Floods, tagged frames,
+  mirrored ports and non-netdev ports never get one.
 * **Install** (``plan``): ``Switch.unicast_egress`` (the full decision's rules, changing
   nothing) must name the same out-port now; both ports must be eligible.
 * **Revalidation** (``plan``): whenever the FDB's generation has moved (a MAC learned, moved,

@@ -51,9 +51,11 @@ CACHE_ADMIT_EVERY = 16  # one decision in this many is remembered (as OVS's emc-
 
 
 class Forward:
-    """A decision: send ``untagged`` as is, ``tagged`` with tag ``tci``; or ``drop``."""
+    """A decision: send ``untagged`` as is, ``tagged`` with tag ``tci``; or ``drop``.
+    ``cached``: the switch remembers it (its flow is steady, and may go to the kernel:
+    ``vnet.datapath.offload``)."""
 
-    __slots__ = ("drop", "tagged", "tci", "untagged", "vid")
+    __slots__ = ("cached", "drop", "tagged", "tci", "untagged", "vid")
 
     def __init__(self, vid: int, untagged: tuple[int, ...], tagged: tuple[int, ...], tci: int,
                  drop: str | None) -> None:
@@ -62,6 +64,7 @@ class Forward:
         self.tagged = tagged
         self.tci = tci
         self.drop = drop
+        self.cached = False
 
     def __repr__(self) -> str:
         if self.drop:
@@ -233,6 +236,7 @@ class Switch:
             assert src_slot is not None
             if dst_slot is not None and fdb.static[dst_slot]:
                 dst_slot = None  # never ages (and made learned again only by a change)
+            forward.cached = True
             self._cache[(in_port, frame[:14], tci)] = _Cached(
                 forward, fdb.generation, src_slot, dst_slot,
                 self.fdb.aging(vid), counters, tuple(ports[n].counters for n in untagged),
