@@ -46,8 +46,11 @@ from vnet.bench.testbed import (
     Testbed,
     run,
 )
+from vnet.datapath import protocol
+from vnet.errors import DatapathError
 from vnet.host import afpacket, netns, nft
 from vnet.packet import vxlan
+from vnet.switch import VlanOptions
 
 UNDERLAY = ("10.253.0.1", "10.253.0.2")
 VNI, VLAN, PORT = 100, 10, vxlan.VXLAN_PORT
@@ -136,17 +139,18 @@ def start_variant(bed: OverlayBed, variant: str) -> None:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise BenchError(f"the datapath in {host} did not start")
             time.sleep(0.05)
-        datapath(control, "add_bridge", bridge="bench", vlans=[{"vid": VLAN}])
+        datapath(control, protocol.AddBridge("bench", (VlanOptions(VLAN),)))
         for name in (port, "vx0"):
-            datapath(control, "add_port", bridge="bench", name=name, ifname=name,
-                     mode="access", vlan=VLAN, kernel_flows=True)
+            datapath(control, protocol.AddPort("bench", name, name, "access", vlan=VLAN,
+                                               kernel_flows=True))
 
 
-def datapath(control: str, op: str, **args: Any) -> Any:
-    reply = jsonlines.call(control, {"op": op, **args}, timeout=60)
-    if not reply.get("ok"):
-        raise BenchError(f"datapath {op}: {reply.get('error')}")
-    return reply.get("result")
+def datapath(control: str, request: protocol.Request) -> Any:
+    reply = jsonlines.call(control, protocol.to_wire(request), timeout=60)
+    try:
+        return protocol.result(reply, request.op)
+    except DatapathError as err:
+        raise BenchError(f"datapath {request.op}: {err}") from None
 
 
 def encap_loop(host: str, port: str, local: str, peer: str) -> None:
