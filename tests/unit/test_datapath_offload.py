@@ -19,8 +19,8 @@ def switch() -> Switch:
     return five_port_switch(mac_limit=DEFAULT_MAC_LIMIT, cache_admit_every=1)
 
 
-def offload(sw: Switch, threshold: int = 3) -> Offload:
-    off = Offload(sw, OffloadSettings(threshold=threshold, revalidate_every=0.0))
+def offload(sw: Switch, threshold: int = 3, **settings: int) -> Offload:
+    off = Offload(sw, OffloadSettings(threshold=threshold, revalidate_every=0.0, **settings))
     for port in range(1, 6):
         off.allow(port)
     return off
@@ -169,9 +169,7 @@ def test_unicast_egress_is_the_full_decision(events: list[Event], expire: bool, 
 
 def test_an_in_port_gets_no_more_flows_than_its_socket_filter_holds() -> None:
     sw = switch()
-    off = Offload(sw, OffloadSettings(threshold=1, revalidate_every=0.0, max_per_port=1))
-    for port in range(1, 6):
-        off.allow(port)
+    off = offload(sw, threshold=1, max_per_port=1)
     learned_pair(sw)
     sw.receive(5, frame(BCAST, C), None, 0.0)   # C behind trunk 5, untagged: native VLAN 10
     steady(sw, off, 1, B, A, 1, 0.1)
@@ -184,11 +182,9 @@ def test_an_in_port_gets_no_more_flows_than_its_socket_filter_holds() -> None:
 
 def test_a_sweep_of_new_flows_is_counted_only_up_to_the_candidates_bound() -> None:
     sw = switch()
-    off = Offload(sw, OffloadSettings(threshold=2, revalidate_every=0.0, max_candidates=1))
-    for port in range(1, 6):
-        off.allow(port)
+    off = offload(sw, threshold=2, max_candidates=1)
     learned_pair(sw)
-    sw.receive(5, frame(BCAST, C), None, 0.0)
+    sw.receive(5, frame(BCAST, C), None, 0.0)       # C behind trunk 5, in VLAN 10
     steady(sw, off, 1, C, A, 1, 0.1)               # the window's one candidate
     steady(sw, off, 1, B, A, 5, 0.1)               # not counted: the bound is reached
     assert [f.dst for f in off.plan(0.1).install] == []
