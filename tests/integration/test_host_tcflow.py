@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import pytest
 
 from tests.conftest import needs_root
-from vnet.host import netns
-from vnet.host.tcflow import BPF_RET_K, COUNTED_ETH_HEADER, INSN, FlowStats, Tc
+from vnet.host import cbpf, netns
+from vnet.host.tcflow import COUNTED_ETH_HEADER, FlowStats, Tc
 from vnet.testing import wait_until
 
 pytestmark = [needs_root, pytest.mark.root]
@@ -27,7 +27,7 @@ pytestmark = [needs_root, pytest.mark.root]
 ETH_P_ALL = 0x0003
 ETHERTYPE = b"\x88\xb5"  # IEEE local experimental: nothing else in the namespace sends it
 SRC, DST = bytes.fromhex("02aa00000001"), bytes.fromhex("02aa00000002")
-EVERYTHING = INSN.pack(BPF_RET_K, 0, 0, 0xFFFFFFFF)
+EVERYTHING = cbpf.encode(cbpf.ACCEPT_ALL)
 FRAME_LEN = 100
 HANDLE, PRIO = 0x10, 7
 

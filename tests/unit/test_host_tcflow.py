@@ -10,7 +10,7 @@ import struct
 import pytest
 
 from vnet.errors import HostError
-from vnet.host import tcflow
+from vnet.host import cbpf, tcflow
 from vnet.host.rtnl import _HEADER, _attr
 from vnet.host.tcflow import (
     CLSACT_INGRESS,
@@ -22,7 +22,7 @@ from vnet.host.tcflow import (
     TcError,
 )
 
-EVERYTHING = INSN.pack(tcflow.BPF_RET_K, 0, 0, 0xFFFFFFFF)
+EVERYTHING = cbpf.encode(cbpf.ACCEPT_ALL)
 TWO = INSN.pack(0x28, 0, 0, 12) + EVERYTHING   # ldh [12]; ret -1
 
 

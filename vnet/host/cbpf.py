@@ -109,12 +109,12 @@ class Insn:
             raise ValueError(f"instruction out of range: {self}")
 
 
-_SOCK_FILTER = struct.Struct("=HBBI")
+SOCK_FILTER = struct.Struct("=HBBI")
 
 
 def encode(program: Sequence[Insn]) -> bytes:
     """The program as the kernel reads it: an array of ``struct sock_filter``."""
-    return b"".join(_SOCK_FILTER.pack(i.code, i.jt, i.jf, i.k) for i in program)
+    return b"".join(SOCK_FILTER.pack(i.code, i.jt, i.jf, i.k) for i in program)
 
 
 ACCEPT_ALL: tuple[Insn, ...] = (Insn(RET_K, 0, 0, ACCEPT),)

@@ -20,19 +20,27 @@ import struct
 from dataclasses import dataclass
 
 from vnet.errors import HostError
+from vnet.host import cbpf
 from vnet.host.neigh import (
+    HEADER,
+    NETLINK_CAP_ACK,
+    NETLINK_EXT_ACK,
+    NLM_F_ACK,
+    NLM_F_CREATE,
+    NLM_F_DUMP,
     NLM_F_DUMP_INTR,
+    NLM_F_REQUEST,
+    NLMSG_DONE,
+    NLMSG_ERROR,
+    SOL_NETLINK,
     attributes,
     parse_ack,
     split_messages,
 )
-from vnet.host.rtnl import _HEADER, _attr
+from vnet.host.rtnl import NLM_F_EXCL, _attr
 
-SOL_NETLINK, NETLINK_CAP_ACK, NETLINK_EXT_ACK = 270, 10, 11
 RTM_NEWQDISC, RTM_DELQDISC = 36, 37
 RTM_NEWTFILTER, RTM_DELTFILTER, RTM_GETTFILTER = 44, 45, 46
-NLMSG_ERROR, NLMSG_DONE = 2, 3
-NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE, NLM_F_DUMP = 0x1, 0x4, 0x200, 0x400, 0x300
 TC_H_CLSACT = 0xFFFFFFF1          # pkt_sched.h: TC_H_CLSACT = TC_H_INGRESS
 CLSACT_HANDLE = 0xFFFF0000        # TC_H_MAJ(TC_H_CLSACT)
 CLSACT_INGRESS = 0xFFFFFFF2       # TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_INGRESS)
@@ -47,9 +55,8 @@ TCA_STATS_BASIC, TCA_STATS_PKT64 = 1, 8                          # gen_stats.h
 TCMSG = struct.Struct("=BxxxiIII")    # tcmsg: family, pad, ifindex, handle, parent, info
 MIRRED = struct.Struct("=IIiiiiI")    # tc_mirred: tc_gen (index, capab, action, refcnt,
                                       # bindcnt), eaction, ifindex
-INSN = struct.Struct("=HBBI")         # sock_filter: code, jt, jf, k
-BPF_RET_K = 0x06
-NEVER = INSN.pack(BPF_RET_K, 0, 0, 0)   # "ret 0": matches no frame
+INSN = cbpf.SOCK_FILTER              # sock_filter: code, jt, jf, k
+NEVER = cbpf.encode((cbpf.Insn(cbpf.RET_K, 0, 0, cbpf.REJECT),))   # matches no frame
 PROBE_HANDLE, PROBE_PRIO = 0xFFFFFFFF, 0xFFFF
 TIMEOUT = 5.0
 # tc ingress (and so act_mirred's count) sees a frame from its network header on: a
@@ -203,7 +210,7 @@ class Tc:
         kind, flags, body = request
         self.seq = self.seq % 0x7FFFFFFF + 1
         try:
-            self.sock.send(_HEADER.pack(_HEADER.size + len(body), kind, flags, self.seq, 0)
+            self.sock.send(HEADER.pack(HEADER.size + len(body), kind, flags, self.seq, 0)
                            + body)
         except OSError as err:
             raise HostError(f"cannot {what}: {_words(err.errno or 0, '')}") from None
